@@ -1,0 +1,207 @@
+// Package bustest starts real embedded buses for tests: one node, or a
+// cluster of several nodes in one test process, JetStream on. Nothing here
+// is a mock: these are the servers `corobus bus` runs.
+package bustest
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/corobus/corobus/bus"
+)
+
+// Node is one running test bus.
+type Node struct {
+	ID     uint32
+	Server *bus.Server
+	Config bus.ServerConfig
+}
+
+// Cluster is a set of nodes routed to each other.
+type Cluster struct {
+	t       testing.TB
+	Name    string
+	Nodes   []*Node
+	dirs    []string
+	configs []bus.ServerConfig
+}
+
+// FreePorts reserves n distinct free TCP ports on 127.0.0.1. The ports are
+// released before returning, so a rare collision is possible; tests that
+// start many servers accept that over fixed ports that collide every time.
+func FreePorts(t testing.TB, n int) []int {
+	t.Helper()
+	var ls []net.Listener
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("reserving a port: %v", err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	for _, l := range ls {
+		_ = l.Close()
+	}
+	return ports
+}
+
+// Logger returns a test logger that writes through t.Log when -v is given
+// and discards otherwise, so that failures stay readable.
+func Logger(t testing.TB) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+// StartNode starts a one-node bus with JetStream, stopped at the end of the
+// test.
+func StartNode(t testing.TB) *Node {
+	t.Helper()
+	return StartCluster(t, 1).Nodes[0]
+}
+
+// StartCluster starts n nodes (ids 1..n) routed into one cluster and waits
+// until they see each other and JetStream has a meta leader (n > 1).
+func StartCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
+	c := &Cluster{t: t, Name: "test"}
+	ports := FreePorts(t, 2*n)
+	var routes []string
+	for i := range n {
+		routes = append(routes, "nats-route://127.0.0.1:"+strconv.Itoa(ports[n+i]))
+	}
+	for i := range n {
+		sc := bus.ServerConfig{
+			NodeID:      uint32(i + 1),
+			ClusterName: c.Name,
+			Listen:      "127.0.0.1",
+			ClientPort:  ports[i],
+			RouteHost:   "127.0.0.1",
+			RoutePort:   ports[n+i],
+			StoreDir:    t.TempDir(),
+			LameDuck:    time.Second,
+			Logger:      Logger(t).With("node", i+1),
+		}
+		if n > 1 {
+			sc.Routes = routes
+		}
+		c.configs = append(c.configs, sc)
+		c.Nodes = append(c.Nodes, nil)
+	}
+	for i := range n {
+		c.Start(i + 1)
+	}
+	if n > 1 {
+		c.WaitFormed(20 * time.Second)
+	}
+	t.Cleanup(func() {
+		for _, nd := range c.Nodes {
+			if nd != nil {
+				nd.Server.Shutdown(false)
+			}
+		}
+	})
+	return c
+}
+
+// Start (re)starts node id with its original configuration and store.
+func (c *Cluster) Start(id int) *Node {
+	c.t.Helper()
+	sc := c.configs[id-1]
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	srv, err := bus.StartServer(ctx, sc)
+	if err != nil {
+		c.t.Fatalf("starting node %d: %v", id, err)
+	}
+	nd := &Node{ID: uint32(id), Server: srv, Config: sc}
+	c.Nodes[id-1] = nd
+	return nd
+}
+
+// Stop shuts node id down (abruptly: no lame duck, like a crash of the
+// process, though the store is flushed).
+func (c *Cluster) Stop(id int) {
+	c.t.Helper()
+	if nd := c.Nodes[id-1]; nd != nil {
+		nd.Server.Shutdown(false)
+		c.Nodes[id-1] = nil
+	}
+}
+
+// WaitFormed waits until every running node has routes to every other
+// running node and JetStream has a meta leader.
+func (c *Cluster) WaitFormed(timeout time.Duration) {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := c.formed()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("cluster not formed after %s: %v", timeout, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (c *Cluster) formed() error {
+	running := 0
+	for _, nd := range c.Nodes {
+		if nd != nil {
+			running++
+		}
+	}
+	for _, nd := range c.Nodes {
+		if nd == nil {
+			continue
+		}
+		st, err := nd.Server.Status()
+		if err != nil {
+			return err
+		}
+		if len(st.Routes) != running-1 {
+			return fmt.Errorf("node %d has %d routes, want %d", nd.ID, len(st.Routes), running-1)
+		}
+		if st.MetaLeader == "" {
+			return fmt.Errorf("node %d sees no JetStream meta leader", nd.ID)
+		}
+	}
+	return nil
+}
+
+// Conn opens an in-process client connection to node id, closed at the end
+// of the test.
+func (c *Cluster) Conn(id int, opts ...nats.Option) *nats.Conn {
+	c.t.Helper()
+	nd := c.Nodes[id-1]
+	if nd == nil {
+		c.t.Fatalf("node %d is not running", id)
+	}
+	nc, err := nd.Server.Connect(fmt.Sprintf("test-node%d", id), opts...)
+	if err != nil {
+		c.t.Fatalf("connecting to node %d: %v", id, err)
+	}
+	c.t.Cleanup(nc.Close)
+	return nc
+}
+
+// URL is node id's client URL (a TCP connection, for child processes).
+func (c *Cluster) URL(id int) string {
+	return c.Nodes[id-1].Server.ClientURL()
+}

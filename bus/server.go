@@ -1,0 +1,253 @@
+// Package bus is corobus's totem layer: the embedded nats-server every other
+// layer talks through, with routes to the other nodes of the nodelist.
+package bus
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/corobus/corobus/config"
+)
+
+// ServerConfig is everything the embedded server needs. Build it from a node
+// configuration with ServerConfigFrom, or by hand in tests.
+type ServerConfig struct {
+	NodeID      uint32
+	ClusterName string
+	// Listen is the client listener's host; ClientPort its port (-1 picks a
+	// free one, for tests).
+	Listen     string
+	ClientPort int
+	// RouteHost and RoutePort are this node's route listener; Routes the
+	// route URLs of every node of the nodelist (this node's own is fine:
+	// the server recognises itself). No routes means a one-node bus.
+	RouteHost string
+	RoutePort int
+	Routes    []string
+	// StoreDir holds JetStream's files (in a jetstream/ directory that
+	// nats-server makes below it).
+	StoreDir string
+	// Token authenticates clients. Empty means no authentication (tests
+	// and in-process use only).
+	Token string
+	// LameDuck is how long a graceful shutdown lets clients move away.
+	LameDuck time.Duration
+	Logger   *slog.Logger
+}
+
+// ServerConfigFrom derives the local node's server configuration from a node
+// configuration. The token is read from (or created in) the state directory
+// unless bus.token is configured.
+func ServerConfigFrom(cfg *config.Config, log *slog.Logger) (ServerConfig, error) {
+	local, err := cfg.LocalNode()
+	if err != nil {
+		return ServerConfig{}, err
+	}
+	nodes, err := cfg.Nodes()
+	if err != nil {
+		return ServerConfig{}, err
+	}
+	sc := ServerConfig{
+		NodeID:      local.ID,
+		ClusterName: cfg.ClusterName(),
+		Listen:      cfg.String("bus.listen"),
+		ClientPort:  local.ClientPort,
+		RouteHost:   local.Addr,
+		RoutePort:   local.BusPort,
+		StoreDir:    cfg.StateDir(), // nats-server adds its own jetstream/ below
+		LameDuck:    2 * time.Second,
+		Logger:      log,
+	}
+	if len(nodes) > 1 {
+		for _, n := range nodes {
+			sc.Routes = append(sc.Routes, "nats-route://"+net.JoinHostPort(n.Addr, strconv.Itoa(n.BusPort)))
+		}
+	}
+	tok, err := EnsureToken(cfg)
+	if err != nil {
+		return ServerConfig{}, err
+	}
+	sc.Token = tok
+	return sc, nil
+}
+
+// ServerName is the NATS server name of a node; JetStream peers and route
+// listings use it.
+func ServerName(node uint32) string { return "node" + strconv.FormatUint(uint64(node), 10) }
+
+// Server is a running embedded nats-server.
+type Server struct {
+	started time.Time
+	cfg     ServerConfig
+	ns      *server.Server
+	log     *slog.Logger
+}
+
+// StartServer starts the server and waits until it accepts clients and
+// JetStream is enabled.
+func StartServer(ctx context.Context, sc ServerConfig) (*Server, error) {
+	if sc.Logger == nil {
+		sc.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(sc.StoreDir, 0o750); err != nil {
+		return nil, fmt.Errorf("creating the JetStream store %s: %w", sc.StoreDir, err)
+	}
+	opts := &server.Options{
+		ServerName:          ServerName(sc.NodeID),
+		Host:                sc.Listen,
+		Port:                sc.ClientPort,
+		JetStream:           true,
+		StoreDir:            sc.StoreDir,
+		NoSigs:              true, // the process's run.Group owns signals
+		NoSystemAccount:     false,
+		LameDuckDuration:    sc.LameDuck,
+		LameDuckGracePeriod: sc.LameDuck / 2,
+		Authorization:       sc.Token,
+		// Pings find a dead peer well inside totem.token's order of
+		// magnitude; the membership protocol has its own detector.
+		PingInterval: 2 * time.Second,
+		MaxPingsOut:  2,
+	}
+	if len(sc.Routes) > 0 {
+		opts.Cluster = server.ClusterOpts{
+			Name: sc.ClusterName,
+			Host: sc.RouteHost,
+			Port: sc.RoutePort,
+		}
+		for _, r := range sc.Routes {
+			u, err := url.Parse(r)
+			if err != nil {
+				return nil, fmt.Errorf("route %s: %w", r, err)
+			}
+			opts.Routes = append(opts.Routes, u)
+		}
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("configuring nats-server: %w", err)
+	}
+	ns.SetLoggerV2(&natsLogger{log: sc.Logger}, false, false, false)
+	go ns.Start()
+	s := &Server{cfg: sc, ns: ns, log: sc.Logger, started: time.Now().UTC()}
+	deadline := 10 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		deadline = time.Until(d)
+	}
+	if !ns.ReadyForConnections(deadline) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("nats-server %s not ready for connections after %s", opts.ServerName, deadline)
+	}
+	if !ns.JetStreamEnabled() {
+		ns.Shutdown()
+		return nil, errors.New("nats-server started without JetStream")
+	}
+	return s, nil
+}
+
+// NATS exposes the underlying server (status, tests).
+func (s *Server) NATS() *server.Server { return s.ns }
+
+// Config is the configuration the server was started with.
+func (s *Server) Config() ServerConfig { return s.cfg }
+
+// ClientURL is the URL local clients connect to (without credentials).
+func (s *Server) ClientURL() string { return s.ns.ClientURL() }
+
+// Connect opens an in-process connection: no socket, same semantics.
+func (s *Server) Connect(name string, extra ...nats.Option) (*nats.Conn, error) {
+	opts := append([]nats.Option{nats.Name(name), nats.InProcessServer(s.ns), nats.Token(s.cfg.Token)}, extra...)
+	nc, err := nats.Connect("", opts...)
+	if err != nil {
+		return nil, fmt.Errorf("in-process connection %s: %w", name, err)
+	}
+	return nc, nil
+}
+
+// Shutdown stops the server. With graceful set it first enters lame-duck
+// mode so that clients and peers move away before the listeners close.
+func (s *Server) Shutdown(graceful bool) {
+	if graceful && len(s.cfg.Routes) > 0 {
+		s.ns.LameDuckShutdown()
+	} else {
+		s.ns.Shutdown()
+	}
+	s.ns.WaitForShutdown()
+}
+
+// EnsureToken returns the client token of the node that cfg configures:
+// bus.token if set, else the contents of the token file (bus.token_file or
+// <state_dir>/bus.token), which is created with a random token when absent.
+// Only the owner of the state directory can read it, as only root could
+// talk to corosync's IPC by default.
+func EnsureToken(cfg *config.Config) (string, error) {
+	if t := cfg.String("bus.token"); t != "" {
+		return t, nil
+	}
+	path := TokenFile(cfg)
+	if b, err := os.ReadFile(path); err == nil {
+		return strings.TrimSpace(string(b)), nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("reading the bus token: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return "", fmt.Errorf("creating %s: %w", filepath.Dir(path), err)
+	}
+	raw := make([]byte, 24)
+	if _, err := rand.Read(raw); err != nil {
+		return "", fmt.Errorf("generating the bus token: %w", err)
+	}
+	tok := hex.EncodeToString(raw)
+	// O_EXCL: when two processes race to create it, one wins and the
+	// other reads the winner's token.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		time.Sleep(50 * time.Millisecond)
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "", fmt.Errorf("reading the bus token: %w", err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("creating the bus token %s: %w", path, err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(tok + "\n"); err != nil {
+		return "", fmt.Errorf("writing the bus token %s: %w", path, err)
+	}
+	return tok, nil
+}
+
+// TokenFile is where the node's client token lives.
+func TokenFile(cfg *config.Config) string {
+	if p := cfg.String("bus.token_file"); p != "" {
+		return p
+	}
+	return filepath.Join(cfg.StateDir(), "bus.token")
+}
+
+// natsLogger routes nats-server's log lines into slog.
+type natsLogger struct{ log *slog.Logger }
+
+// Noticef is nats-server's chatter (banner, listening on …): debug here, so
+// that a node's log at info level says what corobus does.
+func (l *natsLogger) Noticef(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
+func (l *natsLogger) Warnf(format string, v ...any)   { l.log.Warn(fmt.Sprintf(format, v...)) }
+func (l *natsLogger) Fatalf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
+func (l *natsLogger) Errorf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
+func (l *natsLogger) Debugf(format string, v ...any)  { l.log.Debug(fmt.Sprintf(format, v...)) }
+func (l *natsLogger) Tracef(format string, v ...any)  { l.log.Debug(fmt.Sprintf(format, v...)) }

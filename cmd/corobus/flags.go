@@ -1,0 +1,72 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/corobus/corobus/config"
+)
+
+// nodeFlags say which node a command is about: the embedded default with no
+// flag, -c FILE for the node FILE configures, --bus URL for any node.
+type nodeFlags struct {
+	file      string
+	overrides multiFlag
+	busURL    string
+}
+
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+func (n *nodeFlags) register(fs *flag.FlagSet, withBus bool) {
+	fs.StringVar(&n.file, "c", "", "configuration `file` (corosync.conf syntax, or .yaml); default: the embedded one-node default")
+	fs.StringVar(&n.file, "config", "", "same as -c")
+	fs.Var(&n.overrides, "o", "override a configuration key: `key=value` (repeatable)")
+	if withBus {
+		fs.StringVar(&n.busURL, "bus", "", "bus `URL` of any node (nats://TOKEN@host:port); overrides -c")
+	}
+}
+
+func (n *nodeFlags) load(a *app) (*config.Config, error) {
+	return config.Load(config.Options{File: n.file, Environ: a.environ, Overrides: n.overrides})
+}
+
+// newFlagSet builds a flag set whose --help prints a summary line first and
+// whose errors go to the app's stderr.
+func newFlagSet(a *app, name, synopsis, summary string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(a.stderr)
+	fs.Usage = func() {
+		w := fs.Output()
+		fmt.Fprintf(w, "usage: corobus %s %s\n\n%s\n\nflags:\n", name, synopsis, summary)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parse parses args, sending --help to stdout (so `corobus x --help | less`
+// works) and turning bad flags into usage errors.
+func parse(a *app, fs *flag.FlagSet, args []string) error {
+	for _, arg := range args {
+		if arg == "-h" || arg == "--help" || arg == "-help" {
+			fs.SetOutput(a.stdout)
+			fs.Usage()
+			return flag.ErrHelp
+		}
+	}
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		return usagef("%v", err)
+	}
+	return nil
+}
+
+// stderrLogger is the plain logger of client verbs.
+func stderrLogger(w io.Writer, level slog.Level) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}

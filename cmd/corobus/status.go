@@ -1,0 +1,180 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/config"
+	"github.com/corobus/corobus/layer"
+)
+
+// clientCommands are the verbs that talk to a running node.
+func (a *app) clientCommands() []command {
+	return []command{}
+}
+
+// clientConn connects a client verb to the node its flags name and returns
+// the node's configuration too (the embedded default when --bus is used
+// without -c, for the subject prefix and node id).
+func (a *app) clientConn(nf nodeFlags, name string) (*nats.Conn, *config.Config, error) {
+	cfg, err := nf.load(a)
+	if err != nil {
+		return nil, nil, err
+	}
+	url := nf.busURL
+	if url == "" {
+		if url, err = bus.ClientURL(cfg); err != nil {
+			return nil, nil, err
+		}
+	}
+	nc, err := bus.Dial(url, name, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w (is the node up? `corobus up` starts one)", err)
+	}
+	return nc, cfg, nil
+}
+
+// LayerStatus is one layer process as discovery reports it.
+type LayerStatus struct {
+	Layer    string    `json:"layer"`
+	Node     uint32    `json:"node"`
+	PID      int       `json:"pid"`
+	Version  string    `json:"version"`
+	Started  time.Time `json:"started"`
+	Uptime   string    `json:"uptime"`
+	Restarts int       `json:"restarts"`
+	ID       string    `json:"id"`
+}
+
+// NodeStatus is what `corobus status --json` prints.
+type NodeStatus struct {
+	Node    uint32        `json:"node"`
+	Cluster string        `json:"cluster"`
+	Bus     bus.Status    `json:"bus"`
+	Layers  []LayerStatus `json:"layers"`
+}
+
+func runStatus(ctx context.Context, a *app, args []string) error {
+	var nf nodeFlags
+	var asJSON bool
+	var node uint
+	fs := newFlagSet(a, "status", "[-c FILE | --bus URL] [--json] [--node ID]",
+		"Show a node: id, cluster name, bus state (JetStream, routes, meta peers) and every layer\n"+
+			"process found through micro discovery, with pid, version, uptime and restarts.")
+	nf.register(fs, true)
+	fs.BoolVar(&asJSON, "json", false, "print JSON")
+	fs.UintVar(&node, "node", 0, "show this node id instead of the configured local node")
+	if err := parse(a, fs, args); err != nil {
+		return err
+	}
+	nc, cfg, err := a.clientConn(nf, "corobus-status")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	subjects, err := bus.NewSubjects(cfg.Prefix())
+	if err != nil {
+		return err
+	}
+	id := uint32(node)
+	if id == 0 {
+		local, err := cfg.LocalNode()
+		if err != nil {
+			return err
+		}
+		id = local.ID
+	}
+	st, err := nodeStatus(nc, subjects, cfg.ClusterName(), id)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(a.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	printStatus(a, st)
+	return nil
+}
+
+func nodeStatus(nc *nats.Conn, subjects bus.Subjects, cluster string, id uint32) (NodeStatus, error) {
+	bst, err := bus.FetchStatus(nc, subjects, id, 2*time.Second)
+	if err != nil {
+		return NodeStatus{}, err
+	}
+	infos, err := layer.Discover(nc, 300*time.Millisecond)
+	if err != nil {
+		return NodeStatus{}, err
+	}
+	st := NodeStatus{Node: id, Cluster: cluster, Bus: bst}
+	for _, in := range infos {
+		md := in.Metadata
+		if md[layer.MetaCluster] != cluster || md[layer.MetaNode] != strconv.FormatUint(uint64(id), 10) {
+			continue
+		}
+		ls := LayerStatus{Layer: md[layer.MetaLayer], Node: id, Version: in.Version, ID: in.ID}
+		ls.PID, _ = strconv.Atoi(md[layer.MetaPID])
+		ls.Restarts, _ = strconv.Atoi(md[layer.MetaRestarts])
+		if t, err := time.Parse(time.RFC3339, md[layer.MetaStarted]); err == nil {
+			ls.Started = t
+			ls.Uptime = time.Since(t).Truncate(time.Second).String()
+		}
+		st.Layers = append(st.Layers, ls)
+	}
+	slices.SortFunc(st.Layers, func(a, b LayerStatus) int {
+		return strings.Compare(a.Layer+a.ID, b.Layer+b.ID)
+	})
+	return st, nil
+}
+
+func printStatus(a *app, st NodeStatus) {
+	w := a.stdout
+	fmt.Fprintf(w, "Node %d (%s) of cluster %q\n", st.Node, st.Bus.Server, st.Cluster)
+	js := "off"
+	if st.Bus.JetStream {
+		js = "on"
+	}
+	fmt.Fprintf(w, "Bus:        %s, JetStream %s, meta leader %s, %d client connections\n",
+		st.Bus.ClientURL, js, orNone(st.Bus.MetaLeader), st.Bus.Connections)
+	var routes []string
+	for _, r := range st.Bus.Routes {
+		routes = append(routes, r.Server+" "+r.Addr)
+	}
+	fmt.Fprintf(w, "Routes:     %s\n", orNone(strings.Join(routes, ", ")))
+	var peers []string
+	for _, p := range st.Bus.Peers {
+		state := "current"
+		if p.Offline {
+			state = "offline"
+		} else if !p.Current {
+			state = "behind"
+		}
+		peers = append(peers, p.Server+" "+state)
+	}
+	if len(peers) > 0 {
+		fmt.Fprintf(w, "JS peers:   %s\n", strings.Join(peers, ", "))
+	}
+	fmt.Fprintln(w, "Layers:")
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  LAYER\tPID\tVERSION\tUPTIME\tRESTARTS")
+	for _, l := range st.Layers {
+		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%d\n", l.Layer, l.PID, l.Version, l.Uptime, l.Restarts)
+	}
+	_ = tw.Flush()
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}

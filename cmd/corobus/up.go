@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/config"
+	"github.com/corobus/corobus/layer"
+	"github.com/corobus/corobus/node"
+)
+
+// layers are the layer processes of a node, in start order; `corobus up`
+// stops them in the reverse order. The bus is not in the list: it is
+// started first, on its own, because everything else connects to it.
+func (a *app) layers() []layer.Layer {
+	return nil
+}
+
+// busHooks are what runs inside the bus process next to the server.
+func (a *app) busHooks() node.BusHooks {
+	return nil
+}
+
+func runUp(ctx context.Context, a *app, args []string) error {
+	var nf nodeFlags
+	var inproc bool
+	var stopTimeout time.Duration
+	fs := newFlagSet(a, "up", "[-c FILE] [-o key=value] [--inproc]",
+		"Start a whole node: the bus in its own process, then every layer as a supervised child\n"+
+			"process (restarted with backoff, output prefixed with the layer's name). SIGINT or\n"+
+			"SIGTERM stops the layers in reverse order and leaves no child behind.\n"+
+			"With no -c it runs the embedded default: one node on 127.0.0.1.")
+	nf.register(fs, false)
+	fs.BoolVar(&inproc, "inproc", false, "run every layer as an actor of this process instead of as child processes")
+	fs.DurationVar(&stopTimeout, "stop-timeout", 10*time.Second, "how long a layer has to stop after SIGTERM before SIGKILL")
+	if err := parse(a, fs, args); err != nil {
+		return err
+	}
+	cfg, err := nf.load(a)
+	if err != nil {
+		return err
+	}
+	log := a.logger(cfg, "MAIN", "up")
+	local, err := cfg.LocalNode()
+	if err != nil {
+		return err
+	}
+	log.Info("starting node", "node", local.ID, "cluster", cfg.ClusterName(), "config", describeFile(cfg), "state_dir", cfg.StateDir(), "inproc", inproc)
+	if inproc {
+		return node.InProc(ctx, cfg, a.logger(cfg, "BUS", "bus"), a.version, a.busHooks(), a.layers(),
+			func(l layer.Layer) *slog.Logger { return a.logger(cfg, l.Subsys, l.Name) })
+	}
+
+	exe, err := node.Executable()
+	if err != nil {
+		return err
+	}
+	var common []string
+	if nf.file != "" {
+		common = append(common, "-c", nf.file)
+	}
+	for _, o := range nf.overrides {
+		common = append(common, "-o", o)
+	}
+	url, err := bus.ClientURL(cfg)
+	if err != nil {
+		return err
+	}
+	subjects, err := bus.NewSubjects(cfg.Prefix())
+	if err != nil {
+		return err
+	}
+	children := []node.Child{{
+		Name: "bus",
+		Path: exe,
+		Args: append([]string{"bus"}, common...),
+		Ready: func(ctx context.Context) error {
+			return waitBusReady(ctx, url, subjects, local.ID, 30*time.Second)
+		},
+	}}
+	for _, l := range a.layers() {
+		children = append(children, node.Child{Name: l.Name, Path: exe, Args: append([]string{l.Name}, common...)})
+	}
+	sup := node.NewSupervisor(log, a.stderr, node.DefaultBackoff(), stopTimeout)
+	if err := sup.Run(ctx, children); err != nil {
+		return err
+	}
+	log.Info("node stopped", "node", local.ID)
+	return nil
+}
+
+// waitBusReady polls the bus until it answers its status with JetStream on.
+func waitBusReady(ctx context.Context, url string, subjects bus.Subjects, nodeID uint32, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last error
+	for {
+		nc, err := bus.Dial(url, "corobus-up-probe", 0)
+		if err == nil {
+			st, err2 := bus.FetchStatus(nc, subjects, nodeID, time.Second)
+			nc.Close()
+			if err2 == nil && st.JetStream {
+				return nil
+			}
+			last = err2
+		} else {
+			last = err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("bus not ready: %w", last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func describeFile(cfg *config.Config) string {
+	if cfg.Embedded() {
+		return "embedded default"
+	}
+	return cfg.File()
+}
+
+func runBus(ctx context.Context, a *app, args []string) error {
+	var nf nodeFlags
+	var restarts int
+	fs := newFlagSet(a, "bus", "[-c FILE] [-o key=value]",
+		"Run a node's embedded nats-server (JetStream on, routes to the nodelist), its status\n"+
+			"endpoint, membership and ordered multicast. `corobus up` starts it first.")
+	nf.register(fs, false)
+	fs.IntVar(&restarts, "restarts", 0, "restart count, set by the supervisor")
+	if err := parse(a, fs, args); err != nil {
+		return err
+	}
+	cfg, err := nf.load(a)
+	if err != nil {
+		return err
+	}
+	return node.RunBus(ctx, cfg, a.logger(cfg, "BUS", "bus"), a.version, restarts, a.busHooks(), nil)
+}
+
+// layerCommand is the subcommand that runs one layer as its own process.
+func layerCommand(l layer.Layer) func(ctx context.Context, a *app, args []string) error {
+	return func(ctx context.Context, a *app, args []string) error {
+		var nf nodeFlags
+		var restarts int
+		fs := newFlagSet(a, l.Name, "[-c FILE] [-o key=value] [--bus URL]",
+			l.Summary+".\nA layer process: `corobus up` starts it; run more of them to scale the layer.")
+		nf.register(fs, true)
+		fs.IntVar(&restarts, "restarts", 0, "restart count, set by the supervisor")
+		if err := parse(a, fs, args); err != nil {
+			return err
+		}
+		cfg, err := nf.load(a)
+		if err != nil {
+			return err
+		}
+		return node.RunLayer(ctx, l, cfg, nf.busURL, a.logger(cfg, l.Subsys, l.Name), a.version, restarts)
+	}
+}

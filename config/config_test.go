@@ -1,0 +1,193 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeFile(t *testing.T, name, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+const threeNodes = `totem {
+	version: 2
+	cluster_name: tri
+	token: 3000
+}
+nodelist {
+	node {
+		nodeid: 1
+		ring0_addr: 10.0.0.1
+	}
+	node {
+		nodeid: 2
+		ring0_addr: 10.0.0.2
+		bus_port: 7000
+	}
+	node {
+		nodeid: 3
+		ring0_addr: 10.0.0.3
+	}
+}
+`
+
+func TestLoadCorosyncConf(t *testing.T) {
+	p := writeFile(t, "corosync.conf", threeNodes)
+	c, err := Load(Options{File: p, Overrides: []string{"totem.nodeid=2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.ClusterName(); got != "tri" {
+		t.Errorf("cluster name = %q", got)
+	}
+	if got, _ := c.Millis("totem.token", 0); got != 3*time.Second {
+		t.Errorf("token = %v", got)
+	}
+	nodes, err := c.Nodes()
+	if err != nil || len(nodes) != 3 {
+		t.Fatalf("nodes = %v, %v", nodes, err)
+	}
+	local, err := c.LocalNode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Node{Index: 1, ID: 2, Name: "node2", Addr: "10.0.0.2", BusPort: 7000, ClientPort: DefaultClientPort}
+	if local != want {
+		t.Errorf("local node = %+v, want %+v", local, want)
+	}
+	if got := c.Prefix(); got != "corobus.tri" {
+		t.Errorf("prefix = %q", got)
+	}
+}
+
+func TestLayersOverride(t *testing.T) {
+	p := writeFile(t, "corosync.conf", threeNodes)
+	c, err := Load(Options{
+		File:      p,
+		Environ:   []string{"COROBUS_TOTEM__TOKEN=4000", "COROBUS_TOTEM__NODEID=1", "HOME=/x"},
+		Overrides: []string{"totem.token=5000"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// flags beat environment beat file beat defaults
+	if got := c.String("totem.token"); got != "5000" {
+		t.Errorf("totem.token = %q, want the flag's 5000", got)
+	}
+	if got := c.String("totem.nodeid"); got != "1" {
+		t.Errorf("totem.nodeid = %q, want the environment's 1", got)
+	}
+	if got := c.String("totem.join"); got != "50" {
+		t.Errorf("totem.join = %q, want the default 50", got)
+	}
+}
+
+func TestEmbeddedDefault(t *testing.T) {
+	dir := t.TempDir()
+	c, err := Load(Options{UserStateDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Embedded() || c.StateDir() != dir {
+		t.Errorf("embedded=%v state dir=%q", c.Embedded(), c.StateDir())
+	}
+	local, err := c.LocalNode()
+	if err != nil || local.ID != 1 || local.Addr != "127.0.0.1" {
+		t.Errorf("local = %+v, %v", local, err)
+	}
+}
+
+func TestYAML(t *testing.T) {
+	p := writeFile(t, "corobus.yaml", `totem:
+  cluster_name: y
+  token: 2000
+nodelist:
+  node:
+    "0":
+      nodeid: 7
+      ring0_addr: 127.0.0.1
+`)
+	c, err := Load(Options{File: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, err := c.LocalNode()
+	if err != nil || local.ID != 7 {
+		t.Errorf("local = %+v, %v", local, err)
+	}
+}
+
+// A mistake is reported with where it is and what was expected; nothing
+// loads.
+func TestErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, body string
+		overrides  []string
+		environ    []string
+		want       []string
+	}{
+		{
+			name: "typo in a key",
+			body: "totem {\n\tversion: 2\n\ttokn: 3000\n}\nnodelist {\n node {\n nodeid: 1\n ring0_addr: 127.0.0.1\n }\n}\n",
+			want: []string{"corosync.conf:3", "unknown key totem.tokn", "totem.token"},
+		},
+		{
+			name: "missing colon",
+			body: "totem {\n\tversion 2\n}\n",
+			want: []string{"corosync.conf:2"},
+		},
+		{
+			name: "unclosed section",
+			body: "totem {\n\tversion: 2\n",
+			want: []string{"corosync.conf:", "}"},
+		},
+		{
+			name: "bad number",
+			body: "totem {\n\ttoken: soon\n}\nnodelist {\n node {\n nodeid: 1\n ring0_addr: 127.0.0.1\n }\n}\n",
+			want: []string{"corosync.conf:2", "totem.token"},
+		},
+		{
+			name: "no nodelist",
+			body: "totem {\n\tversion: 2\n}\n",
+			want: []string{"nodelist"},
+		},
+		{
+			name:      "unknown override",
+			body:      threeNodes,
+			overrides: []string{"totem.tokken=1"},
+			want:      []string{"command line", "unknown key totem.tokken"},
+		},
+		{
+			name:    "unknown environment key",
+			body:    threeNodes,
+			environ: []string{"COROBUS_TOTEM__NOPE=1"},
+			want:    []string{"environment", "unknown key totem.nope"},
+		},
+		{
+			name: "duplicate node id",
+			body: "nodelist {\n node {\n nodeid: 1\n ring0_addr: a\n }\n node {\n nodeid: 1\n ring0_addr: b\n }\n}\n",
+			want: []string{"nodeid", "also the id"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := writeFile(t, "corosync.conf", tc.body)
+			_, err := Load(Options{File: p, Overrides: tc.overrides, Environ: tc.environ})
+			if err == nil {
+				t.Fatal("loaded; want an error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+}

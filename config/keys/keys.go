@@ -1,0 +1,333 @@
+// Package keys is the schema of the configuration keys corobus knows:
+// corosync 3.1's (corosync.conf(5), votequorum(5), cmap_keys(7)) with the
+// cmap type corosync stores each one as, whether corosync's cmap refuses
+// writes to it, and corobus's own few keys. The configuration loader
+// rejects a key that is not here (a typo), objdb stores each key with its
+// type, and docs/configuration.md is checked against it.
+package keys
+
+import (
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+)
+
+// Type is a cmap value type, spelled as corosync-cmapctl prints it.
+type Type string
+
+// The cmap types.
+const (
+	U8  Type = "u8"
+	U16 Type = "u16"
+	U32 Type = "u32"
+	U64 Type = "u64"
+	I8  Type = "i8"
+	I16 Type = "i16"
+	I32 Type = "i32"
+	I64 Type = "i64"
+	Flt Type = "flt"
+	Dbl Type = "dbl"
+	Str Type = "str"
+	Bin Type = "bin"
+)
+
+// Key describes one key or family of keys.
+type Key struct {
+	// Pattern is the key's name; a "*" token stands for any one token
+	// (a node index, a subsystem name, a uid).
+	Pattern string
+	Type    Type
+	// ReadOnly keys refuse writes through cmap, as corosync's do.
+	ReadOnly bool
+	// Default is the value assumed when the key is absent ("" if none).
+	Default string
+	// Corobus marks keys corosync does not have.
+	Corobus bool
+	Doc     string
+}
+
+// table is every key. Sections in corosync.conf(5) order.
+func table() []Key {
+	return []Key{
+		// totem
+		{Pattern: "totem.version", Type: U32, ReadOnly: true, Default: "2", Doc: "configuration version; only 2 is valid"},
+		{Pattern: "totem.cluster_name", Type: Str, ReadOnly: true, Default: "corobus", Doc: "cluster name; corobus's subject prefix is corobus.<cluster_name>"},
+		{Pattern: "totem.nodeid", Type: U32, ReadOnly: true, Doc: "this node's id, for nodes that cannot find themselves from ring0_addr (several nodes on one address)"},
+		{Pattern: "totem.clear_node_high_bit", Type: Str, ReadOnly: true, Doc: "corosync: clear the high bit of automatically chosen node ids (accepted, unused)"},
+		{Pattern: "totem.crypto_model", Type: Str, ReadOnly: true, Doc: "corosync: crypto library (accepted; route TLS is configured separately)"},
+		{Pattern: "totem.crypto_cipher", Type: Str, ReadOnly: true, Doc: "corosync: cipher of the network traffic (accepted; route TLS is configured separately)"},
+		{Pattern: "totem.crypto_hash", Type: Str, ReadOnly: true, Doc: "corosync: HMAC of the network traffic (accepted; route TLS is configured separately)"},
+		{Pattern: "totem.secauth", Type: Str, ReadOnly: true, Doc: "corosync 1/2: deprecated crypto switch (accepted, unused)"},
+		{Pattern: "totem.keyfile", Type: Str, ReadOnly: true, Doc: "corosync: path of the authkey"},
+		{Pattern: "totem.key", Type: Str, ReadOnly: true, Doc: "corosync: the key itself"},
+		{Pattern: "totem.link_mode", Type: Str, Doc: "corosync knet: passive, active or rr (accepted, unused)"},
+		{Pattern: "totem.netmtu", Type: U32, ReadOnly: true, Doc: "corosync: network MTU (accepted, unused)"},
+		{Pattern: "totem.transport", Type: Str, ReadOnly: true, Doc: "corosync: knet, udp or udpu; corobus always uses its NATS routes"},
+		{Pattern: "totem.config_version", Type: U64, Doc: "version of the configuration, compared on reload"},
+		{Pattern: "totem.ip_version", Type: Str, ReadOnly: true, Doc: "ipv4, ipv6, ipv4-6 or ipv6-4"},
+		{Pattern: "totem.ip_dscp", Type: U8, ReadOnly: true, Doc: "corosync: DSCP of totem traffic (accepted, unused)"},
+		{Pattern: "totem.threads", Type: U32, ReadOnly: true, Doc: "corosync 1: worker threads (accepted, unused)"},
+		{Pattern: "totem.token", Type: U32, Default: "1000", Doc: "ms without a heartbeat after which a node is declared gone"},
+		{Pattern: "totem.token_warning", Type: U32, Doc: "percent of token after which a late heartbeat is logged"},
+		{Pattern: "totem.token_coefficient", Type: U32, Doc: "ms added to token per node beyond two"},
+		{Pattern: "totem.token_retransmit", Type: U32, Doc: "corosync: ms before the token is retransmitted (accepted, unused)"},
+		{Pattern: "totem.hold", Type: U32, Doc: "corosync: token hold time (accepted, unused)"},
+		{Pattern: "totem.token_retransmits_before_loss_const", Type: U32, Doc: "corosync: retransmits before loss (accepted, unused)"},
+		{Pattern: "totem.join", Type: U32, Default: "50", Doc: "ms to wait for join messages in membership"},
+		{Pattern: "totem.send_join", Type: U32, Doc: "corosync: join send delay (accepted, unused)"},
+		{Pattern: "totem.consensus", Type: U32, Default: "1200", Doc: "ms to reach consensus before starting a new membership round"},
+		{Pattern: "totem.merge", Type: U32, Doc: "ms between checks for partitions to merge"},
+		{Pattern: "totem.downcheck", Type: U32, Doc: "corosync: interface down check (accepted, unused)"},
+		{Pattern: "totem.fail_recv_const", Type: U32, Doc: "corosync: rotations without messages before failure (accepted, unused)"},
+		{Pattern: "totem.seqno_unchanged_const", Type: U32, Doc: "corosync (accepted, unused)"},
+		{Pattern: "totem.heartbeat_failures_allowed", Type: U32, Doc: "corosync (accepted, unused)"},
+		{Pattern: "totem.max_network_delay", Type: U32, Doc: "corosync (accepted, unused)"},
+		{Pattern: "totem.window_size", Type: U32, Doc: "corosync: messages per token rotation (accepted, unused)"},
+		{Pattern: "totem.max_messages", Type: U32, Doc: "corosync: messages per node per rotation (accepted, unused)"},
+		{Pattern: "totem.miss_count_const", Type: U32, Doc: "corosync (accepted, unused)"},
+		{Pattern: "totem.knet_pmtud_interval", Type: U32, Doc: "knet (accepted, unused)"},
+		{Pattern: "totem.knet_mtu", Type: U32, Doc: "knet (accepted, unused)"},
+		{Pattern: "totem.knet_compression_model", Type: Str, Doc: "knet (accepted, unused)"},
+		{Pattern: "totem.knet_compression_threshold", Type: U32, Doc: "knet (accepted, unused)"},
+		{Pattern: "totem.knet_compression_level", Type: I32, Doc: "knet (accepted, unused)"},
+		{Pattern: "totem.block_unlisted_ips", Type: Str, Doc: "knet: drop traffic from addresses not in the nodelist (accepted, unused)"},
+		{Pattern: "totem.cancel_token_hold_on_retransmit", Type: Str, Doc: "corosync (accepted, unused)"},
+		{Pattern: "totem.rrp_mode", Type: Str, Doc: "corosync 2 (accepted, unused)"},
+		{Pattern: "totem.interface.*.linknumber", Type: U8, Doc: "link (ring) number of an interface section"},
+		{Pattern: "totem.interface.*.ringnumber", Type: U8, Doc: "corosync 2 name of linknumber"},
+		{Pattern: "totem.interface.*.bindnetaddr", Type: Str, Doc: "UDP transports: address to bind"},
+		{Pattern: "totem.interface.*.broadcast", Type: Str, Doc: "UDP transports: use broadcast"},
+		{Pattern: "totem.interface.*.mcastaddr", Type: Str, Doc: "UDP transports: multicast address"},
+		{Pattern: "totem.interface.*.mcastport", Type: U16, Doc: "UDP port of the link"},
+		{Pattern: "totem.interface.*.ttl", Type: U8, Doc: "UDP multicast TTL"},
+		{Pattern: "totem.interface.*.knet_link_priority", Type: U8, Doc: "knet link priority"},
+		{Pattern: "totem.interface.*.knet_ping_interval", Type: U32, Doc: "knet ping interval"},
+		{Pattern: "totem.interface.*.knet_ping_timeout", Type: U32, Doc: "knet ping timeout"},
+		{Pattern: "totem.interface.*.knet_ping_precision", Type: U32, Doc: "knet ping precision"},
+		{Pattern: "totem.interface.*.knet_pong_count", Type: U32, Doc: "knet pong count"},
+		{Pattern: "totem.interface.*.knet_transport", Type: Str, Doc: "knet transport: udp or sctp"},
+
+		// logging
+		{Pattern: "logging.timestamp", Type: Str, Default: "on", Doc: "on, off or hires: time stamps on log lines"},
+		{Pattern: "logging.fileline", Type: Str, Default: "off", Doc: "on: print the source file and line"},
+		{Pattern: "logging.function_name", Type: Str, Default: "off", Doc: "on: print the function name"},
+		{Pattern: "logging.blackbox", Type: Str, Default: "on", Doc: "on: keep the flight recorder"},
+		{Pattern: "logging.to_stderr", Type: Str, Default: "yes", Doc: "log to standard error"},
+		{Pattern: "logging.to_logfile", Type: Str, Default: "no", Doc: "log to logging.logfile"},
+		{Pattern: "logging.to_syslog", Type: Str, Default: "no", Doc: "log to syslog"},
+		{Pattern: "logging.logfile", Type: Str, Doc: "path of the log file"},
+		{Pattern: "logging.logfile_priority", Type: Str, Default: "info", Doc: "lowest priority written to the log file"},
+		{Pattern: "logging.syslog_facility", Type: Str, Default: "daemon", Doc: "syslog facility"},
+		{Pattern: "logging.syslog_priority", Type: Str, Default: "info", Doc: "lowest priority sent to syslog"},
+		{Pattern: "logging.debug", Type: Str, Default: "off", Doc: "on, off or trace"},
+		{Pattern: "logging.logger_subsys.*.subsys", Type: Str, Doc: "the subsystem a logger_subsys section configures"},
+		{Pattern: "logging.logger_subsys.*.debug", Type: Str, Doc: "debug for one subsystem: on, off or trace"},
+		{Pattern: "logging.logger_subsys.*.to_stderr", Type: Str, Doc: "per-subsystem override"},
+		{Pattern: "logging.logger_subsys.*.to_logfile", Type: Str, Doc: "per-subsystem override"},
+		{Pattern: "logging.logger_subsys.*.to_syslog", Type: Str, Doc: "per-subsystem override"},
+		{Pattern: "logging.logger_subsys.*.logfile", Type: Str, Doc: "per-subsystem override"},
+		{Pattern: "logging.logger_subsys.*.logfile_priority", Type: Str, Doc: "per-subsystem override"},
+		{Pattern: "logging.logger_subsys.*.syslog_facility", Type: Str, Doc: "per-subsystem override"},
+		{Pattern: "logging.logger_subsys.*.syslog_priority", Type: Str, Doc: "per-subsystem override"},
+		{Pattern: "logging.logger_subsys.*.timestamp", Type: Str, Doc: "per-subsystem override"},
+		{Pattern: "logging.logger_subsys.*.fileline", Type: Str, Doc: "per-subsystem override"},
+		{Pattern: "logging.logger_subsys.*.function_name", Type: Str, Doc: "per-subsystem override"},
+
+		// quorum (votequorum(5))
+		{Pattern: "quorum.provider", Type: Str, Default: "corosync_votequorum", Doc: "quorum provider"},
+		{Pattern: "quorum.expected_votes", Type: U32, Doc: "expected votes when there is no nodelist"},
+		{Pattern: "quorum.votes", Type: U32, Doc: "this node's votes when there is no nodelist"},
+		{Pattern: "quorum.two_node", Type: U8, Doc: "1: a two-node cluster is quorate with one node"},
+		{Pattern: "quorum.wait_for_all", Type: U8, Doc: "1: quorate only once all nodes were seen together"},
+		{Pattern: "quorum.last_man_standing", Type: U8, Doc: "1: recompute expected votes as nodes leave"},
+		{Pattern: "quorum.last_man_standing_window", Type: U32, Doc: "ms to wait before recomputing"},
+		{Pattern: "quorum.auto_tie_breaker", Type: U8, Doc: "1: break 50/50 splits by node id"},
+		{Pattern: "quorum.auto_tie_breaker_node", Type: Str, Doc: "lowest, highest or a list of node ids"},
+		{Pattern: "quorum.allow_downscale", Type: U8, Doc: "1: lower expected votes on clean leaves"},
+		{Pattern: "quorum.expected_votes_tracking", Type: U8, Doc: "1: remember the highest expected votes"},
+		{Pattern: "quorum.leaving_timeout", Type: U32, Doc: "ms a leaving node is waited for"},
+		{Pattern: "quorum.device.*", Type: Str, Doc: "qdevice settings (accepted, unused)"},
+		{Pattern: "quorum.device.*.*", Type: Str, Doc: "qdevice model settings (accepted, unused)"},
+		{Pattern: "quorum.device.*.*.*", Type: Str, Doc: "qdevice model settings (accepted, unused)"},
+
+		// nodelist
+		{Pattern: "nodelist.node.*.nodeid", Type: U32, ReadOnly: true, Doc: "the node's id (1 to 2^32-1)"},
+		{Pattern: "nodelist.node.*.name", Type: Str, ReadOnly: true, Doc: "the node's name"},
+		{Pattern: "nodelist.node.*.ring*_addr", Type: Str, ReadOnly: true, Doc: "address of the node on link N; ring0_addr is where its bus listens for routes"},
+		{Pattern: "nodelist.node.*.quorum_votes", Type: U32, ReadOnly: true, Doc: "the node's votes"},
+		{Pattern: "nodelist.node.*.bus_port", Type: U16, ReadOnly: true, Default: "5405", Corobus: true, Doc: "TCP port of the node's bus route listener"},
+		{Pattern: "nodelist.node.*.client_port", Type: U16, ReadOnly: true, Default: "5400", Corobus: true, Doc: "TCP port of the node's bus client listener"},
+		{Pattern: "nodelist.local_node_pos", Type: U32, ReadOnly: true, Doc: "runtime: index of this node in the nodelist"},
+
+		// system
+		{Pattern: "system.qb_ipc_type", Type: Str, ReadOnly: true, Doc: "native, shm or socket; corobus's gateway always serves socket"},
+		{Pattern: "system.sched_rr", Type: Str, ReadOnly: true, Doc: "yes: real-time scheduling (accepted, unused)"},
+		{Pattern: "system.priority", Type: Str, ReadOnly: true, Doc: "process priority (accepted, unused)"},
+		{Pattern: "system.move_to_root_cgroup", Type: Str, ReadOnly: true, Doc: "accepted, unused"},
+		{Pattern: "system.allow_knet_handle_fallback", Type: Str, ReadOnly: true, Doc: "accepted, unused"},
+		{Pattern: "system.state_dir", Type: Str, ReadOnly: true, Default: "/var/lib/corosync", Doc: "where the node keeps its state: JetStream store, bus token"},
+
+		// resources, nozzle, pload, qb
+		{Pattern: "resources.*", Type: Str, Doc: "corosync resource monitoring (accepted, unused)"},
+		{Pattern: "resources.*.*", Type: Str, Doc: "corosync resource monitoring (accepted, unused)"},
+		{Pattern: "resources.*.*.*", Type: Str, Doc: "corosync resource monitoring (accepted, unused)"},
+		{Pattern: "nozzle.*", Type: Str, Doc: "corosync nozzle device (accepted, unused)"},
+		{Pattern: "pload.count", Type: U32, Doc: "pload test service"},
+		{Pattern: "pload.size", Type: U32, Doc: "pload test service"},
+
+		// uidgid
+		{Pattern: "uidgid.config.uid.*", Type: U8, ReadOnly: true, Doc: "from uidgid sections: this uid may connect"},
+		{Pattern: "uidgid.config.gid.*", Type: U8, ReadOnly: true, Doc: "from uidgid sections: this gid may connect"},
+		{Pattern: "uidgid.uid.*", Type: U8, Doc: "set at run time: this uid may connect"},
+		{Pattern: "uidgid.gid.*", Type: U8, Doc: "set at run time: this gid may connect"},
+
+		// corosync 1.x service blocks
+		{Pattern: "service.*.name", Type: Str, Doc: "service to load (corosync 1.x service { name; ver } blocks)"},
+		{Pattern: "service.*.ver", Type: U32, Doc: "version of the service to load"},
+
+		// corobus
+		{Pattern: "bus.prefix", Type: Str, Corobus: true, Doc: "subject prefix; default corobus.<cluster_name>"},
+		{Pattern: "bus.listen", Type: Str, Corobus: true, Default: "127.0.0.1", Doc: "address the client port binds"},
+		{Pattern: "bus.token", Type: Str, Corobus: true, Doc: "client token (default: generated into <state_dir>/bus.token)"},
+		{Pattern: "bus.token_file", Type: Str, Corobus: true, Doc: "where the client token is kept (default <state_dir>/bus.token)"},
+		{Pattern: "objdb.replicas", Type: U8, Corobus: true, Default: "0", Doc: "JetStream replicas of objdb; 0: 1 on one node, 3 on three or more"},
+		{Pattern: "loader.search_path", Type: Str, Corobus: true, Default: "local cluster", Doc: "space-separated subject namespaces searched for components, first match wins"},
+		{Pattern: "loader.component_dir", Type: Str, Corobus: true, Default: "/usr/lib/corobus/components", Doc: "directory of component executables (LCRSODIR)"},
+		{Pattern: "loader.default_services", Type: Str, Corobus: true, Default: "yes", Doc: "no: load only the service blocks of the file"},
+	}
+}
+
+// All returns every known key pattern, in documentation order.
+func All() []Key { return table() }
+
+// Lookup finds the pattern a key matches.
+func Lookup(key string) (Key, bool) {
+	toks := strings.Split(key, ".")
+	for _, k := range table() {
+		if match(strings.Split(k.Pattern, "."), toks) {
+			return k, true
+		}
+	}
+	return Key{}, false
+}
+
+// match compares tokens; a pattern token "*" matches any token and
+// "ring*_addr" any ringN_addr.
+func match(pat, toks []string) bool {
+	if len(pat) != len(toks) {
+		return false
+	}
+	for i, p := range pat {
+		switch {
+		case p == "*":
+			if toks[i] == "" {
+				return false
+			}
+		case strings.Contains(p, "*"):
+			pre, suf, _ := strings.Cut(p, "*")
+			mid, ok := strings.CutPrefix(toks[i], pre)
+			if !ok {
+				return false
+			}
+			mid, ok = strings.CutSuffix(mid, suf)
+			if !ok {
+				return false
+			}
+			if _, err := strconv.Atoi(mid); err != nil {
+				return false
+			}
+		case p != toks[i]:
+			return false
+		}
+	}
+	return true
+}
+
+// Suggest returns the known key closest to an unknown one, or "".
+func Suggest(unknown string) string {
+	best, bestD := "", math.MaxInt
+	toks := strings.Split(unknown, ".")
+	for _, k := range table() {
+		// Concrete candidate: the pattern with the unknown key's own
+		// tokens where the pattern has wildcards.
+		pt := strings.Split(k.Pattern, ".")
+		if len(pt) != len(toks) {
+			continue
+		}
+		cand := make([]string, len(pt))
+		for i, p := range pt {
+			if strings.Contains(p, "*") {
+				cand[i] = toks[i]
+			} else {
+				cand[i] = p
+			}
+		}
+		c := strings.Join(cand, ".")
+		if d := distance(unknown, c); d < bestD {
+			best, bestD = c, d
+		}
+	}
+	// Too far apart is not a typo.
+	if bestD > max(2, len(unknown)/4) {
+		return ""
+	}
+	return best
+}
+
+// distance is the Levenshtein distance.
+func distance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// Validate checks that value can be stored as the key's type.
+func Validate(key, value string) error {
+	k, ok := Lookup(key)
+	if !ok {
+		return fmt.Errorf("unknown key %s", key)
+	}
+	if err := CheckValue(k.Type, value); err != nil {
+		return fmt.Errorf("%s: %w", key, err)
+	}
+	return nil
+}
+
+// CheckValue checks that value parses as type t.
+func CheckValue(t Type, value string) error {
+	bits := map[Type]int{U8: 8, U16: 16, U32: 32, U64: 64, I8: 8, I16: 16, I32: 32, I64: 64}
+	switch t {
+	case U8, U16, U32, U64:
+		if _, err := strconv.ParseUint(value, 0, bits[t]); err != nil {
+			return fmt.Errorf("expected an unsigned %d-bit integer (%s), found %q", bits[t], t, value)
+		}
+	case I8, I16, I32, I64:
+		if _, err := strconv.ParseInt(value, 0, bits[t]); err != nil {
+			return fmt.Errorf("expected a signed %d-bit integer (%s), found %q", bits[t], t, value)
+		}
+	case Flt, Dbl:
+		size := 64
+		if t == Flt {
+			size = 32
+		}
+		if _, err := strconv.ParseFloat(value, size); err != nil {
+			return fmt.Errorf("expected a number (%s), found %q", t, value)
+		}
+	}
+	return nil
+}

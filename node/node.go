@@ -1,0 +1,156 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/oklog/run"
+
+	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/config"
+	"github.com/corobus/corobus/layer"
+)
+
+// BusHooks are the parts of the bus process that later layers of the stack
+// hang on the running server (membership and ordered multicast run inside
+// the bus process, next to the routes they use).
+type BusHooks []func(ctx context.Context, srv *bus.Server, env layer.Env) error
+
+// RunBus is the `corobus bus` process: the embedded nats-server, its status
+// endpoint and discovery record, and the hooks, until ctx ends; then a
+// graceful shutdown.
+func RunBus(ctx context.Context, cfg *config.Config, log *slog.Logger, version string, restarts int, hooks BusHooks, onReady func(*bus.Server)) error {
+	sc, err := bus.ServerConfigFrom(cfg, log)
+	if err != nil {
+		return err
+	}
+	srv, err := bus.StartServer(ctx, sc)
+	if err != nil {
+		return err
+	}
+	defer srv.Shutdown(true)
+	nc, err := srv.Connect("corobus-bus")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	env, err := newEnv(cfg, nc, log, version, restarts)
+	if err != nil {
+		return err
+	}
+	svc, err := layer.NewService(env, "bus", "embedded nats-server, membership and ordered multicast", time.Now().UTC().Format(time.RFC3339))
+	if err != nil {
+		return fmt.Errorf("registering the bus service: %w", err)
+	}
+	defer func() { _ = svc.Stop() }()
+	if err := bus.StatusEndpoint(svc, srv, env.Subjects); err != nil {
+		return fmt.Errorf("adding the bus status endpoint: %w", err)
+	}
+	log.Info("bus ready", "server", bus.ServerName(sc.NodeID), "client_url", srv.ClientURL(), "routes", len(sc.Routes))
+	if onReady != nil {
+		onReady(srv)
+	}
+
+	var g run.Group
+	{
+		ctx, cancel := context.WithCancel(ctx)
+		g.Add(func() error { <-ctx.Done(); return nil }, func(error) { cancel() })
+	}
+	for _, h := range hooks {
+		ctx, cancel := context.WithCancel(ctx)
+		g.Add(func() error { return h(ctx, srv, env) }, func(error) { cancel() })
+	}
+	return g.Run()
+}
+
+// RunLayer is a layer's own process (`corobus <layer>`): connect to the
+// node's bus, then serve until ctx ends.
+func RunLayer(ctx context.Context, l layer.Layer, cfg *config.Config, busURL string, log *slog.Logger, version string, restarts int) error {
+	if busURL == "" {
+		u, err := bus.ClientURL(cfg)
+		if err != nil {
+			return err
+		}
+		busURL = u
+	}
+	nc, err := bus.Dial(busURL, layer.ServiceName(l.Name), 30*time.Second)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	env, err := newEnv(cfg, nc, log, version, restarts)
+	if err != nil {
+		return err
+	}
+	err = l.Run(ctx, env)
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	_ = nc.Drain()
+	return err
+}
+
+func newEnv(cfg *config.Config, nc *nats.Conn, log *slog.Logger, version string, restarts int) (layer.Env, error) {
+	local, err := cfg.LocalNode()
+	if err != nil {
+		return layer.Env{}, err
+	}
+	subjects, err := bus.NewSubjects(cfg.Prefix())
+	if err != nil {
+		return layer.Env{}, err
+	}
+	return layer.Env{
+		Config:   cfg,
+		Node:     local,
+		Conn:     nc,
+		Subjects: subjects,
+		Log:      log,
+		Restarts: restarts,
+		Version:  version,
+	}, nil
+}
+
+// InProc runs a whole node in this process: the bus, then every layer as an
+// actor of one run.Group with its own in-process connection. The code each
+// layer runs is the code it runs as a child process.
+func InProc(ctx context.Context, cfg *config.Config, log *slog.Logger, version string, hooks BusHooks, layers []layer.Layer, logFor func(l layer.Layer) *slog.Logger) error {
+	ready := make(chan *bus.Server, 1)
+	var g run.Group
+	{
+		ctx, cancel := context.WithCancel(ctx)
+		g.Add(func() error {
+			return RunBus(ctx, cfg, log, version, 0, hooks, func(s *bus.Server) { ready <- s })
+		}, func(error) { cancel() })
+	}
+	for _, l := range layers {
+		ctx, cancel := context.WithCancel(ctx)
+		g.Add(func() error {
+			var srv *bus.Server
+			select {
+			case srv = <-ready:
+				ready <- srv // hand it on to the next layer
+			case <-ctx.Done():
+				return nil
+			}
+			nc, err := srv.Connect(layer.ServiceName(l.Name))
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			env, err := newEnv(cfg, nc, logFor(l), version, 0)
+			if err != nil {
+				return err
+			}
+			err = l.Run(ctx, env)
+			if errors.Is(err, context.Canceled) || ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("layer %s: %w", l.Name, err)
+		}, func(error) { cancel() })
+	}
+	return g.Run()
+}

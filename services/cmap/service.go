@@ -1,0 +1,244 @@
+package cmap
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+
+	"github.com/corobus/corobus/services/cswire"
+	"github.com/corobus/corobus/services/ipc/session"
+)
+
+// Value is a typed cmap value: Type is libcmap's cmap_value_types_t.
+type Value struct {
+	Type uint8
+	Data []byte
+}
+
+// Entry is a key with its value.
+type Entry struct {
+	Key   string
+	Value Value
+}
+
+// Event is a change of a tracked key.
+type Event struct {
+	Kind     int32 // TrackAdd, TrackModify or TrackDelete
+	Key      string
+	Old, New *Value // nil where there is none (Old of an add, New of a delete)
+}
+
+// Store is the object database as the cmap service needs it. Errors carry
+// cs_error_t codes (cswire.Error) where corosync would return one:
+// CS_ERR_NOT_EXIST, CS_ERR_ACCESS for a read-only key, CS_ERR_INVALID_PARAM
+// for a bad key or type, CS_ERR_TRY_AGAIN when a write cannot be
+// replicated now.
+type Store interface {
+	Get(ctx context.Context, key string) (Value, error)
+	Set(ctx context.Context, key string, v Value) error
+	Delete(ctx context.Context, key string) error
+	// Adjust adds step to an integer key atomically (cmap_inc, cmap_dec).
+	Adjust(ctx context.Context, key string, step int32) error
+	// List returns the keys under prefix in key order.
+	List(ctx context.Context, prefix string) ([]Entry, error)
+	// Track calls fn for changes of key (or of every key under it when
+	// prefix is set) until stop is called. fn is called from one goroutine
+	// in change order.
+	Track(ctx context.Context, key string, prefix bool, fn func(Event)) (stop func(), err error)
+}
+
+// Service is the cmap component: it opens a session per client
+// connection. Maps: the default map is objdb; the stats map is objdb's
+// "stats." subtree, where the layers publish their counters.
+type Service struct {
+	store Store
+	log   *slog.Logger
+}
+
+// NewService builds the cmap component over store.
+func NewService(store Store, log *slog.Logger) *Service {
+	return &Service{store: store, log: log}
+}
+
+// Open implements session.Handler.
+func (s *Service) Open(c *session.Conn) (session.Session, error) {
+	return &conn{svc: s, c: c, iters: map[uint64]*iter{}, tracks: map[uint64]*track{}}, nil
+}
+
+// conn is one libcmap connection's state: iterators and tracks, each behind
+// a handle that only this connection can name.
+type conn struct {
+	svc   *Service
+	c     *session.Conn
+	stats bool // set_current_map(STATS)
+
+	mu         sync.Mutex
+	nextHandle uint64
+	iters      map[uint64]*iter
+	tracks     map[uint64]*track
+}
+
+type iter struct {
+	entries []Entry
+	pos     int
+}
+
+type track struct {
+	stop    func()
+	userCtx uint64 // the client's track_inst_handle
+}
+
+// statsPrefix is where the stats map lives in objdb.
+const statsPrefix = "stats."
+
+func (c *conn) key(k string) string {
+	if c.stats && !strings.HasPrefix(k, statsPrefix) {
+		return statsPrefix + k
+	}
+	return k
+}
+
+func (c *conn) handle() uint64 {
+	c.nextHandle++
+	// Handles start high and are never zero: libcmap treats 0 as "none".
+	return c.nextHandle | 0x1000_0000_0000
+}
+
+// Request implements session.Session.
+func (c *conn) Request(ctx context.Context, msg []byte) []byte {
+	r, err := DecodeRequest(msg)
+	if err != nil {
+		c.svc.log.Warn("malformed cmap request", "conn", c.c.ID, "pid", c.c.PID, "err", err)
+		return EncodeStatus(r.ID, cswire.ErrInvalidParam)
+	}
+	st := c.svc.store
+	switch r.ID {
+	case ReqSet:
+		return EncodeStatus(r.ID, cswire.Code(st.Set(ctx, c.key(r.Key), Value{Type: r.Type, Data: r.Value})))
+	case ReqDelete:
+		return EncodeStatus(r.ID, cswire.Code(st.Delete(ctx, c.key(r.Key))))
+	case ReqGet:
+		v, err := st.Get(ctx, c.key(r.Key))
+		if err != nil {
+			return EncodeStatus(r.ID, cswire.Code(err))
+		}
+		return EncodeGet(v.Type, v.Data, r.MaxLen)
+	case ReqAdjustInt:
+		return EncodeStatus(r.ID, cswire.Code(st.Adjust(ctx, c.key(r.Key), r.Step)))
+	case ReqIterInit:
+		entries, err := st.List(ctx, c.key(r.Key))
+		if err != nil {
+			return EncodeStatus(r.ID, cswire.Code(err))
+		}
+		c.mu.Lock()
+		h := c.handle()
+		c.iters[h] = &iter{entries: entries}
+		c.mu.Unlock()
+		return EncodeHandle(r.ID, h)
+	case ReqIterNext:
+		c.mu.Lock()
+		it := c.iters[r.Handle]
+		c.mu.Unlock()
+		if it == nil {
+			return EncodeStatus(r.ID, cswire.ErrBadHandle)
+		}
+		if it.pos >= len(it.entries) {
+			return EncodeStatus(r.ID, cswire.ErrNoSections)
+		}
+		e := it.entries[it.pos]
+		it.pos++
+		return EncodeIterNext(strings.TrimPrefix(e.Key, c.statsStrip()), e.Value.Type, uint64(len(e.Value.Data)))
+	case ReqIterFinalize:
+		c.mu.Lock()
+		_, ok := c.iters[r.Handle]
+		delete(c.iters, r.Handle)
+		c.mu.Unlock()
+		if !ok {
+			return EncodeStatus(r.ID, cswire.ErrBadHandle)
+		}
+		return EncodeStatus(r.ID, cswire.OK)
+	case ReqTrackAdd:
+		return c.trackAdd(ctx, r)
+	case ReqTrackDelete:
+		c.mu.Lock()
+		t := c.tracks[r.Handle]
+		delete(c.tracks, r.Handle)
+		c.mu.Unlock()
+		if t == nil {
+			return EncodeStatus(r.ID, cswire.ErrBadHandle)
+		}
+		t.stop()
+		// The reply echoes the client's own handle; libcmap looks its
+		// callback up by it.
+		return EncodeHandle(r.ID, t.userCtx)
+	case ReqSetCurrentMap:
+		switch r.Map {
+		case MapDefault:
+			c.stats = false
+		case MapStats:
+			c.stats = true
+		default:
+			return EncodeStatus(r.ID, cswire.ErrInvalidParam)
+		}
+		return EncodeStatus(r.ID, cswire.OK)
+	}
+	return EncodeStatus(r.ID, cswire.ErrInvalidParam)
+}
+
+func (c *conn) statsStrip() string {
+	if c.stats {
+		return statsPrefix
+	}
+	return "\x00" // strips nothing
+}
+
+func (c *conn) trackAdd(ctx context.Context, r Request) []byte {
+	flags := r.Track
+	if flags&(TrackAdd|TrackDelete|TrackModify) == 0 {
+		return EncodeStatus(r.ID, cswire.ErrInvalidParam)
+	}
+	key := c.key(r.Key)
+	prefix := flags&TrackPrefix != 0
+	if r.Key == "" {
+		// A NULL key tracks everything (of the current map).
+		key, prefix = c.key(""), true
+	}
+	strip := c.statsStrip()
+	uc := r.UserCtx
+	stop, err := c.svc.store.Track(ctx, key, prefix, func(ev Event) {
+		if ev.Kind&flags == 0 {
+			return
+		}
+		n := Notify{UserCtx: uc, Key: strings.TrimPrefix(ev.Key, strip), Event: ev.Kind}
+		if ev.New != nil {
+			n.NewType, n.NewValue = ev.New.Type, ev.New.Data
+		}
+		if ev.Old != nil {
+			n.OldType, n.OldValue = ev.Old.Type, ev.Old.Data
+		}
+		if err := c.c.SendEvent(EncodeNotify(n)); err != nil {
+			c.svc.log.Debug("cmap notification not sent", "conn", c.c.ID, "err", err)
+		}
+	})
+	if err != nil {
+		return EncodeStatus(r.ID, cswire.Code(err))
+	}
+	c.mu.Lock()
+	h := c.handle()
+	c.tracks[h] = &track{stop: stop, userCtx: uc}
+	c.mu.Unlock()
+	return EncodeHandle(r.ID, h)
+}
+
+// Close implements session.Session: the connection's tracks stop.
+func (c *conn) Close() {
+	c.mu.Lock()
+	tracks := c.tracks
+	c.tracks = map[uint64]*track{}
+	c.iters = map[uint64]*iter{}
+	c.mu.Unlock()
+	for _, t := range tracks {
+		t.stop()
+	}
+}

@@ -1,0 +1,272 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+
+	"github.com/corobus/corobus/services/cswire"
+)
+
+// Conn is one client connection as a component sees it.
+type Conn struct {
+	ID       string
+	PID      uint32
+	UID, GID uint32
+	gateway  string
+	events   string
+	nc       *nats.Conn
+}
+
+// SendEvent publishes a raw libqb event message to the client's event
+// socket (through its gateway). Safe for concurrent use.
+func (c *Conn) SendEvent(msg []byte) error {
+	if err := c.nc.Publish(c.events, msg); err != nil {
+		return fmt.Errorf("sending an event to connection %s: %w", c.ID, err)
+	}
+	return nil
+}
+
+// Session is a component's state for one connection.
+type Session interface {
+	// Request handles one raw request message and returns the raw
+	// response message. Requests of one session never overlap.
+	Request(ctx context.Context, msg []byte) []byte
+	// Close releases the session's resources (its tracks, its joins).
+	Close()
+}
+
+// Handler opens sessions. Returning a cswire.Error refuses the connection
+// with that code.
+type Handler interface {
+	Open(c *Conn) (Session, error)
+}
+
+// Server serves a component's sessions on the bus.
+type Server struct {
+	nc        *nats.Conn
+	component string
+	subject   string // this instance's session subject
+	h         Handler
+	log       *slog.Logger
+	// GatewayTimeout is how long a gateway may stay silent before its
+	// sessions are dropped; tests shorten it.
+	GatewayTimeout time.Duration
+
+	mu       sync.Mutex
+	sessions map[string]*served
+	alive    map[string]time.Time // gateway alive subject → last heard
+	aliveSub map[string]*nats.Subscription
+}
+
+type served struct {
+	conn  *Conn
+	s     Session
+	queue chan *nats.Msg
+	done  chan struct{}
+}
+
+// NewServer prepares a server for component (its bus subject) with a
+// session subject unique to this instance.
+func NewServer(nc *nats.Conn, component string, h Handler, log *slog.Logger) *Server {
+	return &Server{
+		nc: nc, component: component, h: h, log: log,
+		subject:        component + ".session." + nuid.Next(),
+		GatewayTimeout: GatewayTimeout,
+		sessions:       map[string]*served{},
+		alive:          map[string]time.Time{},
+		aliveSub:       map[string]*nats.Subscription{},
+	}
+}
+
+// Run serves until ctx ends, then closes every session.
+func (s *Server) Run(ctx context.Context) error {
+	open, err := s.nc.QueueSubscribe(OpenSubject(s.component), "open", s.open)
+	if err != nil {
+		return fmt.Errorf("subscribing to %s: %w", OpenSubject(s.component), err)
+	}
+	defer func() { _ = open.Unsubscribe() }()
+	reqs, err := s.nc.Subscribe(s.subject, s.request)
+	if err != nil {
+		return fmt.Errorf("subscribing to %s: %w", s.subject, err)
+	}
+	defer func() { _ = reqs.Unsubscribe() }()
+	closes, err := s.nc.Subscribe(CloseSubject(s.subject), func(m *nats.Msg) { s.drop(m.Header.Get(HdrConn)) })
+	if err != nil {
+		return fmt.Errorf("subscribing to %s: %w", CloseSubject(s.subject), err)
+	}
+	defer func() { _ = closes.Unsubscribe() }()
+
+	tick := time.NewTicker(min(AliveInterval, s.GatewayTimeout/2))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			s.mu.Lock()
+			ids := make([]string, 0, len(s.sessions))
+			for id := range s.sessions {
+				ids = append(ids, id)
+			}
+			s.mu.Unlock()
+			for _, id := range ids {
+				s.drop(id)
+			}
+			return nil
+		case now := <-tick.C:
+			s.expire(now)
+		}
+	}
+}
+
+// Sessions is the number of open sessions (for stats).
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+func (s *Server) open(m *nats.Msg) {
+	h := m.Header
+	c := &Conn{ID: h.Get(HdrConn), gateway: h.Get(HdrGateway), events: h.Get(HdrEvents), nc: s.nc}
+	reply := nats.NewMsg(m.Reply)
+	refuse := func(code cswire.Error, why string) {
+		s.log.Warn("refusing a connection", "conn", c.ID, "why", why)
+		reply.Header.Set(HdrError, strconv.Itoa(int(code)))
+		_ = m.RespondMsg(reply)
+	}
+	if c.ID == "" || c.events == "" || c.gateway == "" {
+		refuse(cswire.ErrInvalidParam, "open without connection id, events or gateway subject")
+		return
+	}
+	for _, f := range []struct {
+		hdr string
+		dst *uint32
+	}{{HdrPID, &c.PID}, {HdrUID, &c.UID}, {HdrGID, &c.GID}} {
+		v, err := strconv.ParseUint(h.Get(f.hdr), 10, 32)
+		if err != nil {
+			refuse(cswire.ErrInvalidParam, "bad "+f.hdr)
+			return
+		}
+		*f.dst = uint32(v)
+	}
+	sess, err := s.h.Open(c)
+	if err != nil {
+		refuse(cswire.Code(err), err.Error())
+		return
+	}
+	sv := &served{conn: c, s: sess, queue: make(chan *nats.Msg, 64), done: make(chan struct{})}
+	s.mu.Lock()
+	if old, ok := s.sessions[c.ID]; ok {
+		// A gateway never reuses an id; if it does, the old session is
+		// gone from its point of view.
+		s.mu.Unlock()
+		s.drop(old.conn.ID)
+		s.mu.Lock()
+	}
+	s.sessions[c.ID] = sv
+	if _, ok := s.alive[c.gateway]; !ok {
+		s.alive[c.gateway] = time.Now()
+		gw := c.gateway
+		sub, err := s.nc.Subscribe(gw, func(*nats.Msg) {
+			s.mu.Lock()
+			s.alive[gw] = time.Now()
+			s.mu.Unlock()
+		})
+		if err == nil {
+			s.aliveSub[gw] = sub
+		}
+	}
+	s.mu.Unlock()
+	go s.work(sv)
+	reply.Header.Set(HdrSession, s.subject)
+	if err := m.RespondMsg(reply); err != nil {
+		s.drop(c.ID)
+	}
+}
+
+// request queues a request for its session's worker: one worker per
+// session keeps each connection's requests in order without making one
+// slow client hold up the others.
+func (s *Server) request(m *nats.Msg) {
+	id := m.Header.Get(HdrConn)
+	s.mu.Lock()
+	sv := s.sessions[id]
+	s.mu.Unlock()
+	if sv == nil {
+		// The session is gone (expired, or this instance restarted):
+		// an empty reply tells the gateway to close the connection.
+		_ = m.Respond(nil)
+		return
+	}
+	select {
+	case sv.queue <- m:
+	case <-sv.done:
+		_ = m.Respond(nil)
+	}
+}
+
+func (s *Server) work(sv *served) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for {
+		select {
+		case m := <-sv.queue:
+			resp := sv.s.Request(ctx, m.Data)
+			if err := m.Respond(resp); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+				s.log.Debug("replying to a request", "conn", sv.conn.ID, "err", err)
+			}
+		case <-sv.done:
+			return
+		}
+	}
+}
+
+func (s *Server) drop(id string) {
+	s.mu.Lock()
+	sv, ok := s.sessions[id]
+	if ok {
+		delete(s.sessions, id)
+	}
+	s.mu.Unlock()
+	if !ok {
+		return
+	}
+	close(sv.done)
+	sv.s.Close()
+}
+
+// expire drops the sessions of gateways that stopped saying they are alive.
+func (s *Server) expire(now time.Time) {
+	s.mu.Lock()
+	var dead []string
+	for gw, t := range s.alive {
+		if now.Sub(t) > s.GatewayTimeout {
+			dead = append(dead, gw)
+		}
+	}
+	var ids []string
+	for _, gw := range dead {
+		delete(s.alive, gw)
+		if sub := s.aliveSub[gw]; sub != nil {
+			_ = sub.Unsubscribe()
+		}
+		delete(s.aliveSub, gw)
+		for id, sv := range s.sessions {
+			if sv.conn.gateway == gw {
+				ids = append(ids, id)
+			}
+		}
+	}
+	s.mu.Unlock()
+	for _, id := range ids {
+		s.log.Info("dropping a session of a silent gateway", "conn", id)
+		s.drop(id)
+	}
+}

@@ -1,0 +1,53 @@
+// Package session carries corosync client connections from the IPC gateway
+// to the service components over the bus.
+//
+// A libqb connection is stateful (cmap iterators and track handles, CPG
+// joins), so every request of one connection must reach the same instance
+// of a component, even when several instances share the component's
+// subject. The protocol:
+//
+//  1. Open: the gateway sends a request to the component's subject + ".open"
+//     (a queue group: any instance may take it) with the connection's
+//     credentials in headers. The instance that answers names its own
+//     session subject in the reply's Corobus-Session header.
+//  2. Requests: the gateway sends each raw libqb request message (header
+//     included) to the session subject, with the connection id in the
+//     Corobus-Conn header; the reply is the raw libqb response message.
+//     Requests of one connection are handled in order, one at a time, as
+//     libqb clients expect; different connections run in parallel.
+//  3. Events: the instance publishes raw libqb event messages (track
+//     notifications, CPG deliveries) on the events subject the gateway
+//     gave at open.
+//  4. Close: the gateway publishes to the session subject + ".close".
+//  5. Liveness: the gateway publishes on its alive subject every
+//     AliveInterval; an instance drops the sessions of a gateway not heard
+//     for GatewayTimeout (a gateway that crashed cannot say close).
+package session
+
+import (
+	"time"
+)
+
+// Header names of the session protocol.
+const (
+	HdrConn    = "Corobus-Conn"    // connection id, unique per gateway
+	HdrGateway = "Corobus-Gateway" // the gateway's alive subject
+	HdrPID     = "Corobus-Pid"     // client credentials (SO_PEERCRED)
+	HdrUID     = "Corobus-Uid"
+	HdrGID     = "Corobus-Gid"
+	HdrEvents  = "Corobus-Events"  // where the component publishes events
+	HdrSession = "Corobus-Session" // open's reply: the instance's session subject
+	HdrError   = "Corobus-Error"   // open's reply when refused: a cs_error_t number
+)
+
+// Timing of gateway liveness.
+const (
+	AliveInterval  = time.Second
+	GatewayTimeout = 5 * time.Second
+)
+
+// OpenSubject is where a component's instances take new connections.
+func OpenSubject(component string) string { return component + ".open" }
+
+// CloseSubject is where a gateway says a connection ended.
+func CloseSubject(session string) string { return session + ".close" }

@@ -1,0 +1,131 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/corobus/corobus/bus/bustest"
+	"github.com/corobus/corobus/services/cswire"
+)
+
+// echo answers each request with "<conn>:<n>:<msg>" and counts sessions.
+type echo struct {
+	mu     sync.Mutex
+	open   int
+	closed int
+	refuse bool
+}
+
+type echoSession struct {
+	e *echo
+	c *Conn
+	n int
+}
+
+func (e *echo) Open(c *Conn) (Session, error) {
+	if e.refuse {
+		return nil, cswire.ErrAccess
+	}
+	e.mu.Lock()
+	e.open++
+	e.mu.Unlock()
+	return &echoSession{e: e, c: c}, nil
+}
+
+func (s *echoSession) Request(_ context.Context, msg []byte) []byte {
+	s.n++
+	if string(msg) == "event" {
+		_ = s.c.SendEvent([]byte("ev:" + s.c.ID))
+	}
+	return fmt.Appendf(nil, "%s:%d:%s:%d", s.c.ID, s.n, msg, s.c.UID)
+}
+
+func (s *echoSession) Close() {
+	s.e.mu.Lock()
+	s.e.closed++
+	s.e.mu.Unlock()
+}
+
+func (e *echo) counts() (int, int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.open, e.closed
+}
+
+func TestSessionLifecycle(t *testing.T) {
+	cl := bustest.StartCluster(t, 1)
+	nc := cl.Conn(1)
+	h := &echo{}
+	srv := NewServer(nc, "t.comp", h, bustest.Logger(t))
+	srv.GatewayTimeout = 300 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = srv.Run(ctx) }()
+
+	gw := cl.Conn(1)
+	events, err := gw.SubscribeSync("t.gw.events.c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c *Client
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err = Open(ctx, gw, "t.comp", "c1", "t.gw.alive", "t.gw.events.c1", Creds{PID: 1, UID: 42, GID: 7})
+		if err == nil || time.Now().After(deadline) || !errors.Is(err, cswire.ErrTryAgain) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond) // the server's subscription is not up yet
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, msg := range []string{"a", "b", "event"} {
+		got, err := c.Request(ctx, []byte(msg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("c1:%d:%s:42", i+1, msg); string(got) != want {
+			t.Errorf("reply %q, want %q", got, want)
+		}
+	}
+	ev, err := events.NextMsg(2 * time.Second)
+	if err != nil || string(ev.Data) != "ev:c1" {
+		t.Fatalf("event %v, %v", ev, err)
+	}
+
+	c.Close()
+	waitFor(t, "close", func() bool { _, closed := h.counts(); return closed == 1 })
+	if _, err := c.Request(ctx, []byte("x")); !errors.Is(err, ErrSessionGone) {
+		t.Errorf("request after close: %v, want ErrSessionGone", err)
+	}
+
+	// A gateway that goes silent loses its sessions.
+	c2, err := Open(ctx, gw, "t.comp", "c2", "t.gw.alive", "t.gw.events.c2", Creds{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "expiry of a silent gateway's session", func() bool { _, closed := h.counts(); return closed == 2 })
+	if _, err := c2.Request(ctx, []byte("x")); !errors.Is(err, ErrSessionGone) {
+		t.Errorf("request after expiry: %v, want ErrSessionGone", err)
+	}
+
+	h.refuse = true
+	if _, err := Open(ctx, gw, "t.comp", "c3", "t.gw.alive", "t.gw.events.c3", Creds{}); !errors.Is(err, cswire.ErrAccess) {
+		t.Errorf("refused open: %v, want CS_ERR_ACCESS", err)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 5 s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -1,0 +1,259 @@
+// Package e2e runs the real corobus binary: `go build` once, then nodes
+// started with `corobus up` as a user would, driven through the client
+// verbs. Nothing here reaches into a process; it only uses what the README
+// shows.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// binary is the corobus executable built for this test run.
+type binary struct{ path string }
+
+func buildBinary(t testing.TB) binary {
+	t.Helper()
+	_, here, _, _ := runtime.Caller(0)
+	root := filepath.Join(filepath.Dir(here), "..", "..")
+	out := filepath.Join(t.TempDir(), "corobus")
+	cmd := exec.Command("go", "build", "-o", out, "./cmd/corobus")
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/corobus: %v\n%s", err, b)
+	}
+	return binary{path: out}
+}
+
+// repoFile is a path inside the repository.
+func repoFile(parts ...string) string {
+	_, here, _, _ := runtime.Caller(0)
+	return filepath.Join(append([]string{filepath.Dir(here), "..", ".."}, parts...)...)
+}
+
+// run runs a client verb and returns its stdout; stderr is in the error.
+func (b binary) run(t testing.TB, env []string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, b.path, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil {
+		return stdout.String(), fmt.Errorf("corobus %s: %w\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	return stdout.String(), nil
+}
+
+// upProcess is a running `corobus up`.
+type upProcess struct {
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// up starts `corobus up args…`; the node is stopped at the end of the test
+// if the test did not stop it.
+func (b binary) up(t testing.TB, env []string, args ...string) *upProcess {
+	t.Helper()
+	cmd := exec.Command(b.path, append([]string{"up"}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting corobus up: %v", err)
+	}
+	p := &upProcess{cmd: cmd, out: out, done: make(chan error, 1)}
+	go func() { p.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			_ = p.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-p.done:
+			case <-time.After(20 * time.Second):
+				_ = p.cmd.Process.Kill()
+			}
+		}
+		if t.Failed() {
+			t.Logf("corobus up %s output:\n%s", strings.Join(args, " "), p.out.String())
+		}
+	})
+	return p
+}
+
+// exited reports an unexpected exit of the node, so that a test waiting
+// for a condition fails at once with the node's output instead of timing out.
+func (p *upProcess) exited() error {
+	select {
+	case err := <-p.done:
+		p.done <- err
+		return fmt.Errorf("corobus up exited (%v):\n%s", err, p.out.String())
+	default:
+		return nil
+	}
+}
+
+// stop sends SIGTERM and waits for the exit status.
+func (p *upProcess) stop(t testing.TB) error {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("signalling corobus up: %v", err)
+	}
+	select {
+	case err := <-p.done:
+		return err
+	case <-time.After(30 * time.Second):
+		t.Fatalf("corobus up did not exit 30 s after SIGTERM\n%s", p.out.String())
+		return nil
+	}
+}
+
+// nodeStatus is the subset of `corobus status --json` the tests read.
+type nodeStatus struct {
+	Node uint32 `json:"node"`
+	Bus  struct {
+		JetStream  bool   `json:"jetstream"`
+		MetaLeader string `json:"meta_leader"`
+		Routes     []struct {
+			Server string `json:"server"`
+		} `json:"routes"`
+		Peers []struct {
+			Server  string `json:"server"`
+			Offline bool   `json:"offline"`
+			Current bool   `json:"current"`
+		} `json:"peers"`
+	} `json:"bus"`
+	Layers []struct {
+		Layer    string `json:"layer"`
+		PID      int    `json:"pid"`
+		Restarts int    `json:"restarts"`
+	} `json:"layers"`
+}
+
+func (b binary) status(t testing.TB, env []string, args ...string) (nodeStatus, error) {
+	t.Helper()
+	out, err := b.run(t, env, append([]string{"status", "--json"}, args...)...)
+	if err != nil {
+		return nodeStatus{}, err
+	}
+	var st nodeStatus
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		return nodeStatus{}, fmt.Errorf("decoding status: %w\n%s", err, out)
+	}
+	return st, nil
+}
+
+// eventually polls cond until it returns nil or the deadline passes.
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = cond(); err == nil {
+			return
+		}
+		var fatal fatalError
+		if errors.As(err, &fatal) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within %s: %v", what, timeout, err)
+}
+
+// fatalError stops eventually at once: waiting longer cannot help.
+type fatalError struct{ error }
+
+// checkAlive turns an exited node into a fatalError.
+func checkAlive(procs ...*upProcess) error {
+	for _, p := range procs {
+		if p == nil {
+			continue
+		}
+		if err := p.exited(); err != nil {
+			return fatalError{err}
+		}
+	}
+	return nil
+}
+
+// descendants lists the pids whose parent chain reaches pid.
+func descendants(pid int) []int {
+	parents := map[int]int{}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// The command name may hold spaces; fields resume after ')'.
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) < 2 {
+			continue
+		}
+		pp, _ := strconv.Atoi(f[1])
+		parents[p] = pp
+	}
+	var out []int
+	for p := range parents {
+		for q := parents[p]; q > 1; q = parents[q] {
+			if q == pid {
+				out = append(out, p)
+				break
+			}
+		}
+	}
+	return out
+}
+
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// A zombie has exited; only its parent has not reaped it yet.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && !strings.HasPrefix(strings.TrimSpace(s[i+1:]), "Z")
+}

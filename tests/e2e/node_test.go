@@ -1,0 +1,155 @@
+package e2e
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/corobus/corobus/bus/bustest"
+)
+
+// TestEmbeddedDefaultUpStatusStop: `corobus up` with no file, `corobus
+// status` finds it, SIGTERM exits 0 and leaves no child process.
+func TestEmbeddedDefaultUpStatusStop(t *testing.T) {
+	b := buildBinary(t)
+	port := freePort(t)
+	// The embedded default's state lives under XDG_STATE_HOME; its client
+	// port is moved so that the test does not meet a node a user runs.
+	env := []string{"XDG_STATE_HOME=" + t.TempDir(), "COROBUS_NODELIST__NODE__0__CLIENT_PORT=" + strconv.Itoa(port)}
+	start := time.Now()
+	p := b.up(t, env)
+	var st nodeStatus
+	eventually(t, 20*time.Second, "status reports the node", func() (err error) {
+		if err := checkAlive(p); err != nil {
+			return err
+		}
+		st, err = b.status(t, env)
+		if err == nil && !st.Bus.JetStream {
+			err = errors.New("JetStream off")
+		}
+		return err
+	})
+	t.Logf("status answered %s after start", time.Since(start).Round(time.Millisecond))
+	if st.Node != 1 || st.Bus.MetaLeader != "node1" {
+		t.Errorf("status = node %d, meta leader %q; want node 1 led by node1", st.Node, st.Bus.MetaLeader)
+	}
+
+	kids := descendants(p.cmd.Process.Pid)
+	if len(kids) == 0 {
+		t.Fatal("corobus up has no child process: the bus should run in its own")
+	}
+	if err := p.stop(t); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			t.Fatalf("corobus up exited %d after SIGTERM, want 0\n%s", ee.ExitCode(), p.out.String())
+		}
+		t.Fatal(err)
+	}
+	for _, k := range kids {
+		if alive(k) {
+			t.Errorf("child %d still running after corobus up exited", k)
+		}
+	}
+}
+
+// TestLocalThreeNodeCluster starts the three nodes of deploy/local, sees one
+// NATS cluster with a JetStream meta leader, stops one, and sees the others
+// report it gone.
+func TestLocalThreeNodeCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("three real nodes: skipped in -short")
+	}
+	b := buildBinary(t)
+	var args [3][]string
+	var procs [3]*upProcess
+	for i := range 3 {
+		// Each node keeps its state (and its client token) in a fresh
+		// directory; client verbs get the same flags to find both.
+		args[i] = []string{"-c", repoFile("deploy", "local", fmt.Sprintf("node%d.conf", i+1)), "-o", "system.state_dir=" + t.TempDir()}
+		procs[i] = b.up(t, nil, args[i]...)
+	}
+	eventually(t, 60*time.Second, "three nodes form one cluster", func() error {
+		if err := checkAlive(procs[:]...); err != nil {
+			return err
+		}
+		for i := range 3 {
+			st, err := b.status(t, nil, args[i]...)
+			if err != nil {
+				return err
+			}
+			if len(st.Bus.Routes) != 2 {
+				return fmt.Errorf("node %d has %d routes, want 2", i+1, len(st.Bus.Routes))
+			}
+			if st.Bus.MetaLeader == "" {
+				return fmt.Errorf("node %d sees no JetStream meta leader", i+1)
+			}
+		}
+		return nil
+	})
+
+	if err := procs[2].stop(t); err != nil {
+		t.Fatalf("stopping node 3: %v", err)
+	}
+	eventually(t, 30*time.Second, "nodes 1 and 2 report node 3 gone", func() error {
+		if err := checkAlive(procs[:2]...); err != nil {
+			return err
+		}
+		for i := range 2 {
+			st, err := b.status(t, nil, args[i]...)
+			if err != nil {
+				return err
+			}
+			for _, r := range st.Bus.Routes {
+				if r.Server == "node3" {
+					return fmt.Errorf("node %d still has a route to node3", i+1)
+				}
+			}
+			gone := false
+			for _, p := range st.Bus.Peers {
+				if p.Server == "node3" && p.Offline {
+					gone = true
+				}
+			}
+			if !gone {
+				return fmt.Errorf("node %d does not report node3 offline: %+v", i+1, st.Bus.Peers)
+			}
+		}
+		return nil
+	})
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	return bustest.FreePorts(t, 1)[0]
+}
+
+// TestTypoInConfigStartsNothing: a mistake in the file is reported with
+// file:line and what was expected, and `corobus up` exits without starting
+// anything.
+func TestTypoInConfigStartsNothing(t *testing.T) {
+	b := buildBinary(t)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "corosync.conf")
+	body := "totem {\n\tversion: 2\n\ttokn: 3000\n}\nnodelist {\n\tnode {\n\t\tnodeid: 1\n\t\tring0_addr: 127.0.0.1\n\t}\n}\nsystem {\n\tstate_dir: " + dir + "\n}\n"
+	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := b.run(t, nil, "up", "-c", conf)
+	if err == nil {
+		t.Fatalf("corobus up started with a typo in its file:\n%s", out)
+	}
+	for _, want := range []string{conf + ":3", "unknown key totem.tokn", "totem.token"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q:\n%v", want, err)
+		}
+	}
+	if _, statErr := os.Stat(filepath.Join(dir, "jetstream")); statErr == nil {
+		t.Errorf("a JetStream store was created: something started")
+	}
+}
