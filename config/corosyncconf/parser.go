@@ -150,9 +150,6 @@ func (p *Parser) Unmarshal(b []byte) (map[string]any, error) {
 			if strings.ContainsAny(key, " \t.") {
 				return nil, p.errf(line, "expected \"key: value\", found key %q", key)
 			}
-			if len(stack) == 1 {
-				return nil, p.errf(line, "expected a section (\"name {\"), found key %q at top level", key)
-			}
 			switch cur.kind {
 			case "interface", "logger_subsys":
 				cur.items = append(cur.items, item{key, value, line})
@@ -310,9 +307,14 @@ func writeSection(buf *bytes.Buffer, m map[string]any, path string, depth int) e
 					return fmt.Errorf("%s.%s: expected a section", full, i)
 				}
 				child = maps.Clone(child)
+				// The section's name goes back inside it, under the key
+				// it came from.
 				switch k {
 				case "interface":
-					child["linknumber"] = i
+					_, ring := child["ringnumber"]
+					if _, link := child["linknumber"]; !link && !ring {
+						child["linknumber"] = i
+					}
 				case "logger_subsys":
 					child["subsys"] = i
 				}

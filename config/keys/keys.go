@@ -182,7 +182,9 @@ func table() []Key {
 		{Pattern: "uidgid.uid.*", Type: U8, Doc: "set at run time: this uid may connect"},
 		{Pattern: "uidgid.gid.*", Type: U8, Doc: "set at run time: this gid may connect"},
 
-		// corosync 1.x service blocks
+		// corosync 1.x
+		{Pattern: "compatibility", Type: Str, Doc: "corosync 1.x: whitetank or none (accepted, unused)"},
+		{Pattern: "aisexec.*", Type: Str, Doc: "corosync 1.x: user and group of the executive (accepted, unused)"},
 		{Pattern: "service.*.name", Type: Str, Doc: "service to load (corosync 1.x service { name; ver } blocks)"},
 		{Pattern: "service.*.ver", Type: U32, Doc: "version of the service to load"},
 
@@ -257,9 +259,12 @@ func Suggest(unknown string) string {
 		}
 		cand := make([]string, len(pt))
 		for i, p := range pt {
-			if strings.Contains(p, "*") {
+			switch {
+			case p == "*":
 				cand[i] = toks[i]
-			} else {
+			case strings.Contains(p, "*"):
+				cand[i] = strings.Replace(p, "*", "0", 1) // ring*_addr → ring0_addr
+			default:
 				cand[i] = p
 			}
 		}

@@ -1,0 +1,120 @@
+// Package totem is corobus's totem: membership (heartbeat failure detector,
+// view agreement, ring ids), totally ordered multicast (a sequencer that
+// orders message ids while payloads travel once), and virtual synchrony
+// (recovery of the old ring's messages, then a transitional and a regular
+// configuration, in totemsrp's order), all over core NATS on the bus routes.
+//
+// One Node runs inside each bus process. Other processes of the node talk to
+// it through Client, over the node's bus.
+package totem
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/config"
+)
+
+// Config configures a Node. Build it with DefaultConfig or FromConfig and
+// adjust fields; New validates it.
+type Config struct {
+	// NodeID is this node's id (nodelist.node.N.nodeid).
+	NodeID uint32
+	// Subjects builds the subjects the node uses.
+	Subjects bus.Subjects
+	// Token is totem.token: a node not heard from for this long is gone.
+	Token time.Duration
+	// Join is totem.join: how long the reachable set must stay unchanged
+	// before the coordinator proposes a view (it lets a burst of joins or
+	// failures settle into one view change instead of several).
+	Join time.Duration
+	// Consensus is totem.consensus: how long a proposal waits for every
+	// member's acknowledgement, and a member for the commit, before the
+	// agreement starts over.
+	Consensus time.Duration
+	// Heartbeat is the heartbeat period; zero derives Token/5, so that four
+	// consecutive heartbeats may be lost before a node is declared gone.
+	Heartbeat time.Duration
+	// Window bounds this node's own messages submitted but not yet
+	// delivered; Mcast answers ErrTryAgain beyond it (corosync's
+	// CS_ERR_TRY_AGAIN on a full queue).
+	Window int
+	// StateDir keeps ringid_<node>, the highest ring sequence this node has
+	// seen, so that a restarted node never reuses a ring id. Empty: kept in
+	// memory only (tests).
+	StateDir string
+	// Addr is this node's address, reported in membership events
+	// (runtime.members.<id>.ip).
+	Addr string
+	// Logger receives the TOTEM subsystem's records.
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns corosync's defaults for node id.
+func DefaultConfig(id uint32, subjects bus.Subjects) Config {
+	return Config{
+		NodeID:    id,
+		Subjects:  subjects,
+		Token:     1000 * time.Millisecond,
+		Join:      50 * time.Millisecond,
+		Consensus: 1200 * time.Millisecond,
+		Window:    8192,
+	}
+}
+
+// FromConfig reads totem.token, totem.join and totem.consensus from a node
+// configuration.
+func FromConfig(cfg *config.Config, subjects bus.Subjects) (Config, error) {
+	local, err := cfg.LocalNode()
+	if err != nil {
+		return Config{}, err
+	}
+	c := DefaultConfig(local.ID, subjects)
+	if c.Token, err = cfg.Millis("totem.token", c.Token); err != nil {
+		return Config{}, err
+	}
+	if c.Join, err = cfg.Millis("totem.join", c.Join); err != nil {
+		return Config{}, err
+	}
+	// corosync derives consensus as 1.2 × token when it is not set.
+	if c.Consensus, err = cfg.Millis("totem.consensus", c.Token*12/10); err != nil {
+		return Config{}, err
+	}
+	c.StateDir = cfg.StateDir()
+	c.Addr = local.Addr
+	return c, nil
+}
+
+func (c *Config) validate() error {
+	if c.NodeID == 0 {
+		return errors.New("totem: node id 0 is reserved")
+	}
+	if c.Subjects.Prefix() == "" {
+		return errors.New("totem: no subjects")
+	}
+	if c.Token < 10*time.Millisecond {
+		return fmt.Errorf("totem.token %s: at least 10ms", c.Token)
+	}
+	if c.Join <= 0 {
+		c.Join = 50 * time.Millisecond
+	}
+	if c.Consensus < c.Token/2 {
+		return fmt.Errorf("totem.consensus %s: at least half of totem.token %s", c.Consensus, c.Token)
+	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = c.Token / 5
+	}
+	if c.Heartbeat >= c.Token {
+		return fmt.Errorf("totem: heartbeat %s must be shorter than totem.token %s", c.Heartbeat, c.Token)
+	}
+	if c.Window <= 0 {
+		c.Window = 8192
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
