@@ -75,28 +75,17 @@ const (
 	DefaultClientPort = 5400
 )
 
-// defaults are the values corosync itself assumes when a key is absent, for
-// the keys corobus reads. They are a layer of their own so that `corobus
+// defaults are the values corosync itself assumes when a key is absent,
+// taken from the key schema. They are a layer of their own so that `corobus
 // cmap` shows them like any configured key.
 func defaults() map[string]any {
-	return map[string]any{
-		"totem.version":                "2",
-		"totem.token":                  "1000",
-		"totem.join":                   "50",
-		"totem.consensus":              "1200",
-		"totem.cluster_name":           "corobus",
-		"logging.to_stderr":            "yes",
-		"logging.to_logfile":           "no",
-		"logging.timestamp":            "on",
-		"logging.debug":                "off",
-		"quorum.provider":              "corosync_votequorum",
-		"system.state_dir":             "/var/lib/corosync",
-		"bus.listen":                   "127.0.0.1",
-		"objdb.replicas":               "0",
-		"loader.search_path":           "local cluster",
-		"loader.component_dir":         "/usr/lib/corobus/components",
-		"totem.interface.0.linknumber": "0",
+	out := map[string]any{}
+	for _, k := range keys.All() {
+		if k.Default != "" && !strings.Contains(k.Pattern, "*") {
+			out[k.Pattern] = k.Default
+		}
 	}
+	return out
 }
 
 // embeddedDefault is the node that `corobus up` runs with no file: one node,

@@ -1,0 +1,361 @@
+package totem
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+)
+
+// RingID names a ring (a view): its representative (the coordinator that
+// installed it, the lowest node id of the view) and a sequence that grows
+// strictly from ring to ring, as corosync's memb_ring_id does.
+type RingID struct {
+	Rep uint32 `json:"rep"`
+	Seq uint64 `json:"seq"`
+}
+
+func (r RingID) String() string {
+	return strconv.FormatUint(uint64(r.Rep), 10) + "." + strconv.FormatUint(r.Seq, 10)
+}
+
+// IsZero reports the ring id of a node that has not installed a ring yet.
+func (r RingID) IsZero() bool { return r == RingID{} }
+
+// MsgID names a multicast message cluster-wide: the sending node, the
+// origin on that node (0 for the bus process itself, a random id per Client)
+// and the origin's own counter.
+type MsgID struct {
+	Node   uint32 `json:"node"`
+	Origin uint32 `json:"origin"`
+	Seq    uint64 `json:"seq"`
+}
+
+func (id MsgID) String() string {
+	return fmt.Sprintf("%d/%d/%d", id.Node, id.Origin, id.Seq)
+}
+
+// Message is one delivered multicast message.
+type Message struct {
+	// Ring is the ring the message was delivered in; Pos its position in
+	// that ring's total order (1, 2, …).
+	Ring RingID
+	Pos  uint64
+	// ID says who sent it: ID.Node is the sender's node id.
+	ID      MsgID
+	Service string
+	// Payload belongs to the receiver (it is not reused).
+	Payload []byte
+}
+
+// ConfChgType tells a transitional configuration from a regular one.
+type ConfChgType uint8
+
+const (
+	// Transitional is delivered after the last message of the old ring:
+	// the members that move together from the old ring to the new one.
+	Transitional ConfChgType = 1
+	// Regular is the new ring's membership; every message delivered after
+	// it belongs to the new ring.
+	Regular ConfChgType = 2
+)
+
+func (t ConfChgType) String() string {
+	switch t {
+	case Transitional:
+		return "transitional"
+	case Regular:
+		return "regular"
+	}
+	return "unknown"
+}
+
+// MarshalText spells the type in JSON.
+func (t ConfChgType) MarshalText() ([]byte, error) { return []byte(t.String()), nil }
+
+// UnmarshalText reads the JSON spelling.
+func (t *ConfChgType) UnmarshalText(b []byte) error {
+	switch string(b) {
+	case "transitional":
+		*t = Transitional
+	case "regular":
+		*t = Regular
+	default:
+		return fmt.Errorf("unknown configuration change type %q", b)
+	}
+	return nil
+}
+
+// ConfChg is a configuration change as corosync delivers it: transitional
+// (members = the old ring's members that stay, left = the others, joined
+// empty) then regular (members = the new ring, joined = those not in the
+// transitional configuration, left empty).
+type ConfChg struct {
+	Type    ConfChgType `json:"type"`
+	Ring    RingID      `json:"ring"`
+	Members []uint32    `json:"members"`
+	Joined  []uint32    `json:"joined"`
+	Left    []uint32    `json:"left"`
+}
+
+// Heartbeat is what every node publishes on TotemHeartbeat every
+// Config.Heartbeat (and at once on a state change).
+type Heartbeat struct {
+	Node uint32 `json:"node"`
+	// Inc is a random incarnation: a restarted node has a new one.
+	Inc   uint64 `json:"inc"`
+	Ring  RingID `json:"ring"`
+	State string `json:"state"` // "operational", "gather", "recovery"
+	// Delivered is the last position delivered in Ring (stability, and
+	// so the log's garbage collection); Ordered the highest position
+	// known ordered in Ring (a member behind it asks for a
+	// retransmission).
+	Delivered uint64 `json:"delivered"`
+	Ordered   uint64 `json:"ordered"`
+	// MaxSeq is the highest ring sequence the node has seen.
+	MaxSeq  uint64   `json:"max_seq"`
+	Members []uint32 `json:"members,omitempty"`
+	Addr    string   `json:"addr,omitempty"`
+}
+
+// PropID names one proposal: the proposer and its counter.
+type PropID struct {
+	Node uint32 `json:"node"`
+	N    uint64 `json:"n"`
+}
+
+// MembMsg is a view-agreement message on TotemMemb.
+type MembMsg struct {
+	Type string `json:"type"` // "propose", "ack", "commit"
+	From uint32 `json:"from"`
+	PID  PropID `json:"pid"`
+	// Members of the proposed (propose, commit) view.
+	Members []uint32 `json:"members,omitempty"`
+	// ack: the member's old ring, what it delivered there and what it
+	// holds beyond that (positions it has ordered with their payloads).
+	OldRing    RingID   `json:"old_ring,omitzero"`
+	OldMembers []uint32 `json:"old_members,omitempty"`
+	Delivered  uint64   `json:"delivered,omitempty"`
+	Held       []uint64 `json:"held,omitempty"`
+	MaxSeq     uint64   `json:"max_seq,omitempty"`
+	Inc        uint64   `json:"inc,omitempty"`
+	// commit: the new ring and, per old ring, the recovery plan.
+	Ring   RingID  `json:"ring,omitzero"`
+	Groups []Group `json:"groups,omitempty"`
+}
+
+// Group is the recovery plan of the members that come from one old ring:
+// each delivers that ring's messages up to UpTo, fetching the positions it
+// lacks from the holders named by Segments; then the transitional
+// configuration.
+type Group struct {
+	OldRing    RingID    `json:"old_ring"`
+	OldMembers []uint32  `json:"old_members"`
+	Members    []uint32  `json:"members"`
+	UpTo       uint64    `json:"up_to"`
+	Segments   []Segment `json:"segments,omitempty"`
+}
+
+// Segment says that Holder has positions From..To (inclusive).
+type Segment struct {
+	Holder uint32 `json:"holder"`
+	From   uint64 `json:"from"`
+	To     uint64 `json:"to"`
+}
+
+// FetchRequest asks a node for ordered messages of Ring, positions From..To.
+type FetchRequest struct {
+	Ring RingID `json:"ring"`
+	From uint64 `json:"from"`
+	To   uint64 `json:"to"`
+}
+
+var errShort = errors.New("totem: truncated frame")
+
+const (
+	ringLen = 12
+	idLen   = 16
+)
+
+func putRing(b []byte, r RingID) {
+	binary.BigEndian.PutUint32(b, r.Rep)
+	binary.BigEndian.PutUint64(b[4:], r.Seq)
+}
+
+func getRing(b []byte) RingID {
+	return RingID{Rep: binary.BigEndian.Uint32(b), Seq: binary.BigEndian.Uint64(b[4:])}
+}
+
+func putID(b []byte, id MsgID) {
+	binary.BigEndian.PutUint32(b, id.Node)
+	binary.BigEndian.PutUint32(b[4:], id.Origin)
+	binary.BigEndian.PutUint64(b[8:], id.Seq)
+}
+
+func getID(b []byte) MsgID {
+	return MsgID{Node: binary.BigEndian.Uint32(b), Origin: binary.BigEndian.Uint32(b[4:]), Seq: binary.BigEndian.Uint64(b[8:])}
+}
+
+// Data frame (TotemData): ring(12) id(16) svclen(1) svc payload.
+func appendData(dst []byte, ring RingID, id MsgID, service string, payload []byte) []byte {
+	var h [ringLen + idLen + 1]byte
+	putRing(h[:], ring)
+	putID(h[ringLen:], id)
+	h[ringLen+idLen] = byte(len(service))
+	dst = append(dst, h[:]...)
+	dst = append(dst, service...)
+	return append(dst, payload...)
+}
+
+func parseData(b []byte) (ring RingID, id MsgID, service string, payload []byte, err error) {
+	if len(b) < ringLen+idLen+1 {
+		return ring, id, "", nil, errShort
+	}
+	ring = getRing(b)
+	id = getID(b[ringLen:])
+	n := int(b[ringLen+idLen])
+	b = b[ringLen+idLen+1:]
+	if len(b) < n {
+		return ring, id, "", nil, errShort
+	}
+	return ring, id, string(b[:n]), b[n:], nil
+}
+
+// Submit frame (TotemMcast): origin(4) seq(8) svclen(1) svc payload.
+func appendSubmit(dst []byte, origin uint32, seq uint64, service string, payload []byte) []byte {
+	var h [13]byte
+	binary.BigEndian.PutUint32(h[:], origin)
+	binary.BigEndian.PutUint64(h[4:], seq)
+	h[12] = byte(len(service))
+	dst = append(dst, h[:]...)
+	dst = append(dst, service...)
+	return append(dst, payload...)
+}
+
+func parseSubmit(b []byte) (origin uint32, seq uint64, service string, payload []byte, err error) {
+	if len(b) < 13 {
+		return 0, 0, "", nil, errShort
+	}
+	origin = binary.BigEndian.Uint32(b)
+	seq = binary.BigEndian.Uint64(b[4:])
+	n := int(b[12])
+	b = b[13:]
+	if len(b) < n {
+		return 0, 0, "", nil, errShort
+	}
+	return origin, seq, string(b[:n]), b[n:], nil
+}
+
+// Order record (TotemOrder): ring(12) first(8) count(4) then count ids.
+func appendOrder(dst []byte, ring RingID, first uint64, ids []MsgID) []byte {
+	var h [ringLen + 12]byte
+	putRing(h[:], ring)
+	binary.BigEndian.PutUint64(h[ringLen:], first)
+	binary.BigEndian.PutUint32(h[ringLen+8:], uint32(len(ids)))
+	dst = append(dst, h[:]...)
+	var e [idLen]byte
+	for _, id := range ids {
+		putID(e[:], id)
+		dst = append(dst, e[:]...)
+	}
+	return dst
+}
+
+func parseOrder(b []byte, ids []MsgID) (ring RingID, first uint64, out []MsgID, err error) {
+	if len(b) < ringLen+12 {
+		return ring, 0, nil, errShort
+	}
+	ring = getRing(b)
+	first = binary.BigEndian.Uint64(b[ringLen:])
+	n := int(binary.BigEndian.Uint32(b[ringLen+8:]))
+	b = b[ringLen+12:]
+	if len(b) != n*idLen {
+		return ring, 0, nil, errShort
+	}
+	out = ids[:0]
+	for i := range n {
+		out = append(out, getID(b[i*idLen:]))
+	}
+	return ring, first, out, nil
+}
+
+// Deliver frame (TotemDeliver): ring(12) pos(8) id(16) payload.
+const deliverHdr = ringLen + 8 + idLen
+
+func appendDeliver(dst []byte, m *Message) []byte {
+	var h [deliverHdr]byte
+	putRing(h[:], m.Ring)
+	binary.BigEndian.PutUint64(h[ringLen:], m.Pos)
+	putID(h[ringLen+8:], m.ID)
+	dst = append(dst, h[:]...)
+	return append(dst, m.Payload...)
+}
+
+// ParseDeliver decodes a TotemDeliver frame; service is the subject's last
+// token. The payload aliases b.
+func ParseDeliver(service string, b []byte) (Message, error) {
+	if len(b) < deliverHdr {
+		return Message{}, errShort
+	}
+	return Message{
+		Ring:    getRing(b),
+		Pos:     binary.BigEndian.Uint64(b[ringLen:]),
+		ID:      getID(b[ringLen+8:]),
+		Service: service,
+		Payload: b[deliverHdr:],
+	}, nil
+}
+
+// entry is one ordered message in a ring's log.
+type entry struct {
+	id      MsgID
+	service string
+	payload []byte
+	have    bool // the payload arrived
+}
+
+// Fetch reply: count(4) then per entry pos(8) id(16) svclen(1) svc
+// paylen(4) payload.
+func appendFetchEntry(dst []byte, pos uint64, e *entry) []byte {
+	var h [8 + idLen + 1]byte
+	binary.BigEndian.PutUint64(h[:], pos)
+	putID(h[8:], e.id)
+	h[8+idLen] = byte(len(e.service))
+	dst = append(dst, h[:]...)
+	dst = append(dst, e.service...)
+	dst = binary.BigEndian.AppendUint32(dst, uint32(len(e.payload)))
+	return append(dst, e.payload...)
+}
+
+type fetched struct {
+	pos uint64
+	e   entry
+}
+
+func parseFetch(b []byte) ([]fetched, error) {
+	var out []fetched
+	for len(b) > 0 {
+		if len(b) < 8+idLen+1 {
+			return nil, errShort
+		}
+		f := fetched{pos: binary.BigEndian.Uint64(b)}
+		f.e.id = getID(b[8:])
+		n := int(b[8+idLen])
+		b = b[8+idLen+1:]
+		if len(b) < n+4 {
+			return nil, errShort
+		}
+		f.e.service = string(b[:n])
+		pl := int(binary.BigEndian.Uint32(b[n:]))
+		b = b[n+4:]
+		if len(b) < pl {
+			return nil, errShort
+		}
+		f.e.payload = slices.Clone(b[:pl])
+		f.e.have = true
+		b = b[pl:]
+		out = append(out, f)
+	}
+	return out, nil
+}
