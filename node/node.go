@@ -13,6 +13,7 @@ import (
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/config"
 	"github.com/corobus/corobus/layer"
+	"github.com/corobus/corobus/logsys"
 )
 
 // BusHooks are the parts of the bus process that later layers of the stack
@@ -23,7 +24,8 @@ type BusHooks []func(ctx context.Context, srv *bus.Server, env layer.Env) error
 // RunBus is the `corobus bus` process: the embedded nats-server, its status
 // endpoint and discovery record, and the hooks, until ctx ends; then a
 // graceful shutdown.
-func RunBus(ctx context.Context, cfg *config.Config, log *slog.Logger, version string, restarts int, hooks BusHooks, onReady func(*bus.Server)) error {
+func RunBus(ctx context.Context, cfg *config.Config, ls *logsys.Logsys, version string, restarts int, hooks BusHooks, onReady func(*bus.Server)) error {
+	log := logsys.For(ls.Logger(), "BUS")
 	sc, err := bus.ServerConfigFrom(cfg, log)
 	if err != nil {
 		return err
@@ -42,6 +44,11 @@ func RunBus(ctx context.Context, cfg *config.Config, log *slog.Logger, version s
 	if err != nil {
 		return err
 	}
+	detach, err := attachLogging(nc, env, ls, "bus")
+	if err != nil {
+		return err
+	}
+	defer detach()
 	svc, err := layer.NewService(env, "bus", "embedded nats-server, membership and ordered multicast", time.Now().UTC().Format(time.RFC3339))
 	if err != nil {
 		return fmt.Errorf("registering the bus service: %w", err)
@@ -69,7 +76,8 @@ func RunBus(ctx context.Context, cfg *config.Config, log *slog.Logger, version s
 
 // RunLayer is a layer's own process (`corobus <layer>`): connect to the
 // node's bus, then serve until ctx ends.
-func RunLayer(ctx context.Context, l layer.Layer, cfg *config.Config, busURL string, log *slog.Logger, version string, restarts int) error {
+func RunLayer(ctx context.Context, l layer.Layer, cfg *config.Config, busURL string, ls *logsys.Logsys, version string, restarts int) error {
+	log := logsys.For(ls.Logger(), l.Subsys)
 	if busURL == "" {
 		u, err := bus.ClientURL(cfg)
 		if err != nil {
@@ -86,6 +94,11 @@ func RunLayer(ctx context.Context, l layer.Layer, cfg *config.Config, busURL str
 	if err != nil {
 		return err
 	}
+	detach, err := attachLogging(nc, env, ls, l.Name)
+	if err != nil {
+		return err
+	}
+	defer detach()
 	err = l.Run(ctx, env)
 	if errors.Is(err, context.Canceled) {
 		err = nil
@@ -117,13 +130,13 @@ func newEnv(cfg *config.Config, nc *nats.Conn, log *slog.Logger, version string,
 // InProc runs a whole node in this process: the bus, then every layer as an
 // actor of one run.Group with its own in-process connection. The code each
 // layer runs is the code it runs as a child process.
-func InProc(ctx context.Context, cfg *config.Config, log *slog.Logger, version string, hooks BusHooks, layers []layer.Layer, logFor func(l layer.Layer) *slog.Logger) error {
+func InProc(ctx context.Context, cfg *config.Config, busLog *logsys.Logsys, version string, hooks BusHooks, layers []layer.Layer, logFor func(l layer.Layer) *logsys.Logsys) error {
 	ready := make(chan *bus.Server, 1)
 	var g run.Group
 	{
 		ctx, cancel := context.WithCancel(ctx)
 		g.Add(func() error {
-			return RunBus(ctx, cfg, log, version, 0, hooks, func(s *bus.Server) { ready <- s })
+			return RunBus(ctx, cfg, busLog, version, 0, hooks, func(s *bus.Server) { ready <- s })
 		}, func(error) { cancel() })
 	}
 	for _, l := range layers {
@@ -141,10 +154,16 @@ func InProc(ctx context.Context, cfg *config.Config, log *slog.Logger, version s
 				return err
 			}
 			defer nc.Close()
-			env, err := newEnv(cfg, nc, logFor(l), version, 0)
+			ls := logFor(l)
+			env, err := newEnv(cfg, nc, logsys.For(ls.Logger(), l.Subsys), version, 0)
 			if err != nil {
 				return err
 			}
+			detach, err := attachLogging(nc, env, ls, l.Name)
+			if err != nil {
+				return err
+			}
+			defer detach()
 			err = l.Run(ctx, env)
 			if errors.Is(err, context.Canceled) || ctx.Err() != nil {
 				return nil

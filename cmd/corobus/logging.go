@@ -1,17 +1,34 @@
 package main
 
 import (
-	"log/slog"
+	"fmt"
+	"os"
 
 	"github.com/corobus/corobus/config"
+	"github.com/corobus/corobus/logsys"
 )
 
-// logger is the logger of one process of the node: corosync's logging keys
-// decide where records go; subsys and layer tag each record.
-func (a *app) logger(cfg *config.Config, subsys, layerName string) *slog.Logger {
-	level := slog.LevelInfo
-	if cfg.Bool("logging.debug", false) {
-		level = slog.LevelDebug
+// subsystems are the corosync logging subsystems a logger_subsys section
+// may name.
+func subsystems() []string {
+	return []string{"MAIN", "BUS", "TOTEM", "SYNC", "SERV", "LCR", "OBJDB", "CMAP", "CPG", "QUORUM", "VOTEQ", "CFG", "IPC", "MON", "WD"}
+}
+
+// logsysFor builds the logging of one process of the node from corosync's
+// logging keys. A bad logging key fails the process: a node that cannot
+// log as configured should not run.
+func (a *app) logsysFor(cfg *config.Config, layerName string) (*logsys.Logsys, error) {
+	lc, err := logsys.ConfigFrom(cfg.String, subsystems())
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", describeFile(cfg), err)
 	}
-	return stderrLogger(a.stderr, level).With("subsys", subsys, "layer", layerName)
+	var node uint32
+	if local, err := cfg.LocalNode(); err == nil {
+		node = local.ID
+	}
+	w := a.stderr
+	if w == nil {
+		w = os.Stderr
+	}
+	return logsys.New(lc, logsys.Options{Node: node, Layer: layerName, Stderr: w})
 }

@@ -3,12 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"time"
 
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/config"
 	"github.com/corobus/corobus/layer"
+	"github.com/corobus/corobus/logsys"
 	"github.com/corobus/corobus/node"
 )
 
@@ -43,15 +43,26 @@ func runUp(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return err
 	}
-	log := a.logger(cfg, "MAIN", "up")
+	ls, err := a.logsysFor(cfg, "up")
+	if err != nil {
+		return err
+	}
+	defer ls.Close()
+	log := logsys.For(ls.Logger(), "MAIN")
 	local, err := cfg.LocalNode()
 	if err != nil {
 		return err
 	}
 	log.Info("starting node", "node", local.ID, "cluster", cfg.ClusterName(), "config", describeFile(cfg), "state_dir", cfg.StateDir(), "inproc", inproc)
 	if inproc {
-		return node.InProc(ctx, cfg, a.logger(cfg, "BUS", "bus"), a.version, a.busHooks(), a.layers(),
-			func(l layer.Layer) *slog.Logger { return a.logger(cfg, l.Subsys, l.Name) })
+		return node.InProc(ctx, cfg, ls, a.version, a.busHooks(), a.layers(),
+			func(l layer.Layer) *logsys.Logsys {
+				lls, err := a.logsysFor(cfg, l.Name)
+				if err != nil {
+					return ls // the configuration is the same: it cannot fail here
+				}
+				return lls
+			})
 	}
 
 	exe, err := node.Executable()
@@ -139,7 +150,12 @@ func runBus(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return err
 	}
-	return node.RunBus(ctx, cfg, a.logger(cfg, "BUS", "bus"), a.version, restarts, a.busHooks(), nil)
+	ls, err := a.logsysFor(cfg, "bus")
+	if err != nil {
+		return err
+	}
+	defer ls.Close()
+	return node.RunBus(ctx, cfg, ls, a.version, restarts, a.busHooks(), nil)
 }
 
 // layerCommand is the subcommand that runs one layer as its own process.
@@ -158,6 +174,11 @@ func layerCommand(l layer.Layer) func(ctx context.Context, a *app, args []string
 		if err != nil {
 			return err
 		}
-		return node.RunLayer(ctx, l, cfg, nf.busURL, a.logger(cfg, l.Subsys, l.Name), a.version, restarts)
+		ls, err := a.logsysFor(cfg, l.Name)
+		if err != nil {
+			return err
+		}
+		defer ls.Close()
+		return node.RunLayer(ctx, l, cfg, nf.busURL, ls, a.version, restarts)
 	}
 }

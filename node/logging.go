@@ -1,0 +1,38 @@
+package node
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/corobus/corobus/layer"
+	"github.com/corobus/corobus/logsys"
+)
+
+// attachLogging publishes the process's log records on the node's log
+// subjects and answers blackbox requests with the flight recorder, from
+// the moment the process has a bus connection until the returned function
+// is called.
+func attachLogging(nc *nats.Conn, env layer.Env, ls *logsys.Logsys, layerName string) (func(), error) {
+	if ls == nil {
+		return func() {}, nil
+	}
+	node := env.Node.ID
+	ls.Attach(nc.Publish, func(subsys string) string { return env.Subjects.Log(node, subsys) })
+	sub, err := nc.Subscribe(env.Subjects.Blackbox(node), func(m *nats.Msg) {
+		var b bytes.Buffer
+		fmt.Fprintf(&b, "=== node %d layer %s pid %d\n", node, layerName, os.Getpid())
+		_ = ls.Recorder().Dump(&b)
+		_ = m.Respond(b.Bytes())
+	})
+	if err != nil {
+		ls.Detach()
+		return nil, fmt.Errorf("subscribing to blackbox requests: %w", err)
+	}
+	return func() {
+		_ = sub.Unsubscribe()
+		ls.Detach()
+	}, nil
+}
