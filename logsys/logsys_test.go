@@ -2,6 +2,7 @@ package logsys
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -43,8 +44,8 @@ func TestFilteringBySubsystem(t *testing.T) {
 	For(log, "QUORUM").Debug("quorum debug")
 	For(log, "QUORUM").Info("quorum info")
 	For(log, "CPG").Debug("cpg debug")
-	For(log, "CPG").Log(nil, LevelTrace, "cpg trace")
-	For(log, "TOTEM").Log(nil, LevelTrace, "totem trace")
+	For(log, "CPG").Log(context.Background(), LevelTrace, "cpg trace")
+	For(log, "TOTEM").Log(context.Background(), LevelTrace, "totem trace")
 	got := out.String()
 	for _, want := range []string{"quorum info", "cpg debug", "totem trace"} {
 		if !strings.Contains(got, want) {
@@ -64,7 +65,7 @@ func TestFilteringBySubsystem(t *testing.T) {
 
 func TestFormat(t *testing.T) {
 	ls, out := newTest(t, Config{ToStderr: true, Timestamp: "off"}, Options{Node: 3, Layer: "objdb"})
-	For(ls.Logger(), "OBJDB").With("key", "totem.token").WithGroup("g").Log(nil, LevelNotice, "set", "v", "a b")
+	For(ls.Logger(), "OBJDB").With("key", "totem.token").WithGroup("g").Log(context.Background(), LevelNotice, "set", "v", "a b")
 	want := `node3 objdb notice  [OBJDB ] set g.v="a b" key=totem.token`
 	if got := out.String(); !strings.Contains(got, want) {
 		t.Errorf("line %q does not contain %q", got, want)

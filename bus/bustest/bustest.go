@@ -29,7 +29,6 @@ type Cluster struct {
 	t       testing.TB
 	Name    string
 	Nodes   []*Node
-	dirs    []string
 	configs []bus.ServerConfig
 }
 

@@ -4,7 +4,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"strings"
 
 	"github.com/corobus/corobus/config"
@@ -64,9 +63,4 @@ func parse(a *app, fs *flag.FlagSet, args []string) error {
 		return usagef("%v", err)
 	}
 	return nil
-}
-
-// stderrLogger is the plain logger of client verbs.
-func stderrLogger(w io.Writer, level slog.Level) *slog.Logger {
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 }
