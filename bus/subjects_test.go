@@ -1,0 +1,27 @@
+package bus
+
+import "testing"
+
+func TestSubjects(t *testing.T) {
+	s, err := NewSubjects(DefaultPrefix("my.cluster"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for got, want := range map[string]string{
+		s.BusStatus(3):    "corobus.my_cluster.bus.3.status",
+		s.Log(2, "TOTEM"): "corobus.my_cluster.log.2.TOTEM",
+		s.Log(2, "a.b c"): "corobus.my_cluster.log.2.a_b_c",
+		s.Blackbox(1):     "corobus.my_cluster.blackbox.1",
+		s.All():           "corobus.my_cluster.>",
+		s.Join("x", "y"):  "corobus.my_cluster.x.y",
+	} {
+		if got != want {
+			t.Errorf("got %q, want %q", got, want)
+		}
+	}
+	for _, bad := range []string{"", "a..b", "a.*", "a.>", "a b"} {
+		if _, err := NewSubjects(bad); err == nil {
+			t.Errorf("NewSubjects(%q) accepted", bad)
+		}
+	}
+}

@@ -1,0 +1,81 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+type lockedBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
+func (l *lockedBuf) String() string               { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+
+// sh returns a child that runs a shell script (the supervisor appends
+// --restarts N, which the script receives as $1 $2).
+func sh(name, script string) Child {
+	return Child{Name: name, Path: "/bin/sh", Args: []string{"-c", script, name}}
+}
+
+func TestSupervisorRestartsAndStopsInReverse(t *testing.T) {
+	dir := t.TempDir()
+	order := filepath.Join(dir, "order")
+	out := &lockedBuf{}
+	sup := NewSupervisor(slog.New(slog.DiscardHandler), out, Backoff{Min: 10 * time.Millisecond, Max: 50 * time.Millisecond, Stable: time.Hour}, 5*time.Second)
+	// "a" and "c" run until told to stop and record when they are;
+	// "b" crashes at once every time and must be restarted.
+	stopper := func(name string) Child {
+		return sh(name, `trap 'echo `+name+` >> `+order+`; exit 0' TERM; echo `+name+` up; while :; do sleep 0.01; done`)
+	}
+	children := []Child{stopper("a"), sh("b", `echo "b run $2"; exit 3`), stopper("c")}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx, children) }()
+
+	deadline := time.Now().Add(10 * time.Second)
+	for sup.Restarts()["b"] < 3 || !strings.Contains(out.String(), "c       | c up") {
+		if time.Now().After(deadline) {
+			t.Fatalf("restarts %v; output:\n%s", sup.Restarts(), out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	got, _ := os.ReadFile(order)
+	if string(got) != "c\na\n" {
+		t.Errorf("stop order %q, want c then a", got)
+	}
+	// Every line of a child is prefixed with its name, and a restarted
+	// child is told how often it was restarted.
+	if !strings.Contains(out.String(), "b       | b run 1") {
+		t.Errorf("no prefixed restart line in:\n%s", out.String())
+	}
+}
+
+func TestSupervisorKillsAStubbornChild(t *testing.T) {
+	sup := NewSupervisor(slog.New(slog.DiscardHandler), &lockedBuf{}, DefaultBackoff(), 200*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	ready := make(chan struct{})
+	c := sh("stubborn", `trap '' TERM; while :; do sleep 0.01; done`)
+	c.Ready = func(context.Context) error { close(ready); return nil }
+	go func() { done <- sup.Run(ctx, []Child{c}) }()
+	<-ready
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a child ignoring SIGTERM was not killed")
+	}
+}
