@@ -1,0 +1,106 @@
+package objdb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/corobus/corobus/bus/bustest"
+)
+
+// waitValue polls a store's copy until key has want.
+func waitValue(t *testing.T, s *Store, key, want string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		v, err := s.Get(key)
+		if err == nil && v.String() == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node %d: %s = %v (%v), want %s", s.Node(), key, v, err, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestThreeNodes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("three-node JetStream cluster: skipped in -short")
+	}
+	cl := bustest.StartCluster(t, 3)
+	ctx := context.Background()
+	s1 := openStore(t, cl.Conn(1), 1, 3)
+	s3 := openStore(t, cl.Conn(3), 3, 3)
+
+	// A write acknowledged on node 1 is read on node 3.
+	if err := s1.Set(ctx, "cluster.greeting", mustValue(t, String, "hello")); err != nil {
+		t.Fatal(err)
+	}
+	waitValue(t, s3, "cluster.greeting", "hello")
+
+	// Node-local keys stay with their node.
+	if err := s1.Set(ctx, "runtime.mine", mustValue(t, Uint8, "1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s3.Set(ctx, "runtime.mine", mustValue(t, Uint8, "3")); err != nil {
+		t.Fatal(err)
+	}
+	waitValue(t, s1, "runtime.mine", "1")
+	waitValue(t, s3, "runtime.mine", "3")
+
+	// Acknowledged writes survive the loss of any one node.
+	var acked []string
+	for i := range 50 {
+		k := fmt.Sprintf("cluster.acked.%d", i)
+		if err := s1.Set(ctx, k, mustValue(t, Uint32, fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+		acked = append(acked, k)
+	}
+	s1.Close()
+	cl.Stop(1)
+	for i, k := range acked {
+		waitValue(t, s3, k, fmt.Sprint(i))
+	}
+	// The two survivors still have a quorum: writes go on.
+	if err := s3.Set(ctx, "cluster.after", mustValue(t, Uint8, "7")); err != nil {
+		t.Fatalf("write with two of three nodes: %v", err)
+	}
+
+	// Node 3 alone: reads are served (perhaps stale), writes fail
+	// clearly and change nothing.
+	cl.Stop(2)
+	err := s3.Set(ctx, "cluster.lonely", mustValue(t, Uint8, "1"))
+	if !errors.Is(err, ErrTryAgain) {
+		t.Fatalf("write on an isolated node: %v, want ErrTryAgain", err)
+	}
+	t.Logf("isolated write refused: %v", err)
+	waitValue(t, s3, "cluster.after", "7")
+
+	// The others come back; node 3 catches up and writes again.
+	cl.Start(1)
+	cl.Start(2)
+	cl.WaitFormed(30 * time.Second)
+	s2 := openStore(t, cl.Conn(2), 2, 3)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err = s2.Set(ctx, "cluster.healed", mustValue(t, Uint8, "1"))
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("write after heal: %v", err)
+	}
+	waitValue(t, s3, "cluster.healed", "1")
+	if err := s3.Set(ctx, "cluster.lonely", mustValue(t, Uint8, "2")); err != nil {
+		t.Fatalf("write on node 3 after heal: %v", err)
+	}
+	waitValue(t, s2, "cluster.lonely", "2")
+	if _, err := s2.Get("cluster.acked.49"); err != nil {
+		t.Errorf("an acknowledged write was lost: %v", err)
+	}
+}
