@@ -19,7 +19,10 @@ import (
 
 // clientCommands are the verbs that talk to a running node.
 func (a *app) clientCommands() []command {
-	return []command{}
+	return []command{
+		{name: "bench", summary: "measure a running node: bench cmap, bench totem", run: runBench},
+		{name: "cmap", summary: "read, change and track the object database (corosync-cmapctl)", run: runCmap},
+	}
 }
 
 // clientConn connects a client verb to the node its flags name and returns

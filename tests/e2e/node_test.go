@@ -40,6 +40,36 @@ func TestEmbeddedDefaultUpStatusStop(t *testing.T) {
 		t.Errorf("status = node %d, meta leader %q; want node 1 led by node1", st.Node, st.Bus.MetaLeader)
 	}
 
+	// Every layer of the node is up and listed.
+	eventually(t, 20*time.Second, "status lists the layers", func() error {
+		st, err := b.status(t, env)
+		if err != nil {
+			return err
+		}
+		for _, want := range []string{"bus", "objdb"} {
+			found := false
+			for _, l := range st.Layers {
+				found = found || l.Layer == want
+			}
+			if !found {
+				return fmt.Errorf("layer %s not listed: %+v", want, st.Layers)
+			}
+		}
+		return nil
+	})
+
+	// The walk: set totem.token through cmap and read it back.
+	if out, err := b.run(t, env, "cmap", "-s", "totem.token", "u32", "5000"); err != nil {
+		t.Fatalf("cmap -s: %v\n%s", err, out)
+	}
+	out, err := b.run(t, env, "cmap", "-g", "totem.token")
+	if err != nil || out != "totem.token (u32) = 5000\n" {
+		t.Errorf("cmap -g totem.token = %q, %v", out, err)
+	}
+	if _, err := b.run(t, env, "cmap", "-s", "nodelist.node.0.nodeid", "u32", "9"); err == nil || !strings.Contains(err.Error(), "CS_ERR_ACCESS") {
+		t.Errorf("setting a read-only key: %v, want CS_ERR_ACCESS", err)
+	}
+
 	kids := descendants(p.cmd.Process.Pid)
 	if len(kids) == 0 {
 		t.Fatal("corobus up has no child process: the bus should run in its own")

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/objdb"
+	"github.com/corobus/corobus/objdb/client"
+)
+
+// runBench dispatches `corobus bench <what>`.
+func runBench(ctx context.Context, a *app, args []string) error {
+	what := map[string]func(context.Context, *app, []string) error{
+		"cmap":  benchCmap,
+		"totem": benchTotem,
+	}
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprintln(a.stdout, "usage: corobus bench cmap|totem [flags]   (corobus bench <what> --help for its flags)")
+		fmt.Fprintln(a.stdout, "\n  cmap   one synchronous client: set then get ops/s against a running node")
+		fmt.Fprintln(a.stdout, "  totem  ordered multicast: messages/s and send-to-self-delivery latency")
+		if len(args) == 0 {
+			return usagef("bench: say what to measure")
+		}
+		return nil
+	}
+	f, ok := what[args[0]]
+	if !ok {
+		return usagef("bench: unknown benchmark %q (cmap, totem)", args[0])
+	}
+	return f(ctx, a, args[1:])
+}
+
+// benchCmap measures one synchronous client, like ../shared/anchor's
+// cmap_bench: cmap sets of a u32 for S seconds, then gets.
+func benchCmap(ctx context.Context, a *app, args []string) error {
+	var nf nodeFlags
+	var seconds float64
+	fs := newFlagSet(a, "bench cmap", "[-c FILE | --bus URL] [--seconds S]",
+		"One synchronous client against a running node: set a u32 key in a loop for S seconds,\n"+
+			"then get it; prints set_ops_per_s=… get_ops_per_s=….")
+	nf.register(fs, true)
+	fs.Float64Var(&seconds, "seconds", 2, "duration of each phase")
+	if err := parse(a, fs, args); err != nil {
+		return err
+	}
+	nc, cfg, err := a.clientConn(nf, "corobus-bench-cmap")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	subjects, err := bus.NewSubjects(cfg.Prefix())
+	if err != nil {
+		return err
+	}
+	local, err := cfg.LocalNode()
+	if err != nil {
+		return err
+	}
+	c := client.New(nc, subjects, local.ID)
+	d := time.Duration(seconds * float64(time.Second))
+	const key = "test.bench.k"
+	n, start := 0, time.Now()
+	for time.Since(start) < d && ctx.Err() == nil {
+		v, _ := objdb.ParseValue(objdb.Uint32, fmt.Sprint(n))
+		if err := c.Set(ctx, key, v); err != nil {
+			return fmt.Errorf("set: %w", err)
+		}
+		n++
+	}
+	setRate := float64(n) / time.Since(start).Seconds()
+	n, start = 0, time.Now()
+	for time.Since(start) < d && ctx.Err() == nil {
+		if _, err := c.Get(ctx, key); err != nil {
+			return fmt.Errorf("get: %w", err)
+		}
+		n++
+	}
+	getRate := float64(n) / time.Since(start).Seconds()
+	fmt.Fprintf(a.stdout, "RESULT set_ops_per_s=%.0f get_ops_per_s=%.0f\n", setRate, getRate)
+	return nil
+}

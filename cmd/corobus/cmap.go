@@ -1,0 +1,260 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/objdb"
+	"github.com/corobus/corobus/objdb/client"
+	"github.com/corobus/corobus/services/cswire"
+)
+
+// runCmap is corosync-cmapctl over the bus: the same flags, the same
+// output lines.
+func runCmap(ctx context.Context, a *app, args []string) error {
+	var nf nodeFlags
+	var get, set, del, delPrefix, track, trackPrefix, file, mapName string
+	var quiet, showBinary bool
+	fs := newFlagSet(a, "cmap", "[-b] [-q] [-g KEY | -s KEY TYPE VALUE | -d KEY | -D PREFIX | -t KEY | -T PREFIX | -p FILE | PREFIX...]",
+		"Read and change a node's object database the way corosync-cmapctl does.\n"+
+			"With no action, list every key (or the keys under each PREFIX argument).\n"+
+			"TYPE is one of u8 u16 u32 u64 i8 i16 i32 i64 flt dbl str bin; for bin, VALUE is a file (- for stdin).\n"+
+			"A -p file holds lines `key type value`, `^key` (delete) or `^^prefix` (delete by prefix).")
+	nf.register(fs, true)
+	fs.StringVar(&get, "g", "", "print `KEY`")
+	fs.StringVar(&set, "s", "", "set `KEY` (followed by TYPE VALUE)")
+	fs.StringVar(&del, "d", "", "delete `KEY`")
+	fs.StringVar(&delPrefix, "D", "", "delete every key under `PREFIX`")
+	fs.StringVar(&track, "t", "", "print changes of `KEY` until interrupted")
+	fs.StringVar(&trackPrefix, "T", "", "print changes of every key under `PREFIX` until interrupted")
+	fs.StringVar(&file, "p", "", "apply the settings in `FILE`")
+	fs.StringVar(&mapName, "m", "icmap", "map: icmap (the default) or stats")
+	fs.BoolVar(&quiet, "q", false, "with -g, print only the value")
+	fs.BoolVar(&showBinary, "b", false, "show binary values")
+	if err := parse(a, fs, args); err != nil {
+		return err
+	}
+	nc, cfg, err := a.clientConn(nf, "corobus-cmap")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	subjects, err := bus.NewSubjects(cfg.Prefix())
+	if err != nil {
+		return err
+	}
+	local, err := cfg.LocalNode()
+	if err != nil {
+		return err
+	}
+	c := client.New(nc, subjects, local.ID)
+	mapPrefix := ""
+	switch mapName {
+	case "icmap":
+	case "stats":
+		mapPrefix = "stats."
+	default:
+		return usagef("-m %s: expected icmap or stats", mapName)
+	}
+	p := cmapPrinter{w: a.stdout, quiet: quiet, showBinary: showBinary, strip: mapPrefix}
+	rest := fs.Args()
+
+	switch {
+	case get != "":
+		v, err := c.Get(ctx, mapPrefix+get)
+		if err != nil {
+			return fmt.Errorf("Can't get value of %s. Error %s", get, cswire.Code(err))
+		}
+		p.print(get, v)
+	case set != "":
+		if len(rest) != 2 {
+			return usagef("-s %s: expected TYPE VALUE", set)
+		}
+		v, err := cmapValue(a, rest[0], rest[1])
+		if err != nil {
+			return err
+		}
+		if err := c.Set(ctx, mapPrefix+set, v); err != nil {
+			return fmt.Errorf("Can't set key %s. Error %s (%v)", set, cswire.Code(err), err)
+		}
+	case del != "":
+		if err := c.Delete(ctx, mapPrefix+del); err != nil {
+			return fmt.Errorf("Can't delete key %s. Error %s", del, cswire.Code(err))
+		}
+	case delPrefix != "":
+		if _, err := c.DeletePrefix(ctx, mapPrefix+delPrefix); err != nil {
+			return fmt.Errorf("Can't delete keys with prefix %s. Error %s", delPrefix, cswire.Code(err))
+		}
+	case track != "" || trackPrefix != "":
+		key, prefix := track, false
+		if trackPrefix != "" {
+			key, prefix = trackPrefix, true
+		}
+		events := make(chan client.Change, 1024)
+		stop, err := c.Track(mapPrefix+key, prefix, func(ch client.Change) { events <- ch })
+		if err != nil {
+			return err
+		}
+		defer stop()
+		if err := nc.Flush(); err != nil {
+			return fmt.Errorf("subscribing for changes: %w", err)
+		}
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case ch := <-events:
+				v := ch.New
+				if ch.Kind == "delete" {
+					v = ch.Old
+				}
+				fmt.Fprintf(a.stdout, "%s> ", ch.Kind)
+				if v != nil {
+					p.print(strings.TrimPrefix(ch.Key, mapPrefix), *v)
+				} else {
+					fmt.Fprintln(a.stdout, ch.Key)
+				}
+			}
+		}
+	case file != "":
+		return cmapLoad(ctx, a, c, file)
+	default:
+		prefixes := rest
+		if len(prefixes) == 0 {
+			prefixes = []string{""}
+		}
+		for _, pre := range prefixes {
+			entries, err := c.List(ctx, mapPrefix+pre)
+			if err != nil {
+				return fmt.Errorf("Can't list keys with prefix %s. Error %s", pre, cswire.Code(err))
+			}
+			for _, e := range entries {
+				t, _ := objdb.ParseType(e.Type)
+				p.print(strings.TrimPrefix(e.Key, mapPrefix), objdb.Value{Type: t, Data: e.Data})
+			}
+		}
+	}
+	return nil
+}
+
+// cmapPrinter prints `key (type) = value` lines exactly as
+// corosync-cmapctl does.
+type cmapPrinter struct {
+	w                 io.Writer
+	quiet, showBinary bool
+	strip             string
+}
+
+func (p cmapPrinter) print(key string, v objdb.Value) {
+	if v.Type == objdb.Binary {
+		if p.quiet {
+			fmt.Fprintln(p.w, cmapBinary(v.Data))
+			return
+		}
+		fmt.Fprintf(p.w, "%s (bin)", key)
+		if p.showBinary {
+			if len(v.Data) == 0 {
+				fmt.Fprint(p.w, " = *empty*")
+			} else {
+				fmt.Fprintf(p.w, " = %s", cmapBinary(v.Data))
+			}
+		}
+		fmt.Fprintln(p.w)
+		return
+	}
+	if p.quiet {
+		fmt.Fprintln(p.w, v.String())
+		return
+	}
+	fmt.Fprintf(p.w, "%s (%s) = %s\n", key, v.Type, v.String())
+}
+
+// cmapBinary escapes binary values as corosync-cmapctl -b does.
+func cmapBinary(b []byte) string {
+	var s strings.Builder
+	for _, c := range b {
+		switch {
+		case c == '\\':
+			s.WriteString(`\\`)
+		case c >= ' ' && c < 0x7f:
+			s.WriteByte(c)
+		default:
+			fmt.Fprintf(&s, `\x%02X`, c)
+		}
+	}
+	return s.String()
+}
+
+// cmapValue parses a -s value; bin values come from a file, as in
+// corosync-cmapctl.
+func cmapValue(a *app, typ, value string) (objdb.Value, error) {
+	t, err := objdb.ParseType(typ)
+	if err != nil {
+		return objdb.Value{}, usagef("%v", err)
+	}
+	if t == objdb.Binary {
+		var b []byte
+		if value == "-" {
+			b, err = io.ReadAll(os.Stdin)
+		} else {
+			b, err = os.ReadFile(value)
+		}
+		if err != nil {
+			return objdb.Value{}, fmt.Errorf("reading the binary value: %w", err)
+		}
+		return objdb.Value{Type: t, Data: b}, nil
+	}
+	v, err := objdb.ParseValue(t, value)
+	if err != nil {
+		return objdb.Value{}, usagef("%v", err)
+	}
+	return v, nil
+}
+
+// cmapLoad applies a -p file: `key type value` sets, `^key` deletes,
+// `^^prefix` deletes by prefix. Lines starting with # are comments.
+func cmapLoad(ctx context.Context, a *app, c *client.Client, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", path, err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	line := 0
+	for sc.Scan() {
+		line++
+		text := strings.TrimSpace(sc.Text())
+		if text == "" || strings.HasPrefix(text, "#") {
+			continue
+		}
+		fields := strings.Fields(text)
+		switch {
+		case strings.HasPrefix(fields[0], "^^"):
+			if _, err := c.DeletePrefix(ctx, fields[0][2:]); err != nil {
+				return fmt.Errorf("%s:%d: %w", path, line, err)
+			}
+		case strings.HasPrefix(fields[0], "^"):
+			if err := c.Delete(ctx, fields[0][1:]); err != nil && !errors.Is(err, objdb.ErrNotExist) {
+				return fmt.Errorf("%s:%d: %w", path, line, err)
+			}
+		default:
+			if len(fields) < 3 {
+				return fmt.Errorf("%s:%d: expected `key type value`, found %q", path, line, text)
+			}
+			v, err := cmapValue(a, fields[1], strings.Join(fields[2:], " "))
+			if err != nil {
+				return fmt.Errorf("%s:%d: %w", path, line, err)
+			}
+			if err := c.Set(ctx, fields[0], v); err != nil {
+				return fmt.Errorf("%s:%d: %w", path, line, err)
+			}
+		}
+	}
+	return sc.Err()
+}

@@ -1,0 +1,235 @@
+package objdb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/corobus/corobus/config/keys"
+	"github.com/corobus/corobus/layer"
+	"github.com/corobus/corobus/services/cswire"
+)
+
+// Request headers of the objdb API.
+const (
+	// HdrInternal marks a write by a corobus layer: read-only keys refuse
+	// clients, not the layers that maintain them.
+	HdrInternal = "Corobus-Internal"
+)
+
+// API operations, the last token of their subjects.
+const (
+	OpGet          = "get"
+	OpSet          = "set"
+	OpDelete       = "delete"
+	OpDeletePrefix = "delete_prefix"
+	OpAdjust       = "adjust"
+	OpList         = "list"
+)
+
+// ListEntry is one key of a list reply (JSON).
+type ListEntry struct {
+	Key   string `json:"key"`
+	Type  string `json:"type"`
+	Value string `json:"value"` // as corosync-cmapctl prints it
+	Data  []byte `json:"data"`  // raw bytes (base64 in JSON)
+	Scope Scope  `json:"scope"`
+}
+
+// ReadOnly reports whether clients may not write key: the keys corosync's
+// cmap refuses (its read-only prefixes, and the configuration keys it
+// marks read-only).
+func ReadOnly(key string) bool {
+	for _, p := range []string{"internal_configuration.", "runtime.services.", "runtime.config.", "runtime.totem.",
+		"uidgid.config.", "system.", "nodelist.", "config.reload_in_progress", "config.totemconfig_reload_in_progress"} {
+		if strings.HasPrefix(key, p) {
+			return true
+		}
+	}
+	k, ok := keys.Lookup(key)
+	return ok && k.ReadOnly
+}
+
+// TypeOf is the type a configuration key is stored as.
+func TypeOf(key string) Type {
+	if k, ok := keys.Lookup(key); ok {
+		if t, err := ParseType(string(k.Type)); err == nil {
+			return t
+		}
+	}
+	return String
+}
+
+// Layer is `corobus objdb`.
+func Layer() layer.Layer {
+	return layer.Layer{Name: "objdb", Subsys: "OBJDB", Summary: "the object database: typed keys in replicated JetStream KV", Run: Run}
+}
+
+// Replicas is the bucket's replication: objdb.replicas, or 3 on a cluster
+// of three or more nodes and 1 below.
+func Replicas(env layer.Env) (int, error) {
+	r, err := env.Config.Uint("objdb.replicas", 0)
+	if err != nil {
+		return 0, err
+	}
+	if r > 0 {
+		return int(r), nil
+	}
+	nodes, err := env.Config.Nodes()
+	if err != nil {
+		return 0, err
+	}
+	if len(nodes) >= 3 {
+		return 3, nil
+	}
+	return 1, nil
+}
+
+// OpenFor opens the store of a layer's node.
+func OpenFor(ctx context.Context, env layer.Env) (*Store, error) {
+	replicas, err := Replicas(env)
+	if err != nil {
+		return nil, err
+	}
+	return OpenStore(ctx, env.Conn, StoreConfig{
+		Bucket:   BucketName(env.Config.ClusterName()),
+		Replicas: replicas,
+		Node:     env.Node.ID,
+		Subjects: env.Subjects,
+		Log:      env.Log,
+	})
+}
+
+// Run serves objdb for this node until ctx ends: it loads the node's
+// configuration into its namespace, then answers the API in a queue group
+// shared with every other objdb process of the node.
+func Run(ctx context.Context, env layer.Env) error {
+	st, err := OpenFor(ctx, env)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if err := st.LoadConfig(ctx, env.Config.Flat(), TypeOf); err != nil {
+		return err
+	}
+	pos := uint64(env.Node.Index)
+	if err := st.SetLocal(ctx, "nodelist.local_node_pos", Value{Type: Uint32, Data: putInt(Uint32, pos)}); err != nil {
+		return err
+	}
+	svc, err := layer.NewService(env, "objdb", "corobus object database", time.Now().UTC().Format(time.RFC3339))
+	if err != nil {
+		return fmt.Errorf("registering the objdb service: %w", err)
+	}
+	defer func() { _ = svc.Stop() }()
+	if err := AddEndpoints(svc, st, env); err != nil {
+		return err
+	}
+	env.Log.Info("objdb serving", "bucket", BucketName(env.Config.ClusterName()), "keys", len(st.List("")))
+	<-ctx.Done()
+	return nil
+}
+
+// AddEndpoints serves the API of st on the node's objdb subjects.
+func AddEndpoints(svc micro.Service, st *Store, env layer.Env) error {
+	node := env.Node.ID
+	handlers := map[string]micro.HandlerFunc{
+		OpGet: func(r micro.Request) {
+			v, err := st.Get(r.Headers().Get(HdrKey))
+			if err != nil {
+				respondErr(r, err)
+				return
+			}
+			_ = r.Respond(v.Data, micro.WithHeaders(micro.Headers{HdrType: []string{strconv.Itoa(int(v.Type))}}))
+		},
+		OpSet: func(r micro.Request) {
+			key := r.Headers().Get(HdrKey)
+			t, err := strconv.Atoi(r.Headers().Get(HdrType))
+			if err != nil {
+				respondErr(r, fmt.Errorf("missing or bad %s header: %w", HdrType, ErrInvalidParam))
+				return
+			}
+			if r.Headers().Get(HdrInternal) == "" && ReadOnly(key) {
+				respondErr(r, fmt.Errorf("key %s is read-only: %w", key, ErrAccess))
+				return
+			}
+			respondErr(r, st.Set(context.Background(), key, Value{Type: Type(t), Data: r.Data()}))
+		},
+		OpDelete: func(r micro.Request) {
+			key := r.Headers().Get(HdrKey)
+			if r.Headers().Get(HdrInternal) == "" && ReadOnly(key) {
+				respondErr(r, fmt.Errorf("key %s is read-only: %w", key, ErrAccess))
+				return
+			}
+			respondErr(r, st.Delete(context.Background(), key))
+		},
+		OpDeletePrefix: func(r micro.Request) {
+			prefix := r.Headers().Get(HdrKey)
+			if r.Headers().Get(HdrInternal) == "" {
+				for _, e := range st.List(prefix) {
+					if ReadOnly(e.Key) {
+						respondErr(r, fmt.Errorf("key %s is read-only: %w", e.Key, ErrAccess))
+						return
+					}
+				}
+			}
+			n, err := st.DeletePrefix(context.Background(), prefix)
+			if err != nil {
+				respondErr(r, err)
+				return
+			}
+			_ = r.Respond([]byte(strconv.Itoa(n)))
+		},
+		OpAdjust: func(r micro.Request) {
+			key := r.Headers().Get(HdrKey)
+			step, err := strconv.ParseInt(string(r.Data()), 10, 64)
+			if err != nil {
+				respondErr(r, fmt.Errorf("step %q: %w", r.Data(), ErrInvalidParam))
+				return
+			}
+			if r.Headers().Get(HdrInternal) == "" && ReadOnly(key) {
+				respondErr(r, fmt.Errorf("key %s is read-only: %w", key, ErrAccess))
+				return
+			}
+			v, err := st.Adjust(context.Background(), key, step)
+			if err != nil {
+				respondErr(r, err)
+				return
+			}
+			_ = r.Respond(v.Data, micro.WithHeaders(micro.Headers{HdrType: []string{strconv.Itoa(int(v.Type))}}))
+		},
+		OpList: func(r micro.Request) {
+			entries := st.List(r.Headers().Get(HdrKey))
+			out := make([]ListEntry, len(entries))
+			for i, e := range entries {
+				out[i] = ListEntry{Key: e.Key, Type: e.Value.Type.String(), Value: e.Value.String(), Data: e.Value.Data, Scope: e.Scope}
+			}
+			_ = r.RespondJSON(out)
+		},
+	}
+	for _, op := range []string{OpGet, OpSet, OpDelete, OpDeletePrefix, OpAdjust, OpList} {
+		if err := svc.AddEndpoint(op, handlers[op], micro.WithEndpointSubject(env.Subjects.ObjdbAPI(node, op))); err != nil {
+			return fmt.Errorf("adding objdb endpoint %s: %w", op, err)
+		}
+	}
+	return nil
+}
+
+// respondErr answers with success (nil) or the error, its cs_error_t number
+// as the micro error code.
+func respondErr(r micro.Request, err error) {
+	if err == nil {
+		_ = r.Respond(nil)
+		return
+	}
+	code := cswire.Code(err)
+	var e cswire.Error
+	if !errors.As(err, &e) {
+		code = cswire.ErrLibrary
+	}
+	_ = r.Error(strconv.Itoa(int(code)), err.Error(), nil)
+}

@@ -1,0 +1,122 @@
+package objdb_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/bus/bustest"
+	"github.com/corobus/corobus/config"
+	"github.com/corobus/corobus/layer"
+	"github.com/corobus/corobus/objdb"
+	"github.com/corobus/corobus/objdb/client"
+)
+
+func testEnv(t *testing.T, nc *nats.Conn) layer.Env {
+	t.Helper()
+	cfg, err := config.Load(config.Options{UserStateDir: t.TempDir(), Overrides: []string{"totem.cluster_name=svc"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, _ := cfg.LocalNode()
+	subjects, _ := bus.NewSubjects(cfg.Prefix())
+	return layer.Env{Config: cfg, Node: local, Conn: nc, Subjects: subjects, Log: bustest.Logger(t), Version: "0.0.0-test"}
+}
+
+// Two objdb processes of one node share its requests (a queue group), and
+// both serve the same data.
+func TestTwoObjdbProcessesShareTheLoad(t *testing.T) {
+	cl := bustest.StartCluster(t, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	var envs []layer.Env
+	for range 2 {
+		env := testEnv(t, cl.Conn(1))
+		envs = append(envs, env)
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = objdb.Run(ctx, env) }()
+	}
+	defer wg.Wait()
+	defer cancel()
+
+	c := client.New(cl.Conn(1), envs[0].Subjects, 1)
+	// Wait until both have loaded the configuration and registered.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		infos, _ := layer.Discover(cl.Conn(1), 200*time.Millisecond)
+		if len(infos) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d objdb processes registered, want 2", len(infos))
+		}
+	}
+	v, err := c.Get(ctx, "totem.cluster_name")
+	if err != nil || v.String() != "svc" {
+		t.Fatalf("totem.cluster_name = %v, %v", v, err)
+	}
+	if v, err := c.Get(ctx, "totem.token"); err != nil || v.Type != objdb.Uint32 {
+		t.Errorf("totem.token is %v (%v), want a u32 as corosync stores it", v.Type, err)
+	}
+	for i := range 200 {
+		val, _ := objdb.ParseValue(objdb.Uint32, "1")
+		if err := c.Set(ctx, "test.share", val); err != nil {
+			t.Fatalf("set %d: %v", i, err)
+		}
+	}
+	// Both instances answered some of the 200 sets.
+	stats := statsOf(t, cl.Conn(1))
+	if len(stats) != 2 || stats[0] == 0 || stats[1] == 0 {
+		t.Errorf("requests per objdb process = %v, want both serving", stats)
+	}
+
+	// Read-only keys refuse clients, not layers.
+	ro, _ := objdb.ParseValue(objdb.Uint32, "9")
+	if err := c.Set(ctx, "nodelist.node.0.nodeid", ro); !errors.Is(err, objdb.ErrAccess) {
+		t.Errorf("client write of a read-only key: %v, want CS_ERR_ACCESS", err)
+	}
+	c.Internal = true
+	if err := c.Set(ctx, "runtime.totem.x", ro); err != nil {
+		t.Errorf("internal write of a read-only key: %v", err)
+	}
+	if _, err := c.Get(ctx, "no.such.key"); !errors.Is(err, objdb.ErrNotExist) {
+		t.Errorf("get of a missing key: %v, want CS_ERR_NOT_EXIST", err)
+	}
+}
+
+// statsOf returns the number of set requests each objdb process served.
+func statsOf(t *testing.T, nc *nats.Conn) []int {
+	t.Helper()
+	inbox := nc.NewRespInbox()
+	sub, _ := nc.SubscribeSync(inbox)
+	defer func() { _ = sub.Unsubscribe() }()
+	_ = nc.PublishRequest("$SRV.STATS.corobus-objdb", inbox, nil)
+	var out []int
+	for {
+		m, err := sub.NextMsg(300 * time.Millisecond)
+		if err != nil {
+			return out
+		}
+		var st struct {
+			Endpoints []struct {
+				Name     string `json:"name"`
+				Requests int    `json:"num_requests"`
+			} `json:"endpoints"`
+		}
+		if err := json.Unmarshal(m.Data, &st); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range st.Endpoints {
+			if e.Name == objdb.OpSet {
+				out = append(out, e.Requests)
+			}
+		}
+	}
+}
