@@ -18,7 +18,7 @@ import (
 	"github.com/corobus/corobus/objdb/client"
 )
 
-func testEnv(t *testing.T, nc *nats.Conn) layer.Env {
+func testEnv(t testing.TB, nc *nats.Conn) layer.Env {
 	t.Helper()
 	cfg, err := config.Load(config.Options{UserStateDir: t.TempDir(), Overrides: []string{"totem.cluster_name=svc"}})
 	if err != nil {

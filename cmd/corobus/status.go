@@ -22,6 +22,7 @@ func (a *app) clientCommands() []command {
 	return []command{
 		{name: "bench", summary: "measure a running node: bench cmap, bench totem", run: runBench},
 		{name: "cmap", summary: "read, change and track the object database (corosync-cmapctl)", run: runCmap},
+		{name: "objctl", summary: "the object database as corosync 1.x's object tree (corosync-objctl)", run: runObjctl},
 	}
 }
 
