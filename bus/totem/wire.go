@@ -140,9 +140,15 @@ type MembMsg struct {
 	Held       []uint64 `json:"held,omitempty"`
 	MaxSeq     uint64   `json:"max_seq,omitempty"`
 	Inc        uint64   `json:"inc,omitempty"`
+	// Orphans are the member's own messages multicast in the old ring and
+	// not delivered by it: their order may be lost with the sequencer.
+	Orphans []MsgID `json:"orphans,omitempty"`
 	// commit: the new ring and, per old ring, the recovery plan.
 	Ring   RingID  `json:"ring,omitzero"`
 	Groups []Group `json:"groups,omitempty"`
+	// Incs are the members' incarnations, in Members' order: a member
+	// whose heartbeat shows another one has restarted.
+	Incs []uint64 `json:"incs,omitempty"`
 }
 
 // Group is the recovery plan of the members that come from one old ring:
@@ -155,6 +161,12 @@ type Group struct {
 	Members    []uint32  `json:"members"`
 	UpTo       uint64    `json:"up_to"`
 	Segments   []Segment `json:"segments,omitempty"`
+	// Orphans are the members' own messages of the old ring that they
+	// sent but may not find at a position up to UpTo: those not found
+	// there are delivered, in this order, after the transitional
+	// configuration (corosync delivers what follows a gap there too), so
+	// that a sender that stays delivers its own message, once.
+	Orphans []MsgID `json:"orphans,omitempty"`
 }
 
 // Segment says that Holder has positions From..To (inclusive).
@@ -169,6 +181,9 @@ type FetchRequest struct {
 	Ring RingID `json:"ring"`
 	From uint64 `json:"from"`
 	To   uint64 `json:"to"`
+	// IDs asks a sender for its own messages by id instead (orphans);
+	// they come back with position 0.
+	IDs []MsgID `json:"ids,omitempty"`
 }
 
 var errShort = errors.New("totem: truncated frame")
@@ -197,29 +212,45 @@ func getID(b []byte) MsgID {
 	return MsgID{Node: binary.BigEndian.Uint32(b), Origin: binary.BigEndian.Uint32(b[4:]), Seq: binary.BigEndian.Uint64(b[8:])}
 }
 
-// Data frame (TotemData): ring(12) id(16) svclen(1) svc payload.
-func appendData(dst []byte, ring RingID, id MsgID, service string, payload []byte) []byte {
-	var h [ringLen + idLen + 1]byte
-	putRing(h[:], ring)
-	putID(h[ringLen:], id)
-	h[ringLen+idLen] = byte(len(service))
-	dst = append(dst, h[:]...)
-	dst = append(dst, service...)
-	return append(dst, payload...)
+// Data frame (TotemData): ring(12) id(16) prev(8) svclen(1) svc payload.
+// prev is the origin's previous message sent in this ring (0: none): the
+// sequencer orders each origin's messages in the order they were sent.
+const dataHdr = ringLen + idLen + 8 + 1
+
+type dataFrame struct {
+	ring    RingID
+	id      MsgID
+	prev    uint64
+	service string
+	payload []byte
 }
 
-func parseData(b []byte) (ring RingID, id MsgID, service string, payload []byte, err error) {
-	if len(b) < ringLen+idLen+1 {
-		return ring, id, "", nil, errShort
+func appendData(dst []byte, f *dataFrame) []byte {
+	var h [dataHdr]byte
+	putRing(h[:], f.ring)
+	putID(h[ringLen:], f.id)
+	binary.BigEndian.PutUint64(h[ringLen+idLen:], f.prev)
+	h[dataHdr-1] = byte(len(f.service))
+	dst = append(dst, h[:]...)
+	dst = append(dst, f.service...)
+	return append(dst, f.payload...)
+}
+
+func parseData(b []byte) (dataFrame, error) {
+	var f dataFrame
+	if len(b) < dataHdr {
+		return f, errShort
 	}
-	ring = getRing(b)
-	id = getID(b[ringLen:])
-	n := int(b[ringLen+idLen])
-	b = b[ringLen+idLen+1:]
+	f.ring = getRing(b)
+	f.id = getID(b[ringLen:])
+	f.prev = binary.BigEndian.Uint64(b[ringLen+idLen:])
+	n := int(b[dataHdr-1])
+	b = b[dataHdr:]
 	if len(b) < n {
-		return ring, id, "", nil, errShort
+		return f, errShort
 	}
-	return ring, id, string(b[:n]), b[n:], nil
+	f.service, f.payload = string(b[:n]), b[n:]
+	return f, nil
 }
 
 // Submit frame (TotemMcast): origin(4) seq(8) svclen(1) svc payload.

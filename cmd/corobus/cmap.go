@@ -69,7 +69,7 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 	case get != "":
 		v, err := c.Get(ctx, mapPrefix+get)
 		if err != nil {
-			return fmt.Errorf("Can't get value of %s. Error %s", get, cswire.Code(err))
+			return fmt.Errorf("can't get value of %s: %s", get, cswire.Code(err))
 		}
 		p.print(get, v)
 	case set != "":
@@ -81,15 +81,15 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 			return err
 		}
 		if err := c.Set(ctx, mapPrefix+set, v); err != nil {
-			return fmt.Errorf("Can't set key %s. Error %s (%v)", set, cswire.Code(err), err)
+			return fmt.Errorf("can't set key %s: %s (%v)", set, cswire.Code(err), err)
 		}
 	case del != "":
 		if err := c.Delete(ctx, mapPrefix+del); err != nil {
-			return fmt.Errorf("Can't delete key %s. Error %s", del, cswire.Code(err))
+			return fmt.Errorf("can't delete key %s: %s", del, cswire.Code(err))
 		}
 	case delPrefix != "":
 		if _, err := c.DeletePrefix(ctx, mapPrefix+delPrefix); err != nil {
-			return fmt.Errorf("Can't delete keys with prefix %s. Error %s", delPrefix, cswire.Code(err))
+			return fmt.Errorf("can't delete keys with prefix %s: %s", delPrefix, cswire.Code(err))
 		}
 	case track != "" || trackPrefix != "":
 		key, prefix := track, false
@@ -132,7 +132,7 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 		for _, pre := range prefixes {
 			entries, err := c.List(ctx, mapPrefix+pre)
 			if err != nil {
-				return fmt.Errorf("Can't list keys with prefix %s. Error %s", pre, cswire.Code(err))
+				return fmt.Errorf("can't list keys with prefix %s: %s", pre, cswire.Code(err))
 			}
 			for _, e := range entries {
 				t, _ := objdb.ParseType(e.Type)

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/bus/totem"
 	"github.com/corobus/corobus/config"
 	"github.com/corobus/corobus/layer"
 )
@@ -64,6 +65,7 @@ type NodeStatus struct {
 	Node    uint32        `json:"node"`
 	Cluster string        `json:"cluster"`
 	Bus     bus.Status    `json:"bus"`
+	Totem   *totem.Status `json:"totem,omitempty"`
 	Layers  []LayerStatus `json:"layers"`
 }
 
@@ -119,7 +121,7 @@ func nodeStatus(nc *nats.Conn, subjects bus.Subjects, cluster string, id uint32)
 	if err != nil {
 		return NodeStatus{}, err
 	}
-	st := NodeStatus{Node: id, Cluster: cluster, Bus: bst}
+	st := NodeStatus{Node: id, Cluster: cluster, Bus: bst, Totem: totemStatus(nc, subjects, id)}
 	for _, in := range infos {
 		md := in.Metadata
 		if md[layer.MetaCluster] != cluster || md[layer.MetaNode] != strconv.FormatUint(uint64(id), 10) {
@@ -167,6 +169,7 @@ func printStatus(a *app, st NodeStatus) {
 	if len(peers) > 0 {
 		fmt.Fprintf(w, "JS peers:   %s\n", strings.Join(peers, ", "))
 	}
+	printTotemStatus(w, st.Totem)
 	fmt.Fprintln(w, "Layers:")
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  LAYER\tPID\tVERSION\tUPTIME\tRESTARTS")

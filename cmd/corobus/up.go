@@ -6,22 +6,36 @@ import (
 	"time"
 
 	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/bus/totem"
 	"github.com/corobus/corobus/config"
 	"github.com/corobus/corobus/layer"
 	"github.com/corobus/corobus/logsys"
 	"github.com/corobus/corobus/node"
+	"github.com/corobus/corobus/objdb"
+	"github.com/corobus/corobus/services/members"
+	syncsvc "github.com/corobus/corobus/services/sync"
 )
 
 // layers are the layer processes of a node, in start order; `corobus up`
 // stops them in the reverse order. The bus is not in the list: it is
 // started first, on its own, because everything else connects to it.
 func (a *app) layers() []layer.Layer {
-	return nil
+	return []layer.Layer{
+		objdb.Layer(),
+		syncsvc.Layer(),
+	}
 }
 
 // busHooks are what runs inside the bus process next to the server.
 func (a *app) busHooks() node.BusHooks {
-	return nil
+	rec := members.NewRecorder()
+	return node.BusHooks{
+		// Membership, ordered multicast and virtual synchrony run next
+		// to the server whose routes they use.
+		totem.Hook(rec.OnMember),
+		// runtime.members.<id>.* in objdb, as corosync keeps them.
+		rec.Hook,
+	}
 }
 
 func runUp(ctx context.Context, a *app, args []string) error {

@@ -1,0 +1,143 @@
+package totem_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/bus/bustest"
+	"github.com/corobus/corobus/bus/totem"
+)
+
+// startTotem runs a totem node on every node of a real bustest cluster
+// (the servers `corobus bus` runs: JetStream on, direct routes) and waits
+// for one view of all of them.
+func startTotem(b *testing.B, n int) (*bustest.Cluster, bus.Subjects) {
+	c := bustest.StartCluster(b, n)
+	subj, err := bus.NewSubjects("corobus.bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	b.Cleanup(func() { cancel(); wg.Wait() })
+	var nodes []*totem.Node
+	for _, nd := range c.Nodes {
+		nc, err := nd.Server.Connect("totem", nats.NoEcho())
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(nc.Close)
+		cfg := totem.DefaultConfig(nd.ID, subj)
+		tn, err := totem.New(nc, cfg, totem.Callbacks{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		nodes = append(nodes, tn)
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = tn.Run(ctx) }()
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ok := true
+		for _, tn := range nodes {
+			if st := tn.Status(); st.State != "operational" || len(st.Members) != n {
+				ok = false
+			}
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatal("no view of all nodes")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return c, subj
+}
+
+// BenchmarkMcast measures ordered multicast as a service process sees it:
+// a Client on node 1 multicasts and counts its own deliveries.
+// msgs/s: b.N messages with a full window; p50_us/p99_us: send-to-own-
+// delivery latency of messages sent one at a time.
+func BenchmarkMcast(b *testing.B) {
+	for _, nodes := range []int{1, 3} {
+		b.Run(fmt.Sprintf("nodes=%d", nodes), func(b *testing.B) {
+			c, subj := startTotem(b, nodes)
+			for _, size := range []int{64, 1024, 64 << 10} {
+				b.Run(fmt.Sprintf("size=%d", size), func(b *testing.B) {
+					benchMcast(b, c.Conn(1), subj, size)
+				})
+			}
+		})
+	}
+}
+
+func benchMcast(b *testing.B, nc *nats.Conn, subj bus.Subjects, size int) {
+	var mu sync.Mutex
+	sent := map[uint64]time.Time{}
+	var lat []time.Duration
+	got := make(chan struct{}, 1<<16)
+	var cl *totem.Client
+	cl, err := totem.NewClient(nc, subj, 1, totem.ClientOptions{Window: 1024, OnDeliver: func(d totem.Delivery) {
+		if d.Message == nil || d.Message.ID.Origin != cl.Origin() {
+			return
+		}
+		mu.Lock()
+		if t, ok := sent[d.Message.ID.Seq]; ok {
+			lat = append(lat, time.Since(t))
+			delete(sent, d.Message.ID.Seq)
+		}
+		mu.Unlock()
+		got <- struct{}{}
+	}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cl.Close()
+	ctx := context.Background()
+	payload := make([]byte, size)
+	// Latency: one message at a time.
+	for range 2000 {
+		mu.Lock()
+		sent[uint64(len(lat))+1] = time.Now() // seq is the count so far + 1
+		mu.Unlock()
+		if _, err := cl.Mcast(ctx, "bench", payload); err != nil {
+			b.Fatal(err)
+		}
+		<-got
+	}
+	mu.Lock()
+	l := slices.Clone(lat)
+	mu.Unlock()
+	slices.Sort(l)
+	b.SetBytes(int64(size))
+	b.ResetTimer()
+	start := time.Now()
+	done := make(chan struct{})
+	go func() {
+		for range b.N {
+			<-got
+		}
+		close(done)
+	}()
+	for range b.N {
+		if _, err := cl.Mcast(ctx, "bench", payload); err != nil {
+			b.Fatal(err)
+		}
+	}
+	<-done
+	el := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/el.Seconds(), "msgs/s")
+	if len(l) > 0 {
+		b.ReportMetric(float64(l[len(l)/2].Microseconds()), "p50_us")
+		b.ReportMetric(float64(l[len(l)*99/100].Microseconds()), "p99_us")
+	}
+}

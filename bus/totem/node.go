@@ -1,0 +1,1473 @@
+package totem
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// ErrTryAgain is Mcast's answer when this node already has Config.Window
+// of its own messages in flight: corosync's CS_ERR_TRY_AGAIN.
+var ErrTryAgain = errors.New("totem: too many messages in flight; try again")
+
+// ErrTooLarge rejects a payload that would not fit a NATS message.
+var ErrTooLarge = errors.New("totem: payload too large")
+
+// MaxPayload is the largest Mcast payload: the NATS default max_payload
+// (1 MiB) less room for the frame and the fetch reply's framing.
+const MaxPayload = 1<<20 - 4096
+
+// Callbacks receive what the node delivers, in one order: messages and
+// configuration changes interleaved exactly as every member of a ring sees
+// them. They run with the node's lock held, one at a time: they must not
+// call the Node's methods (hand off to another goroutine for that) and
+// should return quickly.
+type Callbacks struct {
+	Deliver func(m *Message)
+	ConfChg func(c ConfChg)
+	// Member reports membership events for runtime.members.<id>.*.
+	Member func(ev MemberEvent)
+}
+
+// MemberEvent is a node joining or leaving this node's view: what
+// runtime.members.<id>.{ip,join_count,status} records.
+type MemberEvent struct {
+	Node      uint32 `json:"node"`
+	Addr      string `json:"ip,omitempty"`
+	Status    string `json:"status"` // "joined" or "left"
+	JoinCount uint64 `json:"join_count"`
+	Ring      RingID `json:"ring"`
+}
+
+// Status is a node's totem state, served on Subjects.TotemStatus.
+type Status struct {
+	Node      uint32   `json:"node"`
+	State     string   `json:"state"`
+	Ring      RingID   `json:"ring"`
+	Members   []uint32 `json:"members"`
+	Reachable []uint32 `json:"reachable"`
+	Sequencer uint32   `json:"sequencer"`
+	Delivered uint64   `json:"delivered"`
+	Ordered   uint64   `json:"ordered"`
+	MaxSeq    uint64   `json:"max_seq"`
+	Pending   int      `json:"pending"`
+	Views     uint64   `json:"views"`
+}
+
+const (
+	stOperational = "operational"
+	stGather      = "gather"
+	stRecovery    = "recovery"
+)
+
+// peer is what the failure detector knows of another node.
+type peer struct {
+	at time.Time
+	hb Heartbeat
+}
+
+// own is one of this node's messages, kept until this node delivers it
+// (retransmitted if unordered, resubmitted in the next ring if the old one
+// ended without it).
+type own struct {
+	id      MsgID
+	service string
+	payload []byte
+	ring    RingID // the ring it was last sent in
+	prev    uint64 // the origin's previous message sent in that ring
+	sentAt  time.Time
+	ordered bool
+	done    bool
+}
+
+type proposal struct {
+	id      PropID
+	members []uint32
+	at      time.Time
+	acks    map[uint32]*MembMsg
+}
+
+// Node is one node's totem. Create it with New and run it with Run.
+type Node struct {
+	cfg Config
+	nc  *nats.Conn
+	log *slog.Logger
+	cb  Callbacks
+	inc uint64
+	// origin is the in-process sender's origin id: random per
+	// incarnation, so that a restarted node never reuses a message id.
+	origin uint32
+
+	subjData, subjOrder, subjHB, subjMemb, subjConf string
+	deliverSubj                                     map[string]string
+
+	inflight atomic.Int64 // own messages submitted and not delivered
+
+	hbMu  sync.Mutex
+	peers map[uint32]*peer
+
+	mu        sync.Mutex
+	state     string
+	ring      RingID
+	members   []uint32
+	incs      map[uint32]uint64
+	installed time.Time
+	views     uint64
+	maxSeq    uint64
+	cur       *ringLog // current ring; frozen old ring while gathering
+	prev      *ringLog // the ring before, for members still recovering
+
+	// sequencer (the ring's representative)
+	seqIDs map[MsgID]uint64
+	// seqOld keeps trimmed ids for another Consensus period: a late
+	// retransmission of a message every member delivered must not be
+	// ordered twice.
+	seqOld, seqOlder map[MsgID]struct{}
+	seqOldAt         time.Time
+	// seqLast and seqHeld keep each origin's messages in the order it sent
+	// them (a retransmitted frame must not overtake a later one).
+	seqLast map[originKey]uint64
+	seqHeld map[originKey]map[uint64]*dataFrame
+	// lastSent is, per origin of this node, the last message sent in the
+	// current ring (the next one's prev).
+	lastSent map[uint32]uint64
+	// prevOrphans are the orphans delivered at the last view change,
+	// kept to serve the transitional members still fetching them.
+	prevOrphans map[MsgID]*entry
+	batch       []MsgID
+	batchFirst  uint64
+
+	unordered   map[MsgID]*entry  // payloads whose order has not arrived
+	waitingData map[MsgID]uint64  // orders whose payload has not arrived
+	future      []*nats.Msg       // frames of a ring not installed yet
+	knownOrder  uint64            // highest position the sequencer says it ordered
+	joinCount   map[uint32]uint64 // per node, for runtime.members.<id>.join_count
+	addrs       map[uint32]string
+
+	localSeq   uint64
+	pending    []*own
+	pendingIdx map[MsgID]*own
+
+	aliveSet   []uint32
+	aliveSince time.Time
+	propN      uint64
+	myProp     *proposal
+	acked      PropID
+	ackedAt    time.Time
+	commit     *MembMsg
+	recToken   int
+	repairing  bool
+	lastDeliv  uint64
+	lastHB     time.Time
+	lastOrdSub *nats.Subscription
+	dataSub    *nats.Subscription
+	scratch    []byte
+	idScratch  []MsgID
+}
+
+// New creates a node on nc, a connection to this node's bus. Give it its
+// own connection (bus.Server.Connect with nats.NoEcho() is best: the node
+// handles its own messages without the echo).
+func New(nc *nats.Conn, cfg Config, cb Callbacks) (*Node, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, fmt.Errorf("totem: incarnation: %w", err)
+	}
+	s := cfg.Subjects
+	n := &Node{
+		cfg:         cfg,
+		nc:          nc,
+		log:         cfg.Logger,
+		cb:          cb,
+		inc:         binary.BigEndian.Uint64(b[:]) | 1,
+		subjData:    s.TotemData(),
+		subjOrder:   s.TotemOrder(),
+		subjHB:      s.TotemHeartbeat(),
+		subjMemb:    s.TotemMemb(),
+		subjConf:    s.TotemDeliverConfChg(cfg.NodeID),
+		deliverSubj: map[string]string{},
+		peers:       map[uint32]*peer{},
+		state:       stGather,
+		incs:        map[uint32]uint64{},
+		unordered:   map[MsgID]*entry{},
+		waitingData: map[MsgID]uint64{},
+		joinCount:   map[uint32]uint64{},
+		addrs:       map[uint32]string{cfg.NodeID: cfg.Addr},
+		pendingIdx:  map[MsgID]*own{},
+		seqIDs:      map[MsgID]uint64{},
+		seqOld:      map[MsgID]struct{}{},
+		seqOlder:    map[MsgID]struct{}{},
+		seqLast:     map[originKey]uint64{},
+		seqHeld:     map[originKey]map[uint64]*dataFrame{},
+		lastSent:    map[uint32]uint64{},
+		prevOrphans: map[MsgID]*entry{},
+		origin:      binary.BigEndian.Uint32(b[:4]) | 1,
+	}
+	n.cur = newRingLog(RingID{}, nil)
+	seq, err := n.loadSeq()
+	if err != nil {
+		return nil, err
+	}
+	n.maxSeq = seq
+	return n, nil
+}
+
+// ID is this node's id.
+func (n *Node) ID() uint32 { return n.cfg.NodeID }
+
+func (n *Node) seqFile() string {
+	if n.cfg.StateDir == "" {
+		return ""
+	}
+	return filepath.Join(n.cfg.StateDir, "ringid_"+strconv.FormatUint(uint64(n.cfg.NodeID), 10))
+}
+
+// loadSeq reads the highest ring sequence a previous run of this node saw,
+// so that ring ids keep growing across restarts (corosync keeps the same
+// file for the same reason).
+func (n *Node) loadSeq() (uint64, error) {
+	p := n.seqFile()
+	if p == "" {
+		return 0, nil
+	}
+	b, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("totem: reading %s: %w", p, err)
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("totem: %s: %w", p, err)
+	}
+	return v, nil
+}
+
+func (n *Node) saveSeq(seq uint64) {
+	p := n.seqFile()
+	if p == "" {
+		return
+	}
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(seq, 10)+"\n"), 0o600); err != nil {
+		n.log.Warn("cannot persist the ring sequence", "file", p, "err", err)
+		return
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		n.log.Warn("cannot persist the ring sequence", "file", p, "err", err)
+	}
+}
+
+// Run subscribes, then runs the failure detector and the protocol until
+// ctx ends.
+func (n *Node) Run(ctx context.Context) error {
+	s := n.cfg.Subjects
+	var subs []*nats.Subscription
+	defer func() {
+		for _, sub := range subs {
+			_ = sub.Unsubscribe()
+		}
+	}()
+	add := func(subj string, h nats.MsgHandler) (*nats.Subscription, error) {
+		sub, err := n.nc.Subscribe(subj, h)
+		if err != nil {
+			return nil, fmt.Errorf("totem: subscribing to %s: %w", subj, err)
+		}
+		// Ordering must not lose messages to the slow-consumer limit:
+		// back-pressure comes from the senders' windows instead.
+		_ = sub.SetPendingLimits(-1, -1)
+		subs = append(subs, sub)
+		return sub, nil
+	}
+	var err error
+	if n.dataSub, err = add(n.subjData, n.onData); err != nil {
+		return err
+	}
+	if n.lastOrdSub, err = add(n.subjOrder, n.onOrder); err != nil {
+		return err
+	}
+	for subj, h := range map[string]nats.MsgHandler{
+		n.subjHB:                    n.onHeartbeat,
+		n.subjMemb:                  n.onMemb,
+		s.TotemFetch(n.cfg.NodeID):  n.onFetch,
+		s.TotemMcast(n.cfg.NodeID):  n.onSubmit,
+		s.TotemStatus(n.cfg.NodeID): n.onStatus,
+	} {
+		if _, err := add(subj, h); err != nil {
+			return err
+		}
+	}
+	if err := n.nc.Flush(); err != nil {
+		return fmt.Errorf("totem: flushing subscriptions: %w", err)
+	}
+	n.log.Info("totem started", "node", n.cfg.NodeID, "token", n.cfg.Token, "join", n.cfg.Join, "consensus", n.cfg.Consensus, "max_seq", n.maxSeq)
+	n.mu.Lock()
+	n.aliveSince = time.Now()
+	n.sendHeartbeat(time.Now())
+	n.mu.Unlock()
+
+	period := min(n.cfg.Heartbeat/2, n.cfg.Join/2)
+	period = max(period, 2*time.Millisecond)
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-t.C:
+			n.mu.Lock()
+			n.tick(now)
+			n.flush()
+			n.mu.Unlock()
+		}
+	}
+}
+
+// Mcast multicasts payload for service in total order. It returns once the
+// message is queued; the node delivers it to itself and every other member
+// of its ring (or, if the ring changes first, in the next ring). The payload
+// is not retained by the caller's side: Mcast copies it.
+func (n *Node) Mcast(service string, payload []byte) error {
+	if len(payload) > MaxPayload {
+		return ErrTooLarge
+	}
+	if len(service) > 255 {
+		return fmt.Errorf("totem: service name %q longer than 255 bytes", service)
+	}
+	if n.inflight.Load() >= int64(n.cfg.Window) {
+		return ErrTryAgain
+	}
+	n.mu.Lock()
+	n.localSeq++
+	n.submit(MsgID{Node: n.cfg.NodeID, Origin: n.origin, Seq: n.localSeq}, service, slices.Clone(payload))
+	n.flush()
+	n.mu.Unlock()
+	return nil
+}
+
+// Status is this node's current state.
+func (n *Node) Status() Status {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.statusLocked()
+}
+
+func (n *Node) statusLocked() Status {
+	st := Status{
+		Node:      n.cfg.NodeID,
+		State:     n.state,
+		Ring:      n.ring,
+		Members:   slices.Clone(n.members),
+		Reachable: slices.Clone(n.aliveSet),
+		Delivered: n.cur.delivered,
+		Ordered:   max(n.cur.highest(), n.knownOrder),
+		MaxSeq:    n.maxSeq,
+		Pending:   len(n.pendingIdx),
+		Views:     n.views,
+	}
+	if len(n.members) > 0 {
+		st.Sequencer = n.members[0]
+	}
+	return st
+}
+
+// submit queues one of this node's messages and sends it if the ring is
+// operational. Called with mu held.
+func (n *Node) submit(id MsgID, service string, payload []byte) {
+	if _, dup := n.pendingIdx[id]; dup {
+		return
+	}
+	o := &own{id: id, service: service, payload: payload}
+	n.pending = append(n.pending, o)
+	n.pendingIdx[id] = o
+	n.inflight.Add(1)
+	if n.state == stOperational {
+		n.send(o, time.Now())
+	}
+}
+
+// send multicasts an own message's payload in the current ring, and takes
+// it in locally (the connection may not echo).
+func (n *Node) send(o *own, now time.Time) {
+	if o.ring != n.ring {
+		o.ring = n.ring
+		o.prev = n.lastSent[o.id.Origin]
+		n.lastSent[o.id.Origin] = o.id.Seq
+	}
+	o.sentAt = now
+	o.ordered = false
+	f := dataFrame{ring: n.ring, id: o.id, prev: o.prev, service: o.service, payload: o.payload}
+	n.scratch = appendData(n.scratch[:0], &f)
+	if err := n.nc.Publish(n.subjData, n.scratch); err != nil {
+		n.log.Debug("publishing data", "err", err)
+	}
+	n.takeData(&f)
+}
+
+// onSubmit takes a Client's message.
+func (n *Node) onSubmit(m *nats.Msg) {
+	origin, seq, service, payload, err := parseSubmit(m.Data)
+	if err != nil || origin == 0 {
+		return
+	}
+	n.mu.Lock()
+	n.submit(MsgID{Node: n.cfg.NodeID, Origin: origin, Seq: seq}, service, payload)
+	if pendingZero(m.Sub) {
+		n.flush()
+	}
+	n.mu.Unlock()
+}
+
+func pendingZero(sub *nats.Subscription) bool {
+	if sub == nil {
+		return true
+	}
+	p, _, err := sub.Pending()
+	return err != nil || p == 0
+}
+
+// onData takes a payload off the data subject.
+func (n *Node) onData(m *nats.Msg) {
+	f, err := parseData(m.Data)
+	if err != nil {
+		return
+	}
+	if f.id.Node == n.cfg.NodeID {
+		return // our own, taken in when sent
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if f.ring != n.ring || n.state != stOperational {
+		n.keepFuture(f.ring, m)
+		if f.ring == n.ring && n.state != stOperational {
+			// A frozen ring's payload: a possible orphan of its sender.
+			n.unordered[f.id] = &entry{id: f.id, service: f.service, payload: f.payload, have: true}
+		}
+		return
+	}
+	n.takeData(&f)
+	if pendingZero(m.Sub) {
+		n.flush()
+	}
+}
+
+// keepFuture holds a frame of a ring newer than ours: its commit may still
+// be on its way. Bounded; what is dropped is fetched later.
+func (n *Node) keepFuture(ring RingID, m *nats.Msg) {
+	if ring.Seq > n.ring.Seq && len(n.future) < 1<<14 {
+		n.future = append(n.future, m)
+	}
+}
+
+// takeData records a payload of the current ring: the sequencer orders it,
+// the others match it with its order.
+type originKey struct{ node, origin uint32 }
+
+func (n *Node) takeData(f *dataFrame) {
+	if n.state != stOperational {
+		return
+	}
+	id := f.id
+	if n.ring.Rep == n.cfg.NodeID {
+		if _, dup := n.seqIDs[id]; dup {
+			return
+		}
+		if _, dup := n.seqOld[id]; dup {
+			return
+		}
+		if _, dup := n.seqOlder[id]; dup {
+			return
+		}
+		k := originKey{id.Node, id.Origin}
+		if f.prev != n.seqLast[k] {
+			// An earlier message of this origin is missing: hold this
+			// one until its retransmission arrives.
+			h := n.seqHeld[k]
+			if h == nil {
+				h = map[uint64]*dataFrame{}
+				n.seqHeld[k] = h
+			}
+			if _, ok := h[f.prev]; !ok {
+				c := *f
+				h[f.prev] = &c
+			}
+			return
+		}
+		n.order(f)
+		for h := n.seqHeld[k]; len(h) > 0; {
+			next, ok := h[n.seqLast[k]]
+			if !ok {
+				break
+			}
+			delete(h, n.seqLast[k])
+			n.order(next)
+		}
+		return
+	}
+	service, payload := f.service, f.payload
+	if pos, ok := n.waitingData[id]; ok {
+		delete(n.waitingData, id)
+		if e := n.cur.at(pos); e != nil && e.id == id && !e.have {
+			e.service, e.payload, e.have = service, payload, true
+			n.deliverReady()
+		}
+		return
+	}
+	n.unordered[id] = &entry{id: id, service: service, payload: payload, have: true}
+}
+
+// order is the sequencer giving a message the ring's next position.
+func (n *Node) order(f *dataFrame) {
+	id := f.id
+	if _, dup := n.seqIDs[id]; dup {
+		return
+	}
+	n.seqLast[originKey{id.Node, id.Origin}] = id.Seq
+	pos := n.cur.highest() + 1
+	n.seqIDs[id] = pos
+	*n.cur.slot(pos) = entry{id: id, service: f.service, payload: f.payload, have: true}
+	if len(n.batch) == 0 {
+		n.batchFirst = pos
+	}
+	n.batch = append(n.batch, id)
+	if o := n.pendingIdx[id]; o != nil {
+		o.ordered = true
+	}
+	if len(n.batch) >= 512 {
+		n.flushOrder()
+	}
+	n.deliverReady()
+}
+
+// onOrder takes the sequencer's order records.
+func (n *Node) onOrder(m *nats.Msg) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ring, first, ids, err := parseOrder(m.Data, n.idScratch)
+	if err != nil {
+		return
+	}
+	n.idScratch = ids[:0]
+	if ring.Rep == n.cfg.NodeID && ring == n.ring {
+		return // we are the sequencer
+	}
+	if ring != n.ring || n.state != stOperational {
+		n.keepFuture(ring, m)
+		return
+	}
+	n.takeOrder(first, ids)
+	if pendingZero(m.Sub) {
+		n.flush()
+	}
+}
+
+func (n *Node) takeOrder(first uint64, ids []MsgID) {
+	for i, id := range ids {
+		pos := first + uint64(i)
+		e := n.cur.slot(pos)
+		if e == nil || e.ordered() {
+			continue
+		}
+		e.id = id
+		if u := n.unordered[id]; u != nil {
+			delete(n.unordered, id)
+			e.service, e.payload, e.have = u.service, u.payload, true
+		} else {
+			n.waitingData[id] = pos
+		}
+		if id.Node == n.cfg.NodeID {
+			if o := n.pendingIdx[id]; o != nil {
+				o.ordered = true
+			}
+		}
+	}
+	n.knownOrder = max(n.knownOrder, first+uint64(len(ids))-1)
+	n.deliverReady()
+}
+
+// deliverReady delivers the current ring's log in order as far as it can.
+func (n *Node) deliverReady() {
+	if n.state != stOperational {
+		return
+	}
+	for {
+		e := n.cur.ready()
+		if e == nil {
+			return
+		}
+		n.cur.delivered++
+		n.deliver(n.cur.ring, n.cur.delivered, e)
+	}
+}
+
+func (n *Node) deliver(ring RingID, pos uint64, e *entry) {
+	m := Message{Ring: ring, Pos: pos, ID: e.id, Service: e.service, Payload: e.payload}
+	if e.id.Node == n.cfg.NodeID {
+		if o := n.pendingIdx[e.id]; o != nil {
+			o.done = true
+			delete(n.pendingIdx, e.id)
+			n.inflight.Add(-1)
+			n.compactPending()
+		}
+	}
+	if n.cb.Deliver != nil {
+		n.cb.Deliver(&m)
+	}
+	subj, ok := n.deliverSubj[e.service]
+	if !ok {
+		subj = n.cfg.Subjects.TotemDeliver(n.cfg.NodeID, e.service)
+		n.deliverSubj[e.service] = subj
+	}
+	n.scratch = appendDeliver(n.scratch[:0], &m)
+	_ = n.nc.Publish(subj, n.scratch)
+}
+
+func (n *Node) compactPending() {
+	i := 0
+	for i < len(n.pending) && n.pending[i].done {
+		n.pending[i] = nil
+		i++
+	}
+	if i > 0 {
+		n.pending = n.pending[i:]
+	}
+}
+
+// flush sends the sequencer's pending order record. Called when the
+// subscription's queue is empty, so that a burst of messages shares one
+// record while a lone message is ordered at once.
+func (n *Node) flush() {
+	if len(n.batch) > 0 {
+		n.flushOrder()
+	}
+}
+
+func (n *Node) flushOrder() {
+	n.scratch = appendOrder(n.scratch[:0], n.ring, n.batchFirst, n.batch)
+	if err := n.nc.Publish(n.subjOrder, n.scratch); err != nil {
+		n.log.Debug("publishing an order record", "err", err)
+	}
+	n.knownOrder = max(n.knownOrder, n.batchFirst+uint64(len(n.batch))-1)
+	n.batch = n.batch[:0]
+}
+
+// onHeartbeat feeds the failure detector.
+func (n *Node) onHeartbeat(m *nats.Msg) {
+	var hb Heartbeat
+	if err := json.Unmarshal(m.Data, &hb); err != nil || hb.Node == n.cfg.NodeID || hb.Node == 0 {
+		return
+	}
+	now := time.Now()
+	n.hbMu.Lock()
+	n.peers[hb.Node] = &peer{at: now, hb: hb}
+	n.hbMu.Unlock()
+}
+
+func (n *Node) sendHeartbeat(now time.Time) {
+	hb := Heartbeat{
+		Node:      n.cfg.NodeID,
+		Inc:       n.inc,
+		Ring:      n.ring,
+		State:     n.state,
+		Delivered: n.cur.delivered,
+		Ordered:   max(n.cur.highest(), n.knownOrder),
+		MaxSeq:    n.maxSeq,
+		Members:   n.members,
+		Addr:      n.cfg.Addr,
+	}
+	if n.state != stOperational {
+		hb.Delivered, hb.Ordered = 0, 0
+	}
+	b, _ := json.Marshal(hb)
+	_ = n.nc.Publish(n.subjHB, b)
+	n.lastHB = now
+}
+
+// alive is this node and every node heard from within totem.token, sorted.
+func (n *Node) alive(now time.Time) ([]uint32, map[uint32]Heartbeat) {
+	n.hbMu.Lock()
+	defer n.hbMu.Unlock()
+	out := []uint32{n.cfg.NodeID}
+	hbs := make(map[uint32]Heartbeat, len(n.peers))
+	for id, p := range n.peers {
+		if now.Sub(p.at) < n.cfg.Token {
+			out = append(out, id)
+			hbs[id] = p.hb
+		}
+	}
+	slices.Sort(out)
+	return out, hbs
+}
+
+// tick runs the failure detector, the view agreement's timeouts,
+// retransmissions and garbage collection. Called with mu held.
+func (n *Node) tick(now time.Time) {
+	if now.Sub(n.lastHB) >= n.cfg.Heartbeat {
+		n.sendHeartbeat(now)
+	}
+	alive, hbs := n.alive(now)
+	for id, hb := range hbs {
+		if hb.Addr != "" {
+			n.addrs[id] = hb.Addr
+		}
+	}
+	if !slices.Equal(alive, n.aliveSet) {
+		n.aliveSet = alive
+		n.aliveSince = now
+	}
+	switch n.state {
+	case stOperational:
+		if why := n.needViewChange(now, alive, hbs); why != "" {
+			n.log.Info("membership change", "why", why, "ring", n.ring, "members", n.members, "reachable", alive)
+			n.enterGather(now)
+			return
+		}
+		n.retransmit(now, hbs)
+		n.collect(hbs)
+	case stGather, stRecovery:
+		n.agree(now, alive)
+	}
+}
+
+func (n *Node) needViewChange(now time.Time, alive []uint32, hbs map[uint32]Heartbeat) string {
+	if !slices.Equal(alive, n.members) {
+		return "reachable set differs from the ring"
+	}
+	for _, id := range n.members {
+		if id == n.cfg.NodeID {
+			continue
+		}
+		hb := hbs[id]
+		switch {
+		case hb.Inc != n.incs[id]:
+			return fmt.Sprintf("node %d restarted", id)
+		case hb.Ring == n.ring && hb.State == stGather:
+			return fmt.Sprintf("node %d gathers", id)
+		case hb.Ring.Seq > n.ring.Seq:
+			return fmt.Sprintf("node %d is in a newer ring %s", id, hb.Ring)
+		case hb.Ring != n.ring && now.Sub(n.installed) > n.cfg.Consensus:
+			return fmt.Sprintf("node %d did not install ring %s", id, n.ring)
+		}
+	}
+	return ""
+}
+
+// enterGather freezes the current ring: nothing more is delivered in it
+// except through the recovery the next commit plans.
+func (n *Node) enterGather(now time.Time) {
+	n.state = stGather
+	n.batch = n.batch[:0]
+	n.myProp = nil
+	n.commit = nil
+	n.recToken++
+	n.aliveSince = now
+	n.sendHeartbeat(now)
+}
+
+// agree drives the view agreement while gathering: the lowest reachable
+// node proposes once the reachable set has settled for totem.join.
+func (n *Node) agree(now time.Time, alive []uint32) {
+	if n.state == stRecovery {
+		if n.commit != nil && now.Sub(n.ackedAt) > 4*n.cfg.Consensus {
+			n.log.Warn("recovery did not finish; gathering again", "ring", n.commit.Ring)
+			n.enterGather(now)
+		}
+		return
+	}
+	coord := alive[0]
+	if coord != n.cfg.NodeID {
+		n.myProp = nil
+		return
+	}
+	if p := n.myProp; p != nil {
+		if now.Sub(p.at) < n.cfg.Consensus {
+			if slices.Equal(p.members, alive) || now.Sub(n.aliveSince) < n.cfg.Join {
+				return
+			}
+		} else {
+			// Consensus expired: propose again without the silent.
+			var ok []uint32
+			for _, id := range p.members {
+				if p.acks[id] != nil && slices.Contains(alive, id) {
+					ok = append(ok, id)
+				}
+			}
+			if !slices.Contains(ok, n.cfg.NodeID) {
+				ok = append(ok, n.cfg.NodeID)
+				slices.Sort(ok)
+			}
+			n.log.Info("consensus timeout; proposing the responsive members", "proposal", p.members, "responsive", ok)
+			n.propose(now, ok)
+			return
+		}
+	}
+	if n.acked.Node != 0 && n.acked.Node != n.cfg.NodeID && now.Sub(n.ackedAt) < n.cfg.Consensus {
+		return // waiting for another coordinator's commit
+	}
+	if now.Sub(n.aliveSince) < n.cfg.Join {
+		return
+	}
+	n.propose(now, alive)
+}
+
+func (n *Node) propose(now time.Time, members []uint32) {
+	n.propN++
+	p := &proposal{id: PropID{Node: n.cfg.NodeID, N: n.propN}, members: slices.Clone(members), at: now, acks: map[uint32]*MembMsg{}}
+	n.myProp = p
+	msg := MembMsg{Type: "propose", From: n.cfg.NodeID, PID: p.id, Members: p.members}
+	n.log.Debug("proposing", "pid", p.id, "members", p.members)
+	n.publishMemb(&msg)
+	n.takePropose(now, &msg)
+}
+
+func (n *Node) publishMemb(m *MembMsg) {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return
+	}
+	_ = n.nc.Publish(n.subjMemb, b)
+}
+
+func (n *Node) onMemb(m *nats.Msg) {
+	var msg MembMsg
+	if err := json.Unmarshal(m.Data, &msg); err != nil || msg.From == n.cfg.NodeID {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	now := time.Now()
+	switch msg.Type {
+	case "propose":
+		n.takePropose(now, &msg)
+	case "ack":
+		n.takeAck(now, &msg)
+	case "commit":
+		n.takeCommit(now, &msg)
+	}
+	n.flush()
+}
+
+func (n *Node) takePropose(now time.Time, m *MembMsg) {
+	if !slices.Contains(m.Members, n.cfg.NodeID) {
+		return
+	}
+	if m.From != n.cfg.NodeID {
+		alive, _ := n.alive(now)
+		if alive[0] < m.From {
+			return // a lower node is reachable: it coordinates
+		}
+		n.myProp = nil
+	}
+	if n.state == stOperational {
+		n.log.Info("joining a view change", "proposer", m.From, "members", m.Members)
+		n.enterGather(now)
+	} else if n.state == stRecovery {
+		n.state = stGather // abandon the recovery: the new plan supersedes it
+		n.commit = nil
+		n.recToken++
+	}
+	n.acked = m.PID
+	n.ackedAt = now
+	ack := MembMsg{
+		Type:       "ack",
+		From:       n.cfg.NodeID,
+		PID:        m.PID,
+		OldRing:    n.ring,
+		OldMembers: n.members,
+		Delivered:  n.cur.delivered,
+		Held:       n.cur.held(),
+		MaxSeq:     n.maxSeq,
+		Inc:        n.inc,
+	}
+	if !n.ring.IsZero() {
+		for _, o := range n.pending {
+			if !o.done && o.ring == n.ring {
+				ack.Orphans = append(ack.Orphans, o.id)
+			}
+		}
+	}
+	if m.From == n.cfg.NodeID {
+		n.takeAck(now, &ack)
+		return
+	}
+	n.publishMemb(&ack)
+}
+
+func (n *Node) takeAck(now time.Time, m *MembMsg) {
+	p := n.myProp
+	if p == nil || m.PID != p.id || !slices.Contains(p.members, m.From) {
+		return
+	}
+	p.acks[m.From] = m
+	if len(p.acks) < len(p.members) {
+		return
+	}
+	n.myProp = nil
+	c := n.plan(p)
+	n.log.Debug("committing", "ring", c.Ring, "members", c.Members)
+	n.publishMemb(c)
+	n.takeCommit(now, c)
+}
+
+// plan builds the commit: the new ring id and, for each old ring the
+// members come from, how far they deliver it and who has what they lack.
+func (n *Node) plan(p *proposal) *MembMsg {
+	seq := n.maxSeq
+	for _, a := range p.acks {
+		seq = max(seq, a.MaxSeq, a.OldRing.Seq)
+	}
+	// corosync's new ring sequence is the highest seen plus 4.
+	c := &MembMsg{Type: "commit", From: n.cfg.NodeID, PID: p.id, Members: p.members, Ring: RingID{Rep: p.members[0], Seq: seq + 4}}
+	// Persist before anyone can install it: a coordinator that crashes
+	// right after its commit must not hand the same ring id out again.
+	n.maxSeq = seq + 4
+	n.saveSeq(n.maxSeq)
+	type key struct {
+		ring RingID
+		node uint32 // set for nodes without a ring: each is alone
+	}
+	groups := map[key]*Group{}
+	var order []key
+	for _, id := range p.members {
+		a := p.acks[id]
+		k := key{ring: a.OldRing}
+		if a.OldRing.IsZero() {
+			k.node = id
+		}
+		g := groups[k]
+		if g == nil {
+			g = &Group{OldRing: a.OldRing, OldMembers: a.OldMembers}
+			groups[k] = g
+			order = append(order, k)
+		}
+		g.Members = append(g.Members, id)
+	}
+	for _, k := range order {
+		g := groups[k]
+		lo := uint64(1<<63 - 1)
+		for _, id := range g.Members {
+			lo = min(lo, p.acks[id].Delivered)
+		}
+		has := func(pos uint64) uint32 {
+			var best uint32
+			for _, id := range g.Members {
+				a := p.acks[id]
+				if a.Delivered >= pos {
+					return id
+				}
+				if best == 0 && slices.Contains(a.Held, pos) {
+					best = id
+				}
+			}
+			return best
+		}
+		upTo := lo
+		for {
+			h := has(upTo + 1)
+			if h == 0 {
+				break
+			}
+			upTo++
+			if k := len(g.Segments); k > 0 && g.Segments[k-1].Holder == h && g.Segments[k-1].To == upTo-1 {
+				g.Segments[k-1].To = upTo
+			} else {
+				g.Segments = append(g.Segments, Segment{Holder: h, From: upTo, To: upTo})
+			}
+		}
+		g.UpTo = upTo
+		for _, id := range g.Members {
+			g.Orphans = append(g.Orphans, p.acks[id].Orphans...)
+		}
+		c.Groups = append(c.Groups, *g)
+	}
+	for _, id := range p.members {
+		c.Incs = append(c.Incs, p.acks[id].Inc)
+	}
+	return c
+}
+
+func (n *Node) takeCommit(now time.Time, c *MembMsg) {
+	if c.PID != n.acked || !slices.Contains(c.Members, n.cfg.NodeID) || n.state != stGather {
+		return
+	}
+	var g *Group
+	for i := range c.Groups {
+		if slices.Contains(c.Groups[i].Members, n.cfg.NodeID) {
+			g = &c.Groups[i]
+		}
+	}
+	if g == nil || g.OldRing != n.ring {
+		return
+	}
+	n.maxSeq = max(n.maxSeq, c.Ring.Seq)
+	n.saveSeq(n.maxSeq)
+	n.state = stRecovery
+	n.commit = c
+	n.ackedAt = now
+	n.recToken++
+	// What this node lacks of the old ring, and from whom.
+	var need []Segment
+	for _, s := range g.Segments {
+		for pos := max(s.From, n.cur.delivered+1); pos <= s.To; pos++ {
+			if e := n.cur.at(pos); e.ordered() && e.have {
+				continue
+			}
+			if s.Holder == n.cfg.NodeID {
+				continue // cannot happen: the plan says we hold it
+			}
+			if k := len(need); k > 0 && need[k-1].Holder == s.Holder && need[k-1].To == pos-1 {
+				need[k-1].To = pos
+			} else {
+				need = append(need, Segment{Holder: s.Holder, From: pos, To: pos})
+			}
+		}
+	}
+	// Orphans of the other members: fetched from their senders unless
+	// this node already has the payload.
+	byNode := map[uint32][]MsgID{}
+	for _, id := range g.Orphans {
+		if id.Node == n.cfg.NodeID || n.unordered[id] != nil {
+			continue
+		}
+		byNode[id.Node] = append(byNode[id.Node], id)
+	}
+	if len(need) == 0 && len(byNode) == 0 {
+		n.finishRecovery(now, nil)
+		return
+	}
+	token := n.recToken
+	ring := n.ring
+	go n.fetchAll(token, ring, need, byNode)
+}
+
+// fetchAll pulls the old ring's positions this node lacks from their
+// holders, then hands them to the protocol.
+func (n *Node) fetchAll(token int, ring RingID, need []Segment, orphans map[uint32][]MsgID) {
+	var got []fetched
+	var ferr error
+	for _, s := range need {
+		f, err := n.fetch(s.Holder, ring, s.From, s.To)
+		if err != nil {
+			ferr = err
+			break
+		}
+		got = append(got, f...)
+	}
+	for holder, ids := range orphans {
+		if ferr != nil {
+			break
+		}
+		f, err := n.fetchIDs(holder, ring, ids)
+		if err != nil {
+			ferr = err
+			break
+		}
+		got = append(got, f...)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if token != n.recToken || n.state != stRecovery {
+		return
+	}
+	now := time.Now()
+	if ferr != nil {
+		n.log.Warn("recovery fetch failed; gathering again", "err", ferr)
+		n.enterGather(now)
+		return
+	}
+	n.finishRecovery(now, got)
+	n.flush()
+}
+
+// fetch asks holder for positions from..to of ring, in as many requests as
+// the replies' size needs.
+func (n *Node) fetch(holder uint32, ring RingID, from, to uint64) ([]fetched, error) {
+	var out []fetched
+	subj := n.cfg.Subjects.TotemFetch(holder)
+	for from <= to {
+		req, _ := json.Marshal(FetchRequest{Ring: ring, From: from, To: to})
+		msg, err := n.nc.Request(subj, req, n.cfg.Consensus)
+		if err != nil {
+			return nil, fmt.Errorf("fetching %s %d..%d from node %d: %w", ring, from, to, holder, err)
+		}
+		f, err := parseFetch(msg.Data)
+		if err != nil {
+			return nil, fmt.Errorf("fetch reply from node %d: %w", holder, err)
+		}
+		if len(f) == 0 || f[0].pos != from {
+			return nil, fmt.Errorf("node %d does not have %s position %d", holder, ring, from)
+		}
+		for _, e := range f {
+			if e.pos != from || e.pos > to {
+				break
+			}
+			out = append(out, e)
+			from++
+		}
+	}
+	return out, nil
+}
+
+// fetchIDs asks a sender for its own messages by id.
+func (n *Node) fetchIDs(holder uint32, ring RingID, ids []MsgID) ([]fetched, error) {
+	req, _ := json.Marshal(FetchRequest{Ring: ring, IDs: ids})
+	msg, err := n.nc.Request(n.cfg.Subjects.TotemFetch(holder), req, n.cfg.Consensus)
+	if err != nil {
+		return nil, fmt.Errorf("fetching %d orphans of %s from node %d: %w", len(ids), ring, holder, err)
+	}
+	f, err := parseFetch(msg.Data)
+	if err != nil {
+		return nil, fmt.Errorf("fetch reply from node %d: %w", holder, err)
+	}
+	if len(f) != len(ids) {
+		return nil, fmt.Errorf("node %d has %d of %d orphans of %s", holder, len(f), len(ids), ring)
+	}
+	return f, nil
+}
+
+// findOwn finds one of this node's messages by id: in flight, delivered
+// at the last view change, or in the logs.
+func (n *Node) findOwn(id MsgID) *entry {
+	if o := n.pendingIdx[id]; o != nil {
+		return &entry{id: o.id, service: o.service, payload: o.payload, have: true}
+	}
+	if e := n.prevOrphans[id]; e != nil {
+		return e
+	}
+	for _, l := range []*ringLog{n.cur, n.prev} {
+		if l == nil {
+			continue
+		}
+		for i := range l.ents {
+			if l.ents[i].id == id && l.ents[i].have {
+				return &l.ents[i]
+			}
+		}
+	}
+	return nil
+}
+
+// onFetch serves positions of the current or the previous ring.
+func (n *Node) onFetch(m *nats.Msg) {
+	var req FetchRequest
+	if err := json.Unmarshal(m.Data, &req); err != nil || m.Reply == "" {
+		return
+	}
+	n.mu.Lock()
+	if len(req.IDs) > 0 {
+		var out []byte
+		for _, id := range req.IDs {
+			if e := n.findOwn(id); e != nil {
+				out = appendFetchEntry(out, 0, e)
+			}
+		}
+		n.mu.Unlock()
+		_ = n.nc.Publish(m.Reply, out)
+		return
+	}
+	var l *ringLog
+	switch {
+	case n.cur.ring == req.Ring:
+		l = n.cur
+	case n.prev != nil && n.prev.ring == req.Ring:
+		l = n.prev
+	}
+	var out []byte
+	if l != nil {
+		for pos := req.From; pos <= req.To && len(out) < 512<<10; pos++ {
+			e := l.at(pos)
+			if !e.ordered() || !e.have {
+				break
+			}
+			out = appendFetchEntry(out, pos, e)
+		}
+	}
+	n.mu.Unlock()
+	_ = n.nc.Publish(m.Reply, out)
+}
+
+// finishRecovery delivers the old ring's remaining messages up to the
+// plan's limit, the transitional configuration, then installs the new ring
+// with its regular configuration: totemsrp's order.
+func (n *Node) finishRecovery(now time.Time, got []fetched) {
+	c := n.commit
+	var g *Group
+	for i := range c.Groups {
+		if slices.Contains(c.Groups[i].Members, n.cfg.NodeID) {
+			g = &c.Groups[i]
+		}
+	}
+	fetchedIDs := map[MsgID]*entry{}
+	for _, f := range got {
+		if f.pos == 0 {
+			fetchedIDs[f.e.id] = &f.e
+			continue
+		}
+		if e := n.cur.slot(f.pos); e != nil && !(e.ordered() && e.have) {
+			*e = f.e
+		}
+	}
+	// Orphans placed up to UpTo are delivered there, by this node now or
+	// earlier; positions at or below base were delivered by every member,
+	// their senders included, so no orphan is among them.
+	inRing := map[MsgID]bool{}
+	for pos := n.cur.base + 1; pos <= g.UpTo; pos++ {
+		e := n.cur.at(pos)
+		if !e.ordered() || !e.have {
+			n.log.Warn("recovery incomplete; gathering again", "pos", pos)
+			n.enterGather(now)
+			return
+		}
+		inRing[e.id] = true
+	}
+	// The orphans this group cannot place in the old ring's order.
+	var orphans []*entry
+	for _, id := range g.Orphans {
+		if inRing[id] {
+			continue
+		}
+		var e *entry
+		switch {
+		case id.Node == n.cfg.NodeID:
+			e = n.findOwn(id)
+		case n.unordered[id] != nil:
+			e = n.unordered[id]
+		default:
+			e = fetchedIDs[id]
+		}
+		if e == nil {
+			n.log.Warn("orphan payload missing; gathering again", "id", id)
+			n.enterGather(now)
+			return
+		}
+		orphans = append(orphans, e)
+	}
+	old := n.cur
+	for old.delivered < g.UpTo {
+		old.delivered++
+		n.deliver(old.ring, old.delivered, old.at(old.delivered))
+	}
+	trans := slices.Clone(g.Members)
+	clear(n.prevOrphans)
+	if !n.ring.IsZero() {
+		cc := ConfChg{Type: Transitional, Ring: n.ring, Members: trans, Left: minus(n.members, trans), Joined: []uint32{}}
+		n.confChg(cc)
+		for _, e := range orphans {
+			n.prevOrphans[e.id] = e
+			n.deliver(old.ring, 0, e)
+		}
+	} else {
+		trans = nil
+	}
+	// Install the new ring.
+	prevMembers := n.members
+	n.prev = old
+	n.ring = c.Ring
+	n.members = slices.Clone(c.Members)
+	n.cur = newRingLog(c.Ring, n.members)
+	n.state = stOperational
+	n.installed = now
+	n.views++
+	n.commit = nil
+	n.acked = PropID{}
+	n.myProp = nil
+	n.knownOrder = 0
+	n.batch = n.batch[:0]
+	clear(n.seqIDs)
+	clear(n.seqOld)
+	clear(n.seqOlder)
+	clear(n.seqLast)
+	clear(n.seqHeld)
+	clear(n.lastSent)
+	clear(n.unordered)
+	clear(n.waitingData)
+	clear(n.incs)
+	for i, id := range c.Members {
+		if i < len(c.Incs) {
+			n.incs[id] = c.Incs[i]
+		}
+	}
+	joined := minus(n.members, trans)
+	n.log.Info("ring installed", "ring", n.ring, "members", n.members, "joined", joined, "left", minus(prevMembers, n.members))
+	n.confChg(ConfChg{Type: Regular, Ring: n.ring, Members: slices.Clone(n.members), Joined: joined, Left: []uint32{}})
+	for _, id := range minus(prevMembers, n.members) {
+		n.memberEvent(id, "left")
+	}
+	for _, id := range joined {
+		n.joinCount[id]++
+		n.memberEvent(id, "joined")
+	}
+	n.sendHeartbeat(now)
+	// Own messages the old ring did not deliver go out again, in their
+	// original order, in the new ring.
+	for _, o := range n.pending {
+		if !o.done {
+			n.send(o, now)
+		}
+	}
+	fut := n.future
+	n.future = nil
+	for _, m := range fut {
+		if m.Subject == n.subjData {
+			f, err := parseData(m.Data)
+			if err == nil && f.ring == n.ring {
+				n.takeData(&f)
+			}
+		} else {
+			ring, first, ids, err := parseOrder(m.Data, nil)
+			if err == nil && ring == n.ring && ring.Rep != n.cfg.NodeID {
+				n.takeOrder(first, ids)
+			}
+		}
+	}
+}
+
+func (n *Node) confChg(cc ConfChg) {
+	if n.cb.ConfChg != nil {
+		n.cb.ConfChg(cc)
+	}
+	b, _ := json.Marshal(cc)
+	_ = n.nc.Publish(n.subjConf, b)
+	kind := "view"
+	if cc.Type == Transitional {
+		kind = "trans"
+	}
+	ev := struct {
+		Node uint32 `json:"node"`
+		ConfChg
+	}{n.cfg.NodeID, cc}
+	b, _ = json.Marshal(ev)
+	_ = n.nc.Publish(n.cfg.Subjects.TotemEvent(n.cfg.NodeID, kind), b)
+}
+
+func (n *Node) memberEvent(id uint32, status string) {
+	ev := MemberEvent{Node: id, Addr: n.addrs[id], Status: status, JoinCount: n.joinCount[id], Ring: n.ring}
+	if n.cb.Member != nil {
+		n.cb.Member(ev)
+	}
+	b, _ := json.Marshal(ev)
+	_ = n.nc.Publish(n.cfg.Subjects.TotemEvent(n.cfg.NodeID, status), b)
+}
+
+// retransmit resends own messages the sequencer has not ordered (the data
+// frame was lost), and repairs holes in the order (an order record or a
+// payload was lost) from the sequencer.
+func (n *Node) retransmit(now time.Time, hbs map[uint32]Heartbeat) {
+	wait := 2 * n.cfg.Heartbeat
+	for _, o := range n.pending {
+		if !o.done && !o.ordered && now.Sub(o.sentAt) > wait {
+			n.send(o, now)
+		}
+	}
+	seqr := n.ring.Rep
+	if seqr == n.cfg.NodeID {
+		return
+	}
+	if hb, ok := hbs[seqr]; ok && hb.Ring == n.ring {
+		n.knownOrder = max(n.knownOrder, hb.Ordered)
+	}
+	stuck := n.cur.delivered == n.lastDeliv
+	n.lastDeliv = n.cur.delivered
+	if !stuck || n.repairing || n.cur.delivered >= max(n.knownOrder, n.cur.highest()) {
+		return
+	}
+	n.repairing = true
+	from, to, ring := n.cur.delivered+1, max(n.knownOrder, n.cur.highest()), n.ring
+	go func() {
+		got, err := n.fetch(seqr, ring, from, to)
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		n.repairing = false
+		if err != nil {
+			n.log.Debug("repair fetch", "err", err)
+		}
+		if n.ring != ring || n.state != stOperational {
+			return
+		}
+		for _, f := range got {
+			e := n.cur.slot(f.pos)
+			if e == nil || (e.ordered() && e.have) {
+				continue
+			}
+			if e.ordered() {
+				delete(n.waitingData, e.id)
+			}
+			delete(n.unordered, f.e.id)
+			*e = f.e
+			if f.e.id.Node == n.cfg.NodeID {
+				if o := n.pendingIdx[f.e.id]; o != nil {
+					o.ordered = true
+				}
+			}
+		}
+		n.deliverReady()
+		n.flush()
+	}()
+}
+
+// collect drops the positions every member has delivered.
+func (n *Node) collect(hbs map[uint32]Heartbeat) {
+	stable := n.cur.delivered
+	for _, id := range n.members {
+		if id == n.cfg.NodeID {
+			continue
+		}
+		hb, ok := hbs[id]
+		if !ok || hb.Ring != n.ring {
+			return
+		}
+		stable = min(stable, hb.Delivered)
+	}
+	seq := n.ring.Rep == n.cfg.NodeID
+	if seq && time.Since(n.seqOldAt) > n.cfg.Consensus {
+		clear(n.seqOlder)
+		n.seqOld, n.seqOlder = n.seqOlder, n.seqOld
+		n.seqOldAt = time.Now()
+	}
+	n.cur.trim(stable, func(e *entry) {
+		if seq {
+			delete(n.seqIDs, e.id)
+			n.seqOld[e.id] = struct{}{}
+		}
+	})
+}
+
+// minus is a − b for sorted id lists (never nil, so JSON shows []).
+func minus(a, b []uint32) []uint32 {
+	out := []uint32{}
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func (n *Node) onStatus(m *nats.Msg) {
+	if m.Reply == "" {
+		return
+	}
+	n.mu.Lock()
+	st := n.statusLocked()
+	n.mu.Unlock()
+	b, _ := json.Marshal(st)
+	_ = n.nc.Publish(m.Reply, b)
+}

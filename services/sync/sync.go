@@ -1,0 +1,497 @@
+// Package sync is corosync's synchronization engine over corobus's ordered
+// multicast (`corobus sync`). On every regular configuration each member
+// multicasts the list of services registered with it (service build); once
+// every member's list is delivered, the union, in service-id order, is
+// synchronized one service at a time: init (all services, at the start),
+// process (repeated until the service says done), a barrier multicast by
+// every member, then activate — and on to the next service. A new
+// configuration mid-way aborts the service being synchronized and starts
+// over. While a round runs, the "sync in progress" flag is set; the IPC
+// gateway answers CS_ERR_TRY_AGAIN then.
+//
+// Services register over the bus (Subjects.SyncRegister) and serve their
+// hooks on Subjects.SyncHook; Serve does both for a Go service.
+package sync
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	stdsync "sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/bus/totem"
+	"github.com/corobus/corobus/layer"
+)
+
+// Registration is what a service sends to Subjects.SyncRegister(node).
+type Registration struct {
+	// Name is the service's subject token (its hooks are served on
+	// Subjects.SyncHook(node, Name)).
+	Name string `json:"name"`
+	// ID orders services (corosync's service id: lower first).
+	ID int `json:"id"`
+}
+
+// HookRequest is the engine's call on Subjects.SyncHook(node, name).
+type HookRequest struct {
+	Op      string       `json:"op"` // "init", "process", "activate", "abort"
+	Ring    totem.RingID `json:"ring"`
+	Members []uint32     `json:"members"`
+	// Trans is the transitional membership intersected with Members, as
+	// corosync's sync_init receives it.
+	Trans []uint32 `json:"trans"`
+}
+
+// HookReply answers a HookRequest. Done matters for "process": false asks
+// to be called again.
+type HookReply struct {
+	Done  bool   `json:"done"`
+	Error string `json:"error,omitempty"`
+}
+
+// State is the sync engine's flag, published on Subjects.SyncState(node) on
+// every change and served on Subjects.SyncStateGet(node).
+type State struct {
+	Node       uint32       `json:"node"`
+	InProgress bool         `json:"in_progress"`
+	Ring       totem.RingID `json:"ring"`
+	Service    string       `json:"service,omitempty"`
+	Phase      string       `json:"phase,omitempty"` // "build", "process", "barrier"
+	Since      time.Time    `json:"since"`
+	Rounds     uint64       `json:"rounds"` // completed rounds
+}
+
+// protoMsg is the engine's own multicast on totem service "sync".
+type protoMsg struct {
+	Type     string         `json:"type"` // "build", "barrier"
+	Ring     totem.RingID   `json:"ring"`
+	Services []Registration `json:"services,omitempty"`
+	Service  int            `json:"service,omitempty"`
+}
+
+// TotemService is the totem service name the engine multicasts under.
+const TotemService = "sync"
+
+// Options configure an Engine.
+type Options struct {
+	Node        uint32
+	Subjects    bus.Subjects
+	Logger      *slog.Logger
+	HookTimeout time.Duration // per hook call; default 5 s
+}
+
+// Engine is one node's sync engine.
+type Engine struct {
+	nc   *nats.Conn
+	opts Options
+	log  *slog.Logger
+	cl   *totem.Client
+	ev   chan func()
+
+	mu         stdsync.Mutex
+	registered map[string]Registration
+	state      State
+
+	// Round state: touched by the worker goroutine only.
+	ring     totem.RingID
+	members  []uint32
+	trans    []uint32
+	active   bool
+	builds   map[uint32]bool
+	list     []Registration
+	idx      int
+	barriers map[uint32]bool
+	inited   bool
+}
+
+// Layer is `corobus sync`.
+func Layer() layer.Layer {
+	return layer.Layer{
+		Name:    "sync",
+		Subsys:  "SYNC",
+		Summary: "the synchronization engine: each service's sync on every membership change",
+		Run: func(ctx context.Context, env layer.Env) error {
+			svc, err := layer.NewService(env, "sync", "synchronization engine", time.Now().UTC().Format(time.RFC3339))
+			if err != nil {
+				return fmt.Errorf("registering the sync service: %w", err)
+			}
+			defer func() { _ = svc.Stop() }()
+			e := New(env.Conn, Options{Node: env.Node.ID, Subjects: env.Subjects, Logger: env.Log})
+			return e.Run(ctx)
+		},
+	}
+}
+
+// New builds an engine on nc (a connection to the node's bus).
+func New(nc *nats.Conn, opts Options) *Engine {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.HookTimeout <= 0 {
+		opts.HookTimeout = 5 * time.Second
+	}
+	return &Engine{
+		nc:         nc,
+		opts:       opts,
+		log:        opts.Logger,
+		ev:         make(chan func(), 4096),
+		registered: map[string]Registration{},
+		state:      State{Node: opts.Node, Since: time.Now().UTC()},
+	}
+}
+
+// Run serves registrations and the state query, and runs the protocol
+// until ctx ends.
+func (e *Engine) Run(ctx context.Context) error {
+	s := e.opts.Subjects
+	reg, err := e.nc.Subscribe(s.SyncRegister(e.opts.Node), e.onRegister)
+	if err != nil {
+		return fmt.Errorf("sync: subscribing to registrations: %w", err)
+	}
+	defer func() { _ = reg.Unsubscribe() }()
+	get, err := e.nc.Subscribe(s.SyncStateGet(e.opts.Node), func(m *nats.Msg) {
+		e.mu.Lock()
+		b, _ := json.Marshal(e.state)
+		e.mu.Unlock()
+		_ = m.Respond(b)
+	})
+	if err != nil {
+		return fmt.Errorf("sync: subscribing to state queries: %w", err)
+	}
+	defer func() { _ = get.Unsubscribe() }()
+	e.cl, err = totem.NewClient(e.nc, s, e.opts.Node, totem.ClientOptions{Window: 256, OnDeliver: func(d totem.Delivery) {
+		select {
+		case e.ev <- func() { e.onDelivery(ctx, d) }:
+		case <-ctx.Done():
+		}
+	}})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = e.cl.Close() }()
+	// The current view, if totem already has one: start a round for it
+	// (a restarted engine must not leave services unsynchronized).
+	if st, err := totem.FetchStatus(e.nc, s, e.opts.Node, 2*time.Second); err == nil && st.State == "operational" {
+		cc := &totem.ConfChg{Type: totem.Regular, Ring: st.Ring, Members: st.Members}
+		e.ev <- func() { e.onDelivery(ctx, totem.Delivery{ConfChg: cc}) }
+	}
+	e.publish()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case f := <-e.ev:
+			f()
+		}
+	}
+}
+
+func (e *Engine) onRegister(m *nats.Msg) {
+	var r Registration
+	if err := json.Unmarshal(m.Data, &r); err != nil || r.Name == "" {
+		_ = m.Respond([]byte(`{"error":"expected {\"name\":…, \"id\":…}"}`))
+		return
+	}
+	r.Name = bus.SanitizeToken(r.Name)
+	e.mu.Lock()
+	e.registered[r.Name] = r
+	e.mu.Unlock()
+	e.log.Info("service registered for sync", "service", r.Name, "id", r.ID)
+	_ = m.Respond([]byte(`{"ok":true}`))
+}
+
+func (e *Engine) setState(f func(*State)) {
+	e.mu.Lock()
+	f(&e.state)
+	e.mu.Unlock()
+	e.publish()
+}
+
+func (e *Engine) publish() {
+	e.mu.Lock()
+	b, _ := json.Marshal(e.state)
+	e.mu.Unlock()
+	_ = e.nc.Publish(e.opts.Subjects.SyncState(e.opts.Node), b)
+}
+
+func (e *Engine) mcast(ctx context.Context, m protoMsg) {
+	b, _ := json.Marshal(m)
+	if _, err := e.cl.Mcast(ctx, TotemService, b); err != nil {
+		e.log.Warn("sync multicast", "err", err)
+	}
+}
+
+func (e *Engine) onDelivery(ctx context.Context, d totem.Delivery) {
+	if cc := d.ConfChg; cc != nil {
+		if cc.Type == totem.Transitional {
+			e.trans = cc.Members
+			return
+		}
+		e.startRound(ctx, cc)
+		return
+	}
+	m := d.Message
+	if m.Service != TotemService {
+		return
+	}
+	var p protoMsg
+	if err := json.Unmarshal(m.Payload, &p); err != nil || p.Ring != e.ring {
+		return // a message of an older ring
+	}
+	if !e.active || (p.Type == "build" && e.inited && e.builds[m.ID.Node]) {
+		if p.Type != "build" {
+			return
+		}
+		// A member's engine (re)started after this ring's round: run the
+		// round again with it, counting the build that asked for it.
+		e.log.Info("sync round restarts for a late member", "ring", e.ring, "node", m.ID.Node)
+		if e.active && e.idx < len(e.list) {
+			e.hook(ctx, e.list[e.idx], "abort")
+		}
+		e.active = false
+		e.startRound(ctx, &totem.ConfChg{Type: totem.Regular, Ring: e.ring, Members: e.members})
+	}
+	switch p.Type {
+	case "build":
+		e.onBuild(ctx, m.ID.Node, p)
+	case "barrier":
+		e.onBarrier(ctx, m.ID.Node, p)
+	}
+}
+
+// startRound begins synchronization for a new regular configuration,
+// aborting a round in progress.
+func (e *Engine) startRound(ctx context.Context, cc *totem.ConfChg) {
+	if e.active && e.inited && e.idx < len(e.list) {
+		e.hook(ctx, e.list[e.idx], "abort")
+	}
+	e.ring, e.members = cc.Ring, slices.Clone(cc.Members)
+	e.active, e.inited, e.idx = true, false, 0
+	e.builds = map[uint32]bool{}
+	e.barriers = map[uint32]bool{}
+	e.mu.Lock()
+	e.list = e.list[:0]
+	for _, r := range e.registered {
+		e.list = append(e.list, r)
+	}
+	mine := slices.Clone(e.list)
+	e.mu.Unlock()
+	sortRegs(e.list)
+	sortRegs(mine)
+	e.setState(func(s *State) {
+		s.InProgress, s.Ring, s.Service, s.Phase, s.Since = true, cc.Ring, "", "build", time.Now().UTC()
+	})
+	e.log.Info("sync round starts", "ring", cc.Ring, "members", cc.Members)
+	e.mcast(ctx, protoMsg{Type: "build", Ring: cc.Ring, Services: mine})
+}
+
+func sortRegs(l []Registration) {
+	slices.SortFunc(l, func(a, b Registration) int { return cmp.Or(cmp.Compare(a.ID, b.ID), cmp.Compare(a.Name, b.Name)) })
+}
+
+func (e *Engine) onBuild(ctx context.Context, from uint32, p protoMsg) {
+	for _, r := range p.Services {
+		if !slices.ContainsFunc(e.list, func(x Registration) bool { return x.Name == r.Name }) {
+			e.list = append(e.list, r)
+		}
+	}
+	sortRegs(e.list)
+	e.builds[from] = true
+	if !e.all(e.builds) || e.inited {
+		return
+	}
+	// Every member's list is in: init every service this node hosts,
+	// then synchronize them one at a time.
+	e.inited = true
+	for _, r := range e.list {
+		if e.local(r.Name) {
+			e.hook(ctx, r, "init")
+		}
+	}
+	e.processNext(ctx)
+}
+
+func (e *Engine) all(got map[uint32]bool) bool {
+	for _, id := range e.members {
+		if !got[id] {
+			return false
+		}
+	}
+	return true
+}
+
+func (e *Engine) local(name string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	_, ok := e.registered[name]
+	return ok
+}
+
+// processNext runs the current service's process hook once; until it is
+// done the call is queued again behind whatever was delivered meanwhile, so
+// that a new configuration aborts a long process phase.
+func (e *Engine) processNext(ctx context.Context) {
+	if e.idx >= len(e.list) {
+		e.active = false
+		e.log.Info("sync round complete", "ring", e.ring, "services", len(e.list))
+		e.setState(func(s *State) {
+			s.InProgress, s.Service, s.Phase, s.Since = false, "", "", time.Now().UTC()
+			s.Rounds++
+		})
+		return
+	}
+	r := e.list[e.idx]
+	e.setState(func(s *State) { s.Service, s.Phase = r.Name, "process" })
+	done := true
+	if e.local(r.Name) {
+		done = e.hook(ctx, r, "process")
+	}
+	if !done {
+		ring, idx := e.ring, e.idx
+		go func() {
+			select {
+			case e.ev <- func() {
+				if e.active && e.ring == ring && e.idx == idx {
+					e.processNext(ctx)
+				}
+			}:
+			case <-ctx.Done():
+			}
+		}()
+		return
+	}
+	e.setState(func(s *State) { s.Phase = "barrier" })
+	e.barriers = map[uint32]bool{}
+	e.mcast(ctx, protoMsg{Type: "barrier", Ring: e.ring, Service: r.ID})
+}
+
+func (e *Engine) onBarrier(ctx context.Context, from uint32, p protoMsg) {
+	if !e.inited || e.idx >= len(e.list) || p.Service != e.list[e.idx].ID {
+		return
+	}
+	e.barriers[from] = true
+	if !e.all(e.barriers) {
+		return
+	}
+	if r := e.list[e.idx]; e.local(r.Name) {
+		e.hook(ctx, r, "activate")
+	}
+	e.idx++
+	e.processNext(ctx)
+}
+
+// hook calls one of a service's hooks; it reports "done" (an unreachable
+// or failing service counts as done, so that one broken service cannot
+// hold every other one in sync forever).
+func (e *Engine) hook(ctx context.Context, r Registration, op string) bool {
+	req, _ := json.Marshal(HookRequest{Op: op, Ring: e.ring, Members: e.members, Trans: intersect(e.trans, e.members)})
+	cctx, cancel := context.WithTimeout(ctx, e.opts.HookTimeout)
+	defer cancel()
+	msg, err := e.nc.RequestWithContext(cctx, e.opts.Subjects.SyncHook(e.opts.Node, r.Name), req)
+	if err != nil {
+		e.log.Warn("sync hook failed", "service", r.Name, "op", op, "err", err)
+		if errors.Is(err, nats.ErrNoResponders) {
+			e.mu.Lock()
+			delete(e.registered, r.Name) // gone; it registers again when back
+			e.mu.Unlock()
+		}
+		return true
+	}
+	var rep HookReply
+	if err := json.Unmarshal(msg.Data, &rep); err != nil {
+		e.log.Warn("sync hook reply", "service", r.Name, "op", op, "err", err)
+		return true
+	}
+	if rep.Error != "" {
+		e.log.Warn("sync hook error", "service", r.Name, "op", op, "err", rep.Error)
+	}
+	return rep.Done || op != "process"
+}
+
+func intersect(a, b []uint32) []uint32 {
+	out := []uint32{}
+	for _, x := range a {
+		if slices.Contains(b, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// Hooks are a Go service's sync callbacks (corosync's sync_init,
+// sync_process, sync_activate, sync_abort).
+type Hooks interface {
+	Init(req HookRequest) error
+	// Process returns done=false to be called again.
+	Process(req HookRequest) (done bool, err error)
+	Activate(req HookRequest) error
+	Abort(req HookRequest)
+}
+
+// Serve serves a service's hooks on node and registers it with the node's
+// sync engine (retrying until the engine answers or ctx ends). The returned
+// function stops serving.
+func Serve(ctx context.Context, nc *nats.Conn, subjects bus.Subjects, node uint32, reg Registration, h Hooks) (func(), error) {
+	sub, err := nc.Subscribe(subjects.SyncHook(node, reg.Name), func(m *nats.Msg) {
+		var req HookRequest
+		var rep HookReply
+		if err := json.Unmarshal(m.Data, &req); err != nil {
+			rep.Error = err.Error()
+		} else {
+			var herr error
+			switch req.Op {
+			case "init":
+				herr = h.Init(req)
+			case "process":
+				rep.Done, herr = h.Process(req)
+			case "activate":
+				herr = h.Activate(req)
+			case "abort":
+				h.Abort(req)
+			default:
+				herr = fmt.Errorf("unknown op %q", req.Op)
+			}
+			if herr != nil {
+				rep.Error = herr.Error()
+			}
+		}
+		b, _ := json.Marshal(rep)
+		_ = m.Respond(b)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sync: serving %s's hooks: %w", reg.Name, err)
+	}
+	b, _ := json.Marshal(reg)
+	for {
+		if _, err := nc.Request(subjects.SyncRegister(node), b, time.Second); err == nil {
+			return func() { _ = sub.Unsubscribe() }, nil
+		}
+		select {
+		case <-ctx.Done():
+			_ = sub.Unsubscribe()
+			return nil, fmt.Errorf("sync: registering %s: %w", reg.Name, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// FetchState asks node's sync engine for its state.
+func FetchState(nc *nats.Conn, subjects bus.Subjects, node uint32, timeout time.Duration) (State, error) {
+	msg, err := nc.Request(subjects.SyncStateGet(node), nil, timeout)
+	if err != nil {
+		return State{}, fmt.Errorf("asking node %d's sync engine for its state: %w", node, err)
+	}
+	var st State
+	if err := json.Unmarshal(msg.Data, &st); err != nil {
+		return State{}, fmt.Errorf("decoding node %d's sync state: %w", node, err)
+	}
+	return st, nil
+}
