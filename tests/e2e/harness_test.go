@@ -155,6 +155,12 @@ type nodeStatus struct {
 			Current bool   `json:"current"`
 		} `json:"peers"`
 	} `json:"bus"`
+	Totem *struct {
+		Members []uint32 `json:"members"`
+		Ring    struct {
+			Rep uint32 `json:"rep"`
+		} `json:"ring"`
+	} `json:"totem"`
 	Layers []struct {
 		Layer    string `json:"layer"`
 		PID      int    `json:"pid"`

@@ -119,6 +119,9 @@ func TestLocalThreeNodeCluster(t *testing.T) {
 			if st.Bus.MetaLeader == "" {
 				return fmt.Errorf("node %d sees no JetStream meta leader", i+1)
 			}
+			if st.Totem == nil || len(st.Totem.Members) != 3 {
+				return fmt.Errorf("node %d: totem members %+v, want 1 2 3", i+1, st.Totem)
+			}
 		}
 		return nil
 	})
@@ -148,6 +151,9 @@ func TestLocalThreeNodeCluster(t *testing.T) {
 			}
 			if !gone {
 				return fmt.Errorf("node %d does not report node3 offline: %+v", i+1, st.Bus.Peers)
+			}
+			if st.Totem == nil || len(st.Totem.Members) != 2 {
+				return fmt.Errorf("node %d: totem members %+v, want 1 2", i+1, st.Totem)
 			}
 		}
 		return nil
