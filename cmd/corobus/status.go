@@ -24,6 +24,9 @@ func (a *app) clientCommands() []command {
 		{name: "bench", summary: "measure a running node: bench cmap, bench totem", run: runBench},
 		{name: "cmap", summary: "read, change and track the object database (corosync-cmapctl)", run: runCmap},
 		{name: "objctl", summary: "the object database as corosync 1.x's object tree (corosync-objctl)", run: runObjctl},
+		{name: "lcr", summary: "list components: versions, instances, reference counts (alias: components)", run: runLcr},
+		{name: "components", summary: "same as lcr", run: runLcr},
+		{name: "svc", summary: "load, unload and list services: svc load NAME VER, svc unload NAME, svc list", run: runSvc},
 	}
 }
 
@@ -67,6 +70,8 @@ type NodeStatus struct {
 	Bus     bus.Status    `json:"bus"`
 	Totem   *totem.Status `json:"totem,omitempty"`
 	Layers  []LayerStatus `json:"layers"`
+	// Services are what the node's service manager loaded.
+	Services []ServiceStatus `json:"services,omitempty"`
 }
 
 func runStatus(ctx context.Context, a *app, args []string) error {
@@ -121,7 +126,8 @@ func nodeStatus(nc *nats.Conn, subjects bus.Subjects, cluster string, id uint32)
 	if err != nil {
 		return NodeStatus{}, err
 	}
-	st := NodeStatus{Node: id, Cluster: cluster, Bus: bst, Totem: totemStatus(nc, subjects, id)}
+	st := NodeStatus{Node: id, Cluster: cluster, Bus: bst, Totem: totemStatus(nc, subjects, id),
+		Services: servicesStatus(nc, subjects, id)}
 	for _, in := range infos {
 		md := in.Metadata
 		if md[layer.MetaCluster] != cluster || md[layer.MetaNode] != strconv.FormatUint(uint64(id), 10) {
@@ -177,6 +183,7 @@ func printStatus(a *app, st NodeStatus) {
 		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%d\n", l.Layer, l.PID, l.Version, l.Uptime, l.Restarts)
 	}
 	_ = tw.Flush()
+	printServices(w, st.Services)
 }
 
 func orNone(s string) string {

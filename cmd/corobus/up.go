@@ -9,10 +9,12 @@ import (
 	"github.com/corobus/corobus/bus/totem"
 	"github.com/corobus/corobus/config"
 	"github.com/corobus/corobus/layer"
+	"github.com/corobus/corobus/loader"
 	"github.com/corobus/corobus/logsys"
 	"github.com/corobus/corobus/node"
 	"github.com/corobus/corobus/objdb"
 	"github.com/corobus/corobus/services/members"
+	"github.com/corobus/corobus/services/svcmgr"
 	syncsvc "github.com/corobus/corobus/services/sync"
 )
 
@@ -22,6 +24,8 @@ import (
 func (a *app) layers() []layer.Layer {
 	return []layer.Layer{
 		objdb.Layer(),
+		loader.Layer(),
+		svcmgr.Layer(nil),
 		syncsvc.Layer(),
 	}
 }

@@ -1,0 +1,63 @@
+package bus
+
+import (
+	"strconv"
+	"strings"
+)
+
+// LcrAnnounce is where a component instance publishes its announcement
+// (and, periodically, its heartbeat): JSON loader.Announcement.
+func (s Subjects) LcrAnnounce(name string) string {
+	return s.Join("lcr", "announce", SanitizeToken(name))
+}
+
+// LcrAnnounceAll matches every component's announcements.
+func (s Subjects) LcrAnnounceAll() string { return s.Join("lcr", "announce", ">") }
+
+// LcrAPI is the request subject of one loader operation (reference,
+// resolve, release, list) for the search path of node: served by that
+// node's loader processes in a queue group.
+func (s Subjects) LcrAPI(node uint32, op string) string {
+	return s.Join("lcr", strconv.FormatUint(uint64(node), 10), "api", SanitizeToken(op))
+}
+
+// LcrChanged is published by node's loader when what a component name
+// resolves to may have changed; clients holding handles re-resolve.
+func (s Subjects) LcrChanged(node uint32, name string) string {
+	return s.Join("lcr", strconv.FormatUint(uint64(node), 10), "changed", SanitizeToken(name))
+}
+
+// LcrHold is where a client periodically restates the references it holds
+// through node's loader, so that references of a client that died expire
+// and a restarted loader relearns them.
+func (s Subjects) LcrHold(node uint32) string {
+	return s.Join("lcr", strconv.FormatUint(uint64(node), 10), "hold")
+}
+
+// LcrControl is one component instance's control subject (retire, exit).
+func (s Subjects) LcrControl(instance string) string {
+	return s.Join("lcr", "control", SanitizeToken(instance))
+}
+
+// Component is the conventional subject a component serves: one more
+// token, the function, follows it. namespace may hold several dotted
+// tokens ("node1", "cluster", "vendor.acme").
+func (s Subjects) Component(namespace, name string, version uint32) string {
+	toks := strings.Split(namespace, ".")
+	for i, t := range toks {
+		toks[i] = SanitizeToken(t)
+	}
+	return s.Join(append([]string{"svc"}, append(toks, SanitizeToken(name), strconv.FormatUint(uint64(version), 10))...)...)
+}
+
+// SvcmgrAPI is the request subject of one service-manager operation (load,
+// unload, list) on node.
+func (s Subjects) SvcmgrAPI(node uint32, op string) string {
+	return s.Join("svcmgr", strconv.FormatUint(uint64(node), 10), "api", SanitizeToken(op))
+}
+
+// SvcmgrEvents is where node's service manager announces each service it
+// loads or unloads (JSON svcmgr.Event).
+func (s Subjects) SvcmgrEvents(node uint32) string {
+	return s.Join("svcmgr", strconv.FormatUint(uint64(node), 10), "events")
+}

@@ -1,0 +1,329 @@
+package loader
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+
+	"github.com/corobus/corobus/bus"
+)
+
+// Handler serves one request to function fn and returns the reply payload.
+// An error is sent back as HdrError.
+type Handler func(ctx context.Context, fn string, m *nats.Msg) ([]byte, error)
+
+// Component describes a component a Go process serves with Serve.
+type Component struct {
+	Name    string
+	Version uint32
+	// Namespace defaults to LocalNamespace(node).
+	Namespace string
+	// Subject defaults to Subjects.Component(Namespace, Name, Version).
+	Subject      string
+	Interfaces   []string
+	Priority     int
+	Dependencies []string
+	Replaces     []uint32
+	// Interval is the heartbeat period; default 1s.
+	Interval time.Duration
+	// Linger is how long a retiring instance keeps answering "moved"
+	// after the last request that reached it before it unsubscribes;
+	// default 2 intervals. It saves clients that have not heard of the
+	// replacement yet a no-responders round.
+	Linger time.Duration
+	// Concurrency bounds the requests served at once; default 64.
+	Concurrency int
+	Handler     Handler
+	// Exit is asked before the service manager stops the instance
+	// (corosync's exec_exit_fn): ErrBusy asks for more time. Nil: yes.
+	Exit func() error
+	Log  *slog.Logger
+}
+
+// instanceState is a running Serve.
+type instanceState struct {
+	c        Component
+	nc       *nats.Conn
+	subjects bus.Subjects
+	node     uint32
+	id       string
+	started  time.Time
+
+	mu        sync.Mutex
+	state     State
+	lastMoved time.Time
+	inflight  sync.WaitGroup
+	retired   chan struct{}
+
+	statsMu sync.Mutex
+	stats   map[string]*fnCounters
+	moved   atomic.Uint64
+}
+
+type fnCounters struct{ rx, tx atomic.Uint64 }
+
+// Serve runs the component until ctx ends (it announces Leaving, stops
+// taking requests, finishes those it took and returns nil) or until a
+// replacement retires it (the same, after answering "moved" to latecomers
+// for Linger). The process should exit when Serve returns.
+func (c Component) Serve(ctx context.Context, nc *nats.Conn, subjects bus.Subjects, node uint32) error {
+	if c.Name == "" || c.Handler == nil {
+		return errors.New("component: a name and a handler are required")
+	}
+	if c.Namespace == "" {
+		c.Namespace = LocalNamespace(node)
+	}
+	if err := checkNamespace(c.Namespace); err != nil {
+		return fmt.Errorf("component %s: %w", c.Name, err)
+	}
+	if c.Subject == "" {
+		c.Subject = subjects.Component(c.Namespace, c.Name, c.Version)
+	}
+	if c.Interval <= 0 {
+		c.Interval = time.Second
+	}
+	if c.Linger <= 0 {
+		c.Linger = 2 * c.Interval
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 64
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	s := &instanceState{c: c, nc: nc, subjects: subjects, node: node, id: nuid.Next(), started: time.Now().UTC(),
+		state: Serving, retired: make(chan struct{}), stats: map[string]*fnCounters{}}
+	return s.run(ctx)
+}
+
+func (s *instanceState) run(ctx context.Context) error {
+	c := s.c
+	sem := make(chan struct{}, c.Concurrency)
+	// The handlers' context outlives ctx: requests taken before a stop
+	// are finished, not cancelled.
+	hctx := context.WithoutCancel(ctx)
+	queue := c.Namespace + "." + c.Name + "." + strconv.FormatUint(uint64(c.Version), 10)
+	sub, err := s.nc.QueueSubscribe(c.Subject+".*", queue, func(m *nats.Msg) {
+		s.mu.Lock()
+		if s.state != Serving {
+			s.lastMoved = time.Now()
+			s.mu.Unlock()
+			s.moved.Add(1)
+			s.reply(m, nats.Header{HdrStatus: []string{StatusMoved}}, nil)
+			return
+		}
+		s.inflight.Add(1)
+		s.mu.Unlock()
+		sem <- struct{}{}
+		go func() {
+			defer s.inflight.Done()
+			defer func() { <-sem }()
+			s.serve(hctx, m)
+		}()
+	})
+	if err != nil {
+		return fmt.Errorf("component %s: subscribing to %s: %w", c.Name, c.Subject, err)
+	}
+	sub.SetPendingLimits(-1, -1)
+	ctl, err := s.nc.Subscribe(s.subjects.LcrControl(s.id), s.control)
+	if err != nil {
+		_ = sub.Unsubscribe()
+		return fmt.Errorf("component %s: subscribing to its control subject: %w", c.Name, err)
+	}
+	defer func() { _ = ctl.Unsubscribe() }()
+	// Announce only once the server has the subscriptions: a client
+	// that resolves to this instance must reach it.
+	if err := s.nc.Flush(); err != nil {
+		_ = sub.Unsubscribe()
+		return fmt.Errorf("component %s: subscribing: %w", c.Name, err)
+	}
+	s.announce()
+	c.Log.Info("component serving", "component", c.Name, "version", c.Version, "namespace", c.Namespace, "subject", c.Subject, "instance", s.id)
+
+	t := time.NewTicker(c.Interval)
+	defer t.Stop()
+	retiredAt := time.Time{}
+	retired := s.retired
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case <-retired:
+			retired = nil // fire once
+			retiredAt = time.Now()
+			s.announce()
+		case <-t.C:
+			s.announce()
+			if !retiredAt.IsZero() {
+				s.mu.Lock()
+				quiet := time.Since(s.lastMoved) >= c.Linger && time.Since(retiredAt) >= c.Linger
+				s.mu.Unlock()
+				if quiet {
+					break loop
+				}
+			}
+		}
+	}
+	// Leaving first, so that the loader stops resolving to this
+	// instance; then stop taking requests and finish those taken. A
+	// serving instance serves what reaches it until the drain completes;
+	// a retiring one keeps answering "moved".
+	s.mu.Lock()
+	wasRetiring := s.state == Retiring
+	s.mu.Unlock()
+	s.announceState(Leaving)
+	if err := drain(sub, 10*time.Second); err != nil {
+		c.Log.Warn("draining the component's subscription", "err", err)
+	}
+	s.inflight.Wait()
+	if err := s.nc.Flush(); err != nil {
+		c.Log.Warn("flushing the last replies", "err", err)
+	}
+	c.Log.Info("component stopped", "component", c.Name, "version", c.Version, "instance", s.id, "retired", wasRetiring, "moved", s.moved.Load())
+	return nil
+}
+
+// drain unsubscribes and waits until the messages delivered before the
+// unsubscription are handed to the callback.
+func drain(sub *nats.Subscription, wait time.Duration) error {
+	closed := sub.StatusChanged(nats.SubscriptionClosed)
+	if err := sub.Drain(); err != nil {
+		return err
+	}
+	select {
+	case <-closed:
+		return nil
+	case <-time.After(wait):
+		return errors.New("drain did not complete in time")
+	}
+}
+
+func (s *instanceState) serve(ctx context.Context, m *nats.Msg) {
+	fn := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
+	ctr := s.counters(fn)
+	ctr.rx.Add(1)
+	data, err := s.c.Handler(ctx, fn, m)
+	hdr := nats.Header{}
+	if err != nil {
+		hdr.Set(HdrError, err.Error())
+		data = nil
+	}
+	if s.reply(m, hdr, data) {
+		ctr.tx.Add(1)
+	}
+}
+
+func (s *instanceState) reply(m *nats.Msg, hdr nats.Header, data []byte) bool {
+	if m.Reply == "" {
+		return false
+	}
+	hdr.Set(HdrInstance, s.id)
+	hdr.Set(HdrVersion, strconv.FormatUint(uint64(s.c.Version), 10))
+	if id := m.Header.Get(HdrReqID); id != "" {
+		hdr.Set(HdrReqID, id)
+	}
+	r := &nats.Msg{Subject: m.Reply, Header: hdr, Data: data}
+	if err := s.nc.PublishMsg(r); err != nil {
+		s.c.Log.Warn("replying", "err", err)
+		return false
+	}
+	return true
+}
+
+func (s *instanceState) counters(fn string) *fnCounters {
+	s.statsMu.Lock()
+	defer s.statsMu.Unlock()
+	ctr := s.stats[fn]
+	if ctr == nil {
+		ctr = &fnCounters{}
+		s.stats[fn] = ctr
+	}
+	return ctr
+}
+
+func (s *instanceState) control(m *nats.Msg) {
+	var q Control
+	if err := json.Unmarshal(m.Data, &q); err != nil {
+		s.respond(m, ControlReply{Error: "expected JSON {op}"})
+		return
+	}
+	switch q.Op {
+	case OpPing:
+		s.respond(m, ControlReply{OK: true})
+	case OpRetire:
+		s.mu.Lock()
+		first := s.state == Serving
+		if first {
+			// From here on every request is refused with "moved";
+			// the callback checks under the same lock, so no request
+			// is both taken and refused.
+			s.state = Retiring
+			s.lastMoved = time.Now()
+		}
+		s.mu.Unlock()
+		if first {
+			by := ""
+			if q.By != nil {
+				by = q.By.Subject
+			}
+			s.c.Log.Info("component replaced; retiring", "component", s.c.Name, "version", s.c.Version, "by", by)
+			close(s.retired)
+		}
+		s.respond(m, ControlReply{OK: true})
+	case OpExit:
+		if s.c.Exit != nil {
+			if err := s.c.Exit(); errors.Is(err, ErrBusy) {
+				s.respond(m, ControlReply{Busy: true})
+				return
+			} else if err != nil {
+				s.respond(m, ControlReply{Error: err.Error()})
+				return
+			}
+		}
+		s.respond(m, ControlReply{OK: true})
+	default:
+		s.respond(m, ControlReply{Error: "unknown op " + strconv.Quote(q.Op)})
+	}
+}
+
+func (s *instanceState) respond(m *nats.Msg, r ControlReply) {
+	data, _ := json.Marshal(r)
+	_ = m.Respond(data)
+}
+
+func (s *instanceState) announce() {
+	s.mu.Lock()
+	st := s.state
+	s.mu.Unlock()
+	s.announceState(st)
+}
+
+func (s *instanceState) announceState(st State) {
+	c := s.c
+	a := Announcement{Name: c.Name, Version: c.Version, Namespace: c.Namespace, Subject: c.Subject,
+		Queue: c.Namespace + "." + c.Name + "." + strconv.FormatUint(uint64(c.Version), 10), Instance: s.id,
+		Interfaces: c.Interfaces, Priority: c.Priority, Dependencies: c.Dependencies, Replaces: c.Replaces,
+		Node: s.node, PID: os.Getpid(), State: st, IntervalMS: c.Interval.Milliseconds(), Started: s.started,
+		Stats: map[string]FnStats{}, Moved: s.moved.Load()}
+	s.statsMu.Lock()
+	for fn, ctr := range s.stats {
+		a.Stats[fn] = FnStats{RX: ctr.rx.Load(), TX: ctr.tx.Load()}
+	}
+	s.statsMu.Unlock()
+	data, _ := json.Marshal(a)
+	if err := s.nc.Publish(s.subjects.LcrAnnounce(c.Name), data); err != nil {
+		c.Log.Warn("announcing", "err", err)
+	}
+}
