@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/objdb"
 	"github.com/corobus/corobus/objdb/client"
 )
@@ -45,20 +44,12 @@ func benchCmap(ctx context.Context, a *app, args []string) error {
 	if err := parse(a, fs, args); err != nil {
 		return err
 	}
-	nc, cfg, err := a.clientConn(nf, "corobus-bench-cmap")
+	nc, err := a.connect(nf, "corobus-bench-cmap", 0)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	subjects, err := bus.NewSubjects(cfg.Prefix())
-	if err != nil {
-		return err
-	}
-	local, err := cfg.LocalNode()
-	if err != nil {
-		return err
-	}
-	c := client.New(nc, subjects, local.ID)
+	c := client.New(nc.nc, nc.subjects, nc.node)
 	d := time.Duration(seconds * float64(time.Second))
 	const key = "test.bench.k"
 	n, start := 0, time.Now()

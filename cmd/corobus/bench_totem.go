@@ -35,23 +35,17 @@ func benchTotem(ctx context.Context, a *app, args []string) error {
 	if size < 0 || size > totem.MaxPayload {
 		return usagef("--size must be 0..%d", totem.MaxPayload)
 	}
-	nc, cfg, err := a.clientConn(nf, "corobus-bench-totem")
+	c, err := a.connect(nf, "corobus-bench-totem", 0)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	subjects, err := bus.NewSubjects(cfg.Prefix())
-	if err != nil {
-		return err
+	defer c.Close()
+	nc, subjects := c.nc, c.subjects
+	nodeID := c.node
+	if _, err := totem.FetchStatus(nc, subjects, nodeID, 2*time.Second); err != nil {
+		return fmt.Errorf("%w (is totem running on node %d?)", err, nodeID)
 	}
-	local, err := cfg.LocalNode()
-	if err != nil {
-		return err
-	}
-	if _, err := totem.FetchStatus(nc, subjects, local.ID, 2*time.Second); err != nil {
-		return fmt.Errorf("%w (is totem running on node %d?)", err, local.ID)
-	}
-	cl, err := totem.NewClient(nc, subjects, local.ID, totem.ClientOptions{Window: window})
+	cl, err := totem.NewClient(nc, subjects, nodeID, totem.ClientOptions{Window: window})
 	if err != nil {
 		return err
 	}
@@ -87,7 +81,7 @@ func benchTotem(ctx context.Context, a *app, args []string) error {
 	}
 	msgsPerS := float64(sent) / elapsed.Seconds()
 
-	l, err := totemLatency(ctx, latencyClient(nc, subjects, local.ID), payload)
+	l, err := totemLatency(ctx, latencyClient(nc, subjects, nodeID), payload)
 	if err != nil {
 		return err
 	}

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"time"
-
-	"github.com/corobus/corobus/bus"
 )
 
 // runBlackbox dumps the flight recorders of a node's layer processes, the
@@ -23,23 +21,12 @@ func runBlackbox(_ context.Context, a *app, args []string) error {
 	if err := parse(a, fs, args); err != nil {
 		return err
 	}
-	nc, cfg, err := a.clientConn(nf, "corobus-blackbox")
+	c, err := a.connect(nf, "corobus-blackbox", node)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	subjects, err := bus.NewSubjects(cfg.Prefix())
-	if err != nil {
-		return err
-	}
-	id := uint32(node)
-	if id == 0 {
-		local, err := cfg.LocalNode()
-		if err != nil {
-			return err
-		}
-		id = local.ID
-	}
+	defer c.Close()
+	nc, subjects, id := c.nc, c.subjects, c.node
 	inbox := nc.NewRespInbox()
 	sub, err := nc.SubscribeSync(inbox)
 	if err != nil {

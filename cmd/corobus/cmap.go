@@ -9,7 +9,6 @@ import (
 	"os"
 	"strings"
 
-	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/objdb"
 	"github.com/corobus/corobus/objdb/client"
 	"github.com/corobus/corobus/services/cswire"
@@ -40,20 +39,12 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 	if err := parse(a, fs, args); err != nil {
 		return err
 	}
-	nc, cfg, err := a.clientConn(nf, "corobus-cmap")
+	nc, err := a.connect(nf, "corobus-cmap", 0)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	subjects, err := bus.NewSubjects(cfg.Prefix())
-	if err != nil {
-		return err
-	}
-	local, err := cfg.LocalNode()
-	if err != nil {
-		return err
-	}
-	c := client.New(nc, subjects, local.ID)
+	c := client.New(nc.nc, nc.subjects, nc.node)
 	mapPrefix := ""
 	switch mapName {
 	case "icmap":
@@ -102,7 +93,7 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 			return err
 		}
 		defer stop()
-		if err := nc.Flush(); err != nil {
+		if err := nc.nc.Flush(); err != nil {
 			return fmt.Errorf("subscribing for changes: %w", err)
 		}
 		for {

@@ -34,23 +34,12 @@ func runLcr(ctx context.Context, a *app, args []string) error {
 	if fs.NArg() > 0 {
 		return usagef("unexpected argument %q", fs.Arg(0))
 	}
-	nc, cfg, err := a.clientConn(nf, "corobus-lcr")
+	c, err := a.connect(nf, "corobus-lcr", node)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	subjects, err := bus.NewSubjects(cfg.Prefix())
-	if err != nil {
-		return err
-	}
-	id := uint32(node)
-	if id == 0 {
-		local, err := cfg.LocalNode()
-		if err != nil {
-			return err
-		}
-		id = local.ID
-	}
+	defer c.Close()
+	nc, subjects, id := c.nc, c.subjects, c.node
 	l, err := fetchListing(ctx, nc, subjects, id)
 	if err != nil {
 		return err

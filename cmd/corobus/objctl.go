@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/objdb"
 	"github.com/corobus/corobus/objdb/client"
 	"github.com/corobus/corobus/services/cswire"
@@ -24,20 +23,12 @@ func runObjctl(ctx context.Context, a *app, args []string) error {
 	if err := parse(a, fs, args); err != nil {
 		return err
 	}
-	nc, cfg, err := a.clientConn(nf, "corobus-objctl")
+	nc, err := a.connect(nf, "corobus-objctl", 0)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	subjects, err := bus.NewSubjects(cfg.Prefix())
-	if err != nil {
-		return err
-	}
-	local, err := cfg.LocalNode()
-	if err != nil {
-		return err
-	}
-	c := client.New(nc, subjects, local.ID)
+	c := client.New(nc.nc, nc.subjects, nc.node)
 	objects := fs.Args()
 	if len(objects) == 0 {
 		objects = []string{""}

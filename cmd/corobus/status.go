@@ -30,26 +30,50 @@ func (a *app) clientCommands() []command {
 	}
 }
 
-// clientConn connects a client verb to the node its flags name and returns
-// the node's configuration too (the embedded default when --bus is used
-// without -c, for the subject prefix and node id).
-func (a *app) clientConn(nf nodeFlags, name string) (*nats.Conn, *config.Config, error) {
+// nodeClient is a client verb's connection to one node: the bus
+// connection, the node's configuration, its subjects and its id.
+type nodeClient struct {
+	nc       *nats.Conn
+	cfg      *config.Config
+	subjects bus.Subjects
+	node     uint32
+}
+
+// connect connects a client verb to the node its flags name. node, when
+// not zero, picks another node of the cluster than the configured local
+// one (the bus is shared, so any node can be asked through any other).
+func (a *app) connect(nf nodeFlags, name string, node uint) (*nodeClient, error) {
 	cfg, err := nf.load(a)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
+	}
+	subjects, err := bus.NewSubjects(cfg.Prefix())
+	if err != nil {
+		return nil, err
+	}
+	id := uint32(node)
+	if id == 0 {
+		local, err := cfg.LocalNode()
+		if err != nil {
+			return nil, err
+		}
+		id = local.ID
 	}
 	url := nf.busURL
 	if url == "" {
 		if url, err = bus.ClientURL(cfg); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
 	nc, err := bus.Dial(url, name, 0)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w (is the node up? `corobus up` starts one)", err)
+		return nil, fmt.Errorf("%w (is the node up? `corobus up` starts one)", err)
 	}
-	return nc, cfg, nil
+	return &nodeClient{nc: nc, cfg: cfg, subjects: subjects, node: id}, nil
 }
+
+// Close closes the bus connection.
+func (c *nodeClient) Close() { c.nc.Close() }
 
 // LayerStatus is one layer process as discovery reports it.
 type LayerStatus struct {
@@ -87,24 +111,12 @@ func runStatus(ctx context.Context, a *app, args []string) error {
 	if err := parse(a, fs, args); err != nil {
 		return err
 	}
-	nc, cfg, err := a.clientConn(nf, "corobus-status")
+	c, err := a.connect(nf, "corobus-status", node)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	subjects, err := bus.NewSubjects(cfg.Prefix())
-	if err != nil {
-		return err
-	}
-	id := uint32(node)
-	if id == 0 {
-		local, err := cfg.LocalNode()
-		if err != nil {
-			return err
-		}
-		id = local.ID
-	}
-	st, err := nodeStatus(nc, subjects, cfg.ClusterName(), id)
+	defer c.Close()
+	st, err := nodeStatus(c.nc, c.subjects, c.cfg.ClusterName(), c.node)
 	if err != nil {
 		return err
 	}

@@ -66,23 +66,12 @@ func runSvc(ctx context.Context, a *app, args []string) error {
 	default:
 		return usagef("unknown svc verb %q (load, unload, list)", rest[0])
 	}
-	nc, cfg, err := a.clientConn(nf, "corobus-svc")
+	c, err := a.connect(nf, "corobus-svc", node)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	subjects, err := bus.NewSubjects(cfg.Prefix())
-	if err != nil {
-		return err
-	}
-	id := uint32(node)
-	if id == 0 {
-		local, err := cfg.LocalNode()
-		if err != nil {
-			return err
-		}
-		id = local.ID
-	}
+	defer c.Close()
+	nc, subjects, id := c.nc, c.subjects, c.node
 	if op == "list" {
 		list, err := fetchServices(ctx, nc, subjects, id)
 		if err != nil {
