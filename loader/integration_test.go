@@ -17,12 +17,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/bustest"
 	"github.com/corobus/corobus/loader"
 	"github.com/corobus/corobus/loader/hdb"
+	"github.com/corobus/corobus/loader/loadertest"
 )
 
 // buildComponent builds the example component into a temporary directory.
@@ -47,24 +47,7 @@ func testSubjects(t testing.TB) bus.Subjects {
 // startLoader runs a loader for node on nc until the end of the test.
 func startLoader(t testing.TB, nc *nats.Conn, subjects bus.Subjects, node uint32, path ...string) {
 	t.Helper()
-	s, err := loader.NewServer(loader.ServerConfig{Conn: nc, Subjects: subjects, Node: node, SearchPath: path, Log: bustest.Logger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc, err := micro.AddService(nc, micro.Config{Name: "corobus-loader", Version: "0.0.1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.AddEndpoints(svc); err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; _ = svc.Stop() })
+	loadertest.Start(t, nc, subjects, node, path...)
 }
 
 // proc is a running component process.

@@ -19,6 +19,7 @@ import (
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/bustest"
 	"github.com/corobus/corobus/loader"
+	"github.com/corobus/corobus/loader/loadertest"
 	"github.com/corobus/corobus/node"
 	"github.com/corobus/corobus/objdb"
 	"github.com/corobus/corobus/services/svcmgr"
@@ -99,24 +100,7 @@ func newFixture(t *testing.T, names ...string) *fixture {
 	f.nc = f.conn()
 	// The node's loader.
 	lnc := f.conn()
-	ls, err := loader.NewServer(loader.ServerConfig{Conn: lnc, Subjects: f.subjects, Node: 1, SearchPath: []string{"node1", "cluster"}, Log: bustest.Logger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc, err := micro.AddService(lnc, micro.Config{Name: "corobus-loader", Version: "0.0.1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ls.AddEndpoints(svc); err != nil {
-		t.Fatal(err)
-	}
-	if err := lnc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = ls.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	loadertest.Start(t, lnc, f.subjects, 1, "node1", "cluster")
 	return f
 }
 
