@@ -344,6 +344,7 @@ func (s *Store) setScoped(ctx context.Context, key string, v Value, scope string
 	if err := v.Check(); err != nil {
 		return fmt.Errorf("key %s: %w", key, err)
 	}
+	v = v.normalized()
 	sc := ScopeNode
 	if scope == "" {
 		scope, sc = s.scopeFor(key)

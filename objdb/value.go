@@ -152,6 +152,17 @@ func (v Value) Check() error {
 	return nil
 }
 
+// normalized gives a string its terminating NUL: libcmap sends some
+// strings with it and some without, and corosync stores them with it, so
+// that every reader (and every track notification, which carries the new
+// and old values back to back) finds the end.
+func (v Value) normalized() Value {
+	if v.Type == String && (len(v.Data) == 0 || v.Data[len(v.Data)-1] != 0) {
+		v.Data = append(append([]byte(nil), v.Data...), 0)
+	}
+	return v
+}
+
 // ParseValue reads a value from its text form, as corosync-cmapctl -s takes
 // it: decimal (or 0x…) numbers, strings as they are, binary as hex.
 func ParseValue(t Type, s string) (Value, error) {

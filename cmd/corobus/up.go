@@ -13,6 +13,7 @@ import (
 	"github.com/corobus/corobus/logsys"
 	"github.com/corobus/corobus/node"
 	"github.com/corobus/corobus/objdb"
+	"github.com/corobus/corobus/services/ipc"
 	"github.com/corobus/corobus/services/members"
 	"github.com/corobus/corobus/services/svcmgr"
 	syncsvc "github.com/corobus/corobus/services/sync"
@@ -27,6 +28,7 @@ func (a *app) layers() []layer.Layer {
 		loader.Layer(),
 		svcmgr.Layer(nil),
 		syncsvc.Layer(),
+		ipc.Layer(),
 	}
 }
 

@@ -61,16 +61,28 @@ func NewService(store Store, log *slog.Logger) *Service {
 	return &Service{store: store, log: log}
 }
 
-// Open implements session.Handler.
-func (s *Service) Open(c *session.Conn) (session.Session, error) {
-	return &conn{svc: s, c: c, iters: map[uint64]*iter{}, tracks: map[uint64]*track{}}, nil
+// EventSink takes a connection's event messages (track notifications).
+type EventSink interface {
+	SendEvent(msg []byte) error
 }
 
-// conn is one libcmap connection's state: iterators and tracks, each behind
+// Open implements session.Handler: a connection carried over the bus.
+func (s *Service) Open(c *session.Conn) (session.Session, error) {
+	return s.OpenConn(c, c.ID), nil
+}
+
+// OpenConn starts the state of one libcmap connection whose events go to
+// sink; label names it in logs.
+func (s *Service) OpenConn(sink EventSink, label string) *Conn {
+	return &Conn{svc: s, sink: sink, label: label, iters: map[uint64]*iter{}, tracks: map[uint64]*track{}}
+}
+
+// Conn is one libcmap connection's state: iterators and tracks, each behind
 // a handle that only this connection can name.
-type conn struct {
+type Conn struct {
 	svc   *Service
-	c     *session.Conn
+	sink  EventSink
+	label string
 	stats bool // set_current_map(STATS)
 
 	mu         sync.Mutex
@@ -92,24 +104,24 @@ type track struct {
 // statsPrefix is where the stats map lives in objdb.
 const statsPrefix = "stats."
 
-func (c *conn) key(k string) string {
+func (c *Conn) key(k string) string {
 	if c.stats && !strings.HasPrefix(k, statsPrefix) {
 		return statsPrefix + k
 	}
 	return k
 }
 
-func (c *conn) handle() uint64 {
+func (c *Conn) handle() uint64 {
 	c.nextHandle++
 	// Handles start high and are never zero: libcmap treats 0 as "none".
 	return c.nextHandle | 0x1000_0000_0000
 }
 
 // Request implements session.Session.
-func (c *conn) Request(ctx context.Context, msg []byte) []byte {
+func (c *Conn) Request(ctx context.Context, msg []byte) []byte {
 	r, err := DecodeRequest(msg)
 	if err != nil {
-		c.svc.log.Warn("malformed cmap request", "conn", c.c.ID, "pid", c.c.PID, "err", err)
+		c.svc.log.Warn("malformed cmap request", "conn", c.label, "err", err)
 		return EncodeStatus(r.ID, cswire.ErrInvalidParam)
 	}
 	st := c.svc.store
@@ -186,14 +198,14 @@ func (c *conn) Request(ctx context.Context, msg []byte) []byte {
 	return EncodeStatus(r.ID, cswire.ErrInvalidParam)
 }
 
-func (c *conn) statsStrip() string {
+func (c *Conn) statsStrip() string {
 	if c.stats {
 		return statsPrefix
 	}
 	return "\x00" // strips nothing
 }
 
-func (c *conn) trackAdd(ctx context.Context, r Request) []byte {
+func (c *Conn) trackAdd(ctx context.Context, r Request) []byte {
 	flags := r.Track
 	if flags&(TrackAdd|TrackDelete|TrackModify) == 0 {
 		return EncodeStatus(r.ID, cswire.ErrInvalidParam)
@@ -217,8 +229,8 @@ func (c *conn) trackAdd(ctx context.Context, r Request) []byte {
 		if ev.Old != nil {
 			n.OldType, n.OldValue = ev.Old.Type, ev.Old.Data
 		}
-		if err := c.c.SendEvent(EncodeNotify(n)); err != nil {
-			c.svc.log.Debug("cmap notification not sent", "conn", c.c.ID, "err", err)
+		if err := c.sink.SendEvent(EncodeNotify(n)); err != nil {
+			c.svc.log.Debug("cmap notification not sent", "conn", c.label, "err", err)
 		}
 	})
 	if err != nil {
@@ -232,7 +244,7 @@ func (c *conn) trackAdd(ctx context.Context, r Request) []byte {
 }
 
 // Close implements session.Session: the connection's tracks stop.
-func (c *conn) Close() {
+func (c *Conn) Close() {
 	c.mu.Lock()
 	tracks := c.tracks
 	c.tracks = map[uint64]*track{}

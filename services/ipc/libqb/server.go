@@ -1,0 +1,447 @@
+// Package libqb serves libqb's IPC of the SOCKET type, so that unmodified
+// corosync clients (libcmap, corosync-cmapctl, …) connect to corobus.
+//
+// The protocol, as libqb 2.0 speaks it on Linux:
+//
+//   - setup: the client connects to the abstract stream socket named after
+//     the service (sun_path NUL, the name, NUL padding: libqb passes the
+//     full sizeof(struct sockaddr_un) and the padding is part of the name),
+//     sends qb_ipc_connection_request {hdr{id -1, size 24}, max_msg_size},
+//     and the kernel attaches its pid/uid/gid (SO_PASSCRED);
+//   - the server makes /dev/shm/qb-<srvpid>-<clipid>-<fd>-XXXXXX/, a
+//     24-byte control file "<dir>/qb-control-<svc>" (three {sent,
+//     flow_control} int32 pairs: request, response, event) and two abstract
+//     datagram sockets "<dir>/qb-<svc>-request" and "…-event-tx", and
+//     answers qb_ipc_connection_response (12 328 bytes: hdr, type 0 =
+//     SOCKET, max_msg_size, connection, then three PATH_MAX strings: the
+//     control file, the base name, unused);
+//   - the client binds "…-response" and "…-event" and connects them to the
+//     server's sockets; requests and responses travel on the request pair,
+//     events on the event pair; every message starts with its header, the
+//     size field giving its length;
+//   - the connection ends when the setup socket reaches EOF.
+//
+// Datagrams are bounded by the sockets' buffers: libqb raises SO_SNDBUF and
+// SO_RCVBUF to max_msg_size, which the kernel caps at net.core.wmem_max /
+// rmem_max (212 992 by default), so larger messages need those raised.
+package libqb
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+)
+
+// Message ids of libqb itself.
+const (
+	msgAuthenticate = -1
+	msgDisconnect   = -3
+)
+
+// Sizes of libqb's structs on 64-bit Linux (every field aligned to 8).
+const (
+	ReqHeaderSize     = 16
+	ResHeaderSize     = 24
+	connRequestSize   = 24
+	pathMax           = 4096
+	connResponseSize  = ResHeaderSize + 4 + 4 + 8 + 3*pathMax
+	controlSize       = 24
+	sockaddrPathLen   = 108
+	defaultMaxMsgSize = 8192
+)
+
+// Creds are a client's credentials, from the kernel.
+type Creds struct{ PID, UID, GID uint32 }
+
+// Handler serves one service's connections.
+type Handler interface {
+	// Admit decides whether a client may connect (corosync's uidgid).
+	Admit(c Creds) bool
+	// Open starts a connection's state; events go through conn.SendEvent.
+	Open(conn *Conn) (Session, error)
+}
+
+// Session is one connection's state.
+type Session interface {
+	// Request handles one whole request message (header included) and
+	// returns the whole response message. Requests of a connection are
+	// handled one at a time, in order.
+	Request(ctx context.Context, msg []byte) []byte
+	Close()
+}
+
+// Server serves services on their abstract socket names.
+type Server struct {
+	log *slog.Logger
+	// ShmDir is where connection directories are made (/dev/shm).
+	ShmDir string
+	// MaxMsgSize is the largest message the server accepts.
+	MaxMsgSize int
+
+	mu     sync.Mutex
+	conns  map[*Conn]struct{}
+	nextID atomic.Uint64
+}
+
+// NewServer returns a server; Listen adds services to it.
+func NewServer(log *slog.Logger) *Server {
+	return &Server{log: log, ShmDir: "/dev/shm", MaxMsgSize: 1 << 20, conns: map[*Conn]struct{}{}}
+}
+
+// abstractAddr is an abstract unix address padded to the full
+// sockaddr_un, as libqb binds and connects.
+func abstractAddr(name string) (*syscall.SockaddrUnix, error) {
+	if len(name)+1 > sockaddrPathLen {
+		return nil, fmt.Errorf("socket name %q too long", name)
+	}
+	b := make([]byte, sockaddrPathLen)
+	b[0] = '@'
+	copy(b[1:], name)
+	return &syscall.SockaddrUnix{Name: string(b)}, nil
+}
+
+// Listen opens the setup socket of service and serves it until ctx ends.
+func (s *Server) Listen(ctx context.Context, service string, h Handler) error {
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("libqb %s: socket: %w", service, err)
+	}
+	addr, err := abstractAddr(service)
+	if err != nil {
+		syscall.Close(fd)
+		return err
+	}
+	if err := syscall.Bind(fd, addr); err != nil {
+		syscall.Close(fd)
+		return fmt.Errorf("libqb %s: binding the abstract socket (is corosync running in this network namespace?): %w", service, err)
+	}
+	if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_PASSCRED, 1); err != nil {
+		syscall.Close(fd)
+		return fmt.Errorf("libqb %s: SO_PASSCRED: %w", service, err)
+	}
+	if err := syscall.Listen(fd, 64); err != nil {
+		syscall.Close(fd)
+		return fmt.Errorf("libqb %s: listen: %w", service, err)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = syscall.Shutdown(fd, syscall.SHUT_RDWR) })
+	defer stop()
+	defer syscall.Close(fd)
+	for {
+		cfd, _, err := syscall.Accept4(fd, syscall.SOCK_CLOEXEC)
+		if err != nil {
+			if ctx.Err() != nil {
+				s.closeAll()
+				return nil
+			}
+			if errors.Is(err, syscall.EINTR) || errors.Is(err, syscall.ECONNABORTED) {
+				continue
+			}
+			return fmt.Errorf("libqb %s: accept: %w", service, err)
+		}
+		go s.serve(ctx, service, h, cfd)
+	}
+}
+
+func (s *Server) closeAll() {
+	s.mu.Lock()
+	conns := make([]*Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.close()
+	}
+}
+
+// Conn is one client connection.
+type Conn struct {
+	ID      uint64
+	Service string
+	Creds   Creds
+
+	setup   int
+	req     int // bound <base>-request
+	evt     int // bound <base>-event-tx
+	base    string
+	ctlPath string
+	dir     string
+	ctl     []byte // the mmapped control file
+	respTo  *syscall.SockaddrUnix
+	evtTo   *syscall.SockaddrUnix
+	evtMu   sync.Mutex
+	closed  sync.Once
+	maxSize int
+}
+
+func (c *Conn) counter(ch, field int) *int32 {
+	return (*int32)(unsafe.Pointer(&c.ctl[ch*8+field*4]))
+}
+
+// SendEvent sends a whole event message (header included) to the client's
+// event socket. Safe for concurrent use.
+func (c *Conn) SendEvent(msg []byte) error {
+	c.evtMu.Lock()
+	defer c.evtMu.Unlock()
+	if err := syscall.Sendto(c.evt, msg, syscall.MSG_NOSIGNAL, c.evtTo); err != nil {
+		return fmt.Errorf("event to connection %d: %w", c.ID, err)
+	}
+	atomic.AddInt32(c.counter(2, 0), 1)
+	return nil
+}
+
+func (c *Conn) close() {
+	c.closed.Do(func() {
+		_ = syscall.Shutdown(c.setup, syscall.SHUT_RDWR)
+		syscall.Close(c.setup)
+		if c.req > 0 {
+			syscall.Close(c.req)
+		}
+		if c.evt > 0 {
+			syscall.Close(c.evt)
+		}
+		if c.ctl != nil {
+			_ = syscall.Munmap(c.ctl)
+		}
+		if c.dir != "" {
+			_ = os.RemoveAll(c.dir)
+		}
+	})
+}
+
+// serve runs one connection: the handshake, then requests until the
+// setup socket closes.
+func (s *Server) serve(ctx context.Context, service string, h Handler, fd int) {
+	c := &Conn{ID: s.nextID.Add(1), Service: service, setup: fd}
+	defer c.close()
+	creds, maxSize, err := readConnRequest(fd)
+	if err != nil {
+		s.log.Warn("libqb: bad connection request; closing", "service", service, "err", err)
+		return
+	}
+	c.Creds = creds
+	c.maxSize = min(max(maxSize, defaultMaxMsgSize), s.MaxMsgSize)
+	if !h.Admit(creds) {
+		s.log.Warn("libqb: refusing a client", "service", service, "pid", creds.PID, "uid", creds.UID, "gid", creds.GID)
+		_ = writeAll(fd, connResponse(-int32(syscall.EACCES), 0, "", ""))
+		return
+	}
+	if err := s.setupConn(c, service); err != nil {
+		s.log.Warn("libqb: setting up a connection", "service", service, "err", err)
+		_ = writeAll(fd, connResponse(-int32(syscall.ENOMEM), 0, "", ""))
+		return
+	}
+	sess, err := h.Open(c)
+	if err != nil {
+		s.log.Warn("libqb: service refused the connection", "service", service, "err", err)
+		_ = writeAll(fd, connResponse(-int32(syscall.EACCES), 0, "", ""))
+		return
+	}
+	defer sess.Close()
+	if err := writeAll(fd, connResponse(0, uint32(c.maxSize), c.ctlPath, c.base)); err != nil {
+		return
+	}
+	s.mu.Lock()
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+	}()
+	s.requests(ctx, c, sess)
+}
+
+// setupConn makes the connection's directory, control file and sockets.
+func (s *Server) setupConn(c *Conn, service string) error {
+	dir, err := os.MkdirTemp(s.ShmDir, fmt.Sprintf("qb-%d-%d-%d-", os.Getpid(), c.Creds.PID, c.setup))
+	if err != nil {
+		return fmt.Errorf("making the connection directory: %w", err)
+	}
+	c.dir = dir
+	_ = os.Chmod(dir, 0o770)
+	_ = os.Chown(dir, int(c.Creds.UID), int(c.Creds.GID))
+	desc := filepath.Join(dir, "qb")
+	c.base = desc + "-" + service
+	c.ctlPath = desc + "-control-" + service
+	f, err := os.OpenFile(c.ctlPath, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("making the control file: %w", err)
+	}
+	defer f.Close()
+	if err := f.Truncate(controlSize); err != nil {
+		return err
+	}
+	_ = f.Chown(int(c.Creds.UID), int(c.Creds.GID))
+	c.ctl, err = syscall.Mmap(int(f.Fd()), 0, controlSize, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("mapping the control file: %w", err)
+	}
+	if c.req, err = dgram(c.base+"-request", c.maxSize); err != nil {
+		return err
+	}
+	if c.evt, err = dgram(c.base+"-event-tx", c.maxSize); err != nil {
+		return err
+	}
+	if c.respTo, err = abstractAddr(c.base + "-response"); err != nil {
+		return err
+	}
+	c.evtTo, err = abstractAddr(c.base + "-event")
+	return err
+}
+
+func dgram(name string, size int) (int, error) {
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("datagram socket: %w", err)
+	}
+	addr, err := abstractAddr(name)
+	if err == nil {
+		err = syscall.Bind(fd, addr)
+	}
+	if err != nil {
+		syscall.Close(fd)
+		return -1, fmt.Errorf("binding %s: %w", name, err)
+	}
+	for _, opt := range []int{syscall.SO_SNDBUF, syscall.SO_RCVBUF} {
+		if cur, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, opt); err == nil && cur <= size {
+			_ = syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, opt, size)
+		}
+	}
+	return fd, nil
+}
+
+// requests reads requests until the setup socket closes. The setup socket
+// carries nothing after the handshake: its EOF is the client's goodbye.
+func (s *Server) requests(ctx context.Context, c *Conn, sess Session) {
+	eof := make(chan struct{})
+	go func() {
+		b := make([]byte, 64)
+		for {
+			n, err := syscall.Read(c.setup, b)
+			if n <= 0 && !errors.Is(err, syscall.EINTR) {
+				close(eof)
+				// Wake the request reader.
+				_ = syscall.Shutdown(c.req, syscall.SHUT_RDWR)
+				return
+			}
+		}
+	}()
+	buf := make([]byte, c.maxSize)
+	for {
+		n, _, err := syscall.Recvfrom(c.req, buf, 0)
+		select {
+		case <-eof:
+			return
+		default:
+		}
+		if err != nil {
+			if errors.Is(err, syscall.EINTR) {
+				continue
+			}
+			return
+		}
+		if n == 0 {
+			return
+		}
+		atomic.AddInt32(c.counter(0, 0), -1)
+		msg := buf[:n]
+		if n < ReqHeaderSize {
+			s.log.Warn("libqb: request shorter than its header; closing", "conn", c.ID, "bytes", n)
+			return
+		}
+		size := int(int32(binary.LittleEndian.Uint32(msg[8:])))
+		id := int32(binary.LittleEndian.Uint32(msg))
+		if id == msgDisconnect {
+			return
+		}
+		if size != n {
+			s.log.Warn("libqb: request size field disagrees with the message; closing", "conn", c.ID, "size", size, "bytes", n)
+			return
+		}
+		resp := sess.Request(ctx, append([]byte(nil), msg...))
+		if err := syscall.Sendto(c.req, resp, syscall.MSG_NOSIGNAL, c.respTo); err != nil {
+			s.log.Debug("libqb: response not sent", "conn", c.ID, "err", err)
+			return
+		}
+		atomic.AddInt32(c.counter(1, 0), 1)
+	}
+}
+
+// readConnRequest reads qb_ipc_connection_request and the credentials the
+// kernel attached to it.
+func readConnRequest(fd int) (Creds, int, error) {
+	buf := make([]byte, connRequestSize)
+	oob := make([]byte, syscall.CmsgSpace(syscall.SizeofUcred))
+	got := 0
+	var creds *syscall.Ucred
+	for got < connRequestSize {
+		n, oobn, _, _, err := syscall.Recvmsg(fd, buf[got:], oob, 0)
+		if err != nil {
+			if errors.Is(err, syscall.EINTR) {
+				continue
+			}
+			return Creds{}, 0, fmt.Errorf("reading the connection request: %w", err)
+		}
+		if n == 0 {
+			return Creds{}, 0, errors.New("client closed before its connection request")
+		}
+		if creds == nil && oobn > 0 {
+			if msgs, err := syscall.ParseSocketControlMessage(oob[:oobn]); err == nil {
+				for _, m := range msgs {
+					if uc, err := syscall.ParseUnixCredentials(&m); err == nil {
+						creds = uc
+					}
+				}
+			}
+		}
+		got += n
+	}
+	if creds == nil {
+		return Creds{}, 0, errors.New("no credentials with the connection request")
+	}
+	id := int32(binary.LittleEndian.Uint32(buf))
+	size := int32(binary.LittleEndian.Uint32(buf[8:]))
+	if id != msgAuthenticate || size != connRequestSize {
+		return Creds{}, 0, fmt.Errorf("connection request with id %d size %d, want %d and %d", id, size, msgAuthenticate, connRequestSize)
+	}
+	maxSize := int(binary.LittleEndian.Uint32(buf[16:]))
+	return Creds{PID: uint32(creds.Pid), UID: creds.Uid, GID: creds.Gid}, maxSize, nil
+}
+
+// connResponse builds qb_ipc_connection_response.
+func connResponse(errCode int32, maxSize uint32, control, base string) []byte {
+	b := make([]byte, connResponseSize)
+	binary.LittleEndian.PutUint32(b[0:], uint32(0xffffffff)) // id -1: AUTHENTICATE
+	binary.LittleEndian.PutUint32(b[8:], connResponseSize)
+	binary.LittleEndian.PutUint32(b[16:], uint32(errCode))
+	// connection_type 0 = QB_IPC_SOCKET at 24; max_msg_size at 28;
+	// connection at 32 (an opaque value the client only echoes).
+	binary.LittleEndian.PutUint32(b[28:], maxSize)
+	binary.LittleEndian.PutUint64(b[32:], 1)
+	copy(b[40:40+pathMax-1], control)
+	copy(b[40+pathMax:40+2*pathMax-1], base)
+	return b
+}
+
+func writeAll(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := syscall.Write(fd, b)
+		if err != nil {
+			if errors.Is(err, syscall.EINTR) {
+				continue
+			}
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}

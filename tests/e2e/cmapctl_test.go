@@ -1,0 +1,83 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestCorosyncCmapctl runs Debian's corosync-cmapctl, unmodified, against a
+// corobus node. The node and the client run in a network namespace of
+// their own (unshare --net), where no corosync can own the abstract
+// socket names.
+func TestCorosyncCmapctl(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real corosync client: skipped in -short")
+	}
+	cmapctl, err := exec.LookPath("corosync-cmapctl")
+	if err != nil {
+		t.Skip("corosync-cmapctl is not installed (apt-get install corosync; .ci/run does): skipping the real-client test")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("unshare --net needs root: skipping the real-client test")
+	}
+	if err := exec.Command("unshare", "--net", "true").Run(); err != nil {
+		t.Skipf("unshare --net does not work here (%v): skipping the real-client test", err)
+	}
+	b := buildBinary(t)
+	dir := t.TempDir()
+	script := `set -e
+ip link set lo up 2>/dev/null || true
+export XDG_STATE_HOME=` + dir + `
+` + b.path + ` up > ` + dir + `/up.log 2>&1 &
+UP=$!
+trap 'kill -TERM $UP; wait $UP' EXIT
+for i in $(seq 100); do ` + b.path + ` status 2>/dev/null | grep -q ipc && break; sleep 0.2; done
+for i in $(seq 50); do ` + cmapctl + ` -g totem.version >/dev/null 2>&1 && break; sleep 0.2; done
+C=` + cmapctl + `
+(sleep 6 | timeout 4 stdbuf -oL $C -T test. > ` + dir + `/track.out 2>&1 &)
+sleep 1
+echo "== get"; $C -g totem.token
+echo "== set"
+for t in u8 u16 u32 u64 i8 i16 i32 i64; do $C -s test.t.$t $t 7; done
+$C -s test.t.flt flt 1.5; $C -s test.t.dbl dbl 2.5; $C -s test.t.str str hello
+echo "== list"; $C test.t.
+echo "== delete"; $C -d test.t.str; $C -g test.t.str 2>&1 || true
+echo "== delete prefix"; $C -D test.t. || echo "D rc=$?"; $C test.t. || echo "list rc=$?"
+echo "== read-only"; $C -s nodelist.node.0.nodeid u32 9 2>&1 || true
+sleep 4
+echo "== track"; cat ` + dir + `/track.out
+`
+	out, err := exec.Command("unshare", "--net", "bash", "-c", script).CombinedOutput()
+	if err != nil {
+		log, _ := os.ReadFile(filepath.Join(dir, "up.log"))
+		t.Fatalf("script failed: %v\n%s\nnode log:\n%s", err, out, log)
+	}
+	got := string(out)
+	for _, want := range []string{
+		"== get\ntotem.token (u32) = 1000\n",
+		"test.t.dbl (dbl) = 2.500000\ntest.t.flt (flt) = 1.500000\ntest.t.i16 (i16) = 7\n",
+		"test.t.str (str) = hello\ntest.t.u16 (u16) = 7\n",
+		"Can't get key test.t.str. Error CS_ERR_NOT_EXIST",
+		"== delete prefix\nlist rc=1\n== read-only\n", // as corosync: an empty listing exits 1
+		"CS_ERR_ACCESS",
+		"create> test.t.u8 (u8) = 7\n",
+		"create> test.t.str (str) = hello\n",
+		"delete> test.t.str (str) = hello\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("output lacks %q:\n%s", want, got)
+		}
+	}
+	// Nothing of the clients is left in /dev/shm.
+	left, _ := filepath.Glob("/dev/shm/qb-*")
+	for _, d := range left {
+		if strings.Contains(d, "qb-") {
+			if fi, err := os.Stat(d); err == nil && fi.IsDir() {
+				t.Errorf("connection directory left behind: %s", d)
+			}
+		}
+	}
+}
