@@ -408,13 +408,25 @@ func readConnRequest(fd int) (Creds, int, error) {
 	if creds == nil {
 		return Creds{}, 0, errors.New("no credentials with the connection request")
 	}
+	maxSize, err := parseConnRequest(buf)
+	if err != nil {
+		return Creds{}, 0, err
+	}
+	return Creds{PID: uint32(creds.Pid), UID: creds.Uid, GID: creds.Gid}, maxSize, nil
+}
+
+// parseConnRequest checks qb_ipc_connection_request and returns the
+// client's max_msg_size.
+func parseConnRequest(buf []byte) (int, error) {
+	if len(buf) != connRequestSize {
+		return 0, fmt.Errorf("connection request of %d bytes, want %d", len(buf), connRequestSize)
+	}
 	id := int32(binary.LittleEndian.Uint32(buf))
 	size := int32(binary.LittleEndian.Uint32(buf[8:]))
 	if id != msgAuthenticate || size != connRequestSize {
-		return Creds{}, 0, fmt.Errorf("connection request with id %d size %d, want %d and %d", id, size, msgAuthenticate, connRequestSize)
+		return 0, fmt.Errorf("connection request with id %d size %d, want %d and %d", id, size, msgAuthenticate, connRequestSize)
 	}
-	maxSize := int(binary.LittleEndian.Uint32(buf[16:]))
-	return Creds{PID: uint32(creds.Pid), UID: creds.Uid, GID: creds.Gid}, maxSize, nil
+	return int(binary.LittleEndian.Uint32(buf[16:])), nil
 }
 
 // connResponse builds qb_ipc_connection_response.

@@ -1,0 +1,66 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestLibcmapClients builds a libcmap program of our own and runs it
+// against a corobus node: every call once, then twenty clients at once in
+// a loop while more are killed in mid-request. The node keeps serving and
+// no client leaves anything in /dev/shm.
+func TestLibcmapClients(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real libcmap clients: skipped in -short")
+	}
+	if _, err := os.Stat("/usr/include/corosync/cmap.h"); err != nil {
+		t.Skip("libcmap-dev is not installed (apt-get install libcmap-dev; .ci/run does): skipping")
+	}
+	if os.Geteuid() != 0 || exec.Command("unshare", "--net", "true").Run() != nil {
+		t.Skip("unshare --net is not available (needs root): skipping the real-client test")
+	}
+	client := filepath.Join(t.TempDir(), "cmapclient")
+	if out, err := exec.Command("gcc", "-O2", "-o", client, repoFile("tests", "e2e", "testdata", "cmapclient.c"), "-lcmap").CombinedOutput(); err != nil {
+		t.Fatalf("building the libcmap client: %v\n%s", err, out)
+	}
+	b := buildBinary(t)
+	dir := t.TempDir()
+	script := `set -e
+ip link set lo up 2>/dev/null || true
+export XDG_STATE_HOME=` + dir + `
+` + b.path + ` up > ` + dir + `/up.log 2>&1 &
+UP=$!
+trap 'kill -TERM $UP; wait $UP' EXIT
+for i in $(seq 100); do ` + b.path + ` status 2>/dev/null | grep -q ipc && break; sleep 0.2; done
+C=` + client + `
+for i in $(seq 50); do $C check >/dev/null 2>&1 && break; sleep 0.2; done
+echo "== check"; $C check
+echo "== twenty"
+pids=""
+for i in $(seq 20); do $C loop 100 client.loop.$i & pids="$pids $!"; done
+victims=""
+for i in $(seq 5); do $C loop 100000 client.victim.$i & victims="$victims $!"; done
+sleep 1
+kill -9 $victims
+fails=0
+for p in $pids; do wait $p || fails=$((fails+1)); done
+echo "failed clients: $fails"
+echo "== after"; $C check
+sleep 1
+echo "== shm"; ls /dev/shm | grep -c '^qb-' || true
+`
+	out, err := exec.Command("unshare", "--net", "bash", "-c", script).CombinedOutput()
+	if err != nil {
+		log, _ := os.ReadFile(filepath.Join(dir, "up.log"))
+		t.Fatalf("script failed: %v\n%s\nnode log:\n%s", err, out, log)
+	}
+	got := string(out)
+	for _, want := range []string{"== check\nOK\n", "failed clients: 0\n", "== after\nOK\n", "== shm\n0\n"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("output lacks %q:\n%s", want, got)
+		}
+	}
+}
