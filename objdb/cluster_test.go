@@ -69,6 +69,9 @@ func TestThreeNodes(t *testing.T) {
 	if err := s3.Set(ctx, "cluster.after", mustValue(t, Uint8, "7")); err != nil {
 		t.Fatalf("write with two of three nodes: %v", err)
 	}
+	// The copy follows the stream through the leader change that losing
+	// node 1 caused; let it catch up before node 3 loses its quorum too.
+	waitValue(t, s3, "cluster.after", "7")
 
 	// Node 3 alone: reads are served (perhaps stale), writes fail
 	// clearly and change nothing.
