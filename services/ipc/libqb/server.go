@@ -157,8 +157,10 @@ func (s *Server) closeAll() {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
+	// Only wake the connections: each one's own goroutine releases its
+	// resources once it has stopped using them.
 	for _, c := range conns {
-		c.close()
+		c.shutdown()
 	}
 }
 
@@ -182,20 +184,40 @@ type Conn struct {
 	maxSize int
 }
 
-func (c *Conn) counter(ch, field int) *int32 {
-	return (*int32)(unsafe.Pointer(&c.ctl[ch*8+field*4]))
+// add adjusts one of the control file's counters (ch 0 request, 1
+// response, 2 event). The control file may already be unmapped when a
+// late event races the connection's end: then there is nothing to count.
+func (c *Conn) add(ch int, delta int32) {
+	c.evtMu.Lock()
+	defer c.evtMu.Unlock()
+	if c.ctl == nil {
+		return
+	}
+	atomic.AddInt32((*int32)(unsafe.Pointer(&c.ctl[ch*8])), delta)
 }
 
 // SendEvent sends a whole event message (header included) to the client's
 // event socket. Safe for concurrent use.
 func (c *Conn) SendEvent(msg []byte) error {
 	c.evtMu.Lock()
-	defer c.evtMu.Unlock()
+	gone := c.ctl == nil
+	c.evtMu.Unlock()
+	if gone {
+		return fmt.Errorf("event to connection %d: closed", c.ID)
+	}
 	if err := syscall.Sendto(c.evt, msg, syscall.MSG_NOSIGNAL, c.evtTo); err != nil {
 		return fmt.Errorf("event to connection %d: %w", c.ID, err)
 	}
-	atomic.AddInt32(c.counter(2, 0), 1)
+	c.add(2, 1)
 	return nil
+}
+
+// shutdown wakes the connection's reader; close releases everything.
+func (c *Conn) shutdown() {
+	_ = syscall.Shutdown(c.setup, syscall.SHUT_RDWR)
+	if c.req > 0 {
+		_ = syscall.Shutdown(c.req, syscall.SHUT_RDWR)
+	}
 }
 
 func (c *Conn) close() {
@@ -208,9 +230,12 @@ func (c *Conn) close() {
 		if c.evt > 0 {
 			syscall.Close(c.evt)
 		}
+		c.evtMu.Lock()
 		if c.ctl != nil {
 			_ = syscall.Munmap(c.ctl)
+			c.ctl = nil
 		}
+		c.evtMu.Unlock()
 		if c.dir != "" {
 			_ = os.RemoveAll(c.dir)
 		}
@@ -352,7 +377,7 @@ func (s *Server) requests(ctx context.Context, c *Conn, sess Session) {
 		if n == 0 {
 			return
 		}
-		atomic.AddInt32(c.counter(0, 0), -1)
+		c.add(0, -1)
 		msg := buf[:n]
 		if n < ReqHeaderSize {
 			s.log.Warn("libqb: request shorter than its header; closing", "conn", c.ID, "bytes", n)
@@ -372,7 +397,7 @@ func (s *Server) requests(ctx context.Context, c *Conn, sess Session) {
 			s.log.Debug("libqb: response not sent", "conn", c.ID, "err", err)
 			return
 		}
-		atomic.AddInt32(c.counter(1, 0), 1)
+		c.add(1, 1)
 	}
 }
 

@@ -57,6 +57,8 @@ func dial(t *testing.T, service string, request []byte) (*rawClient, []byte) {
 		t.Fatalf("connect: %v", err)
 	}
 	t.Cleanup(func() { syscall.Close(fd) })
+	// Never hang a test on a server that does not answer.
+	_ = syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &syscall.Timeval{Sec: 5})
 	if err := writeAll(fd, request); err != nil {
 		t.Fatal(err)
 	}
@@ -97,13 +99,6 @@ func (c *rawClient) open(t *testing.T) {
 	_ = syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &syscall.Timeval{Sec: 5})
 	c.req = fd
 	t.Cleanup(func() { syscall.Close(fd) })
-}
-
-// closedBy waits for the server to close the setup socket.
-func (c *rawClient) closedBy(t *testing.T) bool {
-	_ = syscall.SetsockoptTimeval(c.setup, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &syscall.Timeval{Sec: 5})
-	n, _ := syscall.Read(c.setup, make([]byte, 1))
-	return n == 0
 }
 
 func request(id int32, body []byte, size int32) []byte {
@@ -155,46 +150,6 @@ func TestRoundTripAndTeardown(t *testing.T) {
 			t.Fatalf("%s still exists after the client went away", dir)
 		}
 		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// Malformed input closes the connection; it never crashes the server,
-// which goes on serving the next client.
-func TestMalformedInput(t *testing.T) {
-	service := startServer(t, echo{admit: true})
-	for _, tc := range []struct {
-		name string
-		send []byte
-	}{
-		{"short datagram", []byte{1, 2, 3}},
-		{"lying size", request(7, []byte("x"), 999)},
-		{"negative size", request(7, []byte("x"), -5)},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			c, _ := dial(t, service, connRequest(-1, 24, 8192))
-			c.open(t)
-			if _, err := syscall.Write(c.req, tc.send); err != nil {
-				t.Fatal(err)
-			}
-			if !c.closedBy(t) {
-				t.Errorf("connection not closed after %s", tc.name)
-			}
-		})
-	}
-	t.Run("garbage handshake", func(t *testing.T) {
-		c, resp := dial(t, service, connRequest(5, 24, 8192))
-		if len(resp) != 0 || !c.closedBy(t) {
-			t.Errorf("answered a garbage handshake with %d bytes", len(resp))
-		}
-	})
-	// Still serving.
-	c, _ := dial(t, service, connRequest(-1, 24, 8192))
-	c.open(t)
-	if _, err := syscall.Write(c.req, request(1, nil, ReqHeaderSize)); err != nil {
-		t.Fatal(err)
-	}
-	if n, err := syscall.Read(c.req, make([]byte, 64)); err != nil || n != ResHeaderSize+ReqHeaderSize {
-		t.Errorf("server stopped serving: %d, %v", n, err)
 	}
 }
 
