@@ -86,9 +86,10 @@ type Server struct {
 	// MaxMsgSize is the largest message the server accepts.
 	MaxMsgSize int
 
-	mu     sync.Mutex
-	conns  map[*Conn]struct{}
-	nextID atomic.Uint64
+	mu      sync.Mutex
+	conns   map[*Conn]struct{}
+	serving sync.WaitGroup
+	nextID  atomic.Uint64
 }
 
 // NewServer returns a server; Listen adds services to it.
@@ -138,7 +139,10 @@ func (s *Server) Listen(ctx context.Context, service string, h Handler) error {
 		cfd, _, err := syscall.Accept4(fd, syscall.SOCK_CLOEXEC)
 		if err != nil {
 			if ctx.Err() != nil {
+				// Return only once every connection has released its
+				// directory and sockets.
 				s.closeAll()
+				s.serving.Wait()
 				return nil
 			}
 			if errors.Is(err, syscall.EINTR) || errors.Is(err, syscall.ECONNABORTED) {
@@ -146,7 +150,11 @@ func (s *Server) Listen(ctx context.Context, service string, h Handler) error {
 			}
 			return fmt.Errorf("libqb %s: accept: %w", service, err)
 		}
-		go s.serve(ctx, service, h, cfd)
+		s.serving.Add(1)
+		go func() {
+			defer s.serving.Done()
+			s.serve(ctx, service, h, cfd)
+		}()
 	}
 }
 

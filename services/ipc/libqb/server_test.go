@@ -111,8 +111,18 @@ func request(id int32, body []byte, size int32) []byte {
 
 func startServer(t *testing.T, h Handler) string {
 	t.Helper()
-	service := fmt.Sprintf("corobus-test-%d-%s", os.Getpid(), strings.ReplaceAll(t.Name(), "/", "-"))
+	// Short names: the base of a connection's socket names (directory,
+	// "qb-", service) must fit an abstract sockaddr_un.
+	service := fmt.Sprintf("cbt-%d-%d", os.Getpid(), time.Now().UnixNano()%1000000)
 	srv := NewServer(slog.New(slog.DiscardHandler))
+	// Connection directories go to the test's own directory, not to the
+	// /dev/shm that other tests inspect.
+	shm, err := os.MkdirTemp("", "qb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(shm) })
+	srv.ShmDir = shm
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Listen(ctx, service, h) }()
