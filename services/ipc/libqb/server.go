@@ -85,6 +85,10 @@ type Server struct {
 	ShmDir string
 	// MaxMsgSize is the largest message the server accepts.
 	MaxMsgSize int
+	// EventQueueHigh is how many bytes of events may wait for a client
+	// that does not read them before its requests are flow-controlled;
+	// EventQueueMax is where the client is disconnected instead.
+	EventQueueHigh, EventQueueMax int
 
 	mu      sync.Mutex
 	conns   map[*Conn]struct{}
@@ -94,7 +98,8 @@ type Server struct {
 
 // NewServer returns a server; Listen adds services to it.
 func NewServer(log *slog.Logger) *Server {
-	return &Server{log: log, ShmDir: "/dev/shm", MaxMsgSize: 1 << 20, conns: map[*Conn]struct{}{}}
+	return &Server{log: log, ShmDir: "/dev/shm", MaxMsgSize: 1 << 20,
+		EventQueueHigh: 1 << 20, EventQueueMax: 64 << 20, conns: map[*Conn]struct{}{}}
 }
 
 // abstractAddr is an abstract unix address padded to the full
@@ -132,9 +137,16 @@ func (s *Server) Listen(ctx context.Context, service string, h Handler) error {
 		syscall.Close(fd)
 		return fmt.Errorf("libqb %s: listen: %w", service, err)
 	}
-	stop := context.AfterFunc(ctx, func() { _ = syscall.Shutdown(fd, syscall.SHUT_RDWR) })
-	defer stop()
-	defer syscall.Close(fd)
+	// The descriptor is closed only once the shutdown that wakes Accept
+	// has certainly run: its number is the next socket's once closed.
+	woken := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() { _ = syscall.Shutdown(fd, syscall.SHUT_RDWR); close(woken) })
+	defer func() {
+		if !stop() {
+			<-woken
+		}
+		syscall.Close(fd)
+	}()
 	for {
 		cfd, _, err := syscall.Accept4(fd, syscall.SOCK_CLOEXEC)
 		if err != nil {
@@ -184,44 +196,61 @@ type Conn struct {
 	base    string
 	ctlPath string
 	dir     string
-	ctl     []byte // the mmapped control file
 	respTo  *syscall.SockaddrUnix
 	evtTo   *syscall.SockaddrUnix
-	evtMu   sync.Mutex
-	closed  sync.Once
 	maxSize int
+	log     *slog.Logger
+
+	// fdMu guards the descriptors and the control file against their
+	// release: a descriptor number is reused by the next socket the
+	// process opens, so nothing may touch one after close.
+	fdMu   sync.Mutex
+	closed bool
+	ctl    []byte // the mmapped control file
+
+	events eventQueue
 }
 
 // add adjusts one of the control file's counters (ch 0 request, 1
 // response, 2 event). The control file may already be unmapped when a
 // late event races the connection's end: then there is nothing to count.
 func (c *Conn) add(ch int, delta int32) {
-	c.evtMu.Lock()
-	defer c.evtMu.Unlock()
+	c.fdMu.Lock()
+	defer c.fdMu.Unlock()
 	if c.ctl == nil {
 		return
 	}
-	atomic.AddInt32((*int32)(unsafe.Pointer(&c.ctl[ch*8])), delta)
+	addCounter(c.ctl, ch, delta)
 }
 
-// SendEvent sends a whole event message (header included) to the client's
-// event socket. Safe for concurrent use.
-func (c *Conn) SendEvent(msg []byte) error {
-	c.evtMu.Lock()
-	gone := c.ctl == nil
-	c.evtMu.Unlock()
-	if gone {
-		return fmt.Errorf("event to connection %d: closed", c.ID)
-	}
-	if err := syscall.Sendto(c.evt, msg, syscall.MSG_NOSIGNAL, c.evtTo); err != nil {
-		return fmt.Errorf("event to connection %d: %w", c.ID, err)
-	}
-	c.add(2, 1)
-	return nil
+func addCounter(ctl []byte, ch int, delta int32) {
+	atomic.AddInt32((*int32)(unsafe.Pointer(&ctl[ch*8])), delta)
 }
 
-// shutdown wakes the connection's reader; close releases everything.
+// setRequestFlowControl raises or lowers the request channel's
+// flow_control flag in the control file: while it is set, libqb clients
+// refuse to send (qb_ipcc_send returns -EAGAIN, corosync's libraries
+// CS_ERR_TRY_AGAIN).
+func (c *Conn) setRequestFlowControl(on bool) {
+	v := int32(0)
+	if on {
+		v = 1
+	}
+	c.fdMu.Lock()
+	defer c.fdMu.Unlock()
+	if c.ctl == nil {
+		return
+	}
+	atomic.StoreInt32((*int32)(unsafe.Pointer(&c.ctl[4])), v)
+}
+
+// shutdown wakes the connection's goroutines; close releases everything.
 func (c *Conn) shutdown() {
+	c.fdMu.Lock()
+	defer c.fdMu.Unlock()
+	if c.closed {
+		return
+	}
 	_ = syscall.Shutdown(c.setup, syscall.SHUT_RDWR)
 	if c.req > 0 {
 		_ = syscall.Shutdown(c.req, syscall.SHUT_RDWR)
@@ -229,31 +258,35 @@ func (c *Conn) shutdown() {
 }
 
 func (c *Conn) close() {
-	c.closed.Do(func() {
-		_ = syscall.Shutdown(c.setup, syscall.SHUT_RDWR)
-		syscall.Close(c.setup)
-		if c.req > 0 {
-			syscall.Close(c.req)
-		}
-		if c.evt > 0 {
-			syscall.Close(c.evt)
-		}
-		c.evtMu.Lock()
-		if c.ctl != nil {
-			_ = syscall.Munmap(c.ctl)
-			c.ctl = nil
-		}
-		c.evtMu.Unlock()
-		if c.dir != "" {
-			_ = os.RemoveAll(c.dir)
-		}
-	})
+	c.events.stop()
+	c.fdMu.Lock()
+	defer c.fdMu.Unlock()
+	if c.closed {
+		return
+	}
+	c.closed = true
+	_ = syscall.Shutdown(c.setup, syscall.SHUT_RDWR)
+	syscall.Close(c.setup)
+	if c.req > 0 {
+		syscall.Close(c.req)
+	}
+	if c.evt > 0 {
+		syscall.Close(c.evt)
+	}
+	if c.ctl != nil {
+		_ = syscall.Munmap(c.ctl)
+		c.ctl = nil
+	}
+	if c.dir != "" {
+		_ = os.RemoveAll(c.dir)
+	}
 }
 
 // serve runs one connection: the handshake, then requests until the
 // setup socket closes.
 func (s *Server) serve(ctx context.Context, service string, h Handler, fd int) {
-	c := &Conn{ID: s.nextID.Add(1), Service: service, setup: fd}
+	c := &Conn{ID: s.nextID.Add(1), Service: service, setup: fd, log: s.log}
+	c.events.init(c, s.EventQueueHigh, s.EventQueueMax)
 	defer c.close()
 	creds, maxSize, err := readConnRequest(fd)
 	if err != nil {
@@ -282,6 +315,7 @@ func (s *Server) serve(ctx context.Context, service string, h Handler, fd int) {
 	if err := writeAll(fd, connResponse(0, uint32(c.maxSize), c.ctlPath, c.base)); err != nil {
 		return
 	}
+	go c.events.run()
 	s.mu.Lock()
 	s.conns[c] = struct{}{}
 	s.mu.Unlock()
@@ -363,11 +397,13 @@ func (s *Server) requests(ctx context.Context, c *Conn, sess Session) {
 			if n <= 0 && !errors.Is(err, syscall.EINTR) {
 				close(eof)
 				// Wake the request reader.
-				_ = syscall.Shutdown(c.req, syscall.SHUT_RDWR)
+				c.shutdown()
 				return
 			}
 		}
 	}()
+	// The setup reader must be gone before the descriptors are closed.
+	defer func() { c.shutdown(); <-eof }()
 	buf := make([]byte, c.maxSize)
 	for {
 		n, _, err := syscall.Recvfrom(c.req, buf, 0)
@@ -401,7 +437,7 @@ func (s *Server) requests(ctx context.Context, c *Conn, sess Session) {
 			return
 		}
 		resp := sess.Request(ctx, append([]byte(nil), msg...))
-		if err := syscall.Sendto(c.req, resp, syscall.MSG_NOSIGNAL, c.respTo); err != nil {
+		if err := sendto(c.req, resp, c.respTo); err != nil {
 			s.log.Debug("libqb: response not sent", "conn", c.ID, "err", err)
 			return
 		}
@@ -489,4 +525,15 @@ func writeAll(fd int, b []byte) error {
 		b = b[n:]
 	}
 	return nil
+}
+
+// sendto sends a datagram, waiting for room in the client's socket; the
+// runtime's signals may interrupt the wait.
+func sendto(fd int, b []byte, to syscall.Sockaddr) error {
+	for {
+		err := syscall.Sendto(fd, b, syscall.MSG_NOSIGNAL, to)
+		if !errors.Is(err, syscall.EINTR) {
+			return err
+		}
+	}
 }

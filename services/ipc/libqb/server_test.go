@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -22,8 +23,20 @@ func (e echo) Open(c *Conn) (Session, error) {
 
 type echoSession struct{ c *Conn }
 
-// Request answers with a response header and the request's bytes.
+// Request answers with a response header and the request's bytes. A
+// request with id 9 first sends as many 2 KiB events as its body's first
+// byte times 100, numbered in their first four bytes.
 func (s echoSession) Request(_ context.Context, msg []byte) []byte {
+	if binary.LittleEndian.Uint32(msg) == 9 && len(msg) > ReqHeaderSize {
+		for i := range int(msg[ReqHeaderSize]) * 100 {
+			ev := make([]byte, 2048)
+			binary.LittleEndian.PutUint32(ev, uint32(i))
+			binary.LittleEndian.PutUint32(ev[8:], uint32(len(ev)))
+			if err := s.c.SendEvent(ev); err != nil {
+				break
+			}
+		}
+	}
 	out := make([]byte, ResHeaderSize+len(msg))
 	binary.LittleEndian.PutUint32(out, binary.LittleEndian.Uint32(msg))
 	binary.LittleEndian.PutUint32(out[8:], uint32(len(out)))
@@ -36,8 +49,9 @@ func (echoSession) Close() {}
 // rawClient speaks libqb's client side by hand, so that tests can also
 // send what no real client would.
 type rawClient struct {
-	setup, req int
-	base       string
+	setup, req, evt int
+	base            string
+	control         string
 }
 
 func dial(t *testing.T, service string, request []byte) (*rawClient, []byte) {
@@ -65,14 +79,13 @@ func dial(t *testing.T, service string, request []byte) (*rawClient, []byte) {
 	resp := make([]byte, connResponseSize)
 	got := 0
 	for got < len(resp) {
-		n, err := syscall.Read(fd, resp[got:])
+		n, _ := recv(fd, resp[got:])
 		if n <= 0 {
-			_ = err
 			return &rawClient{setup: fd}, resp[:got]
 		}
 		got += n
 	}
-	return &rawClient{setup: fd, base: cstring(resp[40+pathMax:])}, resp
+	return &rawClient{setup: fd, base: cstring(resp[40+pathMax:]), control: cstring(resp[40:])}, resp
 }
 
 func cstring(b []byte) string {
@@ -84,6 +97,9 @@ func cstring(b []byte) string {
 
 func (c *rawClient) open(t *testing.T) {
 	t.Helper()
+	if c.base == "" {
+		t.Fatal("no connection: the handshake was not answered")
+	}
 	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_DGRAM, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -99,6 +115,49 @@ func (c *rawClient) open(t *testing.T) {
 	_ = syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &syscall.Timeval{Sec: 5})
 	c.req = fd
 	t.Cleanup(func() { syscall.Close(fd) })
+	efd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_DGRAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, _ = abstractAddr(c.base + "-event")
+	if err := syscall.Bind(efd, local); err != nil {
+		t.Fatal(err)
+	}
+	_ = syscall.SetsockoptTimeval(efd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &syscall.Timeval{Sec: 5})
+	c.evt = efd
+	t.Cleanup(func() { syscall.Close(efd) })
+}
+
+// closedBy waits for the server to close the setup socket.
+func (c *rawClient) closedBy(t *testing.T) bool {
+	t.Helper()
+	_ = syscall.SetsockoptTimeval(c.setup, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &syscall.Timeval{Sec: 5})
+	n, _ := recv(c.setup, make([]byte, 1))
+	return n == 0
+}
+
+// flowControl reads the request channel's flow_control flag as the client
+// library does, from the control file.
+func (c *rawClient) flowControl(t *testing.T) int32 {
+	t.Helper()
+	b, err := os.ReadFile(c.control)
+	if err != nil || len(b) != controlSize {
+		t.Fatalf("control file: %d bytes, %v", len(b), err)
+	}
+	return int32(binary.LittleEndian.Uint32(b[4:]))
+}
+
+func (c *rawClient) roundTrip(t *testing.T, msg []byte) []byte {
+	t.Helper()
+	if _, err := syscall.Write(c.req, msg); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1<<16)
+	n, err := recv(c.req, buf)
+	if err != nil {
+		t.Fatalf("no response: %v", err)
+	}
+	return buf[:n]
 }
 
 func request(id int32, body []byte, size int32) []byte {
@@ -111,10 +170,15 @@ func request(id int32, body []byte, size int32) []byte {
 
 func startServer(t *testing.T, h Handler) string {
 	t.Helper()
+	return startServerWith(t, h, func(*Server) {})
+}
+
+func startServerWith(t *testing.T, h Handler, tune func(*Server)) string {
+	t.Helper()
 	// Short names: the base of a connection's socket names (directory,
 	// "qb-", service) must fit an abstract sockaddr_un.
 	service := fmt.Sprintf("cbt-%d-%d", os.Getpid(), time.Now().UnixNano()%1000000)
-	srv := NewServer(slog.New(slog.DiscardHandler))
+	srv := NewServer(slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	// Connection directories go to the test's own directory, not to the
 	// /dev/shm that other tests inspect.
 	shm, err := os.MkdirTemp("", "qb")
@@ -123,6 +187,7 @@ func startServer(t *testing.T, h Handler) string {
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(shm) })
 	srv.ShmDir = shm
+	tune(srv)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Listen(ctx, service, h) }()
@@ -146,21 +211,12 @@ func TestRoundTripAndTeardown(t *testing.T) {
 		t.Fatal(err)
 	}
 	buf := make([]byte, 256)
-	n, err := syscall.Read(c.req, buf)
+	n, err := recv(c.req, buf)
 	if err != nil || !bytes.Equal(buf[ResHeaderSize:n], msg) {
 		t.Fatalf("echo = %q, %v", buf[:max(n, 0)], err)
 	}
 	syscall.Close(c.setup)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := os.Stat(dir); os.IsNotExist(err) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s still exists after the client went away", dir)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitGone(t, dir)
 }
 
 func TestRefusedClient(t *testing.T) {
@@ -169,4 +225,119 @@ func TestRefusedClient(t *testing.T) {
 	if len(resp) != connResponseSize || int32(binary.LittleEndian.Uint32(resp[16:])) != -int32(syscall.EACCES) {
 		t.Errorf("refusal: %d bytes, error %d; want -EACCES", len(resp), int32(binary.LittleEndian.Uint32(resp[16:])))
 	}
+}
+
+// Malformed input closes the connection; it never crashes the server,
+// which goes on serving the next client.
+func TestMalformedInput(t *testing.T) {
+	service := startServer(t, echo{admit: true})
+	for _, tc := range []struct {
+		name string
+		send []byte
+	}{
+		{"short datagram", []byte{1, 2, 3}},
+		{"lying size", request(7, []byte("x"), 999)},
+		{"negative size", request(7, []byte("x"), -5)},
+		{"oversized", request(7, make([]byte, 64<<10), ReqHeaderSize+64<<10)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, _ := dial(t, service, connRequest(-1, 24, 8192))
+			c.open(t)
+			if _, err := syscall.Write(c.req, tc.send); err != nil {
+				t.Fatal(err)
+			}
+			if !c.closedBy(t) {
+				t.Errorf("connection not closed after %s", tc.name)
+			}
+		})
+	}
+	t.Run("garbage handshake", func(t *testing.T) {
+		c, resp := dial(t, service, connRequest(5, 24, 8192))
+		if len(resp) != 0 || !c.closedBy(t) {
+			t.Errorf("answered a garbage handshake with %d bytes", len(resp))
+		}
+	})
+	c, _ := dial(t, service, connRequest(-1, 24, 8192))
+	c.open(t)
+	if got := c.roundTrip(t, request(1, nil, ReqHeaderSize)); len(got) != ResHeaderSize+ReqHeaderSize {
+		t.Errorf("server stopped serving: %d bytes", len(got))
+	}
+}
+
+// A client that does not read its events has its requests flow-controlled
+// through the control file until it catches up, and gets every event, in
+// order.
+func TestEventFlowControl(t *testing.T) {
+	service := startServerWith(t, echo{admit: true}, func(s *Server) { s.EventQueueHigh = 64 << 10 })
+	c, _ := dial(t, service, connRequest(-1, 24, 8192))
+	c.open(t)
+	if fc := c.flowControl(t); fc != 0 {
+		t.Fatalf("flow control %d before any event", fc)
+	}
+	c.roundTrip(t, request(9, []byte{20}, ReqHeaderSize+1)) // 2000 events, 4 MB
+	if fc := c.flowControl(t); fc != 1 {
+		t.Fatalf("flow control %d with 4 MB of unread events, want 1", fc)
+	}
+	buf := make([]byte, 4096)
+	for i := range 2000 {
+		n, err := recv(c.evt, buf)
+		if err != nil || n != 2048 {
+			t.Fatalf("event %d: %d bytes, %v", i, n, err)
+		}
+		if got := binary.LittleEndian.Uint32(buf); got != uint32(i) {
+			t.Fatalf("event %d arrived as number %d", i, got)
+		}
+	}
+	if fc := c.flowControl(t); fc != 0 {
+		t.Errorf("flow control %d after the client read everything", fc)
+	}
+}
+
+// A client that lets its events pile up to the maximum is disconnected,
+// and its directory goes.
+func TestEventQueueLimit(t *testing.T) {
+	service := startServerWith(t, echo{admit: true}, func(s *Server) { s.EventQueueHigh, s.EventQueueMax = 64<<10, 1<<20 })
+	c, _ := dial(t, service, connRequest(-1, 24, 8192))
+	c.open(t)
+	// No response comes: the connection ends while the request runs.
+	if _, err := syscall.Write(c.req, request(9, []byte{20}, ReqHeaderSize+1)); err != nil {
+		t.Fatal(err)
+	}
+	if !c.closedBy(t) {
+		t.Fatal("connection not closed with its event queue full")
+	}
+	dir := c.base[:strings.LastIndexByte(c.base, '/')]
+	waitGone(t, dir)
+}
+
+func waitGone(t *testing.T, dir string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(dir); os.IsNotExist(err) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still exists after the connection ended", dir)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// recv reads, retrying when the runtime's signals interrupt the call.
+func recv(fd int, b []byte) (int, error) {
+	for {
+		n, err := syscall.Read(fd, b)
+		if !errors.Is(err, syscall.EINTR) {
+			return n, err
+		}
+	}
+}
+
+// testWriter sends the server's log to the test's.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
 }

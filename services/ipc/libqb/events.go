@@ -1,0 +1,164 @@
+package libqb
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// eventQueue carries a connection's events to the client's event socket
+// without ever blocking the code that produces them (a cmap tracker, a CPG
+// delivery shared by every member): an event the socket cannot take now
+// waits in the queue, in order, for the connection's writer. A client that
+// lets its events back up past the high-water mark has its requests
+// flow-controlled through the control file until the queue is half
+// drained — corosync does the same through libqb when its queues fill —
+// and one that lets them reach the maximum is disconnected rather than
+// allowed to hold the node's memory.
+type eventQueue struct {
+	c         *Conn
+	high, max int
+
+	mu        sync.Mutex
+	q         [][]byte
+	bytes     int
+	throttled bool
+	stopped   bool
+	wake      chan struct{}
+	done      chan struct{}
+}
+
+func (q *eventQueue) init(c *Conn, high, max int) {
+	q.c, q.high, q.max = c, high, max
+	q.wake = make(chan struct{}, 1)
+	q.done = make(chan struct{})
+}
+
+// SendEvent sends a whole event message (header included) to the client's
+// event socket, or queues it behind those the socket has not taken yet.
+// It never blocks on the client. Safe for concurrent use.
+func (c *Conn) SendEvent(msg []byte) error {
+	return c.events.push(msg)
+}
+
+func (q *eventQueue) push(msg []byte) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.stopped {
+		return fmt.Errorf("event to connection %d: closed", q.c.ID)
+	}
+	if len(q.q) == 0 {
+		err := q.c.sendEvent(msg)
+		if err == nil {
+			return nil
+		}
+		if !retryable(err) {
+			return err
+		}
+	}
+	if q.bytes+len(msg) > q.max {
+		q.stopped = true
+		close(q.done)
+		q.c.log.Error("libqb: client does not read its events; disconnecting it", "conn", q.c.ID,
+			"service", q.c.Service, "pid", q.c.Creds.PID, "queued_bytes", q.bytes)
+		q.c.shutdown()
+		return fmt.Errorf("event to connection %d: %d bytes of events queued, the client does not read them", q.c.ID, q.bytes)
+	}
+	q.q = append(q.q, bytes.Clone(msg))
+	q.bytes += len(msg)
+	if !q.throttled && q.bytes >= q.high {
+		q.throttled = true
+		q.c.setRequestFlowControl(true)
+		q.c.log.Info("libqb: client's events back up; flow-controlling its requests", "conn", q.c.ID,
+			"service", q.c.Service, "pid", q.c.Creds.PID, "queued_bytes", q.bytes)
+	}
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// run is the connection's event writer: it empties the queue as fast as
+// the client reads.
+func (q *eventQueue) run() {
+	const minPause, maxPause = 100 * time.Microsecond, 20 * time.Millisecond
+	for {
+		select {
+		case <-q.wake:
+		case <-q.done:
+			return
+		}
+		pause := minPause
+		for {
+			q.mu.Lock()
+			if q.stopped || len(q.q) == 0 {
+				q.mu.Unlock()
+				break
+			}
+			err := q.c.sendEvent(q.q[0])
+			if err == nil {
+				q.bytes -= len(q.q[0])
+				q.q[0] = nil
+				q.q = q.q[1:]
+				if q.throttled && q.bytes <= q.high/2 {
+					q.throttled = false
+					q.c.setRequestFlowControl(false)
+					q.c.log.Info("libqb: client caught up with its events; requests flow again", "conn", q.c.ID, "service", q.c.Service)
+				}
+				q.mu.Unlock()
+				pause = minPause
+				continue
+			}
+			q.mu.Unlock()
+			if !retryable(err) {
+				q.c.log.Debug("libqb: event not sent", "conn", q.c.ID, "err", err)
+				return
+			}
+			// A unix datagram socket has no readiness to wait for on the
+			// sending side when it is not connected: poll, backing off.
+			select {
+			case <-q.done:
+				return
+			case <-time.After(pause):
+			}
+			pause = min(2*pause, maxPause)
+		}
+	}
+}
+
+// stop ends the writer; queued events are dropped with the connection.
+func (q *eventQueue) stop() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.stopped {
+		q.stopped = true
+		close(q.done)
+	}
+	q.q, q.bytes = nil, 0
+}
+
+// retryable tells a full client socket (or one the client has not bound
+// yet, right after the handshake) from a connection that is gone.
+func retryable(err error) bool {
+	return errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)
+}
+
+// sendEvent tries to hand one event to the client's socket now.
+func (c *Conn) sendEvent(msg []byte) error {
+	c.fdMu.Lock()
+	defer c.fdMu.Unlock()
+	if c.closed {
+		return fmt.Errorf("event to connection %d: closed", c.ID)
+	}
+	if err := syscall.Sendto(c.evt, msg, syscall.MSG_NOSIGNAL|syscall.MSG_DONTWAIT, c.evtTo); err != nil {
+		return fmt.Errorf("event to connection %d: %w", c.ID, err)
+	}
+	if c.ctl != nil {
+		addCounter(c.ctl, 2, 1)
+	}
+	return nil
+}
