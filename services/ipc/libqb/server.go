@@ -37,6 +37,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -72,8 +73,8 @@ type Handler interface {
 // Session is one connection's state.
 type Session interface {
 	// Request handles one whole request message (header included) and
-	// returns the whole response message. Requests of a connection are
-	// handled one at a time, in order.
+	// returns the whole response message, or nil to end the connection.
+	// Requests of a connection are handled one at a time, in order.
 	Request(ctx context.Context, msg []byte) []byte
 	Close()
 }
@@ -192,6 +193,8 @@ type Conn struct {
 
 	setup   int
 	req     int // bound <base>-request
+	reqFile *os.File
+	reqRaw  syscall.RawConn
 	evt     int // bound <base>-event-tx
 	base    string
 	ctlPath string
@@ -252,8 +255,9 @@ func (c *Conn) shutdown() {
 		return
 	}
 	_ = syscall.Shutdown(c.setup, syscall.SHUT_RDWR)
-	if c.req > 0 {
-		_ = syscall.Shutdown(c.req, syscall.SHUT_RDWR)
+	if c.reqFile != nil {
+		// A reader parked on the runtime's poller wakes on a deadline.
+		_ = c.reqFile.SetReadDeadline(time.Unix(1, 0))
 	}
 }
 
@@ -267,7 +271,9 @@ func (c *Conn) close() {
 	c.closed = true
 	_ = syscall.Shutdown(c.setup, syscall.SHUT_RDWR)
 	syscall.Close(c.setup)
-	if c.req > 0 {
+	if c.reqFile != nil {
+		_ = c.reqFile.Close()
+	} else if c.req > 0 {
 		syscall.Close(c.req)
 	}
 	if c.evt > 0 {
@@ -307,8 +313,15 @@ func (s *Server) serve(ctx context.Context, service string, h Handler, fd int) {
 	}
 	sess, err := h.Open(c)
 	if err != nil {
+		// libqb's clients see the errno: EAGAIN becomes CS_ERR_TRY_AGAIN
+		// in corosync's libraries, anything else a refusal.
+		code := syscall.EACCES
+		var errno syscall.Errno
+		if errors.As(err, &errno) {
+			code = errno
+		}
 		s.log.Warn("libqb: service refused the connection", "service", service, "err", err)
-		_ = writeAll(fd, connResponse(-int32(syscall.EACCES), 0, "", ""))
+		_ = writeAll(fd, connResponse(-int32(code), 0, "", ""))
 		return
 	}
 	defer sess.Close()
@@ -354,6 +367,15 @@ func (s *Server) setupConn(c *Conn, service string) error {
 	}
 	if c.req, err = dgram(c.base+"-request", c.maxSize); err != nil {
 		return err
+	}
+	// Requests go through the runtime's poller: a goroutine parked on it
+	// wakes faster than a thread blocked in recvfrom gets its P back.
+	if err := syscall.SetNonblock(c.req, true); err != nil {
+		return fmt.Errorf("request socket: %w", err)
+	}
+	c.reqFile = os.NewFile(uintptr(c.req), c.base+"-request")
+	if c.reqRaw, err = c.reqFile.SyscallConn(); err != nil {
+		return fmt.Errorf("request socket: %w", err)
 	}
 	if c.evt, err = dgram(c.base+"-event-tx", c.maxSize); err != nil {
 		return err
@@ -406,7 +428,10 @@ func (s *Server) requests(ctx context.Context, c *Conn, sess Session) {
 	defer func() { c.shutdown(); <-eof }()
 	buf := make([]byte, c.maxSize)
 	for {
-		n, _, err := syscall.Recvfrom(c.req, buf, 0)
+		n, err, rerr := c.receive(buf)
+		if rerr != nil {
+			return
+		}
 		select {
 		case <-eof:
 			return
@@ -437,7 +462,11 @@ func (s *Server) requests(ctx context.Context, c *Conn, sess Session) {
 			return
 		}
 		resp := sess.Request(ctx, append([]byte(nil), msg...))
-		if err := sendto(c.req, resp, c.respTo); err != nil {
+		if resp == nil {
+			s.log.Info("libqb: the service ended the connection", "conn", c.ID, "service", c.Service, "pid", c.Creds.PID)
+			return
+		}
+		if err := c.respond(resp); err != nil {
 			s.log.Debug("libqb: response not sent", "conn", c.ID, "err", err)
 			return
 		}
@@ -527,13 +556,41 @@ func writeAll(fd int, b []byte) error {
 	return nil
 }
 
-// sendto sends a datagram, waiting for room in the client's socket; the
-// runtime's signals may interrupt the wait.
-func sendto(fd int, b []byte, to syscall.Sockaddr) error {
-	for {
-		err := syscall.Sendto(fd, b, syscall.MSG_NOSIGNAL, to)
-		if !errors.Is(err, syscall.EINTR) {
+// receive reads the next request datagram: n and the recvfrom error, or
+// the poller's error once the connection is shut down.
+func (c *Conn) receive(buf []byte) (n int, err, perr error) {
+	perr = c.reqRaw.Read(func(fd uintptr) bool {
+		n, _, err = syscall.Recvfrom(int(fd), buf, syscall.MSG_DONTWAIT)
+		return !errors.Is(err, syscall.EAGAIN)
+	})
+	return n, err, perr
+}
+
+// respond sends a response. A synchronous client has room for it; one
+// that pipelines requests may not, and a unix datagram socket has no
+// readiness to wait for on the sending side, so that case polls.
+func (c *Conn) respond(resp []byte) error {
+	for pause := 50 * time.Microsecond; ; pause = min(2*pause, 10*time.Millisecond) {
+		var err error
+		if cerr := c.reqRaw.Control(func(fd uintptr) {
+			err = syscall.Sendto(int(fd), resp, syscall.MSG_NOSIGNAL|syscall.MSG_DONTWAIT, c.respTo)
+		}); cerr != nil {
+			return cerr
+		}
+		if !errors.Is(err, syscall.EAGAIN) && !errors.Is(err, syscall.EINTR) {
 			return err
 		}
+		time.Sleep(pause)
 	}
+}
+
+// ErrorResponse is a bare response header carrying a cs_error_t, with
+// message id 0: what corosync answers a request it does not run (for
+// CS_ERR_TRY_AGAIN while it is overloaded or syncing). corosync's client
+// libraries read the error before anything else.
+func ErrorResponse(code int32) []byte {
+	b := make([]byte, ResHeaderSize)
+	binary.LittleEndian.PutUint32(b[8:], ResHeaderSize)
+	binary.LittleEndian.PutUint32(b[16:], uint32(code))
+	return b
 }
