@@ -61,3 +61,18 @@ func (s Subjects) SvcmgrAPI(node uint32, op string) string {
 func (s Subjects) SvcmgrEvents(node uint32) string {
 	return s.Join("svcmgr", strconv.FormatUint(uint64(node), 10), "events")
 }
+
+// IPCAlive is where an IPC gateway instance says, every second, that it is
+// alive; components drop the sessions of a gateway silent for 5 s.
+func (s Subjects) IPCAlive(node uint32, gateway string) string {
+	return s.Join("ipc", strconv.FormatUint(uint64(node), 10), SanitizeToken(gateway), "alive")
+}
+
+// IPCEvents is where components publish the raw libqb event messages of
+// one client connection of a gateway instance; conn "*" matches them all.
+func (s Subjects) IPCEvents(node uint32, gateway, conn string) string {
+	if conn != "*" {
+		conn = SanitizeToken(conn)
+	}
+	return s.Join("ipc", strconv.FormatUint(uint64(node), 10), SanitizeToken(gateway), "events", conn)
+}

@@ -52,6 +52,7 @@ func (a *app) commands() []command {
 			return nil
 		}},
 		{name: "bus", summary: "the embedded nats-server of a node (layer process)", layer: true, run: runBus},
+		{name: "service", summary: "a built-in service component, started by svcmgr: cmap (layer process)", layer: true, run: runService},
 	}
 	for _, l := range a.layers() {
 		cmds = append(cmds, command{name: l.Name, summary: l.Summary + " (layer process)", layer: true, run: layerCommand(l)})

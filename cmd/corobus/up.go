@@ -26,7 +26,7 @@ func (a *app) layers() []layer.Layer {
 	return []layer.Layer{
 		objdb.Layer(),
 		loader.Layer(),
-		svcmgr.Layer(nil),
+		svcmgr.Layer(a.builtinLaunch()),
 		syncsvc.Layer(),
 		ipc.Layer(),
 	}

@@ -197,6 +197,7 @@ func table() []Key {
 		{Pattern: "loader.search_path", Type: Str, Corobus: true, Default: "local cluster", Doc: "space-separated subject namespaces searched for components, first match wins"},
 		{Pattern: "loader.component_dir", Type: Str, Corobus: true, Default: "/usr/lib/corobus/components", Doc: "directory of component executables (LCRSODIR)"},
 		{Pattern: "loader.default_services", Type: Str, Corobus: true, Default: "yes", Doc: "no: load only the service blocks of the file"},
+		{Pattern: "ipc.colocate", Type: Str, Corobus: true, Default: "", Doc: "space-separated services (cmap) of which the IPC gateway runs an instance in its own process, reaching it by function call rather than over the bus while the loader resolves to it"},
 	}
 }
 

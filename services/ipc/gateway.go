@@ -1,91 +1,352 @@
 // Package ipc is the IPC manager: the gateway through which unmodified
-// corosync clients reach corobus over libqb's socket IPC.
+// corosync clients reach corobus over libqb's socket IPC. Each libqb
+// service name is routed to a component resolved through the loader; a
+// client connection becomes a session with one instance of it
+// (services/ipc/session), its requests bus requests, its events bus
+// messages back to the client's event socket.
 package ipc
 
 import (
 	"context"
+	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/corobus/corobus/layer"
-	"github.com/corobus/corobus/objdb"
-	"github.com/corobus/corobus/services/cmap"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+	"github.com/oklog/run"
+
+	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/loader"
+	"github.com/corobus/corobus/loader/hdb"
+	"github.com/corobus/corobus/services/cswire"
 	"github.com/corobus/corobus/services/ipc/libqb"
+	"github.com/corobus/corobus/services/ipc/session"
 )
 
-// Layer is `corobus ipc`.
-func Layer() layer.Layer {
-	return layer.Layer{Name: "ipc", Subsys: "IPC", Summary: "the IPC gateway: corosync clients over libqb socket IPC", Run: Run}
+// Route is how the gateway serves one libqb service name.
+type Route struct {
+	// Service is the libqb IPC name clients connect to ("cmap").
+	Service string
+	// Component and Version are what the loader resolves it to.
+	Component string
+	Version   uint32
+	// HeldDuringSync tells, by request message id, which requests wait
+	// out a running sync: they are answered CS_ERR_TRY_AGAIN, as corosync
+	// answers its services' CS_LIB_FLOW_CONTROL_REQUIRED calls. Nil:
+	// none (cmap's calls all run during a sync in corosync too).
+	HeldDuringSync func(id int32) bool
 }
 
-// Run serves the cmap service to corosync clients until ctx ends. The cmap
-// service runs in the gateway over the node's objdb view (a watched local
-// copy), which is what lets a get be answered without a bus round trip.
-func Run(ctx context.Context, env layer.Env) error {
-	st, err := objdb.OpenFor(ctx, env)
+// Config configures a Gateway.
+type Config struct {
+	Conn     *nats.Conn
+	Subjects bus.Subjects
+	Node     uint32
+	Log      *slog.Logger
+	Routes   []Route
+	// Admit decides who may connect (uidgid); required.
+	Admit func(libqb.Creds) bool
+	// ShmDir is where connection directories go; default /dev/shm.
+	ShmDir string
+	// RequestTimeout bounds one request's trip to its component; default
+	// 30 s (a replicated write may wait for a JetStream quorum).
+	RequestTimeout time.Duration
+	// Retry is the pause before trying again to take a service name that
+	// another process owns in this network namespace; default 5 s.
+	Retry time.Duration
+	// Colocated are component instances running in the gateway's own
+	// process, by component name (ipc.colocate).
+	Colocated map[string]Colocated
+}
+
+// Colocated is a component instance in the gateway's process. It is a
+// full instance — announced to the loader, serving sessions over the bus
+// to other gateways — and while the loader resolves a route to its
+// subject, the gateway opens its connections by function call: no bus
+// round trip per request, as an LCR component loaded into corosync's
+// process cost none.
+type Colocated struct {
+	// Subject is the instance's component subject.
+	Subject string
+	// Open starts a connection's state, events going straight to conn.
+	Open func(conn *libqb.Conn) (libqb.Session, error)
+}
+
+// Gateway is one `corobus ipc` instance.
+type Gateway struct {
+	cfg     Config
+	id      string
+	lc      *loader.Client
+	srv     *libqb.Server
+	syncing atomic.Bool
+	ctx     context.Context
+	nextID  atomic.Uint64
+
+	mu      sync.Mutex
+	handles map[string]hdb.Handle // by component name and version
+	conns   map[string]*libqb.Conn
+}
+
+// New checks cfg and returns a gateway; Run serves it.
+func New(cfg Config) (*Gateway, error) {
+	if cfg.Conn == nil || cfg.Log == nil || cfg.Admit == nil {
+		return nil, errors.New("ipc: a connection, a logger and an admission function are required")
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = 30 * time.Second
+	}
+	if cfg.Retry <= 0 {
+		cfg.Retry = 5 * time.Second
+	}
+	srv := libqb.NewServer(cfg.Log)
+	if cfg.ShmDir != "" {
+		srv.ShmDir = cfg.ShmDir
+	}
+	return &Gateway{cfg: cfg, id: nuid.Next(), srv: srv, handles: map[string]hdb.Handle{}, conns: map[string]*libqb.Conn{}}, nil
+}
+
+// Syncing reports whether the node's sync engine says a sync is running.
+func (g *Gateway) Syncing() bool { return g.syncing.Load() }
+
+// Run serves every route until ctx ends.
+func (g *Gateway) Run(ctx context.Context) error {
+	lc, err := loader.NewClient(loader.ClientConfig{Conn: g.cfg.Conn, Subjects: g.cfg.Subjects, Node: g.cfg.Node, Log: g.cfg.Log})
 	if err != nil {
 		return err
 	}
-	defer st.Close()
-	svc, err := layer.NewService(env, "ipc", "corosync client gateway", time.Now().UTC().Format(time.RFC3339))
+	defer lc.Close()
+	g.lc, g.ctx = lc, ctx
+	s := g.cfg.Subjects
+	nc := g.cfg.Conn
+
+	// The sync engine's flag: published on every change, and asked for
+	// once at start (a gateway that starts mid-sync must know).
+	syncSub, err := nc.Subscribe(s.SyncState(g.cfg.Node), g.onSyncState)
 	if err != nil {
-		return fmt.Errorf("registering the ipc service: %w", err)
+		return fmt.Errorf("subscribing to the sync state: %w", err)
 	}
-	defer func() { _ = svc.Stop() }()
-	srv := libqb.NewServer(env.Log)
-	h := &cmapHandler{svc: cmap.NewService(cmap.ObjdbStore{S: st}, env.Log), st: st, log: env.Log}
+	defer func() { _ = syncSub.Unsubscribe() }()
+	if m, err := nc.Request(s.SyncStateGet(g.cfg.Node), nil, 2*time.Second); err == nil {
+		g.onSyncState(m)
+	} else {
+		g.cfg.Log.Info("no sync engine answered; assuming no sync runs", "err", err)
+	}
+	// One subscription carries every connection's events, in the order
+	// the components published them.
+	evSub, err := nc.Subscribe(s.IPCEvents(g.cfg.Node, g.id, "*"), g.onEvent)
+	if err != nil {
+		return fmt.Errorf("subscribing to events: %w", err)
+	}
+	defer func() { _ = evSub.Unsubscribe() }()
+	if err := nc.Flush(); err != nil {
+		return fmt.Errorf("flushing subscriptions: %w", err)
+	}
+
+	var grp run.Group
+	{
+		// Liveness: components drop the sessions of a silent gateway.
+		ctx, cancel := context.WithCancel(ctx)
+		grp.Add(func() error {
+			t := time.NewTicker(session.AliveInterval)
+			defer t.Stop()
+			for {
+				_ = nc.Publish(s.IPCAlive(g.cfg.Node, g.id), nil)
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-t.C:
+				}
+			}
+		}, func(error) { cancel() })
+	}
+	for _, r := range g.cfg.Routes {
+		ctx, cancel := context.WithCancel(ctx)
+		grp.Add(func() error { return g.listen(ctx, r) }, func(error) { cancel() })
+	}
+	{
+		// Until the node stops.
+		ctx, cancel := context.WithCancel(ctx)
+		grp.Add(func() error { <-ctx.Done(); return nil }, func(error) { cancel() })
+	}
+	err = grp.Run()
+	g.releaseHandles()
+	return err
+}
+
+// listen serves one route's libqb name, retrying while another process of
+// this network namespace owns it.
+func (g *Gateway) listen(ctx context.Context, r Route) error {
+	h := &routeHandler{g: g, r: r}
 	for {
-		err := srv.Listen(ctx, "cmap", h)
+		err := g.srv.Listen(ctx, r.Service, h)
 		if err == nil || ctx.Err() != nil {
 			return nil
 		}
 		if !errors.Is(err, syscall.EADDRINUSE) {
 			return err
 		}
-		// Abstract socket names are per network namespace: another
-		// corosync (or another node's gateway on this host) owns them.
-		env.Log.Error("the cmap IPC name is taken in this network namespace; retrying", "err", err)
+		// Abstract socket names are per network namespace: a corosync,
+		// or another node's gateway on this host, owns this one.
+		g.cfg.Log.Error("the IPC name is taken in this network namespace; retrying", "service", r.Service, "err", err)
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(5 * time.Second):
+		case <-time.After(g.cfg.Retry):
 		}
 	}
 }
 
-// cmapHandler admits clients as corosync does and opens cmap connections.
-type cmapHandler struct {
-	svc *cmap.Service
-	st  *objdb.Store
-	log *slog.Logger
+func (g *Gateway) onSyncState(m *nats.Msg) {
+	var st struct {
+		InProgress bool `json:"in_progress"`
+	}
+	if err := json.Unmarshal(m.Data, &st); err != nil {
+		g.cfg.Log.Warn("unreadable sync state", "err", err)
+		return
+	}
+	if g.syncing.Swap(st.InProgress) != st.InProgress {
+		g.cfg.Log.Debug("sync state", "in_progress", st.InProgress)
+	}
 }
 
-// Admit lets in root, the user corobus runs as, and the uids and gids
-// listed under uidgid.* (read from objdb at each connection, so changes
-// apply at once).
-func (h *cmapHandler) Admit(c libqb.Creds) bool {
-	if c.UID == 0 || int(c.UID) == os.Geteuid() {
-		return true
+func (g *Gateway) onEvent(m *nats.Msg) {
+	id := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
+	g.mu.Lock()
+	c := g.conns[id]
+	g.mu.Unlock()
+	if c == nil {
+		return // the client left; its component will hear of it
 	}
-	for _, k := range []string{
-		"uidgid.uid." + strconv.FormatUint(uint64(c.UID), 10),
-		"uidgid.config.uid." + strconv.FormatUint(uint64(c.UID), 10),
-		"uidgid.gid." + strconv.FormatUint(uint64(c.GID), 10),
-		"uidgid.config.gid." + strconv.FormatUint(uint64(c.GID), 10),
-	} {
-		if _, err := h.st.Get(k); err == nil {
-			return true
+	if err := c.SendEvent(m.Data); err != nil {
+		g.cfg.Log.Debug("event not delivered", "conn", id, "err", err)
+	}
+}
+
+// handle references a route's component once and keeps the handle: the
+// loader client re-resolves it when versions come and go.
+func (g *Gateway) handle(r Route) (hdb.Handle, error) {
+	key := r.Component + "/" + strconv.FormatUint(uint64(r.Version), 10)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if h, ok := g.handles[key]; ok {
+		return h, nil
+	}
+	ctx, cancel := context.WithTimeout(g.ctx, 5*time.Second)
+	defer cancel()
+	h, err := g.lc.Reference(ctx, r.Component, r.Version)
+	if err != nil {
+		return 0, err
+	}
+	g.handles[key] = h
+	return h, nil
+}
+
+func (g *Gateway) releaseHandles() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	for k, h := range g.handles {
+		_ = g.lc.Release(ctx, h)
+		delete(g.handles, k)
+	}
+}
+
+// routeHandler serves one route's libqb connections.
+type routeHandler struct {
+	g *Gateway
+	r Route
+}
+
+func (h *routeHandler) Admit(c libqb.Creds) bool { return h.g.cfg.Admit(c) }
+
+// Open opens a session with an instance of the route's component. A
+// component that is not running yet makes the client try again, as
+// corosync's "not ready" does.
+func (h *routeHandler) Open(c *libqb.Conn) (libqb.Session, error) {
+	g := h.g
+	handle, err := g.handle(h.r)
+	if err != nil {
+		return nil, fmt.Errorf("resolving %s version %d: %w: %w", h.r.Component, h.r.Version, err, syscall.EAGAIN)
+	}
+	if local, ok := g.cfg.Colocated[h.r.Component]; ok {
+		if t, err := g.lc.Target(handle); err == nil && t.Subject == local.Subject {
+			return local.Open(c)
 		}
 	}
-	return false
+	id := strconv.FormatUint(g.nextID.Add(1), 10)
+	// Registered before the open: the component may send events at once.
+	g.mu.Lock()
+	g.conns[id] = c
+	g.mu.Unlock()
+	ctx, cancel := context.WithTimeout(g.ctx, 5*time.Second)
+	defer cancel()
+	open := func(ctx context.Context, m *nats.Msg) (*nats.Msg, error) {
+		return g.lc.RequestMsg(ctx, handle, "open", m)
+	}
+	s := g.cfg.Subjects
+	cl, err := session.Open(ctx, g.cfg.Conn, open, id, s.IPCAlive(g.cfg.Node, g.id), s.IPCEvents(g.cfg.Node, g.id, id),
+		session.Creds{PID: c.Creds.PID, UID: c.Creds.UID, GID: c.Creds.GID})
+	if err != nil {
+		g.forget(id)
+		if errors.Is(err, cswire.ErrAccess) {
+			return nil, fmt.Errorf("%s: %w: %w", h.r.Component, err, syscall.EACCES)
+		}
+		return nil, fmt.Errorf("%s: %w: %w", h.r.Component, err, syscall.EAGAIN)
+	}
+	return &conn{g: g, r: h.r, cl: cl, id: id}, nil
 }
 
-// Open starts a libcmap connection.
-func (h *cmapHandler) Open(c *libqb.Conn) (libqb.Session, error) {
-	return h.svc.OpenConn(c, fmt.Sprintf("%s/%d pid %d", c.Service, c.ID, c.Creds.PID)), nil
+func (g *Gateway) forget(id string) {
+	g.mu.Lock()
+	delete(g.conns, id)
+	g.mu.Unlock()
+}
+
+// conn is one client connection's session.
+type conn struct {
+	g  *Gateway
+	r  Route
+	cl *session.Client
+	id string
+}
+
+func (c *conn) Request(ctx context.Context, msg []byte) []byte {
+	if c.r.HeldDuringSync != nil && c.g.syncing.Load() && len(msg) >= 4 &&
+		c.r.HeldDuringSync(int32(binary.LittleEndian.Uint32(msg))) {
+		return libqb.ErrorResponse(int32(cswire.ErrTryAgain))
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.g.cfg.RequestTimeout)
+	defer cancel()
+	resp, err := c.cl.Request(ctx, msg)
+	switch {
+	case err == nil:
+		return resp
+	case errors.Is(err, session.ErrSessionGone):
+		// The instance that held this connection's state is gone: the
+		// client sees its connection end, as when corosync restarts.
+		c.g.cfg.Log.Info("the component lost the session; closing the client connection", "service", c.r.Service, "conn", c.id)
+		return nil
+	case errors.Is(err, context.DeadlineExceeded):
+		// It may have been served: the client must not assume otherwise.
+		c.g.cfg.Log.Warn("request timed out", "service", c.r.Service, "conn", c.id, "err", err)
+		return libqb.ErrorResponse(int32(cswire.ErrTimeout))
+	default:
+		c.g.cfg.Log.Warn("request not delivered", "service", c.r.Service, "conn", c.id, "err", err)
+		return libqb.ErrorResponse(int32(cswire.ErrTryAgain))
+	}
+}
+
+func (c *conn) Close() {
+	c.g.forget(c.id)
+	c.cl.Close()
 }

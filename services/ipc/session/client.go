@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -26,33 +27,39 @@ type Client struct {
 	session string
 }
 
-// Open asks any instance of component to take connection id. events is the
-// subject the gateway listens on for this connection's events; gateway its
-// alive subject.
-func Open(ctx context.Context, nc *nats.Conn, component, id, gateway, events string, cr Creds) (*Client, error) {
-	m := nats.NewMsg(OpenSubject(component))
+// Requester sends an open request to some instance of a component and
+// returns its reply: the gateway's is a loader handle's "open" function.
+type Requester func(ctx context.Context, m *nats.Msg) (*nats.Msg, error)
+
+// Open asks an instance of a component, through open, to take connection
+// id. events is the subject the gateway listens on for this connection's
+// events; gateway its alive subject.
+func Open(ctx context.Context, nc *nats.Conn, open Requester, id, gateway, events string, cr Creds) (*Client, error) {
+	m := nats.NewMsg("")
 	m.Header.Set(HdrConn, id)
 	m.Header.Set(HdrGateway, gateway)
 	m.Header.Set(HdrEvents, events)
 	m.Header.Set(HdrPID, strconv.FormatUint(uint64(cr.PID), 10))
 	m.Header.Set(HdrUID, strconv.FormatUint(uint64(cr.UID), 10))
 	m.Header.Set(HdrGID, strconv.FormatUint(uint64(cr.GID), 10))
-	r, err := nc.RequestMsgWithContext(ctx, m)
+	r, err := open(ctx, m)
 	if err != nil {
 		if errors.Is(err, nats.ErrNoResponders) {
-			return nil, fmt.Errorf("no instance of %s is running: %w", component, cswire.ErrTryAgain)
+			return nil, fmt.Errorf("no instance is running: %w", cswire.ErrTryAgain)
 		}
-		return nil, fmt.Errorf("opening a session with %s: %w", component, err)
+		return nil, fmt.Errorf("opening a session: %w", err)
 	}
-	if e := r.Header.Get(HdrError); e != "" {
-		code, _ := strconv.Atoi(e)
-		return nil, fmt.Errorf("%s refused the connection: %w", component, cswire.Error(code))
+	var rep OpenReply
+	if err := json.Unmarshal(r.Data, &rep); err != nil {
+		return nil, fmt.Errorf("open answered %q: %w", r.Data, err)
 	}
-	s := r.Header.Get(HdrSession)
-	if s == "" {
-		return nil, fmt.Errorf("%s answered open without a session subject", component)
+	if rep.Error != 0 {
+		return nil, fmt.Errorf("connection refused (%s): %w", rep.Why, rep.Error)
 	}
-	return &Client{nc: nc, id: id, session: s}, nil
+	if rep.Session == "" {
+		return nil, errors.New("open answered without a session subject")
+	}
+	return &Client{nc: nc, id: id, session: rep.Session}, nil
 }
 
 // Request sends one raw request message and returns the raw response.

@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -73,8 +74,8 @@ type served struct {
 	done  chan struct{}
 }
 
-// NewServer prepares a server for component (its bus subject) with a
-// session subject unique to this instance.
+// NewServer prepares a server for component (the component's bus
+// subject) with a session subject unique to this instance.
 func NewServer(nc *nats.Conn, component string, h Handler, log *slog.Logger) *Server {
 	return &Server{
 		nc: nc, component: component, h: h, log: log,
@@ -86,13 +87,10 @@ func NewServer(nc *nats.Conn, component string, h Handler, log *slog.Logger) *Se
 	}
 }
 
-// Run serves until ctx ends, then closes every session.
+// Run serves the sessions' requests until ctx ends, then closes every
+// session. New sessions come through Open, which the component serves as
+// its loader function "open".
 func (s *Server) Run(ctx context.Context) error {
-	open, err := s.nc.QueueSubscribe(OpenSubject(s.component), "open", s.open)
-	if err != nil {
-		return fmt.Errorf("subscribing to %s: %w", OpenSubject(s.component), err)
-	}
-	defer func() { _ = open.Unsubscribe() }()
 	reqs, err := s.nc.Subscribe(s.subject, s.request)
 	if err != nil {
 		return fmt.Errorf("subscribing to %s: %w", s.subject, err)
@@ -132,18 +130,18 @@ func (s *Server) Sessions() int {
 	return len(s.sessions)
 }
 
-func (s *Server) open(m *nats.Msg) {
+// Open takes a new connection (the gateway's open request, headers as
+// in the package comment) and returns the JSON OpenReply to answer it with.
+func (s *Server) Open(m *nats.Msg) []byte {
 	h := m.Header
 	c := &Conn{ID: h.Get(HdrConn), gateway: h.Get(HdrGateway), events: h.Get(HdrEvents), nc: s.nc}
-	reply := nats.NewMsg(m.Reply)
-	refuse := func(code cswire.Error, why string) {
+	refuse := func(code cswire.Error, why string) []byte {
 		s.log.Warn("refusing a connection", "conn", c.ID, "why", why)
-		reply.Header.Set(HdrError, strconv.Itoa(int(code)))
-		_ = m.RespondMsg(reply)
+		b, _ := json.Marshal(OpenReply{Error: code, Why: why})
+		return b
 	}
 	if c.ID == "" || c.events == "" || c.gateway == "" {
-		refuse(cswire.ErrInvalidParam, "open without connection id, events or gateway subject")
-		return
+		return refuse(cswire.ErrInvalidParam, "open without connection id, events or gateway subject")
 	}
 	for _, f := range []struct {
 		hdr string
@@ -151,15 +149,13 @@ func (s *Server) open(m *nats.Msg) {
 	}{{HdrPID, &c.PID}, {HdrUID, &c.UID}, {HdrGID, &c.GID}} {
 		v, err := strconv.ParseUint(h.Get(f.hdr), 10, 32)
 		if err != nil {
-			refuse(cswire.ErrInvalidParam, "bad "+f.hdr)
-			return
+			return refuse(cswire.ErrInvalidParam, "bad "+f.hdr)
 		}
 		*f.dst = uint32(v)
 	}
 	sess, err := s.h.Open(c)
 	if err != nil {
-		refuse(cswire.Code(err), err.Error())
-		return
+		return refuse(cswire.Code(err), err.Error())
 	}
 	sv := &served{conn: c, s: sess, queue: make(chan *nats.Msg, 64), done: make(chan struct{})}
 	s.mu.Lock()
@@ -185,10 +181,8 @@ func (s *Server) open(m *nats.Msg) {
 	}
 	s.mu.Unlock()
 	go s.work(sv)
-	reply.Header.Set(HdrSession, s.subject)
-	if err := m.RespondMsg(reply); err != nil {
-		s.drop(c.ID)
-	}
+	b, _ := json.Marshal(OpenReply{Session: s.subject})
+	return b
 }
 
 // request queues a request for its session's worker: one worker per

@@ -6,10 +6,10 @@
 // of a component, even when several instances share the component's
 // subject. The protocol:
 //
-//  1. Open: the gateway sends a request to the component's subject + ".open"
-//     (a queue group: any instance may take it) with the connection's
-//     credentials in headers. The instance that answers names its own
-//     session subject in the reply's Corobus-Session header.
+//  1. Open: the gateway calls the component's function "open" through the
+//     loader (any instance may take it) with the connection's credentials
+//     in headers. The instance that answers names its own session subject
+//     in the JSON reply (OpenReply), or refuses with a cs_error_t.
 //  2. Requests: the gateway sends each raw libqb request message (header
 //     included) to the session subject, with the connection id in the
 //     Corobus-Conn header; the reply is the raw libqb response message.
@@ -26,6 +26,8 @@ package session
 
 import (
 	"time"
+
+	"github.com/corobus/corobus/services/cswire"
 )
 
 // Header names of the session protocol.
@@ -35,19 +37,22 @@ const (
 	HdrPID     = "Corobus-Pid"     // client credentials (SO_PEERCRED)
 	HdrUID     = "Corobus-Uid"
 	HdrGID     = "Corobus-Gid"
-	HdrEvents  = "Corobus-Events"  // where the component publishes events
-	HdrSession = "Corobus-Session" // open's reply: the instance's session subject
-	HdrError   = "Corobus-Error"   // open's reply when refused: a cs_error_t number
+	HdrEvents  = "Corobus-Events" // where the component publishes events
 )
+
+// OpenReply answers an open: the instance's session subject, or the
+// cs_error_t the connection is refused with.
+type OpenReply struct {
+	Session string       `json:"session,omitempty"`
+	Error   cswire.Error `json:"error,omitempty"`
+	Why     string       `json:"why,omitempty"`
+}
 
 // Timing of gateway liveness.
 const (
 	AliveInterval  = time.Second
 	GatewayTimeout = 5 * time.Second
 )
-
-// OpenSubject is where a component's instances take new connections.
-func OpenSubject(component string) string { return component + ".open" }
 
 // CloseSubject is where a gateway says a connection ended.
 func CloseSubject(session string) string { return session + ".close" }

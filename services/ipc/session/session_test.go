@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/corobus/corobus/bus/bustest"
 	"github.com/corobus/corobus/services/cswire"
 )
@@ -65,6 +67,14 @@ func TestSessionLifecycle(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = srv.Run(ctx) }()
+	// The component's open function, served here without a loader.
+	if _, err := nc.Subscribe("t.comp.open", func(m *nats.Msg) { _ = m.Respond(srv.Open(m)) }); err != nil {
+		t.Fatal(err)
+	}
+	open := func(ctx context.Context, m *nats.Msg) (*nats.Msg, error) {
+		m.Subject = "t.comp.open"
+		return cl.Conn(1).RequestMsgWithContext(ctx, m)
+	}
 
 	gw := cl.Conn(1)
 	events, err := gw.SubscribeSync("t.gw.events.c1")
@@ -74,7 +84,7 @@ func TestSessionLifecycle(t *testing.T) {
 	var c *Client
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		c, err = Open(ctx, gw, "t.comp", "c1", "t.gw.alive", "t.gw.events.c1", Creds{PID: 1, UID: 42, GID: 7})
+		c, err = Open(ctx, gw, open, "c1", "t.gw.alive", "t.gw.events.c1", Creds{PID: 1, UID: 42, GID: 7})
 		if err == nil || time.Now().After(deadline) || !errors.Is(err, cswire.ErrTryAgain) {
 			break
 		}
@@ -104,7 +114,7 @@ func TestSessionLifecycle(t *testing.T) {
 	}
 
 	// A gateway that goes silent loses its sessions.
-	c2, err := Open(ctx, gw, "t.comp", "c2", "t.gw.alive", "t.gw.events.c2", Creds{})
+	c2, err := Open(ctx, gw, open, "c2", "t.gw.alive", "t.gw.events.c2", Creds{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +124,7 @@ func TestSessionLifecycle(t *testing.T) {
 	}
 
 	h.refuse = true
-	if _, err := Open(ctx, gw, "t.comp", "c3", "t.gw.alive", "t.gw.events.c3", Creds{}); !errors.Is(err, cswire.ErrAccess) {
+	if _, err := Open(ctx, gw, open, "c3", "t.gw.alive", "t.gw.events.c3", Creds{}); !errors.Is(err, cswire.ErrAccess) {
 		t.Errorf("refused open: %v, want CS_ERR_ACCESS", err)
 	}
 }

@@ -1,0 +1,78 @@
+package cmap
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+	"github.com/oklog/run"
+
+	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/layer"
+	"github.com/corobus/corobus/loader"
+	"github.com/corobus/corobus/objdb"
+	"github.com/corobus/corobus/services/ipc/session"
+)
+
+// Component names the cmap service to the loader: corosync's service
+// engine "corosync_cmap", version 0.
+const (
+	ComponentName    = "cmap"
+	ComponentVersion = 0
+)
+
+// Layer is `corobus service cmap`: the cmap service as a component of its
+// own, started by the service manager and resolved through the loader by
+// the IPC gateway, which carries each libcmap connection to it as a
+// session.
+func Layer() layer.Layer {
+	return layer.Layer{Name: "cmap", Subsys: "CMAP", Summary: "the cmap service: libcmap's API over objdb", Run: Run}
+}
+
+// Run serves cmap sessions over this node's objdb view (a watched local
+// copy: gets cost no objdb round trip) until ctx ends or a newer version
+// retires this one.
+func Run(ctx context.Context, env layer.Env) error {
+	st, err := objdb.OpenFor(ctx, env)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	return Serve(ctx, env, NewService(ObjdbStore{S: st}, env.Log))
+}
+
+// Subject is the component subject of node's cmap instances.
+func Subject(s bus.Subjects, node uint32) string {
+	return s.Component(loader.LocalNamespace(node), ComponentName, ComponentVersion)
+}
+
+// Serve announces svc as the cmap component of env's node and serves its
+// sessions.
+func Serve(ctx context.Context, env layer.Env, svc *Service) error {
+	subject := Subject(env.Subjects, env.Node.ID)
+	sessions := session.NewServer(env.Conn, subject, svc, env.Log)
+	comp := loader.Component{
+		Name: ComponentName, Version: ComponentVersion, Subject: subject,
+		Interfaces: []string{"open"}, Log: env.Log,
+		Handler: func(_ context.Context, fn string, m *nats.Msg) ([]byte, error) {
+			if fn != "open" {
+				return nil, fmt.Errorf("cmap has no function %q", fn)
+			}
+			return sessions.Open(m), nil
+		},
+	}
+	var g run.Group
+	{
+		// The session server: every request of an open connection.
+		ctx, cancel := context.WithCancel(ctx)
+		g.Add(func() error { return sessions.Run(ctx) }, func(error) { cancel() })
+	}
+	{
+		// The component: announcements, new connections, retirement. When
+		// it returns (stopped, or retired by a newer version) the process
+		// ends with it.
+		ctx, cancel := context.WithCancel(ctx)
+		g.Add(func() error { return comp.Serve(ctx, env.Conn, env.Subjects, env.Node.ID) }, func(error) { cancel() })
+	}
+	return g.Run()
+}

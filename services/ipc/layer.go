@@ -1,0 +1,97 @@
+package ipc
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/oklog/run"
+
+	"github.com/corobus/corobus/layer"
+	"github.com/corobus/corobus/objdb"
+	objdbclient "github.com/corobus/corobus/objdb/client"
+	"github.com/corobus/corobus/services/cmap"
+	"github.com/corobus/corobus/services/ipc/libqb"
+)
+
+// Layer is `corobus ipc`.
+func Layer() layer.Layer {
+	return layer.Layer{Name: "ipc", Subsys: "IPC", Summary: "the IPC gateway: corosync clients over libqb socket IPC", Run: Run}
+}
+
+// DefaultRoutes are the libqb services a node's gateway serves.
+func DefaultRoutes() []Route {
+	return []Route{{Service: "cmap", Component: cmap.ComponentName, Version: cmap.ComponentVersion}}
+}
+
+// Run serves the default routes until ctx ends, with the instances of
+// ipc.colocate running inside the gateway.
+func Run(ctx context.Context, env layer.Env) error {
+	cfg := Config{
+		Conn: env.Conn, Subjects: env.Subjects, Node: env.Node.ID, Log: env.Log,
+		Routes: DefaultRoutes(), Admit: UIDGIDAdmission(objdbclient.New(env.Conn, env.Subjects, env.Node.ID)),
+		Colocated: map[string]Colocated{},
+	}
+	var grp run.Group
+	for _, name := range strings.Fields(env.Config.String("ipc.colocate")) {
+		if name != cmap.ComponentName {
+			return fmt.Errorf("ipc.colocate: %q cannot run in the gateway (known: %s)", name, cmap.ComponentName)
+		}
+		st, err := objdb.OpenFor(ctx, env)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		svc := cmap.NewService(cmap.ObjdbStore{S: st}, env.Log)
+		subject := cmap.Subject(env.Subjects, env.Node.ID)
+		cfg.Colocated[name] = Colocated{Subject: subject, Open: func(c *libqb.Conn) (libqb.Session, error) {
+			return svc.OpenConn(c, fmt.Sprintf("%s/%d pid %d", c.Service, c.ID, c.Creds.PID)), nil
+		}}
+		// The same instance serves the bus, so the loader knows it.
+		ctx, cancel := context.WithCancel(ctx)
+		grp.Add(func() error { return cmap.Serve(ctx, env, svc) }, func(error) { cancel() })
+		env.Log.Info("running a colocated instance", "component", name, "subject", subject)
+	}
+	g, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	svc, err := layer.NewService(env, "ipc", "corosync client gateway", time.Now().UTC().Format(time.RFC3339))
+	if err != nil {
+		return fmt.Errorf("registering the ipc service: %w", err)
+	}
+	defer func() { _ = svc.Stop() }()
+	{
+		ctx, cancel := context.WithCancel(ctx)
+		grp.Add(func() error { return g.Run(ctx) }, func(error) { cancel() })
+	}
+	return grp.Run()
+}
+
+// UIDGIDAdmission admits as corosync does: root, the user corobus runs
+// as, and the uids and gids listed under uidgid.* (from the configuration
+// file's uidgid sections, or set at run time), read from objdb at each
+// connection, so that a change applies to the next client.
+func UIDGIDAdmission(db *objdbclient.Client) func(libqb.Creds) bool {
+	return func(c libqb.Creds) bool {
+		if c.UID == 0 || int(c.UID) == os.Geteuid() {
+			return true
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		for _, k := range []string{
+			"uidgid.uid." + strconv.FormatUint(uint64(c.UID), 10),
+			"uidgid.config.uid." + strconv.FormatUint(uint64(c.UID), 10),
+			"uidgid.gid." + strconv.FormatUint(uint64(c.GID), 10),
+			"uidgid.config.gid." + strconv.FormatUint(uint64(c.GID), 10),
+		} {
+			if _, err := db.Get(ctx, k); err == nil {
+				return true
+			}
+		}
+		return false
+	}
+}
