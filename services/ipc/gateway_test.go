@@ -1,0 +1,221 @@
+package ipc
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/bus/bustest"
+	"github.com/corobus/corobus/loader"
+	"github.com/corobus/corobus/loader/loadertest"
+	"github.com/corobus/corobus/services/cswire"
+	"github.com/corobus/corobus/services/ipc/libqb"
+	"github.com/corobus/corobus/services/ipc/libqb/qbclient"
+	"github.com/corobus/corobus/services/ipc/session"
+)
+
+// echo is a test component: it answers a request with CS_OK and the
+// request's body, and for message id 3 first sends the body as an event.
+type echo struct{}
+
+type echoSession struct{ c *session.Conn }
+
+func (echo) Open(c *session.Conn) (session.Session, error) { return echoSession{c}, nil }
+
+func (s echoSession) Request(_ context.Context, msg []byte) []byte {
+	id := binary.LittleEndian.Uint32(msg)
+	body := msg[qbclient.ReqHeaderSize:]
+	if id == 3 {
+		ev := make([]byte, 16+len(body))
+		binary.LittleEndian.PutUint32(ev, 3)
+		binary.LittleEndian.PutUint32(ev[8:], uint32(len(ev)))
+		copy(ev[16:], body)
+		_ = s.c.SendEvent(ev)
+	}
+	out := make([]byte, qbclient.ResHeaderSize+len(body))
+	binary.LittleEndian.PutUint32(out, id)
+	binary.LittleEndian.PutUint32(out[8:], uint32(len(out)))
+	binary.LittleEndian.PutUint32(out[16:], uint32(cswire.OK))
+	copy(out[qbclient.ResHeaderSize:], body)
+	return out
+}
+
+func (echoSession) Close() {}
+
+// serveEcho runs the echo component, version 1, until the returned stop.
+func serveEcho(t *testing.T, nc *nats.Conn, subjects bus.Subjects) (stop func()) {
+	t.Helper()
+	subject := subjects.Component(loader.LocalNamespace(1), "echo", 1)
+	sessions := session.NewServer(nc, subject, echo{}, bustest.Logger(t))
+	comp := loader.Component{Name: "echo", Version: 1, Subject: subject, Interfaces: []string{"open"}, Log: bustest.Logger(t),
+		Handler: func(_ context.Context, fn string, m *nats.Msg) ([]byte, error) { return sessions.Open(m), nil }}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{}, 2)
+	go func() { _ = sessions.Run(ctx); done <- struct{}{} }()
+	go func() {
+		if err := comp.Serve(ctx, nc, subjects, 1); err != nil {
+			t.Errorf("echo component: %v", err)
+		}
+		done <- struct{}{}
+	}()
+	stopped := false
+	stop = func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			<-done
+			<-done
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+type gatewayFixture struct {
+	gw       *Gateway
+	service  string
+	nc       *nats.Conn
+	subjects bus.Subjects
+}
+
+func startGateway(t *testing.T, admit func(libqb.Creds) bool) gatewayFixture {
+	t.Helper()
+	cl := bustest.StartCluster(t, 1)
+	nc := cl.Conn(1)
+	subjects, err := bus.NewSubjects("t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	loadertest.Start(t, nc, subjects, 1, loader.LocalNamespace(1))
+	// Abstract names are shared by every test process of this host.
+	service := fmt.Sprintf("cbgw-%d-%d", os.Getpid(), time.Now().UnixNano()%1000000)
+	// A short directory: socket names under it must fit a sockaddr_un.
+	shm, err := os.MkdirTemp("", "qb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(shm) })
+	gw, err := New(Config{
+		Conn: nc, Subjects: subjects, Node: 1, Log: bustest.Logger(t), Admit: admit, ShmDir: shm,
+		Routes: []Route{{Service: service, Component: "echo", Version: 1, HeldDuringSync: func(id int32) bool { return id == 2 }}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- gw.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("gateway: %v", err)
+		}
+	})
+	return gatewayFixture{gw: gw, service: service, nc: nc, subjects: subjects}
+}
+
+// dial connects once the gateway listens, returning the gateway's answer.
+func (f gatewayFixture) dial(t *testing.T) (*qbclient.Client, error) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := qbclient.Dial(f.service, 8192)
+		if !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
+			if c != nil {
+				t.Cleanup(c.Close)
+			}
+			return c, err
+		}
+		time.Sleep(10 * time.Millisecond) // not listening yet
+	}
+}
+
+func TestGatewayRoutesThroughTheLoader(t *testing.T) {
+	f := startGateway(t, func(libqb.Creds) bool { return true })
+
+	// Nothing serves the route yet: the client is told to try again, as
+	// corosync tells clients it is not ready.
+	if _, err := f.dial(t); !errors.Is(err, syscall.EAGAIN) {
+		t.Fatalf("dial with no component: %v, want EAGAIN", err)
+	}
+
+	stop := serveEcho(t, f.nc, f.subjects)
+	var c *qbclient.Client
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var err error
+		if c, err = f.dial(t); err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EAGAIN) || time.Now().After(deadline) {
+			t.Fatalf("dial: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond) // the loader has not seen the announcement yet
+	}
+
+	resp, err := c.Request(qbclient.NewRequest(1, []byte("hello")), 5*time.Second)
+	if err != nil || qbclient.ResponseError(resp) != int32(cswire.OK) || string(resp[qbclient.ResHeaderSize:]) != "hello" {
+		t.Fatalf("request: %q, %v", resp, err)
+	}
+	if _, err := c.Request(qbclient.NewRequest(3, []byte("event please")), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := c.Event(5 * time.Second)
+	if err != nil || string(ev[16:]) != "event please" {
+		t.Fatalf("event: %q, %v", ev, err)
+	}
+
+	// While the sync engine says a sync runs, held requests get
+	// CS_ERR_TRY_AGAIN (id 0, as corosync answers) and others pass.
+	setSync := func(on bool) {
+		t.Helper()
+		if err := f.nc.Publish(f.subjects.SyncState(1), fmt.Appendf(nil, `{"node":1,"in_progress":%t}`, on)); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(5 * time.Second); f.gw.Syncing() != on; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the gateway did not see in_progress=%t", on)
+			}
+		}
+	}
+	setSync(true)
+	resp, err = c.Request(qbclient.NewRequest(2, nil), 5*time.Second)
+	if err != nil || qbclient.ResponseError(resp) != int32(cswire.ErrTryAgain) || binary.LittleEndian.Uint32(resp) != 0 {
+		t.Errorf("held request during sync: %v, %v; want CS_ERR_TRY_AGAIN", resp, err)
+	}
+	if resp, err = c.Request(qbclient.NewRequest(1, nil), 5*time.Second); err != nil || qbclient.ResponseError(resp) != int32(cswire.OK) {
+		t.Errorf("request not held during sync: %v, %v", resp, err)
+	}
+	setSync(false)
+	if resp, err = c.Request(qbclient.NewRequest(2, nil), 5*time.Second); err != nil || qbclient.ResponseError(resp) != int32(cswire.OK) {
+		t.Errorf("held request after sync: %v, %v", resp, err)
+	}
+
+	// The instance holding the session goes: the client's connection
+	// ends, as corosync's clients see when corosync restarts.
+	stop()
+	// No response comes (the server closes instead); a datagram socket
+	// sees no EOF, so the wait is bounded.
+	if _, err := c.Request(qbclient.NewRequest(1, nil), time.Second); err == nil {
+		t.Error("a request answered after the component stopped")
+	}
+	if !c.Closed(5 * time.Second) {
+		t.Error("the connection stayed open after its component stopped")
+	}
+}
+
+func TestGatewayRefusesUnlistedClients(t *testing.T) {
+	f := startGateway(t, func(libqb.Creds) bool { return false })
+	serveEcho(t, f.nc, f.subjects)
+	if _, err := f.dial(t); !errors.Is(err, syscall.EACCES) {
+		t.Fatalf("dial of an unlisted client: %v, want EACCES", err)
+	}
+}
