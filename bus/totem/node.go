@@ -240,8 +240,12 @@ func (n *Node) seqFile() string {
 }
 
 // loadSeq reads the highest ring sequence a previous run of this node saw,
-// so that ring ids keep growing across restarts (corosync keeps the same
-// file for the same reason).
+// so that ring ids keep growing across restarts. The file is corosync's:
+// state_dir/ringid_<nodeid> holding the sequence as 8 bytes in the host's
+// (little-endian) order, so corobus and corosync can take turns on one
+// state directory. Like corosync, a file that does not hold 8 bytes
+// starts the sequence at 0; corobus's first releases wrote decimal text,
+// which is still read.
 func (n *Node) loadSeq() (uint64, error) {
 	p := n.seqFile()
 	if p == "" {
@@ -254,11 +258,14 @@ func (n *Node) loadSeq() (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("totem: reading %s: %w", p, err)
 	}
-	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("totem: %s: %w", p, err)
+	if len(b) == 8 {
+		return binary.LittleEndian.Uint64(b), nil
 	}
-	return v, nil
+	if v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil {
+		return v, nil
+	}
+	n.log.Warn("unreadable ring sequence file; starting from 0", "file", p, "bytes", len(b))
+	return 0, nil
 }
 
 func (n *Node) saveSeq(seq uint64) {
@@ -267,7 +274,7 @@ func (n *Node) saveSeq(seq uint64) {
 		return
 	}
 	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(seq, 10)+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(tmp, binary.LittleEndian.AppendUint64(nil, seq), 0o600); err != nil {
 		n.log.Warn("cannot persist the ring sequence", "file", p, "err", err)
 		return
 	}
