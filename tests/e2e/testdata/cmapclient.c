@@ -2,6 +2,7 @@
  * A libcmap client of corobus's own: set, get, inc, iterate, track.
  * usage: cmapclient check        one pass of every call, prints OK
  *        cmapclient loop N KEY   N rounds of set/get/inc on KEY
+ *        cmapclient bench SECS   set, then get, one u32 for SECS each; prints ops/s
  */
 #include <corosync/cmap.h>
 #include <stdio.h>
@@ -23,10 +24,37 @@ static void notify(cmap_handle_t h, cmap_track_handle_t t, int32_t event, const 
 		notified++;
 }
 
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
 int main(int argc, char **argv)
 {
 	cmap_handle_t h;
 	CHECK(cmap_initialize(&h));
+	if (argc >= 3 && strcmp(argv[1], "bench") == 0) {
+		/* One synchronous client: sets for SECONDS, then gets. */
+		double secs = atof(argv[2]);
+		uint32_t v = 0;
+		long sets = 0, gets = 0;
+		double t0 = now();
+		while (now() - t0 < secs) {
+			CHECK(cmap_set_uint32(h, "client.bench.k", (uint32_t)sets));
+			sets++;
+		}
+		double t1 = now();
+		while (now() - t1 < secs) {
+			CHECK(cmap_get_uint32(h, "client.bench.k", &v));
+			gets++;
+		}
+		double t2 = now();
+		printf("RESULT set_ops_per_s=%.0f get_ops_per_s=%.0f\n", sets / (t1 - t0), gets / (t2 - t1));
+		cmap_finalize(h);
+		return 0;
+	}
 	if (argc >= 4 && strcmp(argv[1], "loop") == 0) {
 		int n = atoi(argv[2]);
 		uint32_t v;
