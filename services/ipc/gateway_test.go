@@ -51,7 +51,7 @@ func (s echoSession) Request(_ context.Context, msg []byte) []byte {
 func (echoSession) Close() {}
 
 // serveEcho runs the echo component, version 1, until the returned stop.
-func serveEcho(t *testing.T, nc *nats.Conn, subjects bus.Subjects) (stop func()) {
+func serveEcho(t testing.TB, nc *nats.Conn, subjects bus.Subjects) (stop func()) {
 	t.Helper()
 	subject := subjects.Component(loader.LocalNamespace(1), "echo", 1)
 	sessions := session.NewServer(nc, subject, echo{}, bustest.Logger(t))
@@ -86,7 +86,7 @@ type gatewayFixture struct {
 	subjects bus.Subjects
 }
 
-func startGateway(t *testing.T, admit func(libqb.Creds) bool) gatewayFixture {
+func startGateway(t testing.TB, admit func(libqb.Creds) bool) gatewayFixture {
 	t.Helper()
 	cl := bustest.StartCluster(t, 1)
 	nc := cl.Conn(1)
@@ -123,7 +123,7 @@ func startGateway(t *testing.T, admit func(libqb.Creds) bool) gatewayFixture {
 }
 
 // dial connects once the gateway listens, returning the gateway's answer.
-func (f gatewayFixture) dial(t *testing.T) (*qbclient.Client, error) {
+func (f gatewayFixture) dial(t testing.TB) (*qbclient.Client, error) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -217,5 +217,32 @@ func TestGatewayRefusesUnlistedClients(t *testing.T) {
 	serveEcho(t, f.nc, f.subjects)
 	if _, err := f.dial(t); !errors.Is(err, syscall.EACCES) {
 		t.Fatalf("dial of an unlisted client: %v, want EACCES", err)
+	}
+}
+
+
+// BenchmarkGatewayRoundTrip is one synchronous client's request through
+// the gateway, over the bus (TCP to an embedded server) to a component
+// session and back: the cost a cmap call pays when cmap runs in its own
+// process.
+func BenchmarkGatewayRoundTrip(b *testing.B) {
+	f := startGateway(b, func(libqb.Creds) bool { return true })
+	serveEcho(b, f.nc, f.subjects)
+	var c *qbclient.Client
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		var err error
+		if c, err = f.dial(b); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatal(err)
+		}
+	}
+	msg := qbclient.NewRequest(1, []byte("0123456789abcdef"))
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := c.Request(msg, 5*time.Second); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

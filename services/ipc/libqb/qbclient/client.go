@@ -25,6 +25,7 @@ const (
 // Client is one connection.
 type Client struct {
 	setup, req, evt int
+	buf             []byte // one receive buffer, reused
 	// Base is the connection's socket base name; Control its control file.
 	Base, Control string
 }
@@ -143,20 +144,23 @@ func (c *Client) Request(msg []byte, timeout time.Duration) ([]byte, error) {
 			break
 		}
 	}
-	return recv(c.req, 1<<20, timeout)
+	return c.recv(c.req, timeout)
 }
 
 // Event waits up to timeout for the next event message.
 func (c *Client) Event(timeout time.Duration) ([]byte, error) {
-	return recv(c.evt, 1<<20, timeout)
+	return c.recv(c.evt, timeout)
 }
 
-func recv(fd, size int, timeout time.Duration) ([]byte, error) {
+// recv reads one datagram and returns a copy of it.
+func (c *Client) recv(fd int, timeout time.Duration) ([]byte, error) {
 	tv := syscall.NsecToTimeval(timeout.Nanoseconds())
 	_ = syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
-	b := make([]byte, size)
+	if c.buf == nil {
+		c.buf = make([]byte, 1<<20)
+	}
 	for {
-		n, err := syscall.Read(fd, b)
+		n, err := syscall.Read(fd, c.buf)
 		if errors.Is(err, syscall.EINTR) {
 			continue
 		}
@@ -166,7 +170,7 @@ func recv(fd, size int, timeout time.Duration) ([]byte, error) {
 		if n == 0 {
 			return nil, errors.New("connection shut down")
 		}
-		return b[:n], nil
+		return append([]byte(nil), c.buf[:n]...), nil
 	}
 }
 
