@@ -27,11 +27,22 @@ func TestCorosyncCmapctl(t *testing.T) {
 		t.Skipf("unshare --net does not work here (%v): skipping the real-client test", err)
 	}
 	b := buildBinary(t)
+	// cmap as its own component process behind the gateway (the default),
+	// and colocated in the gateway: the same client, the same answers.
+	for _, mode := range []struct{ name, args string }{
+		{"component", ""},
+		{"colocated", "-o ipc.colocate=cmap"},
+	} {
+		t.Run(mode.name, func(t *testing.T) { runCmapctl(t, b, cmapctl, mode.args) })
+	}
+}
+
+func runCmapctl(t *testing.T, b binary, cmapctl, upArgs string) {
 	dir := t.TempDir()
 	script := `set -e
 ip link set lo up 2>/dev/null || true
 export XDG_STATE_HOME=` + dir + `
-` + b.path + ` up > ` + dir + `/up.log 2>&1 &
+` + b.path + ` up ` + upArgs + ` > ` + dir + `/up.log 2>&1 &
 UP=$!
 trap 'kill -TERM $UP; wait $UP' EXIT
 for i in $(seq 100); do ` + b.path + ` status 2>/dev/null | grep -q ipc && break; sleep 0.2; done
