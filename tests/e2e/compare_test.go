@@ -65,6 +65,8 @@ C=` + shellQuote(cmapctl) + `
 B=` + shellQuote(b.path) + `
 ip link set lo up || exit 10
 run() { echo "== $*"; timeout 10 "$C" "$@" 2>&1; echo "rc=$?"; }
+# A client of an unlisted uid, then listed under uidgid.uid.<n> at run time.
+runas() { echo "== uid 4242: $*"; timeout 10 setpriv --reuid 4242 --regid 4242 --clear-groups "$C" "$@" 2>&1; echo "rc=$?"; }
 answers() { timeout 2 "$C" -g totem.cluster_name >/dev/null 2>&1; }
 sequence() {
 	run -g totem.cluster_name
@@ -114,6 +116,12 @@ sequence() {
 	run -D cmp.t.
 	run -g no.such.key
 	run no.such.prefix.
+	runas -g totem.cluster_name
+	run -s uidgid.uid.4242 u8 1
+	runas -g totem.cluster_name
+	runas -s cmp.uid u8 1
+	run -d uidgid.uid.4242
+	runas -g totem.cluster_name
 	# Last, as they would change the map if they were allowed.
 	run -s nodelist.node.0.nodeid u32 9
 	run -g nodelist.node.0.nodeid
