@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/corobus/corobus/bus/bustest"
 	"github.com/corobus/corobus/objdb"
 	"github.com/corobus/corobus/objdb/client"
@@ -36,6 +38,43 @@ func BenchmarkClient(b *testing.B) {
 	b.Run("get", func(b *testing.B) {
 		for b.Loop() {
 			if _, err := c.Get(ctx, "test.bench.k"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkStoreSet is the write path a co-located writer (the cmap
+// service) pays: a replicated put and the local copy catching up, against
+// the bare JetStream KV put under it.
+func BenchmarkStoreSet(b *testing.B) {
+	cl := bustest.StartCluster(b, 1)
+	env := testEnv(b, cl.Conn(1))
+	ctx := context.Background()
+	st, err := objdb.OpenFor(ctx, env)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	v, _ := objdb.ParseValue(objdb.Uint32, "7")
+	b.Run("store", func(b *testing.B) {
+		for b.Loop() {
+			if err := st.Set(ctx, "test.bench.k", v); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	js, err := jetstream.New(cl.Conn(1))
+	if err != nil {
+		b.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, objdb.BucketName(env.Config.ClusterName()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("kv-put", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := kv.Put(ctx, "c.test.bench.raw", []byte{1, 2, 3, 4}); err != nil {
 				b.Fatal(err)
 			}
 		}
