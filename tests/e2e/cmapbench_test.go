@@ -1,12 +1,9 @@
 package e2e
 
 import (
-	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 	"testing"
 )
 
@@ -21,30 +18,12 @@ import (
 //
 //	go test ./tests/e2e -run '^$' -bench CmapThroughGateway -benchtime 1x
 func BenchmarkCmapThroughGateway(b *testing.B) {
-	if _, err := os.Stat("/usr/include/corosync/cmap.h"); err != nil {
-		b.Skip("libcmap-dev is not installed (apt-get install libcmap-dev): skipping")
-	}
-	if os.Geteuid() != 0 || exec.Command("unshare", "--net", "true").Run() != nil {
-		b.Skip("unshare --net is not available (needs root): skipping")
-	}
-	client := filepath.Join(b.TempDir(), "cmapclient")
-	if out, err := exec.Command("gcc", "-O2", "-o", client, repoFile("tests", "e2e", "testdata", "cmapclient.c"), "-lcmap").CombinedOutput(); err != nil {
-		b.Fatalf("building the libcmap client: %v\n%s", err, out)
-	}
+	requireRealClients(b, "libcmap benchmark", needs{headers: []string{"corosync/cmap.h"}})
+	client := buildCmapClient(b)
 	corosync, _ := exec.LookPath("corosync")
 	bin := buildBinary(b)
 	dir := b.TempDir()
-	tmpl, err := os.ReadFile(repoFile("tests", "e2e", "testdata", "compare.conf"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	conf := filepath.Join(dir, "node.conf")
-	if err := os.WriteFile(conf, []byte(strings.ReplaceAll(string(tmpl), "@DIR@", dir)), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	if err := os.Mkdir(filepath.Join(dir, "state"), 0o755); err != nil {
-		b.Fatal(err)
-	}
+	conf := oneNodeConf(b, dir)
 	script := `
 C=` + shellQuote(client) + `
 B=` + shellQuote(bin.path) + `

@@ -13,19 +13,8 @@ import (
 // a loop while more are killed in mid-request. The node keeps serving and
 // no client leaves anything in /dev/shm.
 func TestLibcmapClients(t *testing.T) {
-	if testing.Short() {
-		t.Skip("real libcmap clients: skipped in -short")
-	}
-	if _, err := os.Stat("/usr/include/corosync/cmap.h"); err != nil {
-		t.Skip("libcmap-dev is not installed (apt-get install libcmap-dev; .ci/run does): skipping")
-	}
-	if os.Geteuid() != 0 || exec.Command("unshare", "--net", "true").Run() != nil {
-		t.Skip("unshare --net is not available (needs root): skipping the real-client test")
-	}
-	client := filepath.Join(t.TempDir(), "cmapclient")
-	if out, err := exec.Command("gcc", "-O2", "-o", client, repoFile("tests", "e2e", "testdata", "cmapclient.c"), "-lcmap").CombinedOutput(); err != nil {
-		t.Fatalf("building the libcmap client: %v\n%s", err, out)
-	}
+	requireRealClients(t, "real libcmap clients", needs{headers: []string{"corosync/cmap.h"}})
+	client := buildCmapClient(t)
 	b := buildBinary(t)
 	dir := t.TempDir()
 	script := `set -e

@@ -13,19 +13,7 @@ import (
 // their own (unshare --net), where no corosync can own the abstract
 // socket names.
 func TestCorosyncCmapctl(t *testing.T) {
-	if testing.Short() {
-		t.Skip("real corosync client: skipped in -short")
-	}
-	cmapctl, err := exec.LookPath("corosync-cmapctl")
-	if err != nil {
-		t.Skip("corosync-cmapctl is not installed (apt-get install corosync; .ci/run does): skipping the real-client test")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("unshare --net needs root: skipping the real-client test")
-	}
-	if err := exec.Command("unshare", "--net", "true").Run(); err != nil {
-		t.Skipf("unshare --net does not work here (%v): skipping the real-client test", err)
-	}
+	cmapctl := requireRealClients(t, "real corosync client", needs{commands: []string{"corosync-cmapctl"}})[0]
 	b := buildBinary(t)
 	// cmap as its own component process behind the gateway (the default),
 	// and colocated in the gateway: the same client, the same answers.

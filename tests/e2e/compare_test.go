@@ -22,36 +22,11 @@ import (
 // abstract socket names (cmap, …) cannot clash with a corosync on the host,
 // and the second daemon gets the names the first one released.
 func TestCmapctlMatchesCorosync(t *testing.T) {
-	if testing.Short() {
-		t.Skip("real corosync and corosync-cmapctl: skipped in -short")
-	}
-	corosync, err := exec.LookPath("corosync")
-	if err != nil {
-		t.Skip("corosync is not installed (apt-get install corosync): skipping the comparison with a real corosync")
-	}
-	cmapctl, err := exec.LookPath("corosync-cmapctl")
-	if err != nil {
-		t.Skip("corosync-cmapctl is not installed (apt-get install corosync): skipping the comparison with a real corosync")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("unshare --net and corosync need root: skipping the comparison with a real corosync")
-	}
-	if err := exec.Command("unshare", "--net", "true").Run(); err != nil {
-		t.Skipf("unshare --net does not work here (%v): skipping the comparison with a real corosync", err)
-	}
+	paths := requireRealClients(t, "comparison with a real corosync", needs{commands: []string{"corosync", "corosync-cmapctl"}})
+	corosync, cmapctl := paths[0], paths[1]
 	b := buildBinary(t)
 	dir := t.TempDir()
-	tmpl, err := os.ReadFile(repoFile("tests", "e2e", "testdata", "compare.conf"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	conf := filepath.Join(dir, "compare.conf")
-	if err := os.WriteFile(conf, []byte(strings.ReplaceAll(string(tmpl), "@DIR@", dir)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Mkdir(filepath.Join(dir, "state"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	conf := oneNodeConf(t, dir)
 
 	// Every call goes through run: the section marker is the command line,
 	// so a mismatch names the command, and stderr and the exit status are

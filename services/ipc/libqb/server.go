@@ -103,9 +103,9 @@ func NewServer(log *slog.Logger) *Server {
 		EventQueueHigh: 1 << 20, EventQueueMax: 64 << 20, conns: map[*Conn]struct{}{}}
 }
 
-// abstractAddr is an abstract unix address padded to the full
+// AbstractAddr is the abstract unix address of name padded to the full
 // sockaddr_un, as libqb binds and connects.
-func abstractAddr(name string) (*syscall.SockaddrUnix, error) {
+func AbstractAddr(name string) (*syscall.SockaddrUnix, error) {
 	if len(name)+1 > sockaddrPathLen {
 		return nil, fmt.Errorf("socket name %q too long", name)
 	}
@@ -121,7 +121,7 @@ func (s *Server) Listen(ctx context.Context, service string, h Handler) error {
 	if err != nil {
 		return fmt.Errorf("libqb %s: socket: %w", service, err)
 	}
-	addr, err := abstractAddr(service)
+	addr, err := AbstractAddr(service)
 	if err != nil {
 		syscall.Close(fd)
 		return err
@@ -380,10 +380,10 @@ func (s *Server) setupConn(c *Conn, service string) error {
 	if c.evt, err = dgram(c.base+"-event-tx", c.maxSize); err != nil {
 		return err
 	}
-	if c.respTo, err = abstractAddr(c.base + "-response"); err != nil {
+	if c.respTo, err = AbstractAddr(c.base + "-response"); err != nil {
 		return err
 	}
-	c.evtTo, err = abstractAddr(c.base + "-event")
+	c.evtTo, err = AbstractAddr(c.base + "-event")
 	return err
 }
 
@@ -392,7 +392,7 @@ func dgram(name string, size int) (int, error) {
 	if err != nil {
 		return -1, fmt.Errorf("datagram socket: %w", err)
 	}
-	addr, err := abstractAddr(name)
+	addr, err := AbstractAddr(name)
 	if err == nil {
 		err = syscall.Bind(fd, addr)
 	}

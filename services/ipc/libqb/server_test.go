@@ -60,7 +60,7 @@ func dial(t *testing.T, service string, request []byte) (*rawClient, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr, _ := abstractAddr(service)
+	addr, _ := AbstractAddr(service)
 	for deadline := time.Now().Add(5 * time.Second); ; {
 		if err = syscall.Connect(fd, addr); err == nil || time.Now().After(deadline) {
 			break
@@ -104,8 +104,8 @@ func (c *rawClient) open(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	local, _ := abstractAddr(c.base + "-response")
-	remote, _ := abstractAddr(c.base + "-request")
+	local, _ := AbstractAddr(c.base + "-response")
+	remote, _ := AbstractAddr(c.base + "-request")
 	if err := syscall.Bind(fd, local); err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +119,7 @@ func (c *rawClient) open(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	local, _ = abstractAddr(c.base + "-event")
+	local, _ = AbstractAddr(c.base + "-event")
 	if err := syscall.Bind(efd, local); err != nil {
 		t.Fatal(err)
 	}

@@ -10,16 +10,17 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"github.com/corobus/corobus/services/ipc/libqb"
 )
 
 // Layout of libqb's structs on 64-bit Linux.
 const (
-	ReqHeaderSize    = 16
-	ResHeaderSize    = 24
+	ReqHeaderSize    = libqb.ReqHeaderSize
+	ResHeaderSize    = libqb.ResHeaderSize
 	connRequestSize  = 24
 	pathMax          = 4096
 	connResponseSize = ResHeaderSize + 4 + 4 + 8 + 3*pathMax
-	sockaddrPathLen  = 108
 )
 
 // Client is one connection.
@@ -28,18 +29,6 @@ type Client struct {
 	buf             []byte // one receive buffer, reused
 	// Base is the connection's socket base name; Control its control file.
 	Base, Control string
-}
-
-// addr is an abstract unix address padded to the full sockaddr_un, as
-// libqb binds and connects.
-func addr(name string) (*syscall.SockaddrUnix, error) {
-	if len(name)+1 > sockaddrPathLen {
-		return nil, fmt.Errorf("socket name %q too long", name)
-	}
-	b := make([]byte, sockaddrPathLen)
-	b[0] = '@'
-	copy(b[1:], name)
-	return &syscall.SockaddrUnix{Name: string(b)}, nil
 }
 
 // Dial connects to service. A server's refusal comes back as the
@@ -56,7 +45,7 @@ func Dial(service string, maxMsgSize uint32) (*Client, error) {
 	if c.setup, err = syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0); err != nil {
 		return nil, err
 	}
-	a, err := addr(service)
+	a, err := libqb.AbstractAddr(service)
 	if err != nil {
 		return nil, err
 	}
@@ -102,13 +91,13 @@ func bound(local, remote string) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	la, err := addr(local)
+	la, err := libqb.AbstractAddr(local)
 	if err == nil {
 		err = syscall.Bind(fd, la)
 	}
 	if err == nil && remote != "" {
 		var ra *syscall.SockaddrUnix
-		if ra, err = addr(remote); err == nil {
+		if ra, err = libqb.AbstractAddr(remote); err == nil {
 			err = syscall.Connect(fd, ra)
 		}
 	}

@@ -1,0 +1,77 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// needs are what a real-client test requires of the machine, each checked
+// with a visible skip reason when missing (.ci/run installs them all).
+type needs struct {
+	commands []string // on PATH: corosync, corosync-cmapctl, …
+	headers  []string // development headers: corosync/cmap.h, …
+}
+
+// requireRealClients skips t, saying why, unless the machine can run
+// corosync's real clients: not -short, root, a working `unshare --net`
+// (each test runs its node in a namespace of its own, where no corosync
+// owns the abstract socket names), and what n lists. It returns the
+// commands' paths in n.commands order.
+func requireRealClients(t testing.TB, what string, n needs) []string {
+	t.Helper()
+	if testing.Short() {
+		t.Skipf("%s: skipped in -short", what)
+	}
+	var paths []string
+	for _, c := range n.commands {
+		p, err := exec.LookPath(c)
+		if err != nil {
+			t.Skipf("%s: %s is not installed (apt-get install corosync; .ci/run does): skipping", what, c)
+		}
+		paths = append(paths, p)
+	}
+	for _, h := range n.headers {
+		if _, err := os.Stat(filepath.Join("/usr/include", h)); err != nil {
+			t.Skipf("%s: %s is missing (apt-get install libcmap-dev; .ci/run does): skipping", what, h)
+		}
+	}
+	if os.Geteuid() != 0 {
+		t.Skipf("%s: unshare --net needs root: skipping", what)
+	}
+	if err := exec.Command("unshare", "--net", "true").Run(); err != nil {
+		t.Skipf("%s: unshare --net does not work here (%v): skipping", what, err)
+	}
+	return paths
+}
+
+// buildCmapClient compiles testdata/cmapclient.c against libcmap.
+func buildCmapClient(t testing.TB) string {
+	t.Helper()
+	client := filepath.Join(t.TempDir(), "cmapclient")
+	if out, err := exec.Command("gcc", "-O2", "-o", client, repoFile("tests", "e2e", "testdata", "cmapclient.c"), "-lcmap").CombinedOutput(); err != nil {
+		t.Fatalf("building the libcmap client: %v\n%s", err, out)
+	}
+	return client
+}
+
+// oneNodeConf writes testdata/compare.conf, a one-node corosync.conf on
+// 127.0.0.1 that corosync and corobus both run, with its log and state in
+// dir; it returns the file's path.
+func oneNodeConf(t testing.TB, dir string) string {
+	t.Helper()
+	tmpl, err := os.ReadFile(repoFile("tests", "e2e", "testdata", "compare.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "node.conf")
+	if err := os.WriteFile(conf, []byte(strings.ReplaceAll(string(tmpl), "@DIR@", dir)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "state"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return conf
+}
