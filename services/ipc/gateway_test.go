@@ -220,7 +220,6 @@ func TestGatewayRefusesUnlistedClients(t *testing.T) {
 	}
 }
 
-
 // BenchmarkGatewayRoundTrip is one synchronous client's request through
 // the gateway, over the bus (TCP to an embedded server) to a component
 // session and back: the cost a cmap call pays when cmap runs in its own
