@@ -48,6 +48,11 @@ type Component struct {
 	// Exit is asked before the service manager stops the instance
 	// (corosync's exec_exit_fn): ErrBusy asks for more time. Nil: yes.
 	Exit func() error
+	// Quiet tells whether a retiring instance may leave: a component
+	// whose clients hold state in it (sessions of corosync clients) stays
+	// until they are gone, as an LCR interface stayed loaded while
+	// referenced. Nil: as soon as requests stop reaching it.
+	Quiet func() bool
 	Log  *slog.Logger
 }
 
@@ -170,6 +175,9 @@ loop:
 				s.mu.Lock()
 				quiet := time.Since(s.lastMoved) >= c.Linger && time.Since(retiredAt) >= c.Linger
 				s.mu.Unlock()
+				if quiet && c.Quiet != nil {
+					quiet = c.Quiet()
+				}
 				if quiet {
 					break loop
 				}

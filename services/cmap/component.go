@@ -2,10 +2,6 @@ package cmap
 
 import (
 	"context"
-	"fmt"
-
-	"github.com/nats-io/nats.go"
-	"github.com/oklog/run"
 
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/layer"
@@ -49,30 +45,6 @@ func Subject(s bus.Subjects, node uint32) string {
 // Serve announces svc as the cmap component of env's node and serves its
 // sessions.
 func Serve(ctx context.Context, env layer.Env, svc *Service) error {
-	subject := Subject(env.Subjects, env.Node.ID)
-	sessions := session.NewServer(env.Conn, subject, svc, env.Log)
-	comp := loader.Component{
-		Name: ComponentName, Version: ComponentVersion, Subject: subject,
-		Interfaces: []string{"open"}, Log: env.Log,
-		Handler: func(_ context.Context, fn string, m *nats.Msg) ([]byte, error) {
-			if fn != "open" {
-				return nil, fmt.Errorf("cmap has no function %q", fn)
-			}
-			return sessions.Open(m), nil
-		},
-	}
-	var g run.Group
-	{
-		// The session server: every request of an open connection.
-		ctx, cancel := context.WithCancel(ctx)
-		g.Add(func() error { return sessions.Run(ctx) }, func(error) { cancel() })
-	}
-	{
-		// The component: announcements, new connections, retirement. When
-		// it returns (stopped, or retired by a newer version) the process
-		// ends with it.
-		ctx, cancel := context.WithCancel(ctx)
-		g.Add(func() error { return comp.Serve(ctx, env.Conn, env.Subjects, env.Node.ID) }, func(error) { cancel() })
-	}
-	return g.Run()
+	return session.ServeComponent(ctx, env.Conn, env.Subjects, env.Node.ID,
+		loader.Component{Name: ComponentName, Version: ComponentVersion, Subject: Subject(env.Subjects, env.Node.ID)}, svc, env.Log)
 }

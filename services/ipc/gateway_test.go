@@ -24,15 +24,21 @@ import (
 
 // echo is a test component: it answers a request with CS_OK and the
 // request's body, and for message id 3 first sends the body as an event.
-type echo struct{}
+type echo struct{ ver uint32 }
 
-type echoSession struct{ c *session.Conn }
+type echoSession struct {
+	c   *session.Conn
+	ver uint32
+}
 
-func (echo) Open(c *session.Conn) (session.Session, error) { return echoSession{c}, nil }
+func (e echo) Open(c *session.Conn) (session.Session, error) { return echoSession{c, e.ver}, nil }
 
 func (s echoSession) Request(_ context.Context, msg []byte) []byte {
 	id := binary.LittleEndian.Uint32(msg)
 	body := msg[qbclient.ReqHeaderSize:]
+	if id == 4 {
+		body = fmt.Appendf(nil, "v%d", s.ver)
+	}
 	if id == 3 {
 		ev := make([]byte, 16+len(body))
 		binary.LittleEndian.PutUint32(ev, 3)
@@ -50,21 +56,18 @@ func (s echoSession) Request(_ context.Context, msg []byte) []byte {
 
 func (echoSession) Close() {}
 
-// serveEcho runs the echo component, version 1, until the returned stop.
-func serveEcho(t testing.TB, nc *nats.Conn, subjects bus.Subjects) (stop func()) {
+// serveEcho runs the echo component, version ver, until the returned
+// stop. It answers request id 4 with its version.
+func serveEcho(t testing.TB, nc *nats.Conn, subjects bus.Subjects, ver uint32, replaces ...uint32) (stop func(), exited <-chan struct{}) {
 	t.Helper()
-	subject := subjects.Component(loader.LocalNamespace(1), "echo", 1)
-	sessions := session.NewServer(nc, subject, echo{}, bustest.Logger(t))
-	comp := loader.Component{Name: "echo", Version: 1, Subject: subject, Interfaces: []string{"open"}, Log: bustest.Logger(t),
-		Handler: func(_ context.Context, fn string, m *nats.Msg) ([]byte, error) { return sessions.Open(m), nil }}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{}, 2)
-	go func() { _ = sessions.Run(ctx); done <- struct{}{} }()
+	done := make(chan struct{})
 	go func() {
-		if err := comp.Serve(ctx, nc, subjects, 1); err != nil {
+		defer close(done)
+		comp := loader.Component{Name: "echo", Version: ver, Replaces: replaces, Interval: 100 * time.Millisecond}
+		if err := session.ServeComponent(ctx, nc, subjects, 1, comp, echo{ver}, bustest.Logger(t)); err != nil {
 			t.Errorf("echo component: %v", err)
 		}
-		done <- struct{}{}
 	}()
 	stopped := false
 	stop = func() {
@@ -72,11 +75,10 @@ func serveEcho(t testing.TB, nc *nats.Conn, subjects bus.Subjects) (stop func())
 			stopped = true
 			cancel()
 			<-done
-			<-done
 		}
 	}
 	t.Cleanup(stop)
-	return stop
+	return stop, done
 }
 
 type gatewayFixture struct {
@@ -122,6 +124,21 @@ func startGateway(t testing.TB, admit func(libqb.Creds) bool) gatewayFixture {
 	return gatewayFixture{gw: gw, service: service, nc: nc, subjects: subjects}
 }
 
+// dialServed connects once a component serves the route.
+func (f gatewayFixture) dialServed(t testing.TB) *qbclient.Client {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		c, err := f.dial(t)
+		if err == nil {
+			return c
+		}
+		if !errors.Is(err, syscall.EAGAIN) || time.Now().After(deadline) {
+			t.Fatalf("dial: %v", err)
+		}
+		// The loader has not seen the component's announcement yet.
+	}
+}
+
 // dial connects once the gateway listens, returning the gateway's answer.
 func (f gatewayFixture) dial(t testing.TB) (*qbclient.Client, error) {
 	t.Helper()
@@ -147,19 +164,8 @@ func TestGatewayRoutesThroughTheLoader(t *testing.T) {
 		t.Fatalf("dial with no component: %v, want EAGAIN", err)
 	}
 
-	stop := serveEcho(t, f.nc, f.subjects)
-	var c *qbclient.Client
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var err error
-		if c, err = f.dial(t); err == nil {
-			break
-		}
-		if !errors.Is(err, syscall.EAGAIN) || time.Now().After(deadline) {
-			t.Fatalf("dial: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond) // the loader has not seen the announcement yet
-	}
+	stop, _ := serveEcho(t, f.nc, f.subjects, 1)
+	c := f.dialServed(t)
 
 	resp, err := c.Request(qbclient.NewRequest(1, []byte("hello")), 5*time.Second)
 	if err != nil || qbclient.ResponseError(resp) != int32(cswire.OK) || string(resp[qbclient.ResHeaderSize:]) != "hello" {
@@ -214,7 +220,7 @@ func TestGatewayRoutesThroughTheLoader(t *testing.T) {
 
 func TestGatewayRefusesUnlistedClients(t *testing.T) {
 	f := startGateway(t, func(libqb.Creds) bool { return false })
-	serveEcho(t, f.nc, f.subjects)
+	serveEcho(t, f.nc, f.subjects, 1)
 	if _, err := f.dial(t); !errors.Is(err, syscall.EACCES) {
 		t.Fatalf("dial of an unlisted client: %v, want EACCES", err)
 	}
@@ -226,22 +232,63 @@ func TestGatewayRefusesUnlistedClients(t *testing.T) {
 // process.
 func BenchmarkGatewayRoundTrip(b *testing.B) {
 	f := startGateway(b, func(libqb.Creds) bool { return true })
-	serveEcho(b, f.nc, f.subjects)
-	var c *qbclient.Client
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		var err error
-		if c, err = f.dial(b); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			b.Fatal(err)
-		}
-	}
+	serveEcho(b, f.nc, f.subjects, 1)
+	c := f.dialServed(b)
 	msg := qbclient.NewRequest(1, []byte("0123456789abcdef"))
 	b.ResetTimer()
 	for b.Loop() {
 		if _, err := c.Request(msg, 5*time.Second); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func servedBy(t *testing.T, c *qbclient.Client) string {
+	t.Helper()
+	resp, err := c.Request(qbclient.NewRequest(4, nil), 5*time.Second)
+	if err != nil {
+		t.Fatalf("version request: %v", err)
+	}
+	return string(resp[qbclient.ResHeaderSize:])
+}
+
+// A newer version replaces a session component under a connected client:
+// new connections go to the new version, the connection made before keeps
+// the instance that holds its state, and the old instance leaves once its
+// last connection has gone.
+func TestGatewayReplacementKeepsConnections(t *testing.T) {
+	f := startGateway(t, func(libqb.Creds) bool { return true })
+	_, v1exited := serveEcho(t, f.nc, f.subjects, 1)
+	old := f.dialServed(t)
+	if v := servedBy(t, old); v != "v1" {
+		t.Fatalf("first connection served by %s", v)
+	}
+	serveEcho(t, f.nc, f.subjects, 2, 1)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		c := f.dialServed(t)
+		v := servedBy(t, c)
+		c.Close()
+		if v == "v2" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("new connections are not served by the replacement")
+		}
+	}
+	for range 5 {
+		if v := servedBy(t, old); v != "v1" {
+			t.Fatalf("the connection made before the replacement moved to %s", v)
+		}
+	}
+	select {
+	case <-v1exited:
+		t.Fatal("the old instance left while a connection still held it")
+	default:
+	}
+	old.Close()
+	select {
+	case <-v1exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the old instance stayed after its last connection went")
 	}
 }

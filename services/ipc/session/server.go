@@ -123,6 +123,10 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 }
 
+// Quiet reports whether no session is open: a retiring instance of a
+// session component leaves only then (loader.Component.Quiet).
+func (s *Server) Quiet() bool { return s.Sessions() == 0 }
+
 // Sessions is the number of open sessions (for stats).
 func (s *Server) Sessions() int {
 	s.mu.Lock()
@@ -217,7 +221,17 @@ func (s *Server) work(sv *served) {
 				s.log.Debug("replying to a request", "conn", sv.conn.ID, "err", err)
 			}
 		case <-sv.done:
-			return
+			// Requests queued behind the end get the empty reply that
+			// tells their gateway the session is gone, now rather than
+			// at its timeout.
+			for {
+				select {
+				case m := <-sv.queue:
+					_ = m.Respond(nil)
+				default:
+					return
+				}
+			}
 		}
 	}
 }
