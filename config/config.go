@@ -51,8 +51,9 @@ type Options struct {
 
 // Config is a loaded, validated configuration.
 type Config struct {
-	k    *koanf.Koanf
-	file string
+	k         *koanf.Koanf
+	file      string
+	overrides []string
 	// embedded is true when no file was given.
 	embedded bool
 }
@@ -192,6 +193,7 @@ func Load(opts Options) (*Config, error) {
 		return nil, fmt.Errorf("merging overrides: %w", err)
 	}
 
+	c.overrides = append([]string(nil), opts.Overrides...)
 	if _, err := c.Nodes(); err != nil {
 		return nil, c.errf("%v", err)
 	}
@@ -251,6 +253,10 @@ func (c *Config) errf(format string, args ...any) error {
 
 // File is the configuration file, or "" for the embedded default.
 func (c *Config) File() string { return c.file }
+
+// Overrides are the command line's key=value pairs, for the processes a
+// layer starts, which must see the configuration it sees.
+func (c *Config) Overrides() []string { return append([]string(nil), c.overrides...) }
 
 // Embedded reports whether this is the embedded default (no file).
 func (c *Config) Embedded() bool { return c.embedded }

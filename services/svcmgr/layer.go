@@ -80,13 +80,20 @@ func Run(ctx context.Context, env layer.Env, builtin map[string][]string) error 
 	if err != nil {
 		return err
 	}
+	// Built-in services load the node's configuration as svcmgr did: the
+	// same file and the same command-line overrides.
+	var common []string
 	if env.Config.File() != "" {
-		withFile := map[string][]string{}
-		for name, args := range builtin {
-			withFile[name] = append(append([]string{}, args...), "-c", env.Config.File())
-		}
-		builtin = withFile
+		common = append(common, "-c", env.Config.File())
 	}
+	for _, o := range env.Config.Overrides() {
+		common = append(common, "-o", o)
+	}
+	withConfig := map[string][]string{}
+	for name, args := range builtin {
+		withConfig[name] = append(append([]string{}, args...), common...)
+	}
+	builtin = withConfig
 	rec := objdbclient.New(env.Conn, env.Subjects, env.Node.ID)
 	rec.Internal = true
 	m, err := New(Config{
