@@ -91,9 +91,12 @@ type Gateway struct {
 	ctx     context.Context
 	nextID  atomic.Uint64
 
-	mu      sync.Mutex
-	handles map[string]hdb.Handle // by component name and version
-	conns   map[string]*libqb.Conn
+	// handlesMu is held across a loader round trip; mu guards what the
+	// event path needs, so that resolving a route never delays events.
+	handlesMu sync.Mutex
+	handles   map[string]hdb.Handle // by component name and version
+	mu        sync.Mutex
+	conns     map[string]*libqb.Conn
 }
 
 // New checks cfg and returns a gateway; Run serves it.
@@ -235,8 +238,8 @@ func (g *Gateway) onEvent(m *nats.Msg) {
 // loader client re-resolves it when versions come and go.
 func (g *Gateway) handle(r Route) (hdb.Handle, error) {
 	key := r.Component + "/" + strconv.FormatUint(uint64(r.Version), 10)
-	g.mu.Lock()
-	defer g.mu.Unlock()
+	g.handlesMu.Lock()
+	defer g.handlesMu.Unlock()
 	if h, ok := g.handles[key]; ok {
 		return h, nil
 	}
@@ -251,8 +254,8 @@ func (g *Gateway) handle(r Route) (hdb.Handle, error) {
 }
 
 func (g *Gateway) releaseHandles() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
+	g.handlesMu.Lock()
+	defer g.handlesMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	for k, h := range g.handles {
