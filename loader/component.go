@@ -53,7 +53,7 @@ type Component struct {
 	// until they are gone, as an LCR interface stayed loaded while
 	// referenced. Nil: as soon as requests stop reaching it.
 	Quiet func() bool
-	Log  *slog.Logger
+	Log   *slog.Logger
 }
 
 // instanceState is a running Serve.
