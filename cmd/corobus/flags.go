@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -63,4 +64,26 @@ func parse(a *app, fs *flag.FlagSet, args []string) error {
 		return usagef("%v", err)
 	}
 	return nil
+}
+
+// queryFlags are the flags of the verbs that ask one node something:
+// which node to reach (nodeFlags), --json, and --node to ask another
+// node of the cluster through it.
+type queryFlags struct {
+	nodeFlags
+	json bool
+	node uint
+}
+
+func (q *queryFlags) register(fs *flag.FlagSet, jsonUsage, nodeUsage string) {
+	q.nodeFlags.register(fs, true)
+	fs.BoolVar(&q.json, "json", false, jsonUsage)
+	fs.UintVar(&q.node, "node", 0, nodeUsage)
+}
+
+// printJSON writes v indented, as the --json of every verb prints.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

@@ -18,23 +18,19 @@ import (
 )
 
 func runLcr(ctx context.Context, a *app, args []string) error {
-	var nf nodeFlags
-	var asJSON bool
-	var node uint
+	var q queryFlags
 	fs := newFlagSet(a, "lcr", "[-c FILE | --bus URL] [--json] [--node ID]",
 		"List the components the loader knows (corosync's LCR): name, version, namespace,\n"+
 			"subject, priority, the versions each replaces, its instances (node, pid, state) and\n"+
 			"how many references resolve to it along the node's search path.")
-	nf.register(fs, true)
-	fs.BoolVar(&asJSON, "json", false, "print JSON")
-	fs.UintVar(&node, "node", 0, "ask this node's loader instead of the configured local node's")
+	q.register(fs, "print JSON", "ask this node's loader instead of the configured local node's")
 	if err := parse(a, fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return usagef("unexpected argument %q", fs.Arg(0))
 	}
-	c, err := a.connect(nf, "corobus-lcr", node)
+	c, err := a.connect(q.nodeFlags, "corobus-lcr", q.node)
 	if err != nil {
 		return err
 	}
@@ -44,10 +40,8 @@ func runLcr(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return err
 	}
-	if asJSON {
-		enc := json.NewEncoder(a.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(l)
+	if q.json {
+		return printJSON(a.stdout, l)
 	}
 	fmt.Fprintf(a.stdout, "Search path of node %d: %s\n", l.Node, strings.Join(l.SearchPath, " "))
 	tw := tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -99,19 +98,15 @@ type NodeStatus struct {
 }
 
 func runStatus(ctx context.Context, a *app, args []string) error {
-	var nf nodeFlags
-	var asJSON bool
-	var node uint
+	var q queryFlags
 	fs := newFlagSet(a, "status", "[-c FILE | --bus URL] [--json] [--node ID]",
 		"Show a node: id, cluster name, bus state (JetStream, routes, meta peers) and every layer\n"+
 			"process found through micro discovery, with pid, version, uptime and restarts.")
-	nf.register(fs, true)
-	fs.BoolVar(&asJSON, "json", false, "print JSON")
-	fs.UintVar(&node, "node", 0, "show this node id instead of the configured local node")
+	q.register(fs, "print JSON", "show this node id instead of the configured local node")
 	if err := parse(a, fs, args); err != nil {
 		return err
 	}
-	c, err := a.connect(nf, "corobus-status", node)
+	c, err := a.connect(q.nodeFlags, "corobus-status", q.node)
 	if err != nil {
 		return err
 	}
@@ -120,10 +115,8 @@ func runStatus(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return err
 	}
-	if asJSON {
-		enc := json.NewEncoder(a.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(st)
+	if q.json {
+		return printJSON(a.stdout, st)
 	}
 	printStatus(a, st)
 	return nil

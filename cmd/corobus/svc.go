@@ -15,16 +15,12 @@ import (
 )
 
 func runSvc(ctx context.Context, a *app, args []string) error {
-	var nf nodeFlags
-	var asJSON bool
-	var node uint
+	var q queryFlags
 	fs := newFlagSet(a, "svc", "[-c FILE | --bus URL] [--node ID] load NAME VER | unload NAME | list [--json]",
 		"Ask a node's service manager to load a service (start its component and reference it\n"+
 			"through the loader), to unload one (ask it to exit, stop it, release it), or to list\n"+
 			"the loaded services.")
-	nf.register(fs, true)
-	fs.BoolVar(&asJSON, "json", false, "print JSON (list)")
-	fs.UintVar(&node, "node", 0, "ask this node's service manager instead of the local node's")
+	q.register(fs, "print JSON (list)", "ask this node's service manager instead of the local node's")
 	// Flags may come before, between or after the verb's words
 	// (`corobus svc list -c node.conf`).
 	var rest []string
@@ -66,7 +62,7 @@ func runSvc(ctx context.Context, a *app, args []string) error {
 	default:
 		return usagef("unknown svc verb %q (load, unload, list)", rest[0])
 	}
-	c, err := a.connect(nf, "corobus-svc", node)
+	c, err := a.connect(q.nodeFlags, "corobus-svc", q.node)
 	if err != nil {
 		return err
 	}
@@ -77,10 +73,8 @@ func runSvc(ctx context.Context, a *app, args []string) error {
 		if err != nil {
 			return err
 		}
-		if asJSON {
-			enc := json.NewEncoder(a.stdout)
-			enc.SetIndent("", "  ")
-			return enc.Encode(list)
+		if q.json {
+			return printJSON(a.stdout, list)
 		}
 		printServices(a.stdout, list)
 		return nil
