@@ -39,6 +39,18 @@ type Peer struct {
 	Offline bool   `json:"offline"`
 }
 
+// State is the peer's state in one word, as status prints it: current,
+// behind or offline.
+func (p Peer) State() string {
+	switch {
+	case p.Offline:
+		return "offline"
+	case !p.Current:
+		return "behind"
+	}
+	return "current"
+}
+
 // Status reads the server's current state.
 func (s *Server) Status() (Status, error) {
 	st := Status{

@@ -169,13 +169,7 @@ func printStatus(a *app, st NodeStatus) {
 	fmt.Fprintf(w, "Routes:     %s\n", orNone(strings.Join(routes, ", ")))
 	var peers []string
 	for _, p := range st.Bus.Peers {
-		state := "current"
-		if p.Offline {
-			state = "offline"
-		} else if !p.Current {
-			state = "behind"
-		}
-		peers = append(peers, p.Server+" "+state)
+		peers = append(peers, p.Server+" "+p.State())
 	}
 	if len(peers) > 0 {
 		fmt.Fprintf(w, "JS peers:   %s\n", strings.Join(peers, ", "))
