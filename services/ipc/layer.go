@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -36,7 +37,7 @@ func Run(ctx context.Context, env layer.Env) error {
 		Colocated: map[string]Colocated{},
 	}
 	var grp run.Group
-	for _, name := range strings.Fields(env.Config.String("ipc.colocate")) {
+	for _, name := range slices.Compact(slices.Sorted(slices.Values(strings.Fields(env.Config.String("ipc.colocate"))))) {
 		if name != cmap.ComponentName {
 			return fmt.Errorf("ipc.colocate: %q cannot run in the gateway (known: %s)", name, cmap.ComponentName)
 		}
