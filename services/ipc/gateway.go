@@ -66,6 +66,10 @@ type Config struct {
 	// Colocated are component instances running in the gateway's own
 	// process, by component name (ipc.colocate).
 	Colocated map[string]Colocated
+	// MaxConns and MaxConnsPerUID bound the client connections, in total
+	// and per uid (ipc.max_connections, ipc.max_connections_per_uid);
+	// zero takes libqb.DefaultMaxConns and DefaultMaxConnsPerUID.
+	MaxConns, MaxConnsPerUID int
 }
 
 // Colocated is a component instance in the gateway's process. It is a
@@ -113,6 +117,12 @@ func New(cfg Config) (*Gateway, error) {
 	srv := libqb.NewServer(cfg.Log)
 	if cfg.ShmDir != "" {
 		srv.ShmDir = cfg.ShmDir
+	}
+	if cfg.MaxConns > 0 {
+		srv.MaxConns = cfg.MaxConns
+	}
+	if cfg.MaxConnsPerUID > 0 {
+		srv.MaxConnsPerUID = cfg.MaxConnsPerUID
 	}
 	return &Gateway{cfg: cfg, id: nuid.Next(), srv: srv, handles: map[string]hdb.Handle{}, conns: map[string]*libqb.Conn{}}, nil
 }

@@ -3,6 +3,7 @@ package ipc
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"slices"
 	"strconv"
@@ -35,6 +36,17 @@ func Run(ctx context.Context, env layer.Env) error {
 		Conn: env.Conn, Subjects: env.Subjects, Node: env.Node.ID, Log: env.Log,
 		Routes: DefaultRoutes(), Admit: UIDGIDAdmission(objdbclient.New(env.Conn, env.Subjects, env.Node.ID)),
 		Colocated: map[string]Colocated{},
+	}
+	// 0 in the file means no limit; absent means the default.
+	for key, dst := range map[string]*int{"ipc.max_connections": &cfg.MaxConns, "ipc.max_connections_per_uid": &cfg.MaxConnsPerUID} {
+		n, err := env.Config.Uint(key, 0)
+		if err != nil {
+			return err
+		}
+		if env.Config.Exists(key) && n == 0 {
+			n = math.MaxInt32
+		}
+		*dst = int(min(n, math.MaxInt32))
 	}
 	var grp run.Group
 	for _, name := range slices.Compact(slices.Sorted(slices.Values(strings.Fields(env.Config.String("ipc.colocate"))))) {

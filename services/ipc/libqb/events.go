@@ -37,13 +37,6 @@ func (q *eventQueue) init(c *Conn, high, max int) {
 	q.done = make(chan struct{})
 }
 
-// SendEvent sends a whole event message (header included) to the client's
-// event socket, or queues it behind those the socket has not taken yet.
-// It never blocks on the client. Safe for concurrent use.
-func (c *Conn) SendEvent(msg []byte) error {
-	return c.events.push(msg)
-}
-
 func (q *eventQueue) push(msg []byte) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -51,7 +44,7 @@ func (q *eventQueue) push(msg []byte) error {
 		return fmt.Errorf("event to connection %d: closed", q.c.ID)
 	}
 	if len(q.q) == 0 {
-		err := q.c.sendEvent(msg)
+		err := q.c.tr.sendEvent(msg)
 		if err == nil {
 			return nil
 		}
@@ -71,7 +64,7 @@ func (q *eventQueue) push(msg []byte) error {
 	q.bytes += len(msg)
 	if !q.throttled && q.bytes >= q.high {
 		q.throttled = true
-		q.c.setRequestFlowControl(true)
+		q.c.tr.setFlowControl(true)
 		q.c.log.Info("libqb: client's events back up; flow-controlling its requests", "conn", q.c.ID,
 			"service", q.c.Service, "pid", q.c.Creds.PID, "queued_bytes", q.bytes)
 	}
@@ -99,14 +92,14 @@ func (q *eventQueue) run() {
 				q.mu.Unlock()
 				break
 			}
-			err := q.c.sendEvent(q.q[0])
+			err := q.c.tr.sendEvent(q.q[0])
 			if err == nil {
 				q.bytes -= len(q.q[0])
 				q.q[0] = nil
 				q.q = q.q[1:]
 				if q.throttled && q.bytes <= q.high/2 {
 					q.throttled = false
-					q.c.setRequestFlowControl(false)
+					q.c.tr.setFlowControl(false)
 					q.c.log.Info("libqb: client caught up with its events; requests flow again", "conn", q.c.ID, "service", q.c.Service)
 				}
 				q.mu.Unlock()
@@ -118,8 +111,8 @@ func (q *eventQueue) run() {
 				q.c.log.Debug("libqb: event not sent", "conn", q.c.ID, "err", err)
 				return
 			}
-			// A unix datagram socket has no readiness to wait for on the
-			// sending side when it is not connected: poll, backing off.
+			// Neither a client's datagram socket nor its ring has a
+			// readiness to wait for on the sending side: poll, backing off.
 			select {
 			case <-q.done:
 				return
@@ -141,24 +134,9 @@ func (q *eventQueue) stop() {
 	q.q, q.bytes = nil, 0
 }
 
-// retryable tells a full client socket (or one the client has not bound
-// yet, right after the handshake) from a connection that is gone.
+// retryable tells a client that has no room for an event yet (a full
+// socket or ring, or a socket it has not bound yet, right after the
+// handshake) from a connection that is gone.
 func retryable(err error) bool {
 	return errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)
-}
-
-// sendEvent tries to hand one event to the client's socket now.
-func (c *Conn) sendEvent(msg []byte) error {
-	c.fdMu.Lock()
-	defer c.fdMu.Unlock()
-	if c.closed {
-		return fmt.Errorf("event to connection %d: closed", c.ID)
-	}
-	if err := syscall.Sendto(c.evt, msg, syscall.MSG_NOSIGNAL|syscall.MSG_DONTWAIT, c.evtTo); err != nil {
-		return fmt.Errorf("event to connection %d: %w", c.ID, err)
-	}
-	if c.ctl != nil {
-		addCounter(c.ctl, 2, 1)
-	}
-	return nil
 }

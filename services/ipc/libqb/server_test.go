@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
-	"log/slog"
 	"os"
 	"strings"
 	"syscall"
@@ -176,22 +174,10 @@ func startServer(t *testing.T, h Handler) string {
 func startServerWith(t *testing.T, h Handler, tune func(*Server)) string {
 	t.Helper()
 	// Short names: the base of a connection's socket names (directory,
-	// "qb-", service) must fit an abstract sockaddr_un.
-	service := fmt.Sprintf("cbt-%d-%d", os.Getpid(), time.Now().UnixNano()%1000000)
-	srv := NewServer(slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	// Connection directories go to the test's own directory, not to the
-	// /dev/shm that other tests inspect.
-	shm, err := os.MkdirTemp("", "qb")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(shm) })
-	srv.ShmDir = shm
-	tune(srv)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Listen(ctx, service, h) }()
-	t.Cleanup(func() { cancel(); <-done })
+	// "qb-", service) must fit an abstract sockaddr_un. Connection
+	// directories go to the test's own directory, not to the /dev/shm
+	// that other tests inspect.
+	service, _ := startServerLogging(t, h, testWriter{t}, tune)
 	return service
 }
 
@@ -322,6 +308,20 @@ func waitGone(t *testing.T, dir string) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+func writeAll(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := syscall.Write(fd, b)
+		if err != nil {
+			if errors.Is(err, syscall.EINTR) {
+				continue
+			}
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
 }
 
 // recv reads, retrying when the runtime's signals interrupt the call.

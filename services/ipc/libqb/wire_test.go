@@ -35,7 +35,7 @@ func TestParseConnRequest(t *testing.T) {
 // The response has libqb's layout: 12 328 bytes, error at 16, type SOCKET
 // (0) at 24, max_msg_size at 28, then the control file and base name.
 func TestConnResponseLayout(t *testing.T) {
-	b := connResponse(0, 1<<20, "/dev/shm/qb-1-2-3-x/qb-control-cmap", "/dev/shm/qb-1-2-3-x/qb-cmap")
+	b := connResponse(0, 0, 1<<20, "/dev/shm/qb-1-2-3-x/qb-control-cmap", "/dev/shm/qb-1-2-3-x/qb-cmap", "")
 	if len(b) != 12328 || int32(binary.LittleEndian.Uint32(b)) != -1 || binary.LittleEndian.Uint32(b[8:]) != 12328 {
 		t.Fatalf("header: len %d id %d size %d", len(b), int32(binary.LittleEndian.Uint32(b)), binary.LittleEndian.Uint32(b[8:]))
 	}
@@ -48,7 +48,7 @@ func TestConnResponseLayout(t *testing.T) {
 	if got := string(b[40+pathMax : 40+pathMax+27]); got != "/dev/shm/qb-1-2-3-x/qb-cmap" {
 		t.Errorf("base name %q", got)
 	}
-	refused := connResponse(-13, 0, "", "")
+	refused := connResponse(-13, 0, 0, "", "", "")
 	if int32(binary.LittleEndian.Uint32(refused[16:])) != -13 {
 		t.Errorf("refusal carries %d", int32(binary.LittleEndian.Uint32(refused[16:])))
 	}
