@@ -44,6 +44,9 @@ type ServerConfig struct {
 	// Token authenticates clients. Empty means no authentication (tests
 	// and in-process use only).
 	Token string
+	// Route protects the routes (TLS, route password); nil leaves them
+	// plain, as corosync's totem is with crypto off.
+	Route *RouteSecurity
 	// LameDuck is how long a graceful shutdown lets clients move away.
 	LameDuck time.Duration
 	Logger   *slog.Logger
@@ -77,6 +80,12 @@ func ServerConfigFrom(cfg *config.Config, log *slog.Logger) (ServerConfig, error
 			sc.Routes = append(sc.Routes, "nats-route://"+net.JoinHostPort(n.Addr, strconv.Itoa(n.BusPort)))
 		}
 	}
+	// The crypto settings are checked (and the key read) even on one
+	// node, as corosync checks them: a file that would not protect a
+	// second node's routes is refused before it has one.
+	if sc.Route, err = RouteSecurityFrom(cfg, local.ID); err != nil {
+		return ServerConfig{}, err
+	}
 	tok, err := EnsureToken(cfg)
 	if err != nil {
 		return ServerConfig{}, err
@@ -95,6 +104,7 @@ type Server struct {
 	cfg     ServerConfig
 	ns      *server.Server
 	log     *slog.Logger
+	refused *refusals
 }
 
 // StartServer starts the server and waits until it accepts clients and
@@ -122,16 +132,26 @@ func StartServer(ctx context.Context, sc ServerConfig) (*Server, error) {
 		PingInterval: 2 * time.Second,
 		MaxPingsOut:  2,
 	}
+	refused := newRefusals(sc.Logger)
 	if len(sc.Routes) > 0 {
 		opts.Cluster = server.ClusterOpts{
 			Name: sc.ClusterName,
 			Host: sc.RouteHost,
 			Port: sc.RoutePort,
 		}
+		if rs := sc.Route; rs != nil {
+			opts.Cluster.TLSConfig = rs.TLS
+			opts.Cluster.TLSTimeout = 5 // seconds; a loaded machine is slow to handshake
+			opts.Cluster.Username, opts.Cluster.Password = rs.User, rs.Password
+			opts.CustomRouterAuthentication = routeAuth{sec: rs, refused: refused}
+		}
 		for _, r := range sc.Routes {
 			u, err := url.Parse(r)
 			if err != nil {
 				return nil, fmt.Errorf("route %s: %w", r, err)
+			}
+			if sc.Route != nil && sc.Route.User != "" {
+				u.User = url.UserPassword(sc.Route.User, sc.Route.Password)
 			}
 			opts.Routes = append(opts.Routes, u)
 		}
@@ -140,9 +160,17 @@ func StartServer(ctx context.Context, sc ServerConfig) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("configuring nats-server: %w", err)
 	}
-	ns.SetLoggerV2(&natsLogger{log: sc.Logger}, false, false, false)
+	ns.SetLoggerV2(&natsLogger{log: sc.Logger, refused: refused}, false, false, false)
+	switch {
+	case len(sc.Routes) == 0:
+	case sc.Route == nil:
+		sc.Logger.Warn("routes are neither authenticated nor encrypted (totem.crypto_cipher and crypto_hash are none): anyone who reaches the route port joins the bus; set them and give every node the same key (corobus keygen)",
+			"route_port", sc.RoutePort)
+	default:
+		sc.Logger.Info("routes protected", "how", sc.Route.Describe)
+	}
 	go ns.Start()
-	s := &Server{cfg: sc, ns: ns, log: sc.Logger, started: time.Now().UTC()}
+	s := &Server{cfg: sc, ns: ns, log: sc.Logger, started: time.Now().UTC(), refused: refused}
 	deadline := 10 * time.Second
 	if d, ok := ctx.Deadline(); ok {
 		deadline = time.Until(d)
@@ -157,6 +185,10 @@ func StartServer(ctx context.Context, sc ServerConfig) (*Server, error) {
 	}
 	return s, nil
 }
+
+// Refused is how many route and client connections the server refused
+// (wrong or missing credentials, no valid route certificate).
+func (s *Server) Refused() uint64 { return s.refused.count() }
 
 // NATS exposes the underlying server (status, tests).
 func (s *Server) NATS() *server.Server { return s.ns }
@@ -240,14 +272,24 @@ func TokenFile(cfg *config.Config) string {
 	return filepath.Join(cfg.StateDir(), "bus.token")
 }
 
-// natsLogger routes nats-server's log lines into slog.
-type natsLogger struct{ log *slog.Logger }
+// natsLogger routes nats-server's log lines into slog. Its refusal lines
+// go through refused, rate-limited.
+type natsLogger struct {
+	log     *slog.Logger
+	refused *refusals
+}
 
 // Noticef is nats-server's chatter (banner, listening on …): debug here, so
 // that a node's log at info level says what corobus does.
 func (l *natsLogger) Noticef(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
 func (l *natsLogger) Warnf(format string, v ...any)   { l.log.Warn(fmt.Sprintf(format, v...)) }
 func (l *natsLogger) Fatalf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
-func (l *natsLogger) Errorf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
-func (l *natsLogger) Debugf(format string, v ...any)  { l.log.Debug(fmt.Sprintf(format, v...)) }
-func (l *natsLogger) Tracef(format string, v ...any)  { l.log.Debug(fmt.Sprintf(format, v...)) }
+func (l *natsLogger) Errorf(format string, v ...any) {
+	line := fmt.Sprintf(format, v...)
+	if l.refused != nil && l.refused.fromServerLog(line) {
+		return
+	}
+	l.log.Error(line)
+}
+func (l *natsLogger) Debugf(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
+func (l *natsLogger) Tracef(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }

@@ -55,6 +55,18 @@ func ReadOnly(key string) bool {
 	return ok && k.ReadOnly
 }
 
+// loadable drops the keys that hold secrets (totem.key, bus.token) from a
+// configuration before objdb loads it: what objdb holds, every admitted
+// cmap client and every node can read.
+func loadable(flat map[string]string) map[string]string {
+	for k := range flat {
+		if sk, ok := keys.Lookup(k); ok && sk.Secret {
+			delete(flat, k)
+		}
+	}
+	return flat
+}
+
 // TypeOf is the type a configuration key is stored as.
 func TypeOf(key string) Type {
 	if k, ok := keys.Lookup(key); ok {
@@ -114,7 +126,7 @@ func Run(ctx context.Context, env layer.Env) error {
 		return err
 	}
 	defer st.Close()
-	if err := st.LoadConfig(ctx, env.Config.Flat(), TypeOf); err != nil {
+	if err := st.LoadConfig(ctx, loadable(env.Config.Flat()), TypeOf); err != nil {
 		return err
 	}
 	pos := uint64(env.Node.Index)

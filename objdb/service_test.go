@@ -120,3 +120,39 @@ func statsOf(t *testing.T, nc *nats.Conn) []int {
 		}
 	}
 }
+
+// Key material in the configuration (totem.key, bus.token) never reaches
+// objdb, where every admitted cmap client and every node could read it.
+func TestSecretKeysAreNotLoaded(t *testing.T) {
+	cl := bustest.StartCluster(t, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cfg, err := config.Load(config.Options{UserStateDir: t.TempDir(), Overrides: []string{
+		"totem.cluster_name=svc", "totem.key=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+		"bus.token=sekrit", "totem.token=4321"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, _ := cfg.LocalNode()
+	subjects, _ := bus.NewSubjects(cfg.Prefix())
+	env := layer.Env{Config: cfg, Node: local, Conn: cl.Conn(1), Subjects: subjects, Log: bustest.Logger(t), Version: "0.0.0-test"}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = objdb.Run(ctx, env) }()
+	defer func() { cancel(); <-done }()
+	c := client.New(cl.Conn(1), subjects, 1)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if v, err := c.Get(ctx, "totem.token"); err == nil && v.String() == "4321" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("objdb did not load the configuration")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, k := range []string{"totem.key", "bus.token"} {
+		if v, err := c.Get(ctx, k); !errors.Is(err, objdb.ErrNotExist) {
+			t.Errorf("%s is in objdb: %v, %v", k, v, err)
+		}
+	}
+}

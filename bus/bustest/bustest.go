@@ -73,11 +73,30 @@ func StartNode(t testing.TB) *Node {
 	return StartCluster(t, 1).Nodes[0]
 }
 
+// Options change how StartClusterWith starts its nodes.
+type Options struct {
+	// RouteKey, when set, protects the routes as totem crypto does: TLS
+	// and a route password derived from this cluster key.
+	RouteKey []byte
+	// Logger, when set, receives every node's log (with a node attribute).
+	Logger *slog.Logger
+}
+
 // StartCluster starts n nodes (ids 1..n) routed into one cluster and waits
 // until they see each other and JetStream has a meta leader (n > 1).
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
+	return StartClusterWith(t, n, Options{})
+}
+
+// StartClusterWith is StartCluster with options.
+func StartClusterWith(t testing.TB, n int, o Options) *Cluster {
+	t.Helper()
 	c := &Cluster{t: t, Name: "test"}
+	log := o.Logger
+	if log == nil {
+		log = Logger(t)
+	}
 	ports := FreePorts(t, 2*n)
 	var routes []string
 	for i := range n {
@@ -93,10 +112,17 @@ func StartCluster(t testing.TB, n int) *Cluster {
 			RoutePort:   ports[n+i],
 			StoreDir:    t.TempDir(),
 			LameDuck:    time.Second,
-			Logger:      Logger(t).With("node", i+1),
+			Logger:      log.With("node", i+1),
 		}
 		if n > 1 {
 			sc.Routes = routes
+		}
+		if o.RouteKey != nil {
+			rs, err := bus.KeyedRouteSecurity(o.RouteKey, c.Name, uint32(i+1))
+			if err != nil {
+				t.Fatalf("route security of node %d: %v", i+1, err)
+			}
+			sc.Route = rs
 		}
 		c.configs = append(c.configs, sc)
 		c.Nodes = append(c.Nodes, nil)

@@ -47,6 +47,7 @@ func (a *app) commands() []command {
 		{name: "status", summary: "show this node's bus, members and layer processes", run: runStatus},
 		{name: "blackbox", summary: "dump the flight recorders of a node's layer processes", run: runBlackbox},
 		{name: "config", summary: "check a configuration and print its keys, or list known keys", run: runConfig},
+		{name: "keygen", summary: "write a cluster key for totem crypto, as corosync-keygen does", run: runKeygen},
 		{name: "version", summary: "print the version", run: func(_ context.Context, a *app, _ []string) error {
 			fmt.Fprintln(a.stdout, a.version)
 			return nil

@@ -44,7 +44,10 @@ type Key struct {
 	Default string
 	// Corobus marks keys corosync does not have.
 	Corobus bool
-	Doc     string
+	// Secret keys hold key material or credentials: objdb does not load
+	// them, so no cmap client, subscriber or other node ever sees them.
+	Secret bool
+	Doc    string
 }
 
 // table is every key. Sections in corosync.conf(5) order.
@@ -55,12 +58,12 @@ func table() []Key {
 		{Pattern: "totem.cluster_name", Type: Str, ReadOnly: true, Default: "corobus", Doc: "cluster name; corobus's subject prefix is corobus.<cluster_name>"},
 		{Pattern: "totem.nodeid", Type: U32, ReadOnly: true, Doc: "this node's id, for nodes that cannot find themselves from ring0_addr (several nodes on one address)"},
 		{Pattern: "totem.clear_node_high_bit", Type: Str, ReadOnly: true, Doc: "corosync: clear the high bit of automatically chosen node ids (accepted, unused)"},
-		{Pattern: "totem.crypto_model", Type: Str, ReadOnly: true, Doc: "corosync: crypto library (accepted; route TLS is configured separately)"},
-		{Pattern: "totem.crypto_cipher", Type: Str, ReadOnly: true, Doc: "corosync: cipher of the network traffic (accepted; route TLS is configured separately)"},
-		{Pattern: "totem.crypto_hash", Type: Str, ReadOnly: true, Doc: "corosync: HMAC of the network traffic (accepted; route TLS is configured separately)"},
-		{Pattern: "totem.secauth", Type: Str, ReadOnly: true, Doc: "corosync 1/2: deprecated crypto switch (accepted, unused)"},
-		{Pattern: "totem.keyfile", Type: Str, ReadOnly: true, Doc: "corosync: path of the authkey"},
-		{Pattern: "totem.key", Type: Str, ReadOnly: true, Doc: "corosync: the key itself"},
+		{Pattern: "totem.crypto_model", Type: Str, ReadOnly: true, Doc: "knet's crypto library: nss (default), openssl or gcrypt (checked, otherwise unused: routes use Go's TLS)"},
+		{Pattern: "totem.crypto_cipher", Type: Str, ReadOnly: true, Doc: "none (default), aes256, aes192 or aes128; other than none (or crypto_hash other than none) turns route protection on: TLS 1.3 and a route password derived from the key (docs/security.md)"},
+		{Pattern: "totem.crypto_hash", Type: Str, ReadOnly: true, Doc: "none (default), md5, sha1, sha256, sha384 or sha512; other than none turns route protection on, as crypto_cipher does"},
+		{Pattern: "totem.secauth", Type: Str, ReadOnly: true, Doc: "corosync 1/2 crypto switch: on implies crypto_cipher aes256 and crypto_hash sha256 unless they are set"},
+		{Pattern: "totem.keyfile", Type: Str, ReadOnly: true, Doc: "the cluster key (corosync-keygen, corobus keygen) when crypto is on; default /etc/corosync/authkey unless totem.key is set"},
+		{Pattern: "totem.key", Type: Str, ReadOnly: true, Secret: true, Doc: "the cluster key inline (128 to 4096 bytes), used when totem.keyfile is not set; not recommended; never loaded into objdb"},
 		{Pattern: "totem.link_mode", Type: Str, Doc: "corosync knet: passive, active or rr (accepted, unused)"},
 		{Pattern: "totem.netmtu", Type: U32, ReadOnly: true, Doc: "corosync: network MTU (accepted, unused)"},
 		{Pattern: "totem.transport", Type: Str, ReadOnly: true, Doc: "corosync: knet, udp or udpu; corobus always uses its NATS routes"},
@@ -191,8 +194,11 @@ func table() []Key {
 		// corobus
 		{Pattern: "bus.prefix", Type: Str, Corobus: true, Doc: "subject prefix; default corobus.<cluster_name>"},
 		{Pattern: "bus.listen", Type: Str, Corobus: true, Default: "127.0.0.1", Doc: "address the client port binds"},
-		{Pattern: "bus.token", Type: Str, Corobus: true, Doc: "client token (default: generated into <state_dir>/bus.token)"},
+		{Pattern: "bus.token", Type: Str, Corobus: true, Secret: true, Doc: "client token (default: generated into <state_dir>/bus.token); never loaded into objdb"},
 		{Pattern: "bus.token_file", Type: Str, Corobus: true, Doc: "where the client token is kept (default <state_dir>/bus.token)"},
+		{Pattern: "bus.route_cert_file", Type: Str, Corobus: true, Doc: "PEM certificate of this node's routes, instead of one derived from the cluster key; with route_key_file and route_ca_file"},
+		{Pattern: "bus.route_key_file", Type: Str, Corobus: true, Doc: "PEM private key of bus.route_cert_file"},
+		{Pattern: "bus.route_ca_file", Type: Str, Corobus: true, Doc: "PEM CA that every peer's route certificate must chain to; peers are verified against their ring0_addr"},
 		{Pattern: "objdb.replicas", Type: U8, Corobus: true, Default: "0", Doc: "JetStream replicas of objdb; 0: 1 on one node, 3 on three or more"},
 		{Pattern: "loader.search_path", Type: Str, Corobus: true, Default: "local cluster", Doc: "space-separated subject namespaces searched for components, first match wins"},
 		{Pattern: "loader.component_dir", Type: Str, Corobus: true, Default: "/usr/lib/corobus/components", Doc: "directory of component executables (LCRSODIR)"},

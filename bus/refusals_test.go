@@ -1,0 +1,41 @@
+package bus
+
+import (
+	"bytes"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRefusalsAreRateLimitedPerHost(t *testing.T) {
+	var out bytes.Buffer
+	r := newRefusals(slog.New(slog.NewTextHandler(&out, nil)))
+	now := time.Unix(1000, 0)
+	r.now = func() time.Time { return now }
+	for i := range 100 {
+		r.note("route", "10.0.0.9:"+string(rune('0'+i%10))+"000", "bad")
+	}
+	r.note("route", "10.0.0.8:1", "bad")
+	r.note("client", "10.0.0.9:1", "bad")
+	if n := strings.Count(out.String(), "refused"); n != 3 {
+		t.Fatalf("%d lines for 102 refusals from two hosts and two kinds, want 3:\n%s", n, out.String())
+	}
+	now = now.Add(RefusalWindow)
+	r.note("route", "10.0.0.9:1", "bad")
+	if !strings.Contains(out.String(), "refused_since_last_line=99") {
+		t.Errorf("the next line after the window does not count the 99 not logged:\n%s", out.String())
+	}
+	if r.count() != 103 {
+		t.Errorf("count %d, want 103", r.count())
+	}
+	if !r.fromServerLog(`127.0.0.1:4242 - rid:7 - TLS route handshake error: remote error: tls: bad certificate`) {
+		t.Error("nats-server's handshake error line not recognised")
+	}
+	if !r.fromServerLog(`127.0.0.1:4242 - cid:9 - Authentication Error - User "x"`) {
+		t.Error("nats-server's authentication error line not recognised")
+	}
+	if r.fromServerLog(`some other error`) {
+		t.Error("an unrelated line was taken for a refusal")
+	}
+}
