@@ -44,6 +44,21 @@ func (s Subjects) TotemDeliverConfChg(node uint32) string {
 	return s.Join("totem", nodeToken(node), "deliver", "_confchg")
 }
 
+// TotemListen is served by a node's bus: a client names the service whose
+// deliveries it receives (JSON {"service"}), and from then on the node's
+// configuration changes are also published on that service's TotemDeliver
+// subject, in order with its messages, as deliver frames with a zero
+// message id.
+func (s Subjects) TotemListen(node uint32) string {
+	return s.Join("totem", nodeToken(node), "listen")
+}
+
+// TotemListenAsk is where a node's bus, when its totem starts, asks the
+// clients of a (possibly restarted) bus to name their services again.
+func (s Subjects) TotemListenAsk(node uint32) string {
+	return s.Join("totem", nodeToken(node), "listen", "ask")
+}
+
 // TotemDeliverAll matches every delivery and configuration change of a node.
 func (s Subjects) TotemDeliverAll(node uint32) string {
 	return s.Join("totem", nodeToken(node), "deliver", ">")

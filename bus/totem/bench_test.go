@@ -85,7 +85,7 @@ func benchMcast(b *testing.B, nc *nats.Conn, subj bus.Subjects, size int) {
 	var lat []time.Duration
 	got := make(chan struct{}, 1<<16)
 	var cl *totem.Client
-	cl, err := totem.NewClient(nc, subj, 1, totem.ClientOptions{Window: 1024, OnDeliver: func(d totem.Delivery) {
+	cl, err := totem.NewClient(nc, subj, 1, totem.ClientOptions{Window: 1024, Service: "bench", OnDeliver: func(d totem.Delivery) {
 		if d.Message == nil || d.Message.ID.Origin != cl.Origin() {
 			return
 		}

@@ -28,27 +28,40 @@ type ClientOptions struct {
 	// Window bounds this client's messages in flight (multicast, not yet
 	// delivered back to this node); Mcast blocks beyond it. Default 1024.
 	Window int
-	// OnDeliver receives the node's deliveries in the total order, from
-	// one goroutine. Nil: the client only multicasts.
+	// Service is the one service whose deliveries this client receives:
+	// its messages in the total order, interleaved with the node's
+	// configuration changes exactly where the node delivered them. Empty:
+	// the client receives nothing but its own messages, to count them
+	// out of its window.
+	Service string
+	// OnDeliver receives Service's deliveries, from one goroutine. Nil:
+	// the client only multicasts.
 	OnDeliver func(Delivery)
 }
 
 // Client is how a process of a node (a service: cpg, sync, …) multicasts
-// in total order and receives the ordered stream, through the node's bus:
-// it submits to Subjects.TotemMcast(node) and listens on
-// Subjects.TotemDeliverAll(node).
+// in total order and receives the ordered stream, through the node's bus.
+// It submits to Subjects.TotemMcast(node) and subscribes to nothing but
+// the TotemDeliver subjects of the services it uses — its own, and those
+// it multicasts on, for its window — so that no process receives and
+// discards the deliveries of services it does not serve.
 type Client struct {
-	nc      *nats.Conn
-	node    uint32
-	origin  uint32
-	subject string
-	seq     atomic.Uint64
-	slots   chan struct{}
-	sub     *nats.Subscription
-	on      func(Delivery)
+	nc       *nats.Conn
+	subjects bus.Subjects
+	node     uint32
+	origin   uint32
+	subject  string
+	service  string
+	seq      atomic.Uint64
+	slots    chan struct{}
+	on       func(Delivery)
+	done     chan struct{}
+	closed   sync.Once
 
-	mu  sync.Mutex
-	buf []byte
+	mu     sync.Mutex
+	buf    []byte
+	subs   []*nats.Subscription
+	silent map[string]bool // services multicast on, subscribed for the window
 }
 
 // NewClient attaches to node's totem over nc.
@@ -56,29 +69,96 @@ func NewClient(nc *nats.Conn, subjects bus.Subjects, node uint32, opts ClientOpt
 	if opts.Window <= 0 {
 		opts.Window = 1024
 	}
+	if opts.Service != "" && !validService(opts.Service) {
+		return nil, fmt.Errorf("totem client: service %q is not a subject token", opts.Service)
+	}
 	var b [4]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return nil, fmt.Errorf("totem client: origin: %w", err)
 	}
 	c := &Client{
-		nc:      nc,
-		node:    node,
-		origin:  binary.BigEndian.Uint32(b[:]) | 1,
-		subject: subjects.TotemMcast(node),
-		slots:   make(chan struct{}, opts.Window),
-		on:      opts.OnDeliver,
+		nc:       nc,
+		subjects: subjects,
+		node:     node,
+		origin:   binary.BigEndian.Uint32(b[:]) | 1,
+		subject:  subjects.TotemMcast(node),
+		service:  opts.Service,
+		slots:    make(chan struct{}, opts.Window),
+		on:       opts.OnDeliver,
+		done:     make(chan struct{}),
+		silent:   map[string]bool{},
 	}
-	sub, err := nc.Subscribe(subjects.TotemDeliverAll(node), c.onDeliver)
+	if c.service == "" {
+		return c, nil
+	}
+	if err := c.subscribe(opts.Service, c.onDeliver); err != nil {
+		return nil, err
+	}
+	// The node's configuration changes come on the same subject once the
+	// bus knows this service listens; a restarted bus asks again.
+	ask, err := nc.Subscribe(subjects.TotemListenAsk(node), func(*nats.Msg) { go c.listen() })
 	if err != nil {
-		return nil, fmt.Errorf("totem client: subscribing to node %d's deliveries: %w", node, err)
-	}
-	_ = sub.SetPendingLimits(-1, -1)
-	c.sub = sub
-	if err := nc.Flush(); err != nil {
-		_ = sub.Unsubscribe()
+		c.unsubscribeAll()
 		return nil, fmt.Errorf("totem client: %w", err)
 	}
+	c.mu.Lock()
+	c.subs = append(c.subs, ask)
+	c.mu.Unlock()
+	if err := c.register(time.Second); err != nil {
+		// The bus's totem is not up yet: keep trying in the background
+		// (it also asks when it starts).
+		go c.listen()
+	}
 	return c, nil
+}
+
+// subscribe listens to service's deliver subject with h, flushed, so that
+// nothing published after it returns is missed.
+func (c *Client) subscribe(service string, h nats.MsgHandler) error {
+	sub, err := c.nc.Subscribe(c.subjects.TotemDeliver(c.node, service), h)
+	if err != nil {
+		return fmt.Errorf("totem client: subscribing to node %d's %s deliveries: %w", c.node, service, err)
+	}
+	// Ordering must not lose messages to the slow-consumer limit: the
+	// senders' windows bound what can pile up.
+	_ = sub.SetPendingLimits(-1, -1)
+	c.mu.Lock()
+	c.subs = append(c.subs, sub)
+	c.mu.Unlock()
+	if err := c.nc.Flush(); err != nil {
+		return fmt.Errorf("totem client: %w", err)
+	}
+	return nil
+}
+
+func (c *Client) register(timeout time.Duration) error {
+	b, _ := json.Marshal(listenRequest{Service: c.service})
+	m, err := c.nc.Request(c.subjects.TotemListen(c.node), b, timeout)
+	if err != nil {
+		return fmt.Errorf("totem client: naming service %s to node %d's totem: %w", c.service, c.node, err)
+	}
+	var rep struct {
+		OK    bool   `json:"ok"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(m.Data, &rep); err != nil || !rep.OK {
+		return fmt.Errorf("totem client: node %d's totem refused service %s: %s", c.node, c.service, rep.Error)
+	}
+	return nil
+}
+
+// listen registers the service until it succeeds or the client closes.
+func (c *Client) listen() {
+	for pause := 100 * time.Millisecond; ; pause = min(2*pause, 2*time.Second) {
+		if c.register(time.Second) == nil {
+			return
+		}
+		select {
+		case <-c.done:
+			return
+		case <-time.After(pause):
+		}
+	}
 }
 
 // Origin is this client's origin id: its messages carry ID.Origin ==
@@ -88,19 +168,43 @@ func (c *Client) Origin() uint32 { return c.origin }
 // Mcast multicasts payload for service in total order, blocking while the
 // window is full. service must be a subject token (no dots, no spaces).
 func (c *Client) Mcast(ctx context.Context, service string, payload []byte) (MsgID, error) {
+	return c.mcast(ctx, service, payload, true)
+}
+
+// TryMcast is Mcast without the wait: ErrTryAgain when the window is full.
+func (c *Client) TryMcast(service string, payload []byte) (MsgID, error) {
+	return c.mcast(context.Background(), service, payload, false)
+}
+
+func (c *Client) mcast(ctx context.Context, service string, payload []byte, wait bool) (MsgID, error) {
 	if len(payload) > MaxPayload {
 		return MsgID{}, ErrTooLarge
 	}
-	if len(service) > 255 || strings.ContainsAny(service, ". \t\r\n*>") || service == "" {
+	if !validService(service) {
 		return MsgID{}, fmt.Errorf("totem client: service %q is not a subject token", service)
 	}
-	select {
-	case c.slots <- struct{}{}:
-	case <-ctx.Done():
-		return MsgID{}, ctx.Err()
+	if service != c.service {
+		if err := c.watch(service); err != nil {
+			return MsgID{}, err
+		}
 	}
-	id := MsgID{Node: c.node, Origin: c.origin, Seq: c.seq.Add(1)}
+	if wait {
+		select {
+		case c.slots <- struct{}{}:
+		case <-ctx.Done():
+			return MsgID{}, ctx.Err()
+		}
+	} else {
+		select {
+		case c.slots <- struct{}{}:
+		default:
+			return MsgID{}, ErrTryAgain
+		}
+	}
+	// The sequence is taken under the lock that orders the publishes: a
+	// node sequences each origin's messages in the order they arrive.
 	c.mu.Lock()
+	id := MsgID{Node: c.node, Origin: c.origin, Seq: c.seq.Add(1)}
 	c.buf = appendSubmit(c.buf[:0], c.origin, id.Seq, service, payload)
 	err := c.nc.Publish(c.subject, c.buf)
 	c.mu.Unlock()
@@ -109,6 +213,55 @@ func (c *Client) Mcast(ctx context.Context, service string, payload []byte) (Msg
 		return MsgID{}, fmt.Errorf("totem client: submitting: %w", err)
 	}
 	return id, nil
+}
+
+// InFlight is how many of this client's messages are multicast and not
+// yet delivered back; Window is its bound.
+func (c *Client) InFlight() int { return len(c.slots) }
+
+// Window is the client's bound on messages in flight.
+func (c *Client) Window() int { return cap(c.slots) }
+
+// watch subscribes, once, to the deliveries of a service this client
+// multicasts on without receiving it: its own messages free its window.
+func (c *Client) watch(service string) error {
+	c.mu.Lock()
+	ok := c.silent[service]
+	c.mu.Unlock()
+	if ok {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.silent[service] {
+		return nil
+	}
+	sub, err := c.nc.Subscribe(c.subjects.TotemDeliver(c.node, service), func(m *nats.Msg) {
+		if msg, err := ParseDeliver(service, m.Data); err == nil {
+			c.own(msg.ID)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("totem client: subscribing to node %d's %s deliveries: %w", c.node, service, err)
+	}
+	_ = sub.SetPendingLimits(-1, -1)
+	if err := c.nc.Flush(); err != nil {
+		_ = sub.Unsubscribe()
+		return fmt.Errorf("totem client: %w", err)
+	}
+	c.subs = append(c.subs, sub)
+	c.silent[service] = true
+	return nil
+}
+
+// own frees a window slot when one of this client's messages is back.
+func (c *Client) own(id MsgID) {
+	if id.Node == c.node && id.Origin == c.origin {
+		select {
+		case <-c.slots:
+		default:
+		}
+	}
 }
 
 // Flush waits until the bus has every submitted message.
@@ -120,10 +273,14 @@ func (c *Client) Flush(timeout time.Duration) error {
 }
 
 func (c *Client) onDeliver(m *nats.Msg) {
-	tok := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
-	if tok == "_confchg" {
+	msg, err := ParseDeliver(c.service, m.Data)
+	if err != nil {
+		return
+	}
+	if msg.ID.Node == 0 {
+		// A configuration change, in its place among the messages.
 		var cc ConfChg
-		if err := json.Unmarshal(m.Data, &cc); err != nil {
+		if err := json.Unmarshal(msg.Payload, &cc); err != nil {
 			return
 		}
 		if c.on != nil {
@@ -131,26 +288,26 @@ func (c *Client) onDeliver(m *nats.Msg) {
 		}
 		return
 	}
-	msg, err := ParseDeliver(tok, m.Data)
-	if err != nil {
-		return
-	}
-	if msg.ID.Node == c.node && msg.ID.Origin == c.origin {
-		select {
-		case <-c.slots:
-		default:
-		}
-	}
+	c.own(msg.ID)
 	if c.on != nil {
 		c.on(Delivery{Message: &msg})
 	}
 }
 
+func (c *Client) unsubscribeAll() {
+	c.mu.Lock()
+	subs := c.subs
+	c.subs = nil
+	c.mu.Unlock()
+	for _, s := range subs {
+		_ = s.Unsubscribe()
+	}
+}
+
 // Close stops the deliveries.
 func (c *Client) Close() error {
-	if err := c.sub.Unsubscribe(); err != nil {
-		return fmt.Errorf("totem client: %w", err)
-	}
+	c.closed.Do(func() { close(c.done) })
+	c.unsubscribeAll()
 	return nil
 }
 
@@ -165,4 +322,9 @@ func FetchStatus(nc *nats.Conn, subjects bus.Subjects, node uint32, timeout time
 		return Status{}, fmt.Errorf("decoding node %d's totem status: %w", node, err)
 	}
 	return st, nil
+}
+
+// validService tells a service name that is one subject token.
+func validService(s string) bool {
+	return s != "" && len(s) <= 255 && !strings.ContainsAny(s, ". \t\r\n*>")
 }

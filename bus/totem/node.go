@@ -114,6 +114,10 @@ type Node struct {
 
 	subjData, subjOrder, subjHB, subjMemb, subjConf string
 	deliverSubj                                     map[string]string
+	// listeners are the services whose TotemDeliver subject also carries
+	// the configuration changes (TotemListen), by service, with their
+	// subjects.
+	listeners map[string]string
 
 	inflight atomic.Int64 // own messages submitted and not delivered
 
@@ -203,6 +207,7 @@ func New(nc *nats.Conn, cfg Config, cb Callbacks) (*Node, error) {
 		subjMemb:    s.TotemMemb(),
 		subjConf:    s.TotemDeliverConfChg(cfg.NodeID),
 		deliverSubj: map[string]string{},
+		listeners:   map[string]string{},
 		peers:       map[uint32]*peer{},
 		state:       stGather,
 		incs:        map[uint32]uint64{},
@@ -317,6 +322,7 @@ func (n *Node) Run(ctx context.Context) error {
 		s.TotemFetch(n.cfg.NodeID):  n.onFetch,
 		s.TotemMcast(n.cfg.NodeID):  n.onSubmit,
 		s.TotemStatus(n.cfg.NodeID): n.onStatus,
+		s.TotemListen(n.cfg.NodeID): n.onListen,
 	} {
 		if _, err := add(subj, h); err != nil {
 			return err
@@ -326,6 +332,20 @@ func (n *Node) Run(ctx context.Context) error {
 		return fmt.Errorf("totem: flushing subscriptions: %w", err)
 	}
 	n.log.Info("totem started", "node", n.cfg.NodeID, "token", n.cfg.Token, "join", n.cfg.Join, "consensus", n.cfg.Consensus, "max_seq", n.maxSeq)
+	// A restarted bus has forgotten which services listen: ask, now and a
+	// few times more for clients that reconnect later.
+	ask := s.TotemListenAsk(n.cfg.NodeID)
+	_ = n.nc.Publish(ask, nil)
+	go func() {
+		for _, d := range []time.Duration{time.Second, 2 * time.Second, 7 * time.Second} {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(d):
+				_ = n.nc.Publish(ask, nil)
+			}
+		}
+	}()
 	n.mu.Lock()
 	n.aliveSince = time.Now()
 	n.sendHeartbeat(time.Now())
@@ -427,6 +447,28 @@ func (n *Node) send(o *own, now time.Time) {
 		n.log.Debug("publishing data", "err", err)
 	}
 	n.takeData(&f)
+}
+
+// listenRequest is what a Client sends to Subjects.TotemListen.
+type listenRequest struct {
+	Service string `json:"service"`
+}
+
+// onListen adds a service whose deliver subject also carries the
+// configuration changes.
+func (n *Node) onListen(m *nats.Msg) {
+	var r listenRequest
+	if err := json.Unmarshal(m.Data, &r); err != nil || !validService(r.Service) {
+		_ = m.Respond([]byte(`{"error":"expected {\"service\": a subject token}"}`))
+		return
+	}
+	n.mu.Lock()
+	if _, ok := n.listeners[r.Service]; !ok {
+		n.listeners[r.Service] = n.cfg.Subjects.TotemDeliver(n.cfg.NodeID, r.Service)
+		n.log.Debug("a service listens", "service", r.Service)
+	}
+	n.mu.Unlock()
+	_ = m.Respond([]byte(`{"ok":true}`))
 }
 
 // onSubmit takes a Client's message.
@@ -1353,6 +1395,14 @@ func (n *Node) confChg(cc ConfChg) {
 	}
 	b, _ := json.Marshal(cc)
 	_ = n.nc.Publish(n.subjConf, b)
+	if len(n.listeners) > 0 {
+		// The same change, in order with each listening service's
+		// messages: a deliver frame with a zero message id.
+		n.scratch = appendDeliver(n.scratch[:0], &Message{Ring: cc.Ring, Payload: b})
+		for _, subj := range n.listeners {
+			_ = n.nc.Publish(subj, n.scratch)
+		}
+	}
 	kind := "view"
 	if cc.Type == Transitional {
 		kind = "trans"

@@ -104,7 +104,7 @@ func latencyClient(nc *nats.Conn, subjects bus.Subjects, node uint32) clientFact
 		var mu sync.Mutex
 		mu.Lock()
 		defer mu.Unlock()
-		c, err := totem.NewClient(nc, subjects, node, totem.ClientOptions{Window: 1, OnDeliver: func(d totem.Delivery) {
+		c, err := totem.NewClient(nc, subjects, node, totem.ClientOptions{Window: 1, Service: "bench", OnDeliver: func(d totem.Delivery) {
 			mu.Lock()
 			me := cl
 			mu.Unlock()

@@ -167,7 +167,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		return fmt.Errorf("sync: subscribing to state queries: %w", err)
 	}
 	defer func() { _ = get.Unsubscribe() }()
-	e.cl, err = totem.NewClient(e.nc, s, e.opts.Node, totem.ClientOptions{Window: 256, OnDeliver: func(d totem.Delivery) {
+	e.cl, err = totem.NewClient(e.nc, s, e.opts.Node, totem.ClientOptions{Window: 256, Service: TotemService, OnDeliver: func(d totem.Delivery) {
 		select {
 		case e.ev <- func() { e.onDelivery(ctx, d) }:
 		case <-ctx.Done():

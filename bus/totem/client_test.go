@@ -1,0 +1,114 @@
+package totem_test
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/corobus/corobus/bus/totem"
+	"github.com/corobus/corobus/bus/totem/harness"
+)
+
+// recorder keeps what a client's OnDeliver received.
+type recorder struct {
+	mu  sync.Mutex
+	got []totem.Delivery
+}
+
+func (r *recorder) on(d totem.Delivery) {
+	r.mu.Lock()
+	r.got = append(r.got, d)
+	r.mu.Unlock()
+}
+
+func (r *recorder) snapshot() []totem.Delivery {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.got)
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A client receives its own service's messages only, with the node's
+// configuration changes in their place among them, and its window drains
+// for the services it multicasts on without receiving them.
+func TestClientReceivesItsServiceOnly(t *testing.T) {
+	c := harness.New(t, harness.Options{N: 2, Token: 300 * time.Millisecond, Join: 30 * time.Millisecond, Consensus: 400 * time.Millisecond})
+	c.WaitView([]int{1, 2}, 10*time.Second)
+	var a, b recorder
+	ca, err := totem.NewClient(c.Client(1), c.Subjects, 1, totem.ClientOptions{Service: "alpha", OnDeliver: a.on})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ca.Close()
+	cb, err := totem.NewClient(c.Client(2), c.Subjects, 2, totem.ClientOptions{Window: 4, Service: "beta", OnDeliver: b.on})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cb.Close()
+	ctx := context.Background()
+	for i := range 20 {
+		if _, err := ca.Mcast(ctx, "alpha", []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		// Window 4: these only pass if the silent subscription to
+		// "gamma" gives the slots back.
+		if _, err := cb.Mcast(ctx, "gamma", []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cb.Mcast(ctx, "beta", []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	count := func(r *recorder, svc string) (n int) {
+		for _, d := range r.snapshot() {
+			if d.Message != nil {
+				if d.Message.Service != svc {
+					t.Errorf("a %s client received a %s message", svc, d.Message.Service)
+				}
+				n++
+			}
+		}
+		return n
+	}
+	waitFor(t, "every message", func() bool { return count(&a, "alpha") == 20 && count(&b, "beta") == 20 })
+	waitFor(t, "an empty window", func() bool { return cb.InFlight() == 0 })
+
+	// A view change comes in order: the old ring's messages, the
+	// transitional then the regular configuration, then the new ring's.
+	c.Kill(2)
+	ring := c.WaitView([]int{1}, 10*time.Second)
+	if _, err := ca.Mcast(ctx, "alpha", []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the message after the view change", func() bool { return count(&a, "alpha") == 21 })
+	var kinds []string
+	for _, d := range a.snapshot() {
+		switch {
+		case d.ConfChg != nil:
+			kinds = append(kinds, d.ConfChg.Type.String())
+			if d.ConfChg.Type == totem.Regular && d.ConfChg.Ring != ring {
+				t.Errorf("regular configuration of ring %s, want %s", d.ConfChg.Ring, ring)
+			}
+		case string(d.Message.Payload) == "after":
+			kinds = append(kinds, "after")
+			if d.Message.Ring != ring {
+				t.Errorf("the last message was delivered in ring %s, want %s", d.Message.Ring, ring)
+			}
+		}
+	}
+	if want := []string{"transitional", "regular", "after"}; !slices.Equal(kinds[len(kinds)-3:], want) {
+		t.Errorf("deliveries end with %v, want %v", kinds, want)
+	}
+}
