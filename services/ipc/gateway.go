@@ -44,6 +44,11 @@ type Route struct {
 	// answers its services' CS_LIB_FLOW_CONTROL_REQUIRED calls. Nil:
 	// none (cmap's calls all run during a sync in corosync too).
 	HeldDuringSync func(id int32) bool
+	// Async tells, by request message id, the calls that get no response
+	// (CPG's multicast, which libcpg sends without waiting): they go to
+	// the component without a reply subject, in order with the others.
+	// They are never held: the component flow-controls its clients.
+	Async func(id int32) bool
 }
 
 // Config configures a Gateway.
@@ -239,6 +244,14 @@ func (g *Gateway) onEvent(m *nats.Msg) {
 	if c == nil {
 		return // the client left; its component will hear of it
 	}
+	if len(m.Data) == 0 && m.Header != nil {
+		if v := m.Header.Get(session.HdrFlow); v != "" {
+			if level, err := strconv.ParseInt(v, 10, 32); err == nil {
+				c.SetFlowControl(int32(level))
+			}
+			return
+		}
+	}
 	if err := c.SendEvent(m.Data); err != nil {
 		g.cfg.Log.Debug("event not delivered", "conn", id, "err", err)
 	}
@@ -334,6 +347,12 @@ type conn struct {
 }
 
 func (c *conn) Request(ctx context.Context, msg []byte) []byte {
+	if c.r.Async != nil && len(msg) >= 4 && c.r.Async(int32(binary.LittleEndian.Uint32(msg))) {
+		if err := c.cl.Send(msg); err != nil {
+			c.g.cfg.Log.Warn("asynchronous request not delivered", "service", c.r.Service, "conn", c.id, "err", err)
+		}
+		return libqb.NoResponse
+	}
 	if c.r.HeldDuringSync != nil && c.g.syncing.Load() && len(msg) >= 4 &&
 		c.r.HeldDuringSync(int32(binary.LittleEndian.Uint32(msg))) {
 		return libqb.ErrorResponse(int32(cswire.ErrTryAgain))

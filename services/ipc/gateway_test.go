@@ -36,6 +36,18 @@ func (e echo) Open(c *session.Conn) (session.Session, error) { return echoSessio
 func (s echoSession) Request(_ context.Context, msg []byte) []byte {
 	id := binary.LittleEndian.Uint32(msg)
 	body := msg[qbclient.ReqHeaderSize:]
+	switch id {
+	case 5:
+		// Asynchronous: its body comes back as an event, in order.
+		ev := make([]byte, 16+len(body))
+		binary.LittleEndian.PutUint32(ev, 5)
+		binary.LittleEndian.PutUint32(ev[8:], uint32(len(ev)))
+		copy(ev[16:], body)
+		_ = s.c.SendEvent(ev)
+		return libqb.NoResponse
+	case 6:
+		_ = s.c.SetFlowControl(int32(body[0]))
+	}
 	if id == 4 {
 		body = fmt.Appendf(nil, "v%d", s.ver)
 	}
@@ -107,7 +119,8 @@ func startGateway(t testing.TB, admit func(libqb.Creds) bool) gatewayFixture {
 	t.Cleanup(func() { _ = os.RemoveAll(shm) })
 	gw, err := New(Config{
 		Conn: nc, Subjects: subjects, Node: 1, Log: bustest.Logger(t), Admit: admit, ShmDir: shm,
-		Routes: []Route{{Service: service, Component: "echo", Version: 1, HeldDuringSync: func(id int32) bool { return id == 2 }}},
+		Routes: []Route{{Service: service, Component: "echo", Version: 1,
+			HeldDuringSync: func(id int32) bool { return id == 2 }, Async: func(id int32) bool { return id == 5 }}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -290,5 +303,59 @@ func TestGatewayReplacementKeepsConnections(t *testing.T) {
 	case <-v1exited:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the old instance stayed after its last connection went")
+	}
+}
+
+// Asynchronous calls get no response and keep their order with the
+// others; a component flow-controls a connection through its gateway.
+func TestGatewayAsyncCallsAndFlowControl(t *testing.T) {
+	f := startGateway(t, func(libqb.Creds) bool { return true })
+	serveEcho(t, f.nc, f.subjects, 1)
+	c := f.dialServed(t)
+	for _, b := range []string{"a", "b"} {
+		if err := c.Send(qbclient.NewRequest(5, []byte(b))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := c.Request(qbclient.NewRequest(3, []byte("c")), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(resp[qbclient.ResHeaderSize:]); got != "c" {
+		t.Fatalf("the synchronous call got %q: an asynchronous call was answered", got)
+	}
+	for _, want := range []string{"a", "b", "c"} {
+		ev, err := c.Event(5 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := string(ev[16:]); got != want {
+			t.Fatalf("event %q, want %q (order lost)", got, want)
+		}
+	}
+	for _, level := range []int32{libqb.FlowAsync, libqb.FlowOff} {
+		if err := c.Send(qbclient.NewRequest(6, []byte{byte(level)})); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Response(5 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if ev, err := c.Event(10 * time.Millisecond); err == nil {
+			t.Fatalf("a flow-control signal reached the client as an event: %q", ev)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			fc, err := c.FlowControl()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fc == level {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("flow control %d, want %d", fc, level)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 }

@@ -32,6 +32,58 @@ type Conn struct {
 	events   eventQueue
 	done     chan struct{} // closed at shutdown
 	doneOnce sync.Once
+
+	// Flow control of the requests: the event backlog's and the
+	// service's (SetFlowControl).
+	fcMu      sync.Mutex
+	fcEvents  bool
+	fcService int32
+}
+
+// Flow-control levels of the request channel, as libqb's
+// qb_ipcs_request_rate_limit sets them: a client refuses a request while
+// the level is set and at most the request's own limit, which libqb
+// clients keep at 1 except around corosync's asynchronous calls (libcpg
+// raises it to 2 for its multicast).
+const (
+	FlowOff   int32 = 0
+	FlowAll   int32 = 1 // QB_IPCS_RATE_OFF: every request waits
+	FlowAsync int32 = 2 // QB_IPCS_RATE_OFF_2: only the asynchronous calls wait
+)
+
+// SetFlowControl is the service's own flow control of the connection's
+// requests: corosync raises FlowAsync on CPG's connections while its
+// totem queue is full or a sync runs. The connection's event backlog,
+// when it has one, holds every request whatever the service says.
+func (c *Conn) SetFlowControl(level int32) {
+	c.fcMu.Lock()
+	c.fcService = level
+	c.applyFlowControl()
+	c.fcMu.Unlock()
+}
+
+// eventFlowControl is the event backlog's flow control.
+func (c *Conn) eventFlowControl(on bool) {
+	c.fcMu.Lock()
+	c.fcEvents = on
+	c.applyFlowControl()
+	c.fcMu.Unlock()
+}
+
+// applyFlowControl shows the level in force to the client. Called with
+// fcMu held.
+func (c *Conn) applyFlowControl() {
+	c.trMu.Lock()
+	tr := c.tr
+	c.trMu.Unlock()
+	if tr == nil {
+		return
+	}
+	level := c.fcService
+	if c.fcEvents {
+		level = FlowAll
+	}
+	tr.setFlowControl(level)
 }
 
 // transport is what differs between libqb's connection types: where
@@ -40,15 +92,17 @@ type transport interface {
 	// response fills the connection response's type and three names.
 	response() (typ int32, request, response, event string)
 	// serveRequests reads requests and answers each with handle's
-	// response until the connection ends; handle's nil ends it.
+	// response until the connection ends; handle's nil ends it, its
+	// NoResponse (empty) answers nothing.
 	serveRequests(handle func(msg []byte) []byte)
 	// sendEvent hands one event to the client now, or fails with an
 	// error for which retryable is true when the client has no room yet.
 	sendEvent(msg []byte) error
-	// setFlowControl raises or lowers the request channel's flow_control
-	// flag: while it is set, libqb clients refuse to send (qb_ipcc_send
-	// returns -EAGAIN, corosync's libraries CS_ERR_TRY_AGAIN).
-	setFlowControl(on bool)
+	// setFlowControl sets the request channel's flow_control level
+	// (FlowOff, FlowAll, FlowAsync): while it holds a request, libqb
+	// clients refuse to send it (qb_ipcc_send returns -EAGAIN, corosync's
+	// libraries CS_ERR_TRY_AGAIN).
+	setFlowControl(level int32)
 	// wake interrupts serveRequests; release frees what the transport
 	// holds, once nothing uses it any more.
 	wake()
@@ -313,6 +367,11 @@ func connResponse(errCode, typ int32, maxSize uint32, request, response, event s
 	copy(b[40+2*pathMax:40+3*pathMax-1], event)
 	return b
 }
+
+// NoResponse is what Session.Request returns for a request that gets no
+// response: corosync's asynchronous calls (CPG's multicast), which the
+// client sends without waiting.
+var NoResponse = []byte{}
 
 // ErrorResponse is a bare response header carrying a cs_error_t, with
 // message id 0: what corosync answers a request it does not run (for

@@ -64,7 +64,7 @@ func (q *eventQueue) push(msg []byte) error {
 	q.bytes += len(msg)
 	if !q.throttled && q.bytes >= q.high {
 		q.throttled = true
-		q.c.tr.setFlowControl(true)
+		q.c.eventFlowControl(true)
 		q.c.log.Info("libqb: client's events back up; flow-controlling its requests", "conn", q.c.ID,
 			"service", q.c.Service, "pid", q.c.Creds.PID, "queued_bytes", q.bytes)
 	}
@@ -99,7 +99,7 @@ func (q *eventQueue) run() {
 				q.q = q.q[1:]
 				if q.throttled && q.bytes <= q.high/2 {
 					q.throttled = false
-					q.c.tr.setFlowControl(false)
+					q.c.eventFlowControl(false)
 					q.c.log.Info("libqb: client caught up with its events; requests flow again", "conn", q.c.ID, "service", q.c.Service)
 				}
 				q.mu.Unlock()

@@ -79,7 +79,9 @@ type Handler interface {
 // Session is one connection's state.
 type Session interface {
 	// Request handles one whole request message (header included) and
-	// returns the whole response message, or nil to end the connection.
+	// returns the whole response message, NoResponse for a call that
+	// corosync answers with nothing (CPG's multicast), or nil to end the
+	// connection.
 	// Requests of a connection are handled one at a time, in order.
 	Request(ctx context.Context, msg []byte) []byte
 	Close()

@@ -138,11 +138,7 @@ func (t *socketTransport) add(ch int, delta int32) {
 	}
 }
 
-func (t *socketTransport) setFlowControl(on bool) {
-	v := int32(0)
-	if on {
-		v = 1
-	}
+func (t *socketTransport) setFlowControl(v int32) {
 	t.ctlMu.Lock()
 	defer t.ctlMu.Unlock()
 	if t.ctl != nil {
@@ -195,6 +191,9 @@ func (t *socketTransport) serveRequests(handle func([]byte) []byte) {
 		resp := handle(bytes.Clone(msg))
 		if resp == nil {
 			return
+		}
+		if len(resp) == 0 {
+			continue // an asynchronous call: nothing answers it
 		}
 		if err := t.respond(resp); err != nil {
 			c.log.Debug("libqb: response not sent", "conn", c.ID, "err", err)

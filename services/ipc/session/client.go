@@ -80,6 +80,19 @@ func (c *Client) Request(ctx context.Context, msg []byte) ([]byte, error) {
 	return r.Data, nil
 }
 
+// Send sends one raw request message that gets no response (an
+// asynchronous call: CPG's multicast). It is handled in order with the
+// connection's other requests.
+func (c *Client) Send(msg []byte) error {
+	m := nats.NewMsg(c.session)
+	m.Header.Set(HdrConn, c.id)
+	m.Data = msg
+	if err := c.nc.PublishMsg(m); err != nil {
+		return fmt.Errorf("sending on session %s: %w", c.id, err)
+	}
+	return nil
+}
+
 // Close tells the instance the connection ended.
 func (c *Client) Close() {
 	m := nats.NewMsg(CloseSubject(c.session))

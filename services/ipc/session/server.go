@@ -35,6 +35,17 @@ func (c *Conn) SendEvent(msg []byte) error {
 	return nil
 }
 
+// SetFlowControl sets the request flow control of the client's connection
+// (libqb.Conn.SetFlowControl's levels), through its gateway.
+func (c *Conn) SetFlowControl(level int32) error {
+	m := nats.NewMsg(c.events)
+	m.Header.Set(HdrFlow, strconv.FormatInt(int64(level), 10))
+	if err := c.nc.PublishMsg(m); err != nil {
+		return fmt.Errorf("flow control of connection %s: %w", c.ID, err)
+	}
+	return nil
+}
+
 // Session is a component's state for one connection.
 type Session interface {
 	// Request handles one raw request message and returns the raw
@@ -95,6 +106,10 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("subscribing to %s: %w", s.subject, err)
 	}
+	// Asynchronous requests (CPG's multicasts, up to 1 MiB each) must
+	// not be dropped as a slow consumer's: the components flow-control
+	// their clients instead.
+	_ = reqs.SetPendingLimits(-1, -1)
 	defer func() { _ = reqs.Unsubscribe() }()
 	closes, err := s.nc.Subscribe(CloseSubject(s.subject), func(m *nats.Msg) { s.drop(m.Header.Get(HdrConn)) })
 	if err != nil {
@@ -200,13 +215,13 @@ func (s *Server) request(m *nats.Msg) {
 	if sv == nil {
 		// The session is gone (expired, or this instance restarted):
 		// an empty reply tells the gateway to close the connection.
-		_ = m.Respond(nil)
+		respondGone(m)
 		return
 	}
 	select {
 	case sv.queue <- m:
 	case <-sv.done:
-		_ = m.Respond(nil)
+		respondGone(m)
 	}
 }
 
@@ -217,6 +232,9 @@ func (s *Server) work(sv *served) {
 		select {
 		case m := <-sv.queue:
 			resp := sv.s.Request(ctx, m.Data)
+			if m.Reply == "" {
+				continue // asynchronous: nothing answers it
+			}
 			if err := m.Respond(resp); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 				s.log.Debug("replying to a request", "conn", sv.conn.ID, "err", err)
 			}
@@ -227,12 +245,20 @@ func (s *Server) work(sv *served) {
 			for {
 				select {
 				case m := <-sv.queue:
-					_ = m.Respond(nil)
+					respondGone(m)
 				default:
 					return
 				}
 			}
 		}
+	}
+}
+
+// respondGone tells a gateway that the session of its request is gone (an
+// asynchronous request has no one to tell).
+func respondGone(m *nats.Msg) {
+	if m.Reply != "" {
+		_ = m.Respond(nil)
 	}
 }
 

@@ -15,9 +15,14 @@
 //     Corobus-Conn header; the reply is the raw libqb response message.
 //     Requests of one connection are handled in order, one at a time, as
 //     libqb clients expect; different connections run in parallel.
+//     A request the gateway sends without a reply subject is
+//     asynchronous (CPG's multicast): handled in order with the others,
+//     answered by nothing.
 //  3. Events: the instance publishes raw libqb event messages (track
 //     notifications, CPG deliveries) on the events subject the gateway
-//     gave at open.
+//     gave at open. An empty message with the Corobus-Flow header sets the
+//     connection's request flow control instead (libqb.Conn.SetFlowControl
+//     levels: "0", "1", "2").
 //  4. Close: the gateway publishes to the session subject + ".close".
 //  5. Liveness: the gateway publishes on its alive subject every
 //     AliveInterval; an instance drops the sessions of a gateway not heard
@@ -38,6 +43,7 @@ const (
 	HdrUID     = "Corobus-Uid"
 	HdrGID     = "Corobus-Gid"
 	HdrEvents  = "Corobus-Events" // where the component publishes events
+	HdrFlow    = "Corobus-Flow"   // on an event: the request flow-control level
 )
 
 // OpenReply answers an open: the instance's session subject, or the

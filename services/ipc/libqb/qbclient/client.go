@@ -136,6 +136,27 @@ func (c *Client) Request(msg []byte, timeout time.Duration) ([]byte, error) {
 	return c.recv(c.req, timeout)
 }
 
+// Send sends a request message without waiting for a response (an
+// asynchronous call, such as CPG's multicast) and without looking at the
+// flow-control flag.
+func (c *Client) Send(msg []byte) error {
+	for {
+		_, err := syscall.Write(c.req, msg)
+		if !errors.Is(err, syscall.EINTR) {
+			if err != nil {
+				return fmt.Errorf("sending a request: %w", err)
+			}
+			return nil
+		}
+	}
+}
+
+// Response waits up to timeout for the next response message (of a
+// request sent with Send).
+func (c *Client) Response(timeout time.Duration) ([]byte, error) {
+	return c.recv(c.req, timeout)
+}
+
 // Event waits up to timeout for the next event message.
 func (c *Client) Event(timeout time.Duration) ([]byte, error) {
 	return c.recv(c.evt, timeout)
