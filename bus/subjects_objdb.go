@@ -14,3 +14,17 @@ func (s Subjects) ObjdbChanged(encodedKey string) string {
 func (s Subjects) ObjdbAPI(node uint32, op string) string {
 	return s.Join("objdb", strconv.FormatUint(uint64(node), 10), "api", op)
 }
+
+// ObjdbKeys is a subject of node's keeper, the bus-process authority over
+// the node's own keys: "write" (the node's Stores send their node-key
+// writes), "feed" (the keeper publishes every applied write, in order),
+// "sync" (request/reply: records or a snapshot for a Store catching up).
+func (s Subjects) ObjdbKeys(node uint32, what string) string {
+	return s.Join("objdb", strconv.FormatUint(uint64(node), 10), "keys", what)
+}
+
+// ObjdbCopies is asked, scatter-gather, for the state of every watched
+// copy of node's view (each objdb.Store answers for itself).
+func (s Subjects) ObjdbCopies(node uint32) string {
+	return s.Join("objdb", strconv.FormatUint(uint64(node), 10), "copies")
+}

@@ -2,6 +2,8 @@ package objdb_test
 
 import (
 	"context"
+	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,11 +15,13 @@ import (
 )
 
 // BenchmarkClient measures one synchronous client of a node's objdb
-// process: a get served from the watched copy, a set replicated through
-// JetStream (R1 here).
+// process: a get served from the watched copy, a set of a cluster key
+// (test.*) replicated through JetStream (R1 here), a set of a node key
+// (runtime.*) applied by the copy and the keeper behind it.
 func BenchmarkClient(b *testing.B) {
 	cl := bustest.StartCluster(b, 1)
 	env := testEnv(b, cl.Conn(1))
+	runKeeper(b, env)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = objdb.Run(ctx, env) }()
@@ -28,13 +32,15 @@ func BenchmarkClient(b *testing.B) {
 		}
 	}
 	v, _ := objdb.ParseValue(objdb.Uint32, "7")
-	b.Run("set", func(b *testing.B) {
-		for b.Loop() {
-			if err := c.Set(ctx, "test.bench.k", v); err != nil {
-				b.Fatal(err)
+	for _, key := range []string{"test.bench.k", "runtime.bench.k"} {
+		b.Run("set/"+key, func(b *testing.B) {
+			for b.Loop() {
+				if err := c.Set(ctx, key, v); err != nil {
+					b.Fatal(err)
+				}
 			}
-		}
-	})
+		})
+	}
 	b.Run("get", func(b *testing.B) {
 		for b.Loop() {
 			if _, err := c.Get(ctx, "test.bench.k"); err != nil {
@@ -44,12 +50,14 @@ func BenchmarkClient(b *testing.B) {
 	})
 }
 
-// BenchmarkStoreSet is the write path a co-located writer (the cmap
-// service) pays: a replicated put and the local copy catching up, against
-// the bare JetStream KV put under it.
-func BenchmarkStoreSet(b *testing.B) {
+// BenchmarkStore is the path a co-located user of a copy (the cmap
+// service) pays, one writer and eight: a node key's set and get, a
+// cluster key's set (a JetStream quorum's acknowledgement; R1 on one
+// node), and the bare KV put under it.
+func BenchmarkStore(b *testing.B) {
 	cl := bustest.StartCluster(b, 1)
 	env := testEnv(b, cl.Conn(1))
+	runKeeper(b, env)
 	ctx := context.Background()
 	st, err := objdb.OpenFor(ctx, env)
 	if err != nil {
@@ -57,9 +65,36 @@ func BenchmarkStoreSet(b *testing.B) {
 	}
 	defer st.Close()
 	v, _ := objdb.ParseValue(objdb.Uint32, "7")
-	b.Run("store", func(b *testing.B) {
+	for _, key := range []string{"runtime.bench.k", "test.bench.k"} {
+		if err := st.Set(ctx, key, v); err != nil {
+			b.Fatal(err)
+		}
+	}
+	scope := map[string]string{"runtime.bench.k": "node", "test.bench.k": "cluster"}
+	for _, key := range []string{"runtime.bench.k", "test.bench.k"} {
+		b.Run(scope[key]+"-set", func(b *testing.B) {
+			for b.Loop() {
+				if err := st.Set(ctx, key, v); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(scope[key]+"-set-8", func(b *testing.B) {
+			b.SetParallelism(4) // 2 CPUs × 4 = 8 writers
+			var n atomic.Int64
+			b.RunParallel(func(pb *testing.PB) {
+				k := fmt.Sprintf("%s.%d", key, n.Add(1))
+				for pb.Next() {
+					if err := st.Set(ctx, k, v); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		})
+	}
+	b.Run("node-get", func(b *testing.B) {
 		for b.Loop() {
-			if err := st.Set(ctx, "test.bench.k", v); err != nil {
+			if _, err := st.Get("runtime.bench.k"); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -79,4 +114,39 @@ func BenchmarkStoreSet(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkThreeNodes: cluster-key sets, replicated R3 and acknowledged
+// by a quorum, from eight writers spread over three nodes' copies.
+func BenchmarkThreeNodes(b *testing.B) {
+	cl := bustest.StartCluster(b, 3)
+	ctx := context.Background()
+	var stores []*objdb.Store
+	for id := 1; id <= 3; id++ {
+		env := clusterEnv(b, cl, id)
+		runKeeper(b, env)
+		st, err := objdb.OpenFor(ctx, env)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer st.Close()
+		stores = append(stores, st)
+	}
+	v, _ := objdb.ParseValue(objdb.Uint32, "7")
+	for _, key := range []string{"test.bench3.k", "runtime.bench3.k"} {
+		b.Run("set-8/"+key, func(b *testing.B) {
+			b.SetParallelism(4) // 2 CPUs × 4 = 8 writers
+			var n atomic.Int64
+			b.RunParallel(func(pb *testing.PB) {
+				i := n.Add(1)
+				st := stores[int(i)%3]
+				k := fmt.Sprintf("%s.%d", key, i)
+				for pb.Next() {
+					if err := st.Set(ctx, k, v); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		})
+	}
 }

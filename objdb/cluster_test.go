@@ -32,6 +32,8 @@ func TestThreeNodes(t *testing.T) {
 	}
 	cl := bustest.StartCluster(t, 3)
 	ctx := context.Background()
+	startKeeper(t, cl.Conn(1), 1, 3)
+	startKeeper(t, cl.Conn(3), 3, 3)
 	s1 := openStore(t, cl.Conn(1), 1, 3)
 	s3 := openStore(t, cl.Conn(3), 3, 3)
 
@@ -87,6 +89,7 @@ func TestThreeNodes(t *testing.T) {
 	cl.Start(1)
 	cl.Start(2)
 	cl.WaitFormed(30 * time.Second)
+	startKeeper(t, cl.Conn(2), 2, 3)
 	s2 := openStore(t, cl.Conn(2), 2, 3)
 	deadline := time.Now().Add(30 * time.Second)
 	for {

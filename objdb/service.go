@@ -45,7 +45,7 @@ type ListEntry struct {
 // cmap refuses (its read-only prefixes, and the configuration keys it
 // marks read-only).
 func ReadOnly(key string) bool {
-	for _, p := range []string{"internal_configuration.", "runtime.services.", "runtime.config.", "runtime.totem.",
+	for _, p := range []string{"internal_configuration.", "runtime.services.", "runtime.config.", "runtime.totem.", CopyKeyPrefix,
 		"uidgid.config.", "system.", "nodelist.", "config.reload_in_progress", "config.totemconfig_reload_in_progress"} {
 		if strings.HasPrefix(key, p) {
 			return true
@@ -102,18 +102,24 @@ func Replicas(env layer.Env) (int, error) {
 	return 1, nil
 }
 
-// OpenFor opens the store of a layer's node.
+// OpenFor opens the store of a layer's node. Its feeds count as lost
+// after totem.token of silence, the failure detector's time.
 func OpenFor(ctx context.Context, env layer.Env) (*Store, error) {
 	replicas, err := Replicas(env)
 	if err != nil {
 		return nil, err
 	}
+	token, err := env.Config.Uint("totem.token", 1000)
+	if err != nil {
+		return nil, err
+	}
 	return OpenStore(ctx, env.Conn, StoreConfig{
-		Bucket:   BucketName(env.Config.ClusterName()),
-		Replicas: replicas,
-		Node:     env.Node.ID,
-		Subjects: env.Subjects,
-		Log:      env.Log,
+		Bucket:      BucketName(env.Config.ClusterName()),
+		Replicas:    replicas,
+		Node:        env.Node.ID,
+		Subjects:    env.Subjects,
+		Log:         env.Log,
+		FeedTimeout: time.Duration(token) * time.Millisecond,
 	})
 }
 

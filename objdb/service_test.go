@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -29,6 +30,40 @@ func testEnv(t testing.TB, nc *nats.Conn) layer.Env {
 	return layer.Env{Config: cfg, Node: local, Conn: nc, Subjects: subjects, Log: bustest.Logger(t), Version: "0.0.0-test"}
 }
 
+// clusterEnv is the layer environment of node id of a three-node
+// cluster, connected to cl's node id.
+func clusterEnv(t testing.TB, cl *bustest.Cluster, id int) layer.Env {
+	t.Helper()
+	o := []string{"totem.cluster_name=svc", fmt.Sprintf("totem.nodeid=%d", id)}
+	for n := 1; n <= 3; n++ {
+		o = append(o, fmt.Sprintf("nodelist.node.%d.ring0_addr=127.0.0.1", n-1), fmt.Sprintf("nodelist.node.%d.nodeid=%d", n-1, n))
+	}
+	cfg, err := config.Load(config.Options{UserStateDir: t.TempDir(), Overrides: o})
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, err := cfg.LocalNode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	subjects, _ := bus.NewSubjects(cfg.Prefix())
+	return layer.Env{Config: cfg, Node: local, Conn: cl.Conn(id), Subjects: subjects, Log: bustest.Logger(t), Version: "0.0.0-test"}
+}
+
+// runKeeper runs the keeper of env's node, as its bus process would,
+// until the end of the test.
+func runKeeper(t testing.TB, env layer.Env) {
+	t.Helper()
+	cfg, err := objdb.KeeperConfigFor(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = objdb.RunKeeper(ctx, env.Conn, cfg) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
 // Two objdb processes of one node share its requests (a queue group), and
 // both serve the same data.
 func TestTwoObjdbProcessesShareTheLoad(t *testing.T) {
@@ -37,6 +72,7 @@ func TestTwoObjdbProcessesShareTheLoad(t *testing.T) {
 	defer cancel()
 	var wg sync.WaitGroup
 	var envs []layer.Env
+	runKeeper(t, testEnv(t, cl.Conn(1)))
 	for range 2 {
 		env := testEnv(t, cl.Conn(1))
 		envs = append(envs, env)

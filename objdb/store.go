@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/services/cswire"
 )
 
 // StoreConfig configures a Store.
@@ -33,6 +35,13 @@ type StoreConfig struct {
 	// WriteTimeout bounds a write; a write JetStream cannot get a quorum
 	// for fails after it with ErrTryAgain.
 	WriteTimeout time.Duration
+	// FeedTimeout is how long a feed may stay silent before the copy
+	// counts it lost, says it is behind and resumes it (default 1 s; a
+	// layer's store uses totem.token, the failure detector's time).
+	FeedTimeout time.Duration
+	// Name says whose copy this is, in status and logs (default: the bus
+	// connection's name).
+	Name string
 }
 
 // BucketName is the objdb bucket of a cluster.
@@ -84,26 +93,74 @@ type Event struct {
 	Old, New *Value
 }
 
-// Store is one node's view of objdb: a watched local copy of the bucket's
-// cluster keys and of this node's keys. Reads are served from the copy;
-// writes go to JetStream and return once the copy has them (so a reader on
-// this node sees its own writes).
+// Store is one node's view of objdb, a watched local copy of the cluster's
+// keys and of this node's own keys, each followed through a feed:
+//
+//   - cluster keys through a JetStream consumer on the bucket, with idle
+//     heartbeats: silent for FeedTimeout, the consumer is counted lost
+//     (its server may have died) and replaced by one that starts after
+//     the last revision the copy applied;
+//   - node keys through the node's keeper (Keeper, in the bus process),
+//     on core NATS: every applied write in the keeper's order, with gaps
+//     fetched back.
+//
+// Reads are served from the copy. A node-key write is applied to the copy
+// at once and sent to the keeper, which replicates it behind; a
+// cluster-key write returns once JetStream's quorum has it. Either way this
+// Store reads its own writes at once, and trackers see changes in the
+// order their feed delivers them. A copy that is behind — a feed lost or
+// catching up — knows it: State, a log line, status, and the read-only
+// runtime.objdb.copy.* keys of its own view.
 type Store struct {
-	cfg StoreConfig
-	nc  *nats.Conn
-	kv  jetstream.KeyValue
-	log *slog.Logger
+	cfg      StoreConfig
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	kv       jetstream.KeyValue
+	log      *slog.Logger
+	writer   uint64 // this Store's id as a writer of node keys
+	kvPrefix string // "$KV.<bucket>."
 
 	mu      sync.Mutex
 	changed *sync.Cond
-	shared  map[string]Value
-	local   map[string]Value
-	rev     uint64
-	tracks  map[int]*tracker
-	nextT   int
+	shared  map[string]Value // cluster keys, as the cluster feed delivered them
+	local   map[string]Value // node keys, as the node feed delivered them
+	// Own writes the feeds have not delivered yet: reads see them.
+	sharedOver map[string]clusterOverlay
+	localOver  map[string]*nodeOverlay
+	crev       uint64 // the last stream revision the cluster feed applied
+	cloaded    bool   // the cluster feed's initial load is done
+	cserver    string // the server of the cluster feed's consumer
+	nepoch     uint64 // the keeper's epoch the node keys came from
+	nseq       uint64 // the last keeper record applied
+	nloaded    bool
+	pending    []pendingWrite // node writes the keeper has not confirmed, in wseq order
+	nextWSeq   uint64
+	sendBuf    []byte
+	cstate     feedState
+	nstate     feedState
+	tracks     map[int]*tracker
+	nextT      int
 
 	stop    context.CancelFunc
-	stopped chan struct{}
+	stopped sync.WaitGroup
+}
+
+type clusterOverlay struct {
+	rev     uint64
+	v       Value
+	deleted bool
+}
+
+type nodeOverlay struct {
+	n       int // pending writes of the key
+	v       Value
+	deleted bool
+}
+
+type pendingWrite struct {
+	w    nodeWrite
+	sent time.Time
+	done chan nodeRecord // an adjust waits for its result
 }
 
 type tracker struct {
@@ -113,8 +170,10 @@ type tracker struct {
 	done   chan struct{}
 }
 
-// OpenStore creates (or binds to) the bucket and loads the local copy. On a
-// cluster whose JetStream has no quorum yet it keeps trying until ctx ends.
+// OpenStore creates (or binds to) the bucket and loads the local copy: the
+// cluster keys from JetStream, the node's keys from its keeper. On a
+// cluster whose JetStream has no quorum yet, or a node whose keeper does
+// not answer yet, it keeps trying until ctx ends.
 func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig) (*Store, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -122,21 +181,19 @@ func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig) (*Store, err
 	if cfg.WriteTimeout == 0 {
 		cfg.WriteTimeout = 5 * time.Second
 	}
+	if cfg.FeedTimeout <= 0 {
+		cfg.FeedTimeout = time.Second
+	}
+	if cfg.Name == "" {
+		cfg.Name = nc.Opts.Name
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("objdb: JetStream: %w", err)
 	}
 	var kv jetstream.KeyValue
 	for {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		kv, err = js.CreateOrUpdateKeyValue(cctx, jetstream.KeyValueConfig{
-			Bucket:      cfg.Bucket,
-			Description: "corobus object database",
-			History:     1,
-			Replicas:    cfg.Replicas,
-			Storage:     jetstream.FileStorage,
-		})
-		cancel()
+		kv, err = openBucket(ctx, js, cfg.Bucket, cfg.Replicas)
 		if err == nil {
 			break
 		}
@@ -147,129 +204,98 @@ func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig) (*Store, err
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
-	s := &Store{cfg: cfg, nc: nc, kv: kv, log: cfg.Log, shared: map[string]Value{}, local: map[string]Value{},
-		tracks: map[int]*tracker{}, stopped: make(chan struct{})}
+	now := time.Now()
+	s := &Store{cfg: cfg, nc: nc, js: js, kv: kv, log: cfg.Log, writer: rand.Uint64() | 1,
+		kvPrefix: "$KV." + cfg.Bucket + ".",
+		shared:   map[string]Value{}, local: map[string]Value{},
+		sharedOver: map[string]clusterOverlay{}, localOver: map[string]*nodeOverlay{},
+		cstate: feedState{since: now, reason: "loading"}, nstate: feedState{since: now, reason: "loading"},
+		tracks: map[int]*tracker{}}
 	s.changed = sync.NewCond(&s.mu)
-	wctx, stop := context.WithCancel(context.Background())
+	fctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
-	w, err := kv.WatchFiltered(wctx, []string{clusterScope() + ".>", nodeScope(cfg.Node) + ".>"})
-	if err != nil {
-		stop()
-		return nil, fmt.Errorf("objdb: watching bucket %s: %w", cfg.Bucket, err)
-	}
-	initial := make(chan struct{})
-	go s.watch(w, initial)
-	select {
-	case <-initial:
-	case <-ctx.Done():
-		s.Close()
-		return nil, fmt.Errorf("objdb: loading the local copy: %w", ctx.Err())
+	clusterLoaded, nodeLoaded := make(chan struct{}), make(chan struct{})
+	s.stopped.Add(3)
+	go func() { defer s.stopped.Done(); s.followCluster(fctx, clusterLoaded) }()
+	go func() { defer s.stopped.Done(); s.followNode(fctx, nodeLoaded) }()
+	go func() { defer s.stopped.Done(); s.serveCopyStatus(fctx) }()
+	for _, ch := range []chan struct{}{clusterLoaded, nodeLoaded} {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			s.Close()
+			st := s.State()
+			return nil, fmt.Errorf("objdb: loading the local copy (%s): %w", st.Reason, ctx.Err())
+		}
 	}
 	return s, nil
 }
 
-// Close stops the watcher and every tracker.
+// Close stops the feeds and every tracker. Node-key writes the keeper has
+// not confirmed yet get up to WriteTimeout to be.
 func (s *Store) Close() {
+	deadline := time.Now().Add(s.cfg.WriteTimeout)
+	s.mu.Lock()
+	for len(s.pending) > 0 && time.Now().Before(deadline) {
+		s.mu.Unlock()
+		time.Sleep(5 * time.Millisecond)
+		s.mu.Lock()
+	}
+	if n := len(s.pending); n > 0 {
+		s.log.Warn("objdb: closing with node-key writes the keeper did not confirm", "writes", n)
+	}
+	s.mu.Unlock()
 	s.stop()
-	<-s.stopped
+	s.stopped.Wait()
 	s.mu.Lock()
 	for id, t := range s.tracks {
 		close(t.done)
 		delete(s.tracks, id)
 	}
+	s.changed.Broadcast()
 	s.mu.Unlock()
 }
 
 // Node is whose view this is.
 func (s *Store) Node() uint32 { return s.cfg.Node }
 
-func (s *Store) watch(w jetstream.KeyWatcher, initial chan struct{}) {
-	defer close(s.stopped)
-	defer func() { _ = w.Stop() }()
-	loading := true
-	for e := range w.Updates() {
-		if e == nil {
-			if loading {
-				loading = false
-				close(initial)
-			}
-			continue
-		}
-		s.apply(e, !loading)
-	}
-}
-
-// apply folds one KV entry into the copy and tells trackers what changed
-// in this node's view.
-func (s *Store) apply(e jetstream.KeyValueEntry, notify bool) {
-	scope, key, err := splitKVKey(e.Key())
-	if err != nil {
-		s.log.Warn("objdb: ignoring an undecodable key", "kv_key", e.Key(), "err", err)
-		return
-	}
-	var v Value
-	put := e.Operation() == jetstream.KeyValuePut
-	if put {
-		if v, err = decodeValue(e.Value()); err != nil {
-			s.log.Warn("objdb: ignoring an undecodable value", "key", key, "err", err)
-			return
-		}
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	old, hadOld := s.viewLocked(key)
-	m := s.shared
-	if scope != clusterScope() {
-		m = s.local
-	}
-	if put {
-		m[key] = v
-	} else {
-		delete(m, key)
-	}
-	if r := e.Revision(); r > s.rev {
-		s.rev = r
-	}
-	s.changed.Broadcast()
-	if !notify {
-		return
-	}
-	cur, hasCur := s.viewLocked(key)
-	var ev Event
-	switch {
-	case !hadOld && hasCur:
-		ev = Event{Kind: EventAdd, Key: key, New: &cur}
-	case hadOld && !hasCur:
-		ev = Event{Kind: EventDelete, Key: key, Old: &old}
-	case hadOld && hasCur && (old.Type != cur.Type || string(old.Data) != string(cur.Data)):
-		ev = Event{Kind: EventModify, Key: key, Old: &old, New: &cur}
-	default:
-		return // this node's view did not change (a shadowed cluster key)
-	}
-	for _, t := range s.tracks {
-		if t.matches(key) {
-			select {
-			case t.events <- ev:
-			case <-t.done:
-			}
-		}
-	}
-}
-
-func (t *tracker) matches(key string) bool {
-	if t.prefix {
-		return strings.HasPrefix(key, t.key)
-	}
-	return key == t.key
-}
-
-// viewLocked is this node's value of key: its own, else the cluster's.
-func (s *Store) viewLocked(key string) (Value, bool) {
+// trackedLocked is the key's value as the feeds delivered it: the node's
+// own, else the cluster's. Trackers follow this view.
+func (s *Store) trackedLocked(key string) (Value, bool) {
 	if v, ok := s.local[key]; ok {
 		return v, true
 	}
 	v, ok := s.shared[key]
 	return v, ok
+}
+
+// viewLocked is the key's value as this Store reads it: the feeds' view
+// with this Store's own writes over it.
+func (s *Store) viewLocked(key string) (Value, bool) {
+	if v, ok, synthetic := s.copyKeyLocked(key); synthetic {
+		return v, ok
+	}
+	if o := s.localOver[key]; o != nil {
+		if !o.deleted {
+			return o.v, true
+		}
+	} else if v, ok := s.local[key]; ok {
+		return v, true
+	}
+	if o, ok := s.sharedOver[key]; ok {
+		return o.v, !o.deleted
+	}
+	v, ok := s.shared[key]
+	return v, ok
+}
+
+// nodeHasLocked reports whether this node keeps key (as this Store reads).
+func (s *Store) nodeHasLocked(key string) bool {
+	if o := s.localOver[key]; o != nil {
+		return !o.deleted
+	}
+	_, ok := s.local[key]
+	return ok
 }
 
 // Get reads key from the local copy.
@@ -290,80 +316,104 @@ func (s *Store) Get(key string) (Value, error) {
 func (s *Store) List(prefix string) []Entry {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]Entry, 0)
+	node := map[string]Value{}
+	for k, v := range s.local {
+		if strings.HasPrefix(k, prefix) {
+			node[k] = v
+		}
+	}
+	for k, o := range s.localOver {
+		if !strings.HasPrefix(k, prefix) {
+			continue
+		}
+		if o.deleted {
+			delete(node, k)
+		} else {
+			node[k] = o.v
+		}
+	}
+	cluster := map[string]Value{}
 	for k, v := range s.shared {
-		if _, shadowed := s.local[k]; !shadowed && strings.HasPrefix(k, prefix) {
+		if strings.HasPrefix(k, prefix) {
+			cluster[k] = v
+		}
+	}
+	for k, o := range s.sharedOver {
+		if !strings.HasPrefix(k, prefix) {
+			continue
+		}
+		if o.deleted {
+			delete(cluster, k)
+		} else {
+			cluster[k] = o.v
+		}
+	}
+	out := make([]Entry, 0, len(node)+len(cluster))
+	for k, v := range cluster {
+		if _, shadowed := node[k]; !shadowed {
 			out = append(out, Entry{Key: k, Value: v, Scope: ScopeCluster})
 		}
 	}
-	for k, v := range s.local {
-		if strings.HasPrefix(k, prefix) {
-			out = append(out, Entry{Key: k, Value: v, Scope: ScopeNode})
-		}
+	for k, v := range node {
+		out = append(out, Entry{Key: k, Value: v, Scope: ScopeNode})
 	}
+	out = append(out, s.copyEntriesLocked(prefix)...)
 	slices.SortFunc(out, func(a, b Entry) int { return strings.Compare(a.Key, b.Key) })
 	return out
 }
 
-// scopeFor decides where a write goes: a key this node already keeps, or
-// one under a node-local prefix, is the node's; anything else is the
+// nodeScoped decides where a write goes: a key this node already keeps,
+// or one under a node-local prefix, is the node's; anything else is the
 // cluster's.
-func (s *Store) scopeFor(key string) (string, Scope) {
-	s.mu.Lock()
-	_, local := s.local[key]
-	s.mu.Unlock()
-	if !local {
-		for _, p := range nodeLocalPrefixes() {
-			if strings.HasPrefix(key, p) {
-				local = true
-				break
-			}
+func (s *Store) nodeScoped(key string) bool {
+	for _, p := range nodeLocalPrefixes() {
+		if strings.HasPrefix(key, p) {
+			return true
 		}
 	}
-	if local {
-		return nodeScope(s.cfg.Node), ScopeNode
-	}
-	return clusterScope(), ScopeCluster
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.nodeHasLocked(key)
 }
 
-// Set writes key. It returns once the write is replicated (acknowledged by
-// JetStream) and in this node's copy.
+// Set writes key. A node key is in this Store's copy when Set returns and
+// in the keeper's a bus hop later (docs/objdb.md); a cluster key is
+// acknowledged by a JetStream quorum.
 func (s *Store) Set(ctx context.Context, key string, v Value) error {
-	return s.setScoped(ctx, key, v, "")
+	return s.set(ctx, key, v, false)
 }
 
 // SetLocal writes a key into this node's own namespace, whatever its name.
 func (s *Store) SetLocal(ctx context.Context, key string, v Value) error {
-	return s.setScoped(ctx, key, v, nodeScope(s.cfg.Node))
+	return s.set(ctx, key, v, true)
 }
 
-func (s *Store) setScoped(ctx context.Context, key string, v Value, scope string) error {
+func (s *Store) set(ctx context.Context, key string, v Value, local bool) error {
 	if err := ValidKey(key); err != nil {
 		return err
 	}
 	if err := v.Check(); err != nil {
 		return fmt.Errorf("key %s: %w", key, err)
 	}
+	if IsCopyKey(key) {
+		return fmt.Errorf("key %s describes this copy and cannot be written: %w", key, ErrAccess)
+	}
 	v = v.normalized()
-	sc := ScopeNode
-	if scope == "" {
-		scope, sc = s.scopeFor(key)
+	if local || s.nodeScoped(key) {
+		_, err := s.writeNode(ctx, nodeWrite{Op: opSet, Key: key, Value: v})
+		return err
 	}
 	s.mu.Lock()
 	old, hadOld := s.viewLocked(key)
 	s.mu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
-	defer cancel()
-	rev, err := s.kv.Put(ctx, kvKey(scope, key), v.encode())
-	if err != nil {
-		return writeError(key, err)
+	if err := s.writeCluster(ctx, key, &v); err != nil {
+		return err
 	}
-	s.waitRev(ctx, rev)
 	kind := EventAdd
 	if hadOld {
 		kind = EventModify
 	}
-	s.publish(Event{Kind: kind, Key: key, Old: ptrIf(old, hadOld), New: &v}, sc)
+	s.publish(Event{Kind: kind, Key: key, Old: ptrIf(old, hadOld), New: &v})
 	return nil
 }
 
@@ -379,37 +429,24 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	if err := ValidKey(key); err != nil {
 		return err
 	}
+	if IsCopyKey(key) {
+		return fmt.Errorf("key %s describes this copy and cannot be deleted: %w", key, ErrAccess)
+	}
 	s.mu.Lock()
 	old, ok := s.viewLocked(key)
-	_, local := s.local[key]
+	local := s.nodeHasLocked(key)
 	s.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("key %s: %w", key, ErrNotExist)
 	}
-	scope, sc := clusterScope(), ScopeCluster
 	if local {
-		scope, sc = nodeScope(s.cfg.Node), ScopeNode
+		_, err := s.writeNode(ctx, nodeWrite{Op: opDelete, Key: key})
+		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
-	defer cancel()
-	if err := s.kv.Delete(ctx, kvKey(scope, key)); err != nil {
-		return writeError(key, err)
+	if err := s.writeCluster(ctx, key, nil); err != nil {
+		return err
 	}
-	// A delete's revision is not returned: wait for the key to leave the
-	// copy instead.
-	s.mu.Lock()
-	for {
-		m := s.shared
-		if local {
-			m = s.local
-		}
-		if _, still := m[key]; !still || ctx.Err() != nil {
-			break
-		}
-		s.waitLocked(ctx)
-	}
-	s.mu.Unlock()
-	s.publish(Event{Kind: EventDelete, Key: key, Old: &old}, sc)
+	s.publish(Event{Kind: EventDelete, Key: key, Old: &old})
 	return nil
 }
 
@@ -418,6 +455,9 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 func (s *Store) DeletePrefix(ctx context.Context, prefix string) (int, error) {
 	n := 0
 	for _, e := range s.List(prefix) {
+		if IsCopyKey(e.Key) {
+			continue
+		}
 		if err := s.Delete(ctx, e.Key); err != nil && !errors.Is(err, ErrNotExist) {
 			return n, err
 		}
@@ -426,17 +466,30 @@ func (s *Store) DeletePrefix(ctx context.Context, prefix string) (int, error) {
 	return n, nil
 }
 
-// Adjust adds step to an integer key atomically: a compare-and-set on the
-// key's revision, retried when another writer (on any node) got there
-// first, so that no increment is ever lost.
+// Adjust adds step to an integer key atomically. A node key is adjusted
+// by the node's keeper, which orders it with every other write of the
+// node; a cluster key by a compare-and-set on its revision, retried when
+// another writer (on any node) got there first. No increment is lost.
 func (s *Store) Adjust(ctx context.Context, key string, step int64) (Value, error) {
 	if err := ValidKey(key); err != nil {
 		return Value{}, err
 	}
-	scope, sc := s.scopeFor(key)
+	if IsCopyKey(key) {
+		return Value{}, fmt.Errorf("key %s describes this copy and cannot be written: %w", key, ErrAccess)
+	}
+	if s.nodeScoped(key) {
+		rec, err := s.writeNode(ctx, nodeWrite{Op: opAdjust, Key: key, Step: step})
+		if err != nil {
+			return Value{}, err
+		}
+		if rec.Status != cswire.OK {
+			return Value{}, fmt.Errorf("key %s: %w", key, rec.Status)
+		}
+		return rec.New, nil
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
 	defer cancel()
-	k := kvKey(scope, key)
+	k := kvKey(clusterScope(), key)
 	for {
 		e, err := s.kv.Get(ctx, k)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -455,8 +508,8 @@ func (s *Store) Adjust(ctx context.Context, key string, step int64) (Value, erro
 		}
 		rev, err := s.kv.Update(ctx, k, nv.encode(), e.Revision())
 		if err == nil {
-			s.waitRev(ctx, rev)
-			s.publish(Event{Kind: EventModify, Key: key, Old: &old, New: &nv}, sc)
+			s.overlayCluster(key, &nv, rev)
+			s.publish(Event{Kind: EventModify, Key: key, Old: &old, New: &nv})
 			return nv, nil
 		}
 		if !isWrongRevision(err) {
@@ -483,24 +536,98 @@ func writeError(key string, err error) error {
 	return fmt.Errorf("objdb: write of %s not acknowledged by a JetStream quorum (partitioned or too few nodes?): %v: %w", key, err, ErrTryAgain)
 }
 
-// waitRev waits until the copy has caught up with a write's revision.
-func (s *Store) waitRev(ctx context.Context, rev uint64) {
+// writeCluster puts (v non-nil) or deletes a cluster key and returns once
+// a JetStream quorum has it; until the cluster feed delivers it, this
+// Store's reads see it through an overlay.
+func (s *Store) writeCluster(ctx context.Context, key string, v *Value) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
+	defer cancel()
+	m := nats.NewMsg(s.kvPrefix + kvKey(clusterScope(), key))
+	if v == nil {
+		m.Header.Set(kvOperationHdr, kvOpDelete)
+	} else {
+		m.Data = v.encode()
+	}
+	ack, err := s.js.PublishMsg(ctx, m)
+	if err != nil {
+		return writeError(key, err)
+	}
+	s.overlayCluster(key, v, ack.Sequence)
+	return nil
+}
+
+// The KV layer's markers of a delete.
+const (
+	kvOperationHdr = "KV-Operation"
+	kvOpDelete     = "DEL"
+	kvOpPurge      = "PURGE"
+)
+
+func (s *Store) overlayCluster(key string, v *Value, rev uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for s.rev < rev && ctx.Err() == nil {
-		s.waitLocked(ctx)
+	if rev <= s.crev {
+		return // the feed has it already
+	}
+	if o, ok := s.sharedOver[key]; ok && o.rev > rev {
+		return
+	}
+	o := clusterOverlay{rev: rev, deleted: v == nil}
+	if v != nil {
+		o.v = *v
+	}
+	s.sharedOver[key] = o
+}
+
+// writeNode applies a node-key write to this Store's copy (set, delete)
+// and sends it to the keeper. An adjust waits for the keeper's result: its
+// outcome depends on writes this Store has not seen.
+func (s *Store) writeNode(ctx context.Context, w nodeWrite) (nodeRecord, error) {
+	s.mu.Lock()
+	s.nextWSeq++
+	w.WSeq = s.nextWSeq
+	p := pendingWrite{w: w, sent: time.Now()}
+	if w.Op == opAdjust {
+		p.done = make(chan nodeRecord, 1)
+	}
+	s.pending = append(s.pending, p)
+	switch w.Op {
+	case opSet, opDelete:
+		o := s.localOver[w.Key]
+		if o == nil {
+			o = &nodeOverlay{}
+			s.localOver[w.Key] = o
+		}
+		o.n++
+		o.v, o.deleted = w.Value, w.Op == opDelete
+	}
+	s.sendLocked([]nodeWrite{w})
+	s.mu.Unlock()
+	if p.done == nil {
+		return nodeRecord{}, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
+	defer cancel()
+	select {
+	case rec := <-p.done:
+		return rec, nil
+	case <-ctx.Done():
+		return nodeRecord{}, fmt.Errorf("objdb: the node's keeper did not confirm the adjust of %s (it may still apply): %v: %w", w.Key, ctx.Err(), ErrTryAgain)
 	}
 }
 
-// waitLocked waits for the next change, or for ctx to end.
-func (s *Store) waitLocked(ctx context.Context) {
-	stop := context.AfterFunc(ctx, func() {
-		s.mu.Lock()
-		s.changed.Broadcast()
-		s.mu.Unlock()
-	})
-	s.changed.Wait()
-	stop()
+// sendLocked sends writes to the keeper, in wseq order (under s.mu, so
+// that two writers' sends cannot overtake each other). A send that fails is
+// sent again by the resend timer.
+func (s *Store) sendLocked(ws []nodeWrite) {
+	base := ws[0].WSeq
+	if len(s.pending) > 0 {
+		base = s.pending[0].w.WSeq
+	}
+	s.sendBuf = appendWriteBatch(s.sendBuf[:0], s.writer, base, ws)
+	if err := s.nc.Publish(s.cfg.Subjects.ObjdbKeys(s.cfg.Node, "write"), s.sendBuf); err != nil {
+		s.log.Debug("objdb: node-key write not sent yet", "err", err)
+	}
 }
 
 // Track delivers changes of key (of every key under it when prefix) to fn,
@@ -535,6 +662,37 @@ func (s *Store) Track(key string, prefix bool, fn func(Event)) (stop func()) {
 	}
 }
 
+func (t *tracker) matches(key string) bool {
+	if t.prefix {
+		return strings.HasPrefix(key, t.key)
+	}
+	return key == t.key
+}
+
+// notifyLocked tells the trackers of key what changed between old and
+// cur (the tracked view before and after).
+func (s *Store) notifyLocked(key string, old Value, hadOld bool, cur Value, hasCur bool) {
+	var ev Event
+	switch {
+	case !hadOld && hasCur:
+		ev = Event{Kind: EventAdd, Key: key, New: &cur}
+	case hadOld && !hasCur:
+		ev = Event{Kind: EventDelete, Key: key, Old: &old}
+	case hadOld && hasCur && (old.Type != cur.Type || string(old.Data) != string(cur.Data)):
+		ev = Event{Kind: EventModify, Key: key, Old: &old, New: &cur}
+	default:
+		return // the view did not change (a shadowed cluster key, an equal value)
+	}
+	for _, t := range s.tracks {
+		if t.matches(key) {
+			select {
+			case t.events <- ev:
+			case <-t.done:
+			}
+		}
+	}
+}
+
 // Change-event headers on <prefix>.objdb.changed.<key>.
 const (
 	HdrKey     = "Corobus-Key"
@@ -546,10 +704,11 @@ const (
 	HdrOld     = "Corobus-Old" // base64 of the old value's bytes
 )
 
-// publish announces a change the way anyone can follow with a plain NATS
-// subscription. The writer publishes it (not every node's watcher), so
-// each change is announced once.
-func (s *Store) publish(ev Event, scope Scope) {
+// publish announces a change of a cluster key the way anyone can follow
+// with a plain NATS subscription. The writer publishes it (not every
+// node's copy), so each change is announced once; node keys are announced
+// by their keeper.
+func (s *Store) publish(ev Event) {
 	if s.cfg.Subjects.Prefix() == "" {
 		return
 	}
@@ -557,7 +716,7 @@ func (s *Store) publish(ev Event, scope Scope) {
 	m.Header.Set(HdrKey, ev.Key)
 	m.Header.Set(HdrOp, ev.Kind.String())
 	m.Header.Set(HdrNode, strconv.FormatUint(uint64(s.cfg.Node), 10))
-	m.Header.Set(HdrScope, string(scope))
+	m.Header.Set(HdrScope, string(ScopeCluster))
 	if ev.New != nil {
 		m.Header.Set(HdrType, ev.New.Type.String())
 		m.Data = ev.New.Data

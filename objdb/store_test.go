@@ -14,13 +14,32 @@ import (
 	"github.com/corobus/corobus/bus/bustest"
 )
 
-func openStore(t *testing.T, nc *nats.Conn, node uint32, replicas int) *Store {
+// startKeeper runs node's keeper on nc until the end of the test (or
+// until nc's server stops).
+func startKeeper(t testing.TB, nc *nats.Conn, node uint32, replicas int) {
+	t.Helper()
+	subjects, _ := bus.NewSubjects("corobus.test")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := RunKeeper(ctx, nc, KeeperConfig{Node: node, Bucket: "objdb_test", Replicas: replicas, Subjects: subjects,
+			Log: bustest.Logger(t).With("keeper", node), Heartbeat: 50 * time.Millisecond}); err != nil {
+			t.Errorf("keeper of node %d: %v", node, err)
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// openStore opens node's view on nc; the node's keeper must run
+// (startKeeper).
+func openStore(t testing.TB, nc *nats.Conn, node uint32, replicas int) *Store {
 	t.Helper()
 	subjects, _ := bus.NewSubjects("corobus.test")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	s, err := OpenStore(ctx, nc, StoreConfig{Bucket: "objdb_test", Replicas: replicas, Node: node, Subjects: subjects,
-		Log: bustest.Logger(t), WriteTimeout: 3 * time.Second})
+		Log: bustest.Logger(t).With("copy", node), WriteTimeout: 3 * time.Second, FeedTimeout: 400 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,6 +58,7 @@ func mustValue(t *testing.T, typ Type, s string) Value {
 
 func TestEveryTypeRoundTrips(t *testing.T) {
 	cl := bustest.StartCluster(t, 1)
+	startKeeper(t, cl.Conn(1), 1, 1)
 	s := openStore(t, cl.Conn(1), 1, 1)
 	ctx := context.Background()
 	for _, tc := range []struct {
@@ -67,6 +87,7 @@ func TestEveryTypeRoundTrips(t *testing.T) {
 
 func TestValidation(t *testing.T) {
 	cl := bustest.StartCluster(t, 1)
+	startKeeper(t, cl.Conn(1), 1, 1)
 	s := openStore(t, cl.Conn(1), 1, 1)
 	ctx := context.Background()
 	for _, tc := range []struct {
@@ -104,6 +125,7 @@ func TestValidation(t *testing.T) {
 
 func TestDeleteAndPrefix(t *testing.T) {
 	cl := bustest.StartCluster(t, 1)
+	startKeeper(t, cl.Conn(1), 1, 1)
 	s := openStore(t, cl.Conn(1), 1, 1)
 	ctx := context.Background()
 	for _, k := range []string{"a.b.c", "a.b.d", "a.x", "b.y.z"} {
@@ -121,7 +143,7 @@ func TestDeleteAndPrefix(t *testing.T) {
 	if err != nil || n != 2 {
 		t.Errorf("DeletePrefix = %d, %v", n, err)
 	}
-	if got := s.List(""); len(got) != 1 || got[0].Key != "b.y.z" {
+	if got := s.List("b."); len(got) != 1 || got[0].Key != "b.y.z" {
 		t.Errorf("left %v", got)
 	}
 }
@@ -129,6 +151,7 @@ func TestDeleteAndPrefix(t *testing.T) {
 // Eight writers, a thousand increments each: not one is lost.
 func TestConcurrentIncrements(t *testing.T) {
 	cl := bustest.StartCluster(t, 1)
+	startKeeper(t, cl.Conn(1), 1, 1)
 	s := openStore(t, cl.Conn(1), 1, 1)
 	ctx := context.Background()
 	if err := s.Set(ctx, "test.counter", mustValue(t, Uint64, "0")); err != nil {
@@ -161,6 +184,7 @@ func TestConcurrentIncrements(t *testing.T) {
 
 func TestTrackOrderAndValues(t *testing.T) {
 	cl := bustest.StartCluster(t, 1)
+	startKeeper(t, cl.Conn(1), 1, 1)
 	s := openStore(t, cl.Conn(1), 1, 1)
 	ctx := context.Background()
 	events := make(chan Event, 100)
@@ -213,6 +237,7 @@ func describe(e Event) string {
 func TestChangeSubjects(t *testing.T) {
 	cl := bustest.StartCluster(t, 1)
 	nc := cl.Conn(1)
+	startKeeper(t, nc, 1, 1)
 	s := openStore(t, nc, 1, 1)
 	sub, err := nc.SubscribeSync("corobus.test.objdb.changed.totem.>")
 	if err != nil {

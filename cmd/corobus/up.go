@@ -39,6 +39,9 @@ func (a *app) busHooks() node.BusHooks {
 		// Membership, ordered multicast and virtual synchrony run next
 		// to the server whose routes they use.
 		totem.Hook(rec.OnMember),
+		// The authority over the node's own keys (objdb's node keys),
+		// one per node, living as long as the node's bus.
+		objdb.KeeperHook,
 		// runtime.members.<id>.* in objdb, as corosync keeps them.
 		rec.Hook,
 	}

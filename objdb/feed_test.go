@@ -1,0 +1,254 @@
+package objdb
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/bus/bustest"
+	"github.com/corobus/corobus/bus/faultproxy"
+)
+
+// trackLog records a tracker's events as "kind key old->new" lines.
+type trackLog struct {
+	mu  sync.Mutex
+	evs []string
+}
+
+func (l *trackLog) add(e Event) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.evs = append(l.evs, describe(e))
+}
+
+func (l *trackLog) snapshot() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.evs...)
+}
+
+// writeSeries writes key = 1..n (u32) through s, each value retried until
+// acknowledged (a retried write of the same value changes nothing), and
+// calls between(i) after value i.
+func writeSeries(t *testing.T, s *Store, key string, n int, between func(i int)) {
+	t.Helper()
+	for i := 1; i <= n; i++ {
+		v := mustValue(t, Uint32, strconv.Itoa(i))
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			err := s.Set(context.Background(), key, v)
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("write %d of %s: %v", i, key, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if between != nil {
+			between(i)
+		}
+	}
+}
+
+// wantSeries checks that a tracker saw key go 1, 2, …, n: every write once,
+// in order, none missing, none repeated.
+func wantSeries(t *testing.T, name string, l *trackLog, key string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var got []string
+	for {
+		got = l.snapshot()
+		if len(got) >= n || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var want []string
+	for i := 1; i <= n; i++ {
+		if i == 1 {
+			want = append(want, fmt.Sprintf("create %s <nil> -> 1", key))
+			continue
+		}
+		want = append(want, fmt.Sprintf("modify %s %d -> %d", key, i-1, i))
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("%s: tracked %d events, want %d:\n%s", name, len(got), n, diffLines(want, got))
+	}
+}
+
+func diffLines(want, got []string) string {
+	var b strings.Builder
+	for i := 0; i < max(len(want), len(got)); i++ {
+		w, g := "", ""
+		if i < len(want) {
+			w = want[i]
+		}
+		if i < len(got) {
+			g = got[i]
+		}
+		if w != g {
+			fmt.Fprintf(&b, "  #%d: want %q, got %q\n", i, w, g)
+		}
+	}
+	return b.String()
+}
+
+// The cluster feed's consumer lives on one server of the stream. When that
+// server dies, the copy notices (nothing more arrives, not even
+// heartbeats), says it is behind, and resumes after the last revision it
+// applied: a tracker sees every write once, in order.
+func TestClusterFeedResumesWhenItsServerDies(t *testing.T) {
+	if testing.Short() {
+		t.Skip("three-node JetStream cluster: skipped in -short")
+	}
+	cl := bustest.StartCluster(t, 3)
+	for id := 1; id <= 3; id++ {
+		startKeeper(t, cl.Conn(id), uint32(id), 3)
+	}
+	// Find a copy whose consumer is on another node: that node dies.
+	var watcher *Store
+	var victim int
+	for attempt := 0; watcher == nil; attempt++ {
+		if attempt == 10 {
+			t.Fatal("ten rounds of copies, and every consumer was on its own copy's server")
+		}
+		for id := 1; id <= 3; id++ {
+			s := openStore(t, cl.Conn(id), uint32(id), 3)
+			via := s.State().Via
+			n, _ := strconv.Atoi(strings.TrimPrefix(via, "node"))
+			if watcher == nil && n != 0 && n != id {
+				watcher, victim = s, n
+				continue
+			}
+			s.Close()
+		}
+	}
+	writerNode := 6 - int(watcher.Node()) - victim
+	writer := openStore(t, cl.Conn(writerNode), uint32(writerNode), 3)
+	t.Logf("copy of node %d follows through node %d; node %d writes; node %d dies", watcher.Node(), victim, writerNode, victim)
+
+	var log trackLog
+	stop := watcher.Track("test.feed.", true, log.add)
+	defer stop()
+	var states trackLog
+	stopStates := watcher.Track(CopyKeyState, false, states.add)
+	defer stopStates()
+
+	// Paced so that fewer than History writes fall in the time the feed
+	// is lost (FeedTimeout and a new consumer): the stream still holds
+	// them all when the copy resumes.
+	const n = 120
+	writeSeries(t, writer, "test.feed.v", n, func(i int) {
+		if i == 40 {
+			cl.Stop(victim)
+			t.Logf("node %d stopped after write %d", victim, i)
+		}
+		time.Sleep(15 * time.Millisecond)
+	})
+	wantSeries(t, "copy of node "+strconv.Itoa(int(watcher.Node())), &log, "test.feed.v", n)
+	if v, err := watcher.Get("test.feed.v"); err != nil || v.String() != strconv.Itoa(n) {
+		t.Errorf("the copy reads %v (%v), want %d", v, err, n)
+	}
+	// It said it was behind, and is current again.
+	got := states.snapshot()
+	if len(got) < 2 || !strings.Contains(got[0], "current -> behind") || !strings.Contains(got[len(got)-1], "-> current") {
+		t.Errorf("runtime.objdb.copy.state went %q; want current -> behind … -> current", got)
+	}
+	if st := watcher.State(); st.State != "current" || st.Via == "node"+strconv.Itoa(victim) {
+		t.Errorf("after recovery: %+v", st)
+	}
+}
+
+// A keeper that stops (its bus going down) stores what it has; the next
+// one (a new epoch) loads it, and the copies reload from it: writes made
+// meanwhile are read at once, reach the new keeper, and a tracker sees
+// every write once, in order.
+func TestNodeFeedSurvivesANewKeeper(t *testing.T) {
+	cl := bustest.StartCluster(t, 1)
+	nc := cl.Conn(1)
+	subjects, _ := bus.NewSubjects("corobus.test")
+	runKeeper := func() (stop func()) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_ = RunKeeper(ctx, nc, KeeperConfig{Node: 1, Bucket: "objdb_test", Replicas: 1, Subjects: subjects,
+				Log: bustest.Logger(t).With("keeper", 1), Heartbeat: 50 * time.Millisecond})
+		}()
+		return func() { cancel(); <-done }
+	}
+	stopKeeper := runKeeper()
+	s := openStore(t, nc, 1, 1)
+	other := openStore(t, cl.Conn(1), 1, 1)
+	var log, otherLog trackLog
+	defer s.Track("runtime.feed.", true, log.add)()
+	defer other.Track("runtime.feed.", true, otherLog.add)()
+
+	const n = 150
+	writeSeries(t, s, "runtime.feed.v", n, func(i int) {
+		switch i {
+		case 50:
+			stopKeeper()
+		case 70:
+			stopKeeper = runKeeper()
+		}
+		// Read your own writes, keeper or not.
+		if v, err := s.Get("runtime.feed.v"); err != nil || v.String() != strconv.Itoa(i) {
+			t.Fatalf("after write %d the writer reads %v (%v)", i, v, err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	})
+	defer func() { stopKeeper() }()
+	wantSeries(t, "writer's copy", &log, "runtime.feed.v", n)
+	wantSeries(t, "another copy", &otherLog, "runtime.feed.v", n)
+	for _, c := range []*Store{s, other} {
+		waitValue(t, c, "runtime.feed.v", strconv.Itoa(n))
+		deadline := time.Now().Add(10 * time.Second)
+		for c.State().State != "current" || c.State().Pending != 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("copy not current: %+v", c.State())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// Feed messages lost on a broken connection are fetched back: the copy
+// sees the hole at the next record or heartbeat after it reconnects.
+func TestNodeFeedFetchesWhatItMissed(t *testing.T) {
+	cl := bustest.StartCluster(t, 1)
+	nc := cl.Conn(1)
+	startKeeper(t, nc, 1, 1)
+	proxy, err := faultproxy.Start(strings.TrimPrefix(cl.URL(1), "nats://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
+	lossy, err := bus.Dial("nats://"+proxy.Addr(), "lossy-copy", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lossy.Close()
+	s := openStore(t, lossy, 1, 1)
+	w := openStore(t, nc, 1, 1)
+	var log trackLog
+	defer s.Track("runtime.gap.", true, log.add)()
+	const n = 60
+	writeSeries(t, w, "runtime.gap.v", n, func(i int) {
+		switch i {
+		case 20:
+			proxy.Refuse(true)
+			proxy.Cut()
+		case 30:
+			proxy.Refuse(false)
+		}
+		time.Sleep(5 * time.Millisecond)
+	})
+	wantSeries(t, "copy behind a broken connection", &log, "runtime.gap.v", n)
+}

@@ -1,0 +1,706 @@
+package objdb
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/layer"
+	"github.com/corobus/corobus/services/cswire"
+)
+
+// KeeperConfig configures a node's keeper.
+type KeeperConfig struct {
+	// Node is whose keys these are; Bucket and Replicas the JetStream KV
+	// bucket they are written behind to.
+	Node     uint32
+	Bucket   string
+	Replicas int
+	Subjects bus.Subjects
+	Log      *slog.Logger
+	// Heartbeat is how often an idle feed says where it stands, so that a
+	// Store notices a missed record or a silent keeper within a few of
+	// them (default 250 ms: a quarter of totem.token's default).
+	Heartbeat time.Duration
+	// LogRecords is how many applied writes the keeper keeps for Stores
+	// catching up; a Store further behind reloads a snapshot.
+	LogRecords int
+	// WriteTimeout bounds one round of writes behind to JetStream.
+	WriteTimeout time.Duration
+}
+
+// Keeper is the authority over one node's own keys (docs/objdb.md, "node
+// keys"): it runs in the node's bus process, applies the writes of every
+// Store of the node in one order, publishes each applied write on the
+// node's feed (which every Store of the node follows), announces changes
+// on …objdb.changed.<key>, and writes the keys behind to JetStream, so that
+// they survive the node and a restarted node finds them again.
+//
+// corosync's cmap is one map in one process; a node's keeper is that map,
+// and the Stores are its readers' copies. A write is applied by the writer's
+// own copy at once and by the keeper a bus hop later; it never waits for
+// JetStream, which may be electing a leader or out of quorum.
+type Keeper struct {
+	cfg   KeeperConfig
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	log   *slog.Logger
+	epoch uint64
+
+	mu      sync.Mutex
+	keys    map[string]Value
+	seq     uint64
+	records []nodeRecord // the last LogRecords..2×LogRecords applied writes
+	writers map[uint64]*writerState
+	// Until the keys a previous run left in JetStream are loaded, the
+	// keys written since start win over them.
+	loaded  bool
+	touched map[string]bool
+	// out is what the publisher has yet to publish, in seq order.
+	out     []applied
+	outWake chan struct{}
+	// dirty is what the flusher has yet to write to JetStream: the latest
+	// value of each key (nil: deleted).
+	dirty     map[string]*Value
+	dirtyWake chan struct{}
+	// behind is since when JetStream has refused the writes behind.
+	behind time.Time
+}
+
+type applied struct {
+	rec nodeRecord
+	old *Value
+}
+
+type writerState struct {
+	next uint64 // the wseq the keeper applies next
+	seen time.Time
+}
+
+// KeeperHook runs the node's keeper inside its bus process (a node.BusHooks
+// entry): one keeper per node, living exactly as long as the node's bus.
+func KeeperHook(ctx context.Context, srv *bus.Server, env layer.Env) error {
+	nc, err := srv.Connect("corobus-objdb-keeper")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	cfg, err := KeeperConfigFor(env)
+	if err != nil {
+		return err
+	}
+	return RunKeeper(ctx, nc, cfg)
+}
+
+// KeeperConfigFor is the keeper configuration of a layer's node.
+func KeeperConfigFor(env layer.Env) (KeeperConfig, error) {
+	replicas, err := Replicas(env)
+	if err != nil {
+		return KeeperConfig{}, err
+	}
+	token, err := env.Config.Uint("totem.token", 1000)
+	if err != nil {
+		return KeeperConfig{}, err
+	}
+	return KeeperConfig{
+		Node:      env.Node.ID,
+		Bucket:    BucketName(env.Config.ClusterName()),
+		Replicas:  replicas,
+		Subjects:  env.Subjects,
+		Log:       env.Log,
+		Heartbeat: time.Duration(token) * time.Millisecond / 4,
+	}, nil
+}
+
+// RunKeeper serves node cfg.Node's keys on nc until ctx ends.
+func RunKeeper(ctx context.Context, nc *nats.Conn, cfg KeeperConfig) error {
+	k, err := NewKeeper(nc, cfg)
+	if err != nil {
+		return err
+	}
+	return k.Run(ctx)
+}
+
+// NewKeeper builds a keeper; Run serves it.
+func NewKeeper(nc *nats.Conn, cfg KeeperConfig) (*Keeper, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = 250 * time.Millisecond
+	}
+	if cfg.LogRecords <= 0 {
+		cfg.LogRecords = 8192
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 5 * time.Second
+	}
+	if cfg.Replicas <= 0 {
+		cfg.Replicas = 1
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096), jetstream.WithPublishAsyncTimeout(cfg.WriteTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("objdb keeper: JetStream: %w", err)
+	}
+	epoch := rand.Uint64() | 1 // never 0: a Store's "no epoch yet"
+	return &Keeper{
+		cfg: cfg, nc: nc, js: js, log: cfg.Log, epoch: epoch,
+		keys: map[string]Value{}, writers: map[uint64]*writerState{}, touched: map[string]bool{},
+		outWake: make(chan struct{}, 1), dirty: map[string]*Value{}, dirtyWake: make(chan struct{}, 1),
+	}, nil
+}
+
+// Run serves the keeper until ctx ends: writes, sync requests, the feed,
+// the load of the keys a previous run left, and the writes behind.
+func (k *Keeper) Run(ctx context.Context) error {
+	subjects := k.cfg.Subjects
+	node := k.cfg.Node
+	ws, err := k.nc.Subscribe(subjects.ObjdbKeys(node, "write"), k.onWrite)
+	if err != nil {
+		return fmt.Errorf("objdb keeper: subscribing to writes: %w", err)
+	}
+	defer func() { _ = ws.Unsubscribe() }()
+	// A keeper that falls behind queues rather than drops; a drop would
+	// cost the writers a resend.
+	_ = ws.SetPendingLimits(1<<20, 512<<20)
+	ss, err := k.nc.Subscribe(subjects.ObjdbKeys(node, "sync"), k.onSync)
+	if err != nil {
+		return fmt.Errorf("objdb keeper: subscribing to sync requests: %w", err)
+	}
+	defer func() { _ = ss.Unsubscribe() }()
+	if err := k.nc.Flush(); err != nil {
+		return fmt.Errorf("objdb keeper: %w", err)
+	}
+	k.log.Info("objdb keeper serving the node's keys", "node", node, "epoch", strconv.FormatUint(k.epoch, 16))
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wg.Add(3)
+	go func() { defer wg.Done(); k.publisher(ctx) }()
+	go func() { defer wg.Done(); k.flusher(ctx) }()
+	go func() { defer wg.Done(); k.load(ctx) }()
+	<-ctx.Done()
+	return nil
+}
+
+// onWrite applies one batch of one writer's writes, in its wseq order.
+// A batch that starts past what the keeper expects of its writer (a lost
+// batch) is dropped: the writer resends from its oldest unconfirmed write.
+func (k *Keeper) onWrite(m *nats.Msg) {
+	writer, base, ws, err := decodeWriteBatch(m.Data)
+	if err != nil {
+		k.log.Warn("objdb keeper: ignoring a malformed write batch", "err", err)
+		return
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	w := k.writers[writer]
+	if w == nil {
+		w = &writerState{next: base}
+		k.writers[writer] = w
+		k.forgetIdleWritersLocked()
+	}
+	w.seen = time.Now()
+	if base > w.next {
+		// Everything below base the writer has seen applied (by a keeper
+		// of an earlier epoch): nothing to wait for.
+		w.next = base
+	}
+	n := len(k.out)
+	for _, x := range ws {
+		if x.WSeq < w.next {
+			continue // applied already: a resend
+		}
+		if x.WSeq > w.next {
+			break // a batch went missing; the writer resends
+		}
+		w.next++
+		k.applyLocked(writer, x)
+	}
+	if len(k.out) > n {
+		select {
+		case k.outWake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// forgetIdleWritersLocked drops writers not heard from for ten minutes: a
+// Store that went away. One that comes back sends its base again.
+func (k *Keeper) forgetIdleWritersLocked() {
+	if len(k.writers) < 64 {
+		return
+	}
+	for id, w := range k.writers {
+		if time.Since(w.seen) > 10*time.Minute {
+			delete(k.writers, id)
+		}
+	}
+}
+
+func (k *Keeper) applyLocked(writer uint64, w nodeWrite) {
+	k.seq++
+	rec := nodeRecord{Seq: k.seq, Writer: writer, WSeq: w.WSeq, Key: w.Key, Status: cswire.OK}
+	old, had := k.keys[w.Key]
+	switch w.Op {
+	case opSet:
+		v := w.Value
+		if had && old.Type == v.Type && string(old.Data) == string(v.Data) {
+			rec.New = old
+			break
+		}
+		k.keys[w.Key] = v
+		rec.New = v
+		rec.Kind = EventAdd
+		if had {
+			rec.Kind = EventModify
+		}
+	case opDelete:
+		if had {
+			delete(k.keys, w.Key)
+			rec.Kind = EventDelete
+		}
+	case opAdjust:
+		if !had {
+			rec.Status = cswire.ErrNotExist
+			break
+		}
+		nv, err := old.adjust(w.Step)
+		if err != nil {
+			rec.Status = cswire.ErrInvalidParam
+			rec.New = old
+			break
+		}
+		k.keys[w.Key] = nv
+		rec.New = nv
+		if string(nv.Data) != string(old.Data) {
+			rec.Kind = EventModify
+		}
+	default:
+		rec.Status = cswire.ErrInvalidParam
+	}
+	k.addLocked(rec, old, had)
+}
+
+// addLocked logs an applied record and queues it for the feed and, when
+// it changed the key, for JetStream.
+func (k *Keeper) addLocked(rec nodeRecord, old Value, had bool) {
+	k.records = append(k.records, rec)
+	if len(k.records) >= 2*k.cfg.LogRecords {
+		k.records = slices.Clone(k.records[len(k.records)-k.cfg.LogRecords:])
+	}
+	a := applied{rec: rec}
+	if had {
+		a.old = &old
+	}
+	k.out = append(k.out, a)
+	if rec.Kind == 0 {
+		return
+	}
+	if !k.loaded {
+		k.touched[rec.Key] = true
+	}
+	if rec.Kind == EventDelete {
+		k.dirty[rec.Key] = nil
+	} else {
+		v := rec.New
+		k.dirty[rec.Key] = &v
+	}
+	select {
+	case k.dirtyWake <- struct{}{}:
+	default:
+	}
+}
+
+// maxFrame keeps every feed message and sync reply well under NATS's
+// default 1 MiB payload limit.
+const maxFrame = 512 << 10
+
+// publisher publishes what the keeper applied, in order: on the node feed
+// (batched: a burst of writes is one message) and each change on its
+// …objdb.changed.<key> subject; and a heartbeat when idle.
+func (k *Keeper) publisher(ctx context.Context) {
+	feed := k.cfg.Subjects.ObjdbKeys(k.cfg.Node, "feed")
+	tick := time.NewTicker(k.cfg.Heartbeat)
+	defer tick.Stop()
+	var buf []byte
+	idle := true
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-k.outWake:
+		case <-tick.C:
+			if !idle {
+				idle = true
+				continue
+			}
+			k.mu.Lock()
+			seq := k.seq
+			pending := len(k.out)
+			k.mu.Unlock()
+			if pending == 0 {
+				buf = appendRecords(buf[:0], k.epoch, seq, nil)
+				if err := k.nc.Publish(feed, buf); err != nil {
+					k.log.Debug("objdb keeper: heartbeat not published", "err", err)
+				}
+				continue
+			}
+		}
+		idle = false
+		k.mu.Lock()
+		out := k.out
+		k.out = nil
+		k.mu.Unlock()
+		for len(out) > 0 {
+			n, size := 0, 0
+			recs := make([]nodeRecord, 0, len(out))
+			for n < len(out) && (n == 0 || size < maxFrame) {
+				recs = append(recs, out[n].rec)
+				size += 40 + len(out[n].rec.Key) + len(out[n].rec.New.Data)
+				n++
+			}
+			buf = appendRecords(buf[:0], k.epoch, recs[len(recs)-1].Seq, recs)
+			if err := k.nc.Publish(feed, buf); err != nil {
+				// The Stores find the hole at the next heartbeat and
+				// fetch it.
+				k.log.Debug("objdb keeper: feed message not published", "err", err)
+			}
+			for _, a := range out[:n] {
+				if a.rec.Kind != 0 {
+					k.announce(a)
+				}
+			}
+			out = out[n:]
+		}
+	}
+}
+
+// announce publishes a change as every writer used to: on
+// …objdb.changed.<key>, headers as docs/subjects.md gives them.
+func (k *Keeper) announce(a applied) {
+	rec := a.rec
+	m := nats.NewMsg(k.cfg.Subjects.ObjdbChanged(EncodeKey(rec.Key)))
+	m.Header.Set(HdrKey, rec.Key)
+	m.Header.Set(HdrOp, rec.Kind.String())
+	m.Header.Set(HdrNode, strconv.FormatUint(uint64(k.cfg.Node), 10))
+	m.Header.Set(HdrScope, string(ScopeNode))
+	if rec.Kind != EventDelete {
+		m.Header.Set(HdrType, rec.New.Type.String())
+		m.Data = rec.New.Data
+	}
+	if a.old != nil {
+		m.Header.Set(HdrOldType, a.old.Type.String())
+		m.Header.Set(HdrOld, base64.StdEncoding.EncodeToString(a.old.Data))
+	}
+	if err := k.nc.PublishMsg(m); err != nil {
+		k.log.Debug("objdb keeper: change event not published", "key", rec.Key, "err", err)
+	}
+}
+
+// onSync answers a Store catching up: the records it lacks when the log
+// still has them, else a snapshot page.
+func (k *Keeper) onSync(m *nats.Msg) {
+	q, err := decodeSyncRequest(m.Data)
+	if err != nil {
+		k.log.Warn("objdb keeper: ignoring a malformed sync request", "err", err)
+		return
+	}
+	k.mu.Lock()
+	rep := syncReply{Epoch: k.epoch, Seq: k.seq, Loaded: k.loaded}
+	if w := k.writers[q.Writer]; w != nil {
+		rep.WriterNext = w.next
+	}
+	first := k.seq + 1 - uint64(len(k.records)) // seq of records[0]
+	if !q.Snapshot && q.Epoch == k.epoch && q.From+1 >= first && q.From <= k.seq {
+		rep.Kind = syncRecords
+		rs := k.records[q.From+1-first:]
+		size, n := 0, 0
+		for n < len(rs) && (n == 0 || size < maxFrame) {
+			size += 40 + len(rs[n].Key) + len(rs[n].New.Data)
+			n++
+		}
+		rep.Records = feedMsg{Epoch: k.epoch, Last: q.From + uint64(n), Records: slices.Clone(rs[:n])}
+	} else {
+		rep.Kind = syncSnapshot
+		keys := slices.Sorted(maps.Keys(k.keys))
+		i, _ := slices.BinarySearch(keys, q.After)
+		if i < len(keys) && keys[i] == q.After {
+			i++
+		}
+		size := 0
+		for ; i < len(keys) && size < maxFrame; i++ {
+			v := k.keys[keys[i]]
+			rep.Keys = append(rep.Keys, Entry{Key: keys[i], Value: v, Scope: ScopeNode})
+			size += 8 + len(keys[i]) + len(v.Data)
+		}
+		rep.More = i < len(keys)
+	}
+	k.mu.Unlock()
+	if err := m.Respond(appendSyncReply(nil, rep)); err != nil {
+		k.log.Debug("objdb keeper: sync reply not sent", "err", err)
+	}
+}
+
+// load brings in the keys a previous run of the node left in JetStream,
+// as corosync would find them... had it kept any: its cmap starts empty,
+// and corobus's keeps what the node wrote at run time across a restart.
+// Keys written since start win. It retries until JetStream answers: a
+// node that starts alone, without a quorum, serves its new keys meanwhile.
+func (k *Keeper) load(ctx context.Context) {
+	for attempt := 0; ; attempt++ {
+		entries, err := k.readBehind(ctx)
+		if err == nil {
+			k.mu.Lock()
+			n := 0
+			for _, e := range entries {
+				if k.touched[e.Key] {
+					continue
+				}
+				if _, ok := k.keys[e.Key]; ok {
+					continue
+				}
+				k.keys[e.Key] = e.Value
+				k.seq++
+				k.addLoadedLocked(nodeRecord{Seq: k.seq, Kind: EventAdd, Status: cswire.OK, Key: e.Key, New: e.Value})
+				n++
+			}
+			k.loaded = true
+			k.touched = nil
+			k.mu.Unlock()
+			select {
+			case k.outWake <- struct{}{}:
+			default:
+			}
+			k.log.Info("objdb keeper: keys of the node's previous run loaded", "stored", len(entries), "restored", n)
+			return
+		}
+		if attempt%10 == 0 {
+			k.log.Warn("objdb keeper: the node's stored keys cannot be read yet; serving new writes meanwhile", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// addLoadedLocked logs and publishes a key loaded from JetStream without
+// writing it back there.
+func (k *Keeper) addLoadedLocked(rec nodeRecord) {
+	k.records = append(k.records, rec)
+	if len(k.records) >= 2*k.cfg.LogRecords {
+		k.records = slices.Clone(k.records[len(k.records)-k.cfg.LogRecords:])
+	}
+	k.out = append(k.out, applied{rec: rec})
+}
+
+// readBehind reads the node's keys from the bucket.
+func (k *Keeper) readBehind(ctx context.Context) ([]Entry, error) {
+	kv, err := openBucket(ctx, k.js, k.cfg.Bucket, k.cfg.Replicas)
+	if err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	w, err := kv.WatchFiltered(wctx, []string{nodeScope(k.cfg.Node) + ".>"}, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = w.Stop() }()
+	var out []Entry
+	for {
+		select {
+		case <-wctx.Done():
+			return nil, fmt.Errorf("reading the node's keys: %w", wctx.Err())
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, errors.New("reading the node's keys: watch closed")
+			}
+			if e == nil {
+				return out, nil
+			}
+			_, key, err := splitKVKey(e.Key())
+			if err != nil {
+				continue
+			}
+			v, err := decodeValue(e.Value())
+			if err != nil {
+				continue
+			}
+			out = append(out, Entry{Key: key, Value: v, Scope: ScopeNode})
+		}
+	}
+}
+
+// flusher writes the node's keys behind to JetStream: the latest value of
+// every key changed since the last round, one round at a time (so one
+// write per key in flight and no older value can land after a newer one).
+// A round JetStream refuses is retried with the then-latest values.
+func (k *Keeper) flusher(ctx context.Context) {
+	wait := 100 * time.Millisecond
+	bucketReady := false
+	for {
+		select {
+		case <-ctx.Done():
+			// A keeper stopping (its bus shutting down) stores what it
+			// has first, within WriteTimeout.
+			fctx, cancel := context.WithTimeout(context.Background(), k.cfg.WriteTimeout)
+			defer cancel()
+			if bucketReady || k.ensureBucket(fctx) == nil {
+				if err := k.flushRound(fctx); err != nil {
+					k.log.Warn("objdb keeper: stopping with node keys not stored in JetStream", "err", err)
+				}
+			}
+			return
+		case <-k.dirtyWake:
+		}
+		if !bucketReady {
+			if err := k.ensureBucket(ctx); err != nil {
+				k.noteBehind(err)
+				k.rewake(ctx, &wait)
+				continue
+			}
+			bucketReady = true
+		}
+		if err := k.flushRound(ctx); err != nil {
+			k.noteBehind(err)
+			k.rewake(ctx, &wait)
+			continue
+		}
+		k.noteCaughtUp()
+		wait = 100 * time.Millisecond
+	}
+}
+
+func (k *Keeper) ensureBucket(ctx context.Context) error {
+	_, err := openBucket(ctx, k.js, k.cfg.Bucket, k.cfg.Replicas)
+	return err
+}
+
+// flushRound writes every key changed since the last round; what
+// JetStream refuses goes back to dirty unless a newer value is there.
+func (k *Keeper) flushRound(ctx context.Context) error {
+	prefix := "$KV." + k.cfg.Bucket + "."
+	scope := nodeScope(k.cfg.Node)
+	k.mu.Lock()
+	round := k.dirty
+	k.dirty = map[string]*Value{}
+	k.mu.Unlock()
+	if len(round) == 0 {
+		return nil
+	}
+	type inflight struct {
+		key string
+		f   jetstream.PubAckFuture
+	}
+	var fs []inflight
+	var failed []string
+	var lastErr error
+	for key, v := range round {
+		m := nats.NewMsg(prefix + kvKey(scope, key))
+		if v == nil {
+			m.Header.Set(kvOperationHdr, kvOpDelete)
+		} else {
+			m.Data = v.encode()
+		}
+		f, err := k.js.PublishMsgAsync(m)
+		if err != nil {
+			failed, lastErr = append(failed, key), err
+			continue
+		}
+		fs = append(fs, inflight{key, f})
+	}
+	for _, x := range fs {
+		select {
+		case <-x.f.Ok():
+		case err := <-x.f.Err():
+			failed, lastErr = append(failed, x.key), err
+		case <-ctx.Done():
+			failed, lastErr = append(failed, x.key), ctx.Err()
+		}
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	k.mu.Lock()
+	for _, key := range failed {
+		if _, newer := k.dirty[key]; !newer {
+			k.dirty[key] = round[key]
+		}
+	}
+	k.mu.Unlock()
+	return fmt.Errorf("%d of %d keys not stored: %w", len(failed), len(round), lastErr)
+}
+
+// rewake schedules the next round after a failed one, backing off to 2 s.
+func (k *Keeper) rewake(ctx context.Context, wait *time.Duration) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(*wait):
+	}
+	*wait = min(2**wait, 2*time.Second)
+	select {
+	case k.dirtyWake <- struct{}{}:
+	default:
+	}
+}
+
+func (k *Keeper) noteBehind(err error) {
+	k.mu.Lock()
+	first := k.behind.IsZero()
+	if first {
+		k.behind = time.Now()
+	}
+	n := len(k.dirty)
+	k.mu.Unlock()
+	if first {
+		k.log.Warn("objdb keeper: node keys not yet stored in JetStream (served meanwhile; stored when JetStream takes writes again)", "pending", n, "err", err)
+	}
+}
+
+func (k *Keeper) noteCaughtUp() {
+	k.mu.Lock()
+	since := k.behind
+	k.behind = time.Time{}
+	k.mu.Unlock()
+	if !since.IsZero() {
+		k.log.Info("objdb keeper: node keys stored in JetStream again", "after", time.Since(since).Round(time.Millisecond))
+	}
+}
+
+// History is how many revisions of each key the bucket keeps: a copy
+// whose feed was lost resumes after its last revision and so sees every
+// change of a key made meanwhile, up to the last History of them (the
+// older are compacted away; the copy still ends with the latest value).
+const History = 64
+
+// openBucket creates the objdb bucket, or binds to it (raising an older
+// bucket's history to History).
+func openBucket(ctx context.Context, js jetstream.JetStream, bucket string, replicas int) (jetstream.KeyValue, error) {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return js.CreateOrUpdateKeyValue(cctx, jetstream.KeyValueConfig{
+		Bucket:      bucket,
+		Description: "corobus object database",
+		History:     History,
+		Replicas:    replicas,
+		Storage:     jetstream.FileStorage,
+	})
+}

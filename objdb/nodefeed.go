@@ -1,0 +1,395 @@
+package objdb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/corobus/corobus/services/cswire"
+)
+
+// followNode keeps the copy's node keys following the node's keeper until
+// ctx ends: the feed in order, a missed record (a hole in the sequence, or
+// a heartbeat further on than the copy) fetched back, a silent keeper
+// (FeedTimeout without a heartbeat) reported and asked again, a new keeper
+// (a new epoch: the bus restarted) reloaded, and own writes the keeper has
+// not confirmed sent again. loaded is closed once the first load is done.
+func (s *Store) followNode(ctx context.Context, loaded chan<- struct{}) {
+	ch := make(chan *nats.Msg, 8192)
+	sub, err := s.nc.ChanSubscribe(s.cfg.Subjects.ObjdbKeys(s.cfg.Node, "feed"), ch)
+	if err != nil {
+		s.setFeedState(&s.nstate, "node", false, fmt.Sprintf("node feed: subscribing: %v", err))
+		<-ctx.Done()
+		return
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	_ = sub.SetPendingLimits(1<<20, 512<<20)
+	if err := s.nc.Flush(); err != nil {
+		s.log.Debug("objdb: flushing the node feed subscription", "err", err)
+	}
+	hb := max(s.cfg.FeedTimeout/4, 20*time.Millisecond)
+	resendAfter := max(s.cfg.FeedTimeout/2, 50*time.Millisecond)
+	tick := time.NewTicker(hb)
+	defer tick.Stop()
+	needSync := true
+	signalled := false
+	var lastHeard time.Time
+	for {
+		if needSync {
+			if err := s.syncNode(ctx); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				s.setFeedState(&s.nstate, "node", false, err.Error())
+			} else {
+				needSync = false
+				lastHeard = time.Now()
+				s.setFeedState(&s.nstate, "node", true, "")
+				if !signalled {
+					signalled = true
+					close(loaded)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case m := <-ch:
+			lastHeard = time.Now()
+			fm, err := decodeRecords(m.Data)
+			if err != nil {
+				s.log.Warn("objdb: ignoring a malformed node feed message", "err", err)
+				continue
+			}
+			if needSync {
+				continue // the next sync gets it
+			}
+			if why := s.applyFeed(fm); why != "" {
+				needSync = true
+				s.setFeedState(&s.nstate, "node", false, why)
+			}
+		case <-tick.C:
+			if !needSync {
+				if silent := time.Since(lastHeard); silent > s.cfg.FeedTimeout {
+					needSync = true
+					s.setFeedState(&s.nstate, "node", false,
+						fmt.Sprintf("node feed lost: nothing from the node's keeper for %s", silent.Round(time.Millisecond)))
+				}
+			}
+			s.resendPending(resendAfter)
+		}
+	}
+}
+
+// applyFeed applies a feed message. It returns why the copy must sync
+// instead ("" when applied): a new keeper, or records it missed.
+func (s *Store) applyFeed(fm feedMsg) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if fm.Epoch != s.nepoch {
+		return fmt.Sprintf("node feed: the node's keeper restarted (epoch %x, the copy has %x)", fm.Epoch, s.nepoch)
+	}
+	for _, rec := range fm.Records {
+		if rec.Seq <= s.nseq {
+			continue
+		}
+		if rec.Seq != s.nseq+1 {
+			return fmt.Sprintf("node feed: record %d after %d; fetching the gap", rec.Seq, s.nseq)
+		}
+		s.applyRecordLocked(nil, rec)
+	}
+	if fm.Last > s.nseq {
+		return fmt.Sprintf("node feed: the keeper is at %d, the copy at %d; fetching the gap", fm.Last, s.nseq)
+	}
+	return ""
+}
+
+// rebuild is a snapshot of the node's keys being brought up to date
+// before it replaces the copy's.
+type rebuild struct {
+	keys map[string]Value
+	seq  uint64
+	mine []nodeRecord // this Store's writes among the replayed records
+}
+
+// applyRecordLocked applies a keeper record: to the copy (rb nil), where
+// trackers hear of the change and this Store's writes up to it are
+// confirmed, or to a rebuild.
+func (s *Store) applyRecordLocked(rb *rebuild, rec nodeRecord) {
+	if rb != nil {
+		switch rec.Kind {
+		case EventAdd, EventModify:
+			rb.keys[rec.Key] = rec.New
+		case EventDelete:
+			delete(rb.keys, rec.Key)
+		}
+		rb.seq = rec.Seq
+		if rec.Writer == s.writer {
+			rb.mine = append(rb.mine, rec)
+		}
+		return
+	}
+	old, hadOld := s.trackedLocked(rec.Key)
+	switch rec.Kind {
+	case EventAdd, EventModify:
+		s.local[rec.Key] = rec.New
+	case EventDelete:
+		delete(s.local, rec.Key)
+	}
+	s.nseq = rec.Seq
+	if s.nloaded && rec.Kind != 0 {
+		cur, hasCur := s.trackedLocked(rec.Key)
+		s.notifyLocked(rec.Key, old, hadOld, cur, hasCur)
+	}
+	if rec.Writer == s.writer {
+		s.confirmLocked(rec.WSeq, &rec)
+	}
+	s.changed.Broadcast()
+}
+
+// confirmLocked drops this Store's pending writes up to wseq: the keeper
+// has applied them. rec is the record of wseq itself when known (an
+// adjust's result), nil when a snapshot confirmed them together.
+func (s *Store) confirmLocked(wseq uint64, rec *nodeRecord) {
+	n := 0
+	for n < len(s.pending) && s.pending[n].w.WSeq <= wseq {
+		p := s.pending[n]
+		n++
+		if o := s.localOver[p.w.Key]; o != nil && (p.w.Op == opSet || p.w.Op == opDelete) {
+			if o.n--; o.n == 0 {
+				delete(s.localOver, p.w.Key)
+			}
+		}
+		if p.done != nil {
+			switch {
+			case rec != nil && rec.WSeq == p.w.WSeq:
+				p.done <- *rec
+			default:
+				// Applied, but its record went by in a snapshot: report
+				// the value the copy has now.
+				v, ok := s.trackedLocked(p.w.Key)
+				st := cswire.OK
+				if !ok {
+					st = cswire.ErrNotExist
+				}
+				p.done <- nodeRecord{Status: st, Key: p.w.Key, New: v}
+			}
+		}
+	}
+	if n > 0 {
+		s.pending = s.pending[n:]
+	}
+}
+
+// resendPending sends every unconfirmed write again, in order, when the
+// oldest has waited resendAfter: a batch was lost, or the keeper
+// restarted. The keeper skips what it has applied already.
+func (s *Store) resendPending(resendAfter time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.pending) == 0 || time.Since(s.pending[0].sent) < resendAfter {
+		return
+	}
+	s.resendLocked()
+}
+
+func (s *Store) resendLocked() {
+	now := time.Now()
+	ws := make([]nodeWrite, 0, len(s.pending))
+	size := 0
+	for i := range s.pending {
+		s.pending[i].sent = now
+		ws = append(ws, s.pending[i].w)
+		size += 32 + len(s.pending[i].w.Key) + len(s.pending[i].w.Value.Data)
+		if size > maxFrame {
+			s.sendLocked(ws)
+			ws, size = ws[:0], 0
+		}
+	}
+	if len(ws) > 0 {
+		s.sendLocked(ws)
+	}
+}
+
+// errNoKeeper is a sync no keeper answered.
+var errNoKeeper = errors.New("no keeper serves this node's keys (its bus process is not running, or is older than this layer)")
+
+// syncNode brings the copy's node keys up to the keeper's: the records it
+// lacks when the keeper still has them, else a snapshot (page by page,
+// then the records written meanwhile). Trackers hear of what differs.
+func (s *Store) syncNode(ctx context.Context) error {
+	s.mu.Lock()
+	epoch := s.nepoch
+	s.mu.Unlock()
+	if epoch != 0 {
+		done, err := s.catchUp(ctx, epoch, nil)
+		if err != nil || done {
+			return err
+		}
+	}
+	for attempt := 0; attempt < 5; attempt++ {
+		if err := s.reload(ctx); !errors.Is(err, errSnapshotMoved) {
+			return err
+		}
+	}
+	return errors.New("node feed: the keeper's log moves faster than a snapshot loads")
+}
+
+var errSnapshotMoved = errors.New("the keeper moved on while the snapshot loaded")
+
+// catchUp applies the keeper's records after the copy's (rb nil) or the
+// rebuild's seq until it has them all. It reports false (no error) when
+// the keeper cannot give them (another epoch, or its log no longer
+// reaches back): reload instead.
+func (s *Store) catchUp(ctx context.Context, epoch uint64, rb *rebuild) (bool, error) {
+	for {
+		s.mu.Lock()
+		from := s.nseq
+		if rb != nil {
+			from = rb.seq
+		}
+		s.mu.Unlock()
+		rep, err := s.askKeeper(ctx, syncRequest{Writer: s.writer, Epoch: epoch, From: from})
+		if err != nil {
+			return false, err
+		}
+		if rep.Kind != syncRecords || rep.Epoch != epoch {
+			return false, nil
+		}
+		s.mu.Lock()
+		if rb == nil && s.nepoch != epoch {
+			s.mu.Unlock()
+			return false, nil
+		}
+		for _, rec := range rep.Records.Records {
+			at := s.nseq
+			if rb != nil {
+				at = rb.seq
+			}
+			if rec.Seq == at+1 { // the live feed may have applied some meanwhile
+				s.applyRecordLocked(rb, rec)
+			}
+		}
+		at := s.nseq
+		if rb != nil {
+			at = rb.seq
+		}
+		s.mu.Unlock()
+		if at >= rep.Seq {
+			return true, nil
+		}
+	}
+}
+
+// reload loads a snapshot of the keeper's keys, brings it up to date with
+// the records written while it loaded, and swaps it in; trackers hear of
+// every key that differs, and this Store's writes the keeper has applied
+// are confirmed (those a new keeper never saw are sent again).
+func (s *Store) reload(ctx context.Context) error {
+	rb := &rebuild{keys: map[string]Value{}}
+	var epoch, writerNext uint64
+	after := ""
+	s.mu.Lock()
+	had := s.nloaded
+	s.mu.Unlock()
+	for {
+		rep, err := s.askKeeper(ctx, syncRequest{Writer: s.writer, Snapshot: true, After: after})
+		if err != nil {
+			return err
+		}
+		if rep.Kind != syncSnapshot {
+			return fmt.Errorf("node feed: the keeper answered a snapshot request with kind %d", rep.Kind)
+		}
+		if had && !rep.Loaded {
+			// A new keeper that has not loaded what the node stored yet
+			// would make every key vanish and come back: keep the copy
+			// as it is (behind) until it has.
+			return errors.New("node feed: the node's new keeper is still loading the node's stored keys")
+		}
+		if epoch == 0 {
+			// The pages are taken at this seq or later: replaying every
+			// record after it over them gives the keeper's state.
+			epoch, rb.seq = rep.Epoch, rep.Seq
+		} else if rep.Epoch != epoch {
+			return errSnapshotMoved
+		}
+		writerNext = rep.WriterNext
+		for _, e := range rep.Keys {
+			rb.keys[e.Key] = e.Value
+			after = e.Key
+		}
+		if !rep.More {
+			break
+		}
+	}
+	done, err := s.catchUp(ctx, epoch, rb)
+	if err != nil {
+		return err
+	}
+	if !done {
+		return errSnapshotMoved
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	oldEpoch := s.nepoch
+	if s.nloaded {
+		// Trackers hear of every difference, as if written now.
+		for k := range s.local {
+			if _, still := rb.keys[k]; !still {
+				s.swapKeyLocked(k, Value{}, false)
+			}
+		}
+		for k, v := range rb.keys {
+			if ov, had := s.local[k]; !had || ov.Type != v.Type || string(ov.Data) != string(v.Data) {
+				s.swapKeyLocked(k, v, true)
+			}
+		}
+	}
+	s.local = rb.keys
+	s.nepoch, s.nseq, s.nloaded = epoch, rb.seq, true
+	if writerNext > 0 {
+		s.confirmLocked(writerNext-1, nil)
+	}
+	for i := range rb.mine {
+		s.confirmLocked(rb.mine[i].WSeq, &rb.mine[i])
+	}
+	if oldEpoch != epoch && len(s.pending) > 0 {
+		s.resendLocked()
+	}
+	s.changed.Broadcast()
+	return nil
+}
+
+// swapKeyLocked sets (or deletes) one node key of the copy and tells the
+// trackers.
+func (s *Store) swapKeyLocked(k string, v Value, present bool) {
+	before, hadBefore := s.trackedLocked(k)
+	if present {
+		s.local[k] = v
+	} else {
+		delete(s.local, k)
+	}
+	cur, hasCur := s.trackedLocked(k)
+	s.notifyLocked(k, before, hadBefore, cur, hasCur)
+}
+
+// askKeeper sends one sync request.
+func (s *Store) askKeeper(ctx context.Context, q syncRequest) (syncReply, error) {
+	ctx, cancel := context.WithTimeout(ctx, max(s.cfg.FeedTimeout, 500*time.Millisecond))
+	defer cancel()
+	m, err := s.nc.RequestWithContext(ctx, s.cfg.Subjects.ObjdbKeys(s.cfg.Node, "sync"), appendSyncRequest(nil, q))
+	if errors.Is(err, nats.ErrNoResponders) {
+		return syncReply{}, fmt.Errorf("node feed: %w", errNoKeeper)
+	}
+	if err != nil {
+		return syncReply{}, fmt.Errorf("node feed: asking the node's keeper: %w", err)
+	}
+	rep, err := decodeSyncReply(m.Data)
+	if err != nil {
+		return syncReply{}, fmt.Errorf("node feed: the keeper's reply: %w", err)
+	}
+	return rep, nil
+}
