@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -14,16 +16,20 @@ import (
 // Status is a node's bus state as `corobus status` shows it and as the bus
 // serves it on Subjects.BusStatus.
 type Status struct {
-	Node        uint32    `json:"node"`
-	Server      string    `json:"server"`
-	Cluster     string    `json:"cluster"`
-	ClientURL   string    `json:"client_url"`
-	Started     time.Time `json:"started"`
-	JetStream   bool      `json:"jetstream"`
-	MetaLeader  string    `json:"meta_leader,omitempty"`
-	Routes      []Route   `json:"routes"`
-	Peers       []Peer    `json:"peers,omitempty"`
-	Connections int       `json:"connections"`
+	Node       uint32    `json:"node"`
+	Server     string    `json:"server"`
+	Cluster    string    `json:"cluster"`
+	ClientURL  string    `json:"client_url"`
+	Started    time.Time `json:"started"`
+	JetStream  bool      `json:"jetstream"`
+	MetaLeader string    `json:"meta_leader,omitempty"`
+	Routes     []Route   `json:"routes"`
+	Peers      []Peer    `json:"peers,omitempty"`
+	// PeersFrom is whose view Peers are: the meta leader's (the only one
+	// that knows every peer's state), or empty when this server is not
+	// the leader and its peers' states are "unknown".
+	PeersFrom   string `json:"peers_from,omitempty"`
+	Connections int    `json:"connections"`
 }
 
 // Route is one connected route to another node's bus.
@@ -32,23 +38,48 @@ type Route struct {
 	Addr   string `json:"addr"`
 }
 
-// Peer is one member of the JetStream meta group, as this node sees it.
+// Peer is one member of the JetStream meta group, as the meta leader sees
+// it.
 type Peer struct {
-	Server  string `json:"server"`
-	Current bool   `json:"current"`
-	Offline bool   `json:"offline"`
+	Server string `json:"server"`
+	// State is current, behind (missing entries the leader has), offline
+	// (the leader has not heard from it for OfflineAfter, or says
+	// offline), or unknown (no leader to ask).
+	State string `json:"state"`
+	// Current and Offline say the same as State, for readers of the
+	// older two flags: both false when the state is behind or unknown.
+	Current bool `json:"current"`
+	Offline bool `json:"offline"`
+	// LastSeenMS is how long ago the leader last heard from it.
+	LastSeenMS int64  `json:"last_seen_ms,omitempty"`
+	Lag        uint64 `json:"lag,omitempty"`
 }
 
-// State is the peer's state in one word, as status prints it: current,
-// behind or offline.
-func (p Peer) State() string {
+// Peer states.
+const (
+	PeerCurrent = "current"
+	PeerBehind  = "behind"
+	PeerOffline = "offline"
+	PeerUnknown = "unknown"
+)
+
+// OfflineAfter is how long the meta leader may go without hearing from a
+// peer before status calls it offline: the leader heartbeats its
+// followers every second and each answers, so three silent seconds mean
+// the peer (or the way to it) is gone. nats-server itself marks a peer
+// offline only after its server info stops (minutes), and "not current"
+// after ten seconds.
+const OfflineAfter = 3 * time.Second
+
+// peerState is a peer's state from the leader's view of it.
+func peerState(current, offline bool, lastSeen time.Duration) string {
 	switch {
-	case p.Offline:
-		return "offline"
-	case !p.Current:
-		return "behind"
+	case offline || lastSeen > OfflineAfter:
+		return PeerOffline
+	case !current:
+		return PeerBehind
 	}
-	return "current"
+	return PeerCurrent
 }
 
 // Status reads the server's current state.
@@ -78,11 +109,27 @@ func (s *Server) Status() (Status, error) {
 	slices.SortFunc(st.Routes, func(a, b Route) int { return compareStrings(a.Server, b.Server) })
 	if jz, err := s.ns.Jsz(&server.JSzOptions{}); err == nil && jz.Meta != nil {
 		st.MetaLeader = jz.Meta.Leader
-		st.Peers = append(st.Peers, Peer{Server: st.Server, Current: true})
+		// Only the leader knows how far each peer has come and when it
+		// last answered; a follower knows the leader and nothing of the
+		// other followers (nats-server reports them "not current" for
+		// ever), so its view says "unknown" and the caller asks the
+		// leader (LeaderPeers).
+		leader := st.MetaLeader == st.Server
+		state := func(current, offline bool, seen time.Duration) string {
+			if !leader {
+				return PeerUnknown
+			}
+			return peerState(current, offline, seen)
+		}
+		st.Peers = append(st.Peers, withState(Peer{Server: st.Server}, state(true, false, 0)))
 		for _, p := range jz.Meta.Replicas {
-			st.Peers = append(st.Peers, Peer{Server: p.Name, Current: p.Current, Offline: p.Offline})
+			st.Peers = append(st.Peers, withState(Peer{Server: p.Name, LastSeenMS: p.Active.Milliseconds(), Lag: p.Lag},
+				state(p.Current, p.Offline, p.Active)))
 		}
 		slices.SortFunc(st.Peers, func(a, b Peer) int { return compareStrings(a.Server, b.Server) })
+		if leader {
+			st.PeersFrom = st.Server
+		}
 	} else if jz != nil && jz.Meta == nil && len(s.cfg.Routes) == 0 {
 		// A one-node bus runs JetStream without a meta group: it leads
 		// itself.
@@ -112,6 +159,47 @@ func StatusEndpoint(svc micro.Service, s *Server, subjects Subjects) error {
 		}
 		_ = r.RespondJSON(st)
 	}), micro.WithEndpointSubject(subjects.BusStatus(s.cfg.NodeID)))
+}
+
+func withState(p Peer, state string) Peer {
+	p.State, p.Current, p.Offline = state, state == PeerCurrent, state == PeerOffline
+	return p
+}
+
+// LeaderPeers returns the meta group's peers as the meta leader sees them
+// (asking the leader's bus when st is another server's status) and whose
+// view that is; with no leader known or reachable, every peer is
+// "unknown": nobody can say.
+func LeaderPeers(nc *nats.Conn, subjects Subjects, st Status, timeout time.Duration) ([]Peer, string) {
+	if st.PeersFrom != "" || len(st.Peers) == 0 {
+		return st.Peers, st.PeersFrom
+	}
+	unknown := func() ([]Peer, string) {
+		out := slices.Clone(st.Peers)
+		for i := range out {
+			out[i] = withState(out[i], PeerUnknown)
+		}
+		return out, ""
+	}
+	id, ok := NodeOfServer(st.MetaLeader)
+	if !ok {
+		return unknown()
+	}
+	lst, err := FetchStatus(nc, subjects, id, timeout)
+	if err != nil || lst.PeersFrom != st.MetaLeader {
+		return unknown()
+	}
+	return lst.Peers, lst.PeersFrom
+}
+
+// NodeOfServer is the node id of a bus server's name (ServerName).
+func NodeOfServer(name string) (uint32, bool) {
+	rest, ok := strings.CutPrefix(name, "node")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(rest, 10, 32)
+	return uint32(n), err == nil && n > 0
 }
 
 // FetchStatus asks a node's bus for its status.

@@ -25,3 +25,15 @@ func TestSubjects(t *testing.T) {
 		}
 	}
 }
+
+func TestNodeOfServer(t *testing.T) {
+	for name, want := range map[string]uint32{"node1": 1, "node250": 250, "node": 0, "nodeX": 0, "x3": 0, "node0": 0} {
+		got, ok := NodeOfServer(name)
+		if got != want || ok != (want != 0) {
+			t.Errorf("NodeOfServer(%q) = %d, %v", name, got, ok)
+		}
+		if ok && ServerName(got) != name {
+			t.Errorf("ServerName(%d) = %q", got, ServerName(got))
+		}
+	}
+}

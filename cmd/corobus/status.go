@@ -15,6 +15,7 @@ import (
 	"github.com/corobus/corobus/bus/totem"
 	"github.com/corobus/corobus/config"
 	"github.com/corobus/corobus/layer"
+	"github.com/corobus/corobus/objdb"
 )
 
 // clientCommands are the verbs that talk to a running node.
@@ -95,6 +96,8 @@ type NodeStatus struct {
 	Layers  []LayerStatus `json:"layers"`
 	// Services are what the node's service manager loaded.
 	Services []ServiceStatus `json:"services,omitempty"`
+	// Copies are the node's watched objdb copies and how fresh each is.
+	Copies []objdb.CopyStatus `json:"objdb_copies,omitempty"`
 }
 
 func runStatus(ctx context.Context, a *app, args []string) error {
@@ -131,8 +134,9 @@ func nodeStatus(nc *nats.Conn, subjects bus.Subjects, cluster string, id uint32)
 	if err != nil {
 		return NodeStatus{}, err
 	}
+	bst.Peers, bst.PeersFrom = bus.LeaderPeers(nc, subjects, bst, time.Second)
 	st := NodeStatus{Node: id, Cluster: cluster, Bus: bst, Totem: totemStatus(nc, subjects, id),
-		Services: servicesStatus(nc, subjects, id)}
+		Services: servicesStatus(nc, subjects, id), Copies: copiesStatus(nc, subjects, id)}
 	for _, in := range infos {
 		md := in.Metadata
 		if md[layer.MetaCluster] != cluster || md[layer.MetaNode] != strconv.FormatUint(uint64(id), 10) {
@@ -167,12 +171,8 @@ func printStatus(a *app, st NodeStatus) {
 		routes = append(routes, r.Server+" "+r.Addr)
 	}
 	fmt.Fprintf(w, "Routes:     %s\n", orNone(strings.Join(routes, ", ")))
-	var peers []string
-	for _, p := range st.Bus.Peers {
-		peers = append(peers, p.Server+" "+p.State())
-	}
-	if len(peers) > 0 {
-		fmt.Fprintf(w, "JS peers:   %s\n", strings.Join(peers, ", "))
+	if len(st.Bus.Peers) > 0 {
+		fmt.Fprintf(w, "JS peers:   %s\n", peersLine(st.Bus))
 	}
 	printTotemStatus(w, st.Totem)
 	fmt.Fprintln(w, "Layers:")
@@ -183,6 +183,7 @@ func printStatus(a *app, st NodeStatus) {
 	}
 	_ = tw.Flush()
 	printServices(w, st.Services)
+	printCopies(w, st.Copies)
 }
 
 func orNone(s string) string {

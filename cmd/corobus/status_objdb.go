@@ -1,0 +1,78 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/objdb"
+)
+
+// copiesStatus asks every watched copy of node's objdb view (objdb
+// processes, cmap instances, …) for its state: scatter-gather, each
+// answers for itself. Nil when none answers.
+func copiesStatus(nc *nats.Conn, subjects bus.Subjects, node uint32) []objdb.CopyStatus {
+	inbox := nc.NewRespInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.PublishRequest(subjects.ObjdbCopies(node), inbox, nil); err != nil {
+		return nil
+	}
+	var out []objdb.CopyStatus
+	for {
+		m, err := sub.NextMsg(300 * time.Millisecond)
+		if err != nil {
+			break
+		}
+		var cs objdb.CopyStatus
+		if json.Unmarshal(m.Data, &cs) == nil {
+			out = append(out, cs)
+		}
+	}
+	slices.SortFunc(out, func(a, b objdb.CopyStatus) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// printCopies renders the objdb copies section of `corobus status`:
+//
+//	Objdb copies:
+//	  COPY           PID    STATE    REVISION  VIA    NODE SEQ  UNCONFIRMED
+//	  corobus-objdb  12345  current  1042      node2  311       0
+//	  corobus-ipc    12350  behind   998       node3  311       0  cluster feed lost: …
+func printCopies(w io.Writer, list []objdb.CopyStatus) {
+	fmt.Fprintln(w, "Objdb copies:")
+	if len(list) == 0 {
+		fmt.Fprintln(w, "  none answering")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  COPY\tPID\tSTATE\tREVISION\tVIA\tNODE SEQ\tUNCONFIRMED\t")
+	for _, c := range list {
+		fmt.Fprintf(tw, "  %s\t%d\t%s\t%d\t%s\t%d\t%d\t%s\n", c.Name, c.PID, c.State, c.Revision, orDash(c.Via), c.NodeSeq, c.Pending, c.Reason)
+	}
+	_ = tw.Flush()
+}
+
+// peersLine is the JetStream peers line of `corobus status`: each peer's
+// state as the meta leader reports it, "unknown" when no leader answers.
+func peersLine(st bus.Status) string {
+	var peers []string
+	for _, p := range st.Peers {
+		peers = append(peers, p.Server+" "+p.State)
+	}
+	from := "per meta leader " + st.PeersFrom
+	if st.PeersFrom == "" {
+		from = "no meta leader answering: nobody knows"
+	}
+	return strings.Join(peers, ", ") + " (" + from + ")"
+}
