@@ -340,9 +340,12 @@ func (k *Keeper) publisher(ctx context.Context) {
 	var buf []byte
 	idle := true
 	for {
+		stopping := false
 		select {
 		case <-ctx.Done():
-			return
+			// Publish what was applied before stopping: the copies of
+			// the node then know every write the next keeper may load.
+			stopping = true
 		case <-k.outWake:
 		case <-tick.C:
 			if !idle {
@@ -386,6 +389,10 @@ func (k *Keeper) publisher(ctx context.Context) {
 				}
 			}
 			out = out[n:]
+		}
+		if stopping {
+			_ = k.nc.Flush()
+			return
 		}
 	}
 }

@@ -229,6 +229,9 @@ func (s *Store) syncNode(ctx context.Context) error {
 		if err != nil || done {
 			return err
 		}
+		if err := s.adoptEpoch(ctx); err != nil {
+			return err
+		}
 	}
 	for attempt := 0; attempt < 5; attempt++ {
 		if err := s.reload(ctx); !errors.Is(err, errSnapshotMoved) {
@@ -239,6 +242,45 @@ func (s *Store) syncNode(ctx context.Context) error {
 }
 
 var errSnapshotMoved = errors.New("the keeper moved on while the snapshot loaded")
+
+// adoptEpoch follows a new keeper (the node's bus restarted) from its
+// first record, over the copy as it is, so that trackers hear of every
+// write the new keeper applied — the keys it loaded, and the writes sent
+// to it since — one by one, rather than of a snapshot's net difference.
+// The reload that follows then finds only what the new keeper lost (writes
+// the old one never stored), if anything. A new keeper whose log no longer
+// reaches back to its start is left to the reload.
+func (s *Store) adoptEpoch(ctx context.Context) error {
+	probe, err := s.askKeeper(ctx, syncRequest{Writer: s.writer, Snapshot: true, After: "\xff"})
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	same := probe.Epoch == s.nepoch
+	s.mu.Unlock()
+	if same {
+		return nil
+	}
+	if !probe.Loaded {
+		return errors.New("node feed: the node's new keeper is still loading the node's stored keys")
+	}
+	first, err := s.askKeeper(ctx, syncRequest{Writer: s.writer, Epoch: probe.Epoch, From: 0})
+	if err != nil {
+		return err
+	}
+	if first.Kind != syncRecords || first.Epoch != probe.Epoch {
+		return nil
+	}
+	s.mu.Lock()
+	s.nepoch, s.nseq = probe.Epoch, 0
+	// The new keeper knows nothing of this writer's unconfirmed writes.
+	if len(s.pending) > 0 {
+		s.resendLocked()
+	}
+	s.mu.Unlock()
+	_, err = s.catchUp(ctx, probe.Epoch, nil)
+	return err
+}
 
 // catchUp applies the keeper's records after the copy's (rb nil) or the
 // rebuild's seq until it has them all. It reports false (no error) when

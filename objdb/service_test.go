@@ -172,6 +172,7 @@ func TestSecretKeysAreNotLoaded(t *testing.T) {
 	local, _ := cfg.LocalNode()
 	subjects, _ := bus.NewSubjects(cfg.Prefix())
 	env := layer.Env{Config: cfg, Node: local, Conn: cl.Conn(1), Subjects: subjects, Log: bustest.Logger(t), Version: "0.0.0-test"}
+	runKeeper(t, env)
 	done := make(chan struct{})
 	go func() { defer close(done); _ = objdb.Run(ctx, env) }()
 	defer func() { cancel(); <-done }()
