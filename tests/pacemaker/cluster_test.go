@@ -370,10 +370,10 @@ func (pc *pcmkCluster) report() string {
 }
 
 // keepLogs copies every node's logs (engine, Pacemaker, pacemakerd) to
-// $COROBUS_PACEMAKER_LOGS/<test>/, when that is set, before the
+// $TEST_PACEMAKER_LOGS/<test>/, when that is set, before the
 // cluster's scratch directory goes.
 func (pc *pcmkCluster) keepLogs() {
-	dir := os.Getenv("COROBUS_PACEMAKER_LOGS")
+	dir := os.Getenv("TEST_PACEMAKER_LOGS")
 	if dir == "" {
 		return
 	}

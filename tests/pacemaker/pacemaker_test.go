@@ -33,7 +33,7 @@ var variants = []variant{
 
 // backendEnv selects the variants TestPacemaker runs: a comma-separated
 // list of their names, or "all". Unset, it runs corobus (what CI runs).
-const backendEnv = "COROBUS_PACEMAKER_BACKEND"
+const backendEnv = "TEST_PACEMAKER_BACKEND"
 
 // Generous deadlines: the machine may be loaded, and Pacemaker's own
 // timers (dc-deadtime 20 s, the join and election rounds) come first.
@@ -52,7 +52,7 @@ const (
 // (corosync-cfgtool -H refused while Pacemaker runs, accepted once it
 // stopped); a partition of one node (its side loses quorum and stops its
 // resource; the other side keeps its own and takes that one over). The
-// engine is chosen by COROBUS_PACEMAKER_BACKEND (default corobus; the
+// engine is chosen by TEST_PACEMAKER_BACKEND (default corobus; the
 // corosync variants are the reference, same code).
 func TestPacemaker(t *testing.T) {
 	sel := os.Getenv(backendEnv)
