@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/corobus/corobus/config"
+	"github.com/corobus/corobus/logsys"
 )
 
 // ServerConfig is everything the embedded server needs. Build it from a node
@@ -160,7 +161,10 @@ func StartServer(ctx context.Context, sc ServerConfig) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("configuring nats-server: %w", err)
 	}
-	ns.SetLoggerV2(&natsLogger{log: sc.Logger, refused: refused}, false, false, false)
+	// A peer that is down makes nats-server log each reconnect attempt of
+	// each route, forever: a repeated condition is logged once, then
+	// summarized with a count once a minute.
+	ns.SetLoggerV2(&natsLogger{log: logsys.Repeating(sc.Logger, logsys.DefaultThrottleWindow, 1), refused: refused}, false, false, false)
 	switch {
 	case len(sc.Routes) == 0:
 	case sc.Route == nil:

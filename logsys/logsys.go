@@ -174,6 +174,15 @@ type Options struct {
 	RecorderSize int
 	// PublishQueue bounds records waiting to be published; 4096 if zero.
 	PublishQueue int
+	// RepeatBurst is how many records of one condition (same subsystem,
+	// level, message and attributes up to numbers) are printed per
+	// RepeatWindow before the rest are only counted and summarized (see
+	// Throttle): a safety net under every layer, so that no loop can flood
+	// a node's log. 10 if zero; negative: no limit. Debug and trace
+	// records are never limited.
+	RepeatBurst int
+	// RepeatWindow is DefaultThrottleWindow if zero.
+	RepeatWindow time.Duration
 }
 
 // Logsys is one process's logging.
@@ -190,6 +199,7 @@ type Logsys struct {
 	done   chan struct{}
 	closed sync.Once
 	logger *slog.Logger
+	repeat *Throttle // nil: no limit
 }
 
 type publisher struct {
@@ -210,6 +220,12 @@ func New(cfg Config, opts Options) (*Logsys, error) {
 	}
 	l := &Logsys{cfg: cfg, opts: opts, out: opts.Stderr, rec: NewRecorder(opts.RecorderSize),
 		queue: make(chan Record, opts.PublishQueue), done: make(chan struct{})}
+	switch {
+	case opts.RepeatBurst == 0:
+		l.repeat = NewThrottle(opts.RepeatWindow, 10)
+	case opts.RepeatBurst > 0:
+		l.repeat = NewThrottle(opts.RepeatWindow, opts.RepeatBurst)
+	}
 	if cfg.ToLogfile {
 		f, err := os.OpenFile(cfg.Logfile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
 		if err != nil {
@@ -245,6 +261,9 @@ func (l *Logsys) Detach() { l.pub.Store(nil) }
 func (l *Logsys) Close() error {
 	var err error
 	l.closed.Do(func() {
+		if l.repeat != nil {
+			l.repeat.Flush() // no count is lost at exit
+		}
 		close(l.done)
 		if l.file != nil {
 			err = l.file.Close()
@@ -294,7 +313,34 @@ type Record struct {
 func (l *Logsys) handle(r Record) {
 	l.rec.Add(r)
 	printable := r.level >= l.cfg.threshold(r.Subsys)
-	if printable && (l.cfg.ToStderr || l.file != nil) {
+	if printable && l.repeat != nil && r.level >= LevelInfo && !l.repeat.Allow(recordKey(r), func(n int, over time.Duration) {
+		s := r
+		s.Attrs = make(map[string]string, len(r.Attrs)+2)
+		for k, v := range r.Attrs {
+			s.Attrs[k] = v
+		}
+		s.Attrs["repeated"], s.Attrs["over"] = fmt.Sprint(n), over.String()
+		s.Time = time.Now()
+		l.output(s)
+	}) {
+		return // counted; summarized at the end of its window
+	}
+	if printable {
+		l.output(r)
+	}
+}
+
+func recordKey(r Record) string {
+	attrs := make([]string, 0, len(r.Attrs))
+	for k, v := range r.Attrs {
+		attrs = append(attrs, k+"="+v)
+	}
+	return ConditionKey(r.level, r.Subsys+"|"+r.Msg, attrs)
+}
+
+// output prints and publishes a record that passed the filters.
+func (l *Logsys) output(r Record) {
+	if l.cfg.ToStderr || l.file != nil {
 		line := l.format(r)
 		l.mu.Lock()
 		if l.cfg.ToStderr {
@@ -305,7 +351,7 @@ func (l *Logsys) handle(r Record) {
 		}
 		l.mu.Unlock()
 	}
-	if printable && l.pub.Load() != nil {
+	if l.pub.Load() != nil {
 		select {
 		case l.queue <- r:
 		default:

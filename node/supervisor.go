@@ -17,6 +17,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/corobus/corobus/logsys"
 )
 
 // Child describes one supervised layer process.
@@ -29,6 +31,10 @@ type Child struct {
 	// Ready, when set, is polled after each start; the supervisor starts
 	// the next child only when it returns nil (or the context ends).
 	Ready func(ctx context.Context) error
+	// Files are handed to the child as descriptors 3, 4, …, and Env is
+	// added to its environment (the state directory lock).
+	Files []*os.File
+	Env   []string
 }
 
 // Backoff bounds the delay between restarts of a child that keeps failing.
@@ -38,15 +44,24 @@ type Backoff struct {
 	Stable time.Duration
 }
 
-// DefaultBackoff restarts quickly at first and at most every 5 s.
+// next is the delay after delay, for a child that failed again quickly.
+func (b Backoff) next(delay time.Duration) time.Duration { return min(delay*2, b.Max) }
+
+// DefaultBackoff restarts quickly at first, then ever more slowly while a
+// child keeps failing, at most every 30 s: a layer in a restart loop costs
+// two starts (and their log lines) a minute, not one every few seconds.
 func DefaultBackoff() Backoff {
-	return Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second, Stable: 10 * time.Second}
+	return Backoff{Min: 100 * time.Millisecond, Max: 30 * time.Second, Stable: 10 * time.Second}
 }
 
 // Supervisor starts children in order, restarts them when they exit, and
 // stops them in reverse order.
 type Supervisor struct {
-	log     *slog.Logger
+	log *slog.Logger
+	// loops logs restarts: a child in a restart loop is reported once,
+	// then summarized with a count at a bounded rate.
+	loops   *slog.Logger
+	loopsTh *logsys.Throttle
 	out     io.Writer
 	backoff Backoff
 	// StopTimeout is how long a child has after SIGTERM before SIGKILL.
@@ -59,7 +74,8 @@ type Supervisor struct {
 // NewSupervisor builds a supervisor writing children's prefixed output to
 // out.
 func NewSupervisor(log *slog.Logger, out io.Writer, backoff Backoff, stopTimeout time.Duration) *Supervisor {
-	return &Supervisor{log: log, out: out, backoff: backoff, stopTimeout: stopTimeout, restarts: map[string]int{}}
+	th := logsys.NewThrottle(logsys.DefaultThrottleWindow, 1)
+	return &Supervisor{log: log, loops: logsys.RepeatingWith(log, th), loopsTh: th, out: out, backoff: backoff, stopTimeout: stopTimeout, restarts: map[string]int{}}
 }
 
 // Restarts reports how often each child was restarted.
@@ -112,6 +128,7 @@ func (s *Supervisor) Run(ctx context.Context, children []Child) error {
 		started[i].stop()
 		<-started[i].done
 	}
+	s.loopsTh.Flush() // the last restart counts
 	return startErr
 }
 
@@ -144,13 +161,16 @@ func (s *Supervisor) keep(ctx context.Context, c Child, ready chan<- error) {
 		if time.Since(began) > s.backoff.Stable {
 			delay = s.backoff.Min
 		}
-		s.log.Warn("layer exited; restarting", "layer", c.Name, "err", err, "in", delay)
+		s.mu.Lock()
+		n := s.restarts[c.Name] + 1
+		s.mu.Unlock()
+		s.loops.Warn("layer exited; restarting", "layer", c.Name, "err", err, "in", delay, "restart", n)
 		select {
 		case <-time.After(delay):
 		case <-ctx.Done():
 			return
 		}
-		delay = min(delay*2, s.backoff.Max)
+		delay = s.backoff.next(delay)
 		s.mu.Lock()
 		s.restarts[c.Name]++
 		s.mu.Unlock()
@@ -171,6 +191,10 @@ func (s *Supervisor) runOnce(ctx context.Context, c Child, started func()) error
 	s.mu.Unlock()
 	args := append(append([]string{}, c.Args...), "--restarts", strconv.Itoa(restarts))
 	cmd := exec.Command(c.Path, args...)
+	cmd.ExtraFiles = c.Files
+	if len(c.Env) > 0 {
+		cmd.Env = append(os.Environ(), c.Env...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

@@ -83,3 +83,64 @@ func TestSupervisorKillsAStubbornChild(t *testing.T) {
 		t.Fatal("a child ignoring SIGTERM was not killed")
 	}
 }
+
+// TestSupervisorRestartLoopIsQuiet: a child that fails at once, forever,
+// is restarted with backoff and reported once, then summarized with the
+// count of restarts, not a line per restart.
+func TestSupervisorRestartLoopIsQuiet(t *testing.T) {
+	logs := &lockedBuf{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
+	sup := NewSupervisor(log, &lockedBuf{}, Backoff{Min: time.Millisecond, Max: 5 * time.Millisecond, Stable: time.Hour}, 5*time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	began := time.Now()
+	go func() { done <- sup.Run(ctx, []Child{sh("crash", `exit 1`)}) }()
+	deadline := time.Now().Add(time.Minute)
+	for sup.Restarts()["crash"] < 100 {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d restarts in a minute", sup.Restarts()["crash"])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	minutes := int(time.Since(began)/time.Minute) + 1
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		if strings.Contains(l, "layer exited; restarting") {
+			lines = append(lines, l)
+		}
+	}
+	// At most the first line and one summary per minute begun.
+	if len(lines) > 1+minutes {
+		t.Fatalf("%d restarts logged in %d lines over %d minute(s), at most %d allowed:\n%s",
+			sup.Restarts()["crash"], len(lines), minutes, 1+minutes, strings.Join(lines, "\n"))
+	}
+	last := lines[len(lines)-1]
+	if !strings.Contains(last, "repeated=") {
+		t.Fatalf("no summary with a count: %s", last)
+	}
+}
+
+// TestDefaultBackoffBoundsALoop: a child that fails at once forever is
+// started at most a handful of times in its first minute, and twice a
+// minute after that.
+func TestDefaultBackoffBoundsALoop(t *testing.T) {
+	b := DefaultBackoff()
+	starts, at, delay := 1, time.Duration(0), b.Min
+	var firstMinute int
+	for at < 10*time.Minute {
+		at += delay
+		delay = b.next(delay)
+		starts++
+		if at < time.Minute {
+			firstMinute = starts
+		}
+	}
+	if firstMinute > 12 || starts > firstMinute+2*9+1 {
+		t.Fatalf("%d starts in the first minute, %d in ten", firstMinute, starts)
+	}
+	t.Logf("an always-failing layer: %d starts in its first minute, %d in ten", firstMinute, starts)
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/corobus/corobus/bus"
@@ -76,6 +77,16 @@ func runUp(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return err
 	}
+	// One node per state directory. Leftover layers of a node whose up
+	// was killed are waited for (they are stopping); a live owner is
+	// refused at once.
+	lock, err := node.LockStateDirWait(cfg.StateDir(), "up", stopTimeout+5*time.Second, func(e *node.InUseError) {
+		log.Warn("waiting for the layer processes of a previous node to exit", "state_dir", e.Dir, "pid", e.Owner.PID)
+	})
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
 	log.Info("starting node", "node", local.ID, "cluster", cfg.ClusterName(), "config", describeFile(cfg), "state_dir", cfg.StateDir(), "inproc", inproc)
 	if inproc {
 		return node.InProc(ctx, cfg, ls, a.version, a.busHooks(), a.layers(),
@@ -107,6 +118,9 @@ func runUp(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return err
 	}
+	// Every layer holds the state directory lock too (descriptor 3), so
+	// that the directory stays owned until the last of them has exited.
+	files, env := []*os.File{lock.File()}, []string{node.StateLockEnv + "=3"}
 	children := []node.Child{{
 		Name: "bus",
 		Path: exe,
@@ -114,9 +128,10 @@ func runUp(ctx context.Context, a *app, args []string) error {
 		Ready: func(ctx context.Context) error {
 			return waitBusReady(ctx, url, subjects, local.ID, 30*time.Second)
 		},
+		Files: files, Env: env,
 	}}
 	for _, l := range a.layers() {
-		children = append(children, node.Child{Name: l.Name, Path: exe, Args: append([]string{l.Name}, common...)})
+		children = append(children, node.Child{Name: l.Name, Path: exe, Args: append([]string{l.Name}, common...), Files: files, Env: env})
 	}
 	sup := node.NewSupervisor(log, a.stderr, node.DefaultBackoff(), stopTimeout)
 	if err := sup.Run(ctx, children); err != nil {
@@ -178,6 +193,13 @@ func runBus(ctx context.Context, a *app, args []string) error {
 		return err
 	}
 	defer ls.Close()
+	// The bus writes the state directory: it holds its lock, handed by
+	// up or taken here.
+	lock, err := node.HoldStateDir(cfg.StateDir(), "bus", a.environ, true)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
 	return node.RunBus(ctx, cfg, ls, a.version, restarts, a.busHooks(), nil)
 }
 
@@ -202,6 +224,13 @@ func layerCommand(l layer.Layer) func(ctx context.Context, a *app, args []string
 			return err
 		}
 		defer ls.Close()
+		// Started by up: hold its state directory lock. Started by hand
+		// to scale a layer: nothing to hold, it writes no state.
+		lock, err := node.HoldStateDir(cfg.StateDir(), l.Name, a.environ, false)
+		if err != nil {
+			return err
+		}
+		defer lock.Close()
 		return node.RunLayer(ctx, l, cfg, nf.busURL, ls, a.version, restarts)
 	}
 }

@@ -201,10 +201,17 @@ func (g *Gateway) Run(ctx context.Context) error {
 }
 
 // listen serves one route's libqb name, retrying while another process of
-// this network namespace owns it.
+// this network namespace owns it. That is said once, with the owner when
+// it can be found; the retries are debug records; getting the name at last
+// is said once too.
 func (g *Gateway) listen(ctx context.Context, r Route) error {
 	h := &routeHandler{g: g, r: r}
+	waiting := false // said to be taken, not yet served
 	for {
+		if waiting && !nameBound(r.Service) {
+			g.cfg.Log.Info("the IPC name is free now; serving it", "service", r.Service)
+			waiting = false
+		}
 		err := g.srv.Listen(ctx, r.Service, h)
 		if err == nil || ctx.Err() != nil {
 			return nil
@@ -214,7 +221,17 @@ func (g *Gateway) listen(ctx context.Context, r Route) error {
 		}
 		// Abstract socket names are per network namespace: a corosync,
 		// or another node's gateway on this host, owns this one.
-		g.cfg.Log.Error("the IPC name is taken in this network namespace; retrying", "service", r.Service, "err", err)
+		if !waiting {
+			waiting = true
+			owner := nameOwner(r.Service)
+			if owner == "" {
+				owner = "another process"
+			}
+			g.cfg.Log.Warn("the IPC name is taken in this network namespace: this node serves no corosync client of it while "+owner+" holds it (run each node in its own network namespace); retrying quietly",
+				"service", r.Service, "retry", g.cfg.Retry)
+		} else {
+			g.cfg.Log.Debug("the IPC name is still taken; retrying", "service", r.Service)
+		}
 		select {
 		case <-ctx.Done():
 			return nil

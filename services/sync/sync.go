@@ -29,6 +29,7 @@ import (
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/totem"
 	"github.com/corobus/corobus/layer"
+	"github.com/corobus/corobus/logsys"
 )
 
 // Registration is what a service sends to Subjects.SyncRegister(node).
@@ -90,11 +91,12 @@ type Options struct {
 
 // Engine is one node's sync engine.
 type Engine struct {
-	nc   *nats.Conn
-	opts Options
-	log  *slog.Logger
-	cl   *totem.Client
-	ev   chan func()
+	nc    *nats.Conn
+	opts  Options
+	log   *slog.Logger
+	logTh *logsys.Throttle // log's: flushed when Run returns
+	cl    *totem.Client
+	ev    chan func()
 
 	mu         stdsync.Mutex
 	registered map[string]Registration
@@ -138,10 +140,15 @@ func New(nc *nats.Conn, opts Options) *Engine {
 	if opts.HookTimeout <= 0 {
 		opts.HookTimeout = 5 * time.Second
 	}
+	th := logsys.NewThrottle(logsys.DefaultThrottleWindow, 5)
 	return &Engine{
-		nc:         nc,
-		opts:       opts,
-		log:        opts.Logger,
+		nc:   nc,
+		opts: opts,
+		// A round that cannot complete (a member whose engine restarts it
+		// again and again) must not flood the log: each line repeats at
+		// most a few times a minute, then is summarized with a count.
+		logTh:      th,
+		log:        logsys.RepeatingWith(opts.Logger, th),
 		ev:         make(chan func(), 4096),
 		registered: map[string]Registration{},
 		state:      State{Node: opts.Node, Since: time.Now().UTC()},
@@ -151,6 +158,7 @@ func New(nc *nats.Conn, opts Options) *Engine {
 // Run serves registrations and the state query, and runs the protocol
 // until ctx ends.
 func (e *Engine) Run(ctx context.Context) error {
+	defer e.logTh.Flush() // the counts of repeated lines are not lost
 	s := e.opts.Subjects
 	reg, err := e.nc.Subscribe(s.SyncRegister(e.opts.Node), e.onRegister)
 	if err != nil {

@@ -3,6 +3,9 @@ package sync_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
 	stdsync "sync"
 	"testing"
 	"time"
@@ -107,4 +110,112 @@ func waitFor(t *testing.T, d time.Duration, f func() error) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// TestTwinEnginesLogAtABoundedRate: two engines for one node (a sync
+// process started twice) restart each other's rounds forever; that must
+// cost a bounded number of log lines, not one per restart.
+func TestTwinEnginesLogAtABoundedRate(t *testing.T) {
+	c := harness.New(t, harness.Options{N: 2, Token: 200 * time.Millisecond, Join: 30 * time.Millisecond, Consensus: 300 * time.Millisecond})
+	c.WaitView([]int{1, 2}, 10*time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg stdsync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	var logs []*lineCounter
+	began := time.Now()
+	for _, id := range []int{1, 1, 2} {
+		lc := &lineCounter{}
+		logs = append(logs, lc)
+		e := syncsvc.New(c.Client(id), syncsvc.Options{Node: uint32(id), Subjects: c.Subjects, Logger: slog.New(slog.NewTextHandler(lc, nil))})
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = e.Run(ctx) }()
+	}
+	// A ring change starts a round the twins then restart for each other.
+	time.Sleep(time.Second)
+	c.Kill(2)
+	c.WaitView([]int{1}, 10*time.Second)
+	// Count from here: one member set, one condition per message.
+	for _, lc := range logs {
+		lc.reset()
+	}
+	waitFor(t, time.Minute, func() error {
+		if n := logs[0].restarts() + logs[1].restarts(); n < 5 {
+			return fmt.Errorf("%d late-member restarts logged so far", n)
+		}
+		return nil
+	})
+	time.Sleep(5 * time.Second) // the loop goes on
+	cancel()
+	wg.Wait()
+	minutes := int(time.Since(began)/time.Minute) + 1
+	// Each engine, each distinct line: at most 5 and a summary per
+	// minute begun, however many rounds were restarted.
+	var per []map[string]int
+	for i, lc := range logs {
+		per = append(per, lc.perCondition())
+		for cond, n := range per[i] {
+			if n > (5+1)*minutes {
+				t.Errorf("engine %d: %q: %d lines in %d minute(s)", i, cond, n, minutes)
+			}
+		}
+	}
+	t.Logf("lines per engine over %d minute(s): %v", minutes, per)
+	// The restarts that were not printed were counted.
+	if !strings.Contains(logs[0].text()+logs[1].text(), "repeated=") {
+		t.Errorf("no summary of suppressed lines:\n%s\n%s", logs[0].text(), logs[1].text())
+	}
+}
+
+// lineCounter counts slog text lines by message.
+type lineCounter struct {
+	mu  sync.Mutex
+	n   map[string]int
+	all strings.Builder
+}
+
+func (l *lineCounter) reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.n = map[string]int{}
+}
+
+func (l *lineCounter) text() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.all.String()
+}
+
+func (l *lineCounter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.all.Write(p)
+	if l.n == nil {
+		l.n = map[string]int{}
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(p)), "\n") {
+		_, msg, _ := strings.Cut(line, "msg=")
+		if strings.HasPrefix(msg, `"`) {
+			msg = msg[1 : 1+strings.Index(msg[1:], `"`)]
+		} else {
+			msg, _, _ = strings.Cut(msg, " ")
+		}
+		l.n[msg]++
+	}
+	return len(p), nil
+}
+
+func (l *lineCounter) restarts() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.n["sync round restarts for a late member"]
+}
+
+func (l *lineCounter) perCondition() map[string]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := map[string]int{}
+	for k, v := range l.n {
+		out[k] = v
+	}
+	return out
 }
