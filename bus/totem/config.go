@@ -49,6 +49,12 @@ type Config struct {
 	// Addr is this node's address, reported in membership events
 	// (runtime.members.<id>.ip).
 	Addr string
+	// Expected are the node ids of the nodelist. A node that has never
+	// been in a ring waits until it hears all of them, or at most
+	// totem.consensus, before forming its first one, so that nodes
+	// started together form one view rather than a singleton each and
+	// then a merge. Empty: no wait.
+	Expected []uint32
 	// Logger receives the TOTEM subsystem's records.
 	Logger *slog.Logger
 }
@@ -85,6 +91,13 @@ func FromConfig(cfg *config.Config, subjects bus.Subjects) (Config, error) {
 	}
 	c.StateDir = cfg.StateDir()
 	c.Addr = local.Addr
+	nodes, err := cfg.Nodes()
+	if err != nil {
+		return Config{}, err
+	}
+	for _, nd := range nodes {
+		c.Expected = append(c.Expected, nd.ID)
+	}
 	return c, nil
 }
 

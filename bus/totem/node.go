@@ -168,6 +168,7 @@ type Node struct {
 
 	aliveSet   []uint32
 	aliveSince time.Time
+	started    time.Time // Run began: bounds the wait for a first view
 	propN      uint64
 	myProp     *proposal
 	acked      PropID
@@ -348,6 +349,8 @@ func (n *Node) Run(ctx context.Context) error {
 	}()
 	n.mu.Lock()
 	n.aliveSince = time.Now()
+	n.started = n.aliveSince
+	n.aliveSet = []uint32{n.cfg.NodeID} // heard nobody yet (not "everyone")
 	n.sendHeartbeat(time.Now())
 	n.mu.Unlock()
 
@@ -741,6 +744,7 @@ func (n *Node) sendHeartbeat(now time.Time) {
 		MaxSeq:    n.maxSeq,
 		Members:   n.members,
 		Addr:      n.cfg.Addr,
+		Hears:     n.aliveSet,
 	}
 	if n.state != stOperational {
 		hb.Delivered, hb.Ordered = 0, 0
@@ -792,13 +796,72 @@ func (n *Node) tick(now time.Time) {
 		n.retransmit(now, hbs)
 		n.collect(hbs)
 	case stGather, stRecovery:
-		n.agree(now, alive)
+		n.agree(now, n.viewable(alive, hbs))
 	}
 }
 
+// hears reports whether a hears b, by a's latest heartbeat (this node:
+// its own reachable set). A node that does not say is taken to hear all.
+func (n *Node) hears(a, b uint32, alive []uint32, hbs map[uint32]Heartbeat) bool {
+	if a == n.cfg.NodeID {
+		return slices.Contains(alive, b)
+	}
+	hb, ok := hbs[a]
+	return ok && (hb.Hears == nil || slices.Contains(hb.Hears, b))
+}
+
+// viewable is the part of the reachable set a view can be formed of: this
+// node, then each reachable node in id order that hears, and is heard by,
+// every node already taken. While routes are still forming (node 1 hears
+// 2, 2 hears 1 and 3, 3 and 1 not yet each other), the nodes in the middle
+// would otherwise keep breaking every view that cannot include all they
+// hear, and the coordinator keep proposing the same members again.
+func (n *Node) viewable(alive []uint32, hbs map[uint32]Heartbeat) []uint32 {
+	out := []uint32{n.cfg.NodeID}
+	for _, id := range alive {
+		if id == n.cfg.NodeID {
+			continue
+		}
+		ok := true
+		for _, m := range out {
+			if !n.hears(id, m, alive, hbs) || !n.hears(m, id, alive, hbs) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 func (n *Node) needViewChange(now time.Time, alive []uint32, hbs map[uint32]Heartbeat) string {
+	// A member not heard is gone: always a view change. A node heard
+	// that is not a member joins only once it and every member hear each
+	// other; before that, a view change would install the same members.
 	if !slices.Equal(alive, n.members) {
-		return "reachable set differs from the ring"
+		for _, id := range n.members {
+			if !slices.Contains(alive, id) {
+				return "reachable set differs from the ring"
+			}
+		}
+		for _, id := range alive {
+			if slices.Contains(n.members, id) {
+				continue
+			}
+			joinable := true
+			for _, m := range n.members {
+				if !n.hears(id, m, alive, hbs) || !n.hears(m, id, alive, hbs) {
+					joinable = false
+					break
+				}
+			}
+			if joinable {
+				return "reachable set differs from the ring"
+			}
+		}
 	}
 	for _, id := range n.members {
 		if id == n.cfg.NodeID {
@@ -831,8 +894,10 @@ func (n *Node) enterGather(now time.Time) {
 	n.sendHeartbeat(now)
 }
 
-// agree drives the view agreement while gathering: the lowest reachable
-// node proposes once the reachable set has settled for totem.join.
+// agree drives the view agreement while gathering: the lowest node of the
+// viewable set proposes it once the reachable set has settled for
+// totem.join (and, before a first ring, once every node of the nodelist is
+// heard or totem.consensus has passed).
 func (n *Node) agree(now time.Time, alive []uint32) {
 	if n.state == stRecovery {
 		if n.commit != nil && now.Sub(n.ackedAt) > 4*n.cfg.Consensus {
@@ -873,6 +938,13 @@ func (n *Node) agree(now time.Time, alive []uint32) {
 	}
 	if now.Sub(n.aliveSince) < n.cfg.Join {
 		return
+	}
+	if n.ring.IsZero() && now.Sub(n.started) < n.cfg.Consensus {
+		for _, id := range n.cfg.Expected {
+			if !slices.Contains(alive, id) {
+				return // the others may be starting too: one first view, not a singleton then a merge
+			}
+		}
 	}
 	n.propose(now, alive)
 }
@@ -919,8 +991,7 @@ func (n *Node) takePropose(now time.Time, m *MembMsg) {
 		return
 	}
 	if m.From != n.cfg.NodeID {
-		alive, _ := n.alive(now)
-		if alive[0] < m.From {
+		if v := n.viewable(n.alive(now)); v[0] < m.From {
 			return // a lower node is reachable: it coordinates
 		}
 		n.myProp = nil

@@ -117,6 +117,12 @@ type Heartbeat struct {
 	MaxSeq  uint64   `json:"max_seq"`
 	Members []uint32 `json:"members,omitempty"`
 	Addr    string   `json:"addr,omitempty"`
+	// Hears is the sender's reachable set (itself and every node it heard
+	// within totem.token): views are formed only of nodes that all hear
+	// each other, so that a mesh still forming (or one broken link) does
+	// not make nodes install the same members again and again. Absent
+	// from an older node: taken as hearing everyone.
+	Hears []uint32 `json:"hears,omitempty"`
 }
 
 // PropID names one proposal: the proposer and its counter.

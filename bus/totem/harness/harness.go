@@ -142,6 +142,9 @@ func (c *Cluster) TotemConfig(id int) totem.Config {
 		tc.Consensus = c.opts.Consensus
 	}
 	tc.Addr = "127.0.0.1"
+	for i := 1; i <= c.opts.N; i++ {
+		tc.Expected = append(tc.Expected, uint32(i))
+	}
 	tc.StateDir = c.dirs[id-1]
 	tc.Logger = c.opts.Logger.With("node", id)
 	return tc
@@ -312,6 +315,14 @@ func (c *Cluster) Heal() {
 func (c *Cluster) Delay(a, b int, d time.Duration) {
 	c.proxies[a-1][b-1].SetDelay(d)
 	c.proxies[b-1][a-1].SetDelay(d)
+}
+
+// Block stops the route between a and b (both directions) and nothing
+// else: a mesh with one link down, where a and b each still reach the
+// others. Heal resumes it.
+func (c *Cluster) Block(a, b int) {
+	c.proxies[a-1][b-1].Pause()
+	c.proxies[b-1][a-1].Pause()
 }
 
 // Cut breaks the route between a and b: bytes in flight are lost and the
