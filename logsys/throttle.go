@@ -165,8 +165,12 @@ func (h *repeatHandler) Handle(ctx context.Context, r slog.Record) error {
 	last := r.Clone()
 	inner := h.inner
 	if h.th.Allow(key, func(n int, over time.Duration) {
-		last.AddAttrs(slog.Int("repeated", n), slog.Duration("over", over))
-		_ = inner.Handle(context.Background(), last)
+		// The summary is a line of its own time, with the latest
+		// occurrence's message and attributes.
+		s := slog.NewRecord(time.Now(), last.Level, last.Message, 0)
+		last.Attrs(func(a slog.Attr) bool { s.AddAttrs(a); return true })
+		s.AddAttrs(slog.Int("repeated", n), slog.Duration("over", over))
+		_ = inner.Handle(context.Background(), s)
 	}) {
 		return h.inner.Handle(ctx, r)
 	}
