@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"slices"
 	"sync"
 	"time"
@@ -24,7 +25,8 @@ func benchTotem(ctx context.Context, a *app, args []string) error {
 	fs := newFlagSet(a, "bench totem", "[-c FILE | --bus URL] [--size N] [--seconds S]",
 		"Benchmark the ordered multicast of a running node or cluster: messages per second\n"+
 			"delivered back to the sender with a full window, then the latency from multicast to\n"+
-			"own delivery of messages sent one at a time. Prints msgs_per_s=… p50_us=… p99_us=….")
+			"own delivery of messages sent one at a time. Prints RESULT lines as the anchor's C\n"+
+			"benchmarks do: totem_mcast msgs_per_s=… and totem_mcast_to_self_deliver p50_us=….")
 	nf.register(fs, true)
 	fs.IntVar(&size, "size", 64, "payload size in bytes")
 	fs.Float64Var(&seconds, "seconds", 5, "duration of the throughput phase")
@@ -85,15 +87,28 @@ func benchTotem(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return err
 	}
-	slices.Sort(l)
-	p50, p99 := 0.0, 0.0
-	if len(l) > 0 {
-		p50 = float64(l[len(l)/2].Nanoseconds()) / 1e3
-		p99 = float64(l[len(l)*99/100].Nanoseconds()) / 1e3
-	}
-	fmt.Fprintf(a.stdout, "msgs_per_s=%.0f p50_us=%.0f p99_us=%.0f size=%d seconds=%.1f mb_per_s=%.1f latency_samples=%d\n",
-		msgsPerS, p50, p99, size, elapsed.Seconds(), msgsPerS*float64(size)/1e6, len(l))
+	fmt.Fprintf(a.stdout, "RESULT totem_mcast size=%d seconds=%.1f msgs_per_s=%.0f MB_per_s=%.2f\n",
+		size, elapsed.Seconds(), msgsPerS, msgsPerS*float64(size)/1e6)
+	printLatency(a.stdout, "RESULT totem_mcast_to_self_deliver", l)
 	return nil
+}
+
+// printLatency prints a latency distribution as the anchor's C benchmarks
+// do (shared/anchor/common.h print_lat), so the lines compare directly.
+func printLatency(w io.Writer, label string, l []time.Duration) {
+	if len(l) == 0 {
+		fmt.Fprintf(w, "%s n=0\n", label)
+		return
+	}
+	slices.Sort(l)
+	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+	pct := func(p int) time.Duration { return l[min(len(l)-1, len(l)*p/100)] }
+	var sum time.Duration
+	for _, d := range l {
+		sum += d
+	}
+	fmt.Fprintf(w, "%s n=%d min_us=%.2f p50_us=%.2f p90_us=%.2f p99_us=%.2f max_us=%.2f mean_us=%.2f\n",
+		label, len(l), us(l[0]), us(pct(50)), us(pct(90)), us(pct(99)), us(l[len(l)-1]), us(sum)/float64(len(l)))
 }
 
 type clientFactory func(onOwn func(*totem.Message)) (*totem.Client, error)

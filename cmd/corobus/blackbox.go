@@ -16,7 +16,7 @@ func runBlackbox(_ context.Context, a *app, args []string) error {
 		"Dump the flight recorder of every layer process of a node: the last records of\n"+
 			"every priority, including debug records that were not printed.")
 	nf.register(fs, true)
-	fs.UintVar(&node, "node", 0, "node id (default: the configured local node)")
+	fs.UintVar(&node, "node", 0, "node `id` (default: the configured local node)")
 	fs.DurationVar(&wait, "wait", 500*time.Millisecond, "how long to collect answers")
 	if err := parse(a, fs, args); err != nil {
 		return err

@@ -44,9 +44,49 @@ func newFlagSet(a *app, name, synopsis, summary string) *flag.FlagSet {
 	fs.Usage = func() {
 		w := fs.Output()
 		fmt.Fprintf(w, "usage: corobus %s %s\n\n%s\n\nflags:\n", name, synopsis, summary)
-		fs.PrintDefaults()
+		printFlags(w, fs)
 	}
 	return fs
+}
+
+// printFlags lists fs's flags spelled as the usage lines spell them — a
+// one-letter flag with one dash (-c FILE), a word with two (--bus URL) —
+// an alias ("same as -c") on its flag's line, the argument's name in
+// capitals, and a non-zero default.
+func printFlags(w io.Writer, fs *flag.FlagSet) {
+	spell := func(name string) string {
+		if len(name) == 1 {
+			return "-" + name
+		}
+		return "--" + name
+	}
+	aliases := map[string][]string{}
+	fs.VisitAll(func(f *flag.Flag) {
+		if of, ok := strings.CutPrefix(f.Usage, "same as -"); ok {
+			aliases[strings.TrimLeft(of, "-")] = append(aliases[strings.TrimLeft(of, "-")], f.Name)
+		}
+	})
+	fs.VisitAll(func(f *flag.Flag) {
+		if strings.HasPrefix(f.Usage, "same as -") {
+			return
+		}
+		names := []string{spell(f.Name)}
+		for _, a := range aliases[f.Name] {
+			names = append(names, spell(a))
+		}
+		arg, usage := flag.UnquoteUsage(f)
+		head := strings.Join(names, ", ")
+		if arg != "" {
+			if strings.Trim(arg, "abcdefghijklmnopqrstuvwxyz") == "" {
+				arg = strings.ToUpper(arg) // file → FILE, as the usage lines say
+			}
+			head += " " + arg
+		}
+		if d := f.DefValue; d != "" && d != "0" && d != "false" && d != "[]" && d != "0s" {
+			usage += fmt.Sprintf(" (default %s)", d)
+		}
+		fmt.Fprintf(w, "  %s\n    \t%s\n", head, usage)
+	})
 }
 
 // parse parses args, sending --help to stdout (so `corobus x --help | less`
@@ -78,7 +118,7 @@ type queryFlags struct {
 func (q *queryFlags) register(fs *flag.FlagSet, jsonUsage, nodeUsage string) {
 	q.nodeFlags.register(fs, true)
 	fs.BoolVar(&q.json, "json", false, jsonUsage)
-	fs.UintVar(&q.node, "node", 0, nodeUsage)
+	fs.UintVar(&q.node, "node", 0, nodeUsage+" (a node `ID`)")
 }
 
 // printJSON writes v indented, as the --json of every verb prints.
