@@ -38,9 +38,14 @@ func printServices(w io.Writer, list []svcmgr.ServiceInfo) {
 		fmt.Fprintln(w, "  none loaded (or no service manager answering)")
 		return
 	}
+	var loading []svcmgr.ServiceInfo
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  N\tSERVICE\tVER\tSERVING\tPIDS\tRESTARTS\tSUBJECT")
 	for _, s := range list {
+		if s.State == "loading" {
+			loading = append(loading, s)
+			continue
+		}
 		pids := make([]string, len(s.PIDs))
 		for i, p := range s.PIDs {
 			pids[i] = fmt.Sprint(p)
@@ -48,4 +53,12 @@ func printServices(w io.Writer, list []svcmgr.ServiceInfo) {
 		fmt.Fprintf(tw, "  %d\t%s\t%d\t%d\t%s\t%d\t%s\n", s.Index, s.Name, s.Version, s.Serving, orDash(strings.Join(pids, ",")), s.Restarts, orDash(s.Target))
 	}
 	_ = tw.Flush()
+	// A service the node should run and does not (yet): said, with why.
+	for _, s := range loading {
+		why := s.Error
+		if why == "" {
+			why = "first attempt under way"
+		}
+		fmt.Fprintf(w, "  NOT LOADED %s %d (%d attempts, retrying): %s\n", s.Name, s.Version, s.Attempts, why)
+	}
 }

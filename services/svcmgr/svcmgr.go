@@ -34,6 +34,7 @@ import (
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/loader"
 	"github.com/corobus/corobus/loader/hdb"
+	"github.com/corobus/corobus/logsys"
 	"github.com/corobus/corobus/node"
 	"github.com/corobus/corobus/objdb"
 )
@@ -99,8 +100,13 @@ type Config struct {
 	StatsInterval time.Duration
 }
 
-// ServiceInfo describes a loaded service (the list operation).
+// ServiceInfo describes a loaded service (the list operation), or one
+// the manager is still trying to load (State "loading", with the last
+// error; Index -1).
 type ServiceInfo struct {
+	State     string    `json:"state"` // "loaded", "loading"
+	Error     string    `json:"error,omitempty"`
+	Attempts  int       `json:"attempts,omitempty"`
 	Index     int       `json:"index"`
 	Name      string    `json:"name"`
 	Version   uint32    `json:"ver"`
@@ -133,12 +139,27 @@ type Manager struct {
 	client *loader.Client
 	ns     string
 
+	// retries logs a service that does not load: once, then a summary
+	// with the count once a minute while it goes on failing.
+	retries *slog.Logger
+
 	mu        sync.Mutex
 	loaded    map[string]*loadedSvc
+	pending   []*pendingSvc                  // to load at start, not loaded yet
 	instances map[string]loader.Announcement // this node's component instances, by id
 	// busy serializes load and unload so that indexes and priorities
 	// are decided on a stable set.
 	busy sync.Mutex
+}
+
+// pendingSvc is a service the manager loads at start and keeps trying to
+// load until it is: whatever the order the node's layers come up in, and
+// whatever restarts meanwhile (a loader not serving yet, a component
+// slower than ReadyTimeout), a node does not stay without its services.
+type pendingSvc struct {
+	Service
+	attempts int
+	lastErr  string
 }
 
 type loadedSvc struct {
@@ -185,7 +206,8 @@ func New(cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	return &Manager{cfg: cfg, client: client, ns: loader.LocalNamespace(cfg.Node),
-		loaded: map[string]*loadedSvc{}, instances: map[string]loader.Announcement{}}, nil
+		retries: logsys.Repeating(cfg.Log, logsys.DefaultThrottleWindow, 1),
+		loaded:  map[string]*loadedSvc{}, instances: map[string]loader.Announcement{}}, nil
 }
 
 // ServiceKey is the token of runtime.services.<service>: the name's part
@@ -211,40 +233,86 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	defer m.unloadAll()
 
+	// The configured services in order, then the defaults this node has.
+	var want []Service
 	for _, s := range m.cfg.Services {
-		if ctx.Err() != nil {
-			break
-		}
-		if err := m.Load(ctx, s); err != nil {
-			m.cfg.Log.Error("service failed to load", "service", s.Name, "ver", s.Version, "err", err)
+		if !slices.ContainsFunc(want, func(w Service) bool { return w.Name == s.Name }) {
+			want = append(want, s)
 		}
 	}
 	for _, s := range m.cfg.Defaults {
-		if ctx.Err() != nil {
-			break
-		}
-		if m.isLoaded(s.Name) {
+		if slices.ContainsFunc(want, func(w Service) bool { return w.Name == s.Name }) {
 			continue
 		}
 		if _, err := m.launchFor(s); err != nil {
 			m.cfg.Log.Info("default service not available; skipped", "service", s.Name, "err", err)
 			continue
 		}
-		if err := m.Load(ctx, s); err != nil {
-			m.cfg.Log.Error("service failed to load", "service", s.Name, "ver", s.Version, "err", err)
-		}
+		want = append(want, s)
 	}
+	m.mu.Lock()
+	for _, s := range want {
+		m.pending = append(m.pending, &pendingSvc{Service: s})
+	}
+	m.mu.Unlock()
 
 	t := time.NewTicker(m.cfg.StatsInterval)
 	defer t.Stop()
+	retry := time.NewTimer(0)
+	defer retry.Stop()
+	delay := m.cfg.Backoff.Min
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 			m.record(ctx)
+		case <-retry.C:
+			if m.loadPending(ctx) {
+				retry.Reset(delay)
+				delay = min(delay*2, m.cfg.Backoff.Max, 5*time.Second)
+			}
 		}
 	}
+}
+
+// loadPending tries to load each pending service, in order, and reports
+// whether some are still not loaded.
+func (m *Manager) loadPending(ctx context.Context) bool {
+	m.mu.Lock()
+	todo := slices.Clone(m.pending)
+	m.mu.Unlock()
+	left := false
+	for _, p := range todo {
+		if ctx.Err() != nil {
+			return false
+		}
+		err := m.Load(ctx, p.Service)
+		if err != nil && m.isLoaded(p.Name) {
+			err = nil // loaded meanwhile through the API
+		}
+		m.mu.Lock()
+		p.attempts++
+		if err == nil {
+			m.pending = slices.DeleteFunc(m.pending, func(q *pendingSvc) bool { return q == p })
+		} else {
+			p.lastErr = err.Error()
+		}
+		attempts := p.attempts
+		m.mu.Unlock()
+		if err == nil {
+			if attempts > 1 {
+				m.cfg.Log.Info("service loaded after retrying", "service", p.Name, "ver", p.Version, "attempts", attempts)
+			}
+			continue
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		left = true
+		m.retries.Warn("service not loaded; retrying", "service", p.Name, "ver", p.Version, "err", err)
+	}
+	return left
 }
 
 func (m *Manager) isLoaded(name string) bool {
@@ -360,7 +428,10 @@ func (m *Manager) Load(ctx context.Context, s Service) error {
 		<-ls.done
 		return ctx.Err()
 	}
-	h, err := m.client.Reference(ctx, s.Name, s.Version)
+	// The component runs; the loader may not serve yet, or be restarting,
+	// or not have seen the announcement: wait for it rather than stop a
+	// healthy process.
+	h, err := m.reference(ctx, s)
 	if err != nil {
 		stop()
 		<-ls.done
@@ -378,6 +449,26 @@ func (m *Manager) Load(ctx context.Context, s Service) error {
 	m.cfg.Log.Info("service engine loaded", "service", s.Name, "ver", s.Version, "index", ls.index, "launch", launch[0])
 	m.event(Event{Op: "loaded", Name: s.Name, Version: s.Version, Index: ls.index})
 	return nil
+}
+
+// reference references a started service through the loader, trying
+// again for up to ReadyTimeout.
+func (m *Manager) reference(ctx context.Context, s Service) (hdb.Handle, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.ReadyTimeout)
+	defer cancel()
+	pause := 50 * time.Millisecond
+	for {
+		h, err := m.client.Reference(ctx, s.Name, s.Version)
+		if err == nil {
+			return h, nil
+		}
+		select {
+		case <-ctx.Done():
+			return 0, err
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, time.Second)
+	}
 }
 
 // freeIndexLocked is the lowest N not used by a loaded service.
@@ -419,8 +510,12 @@ func (m *Manager) unloadLocked(ctx context.Context, name string) (Event, error) 
 	delete(m.loaded, name)
 	m.mu.Unlock()
 	if r := m.cfg.Recorder; r != nil {
+		// Bounded: objdb without a quorum (the last node of a cluster
+		// going down) must not hold the unload until the node kills us.
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
 		for _, p := range []string{fmt.Sprintf("internal_configuration.service.%d.", ls.index), "runtime.services." + ServiceKey(name) + "."} {
-			if _, err := r.DeletePrefix(ctx, p); err != nil {
+			if _, err := r.DeletePrefix(rctx, p); err != nil {
 				m.cfg.Log.Warn("removing a service's keys", "prefix", p, "err", err)
 			}
 		}
@@ -504,7 +599,7 @@ func (m *Manager) List() []ServiceInfo {
 	m.mu.Unlock()
 	out := make([]ServiceInfo, 0, len(svcs))
 	for _, ls := range svcs {
-		si := ServiceInfo{Index: ls.index, Name: ls.Name, Version: ls.Version, Launch: ls.launch, Loaded: ls.loadedAt,
+		si := ServiceInfo{State: "loaded", Index: ls.index, Name: ls.Name, Version: ls.Version, Launch: ls.launch, Loaded: ls.loadedAt,
 			Restarts: ls.sup.Restarts()[ls.Name]}
 		if t, err := m.client.Target(ls.handle); err == nil {
 			si.Target, si.Serving, si.Instances = t.Subject, t.Version, t.Instances
@@ -516,6 +611,13 @@ func (m *Manager) List() []ServiceInfo {
 		out = append(out, si)
 	}
 	slices.SortFunc(out, func(a, b ServiceInfo) int { return cmp.Compare(a.Index, b.Index) })
+	m.mu.Lock()
+	for _, p := range m.pending {
+		if _, ok := m.loaded[p.Name]; !ok {
+			out = append(out, ServiceInfo{State: "loading", Index: -1, Name: p.Name, Version: p.Version, Error: p.lastErr, Attempts: p.attempts})
+		}
+	}
+	m.mu.Unlock()
 	return out
 }
 

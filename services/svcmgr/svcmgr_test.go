@@ -175,7 +175,7 @@ func TestRestartAfterSIGKILL(t *testing.T) {
 		Defaults: svcmgr.DefaultServices(),
 		Args:     map[string][]string{"example": {"--interval", "100ms"}},
 	})
-	waitFor(t, "example to be loaded", 30*time.Second, func() bool { return len(m.List()) == 1 })
+	waitFor(t, "example to be loaded", 30*time.Second, func() bool { l := m.List(); return len(l) == 1 && l[0].State == "loaded" })
 	if got := f.rec.get("internal_configuration.service.0.name"); got != "example" {
 		t.Fatalf("internal_configuration.service.0.name = %q, want example", got)
 	}
