@@ -86,7 +86,8 @@ func LockStateDir(dir, role string) (*StateLock, error) {
 	}
 	// The previous owner's record, if any, is stale: ours replaces it.
 	rec := fmt.Sprintf("%d\n%s\n%s\n", os.Getpid(), role, time.Now().UTC().Format(time.RFC3339))
-	if err := f.Truncate(0); err == nil {
+	err = f.Truncate(0)
+	if err == nil {
 		_, err = f.WriteAt([]byte(rec), 0)
 	}
 	if err != nil {

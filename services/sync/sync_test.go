@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	stdsync "sync"
 	"testing"
 	"time"
@@ -176,7 +175,7 @@ func TestStuckRoundLogsAtABoundedRate(t *testing.T) {
 
 // lineCounter counts slog text lines by message.
 type lineCounter struct {
-	mu  sync.Mutex
+	mu  stdsync.Mutex
 	n   map[string]int
 	all strings.Builder
 }

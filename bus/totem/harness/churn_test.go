@@ -1,7 +1,6 @@
 package harness
 
 import (
-	"fmt"
 	"testing"
 	"time"
 )
@@ -71,5 +70,5 @@ func TestOneLinkDownDoesNotChurn(t *testing.T) {
 	if err := Check(c.Rec.Streams(), true); err != nil {
 		t.Fatalf("checker: %v\n%s", err, Dump(c.Rec.Streams(), 10))
 	}
-	t.Log(fmt.Sprintf("views: node 1 %d, node 2 %d, node 3 %d", views(c, 1), views(c, 2), views(c, 3)))
+	t.Logf("views: node 1 %d, node 2 %d, node 3 %d", views(c, 1), views(c, 2), views(c, 3))
 }
