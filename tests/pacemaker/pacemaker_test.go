@@ -1,6 +1,7 @@
 package pacemaker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -128,7 +129,7 @@ func exercise(t *testing.T, v variant) {
 			t.Fatal(err)
 		}
 	}
-	nc.WaitMembers(t, ringTimeout)
+	pc.waitReady()
 	tm.ring = time.Since(t0)
 	for _, n := range all {
 		pc.startPacemaker(n)
@@ -138,7 +139,7 @@ func exercise(t *testing.T, v variant) {
 		return err
 	})
 	tm.online = time.Since(t0)
-	t.Logf("%s: cold start → ring %s, → crm_mon on every node: 3 online, one DC, quorum %s", v.name, round(tm.ring), round(tm.online))
+	t.Logf("%s: cold start → engines ready %s, → crm_mon on every node: 3 online, one DC, quorum %s", v.name, round(tm.ring), round(tm.online))
 
 	// Configuration: no fencing device here, so no fencing; one Dummy
 	// per node, each preferring its node.
@@ -327,7 +328,7 @@ func exercise(t *testing.T, v variant) {
 	tm.heal = time.Since(t0)
 	t.Logf("%s: healed → one cluster, every Dummy on its node %s", v.name, round(tm.heal))
 
-	t.Logf("TIMINGS %s (totem.token %s): cold start→ring %s, →all online %s | kill→offline %s, →resource elsewhere %s | rejoin %s | pacemaker stop→resource elsewhere %s, cfgtool -H→engine gone %s | partition→lone node inquorate and stopped %s, →resource on majority %s | heal→settled %s",
+	t.Logf("TIMINGS %s (totem.token %s): cold start→engines ready %s, →all online %s | kill→offline %s, →resource elsewhere %s | rejoin %s | pacemaker stop→resource elsewhere %s, cfgtool -H→engine gone %s | partition→lone node inquorate and stopped %s, →resource on majority %s | heal→settled %s",
 		v.name, tokenName(v.token), round(tm.ring), round(tm.online), round(tm.killOffline), round(tm.killFailover), round(tm.rejoin),
 		round(tm.shutdownFailover), round(tm.cfgShutdown), round(tm.partitionQuorumLost), round(tm.partitionFailover), round(tm.heal))
 }
@@ -344,6 +345,38 @@ func (pc *pcmkCluster) reboot(n *netcluster.Node) {
 	}
 }
 
+// waitReady waits until every running node's engine is in one ring and
+// serves its clients: corosync-cmapctl in each node lists every running
+// node in runtime.members. That is when systemd would start Pacemaker
+// (corosync says READY=1 when its first sync is done, and only then
+// accepts connections).
+func (pc *pcmkCluster) waitReady() {
+	pc.t.Helper()
+	var up []*netcluster.Node
+	var want []uint32
+	for _, n := range pc.nc.Nodes {
+		if n.Running() {
+			up = append(up, n)
+			want = append(want, n.ID)
+		}
+	}
+	pc.nc.WaitView(pc.t, ringTimeout, up, want)
+	for _, n := range up {
+		pc.eventually(ringTimeout, fmt.Sprintf("node %d's clients see members %v", n.ID, want), func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			got, err := n.CmapMembers(ctx)
+			if err != nil {
+				return err
+			}
+			if !slices.Equal(got, want) {
+				return fmt.Errorf("runtime.members: %v", got)
+			}
+			return nil
+		})
+	}
+}
+
 // startNode starts a node's engine, waits until it is in the ring, and
 // starts Pacemaker on it.
 func (pc *pcmkCluster) startNode(n *netcluster.Node) {
@@ -351,7 +384,7 @@ func (pc *pcmkCluster) startNode(n *netcluster.Node) {
 	if err := n.Start(); err != nil {
 		pc.fatalf("%v", err)
 	}
-	pc.nc.WaitMembers(pc.t, ringTimeout)
+	pc.waitReady()
 	pc.startPacemaker(n)
 }
 
