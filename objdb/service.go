@@ -43,15 +43,34 @@ type ListEntry struct {
 
 // ReadOnly reports whether clients may not write key: the keys corosync's
 // cmap refuses (its read-only prefixes, and the configuration keys it
-// marks read-only).
-func ReadOnly(key string) bool {
-	for _, p := range []string{"internal_configuration.", "runtime.services.", "runtime.config.", "runtime.totem.", CopyKeyPrefix,
-		"uidgid.config.", "system.", "nodelist.", "config.reload_in_progress", "config.totemconfig_reload_in_progress"} {
+// marks read-only). It builds the key index each time; a hot path keeps a
+// ReadOnlyKeys.
+func ReadOnly(key string) bool { return NewReadOnlyKeys().Has(key) }
+
+// ReadOnlyKeys answers ReadOnly from a key index built once (the zero
+// value answers too, without the index).
+type ReadOnlyKeys struct{ index *keys.Index }
+
+// NewReadOnlyKeys indexes the configuration schema's read-only keys.
+func NewReadOnlyKeys() ReadOnlyKeys { return ReadOnlyKeys{keys.NewIndex()} }
+
+// readOnlyPrefixes are corosync's read-only prefixes (exec/main.c), and
+// each copy's own state.
+var readOnlyPrefixes = [...]string{"internal_configuration.", "runtime.services.", "runtime.config.", "runtime.totem.", CopyKeyPrefix,
+	"uidgid.config.", "system.", "nodelist.", "config.reload_in_progress", "config.totemconfig_reload_in_progress"}
+
+// Has reports whether clients may not write key.
+func (r ReadOnlyKeys) Has(key string) bool {
+	for _, p := range readOnlyPrefixes {
 		if strings.HasPrefix(key, p) {
 			return true
 		}
 	}
-	k, ok := keys.Lookup(key)
+	if r.index == nil { // the zero value: correct, slow
+		k, ok := keys.Lookup(key)
+		return ok && k.ReadOnly
+	}
+	k, ok := r.index.Lookup(key)
 	return ok && k.ReadOnly
 }
 
@@ -155,6 +174,7 @@ func Run(ctx context.Context, env layer.Env) error {
 // AddEndpoints serves the API of st on the node's objdb subjects.
 func AddEndpoints(svc micro.Service, st *Store, env layer.Env) error {
 	node := env.Node.ID
+	ro := NewReadOnlyKeys()
 	handlers := map[string]micro.HandlerFunc{
 		OpGet: func(r micro.Request) {
 			v, err := st.Get(r.Headers().Get(HdrKey))
@@ -171,7 +191,7 @@ func AddEndpoints(svc micro.Service, st *Store, env layer.Env) error {
 				respondErr(r, fmt.Errorf("missing or bad %s header: %w", HdrType, ErrInvalidParam))
 				return
 			}
-			if r.Headers().Get(HdrInternal) == "" && ReadOnly(key) {
+			if r.Headers().Get(HdrInternal) == "" && ro.Has(key) {
 				respondErr(r, fmt.Errorf("key %s is read-only: %w", key, ErrAccess))
 				return
 			}
@@ -179,7 +199,7 @@ func AddEndpoints(svc micro.Service, st *Store, env layer.Env) error {
 		},
 		OpDelete: func(r micro.Request) {
 			key := r.Headers().Get(HdrKey)
-			if r.Headers().Get(HdrInternal) == "" && ReadOnly(key) {
+			if r.Headers().Get(HdrInternal) == "" && ro.Has(key) {
 				respondErr(r, fmt.Errorf("key %s is read-only: %w", key, ErrAccess))
 				return
 			}
@@ -189,7 +209,7 @@ func AddEndpoints(svc micro.Service, st *Store, env layer.Env) error {
 			prefix := r.Headers().Get(HdrKey)
 			if r.Headers().Get(HdrInternal) == "" {
 				for _, e := range st.List(prefix) {
-					if ReadOnly(e.Key) {
+					if ro.Has(e.Key) {
 						respondErr(r, fmt.Errorf("key %s is read-only: %w", e.Key, ErrAccess))
 						return
 					}
@@ -209,7 +229,7 @@ func AddEndpoints(svc micro.Service, st *Store, env layer.Env) error {
 				respondErr(r, fmt.Errorf("step %q: %w", r.Data(), ErrInvalidParam))
 				return
 			}
-			if r.Headers().Get(HdrInternal) == "" && ReadOnly(key) {
+			if r.Headers().Get(HdrInternal) == "" && ro.Has(key) {
 				respondErr(r, fmt.Errorf("key %s is read-only: %w", key, ErrAccess))
 				return
 			}

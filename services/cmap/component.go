@@ -34,7 +34,7 @@ func Run(ctx context.Context, env layer.Env) error {
 		return err
 	}
 	defer st.Close()
-	return Serve(ctx, env, NewService(ObjdbStore{S: st}, env.Log))
+	return Serve(ctx, env, NewService(NewObjdbStore(st), env.Log))
 }
 
 // Subject is the component subject of node's cmap instances.

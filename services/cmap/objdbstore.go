@@ -9,7 +9,15 @@ import (
 // ObjdbStore is the cmap service's Store over a node's objdb view: reads
 // from the watched local copy, writes replicated, read-only keys refused as
 // corosync's cmap refuses them.
-type ObjdbStore struct{ S *objdb.Store }
+type ObjdbStore struct {
+	S  *objdb.Store
+	RO objdb.ReadOnlyKeys
+}
+
+// NewObjdbStore is the cmap service's Store over st.
+func NewObjdbStore(st *objdb.Store) ObjdbStore {
+	return ObjdbStore{S: st, RO: objdb.NewReadOnlyKeys()}
+}
 
 // Get implements Store.
 func (o ObjdbStore) Get(_ context.Context, key string) (Value, error) {
@@ -19,7 +27,7 @@ func (o ObjdbStore) Get(_ context.Context, key string) (Value, error) {
 
 // Set implements Store.
 func (o ObjdbStore) Set(ctx context.Context, key string, v Value) error {
-	if objdb.ReadOnly(key) {
+	if o.RO.Has(key) {
 		return objdb.ErrAccess
 	}
 	return o.S.Set(ctx, key, objdb.Value{Type: objdb.Type(v.Type), Data: v.Data})
@@ -27,7 +35,7 @@ func (o ObjdbStore) Set(ctx context.Context, key string, v Value) error {
 
 // Delete implements Store.
 func (o ObjdbStore) Delete(ctx context.Context, key string) error {
-	if objdb.ReadOnly(key) {
+	if o.RO.Has(key) {
 		return objdb.ErrAccess
 	}
 	return o.S.Delete(ctx, key)
@@ -35,7 +43,7 @@ func (o ObjdbStore) Delete(ctx context.Context, key string) error {
 
 // Adjust implements Store.
 func (o ObjdbStore) Adjust(ctx context.Context, key string, step int32) error {
-	if objdb.ReadOnly(key) {
+	if o.RO.Has(key) {
 		return objdb.ErrAccess
 	}
 	_, err := o.S.Adjust(ctx, key, int64(step))
