@@ -297,3 +297,10 @@ func (l *natsLogger) Errorf(format string, v ...any) {
 }
 func (l *natsLogger) Debugf(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
 func (l *natsLogger) Tracef(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
+
+// HasInterest reports whether any client of the bus — on this node, or on
+// another through the routes — subscribes to subject: a publisher of
+// events nobody follows may skip building them.
+func (s *Server) HasInterest(subject string) bool {
+	return s.ns.GlobalAccount().SubscriptionInterest(subject)
+}

@@ -39,6 +39,10 @@ type KeeperConfig struct {
 	LogRecords int
 	// WriteTimeout bounds one round of writes behind to JetStream.
 	WriteTimeout time.Duration
+	// Interest, when set, says whether anyone subscribes to a subject: a
+	// change nobody follows on …objdb.changed is not built and published
+	// (in the bus process, the server knows; elsewhere every change is).
+	Interest func(subject string) bool
 }
 
 // Keeper is the authority over one node's own keys (docs/objdb.md, "node
@@ -101,6 +105,7 @@ func KeeperHook(ctx context.Context, srv *bus.Server, env layer.Env) error {
 	if err != nil {
 		return err
 	}
+	cfg.Interest = srv.HasInterest
 	return RunKeeper(ctx, nc, cfg)
 }
 
@@ -326,6 +331,15 @@ func (k *Keeper) addLocked(rec nodeRecord, old Value, had bool) {
 	}
 }
 
+// publishWindow is how often, at most, the keeper publishes the feed
+// under a stream of writes; flushEvery how often, at most, it starts a
+// round of writes behind to JetStream (the latest value of each key
+// changed since the last round).
+const (
+	publishWindow = time.Millisecond
+	flushEvery    = 20 * time.Millisecond
+)
+
 // maxFrame keeps every feed message and sync reply well under NATS's
 // default 1 MiB payload limit.
 const maxFrame = 512 << 10
@@ -339,6 +353,7 @@ func (k *Keeper) publisher(ctx context.Context) {
 	defer tick.Stop()
 	var buf []byte
 	idle := true
+	var lastPub time.Time
 	for {
 		stopping := false
 		select {
@@ -365,6 +380,16 @@ func (k *Keeper) publisher(ctx context.Context) {
 			}
 		}
 		idle = false
+		// A stream of writes is published a batch per window; a lone
+		// write at once.
+		if wait := publishWindow - time.Since(lastPub); wait > 0 && !stopping {
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+				stopping = true
+			}
+		}
+		lastPub = time.Now()
 		k.mu.Lock()
 		out := k.out
 		k.out = nil
@@ -401,7 +426,11 @@ func (k *Keeper) publisher(ctx context.Context) {
 // …objdb.changed.<key>, headers as docs/subjects.md gives them.
 func (k *Keeper) announce(a applied) {
 	rec := a.rec
-	m := nats.NewMsg(k.cfg.Subjects.ObjdbChanged(EncodeKey(rec.Key)))
+	subject := k.cfg.Subjects.ObjdbChanged(EncodeKey(rec.Key))
+	if k.cfg.Interest != nil && !k.cfg.Interest(subject) {
+		return
+	}
+	m := nats.NewMsg(subject)
 	m.Header.Set(HdrKey, rec.Key)
 	m.Header.Set(HdrOp, rec.Kind.String())
 	m.Header.Set(HdrNode, strconv.FormatUint(uint64(k.cfg.Node), 10))
@@ -585,6 +614,7 @@ func (k *Keeper) flusher(ctx context.Context) {
 			}
 			bucketReady = true
 		}
+		started := time.Now()
 		if err := k.flushRound(ctx); err != nil {
 			k.noteBehind(err)
 			k.rewake(ctx, &wait)
@@ -592,6 +622,10 @@ func (k *Keeper) flusher(ctx context.Context) {
 		}
 		k.noteCaughtUp()
 		wait = 100 * time.Millisecond
+		select {
+		case <-ctx.Done():
+		case <-time.After(flushEvery - time.Since(started)):
+		}
 	}
 }
 

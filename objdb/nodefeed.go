@@ -198,20 +198,13 @@ func (s *Store) resendPending(resendAfter time.Duration) {
 
 func (s *Store) resendLocked() {
 	now := time.Now()
-	ws := make([]nodeWrite, 0, len(s.pending))
-	size := 0
+	// What is queued is in pending too: send it all once, in order.
+	s.outq = s.outq[:0]
 	for i := range s.pending {
 		s.pending[i].sent = now
-		ws = append(ws, s.pending[i].w)
-		size += 32 + len(s.pending[i].w.Key) + len(s.pending[i].w.Value.Data)
-		if size > maxFrame {
-			s.sendLocked(ws)
-			ws, size = ws[:0], 0
-		}
+		s.outq = append(s.outq, s.pending[i].w)
 	}
-	if len(ws) > 0 {
-		s.sendLocked(ws)
-	}
+	s.flushSendLocked()
 }
 
 // errNoKeeper is a sync no keeper answered.

@@ -135,6 +135,9 @@ type Store struct {
 	nloaded    bool
 	pending    []pendingWrite // node writes the keeper has not confirmed, in wseq order
 	nextWSeq   uint64
+	outq       []nodeWrite // queued for the keeper, not sent yet
+	sendArmed  bool        // a send of outq is scheduled
+	lastSend   time.Time
 	sendBuf    []byte
 	cstate     feedState
 	nstate     feedState
@@ -601,7 +604,7 @@ func (s *Store) writeNode(ctx context.Context, w nodeWrite) (nodeRecord, error) 
 		o.n++
 		o.v, o.deleted = w.Value, w.Op == opDelete
 	}
-	s.sendLocked([]nodeWrite{w})
+	s.queueLocked([]nodeWrite{w})
 	s.mu.Unlock()
 	if p.done == nil {
 		return nodeRecord{}, nil
@@ -616,9 +619,51 @@ func (s *Store) writeNode(ctx context.Context, w nodeWrite) (nodeRecord, error) 
 	}
 }
 
-// sendLocked sends writes to the keeper, in wseq order (under s.mu, so
-// that two writers' sends cannot overtake each other). A send that fails is
-// sent again by the resend timer.
+// sendWindow is how long a Store gathers node-key writes before it sends
+// them to the keeper, once it has sent some: a lone write goes at once, a
+// stream of them goes a batch per window (a set is a map insert and a bus
+// message per millisecond, not a message and a wake-up of three processes
+// per set).
+const sendWindow = time.Millisecond
+
+// queueLocked queues writes for the keeper, in wseq order (under s.mu, so
+// that two writers' writes cannot overtake each other), and sends them now
+// or at the end of the current window. A send that fails is sent again by
+// the resend timer.
+func (s *Store) queueLocked(ws []nodeWrite) {
+	s.outq = append(s.outq, ws...)
+	if s.sendArmed {
+		return
+	}
+	if wait := sendWindow - time.Since(s.lastSend); wait > 0 {
+		s.sendArmed = true
+		time.AfterFunc(wait, func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.sendArmed = false
+			s.flushSendLocked()
+		})
+		return
+	}
+	s.flushSendLocked()
+}
+
+// flushSendLocked sends the queued writes, in batches of at most maxFrame.
+func (s *Store) flushSendLocked() {
+	for len(s.outq) > 0 {
+		n, size := 0, 0
+		for n < len(s.outq) && (n == 0 || size < maxFrame) {
+			size += 32 + len(s.outq[n].Key) + len(s.outq[n].Value.Data)
+			n++
+		}
+		s.sendLocked(s.outq[:n])
+		s.outq = s.outq[n:]
+	}
+	s.outq = s.outq[:0]
+	s.lastSend = time.Now()
+}
+
+// sendLocked publishes one batch of writes to the keeper.
 func (s *Store) sendLocked(ws []nodeWrite) {
 	base := ws[0].WSeq
 	if len(s.pending) > 0 {
