@@ -1,0 +1,388 @@
+// Package benchcompare is `task bench:compare`: a real corosync and corobus
+// side by side, each in network namespaces of its own (tests/netcluster),
+// on the same configuration, measured with the very same client binaries
+// (clients/*.c, built here with gcc against Debian's libcmap and libcpg),
+// the runs of the two alternating, one node and three. It prints one
+// table with min / median / max per backend.
+package benchcompare
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/corobus/corobus/tests/netcluster"
+)
+
+// Environment knobs (not COROBUS_…: corobus reads those as configuration).
+const (
+	envOn      = "BENCH_COMPARE" // set: run (the test skips otherwise)
+	envRuns    = "BENCH_RUNS"    // runs per row and backend (default 5)
+	envSecs    = "BENCH_SECS"    // seconds per measurement (default 2)
+	envNodes   = "BENCH_NODES"   // topologies, e.g. "1,3" (default)
+	envCorobus = "BENCH_COROBUS" // a corobus binary (default: built from the checkout)
+	// Extra configuration keys of the corobus nodes only, as
+	// key=value[,key=value…]: BENCH_COROBUS_KEYS=ipc.colocate= measures
+	// another placement.
+	envCorobusKeys = "BENCH_COROBUS_KEYS"
+)
+
+// corobusKeys parses BENCH_COROBUS_KEYS.
+func corobusKeys() map[string]string {
+	keys := map[string]string{}
+	for _, kv := range strings.Split(os.Getenv(envCorobusKeys), ",") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(kv), "="); ok && k != "" {
+			keys[k] = v
+		}
+	}
+	return keys
+}
+
+func envInt(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
+// clients are the benchmark programs, built once.
+type clients struct{ cmapBench, cpgTput, cpgLat string }
+
+func buildClients(t *testing.T) clients {
+	t.Helper()
+	if _, err := exec.LookPath("gcc"); err != nil {
+		t.Skipf("gcc not installed: the clients are C programs against libcmap/libcpg: %v", err)
+	}
+	for _, h := range []string{"/usr/include/corosync/cmap.h", "/usr/include/corosync/cpg.h"} {
+		if _, err := os.Stat(h); err != nil {
+			t.Skipf("%s missing (Debian: libcmap-dev, libcpg-dev): %v", h, err)
+		}
+	}
+	dir := t.TempDir()
+	build := func(name, lib string) string {
+		out := filepath.Join(dir, name)
+		cmd := exec.Command("gcc", "-O2", "-Wall", "-o", out, filepath.Join("clients", name+".c"), "-l"+lib)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("building %s: %v\n%s", name, err, b)
+		}
+		return out
+	}
+	return clients{cmapBench: build("cmap_bench", "cmap"), cpgTput: build("cpg_tput", "cpg"), cpgLat: build("cpg_lat", "cpg")}
+}
+
+// errUnavailable is a row whose service the backend does not serve (yet).
+type errUnavailable struct{ why string }
+
+func (e errUnavailable) Error() string { return "not available: " + e.why }
+
+var resultRe = regexp.MustCompile(`(\w+)=([0-9.]+)`)
+
+// runClient runs a client in node n and returns the key=value pairs of its
+// RESULT lines, prefixed by the word after RESULT ("set.ops_per_s").
+func runClient(ctx context.Context, n *netcluster.Node, path string, args ...string) (map[string]float64, error) {
+	cmd := n.Command(ctx, path, args...)
+	out, err := cmd.Output()
+	res := map[string]float64{}
+	for _, line := range strings.Split(string(out), "\n") {
+		if why, ok := strings.CutPrefix(line, "UNAVAILABLE "); ok {
+			return nil, errUnavailable{why}
+		}
+		rest, ok := strings.CutPrefix(line, "RESULT ")
+		if !ok {
+			continue
+		}
+		word, _, _ := strings.Cut(rest, " ")
+		if strings.Contains(word, "=") {
+			word = ""
+		} else {
+			word += "."
+		}
+		for _, m := range resultRe.FindAllStringSubmatch(rest, -1) {
+			v, _ := strconv.ParseFloat(m[2], 64)
+			res[word+m[1]] = v
+		}
+	}
+	if err != nil {
+		var stderr string
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = string(ee.Stderr)
+		}
+		return nil, fmt.Errorf("%s in node %d: %v: %s", filepath.Base(path), n.ID, err, strings.TrimSpace(stderr))
+	}
+	return res, nil
+}
+
+// row is one line of the table; measure gives its figures for one run on
+// one backend (several rows may come from one measurement: see group).
+type row struct {
+	name string
+	// group names the measurement the row's figure comes from, and key
+	// the figure in it.
+	group, key string
+}
+
+// measurement runs once per run and backend and fills several rows.
+type measurement struct {
+	name string
+	run  func(ctx context.Context, c *netcluster.Cluster, cl clients, secs int) (map[string]float64, error)
+}
+
+// cmapClients runs n cmap_bench clients, spread over the cluster's nodes,
+// each on its own key (prefix + index), started together; the figures are
+// the sums.
+func cmapClients(prefix string, n int) func(ctx context.Context, c *netcluster.Cluster, cl clients, secs int) (map[string]float64, error) {
+	return func(ctx context.Context, c *netcluster.Cluster, cl clients, secs int) (map[string]float64, error) {
+		start := time.Now().Add(500 * time.Millisecond).UnixNano()
+		var mu sync.Mutex
+		sum := map[string]float64{}
+		var firstErr error
+		var wg sync.WaitGroup
+		for i := range n {
+			node := c.Nodes[i%len(c.Nodes)]
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				res, err := runClient(ctx, node, cl.cmapBench, fmt.Sprintf("%s%d", prefix, i), strconv.Itoa(secs), strconv.FormatInt(start, 10))
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					if firstErr == nil {
+						firstErr = err
+					}
+					return
+				}
+				for k, v := range res {
+					sum[k] += v
+				}
+			}()
+		}
+		wg.Wait()
+		return sum, firstErr
+	}
+}
+
+func cpgTput(size int) func(ctx context.Context, c *netcluster.Cluster, cl clients, secs int) (map[string]float64, error) {
+	return func(ctx context.Context, c *netcluster.Cluster, cl clients, secs int) (map[string]float64, error) {
+		return runClient(ctx, c.Node(1), cl.cpgTput, strconv.Itoa(size), strconv.Itoa(secs), fmt.Sprintf("benchtput%d", size))
+	}
+}
+
+func cpgLat(ctx context.Context, c *netcluster.Cluster, cl clients, secs int) (map[string]float64, error) {
+	return runClient(ctx, c.Node(1), cl.cpgLat, "2000", "64", "benchlat")
+}
+
+var measurements = []measurement{
+	{"cmap node key, 1 client", cmapClients("runtime.bench.k", 1)},
+	{"cmap node key, 8 clients", cmapClients("runtime.bench.k", 8)},
+	{"cmap cluster key, 1 client", cmapClients("test.bench.k", 1)},
+	{"cmap cluster key, 8 clients", cmapClients("test.bench.k", 8)},
+	{"cpg 64 B", cpgTput(64)},
+	{"cpg 1 KiB", cpgTput(1024)},
+	{"cpg 64 KiB", cpgTput(65536)},
+	{"cpg latency", cpgLat},
+}
+
+var rows = []row{
+	{"cmap set, node key (runtime.*), 1 client, ops/s", "cmap node key, 1 client", "set.ops_per_s"},
+	{"cmap get, node key, 1 client, ops/s", "cmap node key, 1 client", "get.ops_per_s"},
+	{"cmap set, node key, 8 clients, ops/s", "cmap node key, 8 clients", "set.ops_per_s"},
+	{"cmap get, node key, 8 clients, ops/s", "cmap node key, 8 clients", "get.ops_per_s"},
+	{"cmap set, cluster key (test.*), 1 client, ops/s", "cmap cluster key, 1 client", "set.ops_per_s"},
+	{"cmap set, cluster key, 8 clients, ops/s", "cmap cluster key, 8 clients", "set.ops_per_s"},
+	{"cmap get, cluster key, 8 clients, ops/s", "cmap cluster key, 8 clients", "get.ops_per_s"},
+	{"cpg_tput 64 B, msgs/s", "cpg 64 B", "msgs_per_s"},
+	{"cpg_tput 1 KiB, msgs/s", "cpg 1 KiB", "msgs_per_s"},
+	{"cpg_tput 64 KiB, MB/s", "cpg 64 KiB", "mb_per_s"},
+	{"cpg_lat 64 B p50, µs", "cpg latency", "p50_us"},
+	{"cpg_lat 64 B p99, µs", "cpg latency", "p99_us"},
+}
+
+// figures collects, per topology, measurement and backend, the results
+// of each run (or why there are none).
+type figures struct {
+	vals map[string][]map[string]float64 // backend/measurement → runs
+	errs map[string]error                // backend/measurement → why not
+}
+
+// TestCompare is the side-by-side benchmark. It runs only when asked
+// (task bench:compare sets BENCH_COMPARE=1): it takes minutes and wants
+// the machine to itself.
+func TestCompare(t *testing.T) {
+	if os.Getenv(envOn) == "" {
+		t.Skipf("the side-by-side benchmark runs on request: `task bench:compare` (or %s=1 go test -v ./tests/benchcompare)", envOn)
+	}
+	netcluster.RequireBackend(t, netcluster.Corosync)
+	cl := buildClients(t)
+	runs, secs := envInt(envRuns, 5), envInt(envSecs, 2)
+	var topologies []int
+	for _, s := range strings.Split(cmpOr(os.Getenv(envNodes), "1,3"), ",") {
+		if n, err := strconv.Atoi(strings.TrimSpace(s)); err == nil && n > 0 {
+			topologies = append(topologies, n)
+		}
+	}
+	corobus := os.Getenv(envCorobus)
+	if corobus == "" {
+		corobus = netcluster.Build(t)
+	}
+	ctx := context.Background()
+	all := map[int]*figures{}
+	for _, nodes := range topologies {
+		f := &figures{vals: map[string][]map[string]float64{}, errs: map[string]error{}}
+		all[nodes] = f
+		backends := map[string]*netcluster.Cluster{
+			"corosync": netcluster.Start(t, netcluster.Options{Nodes: nodes, Backend: netcluster.Corosync}),
+			"corobus":  netcluster.Start(t, netcluster.Options{Nodes: nodes, Backend: netcluster.Corobus, Binary: corobus, Keys: corobusKeys()}),
+		}
+		for name, c := range backends {
+			for _, n := range c.Nodes {
+				cmapReady(t, n, name)
+			}
+		}
+		for run := range runs {
+			order := []string{"corosync", "corobus"}
+			if run%2 == 1 {
+				order = []string{"corobus", "corosync"}
+			}
+			for _, m := range measurements {
+				for _, b := range order {
+					k := b + "/" + m.name
+					if _, skip := f.errs[k]; skip {
+						continue
+					}
+					res, err := m.run(ctx, backends[b], cl, secs)
+					if err != nil {
+						f.errs[k] = err
+						t.Logf("%d node(s), %s, %s: %v", nodes, b, m.name, err)
+						continue
+					}
+					f.vals[k] = append(f.vals[k], res)
+				}
+			}
+			t.Logf("%d node(s): run %d of %d done", nodes, run+1, runs)
+		}
+		for _, c := range backends {
+			for _, n := range c.Nodes {
+				_ = n.Stop()
+			}
+		}
+	}
+	what := corobus
+	if k := os.Getenv(envCorobusKeys); k != "" {
+		what += ", " + k
+	}
+	fmt.Print(table(topologies, all, runs, secs, what))
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// cmapReady waits until a node's cmap answers (corosync and corobus alike
+// answer "try again" while they start).
+func cmapReady(t *testing.T, n *netcluster.Node, backend string) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		_, err := n.Run(context.Background(), "corosync-cmapctl", "-g", "totem.cluster_name")
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s node %d: cmap does not answer: %v", backend, n.ID, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// table renders the figures: one line per row and topology, min / median
+// / max of each backend.
+func table(topologies []int, all map[int]*figures, runs, secs int, corobus string) string {
+	var b strings.Builder
+	ver := "?"
+	if out, err := exec.Command("corosync", "-v").Output(); err == nil {
+		if m := regexp.MustCompile(`version '([^']+)'`).FindSubmatch(out); m != nil {
+			ver = string(m[1])
+		}
+	}
+	fmt.Fprintf(&b, "\ncorosync %s and corobus (%s) side by side: same configuration, same client binaries, each in its own namespaces; %d runs each, alternating, %d s per measurement. min / median / max.\n\n", ver, corobus, runs, secs)
+	fmt.Fprintln(&b, "| | corosync | corobus |")
+	fmt.Fprintln(&b, "|---|---|---|")
+	for _, nodes := range topologies {
+		f := all[nodes]
+		for _, r := range rows {
+			cell := func(backend string) string {
+				k := backend + "/" + r.group
+				if err, ok := f.errs[k]; ok {
+					var u errUnavailable
+					if errors.As(err, &u) {
+						return "not available"
+					}
+					return "failed: " + firstLine(err.Error())
+				}
+				var xs []float64
+				for _, res := range f.vals[k] {
+					if v, ok := res[r.key]; ok {
+						xs = append(xs, v)
+					}
+				}
+				return minMedMax(xs)
+			}
+			label := fmt.Sprintf("%d node", nodes)
+			if nodes > 1 {
+				label += "s"
+			}
+			fmt.Fprintf(&b, "| %s: %s | %s | %s |\n", label, r.name, cell("corosync"), cell("corobus"))
+		}
+	}
+	return b.String()
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	if len(s) > 80 {
+		s = s[:80] + "…"
+	}
+	return s
+}
+
+func minMedMax(xs []float64) string {
+	if len(xs) == 0 {
+		return "–"
+	}
+	slices.Sort(xs)
+	med := xs[len(xs)/2]
+	if len(xs)%2 == 0 {
+		med = (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
+	}
+	return fmt.Sprintf("%s / %s / %s", num(xs[0]), num(med), num(xs[len(xs)-1]))
+}
+
+// num prints a figure with thousands separated by a thin space, one
+// decimal below 100.
+func num(v float64) string {
+	if v < 100 {
+		return strconv.FormatFloat(v, 'f', 1, 64)
+	}
+	s := strconv.FormatInt(int64(v+0.5), 10)
+	var out []byte
+	for i := range len(s) {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			out = append(out, ' ')
+		}
+		out = append(out, s[i])
+	}
+	return string(out)
+}
