@@ -50,6 +50,9 @@ func Run(ctx context.Context, env layer.Env) error {
 	}
 	var grp run.Group
 	for _, name := range slices.Compact(slices.Sorted(slices.Values(strings.Fields(env.Config.String("ipc.colocate"))))) {
+		if name == "none" {
+			continue
+		}
 		if name != cmap.ComponentName {
 			return fmt.Errorf("ipc.colocate: %q cannot run in the gateway (known: %s)", name, cmap.ComponentName)
 		}
@@ -58,7 +61,7 @@ func Run(ctx context.Context, env layer.Env) error {
 			return err
 		}
 		defer st.Close()
-		svc := cmap.NewService(cmap.ObjdbStore{S: st}, env.Log)
+		svc := cmap.NewService(cmap.NewObjdbStore(st), env.Log)
 		subject := cmap.Subject(env.Subjects, env.Node.ID)
 		cfg.Colocated[name] = Colocated{Subject: subject, Open: func(c *libqb.Conn) (libqb.Session, error) {
 			return svc.OpenConn(c, fmt.Sprintf("%s/%d pid %d", c.Service, c.ID, c.Creds.PID)), nil

@@ -11,8 +11,8 @@ import (
 // (testdata/cmapclient.c in bench mode: u32 sets, then gets) against the
 // same one-node configuration served three ways, one after the other in
 // one network namespace: corobus with cmap as its own component process
-// (the default), corobus with cmap colocated in the gateway
-// (ipc.colocate=cmap), and a real corosync when it is installed. The
+// (ipc.colocate=none), corobus with cmap colocated in the gateway (the
+// default), and a real corosync when it is installed. The
 // figures are reported as metrics; the work does not scale with b.N, so
 // run it once:
 //
@@ -40,7 +40,7 @@ measure() {
 	kill -TERM $P; wait $P
 	gone || { echo "$name still serves after it stopped"; exit 11; }
 }
-measure component "$B" up -c "$CONF"
+measure component "$B" up -c "$CONF" -o ipc.colocate=none
 measure colocated "$B" up -c "$CONF" -o ipc.colocate=cmap
 if [ -n "$K" ]; then measure corosync "$K" -f -c "$CONF"; fi
 `
