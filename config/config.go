@@ -51,7 +51,11 @@ type Options struct {
 
 // Config is a loaded, validated configuration.
 type Config struct {
-	k         *koanf.Koanf
+	k *koanf.Koanf
+	// set holds what the file (or the embedded default), the environment
+	// and the command line said, without the defaults: what corosync
+	// would have in cmap.
+	set       *koanf.Koanf
 	file      string
 	overrides []string
 	// embedded is true when no file was given.
@@ -124,7 +128,8 @@ func Load(opts Options) (*Config, error) {
 	if err := k.Load(confmap.Provider(defaults(), "."), nil); err != nil {
 		return nil, fmt.Errorf("loading defaults: %w", err)
 	}
-	c := &Config{k: k, file: opts.File, embedded: opts.File == ""}
+	set := koanf.New(".")
+	c := &Config{k: k, set: set, file: opts.File, embedded: opts.File == ""}
 
 	var positions map[string]int
 	if opts.File == "" {
@@ -136,8 +141,10 @@ func Load(opts Options) (*Config, error) {
 			}
 			dir = d
 		}
-		if err := k.Load(confmap.Provider(embeddedDefault(dir), "."), nil); err != nil {
-			return nil, fmt.Errorf("loading the embedded default: %w", err)
+		for _, l := range []*koanf.Koanf{k, set} {
+			if err := l.Load(confmap.Provider(embeddedDefault(dir), "."), nil); err != nil {
+				return nil, fmt.Errorf("loading the embedded default: %w", err)
+			}
 		}
 	} else {
 		fileK := koanf.New(".")
@@ -160,8 +167,10 @@ func Load(opts Options) (*Config, error) {
 		if err := checkKeys(opts.File, fileK, positions); err != nil {
 			return nil, err
 		}
-		if err := k.Merge(fileK); err != nil {
-			return nil, fmt.Errorf("%s: merging: %w", opts.File, err)
+		for _, l := range []*koanf.Koanf{k, set} {
+			if err := l.Merge(fileK); err != nil {
+				return nil, fmt.Errorf("%s: merging: %w", opts.File, err)
+			}
 		}
 	}
 
@@ -172,8 +181,10 @@ func Load(opts Options) (*Config, error) {
 	if err := checkKeys("environment", env, nil); err != nil {
 		return nil, err
 	}
-	if err := k.Merge(env); err != nil {
-		return nil, fmt.Errorf("merging environment: %w", err)
+	for _, l := range []*koanf.Koanf{k, set} {
+		if err := l.Merge(env); err != nil {
+			return nil, fmt.Errorf("merging environment: %w", err)
+		}
 	}
 
 	over := koanf.New(".")
@@ -189,8 +200,10 @@ func Load(opts Options) (*Config, error) {
 	if err := checkKeys("command line", over, nil); err != nil {
 		return nil, err
 	}
-	if err := k.Merge(over); err != nil {
-		return nil, fmt.Errorf("merging overrides: %w", err)
+	for _, l := range []*koanf.Koanf{k, set} {
+		if err := l.Merge(over); err != nil {
+			return nil, fmt.Errorf("merging overrides: %w", err)
+		}
 	}
 
 	c.overrides = append([]string(nil), opts.Overrides...)
@@ -305,11 +318,23 @@ func (c *Config) Millis(key string, def time.Duration) (time.Duration, error) {
 	return time.Duration(v) * time.Millisecond, nil
 }
 
-// Flat returns every key with its value as a string, sorted by key when
-// ranged over with slices.Sorted(maps.Keys(…)). objdb loads this at start.
+// Flat returns every key with its value as a string, defaults included.
 func (c *Config) Flat() map[string]string {
 	out := make(map[string]string)
 	for k, v := range c.k.All() {
+		out[k] = fmt.Sprint(v)
+	}
+	return out
+}
+
+// Explicit returns the keys the configuration sets — the file (or the
+// embedded default), the environment, the command line — without the
+// defaults of absent keys. objdb loads this at start, as corosync loads
+// only what corosync.conf says into cmap; effective values of absent keys
+// are recorded under runtime.config.* by the layers that use them.
+func (c *Config) Explicit() map[string]string {
+	out := make(map[string]string)
+	for k, v := range c.set.All() {
 		out[k] = fmt.Sprint(v)
 	}
 	return out

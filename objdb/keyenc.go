@@ -101,7 +101,17 @@ func splitKVKey(k string) (scope, key string, err error) {
 }
 
 // nodeLocalPrefixes are the keys a node keeps to itself even when it did
-// not load them from its configuration: its runtime state and statistics.
+// not load them from its configuration: its runtime state and statistics,
+// and the sections of corosync.conf — each node has its own file, so
+// `corosync-cmapctl -s totem.token …` on one node changes that node's
+// value even where its file left the key out.
 func nodeLocalPrefixes() []string {
-	return []string{"runtime.", "stats.", "internal_configuration.", "nodelist.local_node_pos", "config."}
+	return append([]string{"runtime.", "stats.", "internal_configuration.", "nodelist.local_node_pos", "config."}, ConfigSections()...)
+}
+
+// ConfigSections are the key prefixes of a node's configuration: what a
+// start or a reload loads from the file, and where keys the file no
+// longer has are removed.
+func ConfigSections() []string {
+	return []string{"totem.", "logging.", "quorum.", "nodelist.", "uidgid.config.", "system.", "resources.", "nozzle.", "cfg."}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/corobus/corobus/bus/totem"
 	"github.com/corobus/corobus/config/keys"
 	"github.com/corobus/corobus/layer"
 	"github.com/corobus/corobus/services/cswire"
@@ -151,7 +152,18 @@ func Run(ctx context.Context, env layer.Env) error {
 		return err
 	}
 	defer st.Close()
-	if err := st.LoadConfig(ctx, loadable(env.Config.Flat()), TypeOf); err != nil {
+	// As corosync: the keys the file says, nothing more; the values in
+	// effect for absent keys go under runtime.config.
+	explicit := loadable(env.Config.Explicit())
+	if err := st.LoadConfig(ctx, explicit, TypeOf); err != nil {
+		return err
+	}
+	if gone, err := st.PruneConfig(ctx, explicit); err != nil {
+		return err
+	} else if len(gone) > 0 {
+		env.Log.Info("removed keys the configuration no longer has", "keys", gone)
+	}
+	if err := writeRuntimeConfig(ctx, st, env); err != nil {
 		return err
 	}
 	pos := uint64(env.Node.Index)
@@ -168,6 +180,24 @@ func Run(ctx context.Context, env layer.Env) error {
 	}
 	env.Log.Info("objdb serving", "bucket", BucketName(env.Config.ClusterName()), "keys", len(st.List("")))
 	<-ctx.Done()
+	return nil
+}
+
+// writeRuntimeConfig records runtime.config.totem.*: the totem settings in
+// effect, defaults included (corosync's totemconfig writes the same keys).
+// corobus's totem uses token, join and consensus; the knet and totemsrp
+// tuning corosync also records has no meaning on the bus.
+func writeRuntimeConfig(ctx context.Context, st *Store, env layer.Env) error {
+	tc, err := totem.FromConfig(env.Config, env.Subjects)
+	if err != nil {
+		return err
+	}
+	for key, d := range map[string]time.Duration{"token": tc.Token, "join": tc.Join, "consensus": tc.Consensus} {
+		v := Value{Type: Uint32, Data: putInt(Uint32, uint64(d/time.Millisecond))}
+		if err := st.SetLocal(ctx, "runtime.config.totem."+key, v); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

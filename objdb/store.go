@@ -775,6 +775,34 @@ func (s *Store) publish(ev Event) {
 	}
 }
 
+// PruneConfig removes the keys of the node's own namespace under the
+// configuration sections that keep does not hold (the file no longer says
+// them), as corosync's reload removes deleted entries; it returns what
+// went. nodelist.local_node_pos is not configuration and stays.
+func (s *Store) PruneConfig(ctx context.Context, keep map[string]string) ([]string, error) {
+	s.mu.Lock()
+	var stale []string
+	for k := range s.local {
+		if _, ok := keep[k]; ok || k == "nodelist.local_node_pos" {
+			continue
+		}
+		for _, p := range ConfigSections() {
+			if strings.HasPrefix(k, p) {
+				stale = append(stale, k)
+				break
+			}
+		}
+	}
+	s.mu.Unlock()
+	slices.Sort(stale)
+	for _, k := range stale {
+		if err := s.Delete(ctx, k); err != nil && !errors.Is(err, ErrNotExist) {
+			return nil, fmt.Errorf("removing %s, which the configuration no longer has: %w", k, err)
+		}
+	}
+	return stale, nil
+}
+
 // LoadConfig writes a node's configuration into its own namespace, typed
 // by the key schema (typeOf), as corosync loads corosync.conf into cmap at
 // start. Keys already holding the same value are left alone so that a

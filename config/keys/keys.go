@@ -138,7 +138,7 @@ func table() []Key {
 		{Pattern: "logging.logger_subsys.*.function_name", Type: Str, Doc: "per-subsystem override"},
 
 		// quorum (votequorum(5))
-		{Pattern: "quorum.provider", Type: Str, Default: "corosync_votequorum", Doc: "quorum provider"},
+		{Pattern: "quorum.provider", Type: Str, Doc: "quorum provider: corosync_votequorum; unset, quorum is not configured and every node is quorate"},
 		{Pattern: "quorum.expected_votes", Type: U32, Doc: "expected votes when there is no nodelist"},
 		{Pattern: "quorum.votes", Type: U32, Doc: "this node's votes when there is no nodelist"},
 		{Pattern: "quorum.two_node", Type: U8, Doc: "1: a two-node cluster is quorate with one node"},
@@ -150,9 +150,18 @@ func table() []Key {
 		{Pattern: "quorum.allow_downscale", Type: U8, Doc: "1: lower expected votes on clean leaves"},
 		{Pattern: "quorum.expected_votes_tracking", Type: U8, Doc: "1: remember the highest expected votes"},
 		{Pattern: "quorum.leaving_timeout", Type: U32, Doc: "ms a leaving node is waited for"},
-		{Pattern: "quorum.device.*", Type: Str, Doc: "qdevice settings (accepted, unused)"},
-		{Pattern: "quorum.device.*.*", Type: Str, Doc: "qdevice model settings (accepted, unused)"},
-		{Pattern: "quorum.device.*.*.*", Type: Str, Doc: "qdevice model settings (accepted, unused)"},
+		{Pattern: "quorum.cancel_wait_for_all", Type: U8, Doc: "set to 1 at run time: stop waiting for all nodes (votequorum resets it to 0)"},
+		{Pattern: "quorum.device.model", Type: Str, Doc: "quorum device model (net); set, a device may register with votequorum"},
+		{Pattern: "quorum.device.votes", Type: U32, Doc: "the device's votes (default: nodes - 1 when every node has 1 vote)"},
+		{Pattern: "quorum.device.timeout", Type: U32, Doc: "ms without a device poll after which its vote is lost (default 10000)"},
+		{Pattern: "quorum.device.sync_timeout", Type: U32, Doc: "ms a synchronization waits for the device's poll (default 30000)"},
+		{Pattern: "quorum.device.master_wins", Type: U8, Doc: "1: the device's master_wins mode"},
+		{Pattern: "quorum.device.*", Type: Str, Doc: "qdevice settings, read by corosync-qdevice"},
+		{Pattern: "quorum.device.*.*", Type: Str, Doc: "qdevice model settings, read by corosync-qdevice"},
+		{Pattern: "quorum.device.*.*.*", Type: Str, Doc: "qdevice model settings, read by corosync-qdevice"},
+
+		// cfg
+		{Pattern: "cfg.shutdown_timeout", Type: U32, Doc: "ms registered clients have to answer a shutdown request (default 5000)"},
 
 		// nodelist
 		{Pattern: "nodelist.node.*.nodeid", Type: U32, ReadOnly: true, Doc: "the node's id (1 to 2^32-1)"},
