@@ -112,6 +112,10 @@ type Engine struct {
 	idx      int
 	barriers map[uint32]bool
 	inited   bool
+	// again asks for one more round of the current ring once this one
+	// completes: a service registered while it ran.
+	again bool
+	ctx   context.Context
 }
 
 // Layer is `corobus sync`.
@@ -160,6 +164,7 @@ func New(nc *nats.Conn, opts Options) *Engine {
 func (e *Engine) Run(ctx context.Context) error {
 	defer e.logTh.Flush() // the counts of repeated lines are not lost
 	s := e.opts.Subjects
+	e.ctx = ctx
 	reg, err := e.nc.Subscribe(s.SyncRegister(e.opts.Node), e.onRegister)
 	if err != nil {
 		return fmt.Errorf("sync: subscribing to registrations: %w", err)
@@ -210,10 +215,35 @@ func (e *Engine) onRegister(m *nats.Msg) {
 	}
 	r.Name = bus.SanitizeToken(r.Name)
 	e.mu.Lock()
+	_, known := e.registered[r.Name]
 	e.registered[r.Name] = r
 	e.mu.Unlock()
 	e.log.Info("service registered for sync", "service", r.Name, "id", r.ID)
 	_ = m.Respond([]byte(`{"ok":true}`))
+	if !known {
+		// A service that starts (or restarts) in a running view has
+		// missed that view's round: run one for it, on every member.
+		select {
+		case e.ev <- e.rerun:
+		default:
+		}
+	}
+}
+
+// rerun runs a round for the current ring again (after it completes, if
+// one is running).
+func (e *Engine) rerun() {
+	if e.ring == (totem.RingID{}) || e.ctx == nil {
+		return
+	}
+	if e.active {
+		e.again = true
+		return
+	}
+	e.log.Info("sync round runs again for a newly registered service", "ring", e.ring)
+	// The view does not change: everyone moves from it to itself.
+	e.trans = slices.Clone(e.members)
+	e.startRound(e.ctx, &totem.ConfChg{Type: totem.Regular, Ring: e.ring, Members: e.members})
 }
 
 func (e *Engine) setState(f func(*State)) {
@@ -282,7 +312,7 @@ func (e *Engine) startRound(ctx context.Context, cc *totem.ConfChg) {
 		e.hook(ctx, e.list[e.idx], "abort")
 	}
 	e.ring, e.members = cc.Ring, slices.Clone(cc.Members)
-	e.active, e.inited, e.idx = true, false, 0
+	e.active, e.inited, e.idx, e.again = true, false, 0, false
 	e.builds = map[uint32]bool{}
 	e.barriers = map[uint32]bool{}
 	e.mu.Lock()
@@ -354,6 +384,9 @@ func (e *Engine) processNext(ctx context.Context) {
 			s.InProgress, s.Service, s.Phase, s.Since = false, "", "", time.Now().UTC()
 			s.Rounds++
 		})
+		if e.again {
+			e.rerun()
+		}
 		return
 	}
 	r := e.list[e.idx]
