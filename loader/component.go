@@ -53,7 +53,11 @@ type Component struct {
 	// until they are gone, as an LCR interface stayed loaded while
 	// referenced. Nil: as soon as requests stop reaching it.
 	Quiet func() bool
-	Log   *slog.Logger
+	// Counters are counters the component keeps itself (corosync's exec
+	// messages, by number), announced with the functions' counters: the
+	// service manager records them as runtime.services.<service>.<N>.*.
+	Counters func() map[string]FnStats
+	Log      *slog.Logger
 }
 
 // instanceState is a running Serve.
@@ -330,6 +334,11 @@ func (s *instanceState) announceState(st State) {
 		a.Stats[fn] = FnStats{RX: ctr.rx.Load(), TX: ctr.tx.Load()}
 	}
 	s.statsMu.Unlock()
+	if c.Counters != nil {
+		for name, st := range c.Counters() {
+			a.Stats[name] = st
+		}
+	}
 	data, _ := json.Marshal(a)
 	if err := s.nc.Publish(s.subjects.LcrAnnounce(c.Name), data); err != nil {
 		c.Log.Warn("announcing", "err", err)

@@ -238,6 +238,27 @@ func New(cfg Config, opts Options) (*Logsys, error) {
 	return l, nil
 }
 
+// Reopen closes and reopens the log file (corosync_cfg_reopen_log_files:
+// after a log rotation moved the old one away). Without a log file it
+// does nothing.
+func (l *Logsys) Reopen() error {
+	if !l.cfg.ToLogfile {
+		return nil
+	}
+	f, err := os.OpenFile(l.cfg.Logfile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
+	if err != nil {
+		return fmt.Errorf("reopening the log file: %w", err)
+	}
+	l.mu.Lock()
+	old := l.file
+	l.file = f
+	l.mu.Unlock()
+	if old != nil {
+		_ = old.Close()
+	}
+	return nil
+}
+
 // Logger is the process's logger (subsystem MAIN until For/With says
 // otherwise).
 func (l *Logsys) Logger() *slog.Logger { return l.logger }
@@ -340,7 +361,7 @@ func recordKey(r Record) string {
 
 // output prints and publishes a record that passed the filters.
 func (l *Logsys) output(r Record) {
-	if l.cfg.ToStderr || l.file != nil {
+	if l.cfg.ToStderr || l.cfg.ToLogfile {
 		line := l.format(r)
 		l.mu.Lock()
 		if l.cfg.ToStderr {

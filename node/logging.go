@@ -31,8 +31,23 @@ func attachLogging(nc *nats.Conn, env layer.Env, ls *logsys.Logsys, layerName st
 		ls.Detach()
 		return nil, fmt.Errorf("subscribing to blackbox requests: %w", err)
 	}
+	// corosync_cfg_reopen_log_files: every layer process reopens its
+	// log file and answers (empty, or the error).
+	reopen, err := nc.Subscribe(env.Subjects.LogReopen(node), func(m *nats.Msg) {
+		var rep []byte
+		if err := ls.Reopen(); err != nil {
+			rep = []byte(fmt.Sprintf("layer %s pid %d: %v", layerName, os.Getpid(), err))
+		}
+		_ = m.Respond(rep)
+	})
+	if err != nil {
+		_ = sub.Unsubscribe()
+		ls.Detach()
+		return nil, fmt.Errorf("subscribing to log reopen requests: %w", err)
+	}
 	return func() {
 		_ = sub.Unsubscribe()
+		_ = reopen.Unsubscribe()
 		ls.Detach()
 	}, nil
 }

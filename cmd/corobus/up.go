@@ -2,9 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
+	"log/slog"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/totem"
@@ -14,6 +18,7 @@ import (
 	"github.com/corobus/corobus/logsys"
 	"github.com/corobus/corobus/node"
 	"github.com/corobus/corobus/objdb"
+	"github.com/corobus/corobus/services/cfg"
 	"github.com/corobus/corobus/services/ipc"
 	"github.com/corobus/corobus/services/members"
 	"github.com/corobus/corobus/services/svcmgr"
@@ -88,6 +93,19 @@ func runUp(ctx context.Context, a *app, args []string) error {
 	}
 	defer lock.Close()
 	log.Info("starting node", "node", local.ID, "cluster", cfg.ClusterName(), "config", describeFile(cfg), "state_dir", cfg.StateDir(), "inproc", inproc)
+	url, err := bus.ClientURL(cfg)
+	if err != nil {
+		return err
+	}
+	subjects, err := bus.NewSubjects(cfg.Prefix())
+	if err != nil {
+		return err
+	}
+	// The cfg service stops the node (corosync-cfgtool -H, a kill from
+	// another node) by asking on NodeShutdown: the same as SIGTERM.
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go serveShutdown(ctx, url, subjects, local.ID, log, stop)
 	if inproc {
 		return node.InProc(ctx, cfg, ls, a.version, a.busHooks(), a.layers(),
 			func(l layer.Layer) *logsys.Logsys {
@@ -110,14 +128,6 @@ func runUp(ctx context.Context, a *app, args []string) error {
 	for _, o := range nf.overrides {
 		common = append(common, "-o", o)
 	}
-	url, err := bus.ClientURL(cfg)
-	if err != nil {
-		return err
-	}
-	subjects, err := bus.NewSubjects(cfg.Prefix())
-	if err != nil {
-		return err
-	}
 	// Every layer holds the state directory lock too (descriptor 3), so
 	// that the directory stays owned until the last of them has exited.
 	files, env := []*os.File{lock.File()}, []string{node.StateLockEnv + "=3"}
@@ -139,6 +149,38 @@ func runUp(ctx context.Context, a *app, args []string) error {
 	}
 	log.Info("node stopped", "node", local.ID)
 	return nil
+}
+
+// serveShutdown answers Subjects.NodeShutdown(id) once the bus is up:
+// the request is acknowledged, then stop stops the node as SIGTERM would.
+func serveShutdown(ctx context.Context, url string, subjects bus.Subjects, id uint32, log *slog.Logger, stop func()) {
+	for ctx.Err() == nil {
+		nc, err := bus.Dial(url, "corobus-up", 0)
+		if err != nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(200 * time.Millisecond):
+				continue
+			}
+		}
+		sub, err := nc.Subscribe(subjects.NodeShutdown(id), func(m *nats.Msg) {
+			var q cfg.StopRequest
+			_ = json.Unmarshal(m.Data, &q)
+			b, _ := json.Marshal(cfg.StopReply{OK: true})
+			_ = m.Respond(b)
+			log.Info("stopping the node on request", "reason", q.Reason)
+			stop()
+		})
+		if err != nil {
+			nc.Close()
+			continue
+		}
+		<-ctx.Done()
+		_ = sub.Unsubscribe()
+		nc.Close()
+		return
+	}
 }
 
 // waitBusReady polls the bus until it answers its status with JetStream on.

@@ -15,8 +15,11 @@ import (
 	"github.com/corobus/corobus/layer"
 	"github.com/corobus/corobus/objdb"
 	objdbclient "github.com/corobus/corobus/objdb/client"
+	"github.com/corobus/corobus/services/cfg"
 	"github.com/corobus/corobus/services/cmap"
 	"github.com/corobus/corobus/services/ipc/libqb"
+	"github.com/corobus/corobus/services/quorum"
+	"github.com/corobus/corobus/services/votequorum"
 )
 
 // Layer is `corobus ipc`.
@@ -26,7 +29,12 @@ func Layer() layer.Layer {
 
 // DefaultRoutes are the libqb services a node's gateway serves.
 func DefaultRoutes() []Route {
-	return []Route{{Service: "cmap", Component: cmap.ComponentName, Version: cmap.ComponentVersion}}
+	return []Route{
+		{Service: "cmap", Component: cmap.ComponentName, Version: cmap.ComponentVersion},
+		{Service: "quorum", Component: quorum.ComponentName, Version: quorum.ComponentVersion},
+		{Service: "votequorum", Component: votequorum.ComponentName, Version: votequorum.ComponentVersion},
+		{Service: "cfg", Component: cfg.ComponentName, Version: cfg.ComponentVersion, HeldDuringSync: cfg.HeldDuringSync},
+	}
 }
 
 // Run serves the default routes until ctx ends, with the instances of

@@ -442,7 +442,7 @@ func (m *Manager) Load(ctx context.Context, s Service) error {
 	ls.handle = h
 	ls.loadedAt = time.Now().UTC()
 	m.mu.Lock()
-	ls.index = m.freeIndexLocked()
+	ls.index = m.indexLocked(s.Name)
 	m.loaded[s.Name] = ls
 	m.mu.Unlock()
 	m.recordService(ctx, ls)
@@ -469,6 +469,34 @@ func (m *Manager) reference(ctx context.Context, s Service) (hdb.Handle, error) 
 		}
 		pause = min(2*pause, time.Second)
 	}
+}
+
+// corosyncServices are corosync's own services by the token of their
+// name: corosync records each under internal_configuration.service.<id>
+// with its engine's name, and its counters are those of its exec
+// messages, by number.
+var corosyncServices = map[string]struct {
+	name string
+	id   int
+}{
+	"cmap": {"corosync_cmap", 0}, "cfg": {"corosync_cfg", 1}, "cpg": {"corosync_cpg", 2},
+	"quorum": {"corosync_quorum", 3}, "pload": {"corosync_pload", 4}, "votequorum": {"corosync_votequorum", 5},
+	"mon": {"corosync_mon", 6}, "wd": {"corosync_wd", 7},
+}
+
+// indexLocked is the N of internal_configuration.service.N: a corosync
+// service's id, else (or if another service holds it) the lowest free N.
+func (m *Manager) indexLocked(name string) int {
+	if cs, ok := corosyncServices[ServiceKey(name)]; ok {
+		free := true
+		for _, ls := range m.loaded {
+			free = free && ls.index != cs.id
+		}
+		if free {
+			return cs.id
+		}
+	}
+	return m.freeIndexLocked()
 }
 
 // freeIndexLocked is the lowest N not used by a loaded service.
@@ -639,9 +667,19 @@ func (m *Manager) recordService(ctx context.Context, ls *loadedSvc) {
 		return
 	}
 	p := fmt.Sprintf("internal_configuration.service.%d.", ls.index)
-	name, _ := objdb.ParseValue(objdb.String, ls.Name)
+	recorded := ls.Name
+	cs, isCorosync := corosyncServices[ServiceKey(ls.Name)]
+	if isCorosync {
+		recorded = cs.name
+	}
+	name, _ := objdb.ParseValue(objdb.String, recorded)
 	ver, _ := objdb.ParseValue(objdb.Uint32, strconv.FormatUint(uint64(ls.Version), 10))
-	if err := errors.Join(r.Set(ctx, p+"name", name), r.Set(ctx, p+"ver", ver)); err != nil {
+	err := errors.Join(r.Set(ctx, p+"name", name), r.Set(ctx, p+"ver", ver))
+	if isCorosync && err == nil {
+		id, _ := objdb.ParseValue(objdb.Uint16, strconv.Itoa(ls.index))
+		err = r.Set(ctx, "runtime.services."+ServiceKey(ls.Name)+".service_id", id)
+	}
+	if err != nil {
 		m.cfg.Log.Warn("recording a loaded service in objdb; will retry", "service", ls.Name, "err", err)
 		return
 	}
@@ -673,8 +711,15 @@ func (m *Manager) record(ctx context.Context) {
 				sum[fn] = cur
 			}
 		}
+		_, isCorosync := corosyncServices[ServiceKey(ls.Name)]
 		for fn, st := range sum {
 			if ls.stats[fn] == st {
+				continue
+			}
+			if _, err := strconv.Atoi(fn); isCorosync && err != nil {
+				// A corosync service's counters are its exec messages'
+				// (numbers); its bus functions (a session's "open")
+				// are corobus's plumbing, not corosync's keys.
 				continue
 			}
 			p := "runtime.services." + ServiceKey(ls.Name) + "." + fn + "."

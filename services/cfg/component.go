@@ -1,0 +1,147 @@
+package cfg
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/oklog/run"
+
+	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/config"
+	"github.com/corobus/corobus/layer"
+	"github.com/corobus/corobus/loader"
+	objdbclient "github.com/corobus/corobus/objdb/client"
+	"github.com/corobus/corobus/services/ipc/session"
+)
+
+// Component names the service to the loader: corosync's "corosync_cfg".
+const (
+	ComponentName    = "cfg"
+	ComponentVersion = 0
+)
+
+// Layer is `corobus service cfg`.
+func Layer() layer.Layer {
+	return layer.Layer{Name: ComponentName, Subsys: "CFG", Summary: "the cfg service: shutdown negotiation, kill, reload, node addresses and link status", Run: Run}
+}
+
+// Subject is the component subject of node's cfg instances.
+func Subject(s bus.Subjects, node uint32) string {
+	return s.Component(loader.LocalNamespace(node), ComponentName, ComponentVersion)
+}
+
+// NodesOf lists the nodelist's ids and ringN_addr addresses.
+func NodesOf(c *config.Config) ([]NodeAddrs, error) {
+	nodes, err := c.Nodes()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]NodeAddrs, 0, len(nodes))
+	for _, n := range nodes {
+		na := NodeAddrs{ID: n.ID}
+		for link := 0; link < MaxLinks; link++ {
+			if a := c.String(fmt.Sprintf("nodelist.node.%d.ring%d_addr", n.Index, link)); a != "" {
+				na.Addrs = append(na.Addrs, a)
+			}
+		}
+		out = append(out, na)
+	}
+	return out, nil
+}
+
+// StopRequest is the payload of Subjects.NodeShutdown.
+type StopRequest struct {
+	Reason string `json:"reason"`
+}
+
+// StopReply answers it.
+type StopReply struct {
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+}
+
+// Run serves cfg for env's node until ctx ends.
+func Run(ctx context.Context, env layer.Env) error {
+	nodes, err := NodesOf(env.Config)
+	if err != nil {
+		return err
+	}
+	db := objdbclient.New(env.Conn, env.Subjects, env.Node.ID)
+	db.Internal = true
+	rl := &Reloader{DB: db, Log: env.Log, Load: func() (*config.Config, error) {
+		return config.Load(config.Options{File: env.Config.File(), Environ: os.Environ(), Overrides: env.Config.Overrides(),
+			UserStateDir: userStateDir(env.Config)})
+	}, Applied: func(ctx context.Context) error {
+		m, err := env.Conn.RequestWithContext(ctx, env.Subjects.QuorumRefresh(env.Node.ID), nil)
+		if errors.Is(err, nats.ErrNoResponders) {
+			return nil // no votequorum on this node
+		}
+		if err != nil {
+			return err
+		}
+		var rep struct{ Error string }
+		if json.Unmarshal(m.Data, &rep) == nil && rep.Error != "" {
+			return errors.New(rep.Error)
+		}
+		return nil
+	}}
+	svc := NewService(Config{
+		Conn: env.Conn, Subjects: env.Subjects, Node: env.Node.ID, Log: env.Log, Nodes: nodes,
+		Reload: rl.Reload,
+		ShutdownTimeout: func(ctx context.Context) (time.Duration, error) {
+			v, err := db.Get(ctx, "cfg.shutdown_timeout")
+			if err != nil {
+				return 0, err
+			}
+			n, _ := v.Int()
+			return time.Duration(n) * time.Millisecond, nil
+		},
+		StopNode: func(ctx context.Context, reason string) error { return StopNode(ctx, env, reason) },
+	})
+	var g run.Group
+	{
+		ctx, cancel := context.WithCancel(ctx)
+		g.Add(func() error { return svc.Run(ctx) }, func(error) { cancel() })
+	}
+	{
+		ctx, cancel := context.WithCancel(ctx)
+		g.Add(func() error {
+			return session.ServeComponent(ctx, env.Conn, env.Subjects, env.Node.ID, loader.Component{
+				Name: ComponentName, Version: ComponentVersion, Subject: Subject(env.Subjects, env.Node.ID),
+				Counters: svc.Counters,
+			}, svc, env.Log)
+		}, func(error) { cancel() })
+	}
+	return g.Run()
+}
+
+// userStateDir keeps the embedded default's state directory on a reload.
+func userStateDir(c *config.Config) string {
+	if c.Embedded() {
+		return c.StateDir()
+	}
+	return ""
+}
+
+// StopNode asks node's supervisor (`corobus up`) to stop the node.
+func StopNode(ctx context.Context, env layer.Env, reason string) error {
+	b, _ := json.Marshal(StopRequest{Reason: reason})
+	m, err := env.Conn.RequestWithContext(ctx, env.Subjects.NodeShutdown(env.Node.ID), b)
+	if err != nil {
+		return fmt.Errorf("asking node %d's supervisor to stop: %w", env.Node.ID, err)
+	}
+	var rep StopReply
+	if err := json.Unmarshal(m.Data, &rep); err != nil {
+		return fmt.Errorf("the supervisor answered %q: %w", strings.TrimSpace(string(m.Data)), err)
+	}
+	if !rep.OK {
+		return fmt.Errorf("the supervisor refused: %s", rep.Error)
+	}
+	return nil
+}

@@ -1,0 +1,491 @@
+package cfg
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/bus/totem"
+	"github.com/corobus/corobus/loader"
+	"github.com/corobus/corobus/services/cswire"
+	"github.com/corobus/corobus/services/ipc/session"
+)
+
+// TotemService is the totem service name cfg multicasts under.
+const TotemService = "cfg"
+
+// DefaultShutdownTimeout is how long registered clients have to answer a
+// shutdown request (cfg.shutdown_timeout overrides it), as in corosync.
+const DefaultShutdownTimeout = 5 * time.Second
+
+// NodeAddrs are a nodelist entry's addresses, ringN_addr in link order.
+type NodeAddrs struct {
+	ID    uint32
+	Addrs []string
+}
+
+// ReloadResult is what a reload did on one node.
+type ReloadResult struct {
+	Code    cswire.Error `json:"code"`
+	Changed []string     `json:"changed,omitempty"`
+	Ignored []string     `json:"ignored,omitempty"`
+	Reason  string       `json:"reason,omitempty"`
+}
+
+// Config is what a Service needs.
+type Config struct {
+	Conn     *nats.Conn
+	Subjects bus.Subjects
+	Node     uint32
+	Log      *slog.Logger
+	// Nodes is the nodelist, for addresses and link status.
+	Nodes []NodeAddrs
+	// Reload re-reads this node's configuration file and applies it.
+	Reload func(ctx context.Context) ReloadResult
+	// ShutdownTimeout reads cfg.shutdown_timeout at the time of a
+	// request; nil or an error means DefaultShutdownTimeout.
+	ShutdownTimeout func(ctx context.Context) (time.Duration, error)
+	// StopNode asks whatever supervises the node's layers to stop them.
+	StopNode func(ctx context.Context, reason string) error
+}
+
+// Service is a node's cfg service.
+type Service struct {
+	cfg Config
+	log *slog.Logger
+	tc  *totem.Client
+
+	mu       sync.Mutex
+	trackers []*Conn
+	sd       *negotiation // the shutdown in progress, if any
+	reloads  map[uint64]chan cswire.Error
+	nextReq  uint64
+	stopping bool
+
+	reloadMu sync.Mutex // one reload at a time, in delivery order
+	rx, tx   [NumExec]atomic.Uint64
+}
+
+// negotiation is one try_shutdown: who asked, with what flags, and the
+// registered clients' answers.
+type negotiation struct {
+	by            *Conn
+	flags         uint32
+	yes, no, want int
+	answers       map[*Conn]int // 1 yes, 0 no, -1 not yet
+	timer         *time.Timer
+	done          chan cswire.Error
+}
+
+// NewService builds the service; Run starts it.
+func NewService(cfg Config) *Service {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Service{cfg: cfg, log: cfg.Log, reloads: map[uint64]chan cswire.Error{}}
+}
+
+// Run attaches to totem and serves until ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	tc, err := totem.NewClient(s.cfg.Conn, s.cfg.Subjects, s.cfg.Node, totem.ClientOptions{Window: 64, OnDeliver: s.onDeliver})
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.tc = tc
+	s.mu.Unlock()
+	<-ctx.Done()
+	_ = tc.Close()
+	return nil
+}
+
+// Counters are runtime.services.cfg.<N>.{rx,tx}.
+func (s *Service) Counters() map[string]loader.FnStats {
+	out := map[string]loader.FnStats{}
+	for i := range NumExec {
+		out[strconv.Itoa(i)] = loader.FnStats{RX: s.rx[i].Load(), TX: s.tx[i].Load()}
+	}
+	return out
+}
+
+func (s *Service) mcast(ctx context.Context, e Exec) error {
+	s.mu.Lock()
+	tc := s.tc
+	s.mu.Unlock()
+	if tc == nil {
+		return errors.New("cfg: not attached to totem yet")
+	}
+	if _, err := tc.Mcast(ctx, TotemService, e.Encode()); err != nil {
+		return err
+	}
+	s.tx[e.Kind].Add(1)
+	return nil
+}
+
+func (s *Service) event(kind string, v any) {
+	b, _ := json.Marshal(v)
+	_ = s.cfg.Conn.Publish(s.cfg.Subjects.CfgEvent(s.cfg.Node, kind), b)
+}
+
+// ShutdownEvent is published on <prefix>.cfg.<node>.shutdown at each step
+// of a shutdown.
+type ShutdownEvent struct {
+	Node  uint32 `json:"node"`
+	Phase string `json:"phase"` // requested, confirmed, cancelled, timeout, shutdown
+	Flags string `json:"flags,omitempty"`
+	// By is the node whose shutdown message was delivered (phase
+	// shutdown: that node goes down).
+	By       uint32 `json:"by,omitempty"`
+	Yes      int    `json:"yes"`
+	No       int    `json:"no"`
+	Expected int    `json:"expected"`
+}
+
+func (s *Service) onDeliver(d totem.Delivery) {
+	m := d.Message
+	if m == nil || m.Service != TotemService {
+		return
+	}
+	e, err := DecodeExec(m.Payload)
+	if err != nil {
+		s.log.Warn("malformed cfg message", "from", m.ID.Node, "err", err)
+		return
+	}
+	s.rx[e.Kind].Add(1)
+	switch e.Kind {
+	case ExecKillNode:
+		if e.NodeID != s.cfg.Node {
+			return
+		}
+		s.log.Warn(fmt.Sprintf("Killed by node %d: %s", m.ID.Node, e.Reason))
+		s.event("kill", map[string]any{"node": s.cfg.Node, "by": m.ID.Node, "reason": e.Reason})
+		go s.stop(fmt.Sprintf("killed by node %d: %s", m.ID.Node, e.Reason))
+	case ExecShutdown:
+		s.log.Info(fmt.Sprintf("Node %d was shut down by sysadmin", m.ID.Node))
+		if m.ID.Node == s.cfg.Node {
+			s.event("shutdown", ShutdownEvent{Node: s.cfg.Node, Phase: "shutdown", By: m.ID.Node})
+			go s.stop("shut down by sysadmin")
+		}
+	case ExecReloadConfig:
+		s.log.Info(fmt.Sprintf("Config reload requested by node %d", m.ID.Node))
+		from, req := m.ID.Node, e.Request
+		// Every node reloads its own file, one reload at a time, in the
+		// order the requests were delivered.
+		s.reloadMu.Lock()
+		go func() {
+			defer s.reloadMu.Unlock()
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			res := s.cfg.Reload(ctx)
+			cancel()
+			s.event("reload", map[string]any{"node": s.cfg.Node, "by": from, "code": res.Code.String(),
+				"changed": res.Changed, "ignored": res.Ignored, "reason": res.Reason})
+			if from != s.cfg.Node {
+				return
+			}
+			s.mu.Lock()
+			ch := s.reloads[req]
+			delete(s.reloads, req)
+			s.mu.Unlock()
+			if ch != nil {
+				ch <- res.Code
+			}
+		}()
+	}
+}
+
+// stop asks the node's supervisor to stop the node.
+func (s *Service) stop(reason string) {
+	s.mu.Lock()
+	if s.stopping {
+		s.mu.Unlock()
+		return
+	}
+	s.stopping = true
+	s.mu.Unlock()
+	if s.cfg.StopNode == nil {
+		s.log.Error("nothing can stop this node: it was not started by `corobus up`", "reason", reason)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.cfg.StopNode(ctx, reason); err != nil {
+		s.log.Error("the node's supervisor did not take the shutdown request", "reason", reason, "err", err)
+		s.mu.Lock()
+		s.stopping = false
+		s.mu.Unlock()
+	}
+}
+
+// EventSink takes a connection's event messages.
+type EventSink interface {
+	SendEvent(msg []byte) error
+}
+
+// Open implements session.Handler.
+func (s *Service) Open(c *session.Conn) (session.Session, error) {
+	return s.OpenConn(c, c.ID), nil
+}
+
+// OpenConn starts a libcfg connection whose events go to sink.
+func (s *Service) OpenConn(sink EventSink, label string) *Conn {
+	return &Conn{svc: s, sink: sink, label: label}
+}
+
+// Conn is one libcfg connection.
+type Conn struct {
+	svc   *Service
+	sink  EventSink
+	label string
+}
+
+func (c *Conn) send(msg []byte) {
+	if err := c.sink.SendEvent(msg); err != nil {
+		c.svc.log.Debug("cfg event not sent", "conn", c.label, "err", err)
+	}
+}
+
+// Request implements session.Session.
+func (c *Conn) Request(ctx context.Context, msg []byte) []byte {
+	r, err := DecodeRequest(msg)
+	if err != nil {
+		c.svc.log.Warn("malformed cfg request", "conn", c.label, "err", err)
+		return EncodeStatus(r.ID, cswire.ErrInvalidParam)
+	}
+	s := c.svc
+	switch r.ID {
+	case ReqLocalGet:
+		return EncodeLocalGet(s.cfg.Node)
+	case ReqGetNodeAddrs:
+		return s.nodeAddrs(r.NodeID)
+	case ReqNodeStatusGet:
+		if r.Version != NodeStatusV1 {
+			return EncodeNodeStatusError(cswire.ErrNotSupported)
+		}
+		return s.nodeStatus(r.NodeID)
+	case ReqRingStatusGet:
+		return s.ringStatus()
+	case ReqRingReenable:
+		return EncodeStatus(r.ID, cswire.ErrNotSupported)
+	case ReqKillNode:
+		return EncodeStatus(r.ID, s.killNode(ctx, r.NodeID, r.Reason))
+	case ReqTrackStart:
+		s.trackStart(c)
+		return EncodeStatus(r.ID, cswire.OK)
+	case ReqTrackStop:
+		s.leave(c)
+		return EncodeStatus(r.ID, cswire.OK)
+	case ReqTryShutdown:
+		return EncodeStatus(r.ID, s.tryShutdown(ctx, c, r.Flags))
+	case ReqReplyToShutdown:
+		return EncodeStatus(r.ID, s.reply(c, r.Response != 0))
+	case ReqReloadConfig:
+		return EncodeStatus(r.ID, s.reload(ctx))
+	case ReqReopenLogFiles:
+		return EncodeStatus(r.ID, s.reopenLogs())
+	}
+	return EncodeStatus(r.ID, cswire.ErrInvalidParam)
+}
+
+// Close implements session.Session: a registered client that goes away
+// counts as a yes; a requester that goes away cancels its request.
+func (c *Conn) Close() {
+	c.svc.leave(c)
+}
+
+func (s *Service) nodeAddrs(id uint32) []byte {
+	if id == 0 {
+		id = s.cfg.Node
+	}
+	i := slices.IndexFunc(s.cfg.Nodes, func(n NodeAddrs) bool { return n.ID == id })
+	if i < 0 {
+		return EncodeNodeAddrs(0, nil)
+	}
+	var family uint32
+	var out [][]byte
+	for _, a := range s.cfg.Nodes[i].Addrs {
+		ip := resolve(a)
+		if ip == nil {
+			continue
+		}
+		f := uint32(AFInet6)
+		b := make([]byte, AddrLen)
+		if v4 := ip.To4(); v4 != nil {
+			f = AFInet
+			copy(b, v4)
+		} else {
+			copy(b, ip.To16())
+		}
+		if family == 0 {
+			family = f
+		}
+		out = append(out, b)
+	}
+	return EncodeNodeAddrs(family, out)
+}
+
+// resolve turns a ringN_addr (an address or a name) into an IP.
+func resolve(a string) net.IP {
+	if ip := net.ParseIP(a); ip != nil {
+		return ip
+	}
+	ips, err := net.LookupIP(a)
+	if err != nil || len(ips) == 0 {
+		return nil
+	}
+	return ips[0]
+}
+
+// links describes corobus's one link per node: the bus route between
+// ring0 addresses. It is connected while the peer is heard within the
+// token; its MTU is the local interface's (a TCP route has no knet PMTU).
+func (s *Service) link(peer NodeAddrs, reachable []uint32) (LinkStatus, bool) {
+	self := slices.IndexFunc(s.cfg.Nodes, func(n NodeAddrs) bool { return n.ID == s.cfg.Node })
+	if self < 0 || len(s.cfg.Nodes[self].Addrs) == 0 || len(peer.Addrs) == 0 {
+		return LinkStatus{}, false
+	}
+	src := s.cfg.Nodes[self].Addrs[0]
+	connected := peer.ID == s.cfg.Node || slices.Contains(reachable, peer.ID)
+	return LinkStatus{Enabled: true, Connected: connected, MTU: interfaceMTU(src), Src: src, Dst: peer.Addrs[0]}, true
+}
+
+func interfaceMTU(addr string) uint32 {
+	ip := resolve(addr)
+	ifs, err := net.Interfaces()
+	if err != nil || ip == nil {
+		return 0
+	}
+	for _, ifc := range ifs {
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && n.IP.Equal(ip) {
+				return uint32(ifc.MTU)
+			}
+		}
+	}
+	return 0
+}
+
+func (s *Service) reachable() []uint32 {
+	st, err := totem.FetchStatus(s.cfg.Conn, s.cfg.Subjects, s.cfg.Node, 2*time.Second)
+	if err != nil {
+		return []uint32{s.cfg.Node}
+	}
+	return st.Reachable
+}
+
+func (s *Service) nodeStatus(id uint32) []byte {
+	i := slices.IndexFunc(s.cfg.Nodes, func(n NodeAddrs) bool { return n.ID == id })
+	if i < 0 {
+		return EncodeNodeStatusError(cswire.ErrFailedOperation)
+	}
+	reach := s.reachable()
+	st := NodeStatus{NodeID: id, Reachable: id == s.cfg.Node || slices.Contains(reach, id)}
+	if l, ok := s.link(s.cfg.Nodes[i], reach); ok {
+		st.Links[0] = l
+	}
+	return EncodeNodeStatusV1(st)
+}
+
+// ringStatus is corosync_cfg_ring_status_get: per link, one character per
+// node in id order — 'n' this node, '0'+(enabled|connected<<1) the others.
+func (s *Service) ringStatus() []byte {
+	self := slices.IndexFunc(s.cfg.Nodes, func(n NodeAddrs) bool { return n.ID == s.cfg.Node })
+	if self < 0 || len(s.cfg.Nodes[self].Addrs) == 0 {
+		return EncodeRingStatus(nil)
+	}
+	reach := s.reachable()
+	nodes := slices.Clone(s.cfg.Nodes)
+	slices.SortFunc(nodes, func(a, b NodeAddrs) int { return int(a.ID) - int(b.ID) })
+	status := make([]byte, 0, len(nodes))
+	for _, n := range nodes {
+		if n.ID == s.cfg.Node {
+			status = append(status, 'n')
+			continue
+		}
+		l, _ := s.link(n, reach)
+		c := byte('0')
+		if l.Enabled {
+			c++
+		}
+		if l.Connected {
+			c += 2
+		}
+		status = append(status, c)
+	}
+	ip := s.cfg.Nodes[self].Addrs[0]
+	if r := resolve(ip); r != nil {
+		ip = r.String()
+	}
+	return EncodeRingStatus([]Ring{{Name: "0 " + ip, Status: string(status)}})
+}
+
+func (s *Service) killNode(ctx context.Context, id uint32, reason string) cswire.Error {
+	st, err := totem.FetchStatus(s.cfg.Conn, s.cfg.Subjects, s.cfg.Node, 2*time.Second)
+	if err != nil {
+		return cswire.ErrLibrary
+	}
+	if !slices.Contains(st.Members, id) {
+		return cswire.ErrNotExist
+	}
+	if err := s.mcast(ctx, Exec{Kind: ExecKillNode, NodeID: id, Reason: reason}); err != nil {
+		s.log.Warn("kill request not sent", "node", id, "err", err)
+	}
+	return cswire.OK
+}
+
+func (s *Service) reload(ctx context.Context) cswire.Error {
+	ch := make(chan cswire.Error, 1)
+	s.mu.Lock()
+	s.nextReq++
+	req := s.nextReq
+	s.reloads[req] = ch
+	s.mu.Unlock()
+	if err := s.mcast(ctx, Exec{Kind: ExecReloadConfig, Request: req}); err != nil {
+		s.mu.Lock()
+		delete(s.reloads, req)
+		s.mu.Unlock()
+		return cswire.ErrTryAgain
+	}
+	select {
+	case code := <-ch:
+		return code
+	case <-ctx.Done():
+		return cswire.ErrTimeout
+	}
+}
+
+// reopenLogs asks every layer process of the node to reopen its log
+// file and gathers their answers.
+func (s *Service) reopenLogs() cswire.Error {
+	inbox := nats.NewInbox()
+	sub, err := s.cfg.Conn.SubscribeSync(inbox)
+	if err != nil {
+		return cswire.ErrLibrary
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := s.cfg.Conn.PublishRequest(s.cfg.Subjects.LogReopen(s.cfg.Node), inbox, nil); err != nil {
+		return cswire.ErrLibrary
+	}
+	code := cswire.OK
+	for {
+		m, err := sub.NextMsg(time.Second)
+		if err != nil {
+			return code
+		}
+		if len(m.Data) > 0 {
+			s.log.Error("a layer could not reopen its log file", "err", string(m.Data))
+			code = cswire.ErrLibrary
+		}
+	}
+}
