@@ -17,6 +17,7 @@ import (
 	"github.com/corobus/corobus/layer"
 	"github.com/corobus/corobus/objdb"
 	"github.com/corobus/corobus/objdb/client"
+	"github.com/corobus/corobus/services/cswire"
 )
 
 func testEnv(t testing.TB, nc *nats.Conn) layer.Env {
@@ -64,6 +65,76 @@ func runKeeper(t testing.TB, env layer.Env) {
 	t.Cleanup(func() { cancel(); <-done })
 }
 
+// A start loads what the configuration says and removes the keys of its
+// sections that an earlier start loaded but the configuration no longer
+// has; keys outside the sections (clients' own) stay.
+func TestConfigLoadKeepsOnlyWhatTheFileSays(t *testing.T) {
+	cl := bustest.StartCluster(t, 1)
+	dir := t.TempDir()
+	envWith := func(overrides ...string) layer.Env {
+		t.Helper()
+		cfg, err := config.Load(config.Options{UserStateDir: dir, Overrides: append([]string{"totem.cluster_name=svc"}, overrides...)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		local, _ := cfg.LocalNode()
+		subjects, _ := bus.NewSubjects(cfg.Prefix())
+		return layer.Env{Config: cfg, Node: local, Conn: cl.Conn(1), Subjects: subjects, Log: bustest.Logger(t)}
+	}
+	runKeeper(t, envWith())
+	start := func(overrides ...string) {
+		t.Helper()
+		env := envWith(overrides...)
+		subjects := env.Subjects
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); _ = objdb.Run(ctx, env) }()
+		c := client.New(cl.Conn(1), subjects, 1)
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			if v, err := c.Get(ctx, "runtime.config.totem.token"); err == nil && v.String() != "" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("objdb did not load the configuration")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		cancel()
+		<-done
+	}
+	start("totem.token=3000", "quorum.two_node=1")
+	st, err := objdb.OpenFor(context.Background(), envWith())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	v, _ := objdb.ParseValue(objdb.String, "mine")
+	if err := st.Set(context.Background(), "client.key", v); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := st.Get("quorum.two_node"); err != nil || v.String() != "1" {
+		t.Fatalf("quorum.two_node = %v (%v)", v, err)
+	}
+	start("totem.join=70")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, errTok := st.Get("totem.token")
+		_, errTwo := st.Get("quorum.two_node")
+		rt, _ := st.Get("runtime.config.totem.join")
+		if errors.Is(errTok, objdb.ErrNotExist) && errors.Is(errTwo, objdb.ErrNotExist) && rt.String() == "70" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after a start without them: totem.token %v, quorum.two_node %v, runtime.config.totem.join %v", errTok, errTwo, rt)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := st.Get("client.key"); err != nil {
+		t.Errorf("a client's key went with the configuration's: %v", err)
+	}
+}
+
 // Two objdb processes of one node share its requests (a queue group), and
 // both serve the same data.
 func TestTwoObjdbProcessesShareTheLoad(t *testing.T) {
@@ -98,8 +169,13 @@ func TestTwoObjdbProcessesShareTheLoad(t *testing.T) {
 	if err != nil || v.String() != "svc" {
 		t.Fatalf("totem.cluster_name = %v, %v", v, err)
 	}
-	if v, err := c.Get(ctx, "totem.token"); err != nil || v.Type != objdb.Uint32 {
-		t.Errorf("totem.token is %v (%v), want a u32 as corosync stores it", v.Type, err)
+	// As corosync: totem.token is not in the file, so not in objdb; the
+	// value in effect is under runtime.config, a u32.
+	if _, err := c.Get(ctx, "totem.token"); !errors.Is(err, cswire.ErrNotExist) {
+		t.Errorf("totem.token, which the configuration does not set: %v, want CS_ERR_NOT_EXIST", err)
+	}
+	if v, err := c.Get(ctx, "runtime.config.totem.token"); err != nil || v.Type != objdb.Uint32 || v.String() != "1000" {
+		t.Errorf("runtime.config.totem.token = %v %v (%v), want the u32 1000 in effect", v.Type, v, err)
 	}
 	for i := range 200 {
 		val, _ := objdb.ParseValue(objdb.Uint32, "1")

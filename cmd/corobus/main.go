@@ -81,6 +81,10 @@ func (a *app) main(ctx context.Context, args []string) int {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
+		var st exitStatus
+		if errors.As(err, &st) {
+			return int(st) // the verb printed what it had to say
+		}
 		var ue usageError
 		if errors.As(err, &ue) {
 			fmt.Fprintf(a.stderr, "corobus %s: %v\n", c.name, err)
@@ -111,6 +115,12 @@ func (a *app) usage(w io.Writer) {
 		}
 	}
 }
+
+// exitStatus ends a verb with a status of its own and nothing more to
+// print (corosync-quorumtool's 2 for "not quorate").
+type exitStatus int
+
+func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
 // usageError is a mistake on the command line: exit status 2.
 type usageError struct{ error }

@@ -26,6 +26,8 @@ func (a *app) clientCommands() []command {
 		{name: "objctl", summary: "the object database as corosync 1.x's object tree (corosync-objctl)", run: runObjctl},
 		{name: "lcr", summary: "list components: versions, instances, reference counts (alias: components)", run: runLcr},
 		{name: "components", summary: "same as lcr", run: runLcr},
+		{name: "quorum", summary: "show and change quorum, votes, expected votes (corosync-quorumtool)", run: runQuorum},
+		{name: "cfg", summary: "links, nodes, reload, kill, shutdown (corosync-cfgtool)", run: runCfg},
 		{name: "svc", summary: "load, unload and list services: svc load NAME VER, svc unload NAME, svc list", run: runSvc},
 	}
 }

@@ -66,7 +66,7 @@ func (s *Service) leave(c *Conn) {
 func (s *Service) tryShutdown(ctx context.Context, c *Conn, flags uint32) cswire.Error {
 	if flags == ShutdownImmediate {
 		s.event("shutdown", ShutdownEvent{Node: s.cfg.Node, Phase: "confirmed", Flags: FlagName(flags)})
-		s.sendShutdown(ctx)
+		s.sendShutdownAfterReply(ctx)
 		return cswire.OK
 	}
 	s.mu.Lock()
@@ -84,7 +84,7 @@ func (s *Service) tryShutdown(ctx context.Context, c *Conn, flags uint32) cswire
 	if sd.want == 0 {
 		s.mu.Unlock()
 		s.event("shutdown", ShutdownEvent{Node: s.cfg.Node, Phase: "confirmed", Flags: FlagName(flags)})
-		s.sendShutdown(ctx)
+		s.sendShutdownAfterReply(ctx)
 		return cswire.OK
 	}
 	s.sd = sd
@@ -114,7 +114,7 @@ func (s *Service) tryShutdown(ctx context.Context, c *Conn, flags uint32) cswire
 			return cswire.ErrBadHandle
 		}
 		if code == cswire.OK {
-			s.sendShutdown(ctx)
+			s.sendShutdownAfterReply(ctx)
 		}
 		return code
 	case <-ctx.Done():
@@ -186,11 +186,21 @@ func (s *Service) timeout(sd *negotiation) {
 	}
 }
 
-// sendShutdown tells every node this one goes down; when the message comes
-// back in total order, the node stops.
-func (s *Service) sendShutdown(ctx context.Context) {
-	if err := s.mcast(context.WithoutCancel(ctx), Exec{Kind: ExecShutdown}); err != nil {
-		s.log.Error("shutdown message not sent; stopping anyway", "err", err)
-		go s.stop("shut down by sysadmin")
-	}
+// replyLead is how long the shutdown message waits for the requester's
+// answer to be on its way: corosync answers, then multicasts, in one
+// thread; here the answer travels through the gateway while the node's
+// stop (which stops the gateway first) could overtake it.
+const replyLead = 200 * time.Millisecond
+
+// sendShutdownAfterReply tells every node this one goes down, once the
+// caller's answer has left; when the message comes back in total order,
+// the node stops.
+func (s *Service) sendShutdownAfterReply(ctx context.Context) {
+	ctx = context.WithoutCancel(ctx)
+	time.AfterFunc(replyLead, func() {
+		if err := s.mcast(ctx, Exec{Kind: ExecShutdown}); err != nil {
+			s.log.Error("shutdown message not sent; stopping anyway", "err", err)
+			s.stop("shut down by sysadmin")
+		}
+	})
 }

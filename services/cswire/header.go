@@ -73,3 +73,23 @@ func PutCString(b []byte, off, n int, s string) {
 	copy(b[off:off+n], s)
 	b[off+len(s)] = 0
 }
+
+// NewRequest builds a request message of size bytes (at least the
+// header) with its header filled in, as libqb clients lay it out.
+func NewRequest(id int32, size int) []byte {
+	b := make([]byte, max(size, ReqHeaderSize))
+	PutI32(b, 0, id)
+	PutI32(b, 8, int32(len(b)))
+	return b
+}
+
+// ParseResponse checks a response's header and returns its id and error.
+func ParseResponse(msg []byte) (id int32, code Error, err error) {
+	if len(msg) < ResHeaderSize {
+		return 0, 0, fmt.Errorf("response of %d bytes: %w", len(msg), ErrShort)
+	}
+	if size := I32(msg, 8); int(size) != len(msg) {
+		return 0, 0, fmt.Errorf("response header says %d bytes, message has %d: %w", size, len(msg), ErrInvalidParam)
+	}
+	return I32(msg, 0), Error(I32(msg, 16)), nil
+}

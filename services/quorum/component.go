@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -94,14 +95,21 @@ func followProvider(ctx context.Context, env layer.Env, svc *Service) (func(), e
 		svc.SetView(View{Members: st.Members, Quorate: st.Quorate, Ring: RingID{NodeID: st.Ring.NodeID, Seq: st.Ring.Seq}})
 		return true
 	}
-	sub, err := env.Conn.Subscribe(env.Subjects.QuorumState(env.Node.ID), func(m *nats.Msg) { apply(m.Data) })
+	var have atomic.Bool
+	sub, err := env.Conn.Subscribe(env.Subjects.QuorumState(env.Node.ID), func(m *nats.Msg) {
+		if apply(m.Data) {
+			have.Store(true)
+		}
+	})
 	if err != nil {
 		return nil, fmt.Errorf("quorum: following the provider: %w", err)
 	}
 	go func() {
-		for ctx.Err() == nil {
+		// Until the first decision arrives on the subject: after it, the
+		// subject is the news and asking again would repeat it.
+		for ctx.Err() == nil && !have.Load() {
 			m, err := env.Conn.Request(env.Subjects.QuorumStateGet(env.Node.ID), nil, 2*time.Second)
-			if err == nil && apply(m.Data) {
+			if err == nil && !have.Load() && apply(m.Data) {
 				return
 			}
 			select {

@@ -132,8 +132,8 @@ func EncodeType(req int32, typ uint32, code cswire.Error) []byte {
 
 // RingID is a ring id as libquorum v1 carries it.
 type RingID struct {
-	NodeID uint32
-	Seq    uint64
+	NodeID uint32 `json:"rep"`
+	Seq    uint64 `json:"seq"`
 }
 
 // EncodeNotificationV0 is res_lib_quorum_notification: quorate@24,

@@ -713,8 +713,8 @@ func (m *Manager) record(ctx context.Context) {
 		}
 		_, isCorosync := corosyncServices[ServiceKey(ls.Name)]
 		for fn, st := range sum {
-			if ls.stats[fn] == st {
-				continue
+			if prev, ok := ls.stats[fn]; ok && prev == st {
+				continue // unchanged; a counter still at zero is recorded once
 			}
 			if _, err := strconv.Atoi(fn); isCorosync && err != nil {
 				// A corosync service's counters are its exec messages'

@@ -1,0 +1,113 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestQuorumClientShutdownNegotiation builds testdata/quorumclient.c, a
+// program of our own against libquorum, libvotequorum and libcfg, and
+// runs it against a one-node corobus: it tracks quorum, membership and
+// expected votes, and registers for the shutdown callback. The first
+// `corosync-cfgtool -H` is refused by it (the tool reports CS_ERR_BUSY,
+// 10, and the node keeps running); the second is accepted and stops the
+// node, which the client sees. Meanwhile `corobus cfg` and `corobus quorum`
+// follow the events on the bus subjects.
+func TestQuorumClientShutdownNegotiation(t *testing.T) {
+	requireRealClients(t, "a libquorum/libvotequorum/libcfg client",
+		needs{commands: []string{"corosync-cfgtool", "corosync-quorumtool", "gcc"},
+			headers: []string{"corosync/quorum.h", "corosync/votequorum.h", "corosync/cfg.h"}})
+	dir := t.TempDir()
+	client := filepath.Join(dir, "quorumclient")
+	if out, err := exec.Command("gcc", "-Wall", "-O2", "-o", client, repoFile("tests", "e2e", "testdata", "quorumclient.c"),
+		"-lquorum", "-lvotequorum", "-lcfg").CombinedOutput(); err != nil {
+		t.Fatalf("building the client: %v\n%s", err, out)
+	}
+	b := buildBinary(t)
+	conf := oneNodeConf(t, dir)
+	script := `
+D=` + shellQuote(dir) + `
+CONF=` + shellQuote(conf) + `
+B=` + shellQuote(b.path) + `
+C=` + shellQuote(client) + `
+ip link set lo up || exit 10
+"$B" up -c "$CONF" > "$D/up.log" 2>&1 &
+P=$!
+for i in $(seq 150); do corosync-quorumtool -s >/dev/null 2>&1 && break; sleep 0.2; done
+"$B" cfg -c "$CONF" --events > "$D/events.txt" 2>&1 &
+E=$!
+"$C" > "$D/client.txt" 2>&1 &
+Q=$!
+for i in $(seq 100); do grep -q ready "$D/client.txt" && break; sleep 0.1; done
+echo "== -v 2"; corosync-quorumtool -v 2; echo "rc=$?"
+for i in $(seq 50); do grep -q 'vq-expected.*expected=2' "$D/client.txt" && break; sleep 0.1; done
+echo "== first -H"; corosync-cfgtool -H 2>&1; echo "rc=$?"
+sleep 1
+kill -0 $P && echo "== node still running"
+echo "== second -H"; corosync-cfgtool -H 2>&1; echo "rc=$?"
+for i in $(seq 150); do kill -0 $P 2>/dev/null || break; sleep 0.2; done
+if kill -0 $P 2>/dev/null; then echo "== node did not stop"; kill -TERM $P; fi
+wait $P; echo "== up exit status $?"
+for i in $(seq 50); do kill -0 $Q 2>/dev/null || break; sleep 0.1; done
+kill $Q 2>/dev/null; wait $Q; echo "== client exit status $?"
+kill $E 2>/dev/null; wait $E
+echo "== client"; cat "$D/client.txt"
+echo "== events"; cat "$D/events.txt"
+`
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "unshare", "--net", "bash", "-c", script)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	out, err := cmd.CombinedOutput()
+	got := string(out)
+	t.Logf("%s", got)
+	if err != nil {
+		log, _ := os.ReadFile(filepath.Join(dir, "up.log"))
+		t.Fatalf("script failed: %v\n%s", err, log)
+	}
+	if !strings.Contains(got, "== first -H") || !strings.Contains(got, "== second -H") {
+		log, _ := os.ReadFile(filepath.Join(dir, "up.log"))
+		t.Fatalf("the sequence did not run through\n%s", log)
+	}
+	// The tool's stdout is a pipe, so its lines come after its stderr's.
+	first, _, _ := strings.Cut(got[strings.Index(got, "== first -H"):], "== node")
+	if !strings.Contains(first, "Could not shutdown (error = 10)") {
+		t.Errorf("the first corosync-cfgtool -H was not refused with CS_ERR_BUSY (10):\n%s", first)
+	}
+	second, _, _ := strings.Cut(got[strings.Index(got, "== second -H"):], "== up")
+	if strings.Contains(second, "Could not shutdown") {
+		t.Errorf("the second corosync-cfgtool -H failed:\n%s", second)
+	}
+	for _, want := range []string{
+		"== node still running\n",
+		"== up exit status 0\n",
+		"== client exit status 0\n",
+		// The client's view: registered, told the current state, told
+		// of the new votes, asked twice.
+		"ready quorate=1 local=1\n",
+		"nodelist ring=",
+		"quorum quorate=1 ring=",
+		"vq-nodelist context=4660 ring=",
+		"vq-quorum quorate=1 context=4660 nodes=1:1\n",
+		"vq-expected context=4660 expected=2\n",
+		"shutdown flags=0 -> no\n",
+		"shutdown flags=0 -> yes\n",
+		"closed\n",
+		// The negotiation on the bus.
+		`"phase":"requested"`,
+		`"phase":"cancelled"`,
+		`"phase":"confirmed"`,
+		`"phase":"shutdown"`,
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+}
