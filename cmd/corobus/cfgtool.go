@@ -41,7 +41,7 @@ func runCfg(ctx context.Context, a *app, args []string) error {
 	}
 	s, err := openComponent(ctx, nc.nc, nc.subjects, nc.node, cfg.ComponentName)
 	if err != nil {
-		return fmt.Errorf("Could not initialize corosync configuration API: %w", err)
+		return toolFailure(a.stderr, "Could not initialize corosync configuration API: %v", err)
 	}
 	defer s.Close()
 	t := &cfgTool{q: q, s: s, db: client.New(nc.nc, nc.subjects, nc.node)}
@@ -269,11 +269,11 @@ func (t *cfgTool) linkStatus(ctx context.Context, a *app) error {
 	}
 	local, code, err := cfg.DecodeLocalGet(b)
 	if err != nil || code != cswire.OK {
-		return fmt.Errorf("Could not get the local node id, the error is: %s", codeOr(code, err))
+		return toolFailure(a.stderr, "Could not get the local node id, the error is: %s", codeOr(code, err))
 	}
 	entries, err := t.db.List(ctx, "nodelist.node.")
 	if err != nil {
-		return fmt.Errorf("Could not get nodelist from cmap: %w", err)
+		return toolFailure(a.stderr, "Could not get nodelist from cmap: %v", err)
 	}
 	var ids []uint32
 	for _, e := range entries {
@@ -285,7 +285,7 @@ func (t *cfgTool) linkStatus(ctx context.Context, a *app) error {
 		}
 	}
 	if len(ids) == 0 {
-		return fmt.Errorf("No nodes found in nodelist")
+		return toolFailure(a.stderr, "No nodes found in nodelist")
 	}
 	slices.Sort(ids)
 	linkTransport := [cfg.MaxLinks]string{}

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -131,19 +130,19 @@ func openQuorumTool(ctx context.Context, nc *nodeClient, stderr io.Writer) (*quo
 	t := &quorumTool{stderr: stderr, db: client.New(nc.nc, nc.subjects, nc.node)}
 	var err error
 	if t.quorum, err = openComponent(ctx, nc.nc, nc.subjects, nc.node, quorum.ComponentName); err != nil {
-		return nil, fmt.Errorf("Cannot initialize QUORUM service: %w", err)
+		return nil, toolFailure(t.stderr, "Cannot initialize QUORUM service: %v", err)
 	}
 	b, err := t.quorum.call(ctx, quorum.EncodeModelGetType(quorum.ModelV1))
 	if err != nil {
 		t.Close()
-		return nil, fmt.Errorf("Cannot initialize QUORUM service: %w", err)
+		return nil, toolFailure(t.stderr, "Cannot initialize QUORUM service: %v", err)
 	}
 	if len(b) >= 28 {
 		t.qtype = cswire.U32(b, 24)
 	}
 	if t.cfg, err = openComponent(ctx, nc.nc, nc.subjects, nc.node, cfg.ComponentName); err != nil {
 		t.Close()
-		return nil, fmt.Errorf("Cannot initialise CFG service: %w", err)
+		return nil, toolFailure(t.stderr, "Cannot initialise CFG service: %v", err)
 	}
 	if v, err := t.db.Get(ctx, "quorum.provider"); err == nil && t.qtype != quorum.TypeFree {
 		t.provider = v.String()
@@ -152,12 +151,12 @@ func openQuorumTool(ctx context.Context, nc *nodeClient, stderr io.Writer) (*quo
 	if t.usingVotequorum() {
 		if t.vq, err = openComponent(ctx, nc.nc, nc.subjects, nc.node, votequorum.ComponentName); err != nil {
 			t.Close()
-			return nil, fmt.Errorf("Cannot initialise VOTEQUORUM service: %w", err)
+			return nil, toolFailure(t.stderr, "Cannot initialise VOTEQUORUM service: %v", err)
 		}
 		v, err := t.db.Get(ctx, "runtime.votequorum.this_node_id")
 		if err != nil {
 			t.Close()
-			return nil, fmt.Errorf("Unable to retrieve this_node_id: %w", err)
+			return nil, toolFailure(t.stderr, "Unable to retrieve this_node_id: %v", err)
 		}
 		n, _ := v.Int()
 		t.ourID = uint32(n)
@@ -177,7 +176,7 @@ func (t *quorumTool) Close() {
 
 func (t *quorumTool) setExpected(ctx context.Context, a *app) error {
 	if !t.usingVotequorum() {
-		return errors.New("You cannot change expected votes, corosync is not using votequorum")
+		return toolFailure(t.stderr, "You cannot change expected votes, corosync is not using votequorum")
 	}
 	code, err := t.status(ctx, votequorum.EncodeSetExpected(uint32(t.q.expected)))
 	if err != nil {
@@ -192,7 +191,7 @@ func (t *quorumTool) setExpected(ctx context.Context, a *app) error {
 
 func (t *quorumTool) setVotes(ctx context.Context, a *app) error {
 	if !t.usingVotequorum() {
-		return errors.New("You cannot change node votes, corosync is not using votequorum")
+		return toolFailure(t.stderr, "You cannot change node votes, corosync is not using votequorum")
 	}
 	id := uint32(t.q.nodeID)
 	if id == 0 {
@@ -211,19 +210,26 @@ func (t *quorumTool) setVotes(ctx context.Context, a *app) error {
 
 func (t *quorumTool) unregisterDevice(ctx context.Context, a *app) error {
 	if !t.usingVotequorum() {
-		return errors.New("You cannot unregister quorum device, corosync is not using votequorum")
+		return toolFailure(t.stderr, "You cannot unregister quorum device, corosync is not using votequorum")
 	}
 	in, code, err := t.getinfo(ctx, t.ourID)
 	if err != nil || code != cswire.OK {
-		return fmt.Errorf("Unable to get quorum device info: %s", codeOr(code, err))
+		return toolFailure(t.stderr, "Unable to get quorum device info: %s", codeOr(code, err))
 	}
 	if in.Flags&votequorum.InfoQdeviceRegistered == 0 {
 		return nil
 	}
 	if code, err := t.status(ctx, votequorum.EncodeQdeviceName(votequorum.ReqQdeviceUnregister, in.QdeviceName)); err != nil || code != cswire.OK {
-		return fmt.Errorf("Unable to unregister quorum device: %s", codeOr(code, err))
+		return toolFailure(t.stderr, "Unable to unregister quorum device: %s", codeOr(code, err))
 	}
 	return nil
+}
+
+// toolFailure prints a corosync tool's message on stderr and ends the
+// verb with status 1, as the tool does.
+func toolFailure(w io.Writer, format string, args ...any) error {
+	fmt.Fprintf(w, format+"\n", args...)
+	return exitStatus(1)
 }
 
 func codeOr(code cswire.Error, err error) string {
@@ -253,13 +259,13 @@ func (t *quorumTool) getinfo(ctx context.Context, id uint32) (votequorum.Info, c
 // members.
 func (t *quorumTool) view(ctx context.Context) (quorum.Notification, error) {
 	if _, err := t.quorum.call(ctx, quorum.EncodeTrackStart(quorum.TrackCurrent)); err != nil {
-		return quorum.Notification{}, fmt.Errorf("Unable to start quorum status tracking: %w", err)
+		return quorum.Notification{}, toolFailure(t.stderr, "Unable to start quorum status tracking: %v", err)
 	}
 	defer func() { _, _ = t.quorum.call(ctx, quorum.EncodeRequest(quorum.ReqTrackStop)) }()
 	for {
 		b, err := t.quorum.event(ctx, 10*time.Second)
 		if err != nil {
-			return quorum.Notification{}, fmt.Errorf("Unable to dispatch quorum status: %w", err)
+			return quorum.Notification{}, toolFailure(t.stderr, "Unable to dispatch quorum status: %v", err)
 		}
 		n, err := quorum.DecodeNotification(b)
 		if err != nil {
