@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/corobus/corobus/config"
+	"github.com/corobus/corobus/config/keys"
 	"github.com/corobus/corobus/objdb"
 	objdbclient "github.com/corobus/corobus/objdb/client"
 	"github.com/corobus/corobus/services/cswire"
@@ -84,6 +85,12 @@ func (r *Reloader) reload(ctx context.Context, started func()) ReloadResult {
 	}
 	started()
 	want := cfg.Explicit()
+	for k := range want {
+		// Key material is never in objdb: nothing to compare or write.
+		if sk, ok := keys.Lookup(k); ok && sk.Secret {
+			delete(want, k)
+		}
+	}
 	have := map[string]string{}
 	for _, p := range objdb.ConfigSections() {
 		entries, err := r.DB.List(ctx, p)

@@ -98,7 +98,7 @@ func NewService(cfg Config) *Service {
 
 // Run attaches to totem and serves until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
-	tc, err := totem.NewClient(s.cfg.Conn, s.cfg.Subjects, s.cfg.Node, totem.ClientOptions{Window: 64, OnDeliver: s.onDeliver})
+	tc, err := totem.NewClient(s.cfg.Conn, s.cfg.Subjects, s.cfg.Node, totem.ClientOptions{Window: 64, Service: TotemService, OnDeliver: s.onDeliver})
 	if err != nil {
 		return err
 	}

@@ -116,8 +116,8 @@ func (h hooks) Process(syncsvc.HookRequest) (bool, error) {
 
 // Activate waits until this process has seen every nodeinfo ordered
 // before the round's barriers, then decides.
-func (h hooks) Activate(req syncsvc.HookRequest) error {
-	h.s.caughtUp(req.Ring, 2*time.Second)
+func (h hooks) Activate(syncsvc.HookRequest) error {
+	h.s.caughtUp(h.ctx, 2*time.Second)
 	h.s.mu.Lock()
 	defer h.s.mu.Unlock()
 	h.s.core.SyncActivate()

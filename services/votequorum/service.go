@@ -64,12 +64,9 @@ type Service struct {
 
 	sendq   chan Exec
 	pending atomic.Int64 // own messages queued and not yet delivered back
-	pos     struct {
-		sync.Mutex
-		ring totem.RingID
-		pos  uint64
-	}
-	rx, tx [NumExec]atomic.Uint64
+	markSeq atomic.Uint64
+	marks   sync.Map // mark id → chan struct{}, closed when it comes back
+	rx, tx  [NumExec]atomic.Uint64
 }
 
 // NewService builds the service; Run starts it.
@@ -90,7 +87,7 @@ func NewService(cfg Config) (*Service, error) {
 
 // Run attaches to totem and the sync engine and serves until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
-	tc, err := totem.NewClient(s.cfg.Conn, s.cfg.Subjects, s.cfg.Node, totem.ClientOptions{Window: 256, OnDeliver: s.onDeliver})
+	tc, err := totem.NewClient(s.cfg.Conn, s.cfg.Subjects, s.cfg.Node, totem.ClientOptions{Window: 256, Service: TotemService, OnDeliver: s.onDeliver})
 	if err != nil {
 		return err
 	}
@@ -147,18 +144,20 @@ func (s *Service) send(ctx context.Context) {
 
 func (s *Service) onDeliver(d totem.Delivery) {
 	m := d.Message
-	if m == nil {
+	if m == nil || m.Service != TotemService {
 		return
 	}
-	s.pos.Lock()
-	if m.Pos != 0 {
-		s.pos.ring, s.pos.pos = m.Ring, m.Pos
-	}
-	s.pos.Unlock()
-	if m.Service != TotemService {
+	own := m.ID.Node == s.cfg.Node && m.ID.Origin == s.tc.Origin()
+	if id, ok := decodeMark(m.Payload); ok {
+		if !own {
+			return // another node's mark
+		}
+		if ch, found := s.marks.LoadAndDelete(id); found {
+			close(ch.(chan struct{}))
+		}
 		return
 	}
-	if m.ID.Node == s.cfg.Node && m.ID.Origin == s.tc.Origin() {
+	if own {
 		s.pending.Add(-1)
 	}
 	e, err := DecodeExec(m.Payload)
@@ -218,25 +217,45 @@ func (s *Service) waitOwn(ctx context.Context, limit time.Duration) bool {
 	return true
 }
 
-// caughtUp waits until this process has seen every message node's totem
-// had delivered when asked: the sync engine's barrier for this service
-// is then behind us, and so is every member's nodeinfo sent before it.
-func (s *Service) caughtUp(ring totem.RingID, limit time.Duration) {
-	st, err := totem.FetchStatus(s.cfg.Conn, s.cfg.Subjects, s.cfg.Node, limit)
-	if err != nil || st.Ring != ring {
+// caughtUp multicasts a mark and waits for it to come back: every
+// votequorum message the node delivered before — each member's nodeinfo
+// of the round, ordered before its barrier, the barriers having been
+// delivered before activate was called — has then reached this process
+// too, in order.
+func (s *Service) caughtUp(ctx context.Context, limit time.Duration) {
+	id := s.markSeq.Add(1)
+	ch := make(chan struct{})
+	s.marks.Store(id, ch)
+	defer s.marks.Delete(id)
+	if _, err := s.tc.Mcast(ctx, TotemService, encodeMark(id)); err != nil {
+		s.log.Warn("activating without the round's mark", "err", err)
 		return
 	}
-	deadline := time.Now().Add(limit)
-	for time.Now().Before(deadline) {
-		s.pos.Lock()
-		ok := s.pos.ring != ring || s.pos.pos >= st.Delivered
-		s.pos.Unlock()
-		if ok {
-			return
-		}
-		time.Sleep(time.Millisecond)
+	select {
+	case <-ch:
+	case <-time.After(limit):
+		s.log.Warn("activating before this process saw its mark come back")
+	case <-ctx.Done():
 	}
-	s.log.Warn("activating before this process saw every message of the round", "ring", ring)
+}
+
+// A mark is corobus's own message on votequorum's service, never
+// corosync's: a header with id 5<<16|0xff and a 64-bit mark id.
+const markID = serviceID<<16 | 0xff
+
+func encodeMark(id uint64) []byte {
+	b := make([]byte, 24)
+	cswire.PutI32(b, 0, markID)
+	cswire.PutI32(b, 8, 24)
+	cswire.PutU64(b, 16, id)
+	return b
+}
+
+func decodeMark(b []byte) (uint64, bool) {
+	if len(b) != 24 || cswire.I32(b, 0) != markID || cswire.I32(b, 8) != 24 {
+		return 0, false
+	}
+	return cswire.U64(b, 16), true
 }
 
 // env is the Service as the core's environment; its methods run with
