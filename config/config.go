@@ -96,8 +96,12 @@ func defaults() map[string]any {
 // embeddedDefault is the node that `corobus up` runs with no file: one node,
 // loopback, state under the user's state directory.
 func embeddedDefault(stateDir string) map[string]any {
+	// What a minimal corosync.conf says: version 2, a cluster name, a
+	// quorum provider, the nodelist.
 	return map[string]any{
+		"totem.version":               "2",
 		"totem.cluster_name":          "corobus",
+		"quorum.provider":             "corosync_votequorum",
 		"nodelist.node.0.nodeid":      "1",
 		"nodelist.node.0.name":        "node1",
 		"nodelist.node.0.ring0_addr":  "127.0.0.1",

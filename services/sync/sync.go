@@ -72,10 +72,19 @@ type State struct {
 
 // protoMsg is the engine's own multicast on totem service "sync".
 type protoMsg struct {
-	Type     string         `json:"type"` // "build", "barrier"
-	Ring     totem.RingID   `json:"ring"`
+	Type string       `json:"type"` // "build", "barrier"
+	Ring totem.RingID `json:"ring"`
+	// Epoch numbers the rounds of one ring: a round runs again (a
+	// service registered, an engine restarted) under a higher epoch,
+	// which every member adopts.
+	Epoch    uint64         `json:"epoch,omitempty"`
 	Services []Registration `json:"services,omitempty"`
 	Service  int            `json:"service,omitempty"`
+	// Late marks the build of an engine that joined a ring already
+	// installed (it may have missed the others' builds); Reply marks a
+	// build re-sent for such an engine, which never restarts a round.
+	Late  bool `json:"late,omitempty"`
+	Reply bool `json:"reply,omitempty"`
 }
 
 // TotemService is the totem service name the engine multicasts under.
@@ -116,6 +125,12 @@ type Engine struct {
 	// completes: a service registered while it ran.
 	again bool
 	ctx   context.Context
+	// epoch is the current round's number within the ring; mine the
+	// services this node announced in it; replied the members whose late
+	// build this node answered in it.
+	epoch   uint64
+	mine    []Registration
+	replied map[uint32]bool
 }
 
 // Layer is `corobus sync`.
@@ -194,7 +209,15 @@ func (e *Engine) Run(ctx context.Context) error {
 	// (a restarted engine must not leave services unsynchronized).
 	if st, err := totem.FetchStatus(e.nc, s, e.opts.Node, 2*time.Second); err == nil && st.State == "operational" {
 		cc := &totem.ConfChg{Type: totem.Regular, Ring: st.Ring, Members: st.Members}
-		e.ev <- func() { e.onDelivery(ctx, totem.Delivery{ConfChg: cc}) }
+		e.ev <- func() {
+			if e.ring == cc.Ring {
+				return // its configuration change came meanwhile
+			}
+			// The others built this ring's round before this engine
+			// listened: its build says so, and they answer with theirs.
+			e.trans = slices.Clone(cc.Members)
+			e.startRoundEpoch(ctx, cc, 0, true)
+		}
 	}
 	e.publish()
 	for {
@@ -240,10 +263,11 @@ func (e *Engine) rerun() {
 		e.again = true
 		return
 	}
-	e.log.Info("sync round runs again for a newly registered service", "ring", e.ring)
+	e.log.Info("sync round runs again for a newly registered service", "ring", e.ring, "epoch", e.epoch+1)
+	e.again = false
 	// The view does not change: everyone moves from it to itself.
 	e.trans = slices.Clone(e.members)
-	e.startRound(e.ctx, &totem.ConfChg{Type: totem.Regular, Ring: e.ring, Members: e.members})
+	e.startRoundEpoch(e.ctx, &totem.ConfChg{Type: totem.Regular, Ring: e.ring, Members: e.members}, e.epoch+1, false)
 }
 
 func (e *Engine) setState(f func(*State)) {
@@ -284,37 +308,64 @@ func (e *Engine) onDelivery(ctx context.Context, d totem.Delivery) {
 	if err := json.Unmarshal(m.Payload, &p); err != nil || p.Ring != e.ring {
 		return // a message of an older ring
 	}
-	if !e.active || (p.Type == "build" && e.inited && e.builds[m.ID.Node]) {
-		if p.Type != "build" {
-			return
+	from := m.ID.Node
+	if p.Type == "barrier" {
+		if p.Epoch == e.epoch && e.active {
+			e.onBarrier(ctx, from, p)
 		}
-		// A member's engine (re)started after this ring's round: run the
-		// round again with it, counting the build that asked for it.
-		e.log.Info("sync round restarts for a late member", "ring", e.ring, "node", m.ID.Node)
-		if e.active && e.idx < len(e.list) {
-			e.hook(ctx, e.list[e.idx], "abort")
-		}
-		e.active = false
-		e.startRound(ctx, &totem.ConfChg{Type: totem.Regular, Ring: e.ring, Members: e.members})
+		return
 	}
-	switch p.Type {
-	case "build":
-		e.onBuild(ctx, m.ID.Node, p)
-	case "barrier":
-		e.onBarrier(ctx, m.ID.Node, p)
+	if p.Type != "build" || from == e.opts.Node && p.Reply {
+		return
+	}
+	switch {
+	case p.Epoch > e.epoch:
+		// Another member runs the ring's round again: join it.
+		e.log.Info("sync round runs again", "ring", e.ring, "epoch", p.Epoch, "by", from)
+		e.startRoundEpoch(ctx, &totem.ConfChg{Type: totem.Regular, Ring: e.ring, Members: e.members}, p.Epoch, false)
+	case p.Epoch < e.epoch:
+		// A member behind: a late engine that will adopt this round
+		// once it has this node's build.
+		if !p.Reply && !e.replied[from] && from != e.opts.Node {
+			e.replied[from] = true
+			e.mcast(ctx, protoMsg{Type: "build", Ring: e.ring, Epoch: e.epoch, Services: e.mine, Reply: true})
+		}
+		return
+	case !p.Reply && from != e.opts.Node && e.builds[from] && (e.inited || !e.active):
+		// The same round built again by a member whose engine restarted
+		// after sending its first build: run the round again.
+		e.log.Info("sync round restarts for a restarted member", "ring", e.ring, "node", from, "epoch", e.epoch+1)
+		e.startRoundEpoch(ctx, &totem.ConfChg{Type: totem.Regular, Ring: e.ring, Members: e.members}, e.epoch+1, false)
+		return
+	}
+	if p.Late && !e.replied[from] && from != e.opts.Node && e.builds[e.opts.Node] {
+		// It may have missed this node's build, delivered before it
+		// listened: send it again.
+		e.replied[from] = true
+		e.mcast(ctx, protoMsg{Type: "build", Ring: e.ring, Epoch: e.epoch, Services: e.mine, Reply: true})
+	}
+	if e.active {
+		e.onBuild(ctx, from, p)
 	}
 }
 
 // startRound begins synchronization for a new regular configuration,
 // aborting a round in progress.
 func (e *Engine) startRound(ctx context.Context, cc *totem.ConfChg) {
+	e.startRoundEpoch(ctx, cc, 0, false)
+}
+
+// startRoundEpoch begins round epoch of ring cc.Ring; late says this
+// engine came to the ring after it was installed.
+func (e *Engine) startRoundEpoch(ctx context.Context, cc *totem.ConfChg, epoch uint64, late bool) {
 	if e.active && e.inited && e.idx < len(e.list) {
 		e.hook(ctx, e.list[e.idx], "abort")
 	}
-	e.ring, e.members = cc.Ring, slices.Clone(cc.Members)
+	e.ring, e.members, e.epoch = cc.Ring, slices.Clone(cc.Members), epoch
 	e.active, e.inited, e.idx, e.again = true, false, 0, false
 	e.builds = map[uint32]bool{}
 	e.barriers = map[uint32]bool{}
+	e.replied = map[uint32]bool{}
 	e.mu.Lock()
 	e.list = e.list[:0]
 	for _, r := range e.registered {
@@ -324,11 +375,17 @@ func (e *Engine) startRound(ctx context.Context, cc *totem.ConfChg) {
 	e.mu.Unlock()
 	sortRegs(e.list)
 	sortRegs(mine)
+	e.mine = mine
 	e.setState(func(s *State) {
 		s.InProgress, s.Ring, s.Service, s.Phase, s.Since = true, cc.Ring, "", "build", time.Now().UTC()
 	})
-	e.log.Info("sync round starts", "ring", cc.Ring, "members", cc.Members)
-	e.mcast(ctx, protoMsg{Type: "build", Ring: cc.Ring, Services: mine})
+	if epoch == 0 {
+		e.log.Info("sync round starts", "ring", cc.Ring, "members", cc.Members)
+	} else {
+		// Its reason was logged: a registration, another member's round.
+		e.log.Debug("sync round starts", "ring", cc.Ring, "members", cc.Members, "epoch", epoch)
+	}
+	e.mcast(ctx, protoMsg{Type: "build", Ring: cc.Ring, Epoch: epoch, Services: mine, Late: late})
 }
 
 func sortRegs(l []Registration) {
@@ -410,8 +467,7 @@ func (e *Engine) processNext(ctx context.Context) {
 		return
 	}
 	e.setState(func(s *State) { s.Phase = "barrier" })
-	e.barriers = map[uint32]bool{}
-	e.mcast(ctx, protoMsg{Type: "barrier", Ring: e.ring, Service: r.ID})
+	e.mcast(ctx, protoMsg{Type: "barrier", Ring: e.ring, Epoch: e.epoch, Service: r.ID})
 }
 
 func (e *Engine) onBarrier(ctx context.Context, from uint32, p protoMsg) {
@@ -425,6 +481,10 @@ func (e *Engine) onBarrier(ctx context.Context, from uint32, p protoMsg) {
 	if r := e.list[e.idx]; e.local(r.Name) {
 		e.hook(ctx, r, "activate")
 	}
+	// The next service's barriers are all ordered after this one's: none
+	// has arrived yet. (Not reset when this node sends its own barrier: a
+	// faster member's may already be in.)
+	e.barriers = map[uint32]bool{}
 	e.idx++
 	e.processNext(ctx)
 }

@@ -40,7 +40,7 @@ for i in $(seq 50); do ` + cmapctl + ` -g totem.version >/dev/null 2>&1 && break
 C=` + cmapctl + `
 (sleep 6 | timeout 4 stdbuf -oL $C -T test. > ` + dir + `/track.out 2>&1 &)
 sleep 1
-echo "== get"; $C -g totem.token
+echo "== get"; $C -g runtime.config.totem.token
 echo "== set"
 for t in u8 u16 u32 u64 i8 i16 i32 i64; do $C -s test.t.$t $t 7; done
 $C -s test.t.flt flt 1.5; $C -s test.t.dbl dbl 2.5; $C -s test.t.str str hello
@@ -59,7 +59,7 @@ echo "== shm"; ` + gatewayShmShell + `
 	}
 	got := string(out)
 	for _, want := range []string{
-		"== get\ntotem.token (u32) = 1000\n",
+		"== get\nruntime.config.totem.token (u32) = 1000\n",
 		"test.t.dbl (dbl) = 2.500000\ntest.t.flt (flt) = 1.500000\ntest.t.i16 (i16) = 7\n",
 		"test.t.str (str) = hello\ntest.t.u16 (u16) = 7\n",
 		"Can't get key test.t.str. Error CS_ERR_NOT_EXIST",

@@ -42,6 +42,9 @@ CONF=` + shellQuote(conf) + `
 K=` + shellQuote(corosync) + `
 B=` + shellQuote(b.path) + `
 ip link set lo up || exit 10
+# A /run of its own: corosync locks /run/corosync.pid, which a corosync
+# elsewhere on the machine may hold.
+mount -t tmpfs tmpfs /run || exit 10
 run() { echo "== $*"; timeout 20 "$@" 2>&1; echo "rc=$?"; }
 keys() { echo "== cmapctl $1 (keys)"; corosync-cmapctl "$1" | grep -Ev "$2" | sed 's/ = .*//'; }
 vals() { echo "== cmapctl $1"; corosync-cmapctl "$1" | grep -Ev "$2"; }
@@ -111,7 +114,7 @@ exit 0
 `
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "unshare", "--net", "bash", "-c", script)
+	cmd := exec.CommandContext(ctx, "unshare", "--net", "--mount", "bash", "-c", script)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	out, err := cmd.CombinedOutput()

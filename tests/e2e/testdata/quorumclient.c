@@ -14,7 +14,9 @@
  *   shutdown flags=0 -> yes
  *   closed
  *
- * "ready" is printed once every registration is done.
+ * "ready" is printed once every registration is done. With QC_TIME set in
+ * the environment each line starts with the wall-clock time in
+ * milliseconds since the epoch.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -22,12 +24,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <corosync/cfg.h>
 #include <corosync/quorum.h>
 #include <corosync/votequorum.h>
 
 static int shutdowns;
+static int stamps;
+
+static void stamp(void)
+{
+	struct timespec ts;
+
+	if (!stamps)
+		return;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	printf("%lld ", (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+}
 static corosync_cfg_handle_t cfg;
 
 static void list(const char *label, uint32_t n, const uint32_t *ids)
@@ -40,6 +54,7 @@ static void list(const char *label, uint32_t n, const uint32_t *ids)
 static void q_quorum(quorum_handle_t h, uint32_t quorate, struct quorum_ring_id ring,
 		     uint32_t n, const uint32_t *view)
 {
+	stamp();
 	printf("quorum quorate=%" PRIu32 " ring=%" PRIx32 ".%" PRIx64, quorate, ring.nodeid, ring.seq);
 	list("members", n, view);
 	printf("\n");
@@ -51,6 +66,7 @@ static void q_nodelist(quorum_handle_t h, struct quorum_ring_id ring,
 		       uint32_t nj, const uint32_t *joined,
 		       uint32_t nl, const uint32_t *left)
 {
+	stamp();
 	printf("nodelist ring=%" PRIx32 ".%" PRIx64, ring.nodeid, ring.seq);
 	list("members", n, members);
 	list("joined", nj, joined);
@@ -62,6 +78,7 @@ static void q_nodelist(quorum_handle_t h, struct quorum_ring_id ring,
 static void vq_quorum(votequorum_handle_t h, uint64_t context, uint32_t quorate,
 		      uint32_t n, votequorum_node_t nodes[])
 {
+	stamp();
 	printf("vq-quorum quorate=%" PRIu32 " context=%" PRIu64 " nodes=", quorate, context);
 	for (uint32_t i = 0; i < n; i++)
 		printf("%s%" PRIu32 ":%" PRIu32, i ? "," : "", nodes[i].nodeid, nodes[i].state);
@@ -72,6 +89,7 @@ static void vq_quorum(votequorum_handle_t h, uint64_t context, uint32_t quorate,
 static void vq_nodelist(votequorum_handle_t h, uint64_t context, votequorum_ring_id_t ring,
 			uint32_t n, uint32_t nodes[])
 {
+	stamp();
 	printf("vq-nodelist context=%" PRIu64 " ring=%" PRIx32 ".%" PRIx64, context, ring.nodeid, ring.seq);
 	list("nodes", n, nodes);
 	printf("\n");
@@ -80,6 +98,7 @@ static void vq_nodelist(votequorum_handle_t h, uint64_t context, votequorum_ring
 
 static void vq_expected(votequorum_handle_t h, uint64_t context, uint32_t expected)
 {
+	stamp();
 	printf("vq-expected context=%" PRIu64 " expected=%" PRIu32 "\n", context, expected);
 	fflush(stdout);
 }
@@ -87,6 +106,7 @@ static void vq_expected(votequorum_handle_t h, uint64_t context, uint32_t expect
 static void cfg_shutdown(corosync_cfg_handle_t h, corosync_cfg_shutdown_flags_t flags)
 {
 	int yes = shutdowns++ > 0;
+	stamp();
 	printf("shutdown flags=%d -> %s\n", flags, yes ? "yes" : "no");
 	fflush(stdout);
 	cs_error_t err = corosync_cfg_replyto_shutdown(h, yes ? COROSYNC_CFG_SHUTDOWN_FLAG_YES : COROSYNC_CFG_SHUTDOWN_FLAG_NO);
@@ -104,6 +124,7 @@ static void die(const char *what, cs_error_t err)
 
 int main(void)
 {
+	stamps = getenv("QC_TIME") != NULL;
 	quorum_handle_t q;
 	votequorum_handle_t vq;
 	uint32_t qtype;
@@ -135,6 +156,7 @@ int main(void)
 	unsigned int local;
 	if ((err = corosync_cfg_local_get(cfg, &local)) != CS_OK)
 		die("corosync_cfg_local_get", err);
+	stamp();
 	printf("ready quorate=%d local=%u\n", quorate, local);
 	fflush(stdout);
 

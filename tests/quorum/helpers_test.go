@@ -1,0 +1,218 @@
+// Package quorum runs quorum scenarios on multi-node clusters
+// (tests/netcluster: each node in network namespaces of its own), asserted
+// on every surviving node through corosync's real clients, and compares
+// the tools' output on three corobus nodes with three corosync nodes.
+package quorum
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/corobus/corobus/tests/netcluster"
+)
+
+// requireTools skips unless corosync's client tools are installed.
+func requireTools(t testing.TB) {
+	t.Helper()
+	for _, c := range []string{"corosync-quorumtool", "corosync-cfgtool", "corosync-cmapctl"} {
+		if _, err := exec.LookPath(c); err != nil {
+			t.Skipf("%s is not installed (apt-get install corosync; .ci/run does): skipping", c)
+		}
+	}
+}
+
+// quorumStatus is what corosync-quorumtool -s prints, parsed.
+type quorumStatus struct {
+	text                               string
+	exit                               int
+	quorate                            bool
+	nodes, expected, total, quorumVal  int
+	flags                              string
+}
+
+// status runs corosync-quorumtool -s in node n.
+func status(ctx context.Context, n *netcluster.Node) (quorumStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	out, err := n.Command(ctx, "corosync-quorumtool", "-s").CombinedOutput()
+	st := quorumStatus{text: string(out)}
+	if ee, ok := err.(*exec.ExitError); ok {
+		st.exit = ee.ExitCode()
+	} else if err != nil {
+		return st, err
+	}
+	if st.exit != 0 && st.exit != 2 {
+		return st, fmt.Errorf("corosync-quorumtool -s on node %d: exit %d\n%s", n.ID, st.exit, out)
+	}
+	sc := bufio.NewScanner(strings.NewReader(st.text))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		num := func() int { var x int; fmt.Sscan(v, &x); return x }
+		switch k {
+		case "Quorate":
+			st.quorate = v == "Yes"
+		case "Nodes":
+			st.nodes = num()
+		case "Expected votes":
+			st.expected = num()
+		case "Total votes":
+			st.total = num()
+		case "Quorum":
+			st.quorumVal = num()
+		case "Flags":
+			st.flags = v
+		}
+	}
+	return st, nil
+}
+
+// waitStatus polls corosync-quorumtool -s in each node until ok accepts
+// what it prints, and fails with every node's last status and log tail.
+func waitStatus(t *testing.T, timeout time.Duration, what string, ok func(quorumStatus) bool, nodes ...*netcluster.Node) {
+	t.Helper()
+	ctx := context.Background()
+	deadline := time.Now().Add(timeout)
+	for _, n := range nodes {
+		for {
+			st, err := status(ctx, n)
+			if err == nil && ok(st) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("node %d: %s: not within %s\n%s\nerr: %v\nlog tail:\n%s", n.ID, what, timeout, st.text, err, n.LogTail(40))
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+	}
+}
+
+func quorate(want bool) func(quorumStatus) bool {
+	return func(st quorumStatus) bool { return st.quorate == want }
+}
+
+// buildClient compiles tests/e2e/testdata/quorumclient.c.
+func buildClient(t testing.TB) string {
+	t.Helper()
+	for _, h := range []string{"corosync/quorum.h", "corosync/votequorum.h", "corosync/cfg.h"} {
+		if _, err := os.Stat(filepath.Join("/usr/include", h)); err != nil {
+			t.Skipf("%s is missing (apt-get install libquorum-dev libvotequorum-dev libcfg-dev): skipping", h)
+		}
+	}
+	_, here, _, _ := runtime.Caller(0)
+	src := filepath.Join(filepath.Dir(here), "..", "e2e", "testdata", "quorumclient.c")
+	out := filepath.Join(t.TempDir(), "quorumclient")
+	if b, err := exec.Command("gcc", "-Wall", "-O2", "-o", out, src, "-lquorum", "-lvotequorum", "-lcfg").CombinedOutput(); err != nil {
+		t.Fatalf("building the client: %v\n%s", err, b)
+	}
+	return out
+}
+
+// client is quorumclient running in a node, its output collected.
+type client struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	out  strings.Builder
+	done chan struct{}
+}
+
+func (c *client) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.out.Write(p)
+}
+
+func (c *client) text() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.out.String()
+}
+
+// startClient runs the client in node n (timestamped lines) until the
+// test ends, and waits until it registered.
+func startClient(t *testing.T, n *netcluster.Node, path string) *client {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &client{done: make(chan struct{})}
+	c.cmd = n.Command(ctx, path)
+	c.cmd.Env = append(c.cmd.Env, "QC_TIME=1")
+	c.cmd.Stdout, c.cmd.Stderr = c, c
+	if err := c.cmd.Start(); err != nil {
+		cancel()
+		t.Fatalf("starting the client in node %d: %v", n.ID, err)
+	}
+	go func() { _ = c.cmd.Wait(); close(c.done) }()
+	t.Cleanup(func() {
+		cancel()
+		<-c.done
+	})
+	deadline := time.Now().Add(time.Minute)
+	for !strings.Contains(c.text(), " ready ") {
+		select {
+		case <-c.done:
+			t.Fatalf("the client in node %d ended before it registered:\n%s", n.ID, c.text())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the client in node %d did not register:\n%s", n.ID, c.text())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return c
+}
+
+// waitLine waits until the client printed, after time since (ms since the
+// epoch), a line containing want, and returns that line's time.
+func (c *client) waitLine(t *testing.T, since int64, want string, timeout time.Duration) int64 {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		for _, l := range strings.Split(c.text(), "\n") {
+			var ms int64
+			if _, err := fmt.Sscan(l, &ms); err != nil || ms < since {
+				continue
+			}
+			if strings.Contains(l, want) {
+				return ms
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the client printed no %q after %d:\n%s", want, since, c.text())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func nowMS() int64 { return time.Now().UnixMilli() }
+
+// keepLogs writes every node's whole log into $QUORUM_TEST_LOGS/<test>/
+// when the test fails (the harness prints only their tails).
+func keepLogs(t *testing.T, c *netcluster.Cluster) {
+	dir := os.Getenv("QUORUM_TEST_LOGS")
+	if dir == "" {
+		return
+	}
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		d := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_"))
+		_ = os.MkdirAll(d, 0o755)
+		for _, n := range c.Nodes {
+			_ = os.WriteFile(filepath.Join(d, fmt.Sprintf("node%d.log", n.ID)), []byte(n.LogText()), 0o644)
+		}
+		t.Logf("whole logs in %s", d)
+	})
+}
