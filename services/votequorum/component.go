@@ -16,6 +16,7 @@ import (
 	"github.com/corobus/corobus/loader"
 	"github.com/corobus/corobus/objdb"
 	objdbclient "github.com/corobus/corobus/objdb/client"
+	"github.com/corobus/corobus/services/cswire"
 	"github.com/corobus/corobus/services/internal/rtkeys"
 	"github.com/corobus/corobus/services/ipc/session"
 	syncsvc "github.com/corobus/corobus/services/sync"
@@ -47,9 +48,12 @@ func Run(ctx context.Context, env layer.Env) error {
 		return err
 	}
 	if st.Provider != ProviderVotequorum {
-		env.Log.Info("votequorum is not the quorum provider; idle", "quorum.provider", st.Provider)
-		<-ctx.Done()
-		return nil
+		// Announced (the service manager waits for that) but refusing
+		// every connection: corosync has no votequorum service then.
+		env.Log.Info("votequorum is not the quorum provider; refusing connections", "quorum.provider", st.Provider)
+		return session.ServeComponent(ctx, env.Conn, env.Subjects, env.Node.ID, loader.Component{
+			Name: ComponentName, Version: ComponentVersion, Subject: Subject(env.Subjects, env.Node.ID),
+		}, notProvider{}, env.Log)
 	}
 	db := objdbclient.New(env.Conn, env.Subjects, env.Node.ID)
 	db.Internal = true
@@ -83,6 +87,14 @@ func Run(ctx context.Context, env layer.Env) error {
 		}, func(error) { cancel() })
 	}
 	return g.Run()
+}
+
+// notProvider refuses connections while another provider (or none) is
+// configured.
+type notProvider struct{}
+
+func (notProvider) Open(*session.Conn) (session.Session, error) {
+	return nil, fmt.Errorf("votequorum is not the quorum provider: %w", cswire.ErrAccess)
 }
 
 // hooks are votequorum's sync callbacks.
