@@ -131,6 +131,7 @@ type Engine struct {
 	epoch   uint64
 	mine    []Registration
 	replied map[uint32]bool
+	started time.Time
 }
 
 // Layer is `corobus sync`.
@@ -220,15 +221,30 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 	}
 	e.publish()
+	// A round still collecting builds asks again now and then: a build
+	// that went out while a member's engine was not listening is sent
+	// again by whoever sees this.
+	retry := time.NewTicker(buildRetry)
+	defer retry.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case f := <-e.ev:
 			f()
+		case <-retry.C:
+			if e.active && !e.inited && time.Since(e.started) >= buildRetry {
+				e.log.Info("sync round still waits for builds; asking again", "ring", e.ring, "epoch", e.epoch, "have", len(e.builds), "members", len(e.members))
+				e.replied = map[uint32]bool{}
+				e.mcast(ctx, protoMsg{Type: "build", Ring: e.ring, Epoch: e.epoch, Services: e.mine, Late: true, Reply: true})
+			}
 		}
 	}
 }
+
+// buildRetry is how long a round waits for its members' builds before it
+// asks again.
+const buildRetry = 3 * time.Second
 
 func (e *Engine) onRegister(m *nats.Msg) {
 	var r Registration
@@ -309,6 +325,9 @@ func (e *Engine) onDelivery(ctx context.Context, d totem.Delivery) {
 		return // a message of an older ring
 	}
 	from := m.ID.Node
+	// A retry is the build of a round stuck collecting builds: it asks
+	// every member for its build again.
+	retry := p.Late && p.Reply
 	if p.Type == "barrier" {
 		if p.Epoch == e.epoch && e.active {
 			e.onBarrier(ctx, from, p)
@@ -326,7 +345,7 @@ func (e *Engine) onDelivery(ctx context.Context, d totem.Delivery) {
 	case p.Epoch < e.epoch:
 		// A member behind: a late engine that will adopt this round
 		// once it has this node's build.
-		if !p.Reply && !e.replied[from] && from != e.opts.Node {
+		if from != e.opts.Node && (retry || !p.Reply && !e.replied[from]) {
 			e.replied[from] = true
 			e.mcast(ctx, protoMsg{Type: "build", Ring: e.ring, Epoch: e.epoch, Services: e.mine, Reply: true})
 		}
@@ -338,9 +357,10 @@ func (e *Engine) onDelivery(ctx context.Context, d totem.Delivery) {
 		e.startRoundEpoch(ctx, &totem.ConfChg{Type: totem.Regular, Ring: e.ring, Members: e.members}, e.epoch+1, false)
 		return
 	}
-	if p.Late && !e.replied[from] && from != e.opts.Node && e.builds[e.opts.Node] {
-		// It may have missed this node's build, delivered before it
-		// listened: send it again.
+	if from != e.opts.Node && e.builds[e.opts.Node] && (retry || !p.Reply && !e.replied[from] && (p.Late || !e.builds[from])) {
+		// This node's build was delivered before the member's: if its
+		// engine was not listening yet it missed it. Send it again
+		// (idempotent; a reply never restarts a round).
 		e.replied[from] = true
 		e.mcast(ctx, protoMsg{Type: "build", Ring: e.ring, Epoch: e.epoch, Services: e.mine, Reply: true})
 	}
@@ -363,6 +383,7 @@ func (e *Engine) startRoundEpoch(ctx context.Context, cc *totem.ConfChg, epoch u
 	}
 	e.ring, e.members, e.epoch = cc.Ring, slices.Clone(cc.Members), epoch
 	e.active, e.inited, e.idx, e.again = true, false, 0, false
+	e.started = time.Now()
 	e.builds = map[uint32]bool{}
 	e.barriers = map[uint32]bool{}
 	e.replied = map[uint32]bool{}

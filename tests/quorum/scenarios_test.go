@@ -65,6 +65,7 @@ func TestKillOneKillTwoRestart(t *testing.T) {
 func TestTwoNode(t *testing.T) {
 	requireTools(t)
 	c := netcluster.Start(t, netcluster.Options{Nodes: 2, Keys: map[string]string{"quorum.two_node": "1"}})
+	keepLogs(t, c)
 	n1, n2 := c.Node(1), c.Node(2)
 	waitStatus(t, settle, "quorate, 2Node", func(st quorumStatus) bool {
 		return st.quorate && st.nodes == 2 && st.quorumVal == 1 && strings.Contains(st.flags, "2Node") && strings.Contains(st.flags, "WaitForAll")
@@ -76,20 +77,30 @@ func TestTwoNode(t *testing.T) {
 	waitStatus(t, settle, "still quorate alone", func(st quorumStatus) bool { return st.quorate && st.nodes == 1 }, n1)
 }
 
-// wait_for_all at cold start: two of three nodes are a majority, but not
-// quorate until all three have been seen at once; after that, losing one
-// leaves the others quorate.
+// wait_for_all at cold start: after the whole cluster was down, two of
+// three nodes are a majority, but they are not quorate until all three
+// have been seen at once; after that, losing one leaves the others
+// quorate. (The cluster is started once first: a fresh corobus cluster
+// creates its replicated object database only with every node up, while a
+// cluster that has run restarts with a majority.)
 func TestWaitForAllColdStart(t *testing.T) {
 	requireTools(t)
-	c := netcluster.Start(t, netcluster.Options{Nodes: 3, NoStart: true, Keys: map[string]string{"quorum.wait_for_all": "1"}})
+	c := netcluster.Start(t, netcluster.Options{Nodes: 3, Keys: map[string]string{"quorum.wait_for_all": "1"}})
+	keepLogs(t, c)
 	n1, n2, n3 := c.Node(1), c.Node(2), c.Node(3)
+	waitStatus(t, settle, "first start: quorate", func(st quorumStatus) bool { return st.quorate && st.nodes == 3 }, n1, n2, n3)
+	for _, n := range []*netcluster.Node{n3, n2, n1} {
+		if err := n.Stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, n := range []*netcluster.Node{n1, n2} {
 		if err := n.Start(); err != nil {
 			t.Fatal(err)
 		}
 	}
 	c.WaitView(t, settle, []*netcluster.Node{n1, n2}, []uint32{1, 2})
-	waitStatus(t, settle, "two nodes up, waiting for all", func(st quorumStatus) bool {
+	waitStatus(t, settle, "cold start with two nodes: waiting for all", func(st quorumStatus) bool {
 		return !st.quorate && st.nodes == 2 && st.total == 2 && st.expected == 3 && strings.Contains(st.flags, "WaitForAll")
 	}, n1, n2)
 	if err := n3.Start(); err != nil {
@@ -111,6 +122,7 @@ func TestLastManStanding(t *testing.T) {
 	const window = 20 * time.Second
 	c := netcluster.Start(t, netcluster.Options{Nodes: 3, Keys: map[string]string{
 		"quorum.last_man_standing": "1", "quorum.last_man_standing_window": "20000"}})
+	keepLogs(t, c)
 	n1, n2, n3 := c.Node(1), c.Node(2), c.Node(3)
 	waitStatus(t, settle, "quorate, LastManStanding", func(st quorumStatus) bool {
 		return st.quorate && st.nodes == 3 && st.expected == 3 && strings.Contains(st.flags, "LastManStanding")
@@ -146,6 +158,7 @@ func TestLastManStanding(t *testing.T) {
 func TestAutoTieBreakerEvenSplit(t *testing.T) {
 	requireTools(t)
 	c := netcluster.Start(t, netcluster.Options{Nodes: 4, Keys: map[string]string{"quorum.auto_tie_breaker": "1"}})
+	keepLogs(t, c)
 	nodes := c.Nodes
 	waitStatus(t, settle, "quorate, AutoTieBreaker", func(st quorumStatus) bool {
 		return st.quorate && st.nodes == 4 && strings.Contains(st.flags, "AutoTieBreaker")
