@@ -32,11 +32,11 @@ func requireTools(t testing.TB) {
 
 // quorumStatus is what corosync-quorumtool -s prints, parsed.
 type quorumStatus struct {
-	text                               string
-	exit                               int
-	quorate                            bool
-	nodes, expected, total, quorumVal  int
-	flags                              string
+	text                              string
+	exit                              int
+	quorate                           bool
+	nodes, expected, total, quorumVal int
+	flags                             string
 }
 
 // status runs corosync-quorumtool -s in node n.
@@ -97,10 +97,6 @@ func waitStatus(t *testing.T, timeout time.Duration, what string, ok func(quorum
 			time.Sleep(300 * time.Millisecond)
 		}
 	}
-}
-
-func quorate(want bool) func(quorumStatus) bool {
-	return func(st quorumStatus) bool { return st.quorate == want }
 }
 
 // buildClient compiles tests/e2e/testdata/quorumclient.c.
