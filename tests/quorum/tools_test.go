@@ -50,6 +50,7 @@ func TestToolsMatchCorosyncThreeNodes(t *testing.T) {
 func toolsTranscript(t *testing.T, backend netcluster.Backend) string {
 	ctx := context.Background()
 	c := netcluster.Start(t, netcluster.Options{Nodes: 3, Backend: backend})
+	keepLogs(t, c)
 	n1, n2, n3 := c.Node(1), c.Node(2), c.Node(3)
 	var b strings.Builder
 	run := func(n *netcluster.Node, name string, args ...string) {
