@@ -53,7 +53,7 @@ func NewService(provider bool, log *slog.Logger) *Service {
 func (s *Service) SetView(v View) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	old := s.view.Quorate
+	old, oldMembers := s.view.Quorate, s.view.Members
 	s.view = View{Members: slices.Clone(v.Members), Quorate: v.Quorate, Ring: v.Ring}
 	switch {
 	case v.Quorate && !old:
@@ -61,7 +61,9 @@ func (s *Service) SetView(v View) {
 	case !v.Quorate && old:
 		s.log.Info("this node is within the non-primary component and will not provide any services")
 	}
-	s.log.Info("members", "members", v.Members, "ring", v.Ring)
+	if !slices.Equal(oldMembers, v.Members) {
+		s.log.Info("members", "members", v.Members, "ring", v.Ring)
+	}
 	for c := range s.trackers {
 		c.sendView(s.view)
 	}
@@ -95,7 +97,11 @@ func (s *Service) SyncInit(trans, members []uint32, ring RingID) {
 			s.joined = append(s.joined, id)
 		}
 	}
-	s.log.Info("sync members", "members", members, "joined", s.joined, "left", s.left)
+	if len(s.joined)+len(s.left) > 0 {
+		s.log.Info("sync members", "members", members, "joined", s.joined, "left", s.left)
+	} else {
+		s.log.Debug("sync members", "members", members)
+	}
 }
 
 // SyncActivate ends a round: v1 trackers get the membership with its

@@ -288,11 +288,15 @@ func (e *env) QuorumChanged(members []uint32, quorate bool, ring RingID) {
 	st := s.core.Snapshot()
 	// A decision is only ever announced once the node has synchronized.
 	st.Members, st.Quorate, st.Ring, st.Synced = members, quorate, ring, true
+	was := s.state
 	s.state, s.haveView = st, true
-	if quorate {
+	switch {
+	case quorate && (!was.Synced || !was.Quorate):
 		s.log.Info("this node is within the primary component and will provide service", "members", members)
-	} else {
+	case !quorate && (!was.Synced || was.Quorate):
 		s.log.Info("this node is within the non-primary component and will not provide any services", "members", members)
+	default:
+		s.log.Debug("quorum unchanged", "quorate", quorate, "members", members)
 	}
 	b, _ := json.Marshal(st)
 	if err := s.cfg.Conn.Publish(s.cfg.Subjects.QuorumState(s.cfg.Node), b); err != nil {
