@@ -8,12 +8,15 @@ func TestSubjects(t *testing.T) {
 		t.Fatal(err)
 	}
 	for got, want := range map[string]string{
-		s.BusStatus(3):    "corobus.my_cluster.bus.3.status",
-		s.Log(2, "TOTEM"): "corobus.my_cluster.log.2.TOTEM",
-		s.Log(2, "a.b c"): "corobus.my_cluster.log.2.a_b_c",
-		s.Blackbox(1):     "corobus.my_cluster.blackbox.1",
-		s.All():           "corobus.my_cluster.>",
-		s.Join("x", "y"):  "corobus.my_cluster.x.y",
+		s.BusStatus(3):                "corobus.my_cluster.bus.3.status",
+		s.Log(2, "TOTEM"):             "corobus.my_cluster.log.2.TOTEM",
+		s.Log(2, "a.b c"):             "corobus.my_cluster.log.2.a_b_c",
+		s.Blackbox(1):                 "corobus.my_cluster.blackbox.1",
+		s.All():                       "corobus.my_cluster.>",
+		s.Join("x", "y"):              "corobus.my_cluster.x.y",
+		s.CPGConfChg(2, "a.b c=\xff"): "corobus.my_cluster.cpg.2.confchg.a=2Eb=20c=3D=FF",
+		s.CPGConfChg(2, ""):           "corobus.my_cluster.cpg.2.confchg.=",
+		s.CPGGroups(1):                "corobus.my_cluster.cpg.1.groups",
 	} {
 		if got != want {
 			t.Errorf("got %q, want %q", got, want)

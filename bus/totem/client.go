@@ -37,6 +37,11 @@ type ClientOptions struct {
 	// OnDeliver receives Service's deliveries, from one goroutine. Nil:
 	// the client only multicasts.
 	OnDeliver func(Delivery)
+	// OnListen, when set, runs (on its own goroutine) each time the bus
+	// learns the service again after NewClient returned — a restarted
+	// bus, or one that was not up yet: configuration changes it published
+	// before were not seen.
+	OnListen func()
 }
 
 // Client is how a process of a node (a service: cpg, sync, …) multicasts
@@ -55,6 +60,7 @@ type Client struct {
 	seq      atomic.Uint64
 	slots    chan struct{}
 	on       func(Delivery)
+	onListen func()
 	done     chan struct{}
 	closed   sync.Once
 
@@ -85,6 +91,7 @@ func NewClient(nc *nats.Conn, subjects bus.Subjects, node uint32, opts ClientOpt
 		service:  opts.Service,
 		slots:    make(chan struct{}, opts.Window),
 		on:       opts.OnDeliver,
+		onListen: opts.OnListen,
 		done:     make(chan struct{}),
 		silent:   map[string]bool{},
 	}
@@ -151,6 +158,9 @@ func (c *Client) register(timeout time.Duration) error {
 func (c *Client) listen() {
 	for pause := 100 * time.Millisecond; ; pause = min(2*pause, 2*time.Second) {
 		if c.register(time.Second) == nil {
+			if c.onListen != nil {
+				c.onListen()
+			}
 			return
 		}
 		select {

@@ -7,6 +7,7 @@ import (
 	"github.com/corobus/corobus/layer"
 	"github.com/corobus/corobus/services/cfg"
 	"github.com/corobus/corobus/services/cmap"
+	"github.com/corobus/corobus/services/cpg"
 	"github.com/corobus/corobus/services/quorum"
 	"github.com/corobus/corobus/services/votequorum"
 )
@@ -15,7 +16,7 @@ import (
 // service manager starts each as `corobus service <name>`, a component
 // process the loader resolves like any other.
 func (a *app) builtinServices() []layer.Layer {
-	return []layer.Layer{cmap.Layer(), cfg.Layer(), quorum.Layer(), votequorum.Layer()}
+	return []layer.Layer{cmap.Layer(), cpg.Layer(), cfg.Layer(), quorum.Layer(), votequorum.Layer()}
 }
 
 // builtinLaunch is the service manager's map from service name to the

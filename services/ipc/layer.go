@@ -17,6 +17,7 @@ import (
 	objdbclient "github.com/corobus/corobus/objdb/client"
 	"github.com/corobus/corobus/services/cfg"
 	"github.com/corobus/corobus/services/cmap"
+	"github.com/corobus/corobus/services/cpg"
 	"github.com/corobus/corobus/services/ipc/libqb"
 	"github.com/corobus/corobus/services/quorum"
 	"github.com/corobus/corobus/services/votequorum"
@@ -31,6 +32,7 @@ func Layer() layer.Layer {
 func DefaultRoutes() []Route {
 	return []Route{
 		{Service: "cmap", Component: cmap.ComponentName, Version: cmap.ComponentVersion},
+		{Service: "cpg", Component: cpg.ComponentName, Version: cpg.ComponentVersion, HeldDuringSync: cpg.HeldDuringSync, Async: cpg.Async},
 		{Service: "quorum", Component: quorum.ComponentName, Version: quorum.ComponentVersion},
 		{Service: "votequorum", Component: votequorum.ComponentName, Version: votequorum.ComponentVersion},
 		{Service: "cfg", Component: cfg.ComponentName, Version: cfg.ComponentVersion, HeldDuringSync: cfg.HeldDuringSync},
@@ -61,8 +63,16 @@ func Run(ctx context.Context, env layer.Env) error {
 		if name == "none" {
 			continue
 		}
+		if name == cpg.ComponentName {
+			svc := cpg.NewFor(env)
+			cfg.Colocated[name] = Colocated{Subject: cpg.Subject(env.Subjects, env.Node.ID), Open: svc.OpenColocated}
+			ctx, cancel := context.WithCancel(ctx)
+			grp.Add(func() error { return cpg.Serve(ctx, env, svc) }, func(error) { cancel() })
+			env.Log.Info("running a colocated instance", "component", name)
+			continue
+		}
 		if name != cmap.ComponentName {
-			return fmt.Errorf("ipc.colocate: %q cannot run in the gateway (known: %s)", name, cmap.ComponentName)
+			return fmt.Errorf("ipc.colocate: %q cannot run in the gateway (known: %s, %s)", name, cmap.ComponentName, cpg.ComponentName)
 		}
 		st, err := objdb.OpenFor(ctx, env)
 		if err != nil {

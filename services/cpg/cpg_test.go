@@ -1,0 +1,340 @@
+package cpg_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/corobus/corobus/bus/bustest"
+	"github.com/corobus/corobus/services/cpg"
+	"github.com/corobus/corobus/services/cpg/cpgwire"
+	"github.com/corobus/corobus/services/cswire"
+)
+
+// corosync's answers to joins, leaves and multicasts in every state
+// (exec/cpg.c's table), and the configuration changes they cause.
+func TestGroupSemantics(t *testing.T) {
+	c := newCluster(t, 1, cpg.Options{})
+	a, b := c.member(1, 100), c.member(1, 200)
+
+	if err := a.status(cpgwire.EncodeLeave("g", 100)); err != cswire.ErrNotExist {
+		t.Errorf("leave without a join: %v, want CS_ERR_NOT_EXIST", err)
+	}
+	if err := a.status(cpgwire.EncodePartialMcast(cpgwire.GuaranteeAgreed, 10, cpgwire.PartialFirst, []byte("x"))); err != cswire.ErrNotExist {
+		t.Errorf("partial multicast without a join: %v, want CS_ERR_NOT_EXIST", err)
+	}
+	long := cpgwire.EncodeJoin("g", 100, 0)
+	binary.LittleEndian.PutUint32(long[16:], cpgwire.MaxNameLength+1)
+	if err := a.status(long); err != cswire.ErrNameTooLong {
+		t.Errorf("join with a 129-byte name: %v, want CS_ERR_NAME_TOO_LONG", err)
+	}
+
+	a.join("g")
+	a.waitLog("confchg g m=[1/100] l=[] j=[1/100:1]")
+	if err := a.status(cpgwire.EncodeJoin("g", 100, 0)); err != cswire.ErrExist {
+		t.Errorf("join twice: %v, want CS_ERR_EXIST", err)
+	}
+	if err := a.status(cpgwire.EncodeJoin("other", 100, 0)); err != cswire.ErrExist {
+		t.Errorf("join a second group on one connection: %v, want CS_ERR_EXIST", err)
+	}
+	dup := c.member(1, 100)
+	if err := dup.status(cpgwire.EncodeJoin("g", 100, 0)); err != cswire.ErrExist {
+		t.Errorf("the same pid joining the same group on another connection: %v, want CS_ERR_EXIST", err)
+	}
+	b.join("g")
+	for _, m := range []*member{a, b} {
+		m.waitLog("confchg g m=[1/100 1/200] l=[] j=[1/200:1]")
+	}
+	a.mcast("hello")
+	b.mcast("world")
+	for _, m := range []*member{a, b} {
+		m.waitLog("deliver 1/200 world")
+	}
+	if !slices.Equal(cpgOnly(a.log())[1:], cpgOnly(b.log())) {
+		t.Errorf("members saw different streams:\n%s\n---\n%s", strings.Join(a.log(), "\n"), strings.Join(b.log(), "\n"))
+	}
+	r := a.request(cpgwire.EncodeMembership("g"))
+	if want := []cpgwire.Address{{NodeID: 1, PID: 100}, {NodeID: 1, PID: 200}}; !slices.Equal(r.Members, want) {
+		t.Errorf("membership %v, want %v", r.Members, want)
+	}
+	if r := a.request(cpgwire.EncodeBareRequest(cpgwire.ReqLocalGet)); r.NodeID != 1 {
+		t.Errorf("local node %d", r.NodeID)
+	}
+
+	// A leave is answered at once and done when delivered; then the
+	// connection may join again.
+	if err := b.status(cpgwire.EncodeLeave("g", 200)); err != cswire.OK {
+		t.Fatalf("leave: %v", err)
+	}
+	for _, m := range []*member{a, b} {
+		m.waitLog("confchg g m=[1/100] l=[1/200:2] j=[]")
+	}
+	if err := b.status(cpgwire.EncodeLeave("g", 200)); err != cswire.ErrNotExist {
+		t.Errorf("leave twice: %v, want CS_ERR_NOT_EXIST", err)
+	}
+	b.join("h")
+	b.waitLog("confchg h m=[1/200] l=[] j=[1/200:1]")
+
+	// A connection that ends leaves its group with PROCDOWN.
+	b.conn.Close()
+	c.member(1, 300).join("h")
+	a.conn.Close()
+	w := c.member(1, 400)
+	w.join("g")
+	w.waitLog("confchg g m=[1/400] l=[] j=[1/400:1]")
+	if r := w.request(cpgwire.EncodeMembership("g")); len(r.Members) != 1 {
+		t.Errorf("after the PROCDOWN the group has %v", r.Members)
+	}
+}
+
+// cpg_iteration_* walks the groups in corosync's order: groups in reverse
+// order of first appearance in the (node, pid) sorted process list, in a
+// group its first process and then the others in reverse.
+func TestIterationOrder(t *testing.T) {
+	c := newCluster(t, 1, cpg.Options{})
+	joins := []struct {
+		pid   uint32
+		group string
+	}{{30, "b"}, {10, "a"}, {20, "a"}, {40, "a"}, {50, "c"}, {15, "b"}}
+	var ms []*member
+	for _, j := range joins {
+		m := c.member(1, j.pid)
+		m.join(j.group)
+		ms = append(ms, m)
+	}
+	last := ms[len(ms)-1]
+	waitFor(t, "every join", func() bool {
+		n := 0
+		for _, g := range []string{"a", "b", "c"} {
+			n += len(last.request(cpgwire.EncodeMembership(cpgwire.Name(g))).Members)
+		}
+		return n == len(joins)
+	})
+	iterate := func(typ uint32, g string) []string {
+		h := last.request(cpgwire.EncodeIterInit(typ, cpgwire.Name(g))).Handle
+		var out []string
+		for {
+			r := last.request(cpgwire.EncodeIterHandle(cpgwire.ReqIterNext, h))
+			if r.Error == cswire.ErrNoSections {
+				break
+			}
+			if r.Error != cswire.OK {
+				t.Fatalf("iteration_next: %v", r.Error)
+			}
+			out = append(out, fmt.Sprintf("%s:%d/%d", r.Desc.Group, r.Desc.NodeID, r.Desc.PID))
+		}
+		if err := last.status(cpgwire.EncodeIterHandle(cpgwire.ReqIterFinalize, h)); err != cswire.OK {
+			t.Errorf("iteration_finalize: %v", err)
+		}
+		return out
+	}
+	// Process list by pid: a/10 b/15 a/20 b/30 a/40 c/50.
+	if got, want := iterate(cpgwire.IterAll, ""), []string{"c:1/50", "b:1/15", "b:1/30", "a:1/10", "a:1/40", "a:1/20"}; !slices.Equal(got, want) {
+		t.Errorf("ALL: %v, want %v", got, want)
+	}
+	if got, want := iterate(cpgwire.IterNameOnly, ""), []string{"c:0/0", "b:0/0", "a:0/0"}; !slices.Equal(got, want) {
+		t.Errorf("NAME_ONLY: %v, want %v", got, want)
+	}
+	if got, want := iterate(cpgwire.IterOneGroup, "a"), []string{"a:1/10", "a:1/40", "a:1/20"}; !slices.Equal(got, want) {
+		t.Errorf("ONE_GROUP a: %v, want %v", got, want)
+	}
+	if err := last.request(cpgwire.EncodeIterHandle(cpgwire.ReqIterNext, 12345)).Error; err != cswire.ErrLibrary {
+		t.Errorf("next of an unknown iteration: %v", err)
+	}
+}
+
+// Members on three nodes multicast while a node is killed: every member
+// delivers the same messages and configuration changes in the same order,
+// and the killed node's processes leave with NODEDOWN at the same point
+// of every survivor's stream. A partition and its heal give NODEDOWN then
+// NODEUP on both sides.
+func TestVirtualSynchronyAcrossNodes(t *testing.T) {
+	c := newCluster(t, 3, cpg.Options{})
+	var ms []*member
+	for id := 1; id <= 3; id++ {
+		for k := range 2 {
+			m := c.member(id, uint32(100*id+k))
+			m.join("vs")
+			ms = append(ms, m)
+		}
+	}
+	for _, m := range ms {
+		m.waitLog("m=[1/100 1/101 2/200 2/201 3/300 3/301]")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		for i := 0; i < 200 && ctx.Err() == nil; i++ {
+			for _, m := range ms[:4] {
+				m.mcast(fmt.Sprintf("%d/%d #%d", m.node, m.pid, i))
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	time.Sleep(50 * time.Millisecond)
+	c.kill(3)
+	<-sent
+	survivors := ms[:4]
+	for _, m := range survivors {
+		m.waitLog("l=[3/300:3 3/301:3]")
+		m.waitLog("deliver 2/201 2/201 #199")
+	}
+	// From the last join on, every survivor's stream is the same.
+	tail := func(m *member) []string {
+		l := cpgOnly(m.log())
+		i := slices.IndexFunc(l, func(s string) bool { return strings.Contains(s, "m=[1/100 1/101 2/200 2/201 3/300 3/301]") })
+		if i < 0 {
+			t.Fatalf("%d/%d never saw every member:\n%s", m.node, m.pid, strings.Join(l, "\n"))
+		}
+		return l[i:]
+	}
+	ref := tail(survivors[0])
+	for _, m := range survivors[1:] {
+		if got := tail(m); !slices.Equal(got, ref) {
+			t.Fatalf("%d/%d's stream differs from 1/100's:\n%s", m.node, m.pid, diff(ref, got))
+		}
+	}
+
+	// Partition {1} | {2}: each side loses the other's processes, and
+	// gets them back with NODEUP when the partition heals.
+	c.h.Partition([]int{1}, []int{2})
+	ms[0].waitLog("confchg vs m=[1/100 1/101] l=[2/200:3 2/201:3] j=[]")
+	ms[2].waitLog("confchg vs m=[2/200 2/201] l=[1/100:3 1/101:3] j=[]")
+	c.h.Heal()
+	for _, m := range survivors[:2] {
+		m.waitLog("confchg vs m=[1/100 1/101 2/200 2/201] l=[] j=[2/201:4 2/200:4]")
+	}
+	for _, m := range survivors[2:] {
+		m.waitLog("confchg vs m=[1/100 1/101 2/200 2/201] l=[] j=[1/101:4 1/100:4]")
+	}
+}
+
+func diff(a, b []string) string {
+	var out []string
+	for i := range max(len(a), len(b)) {
+		var x, y string
+		if i < len(a) {
+			x = a[i]
+		}
+		if i < len(b) {
+			y = b[i]
+		}
+		mark := "  "
+		if x != y {
+			mark = "!="
+		}
+		out = append(out, fmt.Sprintf("%s %-60s %s", mark, x, y))
+	}
+	return strings.Join(out, "\n")
+}
+
+// A restarted cpg instance knows nothing: it asks every member for its
+// joinlist and takes connections once it has the same picture as the
+// others. The connections of the instance that went are gone with it: the
+// others see their processes leave with PROCDOWN.
+func TestRestartedInstanceResynchronizes(t *testing.T) {
+	c := newCluster(t, 2, cpg.Options{Logger: bustest.Logger(t)})
+	a := c.member(1, 10)
+	a.join("r")
+	a.waitLog("confchg r m=[1/10] l=[] j=[1/10:1]")
+	b := c.member(2, 20)
+	b.join("r")
+	a.waitLog("confchg r m=[1/10 2/20] l=[] j=[2/20:1]")
+
+	c.mu.Lock()
+	old := c.svcs[2]
+	c.mu.Unlock()
+	c.stop(2, old)
+	svc := c.start(2)
+	waitFor(t, "the new instance to synchronize", svc.Ready)
+	a.waitLog("confchg r m=[1/10] l=[2/20:5] j=[]")
+	fresh := c.member(2, 22)
+	fresh.join("r")
+	fresh.waitLog("confchg r m=[1/10 2/22] l=[] j=[2/22:1]")
+	a.waitLog("confchg r m=[1/10 2/22] l=[] j=[2/22:1]")
+}
+
+// Messages larger than one totem message go in chunks; callbacks larger
+// than a client takes go as partial deliveries; a libcpg fragmented send
+// arrives whole, in order with the small ones.
+func TestLargeMessages(t *testing.T) {
+	c := newCluster(t, 2, cpg.Options{Chunk: 1000, MaxEvent: 4096})
+	a, b := c.member(1, 1), c.member(2, 2)
+	a.join("big")
+	b.join("big")
+	b.waitLog("m=[1/1 2/2]")
+	big := bytes.Repeat([]byte("0123456789"), 1000)
+	a.mcast("small-1")
+	a.conn.Request(context.Background(), cpgwire.EncodeMcast(cpgwire.GuaranteeAgreed, big))
+	a.mcast("small-2")
+	// A fragmented send: three fragments of one message.
+	msg := bytes.Repeat([]byte("abcdefghij"), 900)
+	frags := [][]byte{msg[:3000], msg[3000:6000], msg[6000:]}
+	for i, f := range frags {
+		typ := cpgwire.PartialContinued
+		switch i {
+		case 0:
+			typ = cpgwire.PartialFirst
+		case len(frags) - 1:
+			typ = cpgwire.PartialLast
+		}
+		if err := a.status(cpgwire.EncodePartialMcast(cpgwire.GuaranteeAgreed, uint32(len(msg)), typ, f)); err != cswire.OK {
+			t.Fatalf("fragment %d: %v", i, err)
+		}
+	}
+	a.mcast("small-3")
+	for _, m := range []*member{a, b} {
+		m.waitLog("deliver 1/1 small-3")
+		var got [][]byte
+		for _, e := range m.snapshot() {
+			if e.ID == cpgwire.ResDeliverCallback {
+				got = append(got, e.Data)
+			}
+		}
+		want := [][]byte{[]byte("small-1"), big, []byte("small-2"), msg, []byte("small-3")}
+		if len(got) != len(want) {
+			t.Fatalf("%d deliveries, want %d: %s", len(got), len(want), strings.Join(m.log(), "\n"))
+		}
+		for i := range want {
+			if !bytes.Equal(got[i], want[i]) {
+				t.Errorf("delivery %d: %d bytes, want %d", i, len(got[i]), len(want[i]))
+			}
+		}
+	}
+}
+
+// The clients' multicasts wait (flow control) while the window is full
+// and while the groups synchronize after a view change.
+func TestFlowControl(t *testing.T) {
+	c := newCluster(t, 2, cpg.Options{Window: 8})
+	a := c.member(1, 1)
+	a.join("fc")
+	a.waitLog("m=[1/1]")
+	for i := range 500 {
+		a.mcast(fmt.Sprint(i))
+	}
+	a.waitLog("deliver 1/1 499")
+	if n := c.svc(1).Counters()["flow_control"]; n == 0 {
+		t.Error("500 multicasts through a window of 8 never raised flow control")
+	}
+	waitFor(t, "the flow control to drop", func() bool { return a.flowLevel() == 0 })
+	a.mu.Lock()
+	a.flows = nil
+	a.mu.Unlock()
+	c.kill(2)
+	a.waitLog("totem")
+	waitFor(t, "the flow control to drop after the sync", func() bool { return a.flowLevel() == 0 })
+	a.mu.Lock()
+	flows := slices.Clone(a.flows)
+	a.mu.Unlock()
+	if !slices.Contains(flows, 2) {
+		t.Errorf("the view change did not hold the multicasts: levels %v", flows)
+	}
+}
