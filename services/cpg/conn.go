@@ -48,6 +48,7 @@ type Conn struct {
 	fragStart            uint64
 	finalized            bool
 	closed               bool
+	leaveDone            bool // its leave was delivered
 	iters                map[uint64]*iteration
 	nextIter             uint64
 	zcb                  zcbMaps
@@ -91,6 +92,17 @@ func held(id int32) bool {
 	}
 	return false
 }
+
+// Event backlog limits of a CPG connection in the gateway. corosync queues
+// a client's callbacks without limit; the gateway holds the requests of a
+// client that does not read them, and disconnects it at the maximum. A
+// libcpg client sending a large message in fragments does not read while
+// it sends and gets its own message back meanwhile: the limits let a
+// 32 MiB message through.
+const (
+	EventQueueHigh = 40 << 20
+	EventQueueMax  = 160 << 20
+)
 
 // HeldDuringSync is the gateway route's list of the same calls.
 func HeldDuringSync(id int32) bool { return held(id) }
@@ -207,7 +219,8 @@ func (c *Conn) join(r cpgwire.Request) cswire.Error {
 		s.mu.Unlock()
 		return cswire.ErrBadHandle
 	}
-	// The same process in the same group on any connection.
+	// The same process in the same group on any connection (one that
+	// left it included: corosync keeps its pid and group).
 	for _, o := range s.conns {
 		if o.pid == r.PID && o.group == r.Group && o.state != stateUnjoined {
 			s.mu.Unlock()
@@ -222,6 +235,11 @@ func (c *Conn) join(r cpgwire.Request) cswire.Error {
 	switch c.state {
 	case stateLeaveStarted:
 		s.mu.Unlock()
+		if c.leaveDone {
+			// corosync answers CS_ERR_BUSY here for ever, which libcpg
+			// retries for ever: the connection can join no group again.
+			return cswire.ErrExist
+		}
 		return cswire.ErrBusy
 	case stateJoinStarted, stateJoinCompleted:
 		s.mu.Unlock()
@@ -359,17 +377,6 @@ func (s *Service) joinGroup(c *Conn) {
 		s.byGroup[c.group] = m
 	}
 	m[c] = struct{}{}
-}
-
-// unjoin forgets a connection's group. Called with mu held.
-func (s *Service) unjoin(c *Conn) {
-	if m := s.byGroup[c.group]; m != nil {
-		delete(m, c)
-		if len(m) == 0 {
-			delete(s.byGroup, c.group)
-		}
-	}
-	c.state, c.group, c.pid = stateUnjoined, "", 0
 }
 
 // Close ends the connection (corosync's cpg_lib_exit_fn): a process still

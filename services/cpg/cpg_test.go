@@ -66,8 +66,11 @@ func TestGroupSemantics(t *testing.T) {
 		t.Errorf("local node %d", r.NodeID)
 	}
 
-	// A leave is answered at once and done when delivered; then the
-	// connection may join again.
+	// A leave is answered at once and done when delivered. As in
+	// corosync 3.1.7 the connection then keeps the group's callbacks and
+	// can join no group again (corosync: CS_ERR_EXIST for the same group,
+	// CS_ERR_BUSY for ever for another, which corobus answers
+	// CS_ERR_EXIST).
 	if err := b.status(cpgwire.EncodeLeave("g", 200)); err != cswire.OK {
 		t.Fatalf("leave: %v", err)
 	}
@@ -77,6 +80,15 @@ func TestGroupSemantics(t *testing.T) {
 	if err := b.status(cpgwire.EncodeLeave("g", 200)); err != cswire.ErrNotExist {
 		t.Errorf("leave twice: %v, want CS_ERR_NOT_EXIST", err)
 	}
+	for _, g := range []cpgwire.Name{"g", "h"} {
+		if err := b.status(cpgwire.EncodeJoin(g, 200, 0)); err != cswire.ErrExist {
+			t.Errorf("join %q after a leave: %v, want CS_ERR_EXIST", g, err)
+		}
+	}
+	a.mcast("after the leave")
+	b.waitLog("deliver 1/100 after the leave")
+	b.conn.Close()
+	b = c.member(1, 200)
 	b.join("h")
 	b.waitLog("confchg h m=[1/200] l=[] j=[1/200:1]")
 

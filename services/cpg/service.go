@@ -567,10 +567,12 @@ func (s *Service) notify(g cpgwire.Name, joined, left []cpgwire.Address) {
 		if l.NodeID != s.node || l.Reason != cpgwire.ReasonLeave {
 			continue
 		}
-		// The leave is through: the connection may join again.
+		// The leave is through. As in corosync 3.1.7 the connection
+		// stays "leaving": it keeps the group's callbacks and cannot join
+		// again (its reset, meant in exec/cpg.c, never runs).
 		for c := range s.byGroup[g] {
 			if c.pid == l.PID && c.state == stateLeaveStarted {
-				s.unjoin(c)
+				c.leaveDone = true
 			}
 		}
 	}

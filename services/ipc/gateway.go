@@ -49,6 +49,10 @@ type Route struct {
 	// the component without a reply subject, in order with the others.
 	// They are never held: the component flow-controls its clients.
 	Async func(id int32) bool
+	// EventQueueHigh and EventQueueMax, when set, replace the server's
+	// limits of a connection's event backlog (flow control from High,
+	// disconnection at Max) for this route's connections.
+	EventQueueHigh, EventQueueMax int
 }
 
 // Config configures a Gateway.
@@ -311,6 +315,9 @@ type routeHandler struct {
 }
 
 func (h *routeHandler) Admit(c libqb.Creds) bool { return h.g.cfg.Admit(c) }
+
+// EventLimits implements libqb.EventLimiter with the route's limits.
+func (h *routeHandler) EventLimits() (high, max int) { return h.r.EventQueueHigh, h.r.EventQueueMax }
 
 // Open opens a session with an instance of the route's component. A
 // component that is not running yet makes the client try again, as

@@ -32,7 +32,8 @@ func Layer() layer.Layer {
 func DefaultRoutes() []Route {
 	return []Route{
 		{Service: "cmap", Component: cmap.ComponentName, Version: cmap.ComponentVersion},
-		{Service: "cpg", Component: cpg.ComponentName, Version: cpg.ComponentVersion, HeldDuringSync: cpg.HeldDuringSync, Async: cpg.Async},
+		{Service: "cpg", Component: cpg.ComponentName, Version: cpg.ComponentVersion, HeldDuringSync: cpg.HeldDuringSync, Async: cpg.Async,
+			EventQueueHigh: cpg.EventQueueHigh, EventQueueMax: cpg.EventQueueMax},
 		{Service: "quorum", Component: quorum.ComponentName, Version: quorum.ComponentVersion},
 		{Service: "votequorum", Component: votequorum.ComponentName, Version: votequorum.ComponentVersion},
 		{Service: "cfg", Component: cfg.ComponentName, Version: cfg.ComponentVersion, HeldDuringSync: cfg.HeldDuringSync},

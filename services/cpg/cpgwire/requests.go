@@ -70,7 +70,11 @@ func DecodeRequest(msg []byte) (Request, error) {
 			return r, err
 		}
 		r.IterType = le32(msg[ReqHeaderSize+NameSize:])
-		r.Group, err = getName(msg[ReqHeaderSize:])
+		// libcpg leaves the name unset (stack garbage) unless one group
+		// is asked for; corosync reads it only then.
+		if r.IterType == IterOneGroup {
+			r.Group, err = getName(msg[ReqHeaderSize:])
+		}
 	case ReqIterNext, ReqIterFinalize:
 		if err := need(iterHandleSize); err != nil {
 			return r, err

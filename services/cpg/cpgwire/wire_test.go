@@ -150,6 +150,13 @@ func TestMalformedRequests(t *testing.T) {
 	if _, err := DecodeRequest(z); !errors.Is(err, ErrSize) {
 		t.Errorf("unterminated path: %v", err)
 	}
+	// An iteration of every group ignores its name field, which libcpg
+	// does not set.
+	it := EncodeIterInit(IterAll, "")
+	put32(it[16:], 0xdeadbeef)
+	if r, err := DecodeRequest(it); err != nil || r.IterType != IterAll {
+		t.Errorf("iteration ALL with a garbage name: %+v %v", r, err)
+	}
 	u := EncodeBareRequest(13)
 	if _, err := DecodeRequest(u); !errors.Is(err, ErrUnknown) {
 		t.Errorf("unknown id: %v", err)

@@ -114,7 +114,13 @@ type transport interface {
 func (s *Server) serve(ctx context.Context, service string, h Handler, fd int) {
 	c := &Conn{ID: s.nextID.Add(1), Service: service, srv: s, log: s.log, setupFD: fd, done: make(chan struct{})}
 	c.setup = os.NewFile(uintptr(fd), "libqb setup")
-	c.events.init(c, s.EventQueueHigh, s.EventQueueMax)
+	high, limit := s.EventQueueHigh, s.EventQueueMax
+	if l, ok := h.(EventLimiter); ok {
+		if hh, mm := l.EventLimits(); hh > 0 && mm >= hh {
+			high, limit = hh, mm
+		}
+	}
+	c.events.init(c, high, limit)
 	var err error
 	if c.setupRaw, err = c.setup.SyscallConn(); err != nil {
 		_ = c.setup.Close()

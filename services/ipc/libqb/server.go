@@ -76,6 +76,14 @@ type Handler interface {
 	Open(conn *Conn) (Session, error)
 }
 
+// EventLimiter is a Handler that sets its own connections' event backlog
+// limits (Server.EventQueueHigh, EventQueueMax), where the server's do not
+// fit the service: a CPG client receives its own 16 MiB message back while
+// it is still sending it, without reading.
+type EventLimiter interface {
+	EventLimits() (high, max int)
+}
+
 // Session is one connection's state.
 type Session interface {
 	// Request handles one whole request message (header included) and
