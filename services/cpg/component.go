@@ -176,4 +176,3 @@ func (h syncHooks) Process(req syncsvc.HookRequest) (bool, error) {
 
 func (h syncHooks) Activate(syncsvc.HookRequest) error { return nil }
 func (h syncHooks) Abort(syncsvc.HookRequest)          {}
-

@@ -2,8 +2,8 @@ package cpg_test
 
 import (
 	"bytes"
-	"encoding/binary"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"slices"
 	"strings"

@@ -44,9 +44,9 @@ func (m Msg) String() string { return fmt.Sprintf("%s#%d", m.From, m.Seq) }
 // Event is one line of a log: a delivery or a configuration change.
 type Event struct {
 	Msg     *Msg
-	ConfChg string   // the change as logged ("m=… l=… j=…")
-	Members []Proc   // of a configuration change
-	Line    int      // in the log, for reports
+	ConfChg string // the change as logged ("m=… l=… j=…")
+	Members []Proc // of a configuration change
+	Line    int    // in the log, for reports
 }
 
 // Log is what one member logged.
