@@ -247,23 +247,31 @@ func EnsureToken(cfg *config.Config) (string, error) {
 		return "", fmt.Errorf("generating the bus token: %w", err)
 	}
 	tok := hex.EncodeToString(raw)
-	// O_EXCL: when two processes race to create it, one wins and the
-	// other reads the winner's token.
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, os.ErrExist) {
-		time.Sleep(50 * time.Millisecond)
+	// Written aside, then linked in place: the file never exists empty or
+	// half written (a process starting at the same time would read that
+	// as the token). When two processes race, the first link wins and
+	// the other reads the winner's token.
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".bus.token.*")
+	if err != nil {
+		return "", fmt.Errorf("creating the bus token in %s: %w", filepath.Dir(path), err)
+	}
+	defer os.Remove(tmp.Name())
+	_, werr := tmp.WriteString(tok + "\n")
+	if cerr := tmp.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr != nil {
+		return "", fmt.Errorf("writing the bus token %s: %w", tmp.Name(), werr)
+	}
+	if err := os.Link(tmp.Name(), path); err != nil {
+		if !errors.Is(err, os.ErrExist) {
+			return "", fmt.Errorf("creating the bus token %s: %w", path, err)
+		}
 		b, err := os.ReadFile(path)
 		if err != nil {
 			return "", fmt.Errorf("reading the bus token: %w", err)
 		}
 		return strings.TrimSpace(string(b)), nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("creating the bus token %s: %w", path, err)
-	}
-	defer f.Close()
-	if _, err := f.WriteString(tok + "\n"); err != nil {
-		return "", fmt.Errorf("writing the bus token %s: %w", path, err)
 	}
 	return tok, nil
 }
