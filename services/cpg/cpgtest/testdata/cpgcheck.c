@@ -177,8 +177,9 @@ int main(int argc, char **argv)
 	};
 	cpg_handle_t h;
 	cs_error_t e;
+	/* The service may still be starting: not there yet, or not ready. */
 	for (int tries = 0; (e = cpg_model_initialize(&h, CPG_MODEL_V1, (cpg_model_data_t *)&model, NULL)) != CS_OK; tries++) {
-		if (e != CS_ERR_TRY_AGAIN || tries > 300) {
+		if (tries > 300) {
 			logf_("E cpg_model_initialize %d", e);
 			return 1;
 		}

@@ -195,7 +195,8 @@ static void init(void *ctx)
 		.flags = CPG_MODEL_V1_DELIVER_INITIAL_TOTEM_CONF,
 	};
 	cs_error_t e;
-	for (int i = 0; (e = cpg_model_initialize(&h, CPG_MODEL_V1, (cpg_model_data_t *)&model, ctx)) == CS_ERR_TRY_AGAIN && i < 300; i++)
+	/* The service may still be starting: not there yet, or not ready. */
+	for (int i = 0; (e = cpg_model_initialize(&h, CPG_MODEL_V1, (cpg_model_data_t *)&model, ctx)) != CS_OK && i < 300; i++)
 		usleep(100000);
 	if (e != CS_OK) {
 		fail("cpg_model_initialize", "%d", e);
@@ -226,6 +227,9 @@ static int child(struct cpg_name *g, int ready)
 	join(g);
 	if (write(ready, "j", 1) != 1)
 		return 1;
+	/* Nothing before the parent is a member: it would not get it. */
+	while (members < 2)
+		pump(100);
 	uint32_t seq = 0;
 	while (!got_end) {
 		if (send_msg(seq, 64 + seq % 200) != CS_OK) {

@@ -1,0 +1,34 @@
+// Package cpgtest runs real libcpg clients — corobus's own C programs
+// (testdata/) and Debian's corosync-cpgtool — against corobus and, with
+// the very same programs, against a real corosync, each node in network
+// namespaces of its own (tests/netcluster).
+package cpgtest
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"testing"
+)
+
+// BuildC compiles testdata/<name>.c against libcpg into a temporary
+// directory and returns the program's path. It skips the test, with the
+// reason, where there is no C compiler or no libcpg headers.
+func BuildC(t testing.TB, name string) string {
+	t.Helper()
+	cc, err := exec.LookPath("gcc")
+	if err != nil {
+		t.Skipf("cpgtest: no gcc (apt-get install gcc): %v", err)
+	}
+	if _, err := os.Stat("/usr/include/corosync/cpg.h"); err != nil {
+		t.Skip("cpgtest: no libcpg headers (apt-get install libcpg-dev): skipping")
+	}
+	_, here, _, _ := runtime.Caller(0)
+	src := filepath.Join(filepath.Dir(here), "testdata", name+".c")
+	out := filepath.Join(t.TempDir(), name)
+	if b, err := exec.Command(cc, "-O2", "-Wall", "-o", out, src, "-lcpg").CombinedOutput(); err != nil {
+		t.Fatalf("cpgtest: compiling %s: %v\n%s", src, err, b)
+	}
+	return out
+}
