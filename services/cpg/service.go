@@ -16,7 +16,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -734,5 +733,3 @@ type stats struct {
 	unknownSender atomic.Uint64
 	eventErrors   atomic.Uint64
 }
-
-var errClosed = errors.New("cpg: the connection is closed")
