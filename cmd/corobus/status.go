@@ -23,6 +23,7 @@ func (a *app) clientCommands() []command {
 	return []command{
 		{name: "bench", summary: "measure a running node: bench cmap, bench totem", run: runBench},
 		{name: "cmap", summary: "read, change and track the object database (corosync-cmapctl)", run: runCmap},
+		{name: "cpg", summary: "list the closed process groups and their members (corosync-cpgtool)", run: runCpg},
 		{name: "objctl", summary: "the object database as corosync 1.x's object tree (corosync-objctl)", run: runObjctl},
 		{name: "lcr", summary: "list components: versions, instances, reference counts (alias: components)", run: runLcr},
 		{name: "components", summary: "same as lcr", run: runLcr},

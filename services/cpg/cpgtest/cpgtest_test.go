@@ -190,3 +190,101 @@ func lastLines(s string, n int) string {
 	}
 	return strings.Join(l, "\n")
 }
+
+// corosync-cpgtool's output on corobus is a real corosync's, with the same
+// members in the same groups — one node, then three nodes with groups on
+// each — for every flag (pids replaced by the member's number); and
+// `corobus cpg` prints exactly what corosync-cpgtool prints on corobus.
+func TestCpgtoolMatchesCorosync(t *testing.T) {
+	if _, err := exec.LookPath("corosync-cpgtool"); err != nil {
+		t.Skip("corosync-cpgtool is not installed (apt-get install corosync): skipping")
+	}
+	prog := BuildC(t, "cpgcheck")
+	flags := [][]string{nil, {"-n"}, {"-d", ","}, {"-d", ";", "-n"}, {"-e"}}
+	for _, c := range []struct {
+		name   string
+		nodes  int
+		groups map[int][]string // by node, one member per entry
+	}{
+		{"one node", 1, map[int][]string{1: {"alpha", "alpha", "beta x", "odd\\name\x01"}}},
+		{"three nodes", 3, map[int][]string{1: {"alpha", "alpha"}, 2: {"alpha", "beta"}, 3: {"gamma", "alpha", "beta"}}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			out := map[netcluster.Backend]map[string]string{}
+			for _, b := range []netcluster.Backend{netcluster.Corosync, netcluster.Corobus} {
+				out[b] = cpgtoolOutputs(t, b, c.nodes, c.groups, prog, flags)
+			}
+			for k, want := range out[netcluster.Corosync] {
+				if got := out[netcluster.Corobus][k]; got != want {
+					t.Errorf("%s on corobus:\n%s\ncorosync:\n%s", k, got, want)
+				}
+			}
+			t.Logf("corobus, node 1, corosync-cpgtool:\n%s", out[netcluster.Corobus]["node 1: corosync-cpgtool"])
+		})
+	}
+}
+
+// cpgtoolOutputs starts a cluster, puts a member in each group listed,
+// and runs corosync-cpgtool with each set of flags on every node (and
+// `corobus cpg` on corobus, which must print the same).
+func cpgtoolOutputs(t *testing.T, b netcluster.Backend, nodes int, groups map[int][]string, prog string, flags [][]string) map[string]string {
+	t.Helper()
+	cl := netcluster.Start(t, netcluster.Options{Nodes: nodes, Backend: b})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var pids []int
+	want := 0
+	for id := 1; id <= nodes; id++ {
+		for _, g := range groups[id] {
+			cmd := cl.Node(id).Command(ctx, prog, "-g", g, "-n", "0", "-l", "600", "-o", os.DevNull)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+			pids = append(pids, cmd.Process.Pid)
+			want++
+		}
+	}
+	// Every member in, seen from every node.
+	for id := 1; id <= nodes; id++ {
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			o, _ := cl.Node(id).Run(ctx, "corosync-cpgtool", "-d", ",")
+			if strings.Count(o, "\n")-1 == want {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s node %d lists:\n%s", b, id, o)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	norm := func(s string) string {
+		for k, p := range pids {
+			ps := fmt.Sprint(p)
+			s = strings.ReplaceAll(s, ps, fmt.Sprintf("%*s", len(ps), fmt.Sprintf("P%d", k+1)))
+		}
+		return s
+	}
+	res := map[string]string{}
+	for id := 1; id <= nodes; id++ {
+		for _, f := range flags {
+			o, err := cl.Node(id).Run(ctx, "corosync-cpgtool", f...)
+			if err != nil {
+				t.Fatalf("%s node %d: %v", b, id, err)
+			}
+			key := fmt.Sprintf("node %d: corosync-cpgtool %s", id, strings.Join(f, " "))
+			res[strings.TrimSpace(key)] = norm(o)
+			if b == netcluster.Corobus {
+				v, err := cl.Node(id).Corobus(ctx, "cpg", f...)
+				if err != nil {
+					t.Fatalf("node %d: corobus cpg: %v", id, err)
+				}
+				if v != o {
+					t.Errorf("node %d: `corobus cpg %s` printed\n%s\ncorosync-cpgtool printed\n%s", id, strings.Join(f, " "), v, o)
+				}
+			}
+		}
+	}
+	return res
+}
