@@ -12,6 +12,22 @@ import (
 	"testing"
 )
 
+// BuildGo builds a package of this module (pkg relative to the
+// repository's root, "./examples/cpgmember") and returns the program's
+// path.
+func BuildGo(t testing.TB, pkg string) string {
+	t.Helper()
+	_, here, _, _ := runtime.Caller(0)
+	root := filepath.Join(filepath.Dir(here), "..", "..", "..")
+	out := filepath.Join(t.TempDir(), filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("cpgtest: go build %s: %v\n%s", pkg, err, b)
+	}
+	return out
+}
+
 // BuildC compiles testdata/<name>.c against libcpg into a temporary
 // directory and returns the program's path. It skips the test, with the
 // reason, where there is no C compiler or no libcpg headers.

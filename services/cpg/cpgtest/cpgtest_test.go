@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -287,4 +288,85 @@ func cpgtoolOutputs(t *testing.T, b netcluster.Backend, nodes int, groups map[in
 		}
 	}
 	return res
+}
+
+// Go members (package cpg, through examples/cpgmember) and libcpg members
+// (cpgcheck) in one group on three nodes multicast together: vscheck
+// judges their logs as one group's — the same messages in the same order.
+func TestGoAndLibcpgMembers(t *testing.T) {
+	prog := BuildC(t, "cpgcheck")
+	member := BuildGo(t, "./examples/cpgmember")
+	cl := netcluster.Start(t, netcluster.Options{Nodes: 3})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	type proc struct {
+		name string
+		cmd  *exec.Cmd
+		out  bytes.Buffer
+	}
+	var procs []*proc
+	common := []string{"-g", "mixed", "-n", "1500", "-s", "100", "-w", "5"}
+	for _, p := range []struct {
+		name     string
+		node     int
+		goMember bool
+	}{{"c1", 1, false}, {"go1", 1, true}, {"c2", 2, false}, {"go2", 2, true}, {"c3", 3, false}} {
+		pr := &proc{name: p.name}
+		log := filepath.Join(dir, p.name+".log")
+		if p.goMember {
+			args := append([]string{"-c", cl.Node(p.node).ConfPath, "-i", "700us", "-l", "3s", "-o", log}, common...)
+			pr.cmd = cl.Node(p.node).Command(ctx, member, args...)
+		} else {
+			args := append([]string{"-i", "700", "-l", "3", "-o", log}, common...)
+			pr.cmd = cl.Node(p.node).Command(ctx, prog, args...)
+		}
+		pr.cmd.Stdout, pr.cmd.Stderr = &pr.out, &pr.out
+		if err := pr.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		procs = append(procs, pr)
+	}
+	var logs []*vscheck.Log
+	for _, p := range procs {
+		if err := p.cmd.Wait(); err != nil {
+			b, _ := os.ReadFile(filepath.Join(dir, p.name+".log"))
+			t.Fatalf("%s: %v\n%s\n%s", p.name, err, p.out.String(), lastLines(string(b), 20))
+		}
+		f, err := os.Open(filepath.Join(dir, p.name+".log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := vscheck.Parse(p.name, f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !l.Clean {
+			t.Errorf("%s did not end cleanly", p.name)
+		}
+		logs = append(logs, l)
+	}
+	if err := vscheck.Check(logs); err != nil {
+		t.Fatalf("Go and libcpg members disagree:\n%v", err)
+	}
+	// From the last join on, every member's deliveries are one sequence.
+	seq := func(l *vscheck.Log) []vscheck.Msg {
+		var out []vscheck.Msg
+		for _, e := range l.Events {
+			if e.Msg != nil {
+				out = append(out, *e.Msg)
+			}
+		}
+		return out
+	}
+	ref := seq(logs[0])
+	for _, l := range logs[1:] {
+		s := seq(l)
+		n := min(len(s), len(ref))
+		if !slices.Equal(s[len(s)-n:], ref[len(ref)-n:]) {
+			t.Errorf("%s's deliveries differ from %s's", l.Name, logs[0].Name)
+		}
+	}
+	t.Logf("%d members, %d deliveries each", len(logs), len(ref))
 }
