@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/corobus/corobus/bus/bustest"
 	"github.com/corobus/corobus/services/cpg"
@@ -348,5 +352,57 @@ func TestFlowControl(t *testing.T) {
 	a.mu.Unlock()
 	if !slices.Contains(flows, 2) {
 		t.Errorf("the view change did not hold the multicasts: levels %v", flows)
+	}
+}
+
+// Every configuration change is published on the bus
+// (<prefix>.cpg.<node>.confchg.<group>), every synchronization on
+// …cpg.<node>.ring, and the groups are served on …cpg.<node>.groups.
+func TestGroupEventsOnTheBus(t *testing.T) {
+	c := newCluster(t, 1, cpg.Options{})
+	nc := c.h.Client(1)
+	var got []cpg.ConfChgEvent
+	var mu sync.Mutex
+	all := strings.TrimSuffix(c.h.Subjects.CPGConfChg(1, ""), "=") + "*"
+	sub, err := nc.Subscribe(all, func(m *nats.Msg) {
+		var ev cpg.ConfChgEvent
+		if err := json.Unmarshal(m.Data, &ev); err != nil {
+			t.Errorf("confchg event %q: %v", m.Data, err)
+			return
+		}
+		if m.Subject != c.h.Subjects.CPGConfChg(1, string(ev.Name)) {
+			t.Errorf("event of group %q on %s", ev.Name, m.Subject)
+		}
+		mu.Lock()
+		got = append(got, ev)
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	a := c.member(1, 7)
+	a.join("bus.group x")
+	a.waitLog("j=[1/7:1]")
+	a.conn.Close()
+	waitFor(t, "two events", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 2 })
+	mu.Lock()
+	defer mu.Unlock()
+	if e := got[0]; e.Group != "bus.group x" || len(e.Joined) != 1 || e.Joined[0] != (cpgwire.Address{NodeID: 1, PID: 7, Reason: cpgwire.ReasonJoin}) || len(e.Members) != 1 {
+		t.Errorf("join event %+v", e)
+	}
+	if e := got[1]; len(e.Left) != 1 || e.Left[0].Reason != cpgwire.ReasonProcDown || len(e.Members) != 0 {
+		t.Errorf("procdown event %+v", e)
+	}
+	m, err := nc.Request(c.h.Subjects.CPGGroups(1), []byte(`{"type":3}`), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep cpg.GroupsReply
+	if err := json.Unmarshal(m.Data, &rep); err != nil || rep.Error != "" || rep.Node != 1 {
+		t.Errorf("groups reply %s: %v", m.Data, err)
 	}
 }

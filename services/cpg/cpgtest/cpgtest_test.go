@@ -41,6 +41,23 @@ func TestFeatures(t *testing.T) {
 				t.Fatalf("cpgfeatures: %v\n%s\n--- node log:\n%s", err, out, cl.Node(1).LogTail(40))
 			}
 			t.Logf("cpgfeatures:\n%s", out)
+			if c.opts.Backend != netcluster.Corobus {
+				return
+			}
+			// The counters, as corosync-cmapctl shows them.
+			deadline := time.Now().Add(time.Minute)
+			for {
+				o, _ := cl.Node(1).Run(ctx, "corosync-cmapctl", "runtime.services.cpg.")
+				if strings.Contains(o, "runtime.services.cpg.service_id (u16) = 2") && counter(o, "runtime.services.cpg.3.tx") > 0 &&
+					counter(o, "runtime.services.cpg.6.rx") >= 17 && counter(o, "runtime.services.cpg.deliveries") > 0 {
+					t.Logf("counters:\n%s", o)
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("runtime.services.cpg.* after cpgfeatures:\n%s", o)
+				}
+				time.Sleep(500 * time.Millisecond)
+			}
 		})
 	}
 }
@@ -173,6 +190,18 @@ func runVS(t *testing.T, cl *netcluster.Cluster, prog string) {
 		}
 	}
 	t.Logf("%d messages sent, %d deliveries checked", sent, delivered)
+}
+
+// counter reads a u64 key's value from corosync-cmapctl's output.
+func counter(out, key string) uint64 {
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, key+" (u64) = ") {
+			var v uint64
+			fmt.Sscan(strings.TrimPrefix(l, key+" (u64) = "), &v)
+			return v
+		}
+	}
+	return 0
 }
 
 func indexOf(logs []*vscheck.Log, l *vscheck.Log) int {
