@@ -1,5 +1,6 @@
 // Package ipc is the IPC manager: the gateway through which unmodified
-// corosync clients reach corobus over libqb's socket IPC. Each libqb
+// corosync clients reach corobus over libqb's IPC (shared memory, as
+// corosync serves it, or sockets). Each libqb
 // service name is routed to a component resolved through the loader; a
 // client connection becomes a session with one instance of it
 // (services/ipc/session), its requests bus requests, its events bus
@@ -79,6 +80,8 @@ type Config struct {
 	// and per uid (ipc.max_connections, ipc.max_connections_per_uid);
 	// zero takes libqb.DefaultMaxConns and DefaultMaxConnsPerUID.
 	MaxConns, MaxConnsPerUID int
+	// Transport is the libqb connection type offered (ipc.transport).
+	Transport libqb.Transport
 }
 
 // Colocated is a component instance in the gateway's process. It is a
@@ -133,6 +136,7 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.MaxConnsPerUID > 0 {
 		srv.MaxConnsPerUID = cfg.MaxConnsPerUID
 	}
+	srv.Transport = cfg.Transport
 	return &Gateway{cfg: cfg, id: nuid.Next(), srv: srv, handles: map[string]hdb.Handle{}, conns: map[string]*libqb.Conn{}}, nil
 }
 

@@ -100,7 +100,17 @@ type gatewayFixture struct {
 	subjects bus.Subjects
 }
 
-func startGateway(t testing.TB, admit func(libqb.Creds) bool) gatewayFixture {
+// transports are the connection types every gateway test runs on.
+var transports = []libqb.Transport{libqb.TransportSHM, libqb.TransportSocket}
+
+// eachTransport runs f as a subtest per transport.
+func eachTransport(t *testing.T, f func(t *testing.T, tr libqb.Transport)) {
+	for _, tr := range transports {
+		t.Run(tr.String(), func(t *testing.T) { f(t, tr) })
+	}
+}
+
+func startGateway(t testing.TB, tr libqb.Transport, admit func(libqb.Creds) bool) gatewayFixture {
 	t.Helper()
 	cl := bustest.StartCluster(t, 1)
 	nc := cl.Conn(1)
@@ -118,7 +128,7 @@ func startGateway(t testing.TB, admit func(libqb.Creds) bool) gatewayFixture {
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(shm) })
 	gw, err := New(Config{
-		Conn: nc, Subjects: subjects, Node: 1, Log: bustest.Logger(t), Admit: admit, ShmDir: shm,
+		Conn: nc, Subjects: subjects, Node: 1, Log: bustest.Logger(t), Admit: admit, ShmDir: shm, Transport: tr,
 		Routes: []Route{{Service: service, Component: "echo", Version: 1,
 			HeldDuringSync: func(id int32) bool { return id == 2 }, Async: func(id int32) bool { return id == 5 }}},
 	})
@@ -169,7 +179,17 @@ func (f gatewayFixture) dial(t testing.TB) (*qbclient.Client, error) {
 }
 
 func TestGatewayRoutesThroughTheLoader(t *testing.T) {
-	f := startGateway(t, func(libqb.Creds) bool { return true })
+	eachTransport(t, testGatewayRoutesThroughTheLoader)
+}
+
+func testGatewayRoutesThroughTheLoader(t *testing.T, tr libqb.Transport) {
+	f := startGateway(t, tr, func(libqb.Creds) bool { return true })
+	checkTransport := func(c *qbclient.Client) {
+		t.Helper()
+		if c.SHM() != (tr == libqb.TransportSHM) {
+			t.Fatalf("the gateway offered SHM=%t on %s", c.SHM(), tr)
+		}
+	}
 
 	// Nothing serves the route yet: the client is told to try again, as
 	// corosync tells clients it is not ready.
@@ -179,6 +199,7 @@ func TestGatewayRoutesThroughTheLoader(t *testing.T) {
 
 	stop, _ := serveEcho(t, f.nc, f.subjects, 1)
 	c := f.dialServed(t)
+	checkTransport(c)
 
 	resp, err := c.Request(qbclient.NewRequest(1, []byte("hello")), 5*time.Second)
 	if err != nil || qbclient.ResponseError(resp) != int32(cswire.OK) || string(resp[qbclient.ResHeaderSize:]) != "hello" {
@@ -221,8 +242,7 @@ func TestGatewayRoutesThroughTheLoader(t *testing.T) {
 	// The instance holding the session goes: the client's connection
 	// ends, as corosync's clients see when corosync restarts.
 	stop()
-	// No response comes (the server closes instead); a datagram socket
-	// sees no EOF, so the wait is bounded.
+	// No response comes (the server closes instead); the wait is bounded.
 	if _, err := c.Request(qbclient.NewRequest(1, nil), time.Second); err == nil {
 		t.Error("a request answered after the component stopped")
 	}
@@ -232,11 +252,13 @@ func TestGatewayRoutesThroughTheLoader(t *testing.T) {
 }
 
 func TestGatewayRefusesUnlistedClients(t *testing.T) {
-	f := startGateway(t, func(libqb.Creds) bool { return false })
-	serveEcho(t, f.nc, f.subjects, 1)
-	if _, err := f.dial(t); !errors.Is(err, syscall.EACCES) {
-		t.Fatalf("dial of an unlisted client: %v, want EACCES", err)
-	}
+	eachTransport(t, func(t *testing.T, tr libqb.Transport) {
+		f := startGateway(t, tr, func(libqb.Creds) bool { return false })
+		serveEcho(t, f.nc, f.subjects, 1)
+		if _, err := f.dial(t); !errors.Is(err, syscall.EACCES) {
+			t.Fatalf("dial of an unlisted client: %v, want EACCES", err)
+		}
+	})
 }
 
 // BenchmarkGatewayRoundTrip is one synchronous client's request through
@@ -244,15 +266,19 @@ func TestGatewayRefusesUnlistedClients(t *testing.T) {
 // session and back: the cost a cmap call pays when cmap runs in its own
 // process.
 func BenchmarkGatewayRoundTrip(b *testing.B) {
-	f := startGateway(b, func(libqb.Creds) bool { return true })
-	serveEcho(b, f.nc, f.subjects, 1)
-	c := f.dialServed(b)
-	msg := qbclient.NewRequest(1, []byte("0123456789abcdef"))
-	b.ResetTimer()
-	for b.Loop() {
-		if _, err := c.Request(msg, 5*time.Second); err != nil {
-			b.Fatal(err)
-		}
+	for _, tr := range transports {
+		b.Run(tr.String(), func(b *testing.B) {
+			f := startGateway(b, tr, func(libqb.Creds) bool { return true })
+			serveEcho(b, f.nc, f.subjects, 1)
+			c := f.dialServed(b)
+			msg := qbclient.NewRequest(1, []byte("0123456789abcdef"))
+			b.ResetTimer()
+			for b.Loop() {
+				if _, err := c.Request(msg, 5*time.Second); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
@@ -270,7 +296,11 @@ func servedBy(t *testing.T, c *qbclient.Client) string {
 // the instance that holds its state, and the old instance leaves once its
 // last connection has gone.
 func TestGatewayReplacementKeepsConnections(t *testing.T) {
-	f := startGateway(t, func(libqb.Creds) bool { return true })
+	eachTransport(t, testGatewayReplacementKeepsConnections)
+}
+
+func testGatewayReplacementKeepsConnections(t *testing.T, tr libqb.Transport) {
+	f := startGateway(t, tr, func(libqb.Creds) bool { return true })
 	_, v1exited := serveEcho(t, f.nc, f.subjects, 1)
 	old := f.dialServed(t)
 	if v := servedBy(t, old); v != "v1" {
@@ -309,7 +339,11 @@ func TestGatewayReplacementKeepsConnections(t *testing.T) {
 // Asynchronous calls get no response and keep their order with the
 // others; a component flow-controls a connection through its gateway.
 func TestGatewayAsyncCallsAndFlowControl(t *testing.T) {
-	f := startGateway(t, func(libqb.Creds) bool { return true })
+	eachTransport(t, testGatewayAsyncCallsAndFlowControl)
+}
+
+func testGatewayAsyncCallsAndFlowControl(t *testing.T, tr libqb.Transport) {
+	f := startGateway(t, tr, func(libqb.Creds) bool { return true })
 	serveEcho(t, f.nc, f.subjects, 1)
 	c := f.dialServed(t)
 	for _, b := range []string{"a", "b"} {

@@ -25,7 +25,7 @@ import (
 
 // Layer is `corobus ipc`.
 func Layer() layer.Layer {
-	return layer.Layer{Name: "ipc", Subsys: "IPC", Summary: "the IPC gateway: corosync clients over libqb socket IPC", Run: Run}
+	return layer.Layer{Name: "ipc", Subsys: "IPC", Summary: "the IPC gateway: corosync clients over libqb IPC (shared memory or sockets)", Run: Run}
 }
 
 // DefaultRoutes are the libqb services a node's gateway serves.
@@ -47,6 +47,22 @@ func Run(ctx context.Context, env layer.Env) error {
 		Conn: env.Conn, Subjects: env.Subjects, Node: env.Node.ID, Log: env.Log,
 		Routes: DefaultRoutes(), Admit: UIDGIDAdmission(objdbclient.New(env.Conn, env.Subjects, env.Node.ID)),
 		Colocated: map[string]Colocated{},
+	}
+	// corosync's own key decides when corobus's is not set: an existing
+	// corosync.conf gets the transport it asked for.
+	transport := env.Config.String("ipc.transport")
+	if transport == "" {
+		transport = env.Config.String("system.qb_ipc_type")
+		if transport == "native" {
+			transport = "shm"
+		}
+	}
+	if transport == "" {
+		transport = "socket"
+	}
+	var err error
+	if cfg.Transport, err = libqb.ParseTransport(transport); err != nil {
+		return fmt.Errorf("ipc.transport: %w", err)
 	}
 	// 0 in the file means no limit; absent means the default.
 	for key, dst := range map[string]*int{"ipc.max_connections": &cfg.MaxConns, "ipc.max_connections_per_uid": &cfg.MaxConnsPerUID} {

@@ -28,7 +28,7 @@ func (l *logBuf) String() string              { l.mu.Lock(); defer l.mu.Unlock()
 // and says so again only when it gets the name.
 func TestTakenNameIsSaidOnce(t *testing.T) {
 	admit := func(libqb.Creds) bool { return true }
-	f := startGateway(t, admit)
+	f := startGateway(t, libqb.TransportSHM, admit)
 	service := f.service + "-t"
 	run := func(log *slog.Logger, retry time.Duration) (stop func()) {
 		gw, err := New(Config{

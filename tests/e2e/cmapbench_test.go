@@ -9,10 +9,11 @@ import (
 
 // BenchmarkCmapThroughGateway measures one synchronous libcmap client
 // (testdata/cmapclient.c in bench mode: u32 sets, then gets) against the
-// same one-node configuration served three ways, one after the other in
+// same one-node configuration served five ways, one after the other in
 // one network namespace: corobus with cmap as its own component process
-// (ipc.colocate=none), corobus with cmap colocated in the gateway (the
-// default), and a real corosync when it is installed. The
+// (ipc.colocate=none) and with cmap colocated in the gateway (the
+// default), each over libqb's shm and socket transports, and a real
+// corosync when it is installed. The
 // figures are reported as metrics; the work does not scale with b.N, so
 // run it once:
 //
@@ -40,8 +41,10 @@ measure() {
 	kill -TERM $P; wait $P
 	gone || { echo "$name still serves after it stopped"; exit 11; }
 }
-measure component "$B" up -c "$CONF" -o ipc.colocate=none
-measure colocated "$B" up -c "$CONF" -o ipc.colocate=cmap
+for TR in shm socket; do
+measure component_$TR "$B" up -c "$CONF" -o ipc.colocate=none -o ipc.transport=$TR
+measure colocated_$TR "$B" up -c "$CONF" -o ipc.colocate=cmap -o ipc.transport=$TR
+done
 if [ -n "$K" ]; then measure corosync "$K" -f -c "$CONF"; fi
 `
 	b.ResetTimer()

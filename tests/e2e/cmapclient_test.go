@@ -17,11 +17,15 @@ func TestLibcmapClients(t *testing.T) {
 	requireRealClients(t, "real libcmap clients", needs{headers: []string{"corosync/cmap.h"}})
 	client := buildCmapClient(t)
 	b := buildBinary(t)
+	eachTransport(t, func(t *testing.T, upArgs string) { runLibcmapClients(t, b, client, upArgs) })
+}
+
+func runLibcmapClients(t *testing.T, b binary, client, upArgs string) {
 	dir := t.TempDir()
 	script := `set -e
 ip link set lo up 2>/dev/null || true
 export XDG_STATE_HOME=` + dir + `
-` + b.path + ` up > ` + dir + `/up.log 2>&1 &
+` + b.path + ` up ` + upArgs + ` > ` + dir + `/up.log 2>&1 &
 UP=$!
 trap 'kill -TERM $UP; wait $UP' EXIT
 B=` + b.path + `

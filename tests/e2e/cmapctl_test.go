@@ -17,11 +17,14 @@ func TestCorosyncCmapctl(t *testing.T) {
 	b := buildBinary(t)
 	// cmap as its own component process behind the gateway (the default),
 	// and colocated in the gateway: the same client, the same answers.
+	// Over each of libqb's transports.
 	for _, mode := range []struct{ name, args string }{
 		{"component", ""},
 		{"colocated", "-o ipc.colocate=cmap"},
 	} {
-		t.Run(mode.name, func(t *testing.T) { runCmapctl(t, b, cmapctl, mode.args) })
+		t.Run(mode.name, func(t *testing.T) {
+			eachTransport(t, func(t *testing.T, transport string) { runCmapctl(t, b, cmapctl, mode.args+" "+transport) })
+		})
 	}
 }
 

@@ -14,7 +14,9 @@ import (
 
 // TestCmapctlMatchesCorosync runs one command sequence of Debian's
 // corosync-cmapctl twice with the same configuration file: first against a
-// real corosync, then against corobus, and compares what the client printed,
+// real corosync, then against corobus (once per libqb transport, shm and
+// socket, the second run a restart on the same store), and compares what
+// the client printed,
 // section by section. The expected output is whatever corosync prints, not a
 // transcription of it, so the test follows the installed corosync.
 //
@@ -120,22 +122,25 @@ if answers; then echo "cmap still answers after corosync exited"; exit 12; fi
 # corobus starts on the state_dir corosync just used: it reads corosync's
 # ringid_<node> file and goes on from its ring sequence.
 
-"$B" up -c "$CONF" > "$D/up.log" 2>&1 &
+# Once per libqb transport, the second run a restart on the same store.
+for TR in shm socket; do
+"$B" up -c "$CONF" -o ipc.transport=$TR > "$D/up.$TR.log" 2>&1 &
 P=$!
 trap 'kill -TERM $P 2>/dev/null; wait $P' EXIT
 for i in $(seq 100); do "$B" status -c "$CONF" 2>/dev/null | grep -q ipc && break; kill -0 $P 2>/dev/null || break; sleep 0.2; done
 for i in $(seq 50); do answers && break; kill -0 $P 2>/dev/null || break; sleep 0.2; done
-if ! answers; then echo "corobus did not answer corosync-cmapctl"; exit 13; fi
-echo "corobus answers"
-sequence > "$D/corobus.txt"
+if ! answers; then echo "corobus ($TR) did not answer corosync-cmapctl"; exit 13; fi
+echo "corobus ($TR) answers"
+sequence > "$D/corobus.$TR.txt"
 trap - EXIT
 kill -TERM $P; wait $P
-echo "corobus up exit status $?"
+echo "corobus up ($TR) exit status $?"
 for i in $(seq 100); do answers || break; sleep 0.1; done
-if answers; then echo "cmap still answers after corobus up exited"; exit 14; fi
+if answers; then echo "cmap still answers after corobus up ($TR) exited"; exit 14; fi
+done
 exit 0
 `
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "unshare", "--net", "bash", "-c", script)
 	// On timeout, take down both daemons too, not just bash: they would keep
@@ -149,7 +154,7 @@ exit 0
 	// section of one names the command that hung.
 	logs := func() string {
 		var s strings.Builder
-		for _, f := range []string{"corosync.txt", "corobus.txt", "corosync.out", "node.log", "up.log"} {
+		for _, f := range []string{"corosync.txt", "corobus.shm.txt", "corobus.socket.txt", "corosync.out", "node.log", "up.shm.log", "up.socket.log"} {
 			b, _ := os.ReadFile(filepath.Join(dir, f))
 			fmt.Fprintf(&s, "--- %s:\n%s\n", f, b)
 		}
@@ -158,26 +163,33 @@ exit 0
 	if err != nil {
 		t.Fatalf("script failed: %v\n%s", err, logs())
 	}
-	want, err1 := os.ReadFile(filepath.Join(dir, "corosync.txt"))
-	got, err2 := os.ReadFile(filepath.Join(dir, "corobus.txt"))
-	if err1 != nil || err2 != nil {
-		t.Fatalf("missing output: %v %v\n%s", err1, err2, logs())
+	want, err := os.ReadFile(filepath.Join(dir, "corosync.txt"))
+	if err != nil {
+		t.Fatalf("missing output: %v\n%s", err, logs())
 	}
 	// The transcript shows under -v what the comparison covered: a sequence
 	// that failed the same way on both sides would compare equal.
 	t.Logf("corosync-cmapctl against corosync:\n%s", want)
-	ws, gs := sections(string(want)), sections(string(got))
-	if len(ws) != len(gs) {
-		t.Errorf("corosync printed %d sections, corobus %d", len(ws), len(gs))
-	}
-	for i := 0; i < len(ws) && i < len(gs); i++ {
-		w, g := ws[i], gs[i]
-		if w.name != g.name {
-			t.Fatalf("section %d is %q with corosync but %q with corobus: the sequences diverged", i, w.name, g.name)
-		}
-		if w.body != g.body {
-			t.Errorf("corosync-cmapctl %s: output differs\n--- corosync\n+++ corobus\n%s", w.name, lineDiff(w.body, g.body))
-		}
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			got, err := os.ReadFile(filepath.Join(dir, "corobus."+tr+".txt"))
+			if err != nil {
+				t.Fatalf("missing output: %v", err)
+			}
+			ws, gs := sections(string(want)), sections(string(got))
+			if len(ws) != len(gs) {
+				t.Errorf("corosync printed %d sections, corobus %d", len(ws), len(gs))
+			}
+			for i := 0; i < len(ws) && i < len(gs); i++ {
+				w, g := ws[i], gs[i]
+				if w.name != g.name {
+					t.Fatalf("section %d is %q with corosync but %q with corobus: the sequences diverged", i, w.name, g.name)
+				}
+				if w.body != g.body {
+					t.Errorf("corosync-cmapctl %s: output differs\n--- corosync\n+++ corobus\n%s", w.name, lineDiff(w.body, g.body))
+				}
+			}
+		})
 	}
 	if t.Failed() {
 		t.Logf("daemon logs:\n%s", logs())

@@ -1,13 +1,16 @@
 package e2e
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // TestLocalAttacksOnTheGateway replays issue 17's two IPC holes, as the
@@ -16,8 +19,8 @@ import (
 //
 //   - Injection: while root's `corosync-cmapctl -T` is connected, nobody
 //     sends a cmap set of uidgid.uid.65534 into every connection's request
-//     socket the names in /dev/shm give away. The key must stay unset and
-//     root's tracker keep working.
+//     socket the names in /dev/shm give away (SHM has none: the sends are
+//     refused). The key must stay unset and root's tracker keep working.
 //   - Exhaustion: nobody holds 20 000 connections that never send their
 //     request (four processes, as a process may hold only RLIMIT_NOFILE
 //     descriptors). Root's cmapctl is served meanwhile, the gateway's
@@ -28,6 +31,10 @@ func TestLocalAttacksOnTheGateway(t *testing.T) {
 	cmapctl := requireRealClients(t, "local attacks on the IPC gateway", needs{commands: []string{"corosync-cmapctl", "setpriv"}})[0]
 	b := buildBinary(t)
 	attacker := buildAsNobody(t, "qbattack.c")
+	eachTransport(t, func(t *testing.T, upArgs string) { runLocalAttacks(t, b, cmapctl, attacker, upArgs) })
+}
+
+func runLocalAttacks(t *testing.T, b binary, cmapctl, attacker, upArgs string) {
 	dir := t.TempDir()
 	script := `set -e
 ip link set lo up 2>/dev/null || true
@@ -36,7 +43,7 @@ D=` + dir + `
 B=` + b.path + `
 C=` + cmapctl + `
 A=` + attacker + `
-$B up > $D/up.log 2>&1 &
+$B up ` + upArgs + ` > $D/up.log 2>&1 &
 UP=$!
 trap 'kill -TERM $UP; wait $UP' EXIT
 for i in $(seq 100); do $B status 2>/dev/null | grep -q ipc && break; sleep 0.2; done
@@ -46,8 +53,8 @@ threads() { awk '/^Threads:/ {print $2}' /proc/$GW/status; }
 nobody() { setpriv --reuid 65534 --regid 65534 --clear-groups "$@"; }
 echo "gateway pid $GW threads $(threads)"
 
-(sleep 8 | timeout 6 stdbuf -oL $C -T test. > $D/track.out 2>&1 &)
-sleep 1
+(sleep 12 | timeout 10 stdbuf -oL $C -T test. > $D/track.out 2>&1 &)
+for i in $(seq 100); do [ "$(` + gatewayShmShell + `)" -ge 1 ] && break; sleep 0.1; done
 echo "== inject"; nobody $A inject $GW cmap uidgid.uid.65534
 $C -s test.after u8 1
 sleep 1
@@ -68,7 +75,13 @@ sleep 4
 echo "== track"; cat $D/track.out
 echo "== shm"; ` + gatewayShmShell + `
 `
-	out, err := exec.Command("unshare", "--net", "bash", "-c", script).CombinedOutput()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "unshare", "--net", "bash", "-c", script)
+	// On timeout, take down the node and the attackers too, not just bash.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	out, err := cmd.CombinedOutput()
 	log, _ := os.ReadFile(filepath.Join(dir, "up.log"))
 	if err != nil {
 		t.Fatalf("script failed: %v\n%s\nnode log:\n%s", err, out, log)

@@ -88,3 +88,16 @@ const gatewayPIDShell = `GW=$("$B" status --json | grep -A3 '"layer": "ipc"' | g
 // gatewayShmShell is a bash line printing how many /dev/shm entries the
 // gateway GW holds.
 const gatewayShmShell = `ls /dev/shm | grep -c "^qb-$GW-" || true`
+
+// transports are libqb's connection types the gateway serves
+// (ipc.transport): every real-client test runs on each, as a subtest.
+var transports = []string{"shm", "socket"}
+
+// eachTransport runs f once per transport, with the `corobus up`
+// arguments that select it.
+func eachTransport(t *testing.T, f func(t *testing.T, upArgs string)) {
+	t.Helper()
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) { f(t, "-o ipc.transport="+tr) })
+	}
+}

@@ -192,7 +192,12 @@ func (c *Conn) setupTransport() error {
 		return fmt.Errorf("making the connection directory: %w", err)
 	}
 	c.dir = dir
-	t, err := newSocketTransport(c)
+	var t transport
+	if c.srv.Transport == TransportSocket {
+		t, err = newSocketTransport(c)
+	} else {
+		t, err = newShmTransport(c)
+	}
 	if err != nil {
 		return err
 	}
@@ -263,6 +268,20 @@ func (c *Conn) readSetup(b []byte) (int, error) {
 		}
 		return n, err
 	}
+}
+
+// peerGone reports whether the client closed the setup socket, without
+// consuming what it sent.
+func (c *Conn) peerGone() bool {
+	var n int
+	var err error
+	var b [1]byte
+	if cerr := c.setupRaw.Control(func(fd uintptr) {
+		n, _, err = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	}); cerr != nil {
+		return true
+	}
+	return n == 0 && err == nil
 }
 
 // writeSetup writes all of b on the setup socket, waiting for room on the

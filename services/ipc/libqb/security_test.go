@@ -78,7 +78,7 @@ func (l *logBuffer) count(s string) int {
 func TestForeignRequestsDropped(t *testing.T) {
 	rec := &recorder{}
 	logs := &logBuffer{t: t}
-	service, _ := startServerLogging(t, rec, logs, func(*Server) {})
+	service, _ := startServerLogging(t, rec, logs, func(s *Server) { s.Transport = TransportSocket })
 	c, resp := dial(t, service, connRequest(-1, 24, 8192))
 	if len(resp) != connResponseSize {
 		t.Fatalf("handshake answered with %d bytes", len(resp))
@@ -132,50 +132,71 @@ func TestForeignRequestsDropped(t *testing.T) {
 	}
 }
 
-// The SOCKET transport's connection directory is the client's, as libqb's
-// server makes it: 0770 and owned by the client's uid and gid, the control
-// file 0600 and the client's; another user can neither list the one nor
-// open the other.
+// The connection directory is the client's, as libqb's server makes it:
+// 0770 and owned by the client's uid and gid, its files 0600 and the
+// client's (SOCKET: the control file; SHM: the three rings' headers and
+// data); another user can neither list the one nor open the others.
 func TestConnectionDirectoryModes(t *testing.T) {
-	var shm string
-	service, _ := startServerLogging(t, echo{admit: true}, testWriter{t}, func(s *Server) {
-		// Like /dev/shm: anyone may enter and create.
-		if err := os.Chmod(s.ShmDir, 0o1777); err != nil {
-			t.Fatal(err)
-		}
-		shm = s.ShmDir
-	})
-	client := startHelper(t, 65534, "client", service)
-	var base, control string
-	if _, err := fmt.Sscanf(client.line(t), "base %s control %s", &base, &control); err != nil {
-		t.Fatal(err)
-	}
-	dir := base[:strings.LastIndexByte(base, '/')]
-	if !strings.HasPrefix(dir, shm+"/qb-") {
-		t.Fatalf("connection directory %s is not in %s", dir, shm)
-	}
-	for _, f := range []struct {
-		path string
-		mode os.FileMode
-	}{{dir, os.ModeDir | 0o770}, {control, 0o600}} {
-		fi, err := os.Lstat(f.path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		st := fi.Sys().(*syscall.Stat_t)
-		if fi.Mode() != f.mode || st.Uid != 65534 || st.Gid != 65534 {
-			t.Errorf("%s: mode %v owner %d:%d, want %v 65534:65534", f.path, fi.Mode(), st.Uid, st.Gid, f.mode)
-		}
-	}
-	probe := func(uid int) string {
-		h := startHelper(t, uid, "probe", dir, control)
-		return h.line(t) + "; " + h.line(t)
-	}
-	if got := probe(4242); got != "readdir: permission denied; open: permission denied" {
-		t.Errorf("another user: %s", got)
-	}
-	if got := probe(65534); got != "readdir: ok; open: ok" {
-		t.Errorf("the client's user: %s", got)
+	for _, tr := range []Transport{TransportSHM, TransportSocket} {
+		t.Run(tr.String(), func(t *testing.T) {
+			var shm string
+			service, _ := startServerLogging(t, echo{admit: true}, testWriter{t}, func(s *Server) {
+				// Like /dev/shm: anyone may enter and create.
+				if err := os.Chmod(s.ShmDir, 0o1777); err != nil {
+					t.Fatal(err)
+				}
+				shm = s.ShmDir
+				s.Transport = tr
+			})
+			client := startHelper(t, 65534, "client", service)
+			var first, second string
+			if _, err := fmt.Sscanf(client.line(t), "base %s control %s", &second, &first); err != nil {
+				t.Fatal(err)
+			}
+			dir := first[:strings.LastIndexByte(first, '/')]
+			if !strings.HasPrefix(dir, shm+"/qb-") {
+				t.Fatalf("connection directory %s is not in %s", dir, shm)
+			}
+			files := []string{first} // SOCKET: the control file
+			if tr == TransportSHM {
+				// The request, response and event rings.
+				files = nil
+				for _, kind := range []string{"request", "response", "event"} {
+					for _, part := range []string{"header", "data"} {
+						files = append(files, dir+"/qb-"+kind+"-"+service+"-"+part)
+					}
+				}
+			}
+			entries, err := os.ReadDir(dir)
+			if err != nil || len(entries) != len(files) {
+				t.Errorf("the directory holds %d entries (%v), want %d", len(entries), err, len(files))
+			}
+			want := map[string]os.FileMode{dir: os.ModeDir | 0o770}
+			for _, f := range files {
+				want[f] = 0o600
+			}
+			for path, mode := range want {
+				fi, err := os.Lstat(path)
+				if err != nil {
+					t.Error(err)
+					continue
+				}
+				st := fi.Sys().(*syscall.Stat_t)
+				if fi.Mode() != mode || st.Uid != 65534 || st.Gid != 65534 {
+					t.Errorf("%s: mode %v owner %d:%d, want %v 65534:65534", path, fi.Mode(), st.Uid, st.Gid, mode)
+				}
+			}
+			probe := func(uid int) string {
+				h := startHelper(t, uid, "probe", dir, files[0])
+				return h.line(t) + "; " + h.line(t)
+			}
+			if got := probe(4242); got != "readdir: permission denied; open: permission denied" {
+				t.Errorf("another user: %s", got)
+			}
+			if got := probe(65534); got != "readdir: ok; open: ok" {
+				t.Errorf("the client's user: %s", got)
+			}
+		})
 	}
 }
 
@@ -196,6 +217,7 @@ func TestSilentConnectionsFlood(t *testing.T) {
 	service, srv := startServerLogging(t, echo{admit: true}, testWriter{t}, func(s *Server) {
 		s.HandshakeTimeout = 3 * time.Second
 		s.MaxConnsPerUID = perUID
+		s.Transport = TransportSocket // root's client here is rawClient
 	})
 	root, _ := dial(t, service, connRequest(-1, 24, 8192))
 	root.open(t)

@@ -65,6 +65,33 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 )
 
+// Transport is a libqb connection type.
+type Transport int
+
+// The connection types served: libqb's QB_IPC_SHM and QB_IPC_SOCKET.
+const (
+	TransportSHM Transport = iota
+	TransportSocket
+)
+
+func (t Transport) String() string {
+	if t == TransportSocket {
+		return "socket"
+	}
+	return "shm"
+}
+
+// ParseTransport reads ipc.transport's spelling: shm or socket.
+func ParseTransport(s string) (Transport, error) {
+	switch s {
+	case "shm", "":
+		return TransportSHM, nil
+	case "socket":
+		return TransportSocket, nil
+	}
+	return 0, fmt.Errorf("unknown IPC transport %q (shm or socket)", s)
+}
+
 // Creds are a client's credentials, from the kernel.
 type Creds struct{ PID, UID, GID uint32 }
 
@@ -115,6 +142,9 @@ type Server struct {
 	// HandshakeTimeout is how long a new connection has to send its
 	// connection request before it is closed.
 	HandshakeTimeout time.Duration
+	// Transport is the connection type offered to clients (libqb's
+	// server chooses; the client follows): SHM, as corosync, by default.
+	Transport Transport
 
 	limited *logLimiter
 

@@ -48,8 +48,9 @@ func (echoSession) Close() {}
 // send what no real client would.
 type rawClient struct {
 	setup, req, evt int
-	base            string
-	control         string
+	// The connection response's three names: SOCKET's base name and
+	// control file, SHM's response, request and event rings.
+	base, control, eventName string
 }
 
 func dial(t *testing.T, service string, request []byte) (*rawClient, []byte) {
@@ -83,7 +84,7 @@ func dial(t *testing.T, service string, request []byte) (*rawClient, []byte) {
 		}
 		got += n
 	}
-	return &rawClient{setup: fd, base: cstring(resp[40+pathMax:]), control: cstring(resp[40:])}, resp
+	return &rawClient{setup: fd, base: cstring(resp[40+pathMax:]), control: cstring(resp[40:]), eventName: cstring(resp[40+2*pathMax:])}, resp
 }
 
 func cstring(b []byte) string {
@@ -177,32 +178,35 @@ func startServerWith(t *testing.T, h Handler, tune func(*Server)) string {
 	// "qb-", service) must fit an abstract sockaddr_un. Connection
 	// directories go to the test's own directory, not to the /dev/shm
 	// that other tests inspect.
-	service, _ := startServerLogging(t, h, testWriter{t}, tune)
+	service, _ := startServerLogging(t, h, testWriter{t}, func(s *Server) {
+		// rawClient speaks the SOCKET transport.
+		s.Transport = TransportSocket
+		tune(s)
+	})
 	return service
 }
 
 func TestRoundTripAndTeardown(t *testing.T) {
-	service := startServer(t, echo{admit: true})
-	c, resp := dial(t, service, connRequest(-1, 24, 8192))
-	if len(resp) != connResponseSize || int32(binary.LittleEndian.Uint32(resp[16:])) != 0 {
-		t.Fatalf("handshake response of %d bytes, error %d", len(resp), int32(binary.LittleEndian.Uint32(resp[16:])))
+	for _, tr := range transports {
+		t.Run(tr.String(), func(t *testing.T) {
+			service, _ := startServerOn(t, echo{admit: true}, tr, func(*Server) {})
+			c := connect(t, service)
+			dir := c.directory()
+			for i, size := range []int{0, 5, 1000, 8000} {
+				msg := request(int32(7+i), bytes.Repeat([]byte{byte(i)}, size), int32(ReqHeaderSize+size))
+				if got := c.roundTrip(t, msg); !bytes.Equal(got[ResHeaderSize:], msg) {
+					t.Fatalf("echo of %d bytes = %d bytes", size, len(got))
+				}
+			}
+			switch c := c.(type) {
+			case *rawClient:
+				syscall.Close(c.setup)
+			case *shmClient:
+				syscall.Close(c.setup)
+			}
+			waitGone(t, dir)
+		})
 	}
-	dir := c.base[:strings.LastIndexByte(c.base, '/')]
-	if _, err := os.Stat(cstring(resp[40:])); err != nil {
-		t.Errorf("control file: %v", err)
-	}
-	c.open(t)
-	msg := request(7, []byte("hello"), ReqHeaderSize+5)
-	if _, err := syscall.Write(c.req, msg); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 256)
-	n, err := recv(c.req, buf)
-	if err != nil || !bytes.Equal(buf[ResHeaderSize:n], msg) {
-		t.Fatalf("echo = %q, %v", buf[:max(n, 0)], err)
-	}
-	syscall.Close(c.setup)
-	waitGone(t, dir)
 }
 
 func TestRefusedClient(t *testing.T) {
@@ -216,84 +220,94 @@ func TestRefusedClient(t *testing.T) {
 // Malformed input closes the connection; it never crashes the server,
 // which goes on serving the next client.
 func TestMalformedInput(t *testing.T) {
-	service := startServer(t, echo{admit: true})
-	for _, tc := range []struct {
-		name string
-		send []byte
-	}{
-		{"short datagram", []byte{1, 2, 3}},
-		{"lying size", request(7, []byte("x"), 999)},
-		{"negative size", request(7, []byte("x"), -5)},
-		{"oversized", request(7, make([]byte, 64<<10), ReqHeaderSize+64<<10)},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			c, _ := dial(t, service, connRequest(-1, 24, 8192))
-			c.open(t)
-			if _, err := syscall.Write(c.req, tc.send); err != nil {
-				t.Fatal(err)
+	for _, tr := range transports {
+		t.Run(tr.String(), func(t *testing.T) {
+			service, _ := startServerOn(t, echo{admit: true}, tr, func(*Server) {})
+			cases := []struct {
+				name string
+				send []byte
+			}{
+				{"short request", []byte{1, 2, 3}},
+				{"lying size", request(7, []byte("x"), 999)},
+				{"negative size", request(7, []byte("x"), -5)},
 			}
-			if !c.closedBy(t) {
-				t.Errorf("connection not closed after %s", tc.name)
+			if tr == TransportSocket {
+				// SHM: a chunk larger than the ring is the corruption tests'.
+				cases = append(cases, struct {
+					name string
+					send []byte
+				}{"oversized", request(7, make([]byte, 64<<10), ReqHeaderSize+64<<10)})
+			}
+			for _, tc := range cases {
+				t.Run(tc.name, func(t *testing.T) {
+					c := connect(t, service)
+					dir := c.directory()
+					c.send(t, tc.send)
+					if !c.closedBy(t) {
+						t.Errorf("connection not closed after %s", tc.name)
+					}
+					waitGone(t, dir)
+				})
+			}
+			t.Run("garbage handshake", func(t *testing.T) {
+				c, resp := dial(t, service, connRequest(5, 24, 8192))
+				if len(resp) != 0 || !c.closedBy(t) {
+					t.Errorf("answered a garbage handshake with %d bytes", len(resp))
+				}
+			})
+			c := connect(t, service)
+			if got := c.roundTrip(t, request(1, nil, ReqHeaderSize)); len(got) != ResHeaderSize+ReqHeaderSize {
+				t.Errorf("server stopped serving: %d bytes", len(got))
 			}
 		})
-	}
-	t.Run("garbage handshake", func(t *testing.T) {
-		c, resp := dial(t, service, connRequest(5, 24, 8192))
-		if len(resp) != 0 || !c.closedBy(t) {
-			t.Errorf("answered a garbage handshake with %d bytes", len(resp))
-		}
-	})
-	c, _ := dial(t, service, connRequest(-1, 24, 8192))
-	c.open(t)
-	if got := c.roundTrip(t, request(1, nil, ReqHeaderSize)); len(got) != ResHeaderSize+ReqHeaderSize {
-		t.Errorf("server stopped serving: %d bytes", len(got))
 	}
 }
 
 // A client that does not read its events has its requests flow-controlled
-// through the control file until it catches up, and gets every event, in
-// order.
+// (SOCKET: through the control file; SHM: the request ring's user data)
+// until it catches up, and gets every event, in order.
 func TestEventFlowControl(t *testing.T) {
-	service := startServerWith(t, echo{admit: true}, func(s *Server) { s.EventQueueHigh = 64 << 10 })
-	c, _ := dial(t, service, connRequest(-1, 24, 8192))
-	c.open(t)
-	if fc := c.flowControl(t); fc != 0 {
-		t.Fatalf("flow control %d before any event", fc)
-	}
-	c.roundTrip(t, request(9, []byte{20}, ReqHeaderSize+1)) // 2000 events, 4 MB
-	if fc := c.flowControl(t); fc != 1 {
-		t.Fatalf("flow control %d with 4 MB of unread events, want 1", fc)
-	}
-	buf := make([]byte, 4096)
-	for i := range 2000 {
-		n, err := recv(c.evt, buf)
-		if err != nil || n != 2048 {
-			t.Fatalf("event %d: %d bytes, %v", i, n, err)
-		}
-		if got := binary.LittleEndian.Uint32(buf); got != uint32(i) {
-			t.Fatalf("event %d arrived as number %d", i, got)
-		}
-	}
-	if fc := c.flowControl(t); fc != 0 {
-		t.Errorf("flow control %d after the client read everything", fc)
+	for _, tr := range transports {
+		t.Run(tr.String(), func(t *testing.T) {
+			service, _ := startServerOn(t, echo{admit: true}, tr, func(s *Server) { s.EventQueueHigh = 64 << 10 })
+			c := connect(t, service)
+			if fc := c.flowControl(t); fc != 0 {
+				t.Fatalf("flow control %d before any event", fc)
+			}
+			c.roundTrip(t, request(9, []byte{20}, ReqHeaderSize+1)) // 2000 events, 4 MB
+			if fc := c.flowControl(t); fc != 1 {
+				t.Fatalf("flow control %d with 4 MB of unread events, want 1", fc)
+			}
+			for i := range 2000 {
+				ev := c.event(t)
+				if len(ev) != 2048 {
+					t.Fatalf("event %d: %d bytes", i, len(ev))
+				}
+				if got := binary.LittleEndian.Uint32(ev); got != uint32(i) {
+					t.Fatalf("event %d arrived as number %d", i, got)
+				}
+			}
+			waitFor(t, "flow control lifted once the client read everything", func() bool { return c.flowControl(t) == 0 })
+		})
 	}
 }
 
 // A client that lets its events pile up to the maximum is disconnected,
 // and its directory goes.
 func TestEventQueueLimit(t *testing.T) {
-	service := startServerWith(t, echo{admit: true}, func(s *Server) { s.EventQueueHigh, s.EventQueueMax = 64<<10, 1<<20 })
-	c, _ := dial(t, service, connRequest(-1, 24, 8192))
-	c.open(t)
-	// No response comes: the connection ends while the request runs.
-	if _, err := syscall.Write(c.req, request(9, []byte{20}, ReqHeaderSize+1)); err != nil {
-		t.Fatal(err)
+	for _, tr := range transports {
+		t.Run(tr.String(), func(t *testing.T) {
+			service, _ := startServerOn(t, echo{admit: true}, tr, func(s *Server) { s.EventQueueHigh, s.EventQueueMax = 64<<10, 1<<20 })
+			c := connect(t, service)
+			dir := c.directory()
+			// No response comes: the connection ends while the request runs.
+			c.send(t, request(9, []byte{20}, ReqHeaderSize+1))
+			if !c.closedBy(t) {
+				t.Fatal("connection not closed with its event queue full")
+			}
+			waitGone(t, dir)
+		})
 	}
-	if !c.closedBy(t) {
-		t.Fatal("connection not closed with its event queue full")
-	}
-	dir := c.base[:strings.LastIndexByte(c.base, '/')]
-	waitGone(t, dir)
 }
 
 func waitGone(t *testing.T, dir string) {

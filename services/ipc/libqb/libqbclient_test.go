@@ -1,0 +1,106 @@
+package libqb
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// buildQbipcc compiles testdata/qbipcc.c against libqb, skipping visibly
+// when the machine lacks libqb's development files or gcc.
+func buildQbipcc(t *testing.T) string {
+	t.Helper()
+	if _, err := os.Stat("/usr/include/qb/qbipcc.h"); err != nil {
+		t.Skipf("libqb's headers are missing (apt-get install libqb-dev): skipping the libqb client")
+	}
+	if _, err := exec.LookPath("gcc"); err != nil {
+		t.Skipf("gcc is missing: skipping the libqb client")
+	}
+	bin := filepath.Join(t.TempDir(), "qbipcc")
+	if out, err := exec.Command("gcc", "-O2", "-o", bin, "testdata/qbipcc.c", "-lqb").CombinedOutput(); err != nil {
+		t.Fatalf("building qbipcc: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// libqb's own client, on either transport the server chooses: round trips
+// of every size up to the connection's, 200 events read through the
+// descriptor qb_ipcc_fd_get returns, then a disconnect that leaves
+// nothing behind. On SHM that descriptor's peer is this process — what
+// Pacemaker checks; on SOCKET it is a datagram socket without a peer.
+func TestLibqbClient(t *testing.T) {
+	bin := buildQbipcc(t)
+	for _, tr := range transports {
+		t.Run(tr.String(), func(t *testing.T) {
+			service, srv := startServerOn(t, echo{admit: true}, tr, func(*Server) {})
+			out, err := exec.Command(bin, service, "check").CombinedOutput()
+			if err != nil {
+				t.Fatalf("qbipcc: %v\n%s", err, out)
+			}
+			var pid, uid, gid int
+			if _, err := fmt.Sscanf(strings.TrimPrefix(string(out), "OK\n"), "peer %d %d %d", &pid, &uid, &gid); err != nil || !strings.HasPrefix(string(out), "OK\n") {
+				t.Fatalf("qbipcc printed %q", out)
+			}
+			t.Logf("SO_PEERCRED of qb_ipcc_fd_get's descriptor: pid %d uid %d gid %d", pid, uid, gid)
+			if tr == TransportSHM && (pid != os.Getpid() || uid != os.Geteuid() || gid != os.Getegid()) {
+				t.Errorf("peer pid %d uid %d gid %d, want the server's %d %d %d", pid, uid, gid, os.Getpid(), os.Geteuid(), os.Getegid())
+			}
+			waitFor(t, "the connection gone", func() bool { return srv.Conns() == 0 })
+			assertNoConnectionDirs(t, srv)
+		})
+	}
+}
+
+// A libqb client killed while connected leaves nothing behind: the setup
+// socket's EOF tears the connection down, rings and directory included.
+func TestLibqbClientKilled(t *testing.T) {
+	bin := buildQbipcc(t)
+	for _, tr := range transports {
+		t.Run(tr.String(), func(t *testing.T) {
+			service, srv := startServerOn(t, echo{admit: true}, tr, func(*Server) {})
+			for range 5 {
+				cmd := exec.Command(bin, service, "hold")
+				stdout, _ := cmd.StdoutPipe()
+				if err := cmd.Start(); err != nil {
+					t.Fatal(err)
+				}
+				b := make([]byte, 6)
+				if n, _ := stdout.Read(b); string(b[:n]) != "ready\n" {
+					_ = cmd.Process.Kill()
+					t.Fatalf("qbipcc hold: %q", b[:n])
+				}
+				entries, _ := os.ReadDir(srv.ShmDir)
+				if len(entries) != 1 {
+					t.Errorf("%d connection directories with one client", len(entries))
+				}
+				_ = cmd.Process.Signal(syscall.SIGKILL)
+				_ = cmd.Wait()
+				waitFor(t, "the killed client's connection gone", func() bool { return srv.Conns() == 0 })
+				assertNoConnectionDirs(t, srv)
+			}
+		})
+	}
+}
+
+func assertNoConnectionDirs(t *testing.T, srv *Server) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		entries, err := os.ReadDir(srv.ShmDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(entries) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still holds %s", srv.ShmDir, entries[0].Name())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,256 @@
+package libqb
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+
+	"github.com/corobus/corobus/services/ipc/libqb/qbrb"
+)
+
+// shmTransport is libqb's SHM connection type (QB_IPC_SHM, what corosync
+// serves on Linux; lib/ipc_shm.c): three rings in the connection's
+// directory (qbrb), "<dir>/qb-request-<svc>", "…-response-…" and
+// "…-event-…", each a -header and a -data file, made by the server and
+// handed to the client's uid and gid, mode 0600. The setup socket stays
+// the connection's signal path:
+//
+//   - a request is a chunk the client writes into the request ring (and
+//     posts its semaphore), then one byte on the setup socket — libqb's
+//     needs_sock_for_poll — so that the server waits on its poller, never
+//     on a semaphore;
+//   - a response is a chunk in the response ring, its semaphore posted:
+//     the client sleeps on that semaphore's futex;
+//   - an event is a chunk in the event ring, its semaphore posted, then
+//     one byte on the setup socket, which is the descriptor the client's
+//     cmap_fd_get & co. return for polling — and whose peer credentials
+//     (SO_PEERCRED) are the server's, which Pacemaker checks;
+//   - flow control is the request ring's int32 of user data; the client
+//     sends nothing while it is set, and reads a request ring whose
+//     ref_count is not 2 as a closed connection.
+//
+// The client owns the files and can write anything into them, or shrink
+// them: qbrb trusts nothing it reads there and turns a fault into an
+// error. A client that breaks the protocol — a byte without a committed
+// chunk and a posted semaphore, a chunk that lies, a corrupt ring — has its
+// connection closed and logged once; nothing it does reaches another
+// connection.
+type shmTransport struct {
+	c              *Conn
+	req, resp, evt *qbrb.Ring
+
+	// mu guards the rings against their release: an event or a flow
+	// control change may race the connection's end.
+	mu     sync.RWMutex
+	closed bool
+
+	// Event notifications (bytes on the setup socket) the socket had no
+	// room for yet; the notifier writes them once it has.
+	notesMu sync.Mutex
+	notes   int
+	kick    chan struct{}
+}
+
+func newShmTransport(c *Conn) (t *shmTransport, err error) {
+	t = &shmTransport{c: c, kick: make(chan struct{}, 1)}
+	defer func() {
+		if err != nil {
+			t.release()
+		}
+	}()
+	desc := filepath.Join(c.dir, "qb")
+	uid, gid := int(c.Creds.UID), int(c.Creds.GID)
+	for _, r := range []struct {
+		ring **qbrb.Ring
+		kind string
+	}{{&t.req, "request"}, {&t.resp, "response"}, {&t.evt, "event"}} {
+		if *r.ring, err = qbrb.Create(desc+"-"+r.kind+"-"+c.Service, c.maxSize, uid, gid); err != nil {
+			return nil, fmt.Errorf("making the %s ring: %w", r.kind, err)
+		}
+	}
+	go t.notifier()
+	return t, nil
+}
+
+func (t *shmTransport) response() (int32, string, string, string) {
+	return 1, t.req.Name(), t.resp.Name(), t.evt.Name()
+}
+
+// withRings runs f unless the rings are released.
+func (t *shmTransport) withRings(f func() error) error {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if t.closed {
+		return fmt.Errorf("connection %d: closed", t.c.ID)
+	}
+	return f()
+}
+
+// serveRequests takes one request per byte the client sends on the setup
+// socket, until its EOF.
+func (t *shmTransport) serveRequests(handle func([]byte) []byte) {
+	c := t.c
+	notes := make([]byte, 64)
+	buf := make([]byte, c.maxSize)
+	for {
+		n, err := c.readSetup(notes)
+		if n <= 0 || err != nil {
+			return
+		}
+		for range n {
+			var size int
+			err := t.withRings(func() error {
+				ok, err := t.req.TryWait()
+				if err == nil && !ok {
+					err = errors.New("a request announced on the setup socket, but its semaphore was not posted")
+				}
+				if err == nil {
+					size, err = t.req.Read(buf)
+				}
+				return err
+			})
+			if err != nil {
+				c.log.Warn("libqb: the client broke the shared-memory protocol; closing", "conn", c.ID, "service", c.Service,
+					"pid", c.Creds.PID, "uid", c.Creds.UID, "err", err)
+				return
+			}
+			msg := buf[:size]
+			id, err := checkRequest(msg)
+			if err != nil {
+				c.log.Warn("libqb: malformed request; closing", "conn", c.ID, "pid", c.Creds.PID, "err", err)
+				return
+			}
+			if id == msgDisconnect {
+				return
+			}
+			resp := handle(bytes.Clone(msg))
+			if resp == nil {
+				return
+			}
+			if len(resp) == 0 {
+				continue // an asynchronous call: nothing answers it
+			}
+			if err := t.respond(resp); err != nil {
+				if !errors.Is(err, errShutdown) {
+					c.log.Warn("libqb: response not sent; closing", "conn", c.ID, "pid", c.Creds.PID, "err", err)
+				}
+				return
+			}
+		}
+	}
+}
+
+// respond writes a response into the response ring. A synchronous client
+// has read the previous one; one that pipelines requests and lets
+// responses pile up gets its next one when it makes room, or its
+// connection closed meanwhile.
+func (t *shmTransport) respond(resp []byte) error {
+	return backoff(t.c, func() (bool, error) {
+		err := t.withRings(func() error { return t.resp.Write(resp) })
+		if errors.Is(err, qbrb.ErrNoRoom) {
+			// This goroutine is also the one that would see the client
+			// leave: look for the setup socket's EOF while waiting.
+			if t.c.peerGone() {
+				return false, errShutdown
+			}
+			return false, nil
+		}
+		return true, err
+	})
+}
+
+// sendEvent writes an event into the event ring and notifies the client
+// with a byte on the setup socket. A full ring is the client's backlog:
+// the event queue keeps the event and retries (EAGAIN).
+func (t *shmTransport) sendEvent(msg []byte) error {
+	err := t.withRings(func() error { return t.evt.Write(msg) })
+	if errors.Is(err, qbrb.ErrNoRoom) {
+		return fmt.Errorf("event to connection %d: ring full: %w", t.c.ID, syscall.EAGAIN)
+	}
+	if err != nil {
+		return fmt.Errorf("event to connection %d: %w", t.c.ID, err)
+	}
+	t.notify()
+	return nil
+}
+
+// notify sends one event notification now, or leaves it to the notifier
+// when the socket is full (or others wait already).
+func (t *shmTransport) notify() {
+	t.notesMu.Lock()
+	defer t.notesMu.Unlock()
+	if t.notes == 0 {
+		var n int
+		var err error
+		if cerr := t.c.setupRaw.Control(func(fd uintptr) {
+			n, err = syscall.SendmsgN(int(fd), []byte{0}, nil, nil, syscall.MSG_DONTWAIT|syscall.MSG_NOSIGNAL)
+		}); cerr == nil && err == nil && n == 1 {
+			return
+		}
+	}
+	t.notes++
+	select {
+	case t.kick <- struct{}{}:
+	default:
+	}
+}
+
+// notifier writes the notifications the setup socket had no room for,
+// waiting for room on the poller.
+func (t *shmTransport) notifier() {
+	zeros := make([]byte, 256)
+	for {
+		select {
+		case <-t.kick:
+		case <-t.c.done:
+			return
+		}
+		for {
+			t.notesMu.Lock()
+			n := min(t.notes, len(zeros))
+			t.notesMu.Unlock()
+			if n == 0 {
+				break
+			}
+			var sent int
+			var err error
+			if perr := t.c.setupRaw.Write(func(fd uintptr) bool {
+				sent, err = syscall.SendmsgN(int(fd), zeros[:n], nil, nil, syscall.MSG_DONTWAIT|syscall.MSG_NOSIGNAL)
+				return !errors.Is(err, syscall.EAGAIN)
+			}); perr != nil || (err != nil && !errors.Is(err, syscall.EINTR)) {
+				return // the connection is ending
+			}
+			t.notesMu.Lock()
+			t.notes -= sent
+			t.notesMu.Unlock()
+		}
+	}
+}
+
+func (t *shmTransport) setFlowControl(level int32) {
+	_ = t.withRings(func() error { return t.req.SetUserData32(level) })
+}
+
+// wake: the connection's shutdown already wakes the setup socket's
+// readers and writers, and the response retries.
+func (t *shmTransport) wake() {}
+
+func (t *shmTransport) release() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return
+	}
+	t.closed = true
+	for _, r := range []*qbrb.Ring{t.req, t.resp, t.evt} {
+		if r != nil {
+			if err := r.Close(); err != nil && !errors.Is(err, os.ErrNotExist) {
+				t.c.log.Debug("libqb: removing a ring", "conn", t.c.ID, "ring", r.Name(), "err", err)
+			}
+		}
+	}
+}
