@@ -213,7 +213,7 @@ func table() []Key {
 		{Pattern: "loader.component_dir", Type: Str, Corobus: true, Default: "/usr/lib/corobus/components", Doc: "directory of component executables (LCRSODIR)"},
 		{Pattern: "loader.default_services", Type: Str, Corobus: true, Default: "yes", Doc: "no: load only the service blocks of the file"},
 		{Pattern: "ipc.colocate", Type: Str, Corobus: true, Default: "cmap", Doc: "space-separated services (cmap) of which the IPC gateway runs an instance in its own process, reaching it by function call rather than over the bus while the loader resolves to it; none: every service over the bus (docs/architecture.md has the figures)"},
-		{Pattern: "ipc.transport", Type: Str, Corobus: true, Default: "", Doc: "libqb connection type the IPC gateway offers: shm (shared-memory rings, as corosync serves them, and what Pacemaker requires) or socket (datagram sockets); unset: system.qb_ipc_type, else socket"},
+		{Pattern: "ipc.transport", Type: Str, Corobus: true, Default: "", Doc: "libqb connection type the IPC gateway offers: shm (shared-memory rings, as corosync serves them, and what Pacemaker requires) or socket (datagram sockets); unset: system.qb_ipc_type (native is shm), else shm"},
 		{Pattern: "ipc.max_connections", Type: U32, Corobus: true, Default: "4096", Doc: "IPC connections the gateway holds at once, handshakes included, over all services and users; one more is answered EAGAIN (CS_ERR_TRY_AGAIN); 0: no limit"},
 		{Pattern: "ipc.max_connections_per_uid", Type: U32, Corobus: true, Default: "512", Doc: "IPC connections one uid may hold at once, handshakes included (root too); one more is answered EAGAIN (CS_ERR_TRY_AGAIN); 0: no limit"},
 	}

@@ -58,7 +58,7 @@ func Run(ctx context.Context, env layer.Env) error {
 		}
 	}
 	if transport == "" {
-		transport = "socket"
+		transport = "shm" // corosync's, on Linux
 	}
 	var err error
 	if cfg.Transport, err = libqb.ParseTransport(transport); err != nil {
