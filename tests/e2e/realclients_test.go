@@ -77,13 +77,15 @@ func oneNodeConf(t testing.TB, dir string) string {
 }
 
 // gatewayPIDShell is a bash line that sets GW to the pid of the node's
-// IPC gateway (the `corobus ipc` layer process), asking `$B status`.
+// IPC gateway (the `corobus ipc` layer process), asking `$B status $SARGS`
+// (SARGS: how the status verb finds the node, e.g. -c FILE; unset for the
+// embedded default).
 // libqb names every connection's /dev/shm directory after its server's
 // pid (qb-<server pid>-<client pid>-…), so GW tells the test's own
 // entries from those of any other libqb server on the machine (a real
 // corosync, another test's node): /dev/shm is shared by every network
 // namespace.
-const gatewayPIDShell = `GW=$("$B" status --json | grep -A3 '"layer": "ipc"' | grep -o '"pid": [0-9]*' | grep -o '[0-9]*$')`
+const gatewayPIDShell = `GW=$("$B" status --json $SARGS | grep -A3 '"layer": "ipc"' | grep -o '"pid": [0-9]*' | grep -o '[0-9]*$')`
 
 // gatewayShmShell is a bash line printing how many /dev/shm entries the
 // gateway GW holds.

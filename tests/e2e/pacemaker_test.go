@@ -1,0 +1,109 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestPacemakerdAcceptsCorobus starts Debian's pacemakerd (Pacemaker
+// 2.1.5), unmodified, against a one-node corobus. pacemakerd first reads
+// its configuration through cmap (mcp_read_config): it checks that the
+// descriptor cmap_fd_get returns leads to a root process (SO_PEERCRED),
+// which only libqb's shared-memory transport gives, reads logging.debug,
+// and admits its haclient group by setting uidgid.gid.<gid>. Then it
+// connects to cfg — which corobus does not serve yet: the test stops
+// there, and says so. When cfg lands, pacemakerd gets further and this
+// test must be extended, not loosened.
+//
+// Everything runs as root in a private network namespace (the IPC names)
+// and a private mount namespace whose /var/lib/pacemaker,
+// /var/log/pacemaker, /run and /dev/shm are empty tmpfs: nothing of the
+// host's Pacemaker is touched.
+func TestPacemakerdAcceptsCorobus(t *testing.T) {
+	cmapctl := requireRealClients(t, "pacemakerd against corobus", needs{commands: []string{"corosync-cmapctl", "pacemakerd"}})[0]
+	pacemakerd, _ := exec.LookPath("pacemakerd")
+	for _, d := range []string{"/var/lib/pacemaker", "/var/log/pacemaker"} {
+		if fi, err := os.Stat(d); err != nil || !fi.IsDir() {
+			t.Skipf("pacemakerd against corobus: %s is missing (Debian's pacemaker package makes it): skipping", d)
+		}
+	}
+	if err := exec.Command("unshare", "--mount", "true").Run(); err != nil {
+		t.Skipf("pacemakerd against corobus: unshare --mount does not work here (%v): skipping", err)
+	}
+	grp, err := user.LookupGroup("haclient")
+	if err != nil {
+		t.Skipf("pacemakerd against corobus: no haclient group (%v): skipping", err)
+	}
+	b := buildBinary(t)
+	dir := t.TempDir()
+	conf := oneNodeConf(t, dir)
+	script := `set -e
+B=` + shellQuote(b.path) + `
+C=` + shellQuote(cmapctl) + `
+PM=` + shellQuote(pacemakerd) + `
+CONF=` + shellQuote(conf) + `
+D=` + shellQuote(dir) + `
+for m in /var/lib/pacemaker /var/log/pacemaker /run /dev/shm; do mount -t tmpfs -o mode=0755 tmpfs $m; done
+chmod 1777 /dev/shm
+mkdir -p /run/crm
+ip link set lo up
+"$B" up -c "$CONF" > "$D/up.log" 2>&1 &
+UP=$!
+trap 'kill -TERM $UP; wait $UP' EXIT
+for i in $(seq 150); do "$C" -g totem.cluster_name >/dev/null 2>&1 && break; sleep 0.2; done
+echo "== before"; "$C" -g uidgid.gid.` + grp.Gid + ` 2>&1 || true
+rc=0; PCMK_logfacility=none timeout 60 "$PM" || rc=$?
+echo "== pacemakerd exit $rc"
+echo "== after"; "$C" -g uidgid.gid.` + grp.Gid + ` 2>&1 || true
+echo "== log"; cat /var/log/pacemaker/pacemaker.log
+`
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "unshare", "--net", "--mount", "--propagation", "private", "bash", "-c", script)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	out, err := cmd.CombinedOutput()
+	got := string(out)
+	if err != nil {
+		log, _ := os.ReadFile(filepath.Join(dir, "up.log"))
+		t.Fatalf("script failed: %v\n%s\nnode log:\n%s", err, got, log)
+	}
+	logPart := got[strings.Index(got, "== log"):]
+	for _, line := range strings.Split(logPart, "\n") {
+		if strings.Contains(line, "pacemakerd") && (strings.Contains(line, "info") || strings.Contains(line, "crit") ||
+			strings.Contains(line, "notice") || strings.Contains(line, "error")) {
+			t.Log(line)
+		}
+	}
+	for _, bad := range []string{"Rejecting Corosync CMAP provider", "Could not connect to Corosync CMAP", "Could not authorize group"} {
+		if strings.Contains(got, bad) {
+			t.Errorf("pacemakerd: %q", bad)
+		}
+	}
+	for _, want := range []string{
+		"Reading configuration for corosync stack", // past the provider check
+		"Starting Pacemaker",                       // mcp_read_config returned TRUE
+		"== after\nuidgid.gid." + grp.Gid + " (u8) = 1\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	// The first service corobus does not have yet.
+	if strings.Contains(got, "Could not connect to Corosync CFG") {
+		t.Logf("pacemakerd stopped at cfg, which corobus does not serve yet (%s): the rest of Pacemaker's start waits for it",
+			strings.TrimSpace(got[strings.Index(got, "== pacemakerd exit"):strings.Index(got, "== after")]))
+	} else if !strings.Contains(got, "== pacemakerd exit 124") {
+		t.Logf("pacemakerd got past cfg: extend this test to what it does next")
+	}
+	if t.Failed() {
+		t.Logf("output:\n%s", got)
+	}
+}
