@@ -150,7 +150,7 @@ func (s *Server) serve(ctx context.Context, service string, h Handler, fd int) {
 		return
 	}
 	if err := c.setupTransport(); err != nil {
-		s.log.Warn("libqb: setting up a connection", "service", service, "err", err)
+		s.limited.Warn("setup "+service, "libqb: setting up a connection", "service", service, "err", err)
 		_ = c.writeSetup(connResponse(-int32(syscall.ENOMEM), 0, 0, "", "", ""))
 		return
 	}
@@ -163,7 +163,9 @@ func (s *Server) serve(ctx context.Context, service string, h Handler, fd int) {
 		if errors.As(err, &errno) {
 			code = errno
 		}
-		s.log.Warn("libqb: service refused the connection", "service", service, "err", err)
+		// A client retrying while a service is not ready would repeat
+		// this every second: once a minute, with a count.
+		s.limited.Warn("refused by "+service+" "+code.Error(), "libqb: service refused the connection", "service", service, "err", err)
 		_ = c.writeSetup(connResponse(-int32(code), 0, 0, "", "", ""))
 		return
 	}

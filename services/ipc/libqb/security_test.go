@@ -360,3 +360,33 @@ func startServerLogging(t *testing.T, h Handler, w interface{ Write([]byte) (int
 	t.Cleanup(func() { cancel(); <-done })
 	return service, srv
 }
+
+// Established connections hold no thread either: 300 clients that made a
+// request and wait leave the server's thread count where it was, on
+// either transport (SHM's requests are announced on the setup socket:
+// the server never sleeps on a client's semaphore).
+func TestManyConnectionsFewThreads(t *testing.T) {
+	for _, tr := range transports {
+		t.Run(tr.String(), func(t *testing.T) {
+			service, srv := startServerOn(t, echo{admit: true}, tr, func(*Server) {})
+			_, stop := sampleThreads(t)
+			var clients []testClient
+			for i := range 300 {
+				c := connect(t, service)
+				c.roundTrip(t, request(int32(i), nil, ReqHeaderSize))
+				clients = append(clients, c)
+			}
+			if n := srv.Conns(); n != 300 {
+				t.Errorf("%d connections, want 300", n)
+			}
+			for _, c := range clients[:10] {
+				c.roundTrip(t, request(1, nil, ReqHeaderSize))
+			}
+			threads := stop()
+			t.Logf("300 %s connections: the process's threads peaked at %d", tr, threads)
+			if threads > 64 {
+				t.Errorf("threads peaked at %d with 300 idle connections", threads)
+			}
+		})
+	}
+}
