@@ -56,12 +56,12 @@ echo "gateway pid $GW threads $(threads)"
 (sleep 12 | timeout 10 stdbuf -oL $C -T test. > $D/track.out 2>&1 &)
 for i in $(seq 100); do [ "$(` + gatewayShmShell + `)" -ge 1 ] && break; sleep 0.1; done
 echo "== inject"; nobody $A inject $GW cmap uidgid.uid.65534
-$C -s test.after u8 1
+timeout 10 $C -s test.after u8 1
 sleep 1
-echo "== key"; $C -g uidgid.uid.65534 2>&1 || true
+echo "== key"; timeout 10 $C -g uidgid.uid.65534 2>&1 || true
 
 FP=""
-for i in 1 2 3 4; do nobody $A flood cmap 5000 15 > $D/flood.$i 2>&1 & FP="$FP $!"; done
+for i in 1 2 3 4; do nobody timeout -k 5 60 $A flood cmap 5000 15 > $D/flood.$i 2>&1 & FP="$FP $!"; done
 ( while [ "$(cat $D/flood.* 2>/dev/null | grep -c ^connected)" != 4 ]; do threads >> $D/threads; sleep 0.1; done ) &
 SP=$!
 for i in $(seq 100); do [ "$(cat $D/flood.* | grep -c holding)" = 4 ] && break; sleep 0.1; done
@@ -70,7 +70,7 @@ echo "== root during the flood"; rc=0; timeout 10 $C -g totem.version || rc=$?; 
 wait $FP; wait $SP
 echo "== flood"; cat $D/flood.* | grep ^connected
 echo "threads peak $(sort -n $D/threads | tail -1)"
-echo "== root after the flood"; $C -g totem.version
+echo "== root after the flood"; timeout 10 $C -g totem.version
 sleep 4
 echo "== track"; cat $D/track.out
 echo "== shm"; ` + gatewayShmShell + `

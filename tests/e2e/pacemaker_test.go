@@ -18,9 +18,9 @@ import (
 // descriptor cmap_fd_get returns leads to a root process (SO_PEERCRED),
 // which only libqb's shared-memory transport gives, reads logging.debug,
 // and admits its haclient group by setting uidgid.gid.<gid>. Then it
-// connects to cfg — which corobus does not serve yet: the test stops
-// there, and says so. When cfg lands, pacemakerd gets further and this
-// test must be extended, not loosened.
+// connects to cfg (the same check of its provider), starts its daemons,
+// which connect to cpg: the test follows as far as the node's services
+// go, stops at the first one corobus does not serve yet, and says so.
 //
 // Everything runs as root in a private network namespace (the IPC names)
 // and a private mount namespace whose /var/lib/pacemaker,
@@ -58,10 +58,10 @@ ip link set lo up
 UP=$!
 trap 'kill -TERM $UP; wait $UP' EXIT
 for i in $(seq 150); do "$C" -g totem.cluster_name >/dev/null 2>&1 && break; sleep 0.2; done
-echo "== before"; "$C" -g uidgid.gid.` + grp.Gid + ` 2>&1 || true
-rc=0; PCMK_logfacility=none timeout 60 "$PM" || rc=$?
+echo "== before"; timeout 10 "$C" -g uidgid.gid.` + grp.Gid + ` 2>&1 || true
+rc=0; PCMK_logfacility=none timeout -k 10 60 "$PM" || rc=$?
 echo "== pacemakerd exit $rc"
-echo "== after"; "$C" -g uidgid.gid.` + grp.Gid + ` 2>&1 || true
+echo "== after"; timeout 10 "$C" -g uidgid.gid.` + grp.Gid + ` 2>&1 || true
 echo "== log"; cat /var/log/pacemaker/pacemaker.log
 `
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -77,7 +77,7 @@ echo "== log"; cat /var/log/pacemaker/pacemaker.log
 	}
 	logPart := got[strings.Index(got, "== log"):]
 	for _, line := range strings.Split(logPart, "\n") {
-		if strings.Contains(line, "pacemakerd") && (strings.Contains(line, "info") || strings.Contains(line, "crit") ||
+		if strings.Contains(line, "pacemaker") && (strings.Contains(line, "info") || strings.Contains(line, "crit") ||
 			strings.Contains(line, "notice") || strings.Contains(line, "error")) {
 			t.Log(line)
 		}
@@ -96,12 +96,20 @@ echo "== log"; cat /var/log/pacemaker/pacemaker.log
 			t.Errorf("output lacks %q", want)
 		}
 	}
-	// The first service corobus does not have yet.
-	if strings.Contains(got, "Could not connect to Corosync CFG") {
-		t.Logf("pacemakerd stopped at cfg, which corobus does not serve yet (%s): the rest of Pacemaker's start waits for it",
-			strings.TrimSpace(got[strings.Index(got, "== pacemakerd exit"):strings.Index(got, "== after")]))
-	} else if !strings.Contains(got, "== pacemakerd exit 124") {
-		t.Logf("pacemakerd got past cfg: extend this test to what it does next")
+	// Then the stages that need the next services, in pacemakerd's order:
+	// cfg (pacemakerd itself), then cpg (its daemons). The test stops at
+	// the first service corobus does not have yet, and says so.
+	switch {
+	case strings.Contains(got, "Could not connect to Corosync CFG"):
+		t.Logf("pacemakerd stopped at cfg, which this node does not serve: the rest of Pacemaker's start waits for it")
+	case strings.Contains(got, "Rejecting Corosync CFG provider"):
+		t.Errorf("pacemakerd refused the cfg provider")
+	case !strings.Contains(got, "Pacemaker daemon successfully started and accepting connections"):
+		t.Errorf("pacemakerd did not get past cfg")
+	case strings.Contains(got, "Could not connect to the CPG API"):
+		t.Logf("pacemakerd accepted cfg and started its daemons; they stopped at cpg, which this node does not serve yet: the rest waits for it")
+	default:
+		t.Logf("Pacemaker's daemons got past cpg: extend this test to what they do next")
 	}
 	if t.Failed() {
 		t.Logf("output:\n%s", got)
