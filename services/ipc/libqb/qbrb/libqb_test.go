@@ -32,6 +32,14 @@ var (
 	peerErr  error
 )
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if peerBin != "" {
+		_ = os.RemoveAll(filepath.Dir(peerBin))
+	}
+	os.Exit(code)
+}
+
 // startPeer runs rbpeer MODE NAME MAXMSG, skipping visibly when libqb's
 // development files or gcc are missing.
 func startPeer(t *testing.T, mode, name string, maxMsg int) *peer {
