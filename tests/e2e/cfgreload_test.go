@@ -1,0 +1,89 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestCfgReload changes a running node's file and reloads it with
+// corosync-cfgtool -R: a change corobus applies at run time (the nodelist's
+// quorum_votes, quorum.expected_votes) is in cmap and acted on by
+// votequorum when the tool says Done; a change it applies only at start
+// (totem.token) makes the reload fail with CS_ERR_INVALID_PARAM, the reason
+// in the node's log, and nothing changes; a key removed from the file is
+// removed from cmap.
+func TestCfgReload(t *testing.T) {
+	requireRealClients(t, "corosync-cfgtool -R against corobus",
+		needs{commands: []string{"corosync-cfgtool", "corosync-quorumtool", "corosync-cmapctl"}})
+	b := buildBinary(t)
+	dir := t.TempDir()
+	conf := oneNodeConf(t, dir)
+	orig, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withQuorum := strings.Replace(string(orig), "provider: corosync_votequorum", "provider: corosync_votequorum\n    expected_votes: 3\n    wait_for_all: 0", 1)
+	withToken := strings.Replace(withQuorum, "version: 2", "version: 2\n    token: 4000", 1)
+	for name, text := range map[string]string{"quorum.conf": withQuorum, "token.conf": withToken} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	script := `
+D=` + shellQuote(dir) + `
+CONF=` + shellQuote(conf) + `
+B=` + shellQuote(b.path) + `
+ip link set lo up || exit 10
+"$B" up -c "$CONF" > "$D/up.log" 2>&1 &
+P=$!
+trap 'kill -TERM $P; wait $P' EXIT
+for i in $(seq 150); do corosync-quorumtool -s >/dev/null 2>&1 && break; sleep 0.2; done
+q() { corosync-quorumtool -s | grep -E '^(Quorate|Expected votes|Quorum):'; }
+echo "== before"; q; corosync-cmapctl -g quorum.expected_votes 2>&1
+cp "$D/quorum.conf" "$CONF"
+echo "== reload quorum"; corosync-cfgtool -R 2>&1; echo "rc=$?"
+q; corosync-cmapctl -g quorum.expected_votes; corosync-cmapctl -g quorum.wait_for_all
+cp "$D/token.conf" "$CONF"
+echo "== reload token"; corosync-cfgtool -R 2>&1; echo "rc=$?"
+corosync-cmapctl -g totem.token 2>&1; corosync-cmapctl -g config.reload_status
+echo "== reload back"; cp "$D/quorum.conf" "$CONF"; sed -i '/expected_votes: 3/d; /wait_for_all: 0/d' "$CONF"
+corosync-cfgtool -R 2>&1; echo "rc=$?"
+q; corosync-cmapctl -g quorum.expected_votes 2>&1; corosync-cmapctl -g quorum.wait_for_all 2>&1
+true
+`
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "unshare", "--net", "bash", "-c", script)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	out, err := cmd.CombinedOutput()
+	got := string(out)
+	t.Logf("%s", got)
+	nodeLog, _ := os.ReadFile(filepath.Join(dir, "node.log"))
+	if err != nil {
+		t.Fatalf("script failed: %v\n%s", err, nodeLog)
+	}
+	for _, want := range []string{
+		"== before\nQuorate:          Yes\nExpected votes:   1\nQuorum:           1  \nCan't get key quorum.expected_votes. Error CS_ERR_NOT_EXIST\n",
+		// Applied, and votequorum acted on it before the tool said Done.
+		"== reload quorum\nReloading corosync.conf...\nDone\nrc=0\nQuorate:          No\nExpected votes:   3\nQuorum:           2 Activity blocked\nquorum.expected_votes (u32) = 3\nquorum.wait_for_all (u8) = 0\n",
+		// Refused, and nothing changed. (The tool's stdout is a pipe: its
+		// lines come after its stderr's.)
+		"== reload token\nCould not reload configuration. Error CS_ERR_INVALID_PARAM\nReloading corosync.conf...\nrc=7\nCan't get key totem.token. Error CS_ERR_NOT_EXIST\nconfig.reload_status (i32) = 7\n",
+		// Removed from the file, removed from cmap; quorum back.
+		"Done\nrc=0\nQuorate:          Yes\nExpected votes:   1\nQuorum:           1  \nCan't get key quorum.expected_votes. Error CS_ERR_NOT_EXIST\nCan't get key quorum.wait_for_all. Error CS_ERR_NOT_EXIST\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("output lacks:\n%s", want)
+		}
+	}
+	if !strings.Contains(string(nodeLog), "totem.token cannot change while corobus runs") {
+		t.Errorf("the node's log does not give the reason of the refusal:\n%s", nodeLog)
+	}
+}
