@@ -42,6 +42,8 @@ P=$!
 for i in $(seq 150); do corosync-quorumtool -s >/dev/null 2>&1 && break; sleep 0.2; done
 "$B" cfg -c "$CONF" --events > "$D/events.txt" 2>&1 &
 E=$!
+"$B" quorum -c "$CONF" -m --json > "$D/monitor.txt" 2>&1 &
+M=$!
 "$C" > "$D/client.txt" 2>&1 &
 Q=$!
 for i in $(seq 100); do grep -q ready "$D/client.txt" && break; sleep 0.1; done
@@ -56,9 +58,10 @@ if kill -0 $P 2>/dev/null; then echo "== node did not stop"; kill -TERM $P; fi
 wait $P; echo "== up exit status $?"
 for i in $(seq 50); do kill -0 $Q 2>/dev/null || break; sleep 0.1; done
 kill $Q 2>/dev/null; wait $Q; echo "== client exit status $?"
-kill $E 2>/dev/null; wait $E
+kill $E $M 2>/dev/null; wait $E $M
 echo "== client"; cat "$D/client.txt"
 echo "== events"; cat "$D/events.txt"
+echo "== monitor"; cat "$D/monitor.txt"
 `
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -84,6 +87,11 @@ echo "== events"; cat "$D/events.txt"
 	second, _, _ := strings.Cut(got[strings.Index(got, "== second -H"):], "== up")
 	if strings.Contains(second, "Could not shutdown") {
 		t.Errorf("the second corosync-cfgtool -H failed:\n%s", second)
+	}
+	// corobus quorum -m printed the status at once (it prints again on a
+	// quorum notification, as corosync-quorumtool -m: tests/quorum).
+	if mon := got[strings.Index(got, "== monitor"):]; !strings.Contains(mon, `"quorate":true`) {
+		t.Errorf("corobus quorum -m --json did not print the status:\n%s", mon)
 	}
 	for _, want := range []string{
 		"== node still running\n",

@@ -25,6 +25,16 @@ func TestKillOneKillTwoRestart(t *testing.T) {
 	all := []*netcluster.Node{n1, n2, n3}
 	waitStatus(t, settle, "quorate with 3 nodes", func(st quorumStatus) bool { return st.quorate && st.nodes == 3 }, all...)
 	cl := startClient(t, n1, path)
+	// corobus quorum -m follows <prefix>.quorum.<node>.state.
+	mctx, mstop := context.WithCancel(context.Background())
+	mon := &client{done: make(chan struct{})}
+	mon.cmd = n1.Command(mctx, c.Options().Binary, "quorum", "-c", n1.ConfPath, "-m", "--json")
+	mon.cmd.Stdout, mon.cmd.Stderr = mon, mon
+	if err := mon.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = mon.cmd.Wait(); close(mon.done) }()
+	defer func() { mstop(); <-mon.done }()
 
 	since := nowMS()
 	if err := n3.Kill(); err != nil {
@@ -48,6 +58,13 @@ func TestKillOneKillTwoRestart(t *testing.T) {
 	// The survivor's notifications fired: libquorum's and libvotequorum's.
 	cl.waitLine(t, since, "quorum quorate=0", settle)
 	cl.waitLine(t, since, "vq-quorum quorate=0 context=4660 nodes=1:1,2:2,3:2", settle)
+	deadline := time.Now().Add(settle)
+	for !strings.Contains(mon.text(), `"nodes":1,"node_id":1`) || !strings.Contains(mon.text(), `"quorate":false`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("corobus quorum -m did not print node 1 alone and inquorate:\n%s", mon.text())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 
 	since = nowMS()
 	for _, n := range []*netcluster.Node{n2, n3} {
