@@ -461,9 +461,18 @@ func (s *Service) reload(ctx context.Context) cswire.Error {
 	case code := <-ch:
 		return code
 	case <-ctx.Done():
-		return cswire.ErrTimeout
+	case <-time.After(reloadPatience):
+		// The message did not come back (the node left the view
+		// meanwhile) or this node's reload hangs.
 	}
+	s.mu.Lock()
+	delete(s.reloads, req)
+	s.mu.Unlock()
+	return cswire.ErrTimeout
 }
+
+// reloadPatience bounds the wait for this node's own reload.
+const reloadPatience = 2 * time.Minute
 
 // reopenLogs asks every layer process of the node to reopen its log
 // file and gathers their answers.
