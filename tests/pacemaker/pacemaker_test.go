@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -96,11 +94,6 @@ type timings struct {
 func exercise(t *testing.T, v variant) {
 	requirePacemaker(t)
 	netcluster.RequireBackend(t, v.backend)
-	if v.backend == netcluster.Corobus {
-		if missing := corobusMissing(); len(missing) > 0 {
-			t.Skipf("pacemaker on corobus: this tree lacks %s: skipping until it lands", strings.Join(missing, "; "))
-		}
-	}
 	opts := netcluster.Options{
 		Nodes:        3,
 		Backend:      v.backend,
@@ -573,32 +566,4 @@ func tokenName(d time.Duration) string {
 		return "default"
 	}
 	return d.String()
-}
-
-// corobusMissing names what Pacemaker needs of corobus that this tree
-// does not have yet, each with the issue that builds it. It goes once
-// they have all landed.
-func corobusMissing() []string {
-	_, here, _, _ := runtime.Caller(0)
-	root := filepath.Join(filepath.Dir(here), "..", "..")
-	var missing []string
-	for _, s := range []struct{ path, contains, what string }{
-		{"config/keys/keys.go", `"ipc.transport"`, "libqb's shared-memory transport (issue 10: pacemakerd checks SO_PEERCRED of the cmap descriptor)"},
-		{"services/cpg", "", "the cpg service (issue 11)"},
-		{"services/quorum", "", "the quorum service (issue 12)"},
-		{"services/votequorum", "", "the votequorum service (issue 12)"},
-		{"services/cfg", "", "the cfg service (issue 12)"},
-	} {
-		p := filepath.Join(root, s.path)
-		if s.contains == "" {
-			if _, err := os.Stat(p); err != nil {
-				missing = append(missing, s.what)
-			}
-			continue
-		}
-		if b, err := os.ReadFile(p); err != nil || !strings.Contains(string(b), s.contains) {
-			missing = append(missing, s.what)
-		}
-	}
-	return missing
 }
