@@ -336,7 +336,7 @@ func (k *Keeper) addLocked(rec nodeRecord, old Value, had bool) {
 // round of writes behind to JetStream (the latest value of each key
 // changed since the last round).
 const (
-	publishWindow = time.Millisecond
+	publishWindow = 5 * time.Millisecond
 	flushEvery    = 20 * time.Millisecond
 )
 

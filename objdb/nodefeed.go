@@ -110,9 +110,10 @@ func (s *Store) applyFeed(fm feedMsg) string {
 // rebuild is a snapshot of the node's keys being brought up to date
 // before it replaces the copy's.
 type rebuild struct {
-	keys map[string]Value
-	seq  uint64
-	mine []nodeRecord // this Store's writes among the replayed records
+	keys  map[string]Value
+	epoch uint64
+	seq   uint64
+	mine  []nodeRecord // this Store's writes among the replayed records
 }
 
 // applyRecordLocked applies a keeper record: to the copy (rb nil), where
@@ -222,7 +223,8 @@ func (s *Store) syncNode(ctx context.Context) error {
 		if err != nil || done {
 			return err
 		}
-		if err := s.adoptEpoch(ctx); err != nil {
+		adopted, err := s.adoptEpoch(ctx)
+		if err != nil || adopted {
 			return err
 		}
 	}
@@ -239,30 +241,30 @@ var errSnapshotMoved = errors.New("the keeper moved on while the snapshot loaded
 // adoptEpoch follows a new keeper (the node's bus restarted) from its
 // first record, over the copy as it is, so that trackers hear of every
 // write the new keeper applied — the keys it loaded, and the writes sent
-// to it since — one by one, rather than of a snapshot's net difference.
-// The reload that follows then finds only what the new keeper lost (writes
-// the old one never stored), if anything. A new keeper whose log no longer
-// reaches back to its start is left to the reload.
-func (s *Store) adoptEpoch(ctx context.Context) error {
+// to it since — one by one, rather than of a snapshot's net difference;
+// then it reconciles what the new keeper does not have (writes the old one
+// never stored). A new keeper whose log no longer reaches back to its
+// start is left to a reload (adopted false).
+func (s *Store) adoptEpoch(ctx context.Context) (bool, error) {
 	probe, err := s.askKeeper(ctx, syncRequest{Writer: s.writer, Snapshot: true, After: "\xff"})
 	if err != nil {
-		return err
+		return false, err
 	}
 	s.mu.Lock()
 	same := probe.Epoch == s.nepoch
 	s.mu.Unlock()
 	if same {
-		return nil
+		return false, nil
 	}
 	if !probe.Loaded {
-		return errors.New("node feed: the node's new keeper is still loading the node's stored keys")
+		return false, errors.New("node feed: the node's new keeper is still loading the node's stored keys")
 	}
 	first, err := s.askKeeper(ctx, syncRequest{Writer: s.writer, Epoch: probe.Epoch, From: 0})
 	if err != nil {
-		return err
+		return false, err
 	}
 	if first.Kind != syncRecords || first.Epoch != probe.Epoch {
-		return nil
+		return false, nil
 	}
 	s.mu.Lock()
 	s.nepoch, s.nseq = probe.Epoch, 0
@@ -271,8 +273,58 @@ func (s *Store) adoptEpoch(ctx context.Context) error {
 		s.resendLocked()
 	}
 	s.mu.Unlock()
-	_, err = s.catchUp(ctx, probe.Epoch, nil)
-	return err
+	if _, err := s.catchUp(ctx, probe.Epoch, nil); err != nil {
+		return true, err
+	}
+	return true, s.reconcile(ctx, probe.Epoch)
+}
+
+// reconcile compares the copy with a snapshot of the keeper brought to the
+// same seq and applies (telling trackers) what differs: keys the keeper
+// no longer has or holds otherwise. The copy and the snapshot are both
+// caught up by records until they stand at the same seq; if the keeper
+// moves on too fast for that, the copy stays as it is.
+func (s *Store) reconcile(ctx context.Context, epoch uint64) error {
+	rb, writerNext, err := s.snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	if rb.epoch != epoch {
+		return errSnapshotMoved
+	}
+	for attempt := 0; ; attempt++ {
+		if done, err := s.catchUp(ctx, epoch, rb); err != nil || !done {
+			return err
+		}
+		if done, err := s.catchUp(ctx, epoch, nil); err != nil || !done {
+			return err
+		}
+		s.mu.Lock()
+		if s.nepoch == epoch && s.nseq == rb.seq {
+			break // still locked
+		}
+		s.mu.Unlock()
+		if attempt == 10 {
+			s.log.Info("objdb: the keeper moved on too fast to reconcile the copy with it; keeping it as it is")
+			return nil
+		}
+	}
+	defer s.mu.Unlock()
+	for k := range s.local {
+		if _, still := rb.keys[k]; !still {
+			s.swapKeyLocked(k, Value{}, false)
+		}
+	}
+	for k, v := range rb.keys {
+		if ov, had := s.local[k]; !had || ov.Type != v.Type || string(ov.Data) != string(v.Data) {
+			s.swapKeyLocked(k, v, true)
+		}
+	}
+	if writerNext > 0 {
+		s.confirmLocked(writerNext-1, nil)
+	}
+	s.changed.Broadcast()
+	return nil
 }
 
 // catchUp applies the keeper's records after the copy's (rb nil) or the
@@ -319,13 +371,13 @@ func (s *Store) catchUp(ctx context.Context, epoch uint64, rb *rebuild) (bool, e
 	}
 }
 
-// reload loads a snapshot of the keeper's keys, brings it up to date with
-// the records written while it loaded, and swaps it in; trackers hear of
-// every key that differs, and this Store's writes the keeper has applied
-// are confirmed (those a new keeper never saw are sent again).
-func (s *Store) reload(ctx context.Context) error {
+// snapshot loads the keeper's keys page by page into a rebuild standing at
+// the seq of the first page (replaying the records after it brings it to
+// the keeper's state), with the keeper's next expected wseq of this
+// writer.
+func (s *Store) snapshot(ctx context.Context) (*rebuild, uint64, error) {
 	rb := &rebuild{keys: map[string]Value{}}
-	var epoch, writerNext uint64
+	var writerNext uint64
 	after := ""
 	s.mu.Lock()
 	had := s.nloaded
@@ -333,23 +385,21 @@ func (s *Store) reload(ctx context.Context) error {
 	for {
 		rep, err := s.askKeeper(ctx, syncRequest{Writer: s.writer, Snapshot: true, After: after})
 		if err != nil {
-			return err
+			return nil, 0, err
 		}
 		if rep.Kind != syncSnapshot {
-			return fmt.Errorf("node feed: the keeper answered a snapshot request with kind %d", rep.Kind)
+			return nil, 0, fmt.Errorf("node feed: the keeper answered a snapshot request with kind %d", rep.Kind)
 		}
 		if had && !rep.Loaded {
 			// A new keeper that has not loaded what the node stored yet
 			// would make every key vanish and come back: keep the copy
 			// as it is (behind) until it has.
-			return errors.New("node feed: the node's new keeper is still loading the node's stored keys")
+			return nil, 0, errors.New("node feed: the node's new keeper is still loading the node's stored keys")
 		}
-		if epoch == 0 {
-			// The pages are taken at this seq or later: replaying every
-			// record after it over them gives the keeper's state.
-			epoch, rb.seq = rep.Epoch, rep.Seq
-		} else if rep.Epoch != epoch {
-			return errSnapshotMoved
+		if rb.epoch == 0 {
+			rb.epoch, rb.seq = rep.Epoch, rep.Seq
+		} else if rep.Epoch != rb.epoch {
+			return nil, 0, errSnapshotMoved
 		}
 		writerNext = rep.WriterNext
 		for _, e := range rep.Keys {
@@ -357,9 +407,21 @@ func (s *Store) reload(ctx context.Context) error {
 			after = e.Key
 		}
 		if !rep.More {
-			break
+			return rb, writerNext, nil
 		}
 	}
+}
+
+// reload loads a snapshot of the keeper's keys, brings it up to date with
+// the records written while it loaded, and swaps it in; trackers hear of
+// every key that differs, and this Store's writes the keeper has applied
+// are confirmed (those a new keeper never saw are sent again).
+func (s *Store) reload(ctx context.Context) error {
+	rb, writerNext, err := s.snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	epoch := rb.epoch
 	done, err := s.catchUp(ctx, epoch, rb)
 	if err != nil {
 		return err

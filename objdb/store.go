@@ -621,10 +621,11 @@ func (s *Store) writeNode(ctx context.Context, w nodeWrite) (nodeRecord, error) 
 
 // sendWindow is how long a Store gathers node-key writes before it sends
 // them to the keeper, once it has sent some: a lone write goes at once, a
-// stream of them goes a batch per window (a set is a map insert and a bus
-// message per millisecond, not a message and a wake-up of three processes
-// per set).
-const sendWindow = time.Millisecond
+// stream of them goes a batch per window (a set is a map insert and a share
+// of one bus message, not a message and a wake-up of every process of the
+// node per set). 5 ms measured better than 1 ms on a loaded 2-vCPU machine
+// (one client's node-key sets: 24–41 k/s against 15–30 k/s).
+const sendWindow = 5 * time.Millisecond
 
 // queueLocked queues writes for the keeper, in wseq order (under s.mu, so
 // that two writers' writes cannot overtake each other), and sends them now

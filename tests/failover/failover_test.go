@@ -6,6 +6,7 @@ package failover
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -215,6 +216,25 @@ func TestSurvivorsSeeTheDeadNodeLeft(t *testing.T) {
 				t.Errorf("run %d: node %d's tracking client saw %v, want every acknowledged write once, in order: %v", run, s.ID, got, acked)
 			}
 		}
+		// Each survivor's copy says it is current again, to a client too.
+		for _, s := range survivors {
+			eventually(t, 30*time.Second, fmt.Sprintf("run %d: node %d's cmap copy current", run, s.ID), func() error {
+				if got := cmapGet(ctx, s, "runtime.objdb.copy.state"); !strings.HasSuffix(got, "= current") {
+					return fmt.Errorf("runtime.objdb.copy.state: %s (%s)", got, cmapGet(ctx, s, "runtime.objdb.copy.reason"))
+				}
+				return nil
+			})
+		}
+		// corobus status: the dead node offline and the survivors current,
+		// as the meta leader says (generous deadline: a new meta leader may
+		// have to be elected first).
+		peersAt := time.Now()
+		for _, s := range survivors {
+			eventually(t, 60*time.Second, fmt.Sprintf("run %d: node %d's status peers", run, s.ID), func() error {
+				return peersAfterKill(ctx, s, victim.ID)
+			})
+		}
+		t.Logf("run %d: status shows node %d offline, the others current, %s after the checks began", run, victim.ID, time.Since(peersAt).Round(time.Millisecond))
 		cancel()
 		if err := victim.Start(); err != nil {
 			t.Fatalf("run %d: restarting node %d: %v", run, victim.ID, err)
@@ -236,6 +256,58 @@ func TestSurvivorsSeeTheDeadNodeLeft(t *testing.T) {
 		resumed += strings.Count(nd.LogText(), "objdb copy behind")
 	}
 	t.Logf("objdb copies that lost their feed with a dead node and resumed: %d", resumed)
+}
+
+// peersAfterKill checks node n's `corobus status --json`: the JetStream
+// peer of node dead is offline, every other current, per the meta leader.
+func peersAfterKill(ctx context.Context, n *netcluster.Node, dead uint32) error {
+	out, err := n.Corobus(ctx, "status", "--json")
+	if err != nil {
+		return err
+	}
+	var st struct {
+		Bus struct {
+			PeersFrom string `json:"peers_from"`
+			Peers     []struct {
+				Server string `json:"server"`
+				State  string `json:"state"`
+			} `json:"peers"`
+		} `json:"bus"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		return fmt.Errorf("status --json: %v", err)
+	}
+	if st.Bus.PeersFrom == "" {
+		return fmt.Errorf("no meta leader answered: peers %+v", st.Bus.Peers)
+	}
+	if len(st.Bus.Peers) != 3 {
+		return fmt.Errorf("peers %+v (per %s)", st.Bus.Peers, st.Bus.PeersFrom)
+	}
+	for _, p := range st.Bus.Peers {
+		want := "current"
+		if p.Server == fmt.Sprintf("node%d", dead) {
+			want = "offline"
+		}
+		if p.State != want {
+			return fmt.Errorf("%s is %s, want %s (per %s)", p.Server, p.State, want, st.Bus.PeersFrom)
+		}
+	}
+	return nil
+}
+
+func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // cmapReady waits until node n's cmap answers a client (a restarted node's
