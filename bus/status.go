@@ -43,8 +43,8 @@ type Route struct {
 type Peer struct {
 	Server string `json:"server"`
 	// State is current, behind (missing entries the leader has), offline
-	// (the leader has not heard from it for OfflineAfter, or says
-	// offline), or unknown (no leader to ask).
+	// (the leader has no route to it, has not heard from it for
+	// OfflineAfter, or says offline), or unknown (no leader to ask).
 	State string `json:"state"`
 	// Current and Offline say the same as State, for readers of the
 	// older two flags: both false when the state is behind or unknown.
@@ -115,16 +115,24 @@ func (s *Server) Status() (Status, error) {
 		// ever), so its view says "unknown" and the caller asks the
 		// leader (LeaderPeers).
 		leader := st.MetaLeader == st.Server
-		state := func(current, offline bool, seen time.Duration) string {
+		// A peer the leader has no route to is offline whatever the
+		// leader's raft remembers of it (a leader elected after the peer
+		// died has never heard from it at all, and calls it merely "not
+		// current").
+		routed := map[string]bool{st.Server: true}
+		for _, r := range st.Routes {
+			routed[r.Server] = true
+		}
+		state := func(name string, current, offline bool, seen time.Duration) string {
 			if !leader {
 				return PeerUnknown
 			}
-			return peerState(current, offline, seen)
+			return peerState(current, offline || !routed[name], seen)
 		}
-		st.Peers = append(st.Peers, withState(Peer{Server: st.Server}, state(true, false, 0)))
+		st.Peers = append(st.Peers, withState(Peer{Server: st.Server}, state(st.Server, true, false, 0)))
 		for _, p := range jz.Meta.Replicas {
 			st.Peers = append(st.Peers, withState(Peer{Server: p.Name, LastSeenMS: p.Active.Milliseconds(), Lag: p.Lag},
-				state(p.Current, p.Offline, p.Active)))
+				state(p.Name, p.Current, p.Offline, p.Active)))
 		}
 		slices.SortFunc(st.Peers, func(a, b Peer) int { return compareStrings(a.Server, b.Server) })
 		if leader {
