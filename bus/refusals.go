@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"context"
 	"log/slog"
 	"net"
 	"regexp"
@@ -47,10 +48,20 @@ func (r *refusals) note(kind, addr, reason string, attrs ...any) {
 	if h, _, err := net.SplitHostPort(addr); err == nil {
 		host = h
 	}
-	key := kind + " " + host
-	now := r.now()
 	r.mu.Lock()
 	r.total++
+	r.mu.Unlock()
+	// One line per kind, host and reason: the reasons are few, so an
+	// attacker cannot widen the key (user names are not in it).
+	r.noteLevel(slog.LevelWarn, kind+" refused", kind+" "+host+" "+reason, append([]any{"from", addr, "reason", reason}, attrs...)...)
+}
+
+// noteLevel logs msg with attrs at level unless a line with the same key
+// was logged less than a window ago; then it only counts it, and the next
+// line of the key says how many were not logged.
+func (r *refusals) noteLevel(level slog.Level, msg, key string, attrs ...any) {
+	now := r.now()
+	r.mu.Lock()
 	c := r.seen[key]
 	if c != nil && now.Sub(c.last) < r.window {
 		c.suppressed++
@@ -69,11 +80,10 @@ func (r *refusals) note(kind, addr, reason string, attrs ...any) {
 	}
 	c.last, c.suppressed = now, 0
 	r.mu.Unlock()
-	args := append([]any{"from", addr, "reason", reason}, attrs...)
 	if suppressed > 0 {
-		args = append(args, "refused_since_last_line", suppressed)
+		attrs = append(attrs, "not_logged_since_last_line", suppressed)
 	}
-	r.log.Warn(kind+" refused", args...)
+	r.log.Log(context.Background(), level, msg, attrs...)
 }
 
 func (r *refusals) forgetOldestLocked() {
@@ -94,13 +104,13 @@ var routeHandshakeError = regexp.MustCompile(`^(\S+) - rid:\d+ - TLS route hands
 // authError matches nats-server's line for a connection its authenticator
 // refused; the authenticator (routeAuth, clientAuth) logged it already,
 // with the reason.
-var authError = regexp.MustCompile(`^\S+ - (rid|cid):\d+ - .*Authentication Error`)
+var authError = regexp.MustCompile(`(?i)^\S+ - (rid|cid):\d+ - .*authentication error`)
 
 // fromServerLog turns nats-server's own refusal lines into rate-limited
 // refusals, and reports whether it did (the caller then drops the line).
 func (r *refusals) fromServerLog(line string) bool {
 	if m := routeHandshakeError.FindStringSubmatch(line); m != nil {
-		r.note("route", m[1], "TLS handshake failed (no valid certificate of this cluster): "+m[2])
+		r.note("route", m[1], "TLS handshake failed (no valid certificate of this cluster)", "detail", m[2])
 		return true
 	}
 	return authError.MatchString(line)

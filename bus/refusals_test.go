@@ -23,7 +23,7 @@ func TestRefusalsAreRateLimitedPerHost(t *testing.T) {
 	}
 	now = now.Add(RefusalWindow)
 	r.note("route", "10.0.0.9:1", "bad")
-	if !strings.Contains(out.String(), "refused_since_last_line=99") {
+	if !strings.Contains(out.String(), "not_logged_since_last_line=99") {
 		t.Errorf("the next line after the window does not count the 99 not logged:\n%s", out.String())
 	}
 	if r.count() != 103 {

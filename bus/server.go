@@ -42,9 +42,16 @@ type ServerConfig struct {
 	// StoreDir holds JetStream's files (in a jetstream/ directory that
 	// nats-server makes below it).
 	StoreDir string
-	// Token authenticates clients. Empty means no authentication (tests
-	// and in-process use only).
+	// Token is the node's administrator credential (every permission),
+	// and the secret every user's password is derived from. Empty: a
+	// random one, for in-process use (tests); clients still authenticate.
 	Token string
+	// Subjects are the cluster's subjects, Users the declared bus users
+	// with their roles (nil: only the fixed ones); Config, when set, is
+	// handed to the roles (a grant may depend on it).
+	Subjects Subjects
+	Users    *Users
+	Config   *config.Config
 	// Route protects the routes (TLS, route password); nil leaves them
 	// plain, as corosync's totem is with crypto off.
 	Route *RouteSecurity
@@ -75,6 +82,10 @@ func ServerConfigFrom(cfg *config.Config, log *slog.Logger) (ServerConfig, error
 		StoreDir:    cfg.StateDir(), // nats-server adds its own jetstream/ below
 		LameDuck:    2 * time.Second,
 		Logger:      log,
+		Config:      cfg,
+	}
+	if sc.Subjects, err = NewSubjects(cfg.Prefix()); err != nil {
+		return ServerConfig{}, err
 	}
 	if len(nodes) > 1 {
 		for _, n := range nodes {
@@ -106,6 +117,7 @@ type Server struct {
 	ns      *server.Server
 	log     *slog.Logger
 	refused *refusals
+	viol    *violations
 }
 
 // StartServer starts the server and waits until it accepts clients and
@@ -117,6 +129,24 @@ func StartServer(ctx context.Context, sc ServerConfig) (*Server, error) {
 	if err := os.MkdirAll(sc.StoreDir, 0o750); err != nil {
 		return nil, fmt.Errorf("creating the JetStream store %s: %w", sc.StoreDir, err)
 	}
+	if sc.Token == "" {
+		raw := make([]byte, 24)
+		if _, err := rand.Read(raw); err != nil {
+			return nil, fmt.Errorf("generating a bus token: %w", err)
+		}
+		sc.Token = hex.EncodeToString(raw)
+	}
+	if sc.Subjects.Prefix() == "" {
+		var err error
+		if sc.Subjects, err = NewSubjects(DefaultPrefix(sc.ClusterName)); err != nil {
+			return nil, err
+		}
+	}
+	if sc.Users == nil {
+		sc.Users = NewUsers()
+	}
+	refused := newRefusals(sc.Logger)
+	viol := &violations{log: sc.Logger, lim: newRefusals(sc.Logger)}
 	opts := &server.Options{
 		ServerName:          ServerName(sc.NodeID),
 		Host:                sc.Listen,
@@ -127,13 +157,13 @@ func StartServer(ctx context.Context, sc ServerConfig) (*Server, error) {
 		NoSystemAccount:     false,
 		LameDuckDuration:    sc.LameDuck,
 		LameDuckGracePeriod: sc.LameDuck / 2,
-		Authorization:       sc.Token,
+		CustomClientAuthentication: clientAuth{token: sc.Token, users: sc.Users, refused: refused,
+			access: Access{Subjects: sc.Subjects, Node: sc.NodeID, Bucket: ObjdbBucket(sc.ClusterName), Config: sc.Config}},
 		// Pings find a dead peer well inside totem.token's order of
 		// magnitude; the membership protocol has its own detector.
 		PingInterval: 2 * time.Second,
 		MaxPingsOut:  2,
 	}
-	refused := newRefusals(sc.Logger)
 	if len(sc.Routes) > 0 {
 		opts.Cluster = server.ClusterOpts{
 			Name: sc.ClusterName,
@@ -164,7 +194,7 @@ func StartServer(ctx context.Context, sc ServerConfig) (*Server, error) {
 	// A peer that is down makes nats-server log each reconnect attempt of
 	// each route, forever: a repeated condition is logged once, then
 	// summarized with a count once a minute.
-	ns.SetLoggerV2(&natsLogger{log: logsys.Repeating(sc.Logger, logsys.DefaultThrottleWindow, 1), refused: refused}, false, false, false)
+	ns.SetLoggerV2(&natsLogger{log: logsys.Repeating(sc.Logger, logsys.DefaultThrottleWindow, 1), refused: refused, viol: viol}, false, false, false)
 	switch {
 	case len(sc.Routes) == 0:
 	case sc.Route == nil:
@@ -174,7 +204,7 @@ func StartServer(ctx context.Context, sc ServerConfig) (*Server, error) {
 		sc.Logger.Info("routes protected", "how", sc.Route.Describe)
 	}
 	go ns.Start()
-	s := &Server{cfg: sc, ns: ns, log: sc.Logger, started: time.Now().UTC(), refused: refused}
+	s := &Server{cfg: sc, ns: ns, log: sc.Logger, started: time.Now().UTC(), refused: refused, viol: viol}
 	deadline := 10 * time.Second
 	if d, ok := ctx.Deadline(); ok {
 		deadline = time.Until(d)
@@ -203,7 +233,8 @@ func (s *Server) Config() ServerConfig { return s.cfg }
 // ClientURL is the URL local clients connect to (without credentials).
 func (s *Server) ClientURL() string { return s.ns.ClientURL() }
 
-// Connect opens an in-process connection: no socket, same semantics.
+// Connect opens an in-process connection as the administrator (the
+// token): no socket, same semantics.
 func (s *Server) Connect(name string, extra ...nats.Option) (*nats.Conn, error) {
 	opts := append([]nats.Option{nats.Name(name), nats.InProcessServer(s.ns), nats.Token(s.cfg.Token)}, extra...)
 	nc, err := nats.Connect("", opts...)
@@ -212,6 +243,39 @@ func (s *Server) Connect(name string, extra ...nats.Option) (*nats.Conn, error) 
 	}
 	return nc, nil
 }
+
+// ConnectAs opens an in-process connection as user, with the permissions
+// of its role and its own reply inboxes.
+func (s *Server) ConnectAs(user, name string, extra ...nats.Option) (*nats.Conn, error) {
+	opts := append([]nats.Option{nats.Name(name), nats.InProcessServer(s.ns),
+		nats.UserInfo(user, UserPassword(s.cfg.Token, user)), nats.CustomInboxPrefix(InboxPrefix(user))}, extra...)
+	nc, err := nats.Connect("", opts...)
+	if err != nil {
+		return nil, fmt.Errorf("in-process connection %s as bus user %s: %w", name, user, err)
+	}
+	return nc, nil
+}
+
+// AdminURL is the client URL with the token: every permission.
+func (s *Server) AdminURL() string { return withUser(s.ClientURL(), url.User(s.cfg.Token)) }
+
+// UserURL is the client URL with user's derived password.
+func (s *Server) UserURL(user string) string {
+	return withUser(s.ClientURL(), url.UserPassword(user, UserPassword(s.cfg.Token, user)))
+}
+
+func withUser(raw string, u *url.Userinfo) string {
+	p, err := url.Parse(raw)
+	if err != nil {
+		return raw
+	}
+	p.User = u
+	return p.String()
+}
+
+// Violations are the publishes and subscriptions the server refused a user
+// for lack of permission since it started (the first few hundred).
+func (s *Server) Violations() []Violation { return s.viol.list() }
 
 // Shutdown stops the server. With graceful set it first enters lame-duck
 // mode so that clients and peers move away before the listeners close.
@@ -289,6 +353,7 @@ func TokenFile(cfg *config.Config) string {
 type natsLogger struct {
 	log     *slog.Logger
 	refused *refusals
+	viol    *violations
 }
 
 // Noticef is nats-server's chatter (banner, listening on …): debug here, so
@@ -299,6 +364,9 @@ func (l *natsLogger) Fatalf(format string, v ...any)  { l.log.Error(fmt.Sprintf(
 func (l *natsLogger) Errorf(format string, v ...any) {
 	line := fmt.Sprintf(format, v...)
 	if l.refused != nil && l.refused.fromServerLog(line) {
+		return
+	}
+	if l.viol != nil && l.viol.fromServerLog(line) {
 		return
 	}
 	l.log.Error(line)

@@ -28,3 +28,10 @@ func (s Subjects) ObjdbKeys(node uint32, what string) string {
 func (s Subjects) ObjdbCopies(node uint32) string {
 	return s.Join("objdb", strconv.FormatUint(uint64(node), 10), "copies")
 }
+
+// ObjdbInternalAPI is the request subject of one objdb write operation that
+// may change read-only keys, for the layers that maintain them: served by
+// node's objdb processes, granted only to those layers.
+func (s Subjects) ObjdbInternalAPI(node uint32, op string) string {
+	return s.Join("objdb", strconv.FormatUint(uint64(node), 10), "internal", op)
+}

@@ -40,6 +40,11 @@ type Layer struct {
 	Summary string
 	// Run serves until ctx ends or it fails.
 	Run func(ctx context.Context, env Env) error
+	// Grant is what the layer's bus user (its Name) may publish and
+	// subscribe to: the Merge of the blocks of bus/grants.go for the
+	// protocols it speaks. A layer without one cannot connect
+	// (docs/security.md, "Declaring a layer's subjects").
+	Grant bus.Role
 }
 
 // ServiceName is the micro service name a layer announces itself under;

@@ -147,14 +147,14 @@ func TestSearchPathAndReferences(t *testing.T) {
 	defer nc.Close()
 	subjects := testSubjects(t)
 	startLoader(t, nc, subjects, 1, "node1", "cluster")
-	clusterWide := startComponent(t, exe, cl.Server.ClientURL(), "--namespace", "cluster", "--interval", "100ms")
+	clusterWide := startComponent(t, exe, cl.Server.AdminURL(), "--namespace", "cluster", "--interval", "100ms")
 	c := newClient(t, nc, subjects)
 
 	h := reference(t, c, "example", 1)
 	if tg, _ := c.Target(h); tg.Namespace != "cluster" {
 		t.Fatalf("resolved to %+v, want the cluster namespace", tg)
 	}
-	local := startComponent(t, exe, cl.Server.ClientURL(), "--interval", "100ms")
+	local := startComponent(t, exe, cl.Server.AdminURL(), "--interval", "100ms")
 	// The node's own namespace comes first: the held handle moves to it.
 	waitFor(t, "the handle to re-resolve to node1", 10*time.Second, func() bool {
 		tg, _ := c.Target(h)
@@ -241,7 +241,7 @@ func TestLiveReplacement(t *testing.T) {
 	}
 
 	common := []string{"--interval", "100ms", "--work", "2ms", "--report", report}
-	v1 := startComponent(t, exe, cl.Server.ClientURL(), append([]string{"--version", "1"}, common...)...)
+	v1 := startComponent(t, exe, cl.Server.AdminURL(), append([]string{"--version", "1"}, common...)...)
 	c := newClient(t, conn(), subjects)
 	h := reference(t, c, "example", 1)
 
@@ -288,7 +288,7 @@ func TestLiveReplacement(t *testing.T) {
 		}()
 	}
 	waitFor(t, "300 requests served by version 1", 30*time.Second, func() bool { return byVersion[1].Load() >= 300 })
-	v2 := startComponent(t, exe, cl.Server.ClientURL(), append([]string{"--version", "2", "--replaces", "1"}, common...)...)
+	v2 := startComponent(t, exe, cl.Server.AdminURL(), append([]string{"--version", "2", "--replaces", "1"}, common...)...)
 	waitFor(t, "version 1 to retire and exit", 30*time.Second, func() bool {
 		select {
 		case <-v1.exited:
@@ -363,10 +363,10 @@ func TestRetiringAnswersMoved(t *testing.T) {
 	subjects := testSubjects(t)
 	startLoader(t, nc, subjects, 1, "node1")
 	// A long linger keeps the retiring v1 subscribed while we look.
-	v1 := startComponent(t, exe, cl.Server.ClientURL(), "--version", "1", "--interval", "100ms", "--linger", "1m")
+	v1 := startComponent(t, exe, cl.Server.AdminURL(), "--version", "1", "--interval", "100ms", "--linger", "1m")
 	c := newClient(t, nc, subjects)
 	h := reference(t, c, "example", 1)
-	startComponent(t, exe, cl.Server.ClientURL(), "--version", "2", "--replaces", "1", "--interval", "100ms")
+	startComponent(t, exe, cl.Server.AdminURL(), "--version", "2", "--replaces", "1", "--interval", "100ms")
 	waitFor(t, "version 1 to be retiring", 10*time.Second, func() bool {
 		for _, ci := range list(t, nc, subjects).Components {
 			if ci.Version == 1 && len(ci.Instances) == 1 && ci.Instances[0].State == loader.Retiring {

@@ -57,7 +57,10 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 
 // Layer is `corobus loader`.
 func Layer() layer.Layer {
-	return layer.Layer{Name: "loader", Subsys: "LCR", Summary: "live component replacement: component registry and resolution", Run: Run}
+	return layer.Layer{Name: "loader", Subsys: "LCR", Summary: "live component replacement: component registry and resolution", Run: Run,
+		Grant: func(a bus.Access) bus.Grant {
+			return bus.Merge(a.Process(layer.ServiceName("loader")), a.LoaderServer())
+		}}
 }
 
 // Run is the loader layer: it serves the node's search path

@@ -24,12 +24,16 @@ type BusHooks []func(ctx context.Context, srv *bus.Server, env layer.Env) error
 // RunBus is the `corobus bus` process: the embedded nats-server, its status
 // endpoint and discovery record, and the hooks, until ctx ends; then a
 // graceful shutdown.
-func RunBus(ctx context.Context, cfg *config.Config, ls *logsys.Logsys, version string, restarts int, hooks BusHooks, onReady func(*bus.Server)) error {
+//
+// users are the node's bus users (Users of its layers and services): each
+// may connect with the permissions its role grants.
+func RunBus(ctx context.Context, cfg *config.Config, ls *logsys.Logsys, version string, restarts int, users *bus.Users, hooks BusHooks, onReady func(*bus.Server)) error {
 	log := logsys.For(ls.Logger(), "BUS")
 	sc, err := bus.ServerConfigFrom(cfg, log)
 	if err != nil {
 		return err
 	}
+	sc.Users = users
 	srv, err := bus.StartServer(ctx, sc)
 	if err != nil {
 		return err
@@ -75,17 +79,25 @@ func RunBus(ctx context.Context, cfg *config.Config, ls *logsys.Logsys, version 
 }
 
 // RunLayer is a layer's own process (`corobus <layer>`): connect to the
-// node's bus, then serve until ctx ends.
+// node's bus as the layer's own user, then serve until ctx ends. With no
+// busURL the password comes from the node's token in its state directory;
+// a busURL carrying the token is turned into the layer's user's URL, so a
+// layer never holds the administrator's permissions.
 func RunLayer(ctx context.Context, l layer.Layer, cfg *config.Config, busURL string, ls *logsys.Logsys, version string, restarts int) error {
 	log := logsys.For(ls.Logger(), l.Subsys)
-	if busURL == "" {
-		u, err := bus.ClientURL(cfg)
-		if err != nil {
-			return err
-		}
-		busURL = u
+	if l.Grant == nil {
+		return noGrant(l)
 	}
-	nc, err := bus.Dial(busURL, layer.ServiceName(l.Name), 30*time.Second)
+	var err error
+	if busURL == "" {
+		busURL, err = bus.UserURL(cfg, l.Name)
+	} else {
+		busURL, err = bus.AsUser(busURL, l.Name)
+	}
+	if err != nil {
+		return err
+	}
+	nc, err := bus.Dial(busURL, layer.ServiceName(l.Name), 30*time.Second, violationHandler(log, l.Name))
 	if err != nil {
 		return err
 	}
@@ -128,15 +140,22 @@ func newEnv(cfg *config.Config, nc *nats.Conn, log *slog.Logger, version string,
 }
 
 // InProc runs a whole node in this process: the bus, then every layer as an
-// actor of one run.Group with its own in-process connection. The code each
-// layer runs is the code it runs as a child process.
-func InProc(ctx context.Context, cfg *config.Config, busLog *logsys.Logsys, version string, hooks BusHooks, layers []layer.Layer, logFor func(l layer.Layer) *logsys.Logsys) error {
+// actor of one run.Group with its own in-process connection as its own bus
+// user. The code each layer runs is the code it runs as a child process.
+// users must declare every layer (Users), and the services the layers
+// start.
+func InProc(ctx context.Context, cfg *config.Config, busLog *logsys.Logsys, version string, users *bus.Users, hooks BusHooks, layers []layer.Layer, logFor func(l layer.Layer) *logsys.Logsys) error {
+	for _, l := range layers {
+		if l.Grant == nil {
+			return noGrant(l)
+		}
+	}
 	ready := make(chan *bus.Server, 1)
 	var g run.Group
 	{
 		ctx, cancel := context.WithCancel(ctx)
 		g.Add(func() error {
-			return RunBus(ctx, cfg, busLog, version, 0, hooks, func(s *bus.Server) { ready <- s })
+			return RunBus(ctx, cfg, busLog, version, 0, users, hooks, func(s *bus.Server) { ready <- s })
 		}, func(error) { cancel() })
 	}
 	for _, l := range layers {
@@ -149,12 +168,12 @@ func InProc(ctx context.Context, cfg *config.Config, busLog *logsys.Logsys, vers
 			case <-ctx.Done():
 				return nil
 			}
-			nc, err := srv.Connect(layer.ServiceName(l.Name))
+			ls := logFor(l)
+			nc, err := srv.ConnectAs(l.Name, layer.ServiceName(l.Name), violationHandler(logsys.For(ls.Logger(), l.Subsys), l.Name))
 			if err != nil {
 				return err
 			}
 			defer nc.Close()
-			ls := logFor(l)
 			env, err := newEnv(cfg, nc, logsys.For(ls.Logger(), l.Subsys), version, 0)
 			if err != nil {
 				return err

@@ -230,7 +230,7 @@ func TestNodeFeedFetchesWhatItMissed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer proxy.Close()
-	lossy, err := bus.Dial("nats://"+proxy.Addr(), "lossy-copy", 10*time.Second)
+	lossy, err := bus.Dial(cl.AdminURL(1, proxy.Addr()), "lossy-copy", 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -172,14 +172,23 @@ func NewKeeper(nc *nats.Conn, cfg KeeperConfig) (*Keeper, error) {
 func (k *Keeper) Run(ctx context.Context) error {
 	subjects := k.cfg.Subjects
 	node := k.cfg.Node
-	ws, err := k.nc.Subscribe(subjects.ObjdbKeys(node, "write"), k.onWrite)
-	if err != nil {
-		return fmt.Errorf("objdb keeper: subscribing to writes: %w", err)
+	// Writes come on two subjects: "write", where read-only keys are
+	// refused (CS_ERR_ACCESS), and "write_internal", for the Stores of the
+	// layers that maintain them, which only their bus users may publish
+	// to (bus.Access.ObjdbStore). A Store sends all its writes on one.
+	for _, w := range []struct {
+		what     string
+		internal bool
+	}{{"write", false}, {"write_internal", true}} {
+		ws, err := k.nc.Subscribe(subjects.ObjdbKeys(node, w.what), func(m *nats.Msg) { k.onWrite(m, w.internal) })
+		if err != nil {
+			return fmt.Errorf("objdb keeper: subscribing to writes: %w", err)
+		}
+		defer func() { _ = ws.Unsubscribe() }()
+		// A keeper that falls behind queues rather than drops; a drop
+		// would cost the writers a resend.
+		_ = ws.SetPendingLimits(1<<20, 512<<20)
 	}
-	defer func() { _ = ws.Unsubscribe() }()
-	// A keeper that falls behind queues rather than drops; a drop would
-	// cost the writers a resend.
-	_ = ws.SetPendingLimits(1<<20, 512<<20)
 	ss, err := k.nc.Subscribe(subjects.ObjdbKeys(node, "sync"), k.onSync)
 	if err != nil {
 		return fmt.Errorf("objdb keeper: subscribing to sync requests: %w", err)
@@ -205,7 +214,7 @@ func (k *Keeper) Run(ctx context.Context) error {
 // onWrite applies one batch of one writer's writes, in its wseq order.
 // A batch that starts past what the keeper expects of its writer (a lost
 // batch) is dropped: the writer resends from its oldest unconfirmed write.
-func (k *Keeper) onWrite(m *nats.Msg) {
+func (k *Keeper) onWrite(m *nats.Msg, internal bool) {
 	writer, base, ws, err := decodeWriteBatch(m.Data)
 	if err != nil {
 		k.log.Warn("objdb keeper: ignoring a malformed write batch", "err", err)
@@ -234,7 +243,7 @@ func (k *Keeper) onWrite(m *nats.Msg) {
 			break // a batch went missing; the writer resends
 		}
 		w.next++
-		k.applyLocked(writer, x)
+		k.applyLocked(writer, x, internal)
 	}
 	if len(k.out) > n {
 		select {
@@ -257,10 +266,18 @@ func (k *Keeper) forgetIdleWritersLocked() {
 	}
 }
 
-func (k *Keeper) applyLocked(writer uint64, w nodeWrite) {
+func (k *Keeper) applyLocked(writer uint64, w nodeWrite, internal bool) {
 	k.seq++
 	rec := nodeRecord{Seq: k.seq, Writer: writer, WSeq: w.WSeq, Key: w.Key, Status: cswire.OK}
 	old, had := k.keys[w.Key]
+	if !internal && ReadOnly(w.Key) {
+		// Refused, and recorded so: the writer's copy drops its own
+		// write when it sees the record.
+		rec.Status = cswire.ErrAccess
+		rec.New = old
+		k.addLocked(rec, old, had)
+		return
+	}
 	switch w.Op {
 	case opSet:
 		v := w.Value

@@ -5,22 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/totem"
 	"github.com/corobus/corobus/config/keys"
 	"github.com/corobus/corobus/layer"
 	"github.com/corobus/corobus/services/cswire"
-)
-
-// Request headers of the objdb API.
-const (
-	// HdrInternal marks a write by a corobus layer: read-only keys refuse
-	// clients, not the layers that maintain them.
-	HdrInternal = "Corobus-Internal"
 )
 
 // API operations, the last token of their subjects.
@@ -55,17 +48,12 @@ type ReadOnlyKeys struct{ index *keys.Index }
 // NewReadOnlyKeys indexes the configuration schema's read-only keys.
 func NewReadOnlyKeys() ReadOnlyKeys { return ReadOnlyKeys{keys.NewIndex()} }
 
-// readOnlyPrefixes are corosync's read-only prefixes (exec/main.c), and
-// each copy's own state.
-var readOnlyPrefixes = [...]string{"internal_configuration.", "runtime.services.", "runtime.config.", "runtime.totem.", CopyKeyPrefix,
-	"uidgid.config.", "system.", "nodelist.", "config.reload_in_progress", "config.totemconfig_reload_in_progress"}
-
 // Has reports whether clients may not write key.
 func (r ReadOnlyKeys) Has(key string) bool {
-	for _, p := range readOnlyPrefixes {
-		if strings.HasPrefix(key, p) {
-			return true
-		}
+	// corosync's read-only prefixes (exec/main.c), and each copy's own
+	// state.
+	if IsCopyKey(key) || keys.HasReadOnlyPrefix(key) {
+		return true
 	}
 	if r.index == nil { // the zero value: correct, slow
 		k, ok := keys.Lookup(key)
@@ -99,7 +87,10 @@ func TypeOf(key string) Type {
 
 // Layer is `corobus objdb`.
 func Layer() layer.Layer {
-	return layer.Layer{Name: "objdb", Subsys: "OBJDB", Summary: "the object database: typed keys in replicated JetStream KV", Run: Run}
+	return layer.Layer{Name: "objdb", Subsys: "OBJDB", Summary: "the object database: typed keys in replicated JetStream KV", Run: Run,
+		Grant: func(a bus.Access) bus.Grant {
+			return bus.Merge(a.Process(layer.ServiceName("objdb")), a.ObjdbServer(), a.ObjdbStore(true))
+		}}
 }
 
 // Replicas is the bucket's replication: objdb.replicas, or 3 on a cluster
@@ -122,9 +113,17 @@ func Replicas(env layer.Env) (int, error) {
 	return 1, nil
 }
 
-// OpenFor opens the store of a layer's node. Its feeds count as lost
-// after totem.token of silence, the failure detector's time.
+// OpenFor opens the store of a layer's node, binding to the bucket (the
+// node's keeper creates it; bus.Access.ObjdbStore(false) is the grant of
+// such a store). Its feeds count as lost after totem.token of silence, the
+// failure detector's time.
 func OpenFor(ctx context.Context, env layer.Env) (*Store, error) {
+	return open(ctx, env, false)
+}
+
+// open opens the node's store; the objdb layer's is the owner's: it may
+// create the bucket and write read-only keys.
+func open(ctx context.Context, env layer.Env, owner bool) (*Store, error) {
 	replicas, err := Replicas(env)
 	if err != nil {
 		return nil, err
@@ -140,6 +139,8 @@ func OpenFor(ctx context.Context, env layer.Env) (*Store, error) {
 		Subjects:    env.Subjects,
 		Log:         env.Log,
 		FeedTimeout: time.Duration(token) * time.Millisecond,
+		Bind:        !owner,
+		Internal:    owner,
 	})
 }
 
@@ -147,7 +148,7 @@ func OpenFor(ctx context.Context, env layer.Env) (*Store, error) {
 // configuration into its namespace, then answers the API in a queue group
 // shared with every other objdb process of the node.
 func Run(ctx context.Context, env layer.Env) error {
-	st, err := OpenFor(ctx, env)
+	st, err := open(ctx, env, true)
 	if err != nil {
 		return err
 	}
@@ -201,66 +202,99 @@ func writeRuntimeConfig(ctx context.Context, st *Store, env layer.Env) error {
 	return nil
 }
 
-// AddEndpoints serves the API of st on the node's objdb subjects.
+// AddEndpoints serves the API of st on the node's objdb subjects: the
+// public API, which refuses writes to read-only keys as corosync's cmap
+// refuses them, and the internal write path (bus.Subjects.ObjdbInternalAPI),
+// which does not; the bus lets only the layers that maintain read-only keys
+// publish to it.
 func AddEndpoints(svc micro.Service, st *Store, env layer.Env) error {
 	node := env.Node.ID
 	ro := NewReadOnlyKeys()
-	handlers := map[string]micro.HandlerFunc{
-		OpGet: func(r micro.Request) {
-			v, err := st.Get(r.Headers().Get(HdrKey))
-			if err != nil {
-				respondErr(r, err)
-				return
+	get := func(r micro.Request) {
+		v, err := st.Get(r.Headers().Get(HdrKey))
+		if err != nil {
+			respondErr(r, err)
+			return
+		}
+		_ = r.Respond(v.Data, micro.WithHeaders(micro.Headers{HdrType: []string{strconv.Itoa(int(v.Type))}}))
+	}
+	list := func(r micro.Request) {
+		entries := st.List(r.Headers().Get(HdrKey))
+		out := make([]ListEntry, len(entries))
+		for i, e := range entries {
+			out[i] = ListEntry{Key: e.Key, Type: e.Value.Type.String(), Value: e.Value.String(), Data: e.Value.Data, Scope: e.Scope}
+		}
+		_ = r.RespondJSON(out)
+	}
+	for _, op := range []string{OpGet, OpList, OpSet, OpDelete, OpDeletePrefix, OpAdjust} {
+		var public, internal micro.HandlerFunc
+		switch op {
+		case OpGet:
+			public = get
+		case OpList:
+			public = list
+		default:
+			public, internal = writeHandler(st, op, false, ro), writeHandler(st, op, true, ro)
+		}
+		if err := svc.AddEndpoint(op, public, micro.WithEndpointSubject(env.Subjects.ObjdbAPI(node, op))); err != nil {
+			return fmt.Errorf("adding objdb endpoint %s: %w", op, err)
+		}
+		if internal != nil {
+			if err := svc.AddEndpoint("internal_"+op, internal, micro.WithEndpointSubject(env.Subjects.ObjdbInternalAPI(node, op))); err != nil {
+				return fmt.Errorf("adding objdb endpoint internal %s: %w", op, err)
 			}
-			_ = r.Respond(v.Data, micro.WithHeaders(micro.Headers{HdrType: []string{strconv.Itoa(int(v.Type))}}))
-		},
-		OpSet: func(r micro.Request) {
-			key := r.Headers().Get(HdrKey)
+		}
+	}
+	return nil
+}
+
+// writeHandler serves one write operation; internal ones may change
+// read-only keys.
+func writeHandler(st *Store, op string, internal bool, ro ReadOnlyKeys) micro.HandlerFunc {
+	refuse := func(r micro.Request, key string) bool {
+		if !internal && ro.Has(key) {
+			respondErr(r, fmt.Errorf("key %s is read-only: %w", key, ErrAccess))
+			return true
+		}
+		return false
+	}
+	return func(r micro.Request) {
+		key := r.Headers().Get(HdrKey)
+		switch op {
+		case OpSet:
 			t, err := strconv.Atoi(r.Headers().Get(HdrType))
 			if err != nil {
 				respondErr(r, fmt.Errorf("missing or bad %s header: %w", HdrType, ErrInvalidParam))
 				return
 			}
-			if r.Headers().Get(HdrInternal) == "" && ro.Has(key) {
-				respondErr(r, fmt.Errorf("key %s is read-only: %w", key, ErrAccess))
+			if refuse(r, key) {
 				return
 			}
 			respondErr(r, st.Set(context.Background(), key, Value{Type: Type(t), Data: r.Data()}))
-		},
-		OpDelete: func(r micro.Request) {
-			key := r.Headers().Get(HdrKey)
-			if r.Headers().Get(HdrInternal) == "" && ro.Has(key) {
-				respondErr(r, fmt.Errorf("key %s is read-only: %w", key, ErrAccess))
+		case OpDelete:
+			if refuse(r, key) {
 				return
 			}
 			respondErr(r, st.Delete(context.Background(), key))
-		},
-		OpDeletePrefix: func(r micro.Request) {
-			prefix := r.Headers().Get(HdrKey)
-			if r.Headers().Get(HdrInternal) == "" {
-				for _, e := range st.List(prefix) {
-					if ro.Has(e.Key) {
-						respondErr(r, fmt.Errorf("key %s is read-only: %w", e.Key, ErrAccess))
-						return
-					}
+		case OpDeletePrefix:
+			for _, e := range st.List(key) {
+				if refuse(r, e.Key) {
+					return
 				}
 			}
-			n, err := st.DeletePrefix(context.Background(), prefix)
+			n, err := st.DeletePrefix(context.Background(), key)
 			if err != nil {
 				respondErr(r, err)
 				return
 			}
 			_ = r.Respond([]byte(strconv.Itoa(n)))
-		},
-		OpAdjust: func(r micro.Request) {
-			key := r.Headers().Get(HdrKey)
+		case OpAdjust:
 			step, err := strconv.ParseInt(string(r.Data()), 10, 64)
 			if err != nil {
 				respondErr(r, fmt.Errorf("step %q: %w", r.Data(), ErrInvalidParam))
 				return
 			}
-			if r.Headers().Get(HdrInternal) == "" && ro.Has(key) {
-				respondErr(r, fmt.Errorf("key %s is read-only: %w", key, ErrAccess))
+			if refuse(r, key) {
 				return
 			}
 			v, err := st.Adjust(context.Background(), key, step)
@@ -269,22 +303,8 @@ func AddEndpoints(svc micro.Service, st *Store, env layer.Env) error {
 				return
 			}
 			_ = r.Respond(v.Data, micro.WithHeaders(micro.Headers{HdrType: []string{strconv.Itoa(int(v.Type))}}))
-		},
-		OpList: func(r micro.Request) {
-			entries := st.List(r.Headers().Get(HdrKey))
-			out := make([]ListEntry, len(entries))
-			for i, e := range entries {
-				out[i] = ListEntry{Key: e.Key, Type: e.Value.Type.String(), Value: e.Value.String(), Data: e.Value.Data, Scope: e.Scope}
-			}
-			_ = r.RespondJSON(out)
-		},
-	}
-	for _, op := range []string{OpGet, OpSet, OpDelete, OpDeletePrefix, OpAdjust, OpList} {
-		if err := svc.AddEndpoint(op, handlers[op], micro.WithEndpointSubject(env.Subjects.ObjdbAPI(node, op))); err != nil {
-			return fmt.Errorf("adding objdb endpoint %s: %w", op, err)
 		}
 	}
-	return nil
 }
 
 // respondErr answers with success (nil) or the error, its cs_error_t number

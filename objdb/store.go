@@ -42,18 +42,17 @@ type StoreConfig struct {
 	// Name says whose copy this is, in status and logs (default: the bus
 	// connection's name).
 	Name string
+	// Bind opens the bucket rather than creating (or reconfiguring) it:
+	// the stores of processes whose bus users may not change the stream.
+	Bind bool
+	// Internal lets this Store write read-only node keys (the objdb
+	// layer's, which loads the configuration and serves the internal write
+	// path); the keeper refuses them to the others.
+	Internal bool
 }
 
 // BucketName is the objdb bucket of a cluster.
-func BucketName(cluster string) string {
-	b := []byte("objdb_" + cluster)
-	for i, c := range b {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
-			b[i] = '_'
-		}
-	}
-	return string(b)
-}
+func BucketName(cluster string) string { return bus.ObjdbBucket(cluster) }
 
 // Entry is one key of a listing.
 type Entry struct {
@@ -196,7 +195,13 @@ func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig) (*Store, err
 	}
 	var kv jetstream.KeyValue
 	for {
-		kv, err = openBucket(ctx, js, cfg.Bucket, cfg.Replicas)
+		if cfg.Bind {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			kv, err = js.KeyValue(cctx, cfg.Bucket)
+			cancel()
+		} else {
+			kv, err = openBucket(ctx, js, cfg.Bucket, cfg.Replicas)
+		}
 		if err == nil {
 			break
 		}
@@ -671,7 +676,11 @@ func (s *Store) sendLocked(ws []nodeWrite) {
 		base = s.pending[0].w.WSeq
 	}
 	s.sendBuf = appendWriteBatch(s.sendBuf[:0], s.writer, base, ws)
-	if err := s.nc.Publish(s.cfg.Subjects.ObjdbKeys(s.cfg.Node, "write"), s.sendBuf); err != nil {
+	what := "write"
+	if s.cfg.Internal {
+		what = "write_internal"
+	}
+	if err := s.nc.Publish(s.cfg.Subjects.ObjdbKeys(s.cfg.Node, what), s.sendBuf); err != nil {
 		s.log.Debug("objdb: node-key write not sent yet", "err", err)
 	}
 }

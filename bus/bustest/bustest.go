@@ -5,9 +5,12 @@ package bustest
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"strconv"
 	"testing"
 	"time"
@@ -80,6 +83,9 @@ type Options struct {
 	RouteKey []byte
 	// Logger, when set, receives every node's log (with a node attribute).
 	Logger *slog.Logger
+	// Users are the bus users the nodes admit besides the administrator
+	// (Conn's connections): nil, the fixed ones (bus.NewUsers).
+	Users *bus.Users
 }
 
 // StartCluster starts n nodes (ids 1..n) routed into one cluster and waits
@@ -113,6 +119,10 @@ func StartClusterWith(t testing.TB, n int, o Options) *Cluster {
 			StoreDir:    t.TempDir(),
 			LameDuck:    time.Second,
 			Logger:      log.With("node", i+1),
+			Users:       o.Users,
+			// One token per node for the test's life: a restarted node
+			// admits the connections it admitted before.
+			Token: randomToken(t),
 		}
 		if n > 1 {
 			sc.Routes = routes
@@ -141,6 +151,14 @@ func StartClusterWith(t testing.TB, n int, o Options) *Cluster {
 		}
 	})
 	return c
+}
+
+func randomToken(t testing.TB) string {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatalf("drawing a token: %v", err)
+	}
+	return hex.EncodeToString(b)
 }
 
 // Start (re)starts node id with its original configuration and store.
@@ -210,8 +228,24 @@ func (c *Cluster) formed() error {
 	return nil
 }
 
-// Conn opens an in-process client connection to node id, closed at the end
-// of the test.
+// ConnAs opens an in-process connection to node id as bus user user (its
+// role's permissions only), closed at the end of the test.
+func (c *Cluster) ConnAs(id int, user string, opts ...nats.Option) *nats.Conn {
+	c.t.Helper()
+	nd := c.Nodes[id-1]
+	if nd == nil {
+		c.t.Fatalf("node %d is not running", id)
+	}
+	nc, err := nd.Server.ConnectAs(user, fmt.Sprintf("test-node%d-%s", id, user), opts...)
+	if err != nil {
+		c.t.Fatalf("connecting to node %d as %s: %v", id, user, err)
+	}
+	c.t.Cleanup(nc.Close)
+	return nc
+}
+
+// Conn opens an in-process client connection to node id as the
+// administrator (every permission), closed at the end of the test.
 func (c *Cluster) Conn(id int, opts ...nats.Option) *nats.Conn {
 	c.t.Helper()
 	nd := c.Nodes[id-1]
@@ -226,7 +260,21 @@ func (c *Cluster) Conn(id int, opts ...nats.Option) *nats.Conn {
 	return nc
 }
 
-// URL is node id's client URL (a TCP connection, for child processes).
+// URL is node id's client URL, without credentials: host and port.
 func (c *Cluster) URL(id int) string {
 	return c.Nodes[id-1].Server.ClientURL()
+}
+
+// AdminURL is node id's client URL with the administrator's token (a TCP
+// connection, for child processes); via, when not empty, replaces its
+// host:port (a proxy in front of the node).
+func (c *Cluster) AdminURL(id int, via string) string {
+	u, err := url.Parse(c.Nodes[id-1].Server.AdminURL())
+	if err != nil {
+		c.t.Fatalf("node %d's URL: %v", id, err)
+	}
+	if via != "" {
+		u.Host = via
+	}
+	return u.String()
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -29,6 +30,7 @@ func (a *app) clientCommands() []command {
 		{name: "components", summary: "same as lcr", run: runLcr},
 		{name: "quorum", summary: "show and change quorum, votes, expected votes (corosync-quorumtool)", run: runQuorum},
 		{name: "cfg", summary: "links, nodes, reload, kill, shutdown (corosync-cfgtool)", run: runCfg},
+		{name: "sub", summary: "print the messages on the cluster's subjects, as the read-only subscriber user", run: runSub},
 		{name: "svc", summary: "load, unload and list services: svc load NAME VER, svc unload NAME, svc list", run: runSvc},
 	}
 }
@@ -70,9 +72,23 @@ func (a *app) connect(nf nodeFlags, name string, node uint) (*nodeClient, error)
 	}
 	nc, err := bus.Dial(url, name, 0)
 	if err != nil {
-		return nil, fmt.Errorf("%w (is the node up? `corobus up` starts one)", err)
+		return nil, dialHint(err, nf, cfg)
 	}
 	return &nodeClient{nc: nc, cfg: cfg, subjects: subjects, node: id}, nil
+}
+
+// dialHint says what to do about a failed connection: credentials the bus
+// refused are not a node that is down.
+func dialHint(err error, nf nodeFlags, cfg *config.Config) error {
+	if !errors.Is(err, bus.ErrCredentials) {
+		return fmt.Errorf("%w (is the node up? `corobus up` starts one)", err)
+	}
+	if nf.busURL != "" {
+		return fmt.Errorf("%w: a node answers there, but --bus must carry its token, nats://TOKEN@host:port "+
+			"(the node's <state_dir>/bus.token, or bus.token of its configuration), or a bus user and password", err)
+	}
+	return fmt.Errorf("%w: a node answers there, but not to the token in %s (bus.token_file; bus.token of the "+
+		"configuration overrides it): give the -c FILE of that node, or --bus nats://TOKEN@host:port", err, bus.TokenFile(cfg))
 }
 
 // Close closes the bus connection.

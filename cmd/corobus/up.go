@@ -38,6 +38,12 @@ func (a *app) layers() []layer.Layer {
 	}
 }
 
+// users are the node's bus users: one per layer and built-in service, with
+// the grant each declares (docs/security.md).
+func (a *app) users() (*bus.Users, error) {
+	return node.Users(append(a.layers(), a.builtinServices()...)...)
+}
+
 // busHooks are what runs inside the bus process next to the server.
 func (a *app) busHooks() node.BusHooks {
 	rec := members.NewRecorder()
@@ -107,7 +113,11 @@ func runUp(ctx context.Context, a *app, args []string) error {
 	defer stop()
 	go serveShutdown(ctx, url, subjects, local.ID, log, stop)
 	if inproc {
-		return node.InProc(ctx, cfg, ls, a.version, a.busHooks(), a.layers(),
+		users, err := a.users()
+		if err != nil {
+			return err
+		}
+		return node.InProc(ctx, cfg, ls, a.version, users, a.busHooks(), a.layers(),
 			func(l layer.Layer) *logsys.Logsys {
 				lls, err := a.logsysFor(cfg, l.Name)
 				if err != nil {
@@ -242,7 +252,11 @@ func runBus(ctx context.Context, a *app, args []string) error {
 		return err
 	}
 	defer lock.Close()
-	return node.RunBus(ctx, cfg, ls, a.version, restarts, a.busHooks(), nil)
+	users, err := a.users()
+	if err != nil {
+		return err
+	}
+	return node.RunBus(ctx, cfg, ls, a.version, restarts, users, a.busHooks(), nil)
 }
 
 // layerCommand is the subcommand that runs one layer as its own process.

@@ -219,6 +219,37 @@ func table() []Key {
 	}
 }
 
+// ReadOnlyPrefixes are the key prefixes corosync's cmap refuses client
+// writes under (corosync's main.c: icmap_set_ro_access), and two whole
+// keys it refuses.
+func ReadOnlyPrefixes() []string { return append([]string(nil), readOnlyPrefixes[:]...) }
+
+// HasReadOnlyPrefix reports whether key is under a read-only prefix (or is
+// one of the two whole keys): ReadOnly without the schema lookup.
+func HasReadOnlyPrefix(key string) bool {
+	for _, p := range readOnlyPrefixes {
+		if strings.HasPrefix(key, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// readOnlyPrefixes is a constant table (an array: ReadOnlyPrefixes hands
+// out copies of it).
+var readOnlyPrefixes = [...]string{"internal_configuration.", "runtime.services.", "runtime.config.", "runtime.totem.",
+	"uidgid.config.", "system.", "nodelist.", "config.reload_in_progress", "config.totemconfig_reload_in_progress"}
+
+// ReadOnly reports whether clients may not write key: it is under a
+// read-only prefix, or a configuration key marked read-only.
+func ReadOnly(key string) bool {
+	if HasReadOnlyPrefix(key) {
+		return true
+	}
+	k, ok := Lookup(key)
+	return ok && k.ReadOnly
+}
+
 // All returns every known key pattern, in documentation order.
 func All() []Key { return table() }
 

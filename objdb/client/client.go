@@ -26,7 +26,9 @@ type Client struct {
 	nc       *nats.Conn
 	subjects bus.Subjects
 	node     uint32
-	// Internal lets the client write read-only keys (for layers).
+	// Internal sends writes on objdb's internal write path, which may
+	// change read-only keys: for the layers that maintain them, whose bus
+	// user may publish there (bus.Access.ObjdbClient(true)).
 	Internal bool
 }
 
@@ -41,14 +43,15 @@ func (c *Client) request(ctx context.Context, op, key string, hdr nats.Header, d
 		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 	}
-	m := nats.NewMsg(c.subjects.ObjdbAPI(c.node, op))
+	subject := c.subjects.ObjdbAPI(c.node, op)
+	if c.Internal && op != objdb.OpGet && op != objdb.OpList {
+		subject = c.subjects.ObjdbInternalAPI(c.node, op)
+	}
+	m := nats.NewMsg(subject)
 	for k, v := range hdr {
 		m.Header[k] = v
 	}
 	m.Header.Set(objdb.HdrKey, key)
-	if c.Internal {
-		m.Header.Set(objdb.HdrInternal, "1")
-	}
 	m.Data = data
 	r, err := c.nc.RequestMsgWithContext(ctx, m)
 	if err != nil {

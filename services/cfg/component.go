@@ -28,7 +28,13 @@ const (
 
 // Layer is `corobus service cfg`.
 func Layer() layer.Layer {
-	return layer.Layer{Name: ComponentName, Subsys: "CFG", Summary: "the cfg service: shutdown negotiation, kill, reload, node addresses and link status", Run: Run}
+	return layer.Layer{Name: ComponentName, Subsys: "CFG", Summary: "the cfg service: shutdown negotiation, kill, reload, node addresses and link status", Run: Run,
+		// A reload rewrites configuration keys, read-only ones included:
+		// the internal write path.
+		Grant: func(a bus.Access) bus.Grant {
+			return bus.Merge(a.Process(), a.Component(ComponentName, loader.LocalNamespace(a.Node)), a.TotemClient(TotemService),
+				a.ObjdbClient(true), a.NodeControl())
+		}}
 }
 
 // Subject is the component subject of node's cfg instances.

@@ -22,7 +22,13 @@ const (
 // the IPC gateway, which carries each libcmap connection to it as a
 // session.
 func Layer() layer.Layer {
-	return layer.Layer{Name: "cmap", Subsys: "CMAP", Summary: "the cmap service: libcmap's API over objdb", Run: Run}
+	return layer.Layer{Name: "cmap", Subsys: "CMAP", Summary: "the cmap service: libcmap's API over objdb", Run: Run, Grant: Grant}
+}
+
+// Grant is the cmap component's bus grant: serving its sessions, and the
+// node's objdb view (written directly, read-only keys denied).
+func Grant(a bus.Access) bus.Grant {
+	return bus.Merge(a.Process(), a.Component(ComponentName, loader.LocalNamespace(a.Node)), a.ObjdbStore(false))
 }
 
 // Run serves cmap sessions over this node's objdb view (a watched local

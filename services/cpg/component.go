@@ -30,7 +30,12 @@ const (
 // the IPC gateway, which carries each libcpg connection to it as a
 // session.
 func Layer() layer.Layer {
-	return layer.Layer{Name: "cpg", Subsys: "CPG", Summary: "the cpg service: closed process groups over the ordered multicast", Run: Run}
+	return layer.Layer{Name: "cpg", Subsys: "CPG", Summary: "the cpg service: closed process groups over the ordered multicast", Run: Run,
+		// runtime.services.cpg.* are read-only keys it maintains.
+		Grant: func(a bus.Access) bus.Grant {
+			return bus.Merge(a.Process(), a.Component(ComponentName, loader.LocalNamespace(a.Node)), a.TotemClient(TotemService),
+				a.SyncService(ComponentName), a.SyncFollower(), a.ObjdbClient(true), a.CPGService())
+		}}
 }
 
 // Subject is the component subject of node's cpg instances.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/oklog/run"
 
+	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/layer"
 	"github.com/corobus/corobus/objdb"
 	objdbclient "github.com/corobus/corobus/objdb/client"
@@ -25,7 +26,29 @@ import (
 
 // Layer is `corobus ipc`.
 func Layer() layer.Layer {
-	return layer.Layer{Name: "ipc", Subsys: "IPC", Summary: "the IPC gateway: corosync clients over libqb IPC (shared memory or sockets)", Run: Run}
+	return layer.Layer{Name: "ipc", Subsys: "IPC", Summary: "the IPC gateway: corosync clients over libqb IPC (shared memory or sockets)", Run: Run, Grant: Grant}
+}
+
+// Grant is the gateway's bus grant: it calls every routed component (it
+// alone opens client sessions, whose credentials components trust), follows
+// the sync flag, reads uidgid.* for admission, and runs the instances of
+// ipc.colocate with their own grants.
+func Grant(a bus.Access) bus.Grant {
+	g := bus.Merge(a.Process(layer.ServiceName("ipc")), a.IPCGateway(), a.LoaderClient(), a.ComponentCaller(),
+		a.ObjdbClient(false), a.SyncFollower())
+	if a.Config == nil {
+		return g
+	}
+	// A colocated instance is the service in the gateway's process: its
+	// grant comes along (and with it, what it may do).
+	colocated := strings.Fields(a.Config.String("ipc.colocate"))
+	if slices.Contains(colocated, cmap.ComponentName) {
+		g = bus.Merge(g, cmap.Grant(a))
+	}
+	if slices.Contains(colocated, cpg.ComponentName) {
+		g = bus.Merge(g, cpg.Layer().Grant(a))
+	}
+	return g
 }
 
 // DefaultRoutes are the libqb services a node's gateway serves.

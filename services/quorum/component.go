@@ -31,7 +31,10 @@ const SyncID = 3
 
 // Layer is `corobus service quorum`.
 func Layer() layer.Layer {
-	return layer.Layer{Name: ComponentName, Subsys: "QUORUM", Summary: "the quorum service: libquorum's view of the provider's decision", Run: Run}
+	return layer.Layer{Name: ComponentName, Subsys: "QUORUM", Summary: "the quorum service: libquorum's view of the provider's decision", Run: Run,
+		Grant: func(a bus.Access) bus.Grant {
+			return bus.Merge(a.Process(), a.Component(ComponentName, loader.LocalNamespace(a.Node)), a.SyncService(ComponentName), a.QuorumFollower())
+		}}
 }
 
 // Subject is the component subject of node's quorum instances.

@@ -22,7 +22,12 @@ import (
 // binary); other services are executables in loader.component_dir.
 func Layer(builtin map[string][]string) layer.Layer {
 	return layer.Layer{Name: "svcmgr", Subsys: "SERV", Summary: "the service manager: loads, supervises and unloads services",
-		Run: func(ctx context.Context, env layer.Env) error { return Run(ctx, env, builtin) }}
+		Run: func(ctx context.Context, env layer.Env) error { return Run(ctx, env, builtin) },
+		// It records internal_configuration.service.* and
+		// runtime.services.*, read-only keys: the internal write path.
+		Grant: func(a bus.Access) bus.Grant {
+			return bus.Merge(a.Process(layer.ServiceName("svcmgr")), a.SvcmgrServer(), a.LoaderClient(), a.ObjdbClient(true))
+		}}
 }
 
 // ConfiguredServices reads the service.N.{name,ver} keys (corosync 1.x
@@ -96,8 +101,17 @@ func Run(ctx context.Context, env layer.Env, builtin map[string][]string) error 
 	builtin = withConfig
 	rec := objdbclient.New(env.Conn, env.Subjects, env.Node.ID)
 	rec.Internal = true
+	// A component executable connects as its own bus user
+	// (component.<name>), never with the token.
+	busURLFor := func(service string) string {
+		u, err := bus.AsUser(url, bus.ComponentUser(service))
+		if err != nil {
+			return "" // no credentials rather than the token's
+		}
+		return u
+	}
 	m, err := New(Config{
-		Conn: env.Conn, Subjects: env.Subjects, Node: env.Node.ID, BusURL: url, Log: env.Log, Out: os.Stderr,
+		Conn: env.Conn, Subjects: env.Subjects, Node: env.Node.ID, BusURLFor: busURLFor, Log: env.Log, Out: os.Stderr,
 		Services: services, Defaults: defaults, ComponentDir: env.Config.String("loader.component_dir"),
 		Builtin: builtin, Executable: exe, Recorder: rec,
 	})

@@ -79,7 +79,7 @@ func TestDefaultServiceLoadsWhateverTheStartOrder(t *testing.T) {
 		}
 		logs := &logBuf{}
 		cfg := svcmgr.Config{
-			Conn: conn(), Subjects: subjects, Node: 1, BusURL: bn.Server.ClientURL(), ComponentDir: compDir,
+			Conn: conn(), Subjects: subjects, Node: 1, BusURL: bn.Server.AdminURL(), ComponentDir: compDir,
 			Log:      slogTo(logs),
 			Out:      discard{},
 			Defaults: []svcmgr.Service{{Name: "example", Version: 1}, {Name: "cpg", Version: 0}},

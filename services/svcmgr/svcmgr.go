@@ -66,9 +66,11 @@ type Config struct {
 	Conn     *nats.Conn
 	Subjects bus.Subjects
 	Node     uint32
-	// BusURL is passed to component executables (--bus).
-	BusURL string
-	Log    *slog.Logger
+	// BusURL is passed to component executables (--bus); BusURLFor, when
+	// set, gives each its own (a URL as the component's bus user).
+	BusURL    string
+	BusURLFor func(service string) string
+	Log       *slog.Logger
 	// Out receives the components' output, each line prefixed with the
 	// service name; default os.Stderr.
 	Out io.Writer
@@ -360,7 +362,11 @@ func (m *Manager) launchFor(s Service) ([]string, error) {
 		for _, file := range []string{s.Name + "-" + strconv.FormatUint(uint64(s.Version), 10), s.Name} {
 			p := filepath.Join(m.cfg.ComponentDir, file)
 			if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
-				args := []string{p, "--bus", m.cfg.BusURL, "--prefix", m.cfg.Subjects.Prefix(),
+				url := m.cfg.BusURL
+				if m.cfg.BusURLFor != nil {
+					url = m.cfg.BusURLFor(s.Name)
+				}
+				args := []string{p, "--bus", url, "--prefix", m.cfg.Subjects.Prefix(),
 					"--node", strconv.FormatUint(uint64(m.cfg.Node), 10), "--namespace", m.ns}
 				return append(args, m.cfg.Args[s.Name]...), nil
 			}

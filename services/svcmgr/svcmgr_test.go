@@ -118,7 +118,7 @@ func (f *fixture) start(cfg svcmgr.Config) (*svcmgr.Manager, func()) {
 	cfg.Conn = f.conn()
 	cfg.Subjects = f.subjects
 	cfg.Node = 1
-	cfg.BusURL = f.node.Server.ClientURL()
+	cfg.BusURL = f.node.Server.AdminURL()
 	cfg.Log = bustest.Logger(f.t)
 	cfg.ComponentDir = f.compDir
 	cfg.Recorder = f.rec

@@ -140,6 +140,9 @@ func Layer() layer.Layer {
 		Name:    "sync",
 		Subsys:  "SYNC",
 		Summary: "the synchronization engine: each service's sync on every membership change",
+		Grant: func(a bus.Access) bus.Grant {
+			return bus.Merge(a.Process(layer.ServiceName("sync")), a.SyncEngine(), a.TotemClient(TotemService))
+		},
 		Run: func(ctx context.Context, env layer.Env) error {
 			svc, err := layer.NewService(env, "sync", "synchronization engine", time.Now().UTC().Format(time.RFC3339))
 			if err != nil {

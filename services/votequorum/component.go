@@ -31,7 +31,13 @@ const (
 
 // Layer is `corobus service votequorum`.
 func Layer() layer.Layer {
-	return layer.Layer{Name: ComponentName, Subsys: "VOTEQ", Summary: "the votequorum service: votes, expected votes and quorum agreed over totem", Run: Run}
+	return layer.Layer{Name: ComponentName, Subsys: "VOTEQ", Summary: "the votequorum service: votes, expected votes and quorum agreed over totem", Run: Run,
+		// runtime.votequorum.* are its keys; it reads its configuration
+		// keys and follows their changes.
+		Grant: func(a bus.Access) bus.Grant {
+			return bus.Merge(a.Process(), a.Component(ComponentName, loader.LocalNamespace(a.Node)), a.SyncService(ComponentName),
+				a.TotemClient(TotemService), a.ObjdbClient(true), a.QuorumProvider())
+		}}
 }
 
 // Subject is the component subject of node's votequorum instances.

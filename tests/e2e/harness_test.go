@@ -106,6 +106,14 @@ func (b binary) up(t testing.TB, env []string, args ...string) *upProcess {
 				_ = p.cmd.Process.Kill()
 			}
 		}
+		// Every node an e2e test runs checks least privilege on the bus
+		// too: a layer that used a subject outside its grant is a bug (the
+		// layer says so; a test's own refused client does not count).
+		for _, line := range strings.Split(p.out.String(), "\n") {
+			if strings.Contains(line, "the layer used a subject outside its grant") {
+				t.Errorf("a layer used a subject outside its bus grant: %s", line)
+			}
+		}
 		if t.Failed() {
 			t.Logf("corobus up %s output:\n%s", strings.Join(args, " "), p.out.String())
 		}
