@@ -112,6 +112,7 @@ func runUp(ctx context.Context, a *app, args []string) error {
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	go serveShutdown(ctx, url, subjects, local.ID, log, stop)
+	go a.notifyWhenServing(ctx, url, subjects, local.ID, log)
 	if inproc {
 		users, err := a.users()
 		if err != nil {

@@ -23,8 +23,9 @@ import (
 
 // pcmkCluster is a netcluster whose nodes also run Pacemaker.
 type pcmkCluster struct {
-	t  *testing.T
-	nc *netcluster.Cluster
+	t      *testing.T
+	nc     *netcluster.Cluster
+	notify *notifier
 
 	mu   sync.Mutex
 	pcmk map[uint32]*pacemakerd

@@ -102,13 +102,17 @@ func exercise(t *testing.T, v variant) {
 		ReadyTimeout: ringTimeout,
 		StopTimeout:  2 * time.Minute,
 	}
+	// Each engine is told where systemd's notification socket is, as
+	// corosync.service (Type=notify) tells it.
+	notify := newNotifier(t)
+	opts.Env = []string{"NOTIFY_SOCKET=" + notify.Path}
 	if v.token == 0 {
 		opts.Keys = map[string]string{"totem.token": ""}
 	} else {
 		opts.Token = v.token
 	}
 	nc := netcluster.Start(t, opts)
-	pc := &pcmkCluster{t: t, nc: nc, pcmk: map[uint32]*pacemakerd{}}
+	pc := &pcmkCluster{t: t, nc: nc, notify: notify, pcmk: map[uint32]*pacemakerd{}}
 	// Registered after netcluster's: runs first, while the logs exist.
 	t.Cleanup(pc.keepLogs)
 	var tm timings
@@ -338,11 +342,12 @@ func (pc *pcmkCluster) reboot(n *netcluster.Node) {
 	}
 }
 
-// waitReady waits until every running node's engine is in one ring and
-// serves its clients: corosync-cmapctl in each node lists every running
-// node in runtime.members. That is when systemd would start Pacemaker
-// (corosync says READY=1 when its first sync is done, and only then
-// accepts connections).
+// waitReady waits until every running node's engine is ready as systemd
+// sees it — READY=1 from the engine's process on $NOTIFY_SOCKET, which is
+// when systemd starts pacemaker.service after corosync.service — then
+// checks that each answers a client at once (corosync-cmapctl, no retry:
+// that is what READY=1 promises), and waits until each lists every
+// running node in runtime.members.
 func (pc *pcmkCluster) waitReady() {
 	pc.t.Helper()
 	var up []*netcluster.Node
@@ -351,6 +356,31 @@ func (pc *pcmkCluster) waitReady() {
 		if n.Running() {
 			up = append(up, n)
 			want = append(want, n.ID)
+		}
+	}
+	for _, n := range up {
+		deadline := time.After(ringTimeout)
+		for {
+			pid := n.Pid()
+			if pid == 0 {
+				pc.fatalf("node %d: the engine exited before it said READY=1: %v", n.ID, n.ExitErr())
+			}
+			ok, wake := pc.notify.isReady(pid)
+			if ok {
+				break
+			}
+			select {
+			case <-wake:
+			case <-time.After(time.Second):
+			case <-deadline:
+				pc.fatalf("node %d: the engine (pid %d) did not say READY=1 on $NOTIFY_SOCKET within %s", n.ID, pid, ringTimeout)
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		_, err := n.CmapMembers(ctx)
+		cancel()
+		if err != nil {
+			pc.fatalf("node %d said READY=1 but does not serve its clients: %v", n.ID, err)
 		}
 	}
 	pc.nc.WaitView(pc.t, ringTimeout, up, want)
