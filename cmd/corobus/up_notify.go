@@ -10,6 +10,8 @@ import (
 
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/node"
+	"github.com/corobus/corobus/services/cmap"
+	"github.com/corobus/corobus/services/cswire"
 	"github.com/corobus/corobus/services/ipc/libqb/qbclient"
 	"github.com/corobus/corobus/services/svcmgr"
 	syncsvc "github.com/corobus/corobus/services/sync"
@@ -49,8 +51,8 @@ func (a *app) notifyWhenServing(ctx context.Context, url string, subjects bus.Su
 
 // serving reports nil once node id serves corosync's clients: every
 // service its service manager loads is loaded, a synchronization round has
-// completed and none runs, and its IPC gateway takes a libqb connection to
-// cmap. Otherwise it says what is missing.
+// completed and none runs, and cmap, through the IPC gateway, answers a
+// get. Otherwise it says what is missing.
 func serving(ctx context.Context, url string, subjects bus.Subjects, id uint32) error {
 	nc, err := bus.Dial(url, "corobus-up-ready", 0)
 	if err != nil {
@@ -86,6 +88,20 @@ func serving(ctx context.Context, url string, subjects bus.Subjects, id uint32) 
 	if err != nil {
 		return fmt.Errorf("the IPC gateway: %w", err)
 	}
-	c.Close()
+	defer c.Close()
+	// A get as libcmap sends it (type and length only): cmap answers from
+	// the object database, which may still be opening.
+	req := cswire.NewRequest(cmap.ReqGet, cmap.ReqHeaderSize+cswire.NameSize+8)
+	cswire.PutName(req, cmap.ReqHeaderSize, "totem.cluster_name")
+	resp, err := c.Request(req, 2*time.Second)
+	if err != nil {
+		return fmt.Errorf("cmap: %w", err)
+	}
+	switch _, code, err := cswire.ParseResponse(resp); {
+	case err != nil:
+		return fmt.Errorf("cmap's answer: %w", err)
+	case code != cswire.OK && code != cswire.ErrNotExist:
+		return fmt.Errorf("cmap answers %s", code)
+	}
 	return nil
 }
