@@ -85,10 +85,12 @@ func LockStateDir(dir, role string) (*StateLock, error) {
 		return nil, fmt.Errorf("locking %s: %w", path, err)
 	}
 	// The previous owner's record, if any, is stale: ours replaces it.
+	// Written over the old record, then cut to length: on a full disk the
+	// record still fits in the block the file already has.
 	rec := fmt.Sprintf("%d\n%s\n%s\n", os.Getpid(), role, time.Now().UTC().Format(time.RFC3339))
-	err = f.Truncate(0)
+	_, err = f.WriteAt([]byte(rec), 0)
 	if err == nil {
-		_, err = f.WriteAt([]byte(rec), 0)
+		err = f.Truncate(int64(len(rec)))
 	}
 	if err != nil {
 		f.Close()

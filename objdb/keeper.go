@@ -37,6 +37,9 @@ type KeeperConfig struct {
 	// LogRecords is how many applied writes the keeper keeps for Stores
 	// catching up; a Store further behind reloads a snapshot.
 	LogRecords int
+	// StateDir is the node's state directory (JetStream's store): when its
+	// filesystem is full the keeper says so.
+	StateDir string
 	// WriteTimeout bounds one round of writes behind to JetStream.
 	WriteTimeout time.Duration
 	// Interest, when set, says whether anyone subscribes to a subject: a
@@ -126,6 +129,7 @@ func KeeperConfigFor(env layer.Env) (KeeperConfig, error) {
 		Subjects:  env.Subjects,
 		Log:       env.Log,
 		Heartbeat: time.Duration(token) * time.Millisecond / 4,
+		StateDir:  env.Config.StateDir(),
 	}, nil
 }
 
@@ -729,6 +733,10 @@ func (k *Keeper) noteBehind(err error) {
 	n := len(k.dirty)
 	k.mu.Unlock()
 	if first {
+		if why, full := NoSpace(k.cfg.StateDir, err); full {
+			k.log.Warn("objdb keeper: node keys not stored in JetStream: "+why+" (served meanwhile from memory; stored once space is freed)", "pending", n, "err", err)
+			return
+		}
 		k.log.Warn("objdb keeper: node keys not yet stored in JetStream (served meanwhile; stored when JetStream takes writes again)", "pending", n, "err", err)
 	}
 }
@@ -751,9 +759,22 @@ const History = 64
 
 // openBucket creates the objdb bucket, or binds to it (raising an older
 // bucket's history to History).
+//
+// An existing bucket that needs no change is bound, not updated: an update
+// rewrites the stream's metadata, which a full disk refuses, and a node
+// restarted on a full disk must still open its store and serve reads.
 func openBucket(ctx context.Context, js jetstream.JetStream, bucket string, replicas int) (jetstream.KeyValue, error) {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	if kv, err := js.KeyValue(cctx, bucket); err == nil {
+		if st, err := kv.Status(cctx); err == nil {
+			if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.History() >= History && bs.StreamInfo().Config.Replicas == replicas {
+				return kv, nil
+			}
+		}
+	} else if !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, err
+	}
 	return js.CreateOrUpdateKeyValue(cctx, jetstream.KeyValueConfig{
 		Bucket:      bucket,
 		Description: "corobus object database",

@@ -140,6 +140,7 @@ func open(ctx context.Context, env layer.Env, owner bool) (*Store, error) {
 		Log:         env.Log,
 		FeedTimeout: time.Duration(token) * time.Millisecond,
 		Bind:        !owner,
+		StateDir:    env.Config.StateDir(),
 		Internal:    owner,
 	})
 }
@@ -153,6 +154,11 @@ func Run(ctx context.Context, env layer.Env) error {
 		return err
 	}
 	defer st.Close()
+	// A node started on a full disk serves reads: it says once why its
+	// writes will fail rather than failing its start.
+	if why, full := NoSpace(env.Config.StateDir(), nil); full {
+		env.Log.Warn("objdb: " + why + ": reads are served; writes of cluster keys fail (CS_ERR_NO_SPACE) and node keys are kept in memory until space is freed")
+	}
 	// As corosync: the keys the file says, nothing more; the values in
 	// effect for absent keys go under runtime.config.
 	explicit := loadable(env.Config.Explicit())

@@ -45,6 +45,9 @@ type StoreConfig struct {
 	// Bind opens the bucket rather than creating (or reconfiguring) it:
 	// the stores of processes whose bus users may not change the stream.
 	Bind bool
+	// StateDir is the node's state directory (JetStream's store): a write
+	// that fails when its filesystem is full says "no space".
+	StateDir string
 	// Internal lets this Store write read-only node keys (the objdb
 	// layer's, which loads the configuration and serves the internal write
 	// path); the keeper refuses them to the others.
@@ -504,7 +507,7 @@ func (s *Store) Adjust(ctx context.Context, key string, step int64) (Value, erro
 			return Value{}, fmt.Errorf("key %s: %w", key, ErrNotExist)
 		}
 		if err != nil {
-			return Value{}, writeError(key, err)
+			return Value{}, s.writeError(key, err)
 		}
 		old, err := decodeValue(e.Value())
 		if err != nil {
@@ -521,10 +524,10 @@ func (s *Store) Adjust(ctx context.Context, key string, step int64) (Value, erro
 			return nv, nil
 		}
 		if !isWrongRevision(err) {
-			return Value{}, writeError(key, err)
+			return Value{}, s.writeError(key, err)
 		}
 		if ctx.Err() != nil {
-			return Value{}, writeError(key, ctx.Err())
+			return Value{}, s.writeError(key, ctx.Err())
 		}
 	}
 }
@@ -537,10 +540,14 @@ func isWrongRevision(err error) bool {
 	return errors.Is(err, jetstream.ErrKeyExists)
 }
 
-// writeError says why a write failed; one that JetStream could not get
-// replicated is a TRY_AGAIN: the data is unchanged and the caller may retry
-// once the cluster has a quorum again.
-func writeError(key string, err error) error {
+// writeError says why a write failed. On a full disk it says so
+// (CS_ERR_NO_SPACE): the data is unchanged, reads go on, and the write may
+// be retried once space is freed. Otherwise JetStream could not get it
+// replicated: a TRY_AGAIN, to retry once the cluster has a quorum again.
+func (s *Store) writeError(key string, err error) error {
+	if why, full := NoSpace(s.cfg.StateDir, err); full {
+		return fmt.Errorf("objdb: write of %s refused: %s; reads are served, writes resume once space is freed: %v: %w", key, why, err, cswire.ErrNoSpace)
+	}
 	return fmt.Errorf("objdb: write of %s not acknowledged by a JetStream quorum (partitioned or too few nodes?): %v: %w", key, err, ErrTryAgain)
 }
 
@@ -558,7 +565,7 @@ func (s *Store) writeCluster(ctx context.Context, key string, v *Value) error {
 	}
 	ack, err := s.js.PublishMsg(ctx, m)
 	if err != nil {
-		return writeError(key, err)
+		return s.writeError(key, err)
 	}
 	s.overlayCluster(key, v, ack.Sequence)
 	return nil
