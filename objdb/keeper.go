@@ -80,15 +80,22 @@ type Keeper struct {
 	outWake chan struct{}
 	// dirty is what the flusher has yet to write to JetStream: the latest
 	// value of each key (nil: deleted).
-	dirty     map[string]*Value
+	dirty     map[string]dirtyKey
 	dirtyWake chan struct{}
 	// behind is since when JetStream has refused the writes behind.
 	behind time.Time
 }
 
 type applied struct {
-	rec nodeRecord
-	old *Value
+	rec    nodeRecord
+	old    Value
+	hadOld bool
+}
+
+// dirtyKey is a key's latest value to store (or its deletion).
+type dirtyKey struct {
+	v       Value
+	deleted bool
 }
 
 type writerState struct {
@@ -167,7 +174,7 @@ func NewKeeper(nc *nats.Conn, cfg KeeperConfig) (*Keeper, error) {
 	return &Keeper{
 		cfg: cfg, nc: nc, js: js, log: cfg.Log, epoch: epoch,
 		keys: map[string]Value{}, writers: map[uint64]*writerState{}, touched: map[string]bool{},
-		outWake: make(chan struct{}, 1), dirty: map[string]*Value{}, dirtyWake: make(chan struct{}, 1),
+		outWake: make(chan struct{}, 1), dirty: map[string]dirtyKey{}, dirtyWake: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -329,23 +336,14 @@ func (k *Keeper) addLocked(rec nodeRecord, old Value, had bool) {
 	if len(k.records) >= 2*k.cfg.LogRecords {
 		k.records = slices.Clone(k.records[len(k.records)-k.cfg.LogRecords:])
 	}
-	a := applied{rec: rec}
-	if had {
-		a.old = &old
-	}
-	k.out = append(k.out, a)
+	k.out = append(k.out, applied{rec: rec, old: old, hadOld: had})
 	if rec.Kind == 0 {
 		return
 	}
 	if !k.loaded {
 		k.touched[rec.Key] = true
 	}
-	if rec.Kind == EventDelete {
-		k.dirty[rec.Key] = nil
-	} else {
-		v := rec.New
-		k.dirty[rec.Key] = &v
-	}
+	k.dirty[rec.Key] = dirtyKey{v: rec.New, deleted: rec.Kind == EventDelete}
 	select {
 	case k.dirtyWake <- struct{}{}:
 	default:
@@ -375,6 +373,7 @@ func (k *Keeper) publisher(ctx context.Context) {
 	var buf []byte
 	idle := true
 	var lastPub time.Time
+	followed := map[string]string{} // key → its changed subject, "" if nobody follows it
 	for {
 		stopping := false
 		select {
@@ -429,9 +428,12 @@ func (k *Keeper) publisher(ctx context.Context) {
 				// fetch it.
 				k.log.Debug("objdb keeper: feed message not published", "err", err)
 			}
+			// A batch often changes one key many times: its subject and
+			// whether anyone follows it are worked out once.
+			clear(followed)
 			for _, a := range out[:n] {
 				if a.rec.Kind != 0 {
-					k.announce(a)
+					k.announce(a, followed)
 				}
 			}
 			out = out[n:]
@@ -445,10 +447,17 @@ func (k *Keeper) publisher(ctx context.Context) {
 
 // announce publishes a change as every writer used to: on
 // …objdb.changed.<key>, headers as docs/subjects.md gives them.
-func (k *Keeper) announce(a applied) {
+func (k *Keeper) announce(a applied, followed map[string]string) {
 	rec := a.rec
-	subject := k.cfg.Subjects.ObjdbChanged(EncodeKey(rec.Key))
-	if k.cfg.Interest != nil && !k.cfg.Interest(subject) {
+	subject, known := followed[rec.Key]
+	if !known {
+		subject = k.cfg.Subjects.ObjdbChanged(EncodeKey(rec.Key))
+		if k.cfg.Interest != nil && !k.cfg.Interest(subject) {
+			subject = ""
+		}
+		followed[rec.Key] = subject
+	}
+	if subject == "" {
 		return
 	}
 	m := nats.NewMsg(subject)
@@ -460,7 +469,7 @@ func (k *Keeper) announce(a applied) {
 		m.Header.Set(HdrType, rec.New.Type.String())
 		m.Data = rec.New.Data
 	}
-	if a.old != nil {
+	if a.hadOld {
 		m.Header.Set(HdrOldType, a.old.Type.String())
 		m.Header.Set(HdrOld, base64.StdEncoding.EncodeToString(a.old.Data))
 	}
@@ -662,7 +671,7 @@ func (k *Keeper) flushRound(ctx context.Context) error {
 	scope := nodeScope(k.cfg.Node)
 	k.mu.Lock()
 	round := k.dirty
-	k.dirty = map[string]*Value{}
+	k.dirty = map[string]dirtyKey{}
 	k.mu.Unlock()
 	if len(round) == 0 {
 		return nil
@@ -676,10 +685,10 @@ func (k *Keeper) flushRound(ctx context.Context) error {
 	var lastErr error
 	for key, v := range round {
 		m := nats.NewMsg(prefix + kvKey(scope, key))
-		if v == nil {
+		if v.deleted {
 			m.Header.Set(kvOperationHdr, kvOpDelete)
 		} else {
-			m.Data = v.encode()
+			m.Data = v.v.encode()
 		}
 		f, err := k.js.PublishMsgAsync(m)
 		if err != nil {
