@@ -60,7 +60,7 @@ func (s *Store) stateLocked() CopyStatus {
 		Via:      s.cserver,
 		NodeFeed: FeedStatus{Current: s.nstate.current, Since: s.nstate.since, Reason: s.nstate.reason},
 		NodeSeq:  s.nseq,
-		Pending:  len(s.pending),
+		Pending:  len(s.pend()),
 		Loaded:   s.cloaded && s.nloaded,
 	}
 	st.State, st.Reason = "current", ""

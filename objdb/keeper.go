@@ -69,7 +69,7 @@ type Keeper struct {
 	mu      sync.Mutex
 	keys    map[string]Value
 	seq     uint64
-	records []nodeRecord // the last LogRecords..2×LogRecords applied writes
+	records recordLog // the last LogRecords applied writes
 	writers map[uint64]*writerState
 	// Until the keys a previous run left in JetStream are loaded, the
 	// keys written since start win over them.
@@ -85,6 +85,26 @@ type Keeper struct {
 	// behind is since when JetStream has refused the writes behind.
 	behind time.Time
 }
+
+// recordLog keeps the last len(buf) records, oldest first, in a ring.
+type recordLog struct {
+	buf   []nodeRecord
+	start int // index of the oldest
+	count int
+}
+
+func (l *recordLog) add(r nodeRecord) {
+	if l.count < len(l.buf) {
+		l.buf[(l.start+l.count)%len(l.buf)] = r
+		l.count++
+		return
+	}
+	l.buf[l.start] = r
+	l.start = (l.start + 1) % len(l.buf)
+}
+
+// at is the i-th record kept, 0 the oldest.
+func (l *recordLog) at(i int) nodeRecord { return l.buf[(l.start+i)%len(l.buf)] }
 
 type applied struct {
 	rec    nodeRecord
@@ -174,6 +194,7 @@ func NewKeeper(nc *nats.Conn, cfg KeeperConfig) (*Keeper, error) {
 	return &Keeper{
 		cfg: cfg, nc: nc, js: js, log: cfg.Log, epoch: epoch,
 		keys: map[string]Value{}, writers: map[uint64]*writerState{}, touched: map[string]bool{},
+		records: recordLog{buf: make([]nodeRecord, cfg.LogRecords)},
 		outWake: make(chan struct{}, 1), dirty: map[string]dirtyKey{}, dirtyWake: make(chan struct{}, 1),
 	}, nil
 }
@@ -332,10 +353,7 @@ func (k *Keeper) applyLocked(writer uint64, w nodeWrite, internal bool) {
 // addLocked logs an applied record and queues it for the feed and, when
 // it changed the key, for JetStream.
 func (k *Keeper) addLocked(rec nodeRecord, old Value, had bool) {
-	k.records = append(k.records, rec)
-	if len(k.records) >= 2*k.cfg.LogRecords {
-		k.records = slices.Clone(k.records[len(k.records)-k.cfg.LogRecords:])
-	}
+	k.records.add(rec)
 	k.out = append(k.out, applied{rec: rec, old: old, hadOld: had})
 	if rec.Kind == 0 {
 		return
@@ -374,6 +392,7 @@ func (k *Keeper) publisher(ctx context.Context) {
 	idle := true
 	var lastPub time.Time
 	followed := map[string]string{} // key → its changed subject, "" if nobody follows it
+	var spare []applied             // the out array published last time, reused
 	for {
 		stopping := false
 		select {
@@ -412,8 +431,9 @@ func (k *Keeper) publisher(ctx context.Context) {
 		lastPub = time.Now()
 		k.mu.Lock()
 		out := k.out
-		k.out = nil
+		k.out = spare[:0]
 		k.mu.Unlock()
+		spare = out
 		for len(out) > 0 {
 			n, size := 0, 0
 			recs := make([]nodeRecord, 0, len(out))
@@ -491,16 +511,17 @@ func (k *Keeper) onSync(m *nats.Msg) {
 	if w := k.writers[q.Writer]; w != nil {
 		rep.WriterNext = w.next
 	}
-	first := k.seq + 1 - uint64(len(k.records)) // seq of records[0]
+	first := k.seq + 1 - uint64(k.records.count) // seq of the oldest record kept
 	if !q.Snapshot && q.Epoch == k.epoch && q.From+1 >= first && q.From <= k.seq {
 		rep.Kind = syncRecords
-		rs := k.records[q.From+1-first:]
-		size, n := 0, 0
-		for n < len(rs) && (n == 0 || size < maxFrame) {
-			size += 40 + len(rs[n].Key) + len(rs[n].New.Data)
-			n++
+		var rs []nodeRecord
+		size := 0
+		for i := int(q.From + 1 - first); i < k.records.count && (len(rs) == 0 || size < maxFrame); i++ {
+			r := k.records.at(i)
+			rs = append(rs, r)
+			size += 40 + len(r.Key) + len(r.New.Data)
 		}
-		rep.Records = feedMsg{Epoch: k.epoch, Last: q.From + uint64(n), Records: slices.Clone(rs[:n])}
+		rep.Records = feedMsg{Epoch: k.epoch, Last: q.From + uint64(len(rs)), Records: rs}
 	} else {
 		rep.Kind = syncSnapshot
 		keys := slices.Sorted(maps.Keys(k.keys))
@@ -569,10 +590,7 @@ func (k *Keeper) load(ctx context.Context) {
 // addLoadedLocked logs and publishes a key loaded from JetStream without
 // writing it back there.
 func (k *Keeper) addLoadedLocked(rec nodeRecord) {
-	k.records = append(k.records, rec)
-	if len(k.records) >= 2*k.cfg.LogRecords {
-		k.records = slices.Clone(k.records[len(k.records)-k.cfg.LogRecords:])
-	}
+	k.records.add(rec)
 	k.out = append(k.out, applied{rec: rec})
 }
 

@@ -155,9 +155,10 @@ func (s *Store) applyRecordLocked(rb *rebuild, rec nodeRecord) {
 // has applied them. rec is the record of wseq itself when known (an
 // adjust's result), nil when a snapshot confirmed them together.
 func (s *Store) confirmLocked(wseq uint64, rec *nodeRecord) {
+	live := s.pend()
 	n := 0
-	for n < len(s.pending) && s.pending[n].w.WSeq <= wseq {
-		p := s.pending[n]
+	for n < len(live) && live[n].w.WSeq <= wseq {
+		p := live[n]
 		n++
 		if o := s.localOver[p.w.Key]; o != nil && (p.w.Op == opSet || p.w.Op == opDelete) {
 			if o.n--; o.n == 0 {
@@ -180,8 +181,21 @@ func (s *Store) confirmLocked(wseq uint64, rec *nodeRecord) {
 			}
 		}
 	}
-	if n > 0 {
-		s.pending = s.pending[n:]
+	if n == 0 {
+		return
+	}
+	clear(live[:n])
+	s.phead += n
+	// Under a stream of writes pending holds a window's worth, confirmed
+	// a record at a time: keep its array, and move what is left to its
+	// front once the dead part is the larger.
+	switch {
+	case s.phead == len(s.pendBuf):
+		s.pendBuf, s.phead = s.pendBuf[:0], 0
+	case s.phead > 64 && 2*s.phead > len(s.pendBuf):
+		m := copy(s.pendBuf, s.pendBuf[s.phead:])
+		clear(s.pendBuf[m:])
+		s.pendBuf, s.phead = s.pendBuf[:m], 0
 	}
 }
 
@@ -191,7 +205,7 @@ func (s *Store) confirmLocked(wseq uint64, rec *nodeRecord) {
 func (s *Store) resendPending(resendAfter time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.pending) == 0 || time.Since(s.pending[0].sent) < resendAfter {
+	if live := s.pend(); len(live) == 0 || time.Since(live[0].sent) < resendAfter {
 		return
 	}
 	s.resendLocked()
@@ -201,9 +215,10 @@ func (s *Store) resendLocked() {
 	now := time.Now()
 	// What is queued is in pending too: send it all once, in order.
 	s.outq = s.outq[:0]
-	for i := range s.pending {
-		s.pending[i].sent = now
-		s.outq = append(s.outq, s.pending[i].w)
+	live := s.pend()
+	for i := range live {
+		live[i].sent = now
+		s.outq = append(s.outq, live[i].w)
 	}
 	s.flushSendLocked()
 }
@@ -269,7 +284,7 @@ func (s *Store) adoptEpoch(ctx context.Context) (bool, error) {
 	s.mu.Lock()
 	s.nepoch, s.nseq = probe.Epoch, 0
 	// The new keeper knows nothing of this writer's unconfirmed writes.
-	if len(s.pending) > 0 {
+	if len(s.pend()) > 0 {
 		s.resendLocked()
 	}
 	s.mu.Unlock()
@@ -453,7 +468,7 @@ func (s *Store) reload(ctx context.Context) error {
 	for i := range rb.mine {
 		s.confirmLocked(rb.mine[i].WSeq, &rb.mine[i])
 	}
-	if oldEpoch != epoch && len(s.pending) > 0 {
+	if oldEpoch != epoch && len(s.pend()) > 0 {
 		s.resendLocked()
 	}
 	s.changed.Broadcast()

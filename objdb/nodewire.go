@@ -128,6 +128,7 @@ func decodeWriteBatch(b []byte) (writer, base uint64, ws []nodeWrite, err error)
 	if r.err == nil && int(n) > len(r.b)/24 {
 		return 0, 0, nil, errShortFrame
 	}
+	ws = make([]nodeWrite, 0, n)
 	for i := uint32(0); i < n && r.err == nil; i++ {
 		var w nodeWrite
 		w.WSeq = r.u64()
@@ -208,6 +209,7 @@ func decodeRecords(b []byte) (feedMsg, error) {
 	if r.err == nil && int(n) > len(r.b)/28 {
 		return feedMsg{}, errShortFrame
 	}
+	m.Records = make([]nodeRecord, 0, n)
 	for i := uint32(0); i < n && r.err == nil; i++ {
 		rec := nodeRecord{Seq: first + uint64(i)}
 		rec.Writer = r.u64()

@@ -121,6 +121,9 @@ type Store struct {
 	log      *slog.Logger
 	writer   uint64 // this Store's id as a writer of node keys
 	kvPrefix string // "$KV.<bucket>."
+	// localPrefixes is nodeLocalPrefixes, built once: nodeScoped runs
+	// for every write.
+	localPrefixes []string
 
 	mu      sync.Mutex
 	changed *sync.Cond
@@ -135,20 +138,26 @@ type Store struct {
 	nepoch     uint64 // the keeper's epoch the node keys came from
 	nseq       uint64 // the last keeper record applied
 	nloaded    bool
-	pending    []pendingWrite // node writes the keeper has not confirmed, in wseq order
-	nextWSeq   uint64
-	outq       []nodeWrite // queued for the keeper, not sent yet
-	sendArmed  bool        // a send of outq is scheduled
-	lastSend   time.Time
-	sendBuf    []byte
-	cstate     feedState
-	nstate     feedState
-	tracks     map[int]*tracker
-	nextT      int
+	// Node writes the keeper has not confirmed, in wseq order:
+	// pendBuf[phead:] (pend).
+	pendBuf   []pendingWrite
+	phead     int
+	nextWSeq  uint64
+	outq      []nodeWrite // queued for the keeper, not sent yet
+	sendArmed bool        // a send of outq is scheduled
+	lastSend  time.Time
+	sendBuf   []byte
+	cstate    feedState
+	nstate    feedState
+	tracks    map[int]*tracker
+	nextT     int
 
 	stop    context.CancelFunc
 	stopped sync.WaitGroup
 }
+
+// pend is the node writes the keeper has not confirmed, oldest first.
+func (s *Store) pend() []pendingWrite { return s.pendBuf[s.phead:] }
 
 type clusterOverlay struct {
 	rev     uint64
@@ -217,8 +226,8 @@ func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig) (*Store, err
 	}
 	now := time.Now()
 	s := &Store{cfg: cfg, nc: nc, js: js, kv: kv, log: cfg.Log, writer: rand.Uint64() | 1,
-		kvPrefix: "$KV." + cfg.Bucket + ".",
-		shared:   map[string]Value{}, local: map[string]Value{},
+		kvPrefix: "$KV." + cfg.Bucket + ".", localPrefixes: nodeLocalPrefixes(),
+		shared: map[string]Value{}, local: map[string]Value{},
 		sharedOver: map[string]clusterOverlay{}, localOver: map[string]*nodeOverlay{},
 		cstate: feedState{since: now, reason: "loading"}, nstate: feedState{since: now, reason: "loading"},
 		tracks: map[int]*tracker{}}
@@ -247,12 +256,12 @@ func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig) (*Store, err
 func (s *Store) Close() {
 	deadline := time.Now().Add(s.cfg.WriteTimeout)
 	s.mu.Lock()
-	for len(s.pending) > 0 && time.Now().Before(deadline) {
+	for len(s.pend()) > 0 && time.Now().Before(deadline) {
 		s.mu.Unlock()
 		time.Sleep(5 * time.Millisecond)
 		s.mu.Lock()
 	}
-	if n := len(s.pending); n > 0 {
+	if n := len(s.pend()); n > 0 {
 		s.log.Warn("objdb: closing with node-key writes the keeper did not confirm", "writes", n)
 	}
 	s.mu.Unlock()
@@ -377,7 +386,7 @@ func (s *Store) List(prefix string) []Entry {
 // or one under a node-local prefix, is the node's; anything else is the
 // cluster's.
 func (s *Store) nodeScoped(key string) bool {
-	for _, p := range nodeLocalPrefixes() {
+	for _, p := range s.localPrefixes {
 		if strings.HasPrefix(key, p) {
 			return true
 		}
@@ -605,7 +614,7 @@ func (s *Store) writeNode(ctx context.Context, w nodeWrite) (nodeRecord, error) 
 	if w.Op == opAdjust {
 		p.done = make(chan nodeRecord, 1)
 	}
-	s.pending = append(s.pending, p)
+	s.pendBuf = append(s.pendBuf, p)
 	switch w.Op {
 	case opSet, opDelete:
 		o := s.localOver[w.Key]
@@ -616,7 +625,7 @@ func (s *Store) writeNode(ctx context.Context, w nodeWrite) (nodeRecord, error) 
 		o.n++
 		o.v, o.deleted = w.Value, w.Op == opDelete
 	}
-	s.queueLocked([]nodeWrite{w})
+	s.queueLocked(w)
 	s.mu.Unlock()
 	if p.done == nil {
 		return nodeRecord{}, nil
@@ -639,12 +648,12 @@ func (s *Store) writeNode(ctx context.Context, w nodeWrite) (nodeRecord, error) 
 // (one client's node-key sets: 24–41 k/s against 15–30 k/s).
 const sendWindow = 5 * time.Millisecond
 
-// queueLocked queues writes for the keeper, in wseq order (under s.mu, so
+// queueLocked queues a write for the keeper, in wseq order (under s.mu, so
 // that two writers' writes cannot overtake each other), and sends them now
 // or at the end of the current window. A send that fails is sent again by
 // the resend timer.
-func (s *Store) queueLocked(ws []nodeWrite) {
-	s.outq = append(s.outq, ws...)
+func (s *Store) queueLocked(w nodeWrite) {
+	s.outq = append(s.outq, w)
 	if s.sendArmed {
 		return
 	}
@@ -663,24 +672,25 @@ func (s *Store) queueLocked(ws []nodeWrite) {
 
 // flushSendLocked sends the queued writes, in batches of at most maxFrame.
 func (s *Store) flushSendLocked() {
-	for len(s.outq) > 0 {
+	q := s.outq
+	for len(q) > 0 {
 		n, size := 0, 0
-		for n < len(s.outq) && (n == 0 || size < maxFrame) {
-			size += 32 + len(s.outq[n].Key) + len(s.outq[n].Value.Data)
+		for n < len(q) && (n == 0 || size < maxFrame) {
+			size += 32 + len(q[n].Key) + len(q[n].Value.Data)
 			n++
 		}
-		s.sendLocked(s.outq[:n])
-		s.outq = s.outq[n:]
+		s.sendLocked(q[:n])
+		q = q[n:]
 	}
-	s.outq = s.outq[:0]
+	s.outq = s.outq[:0] // its array is reused
 	s.lastSend = time.Now()
 }
 
 // sendLocked publishes one batch of writes to the keeper.
 func (s *Store) sendLocked(ws []nodeWrite) {
 	base := ws[0].WSeq
-	if len(s.pending) > 0 {
-		base = s.pending[0].w.WSeq
+	if live := s.pend(); len(live) > 0 {
+		base = live[0].w.WSeq
 	}
 	s.sendBuf = appendWriteBatch(s.sendBuf[:0], s.writer, base, ws)
 	what := "write"
