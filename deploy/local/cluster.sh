@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The three-node local cluster: corobus nodes on this machine, private to
 # this checkout (state directories and logs under deploy/local/state/, or
-# $LOCALCLUSTER_STATE). As root, with ip(8) and network namespaces, each
+# $LOCALCLUSTER_STATE; the cluster key, made at the first `up`, is
+# $STATE/authkey). As root, with ip(8) and network namespaces, each
 # node runs in a network namespace of its own, joined to the others by a
 # bridge in a namespace of the cluster's own — as on real machines, each
 # node's IPC gateway serves the corosync clients of its namespace
@@ -91,7 +92,14 @@ up() {
 			exit 1
 		fi
 	done
-	mkdir -p "$state"
+	# The state is private: node state directories, logs and the key.
+	[ -d "$state" ] || install -d -m 0700 "$state"
+	# The cluster key, made once and kept with the state (out of git): the
+	# conf files turn totem crypto on, so the nodes' routes run TLS with
+	# certificates and a password derived from it (docs/security.md).
+	if [ ! -f "$state/authkey" ]; then
+		"$bin" keygen -k "$state/authkey" >/dev/null
+	fi
 	local m
 	m=$(mode)
 	echo "$m" > "$state/mode"
@@ -103,7 +111,7 @@ up() {
 		mkdir -p "$state/node$n"
 		# setsid: the node outlives this script and the terminal; its
 		# pid is in the lock it takes on its state directory.
-		inside "$n" setsid -f "$bin" up -c "$(conf "$n")" -o "system.state_dir=$state/node$n" \
+		inside "$n" setsid -f "$bin" up -c "$(conf "$n")" -o "totem.keyfile=$state/authkey" -o "system.state_dir=$state/node$n" \
 			>>"$state/node$n.log" 2>&1 </dev/null
 	done
 	for n in "${nodes[@]}"; do

@@ -3,7 +3,7 @@
 // image of its own, starts the three-node cluster under a project name of
 // its own, checks that the buses form one cluster with a JetStream meta
 // leader (from inside a container and from the host through a published
-// port), that an extra layer service scales on its own, and that stopping
+// port) over routes protected by a cluster key made with corobus keygen, that an extra layer service scales on its own, and that stopping
 // node3 is seen by nodes 1 and 2. Everything it made is removed at the end,
 // pass or fail.
 //
@@ -89,6 +89,13 @@ func TestComposeCluster(t *testing.T) {
 	})
 
 	dc.buildDir = buildImage(ctx, t, root, image)
+	// The cluster key, made as task compose:up makes it (corobus keygen),
+	// outside the checkout: the nodes' routes run TLS derived from it.
+	authkey := filepath.Join(t.TempDir(), "authkey")
+	if out, err := dockerCmd(ctx, time.Minute, nil, filepath.Join(dc.buildDir, "corobus"), "keygen", "-k", authkey); err != nil {
+		t.Fatalf("corobus keygen: %v\n%s", err, out)
+	}
+	dc.env = append(dc.env, "CORO_AUTHKEY="+authkey)
 	t.Logf("built image %s; starting project %s with %s", image, project, strings.Join(compose, " "))
 
 	start := time.Now()
@@ -108,6 +115,10 @@ func TestComposeCluster(t *testing.T) {
 		t.Logf("node%d: %s", id, st.summary())
 	}
 	t.Logf("cluster formed %s after compose up was called", time.Since(start).Round(time.Second))
+	// Every node's routes are protected by the mounted key, none plain.
+	for _, id := range all {
+		dc.routesProtected(id)
+	}
 
 	// 2. From the host, through node1's client port published on 127.0.0.1.
 	hostPort := dc.publishedPort("node1", "5400")
@@ -418,6 +429,31 @@ func (c *cluster) eventually(id uint32, within time.Duration, what string, check
 		}
 		time.Sleep(time.Second) // poll interval, under the deadline above
 	}
+}
+
+// routesProtected fails the test unless node<id> logged that its routes
+// run TLS derived from the key mounted at /etc/corosync/authkey (and never
+// that they are plain).
+func (c *cluster) routesProtected(id uint32) {
+	c.t.Helper()
+	node := fmt.Sprintf("node%d", id)
+	out, err := c.run(30*time.Second, "logs", "--no-color", node)
+	if err != nil {
+		c.t.Fatalf("compose logs %s: %v", node, err)
+	}
+	var prot string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, "neither authenticated nor encrypted") {
+			c.t.Fatalf("%s runs plain routes: %s", node, l)
+		}
+		if strings.Contains(l, "routes protected") {
+			prot = l
+		}
+	}
+	if !strings.Contains(prot, "derived from the cluster key") || !strings.Contains(prot, "/etc/corosync/authkey") {
+		c.t.Fatalf("%s did not log routes protected by the mounted key; its log:\n%s", node, out)
+	}
+	c.t.Logf("%s: %s", node, strings.TrimSpace(prot[strings.Index(prot, "routes protected"):]))
 }
 
 // publishedPort is host:port of a service's published container port.

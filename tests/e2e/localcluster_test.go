@@ -16,7 +16,8 @@ const taskVersion = "github.com/go-task/task/v3/cmd/task@v3.54.0"
 
 // TestLocalClusterFromTheTaskfile: `task local:up` starts the README's
 // three-node cluster, each node in a network namespace of its own, with
-// its state private to the test; corosync-cmapctl in each namespace talks
+// its state private to the test and its routes protected by a cluster key
+// made into that state; corosync-cmapctl in each namespace talks
 // to that namespace's node; idle, the nodes log no repeating line;
 // `task local:down` leaves nothing running.
 func TestLocalClusterFromTheTaskfile(t *testing.T) {
@@ -79,6 +80,25 @@ func TestLocalClusterFromTheTaskfile(t *testing.T) {
 			}
 			return nil
 		})
+	}
+
+	// Crypto on, as deployed: the key was made once into the cluster's
+	// private state directory, and every node's routes run TLS derived
+	// from it, none plain.
+	key := state + "/authkey"
+	if fi, err := os.Stat(key); err != nil {
+		t.Fatalf("the cluster key: %v", err)
+	} else if fi.Mode().Perm() != 0o400 {
+		t.Errorf("the cluster key %s has mode %v, want 0400", key, fi.Mode().Perm())
+	}
+	for n := 1; n <= 3; n++ {
+		log := readLog(t, state, n)
+		if strings.Contains(log, "neither authenticated nor encrypted") {
+			t.Errorf("node %d runs plain routes:\n%s", n, log)
+		}
+		if !regexp.MustCompile(`routes protected .*derived from the cluster key.*` + regexp.QuoteMeta(key)).MatchString(log) {
+			t.Errorf("node %d did not log routes protected by %s:\n%s", n, key, log)
+		}
 	}
 
 	// Idle: no line repeats (a window after the start has settled; the
