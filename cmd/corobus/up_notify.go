@@ -51,8 +51,8 @@ func (a *app) notifyWhenServing(ctx context.Context, url string, subjects bus.Su
 
 // serving reports nil once node id serves corosync's clients: every
 // service its service manager loads is loaded, a synchronization round has
-// completed and none runs, and cmap, through the IPC gateway, answers a
-// get. Otherwise it says what is missing.
+// completed and none runs, and cmap, through the IPC gateway, has this
+// node's runtime.members entry. Otherwise it says what is missing.
 func serving(ctx context.Context, url string, subjects bus.Subjects, id uint32) error {
 	nc, err := bus.Dial(url, "corobus-up-ready", 0)
 	if err != nil {
@@ -89,10 +89,13 @@ func serving(ctx context.Context, url string, subjects bus.Subjects, id uint32) 
 		return fmt.Errorf("the IPC gateway: %w", err)
 	}
 	defer c.Close()
-	// A get as libcmap sends it (type and length only): cmap answers from
-	// the object database, which may still be opening.
+	// A get as libcmap sends it (type and length only) of this node's
+	// runtime.members entry: corosync's clients find it there once
+	// corosync is ready, and cmap answers it only once the object
+	// database is open and the membership recorded.
+	key := fmt.Sprintf("runtime.members.%d.status", id)
 	req := cswire.NewRequest(cmap.ReqGet, cmap.ReqHeaderSize+cswire.NameSize+8)
-	cswire.PutName(req, cmap.ReqHeaderSize, "totem.cluster_name")
+	cswire.PutName(req, cmap.ReqHeaderSize, key)
 	resp, err := c.Request(req, 2*time.Second)
 	if err != nil {
 		return fmt.Errorf("cmap: %w", err)
@@ -100,8 +103,8 @@ func serving(ctx context.Context, url string, subjects bus.Subjects, id uint32) 
 	switch _, code, err := cswire.ParseResponse(resp); {
 	case err != nil:
 		return fmt.Errorf("cmap's answer: %w", err)
-	case code != cswire.OK && code != cswire.ErrNotExist:
-		return fmt.Errorf("cmap answers %s", code)
+	case code != cswire.OK:
+		return fmt.Errorf("cmap answers %s for %s", code, key)
 	}
 	return nil
 }
