@@ -15,7 +15,9 @@ import (
 
 // ClientURL is the URL of the client port of the node cfg configures, with
 // its token as the URL's user, ready for nats.Connect: the administrator,
-// with every permission (the CLI).
+// with every permission (the CLI). The token must exist (ReadToken): a
+// *NoTokenError says that no node has run on the configured state
+// directory.
 func ClientURL(cfg *config.Config) (string, error) {
 	u, tok, err := clientURL(cfg)
 	if err != nil {
@@ -42,7 +44,9 @@ func clientURL(cfg *config.Config) (*url.URL, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	tok, err := EnsureToken(cfg)
+	// Never EnsureToken: a client or a layer pointed at a state directory
+	// where no node runs must say so, not create a token there.
+	tok, err := ReadToken(cfg)
 	if err != nil {
 		return nil, "", err
 	}

@@ -288,21 +288,60 @@ func (s *Server) Shutdown(graceful bool) {
 	s.ns.WaitForShutdown()
 }
 
-// EnsureToken returns the client token of the node that cfg configures:
+// ReadToken returns the client token of the node that cfg configures:
 // bus.token if set, else the contents of the token file (bus.token_file or
-// <state_dir>/bus.token), which is created with a random token when absent.
-// Only the owner of the state directory can read it, as only root could
-// talk to corosync's IPC by default.
-func EnsureToken(cfg *config.Config) (string, error) {
+// <state_dir>/bus.token). It never creates one: a token file that does not
+// exist means that no node has run on that state directory (a
+// *NoTokenError), and what a client or a layer wants is the node's real
+// one, not a fresh token nobody serves. Only the processes that own the
+// node call EnsureToken.
+func ReadToken(cfg *config.Config) (string, error) {
 	if t := cfg.String("bus.token"); t != "" {
 		return t, nil
 	}
 	path := TokenFile(cfg)
-	if b, err := os.ReadFile(path); err == nil {
-		return strings.TrimSpace(string(b)), nil
-	} else if !errors.Is(err, os.ErrNotExist) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", &NoTokenError{Path: path, StateDir: cfg.StateDir(), TokenFile: cfg.String("bus.token_file") != ""}
+	}
+	if err != nil {
 		return "", fmt.Errorf("reading the bus token: %w", err)
 	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// NoTokenError is a token file that does not exist: no node has ever run
+// on the state directory the configuration names (or bus.token_file points
+// elsewhere than the node's).
+type NoTokenError struct {
+	Path      string // the token file looked for
+	StateDir  string // system.state_dir of the configuration
+	TokenFile bool   // Path came from bus.token_file
+}
+
+func (e *NoTokenError) Error() string {
+	if e.TokenFile {
+		return fmt.Sprintf("no bus token at %s (bus.token_file): no node has created one there; "+
+			"give the bus.token_file of the running node, or --bus nats://TOKEN@host:port", e.Path)
+	}
+	return fmt.Sprintf("no node has ever run on the state directory %s (it has no bus token, %s, which `corobus up` creates): "+
+		"point at the node's own state directory — the node's configuration file (-c FILE, its system.state_dir), "+
+		"-o system.state_dir=DIR, or, for the embedded default, the XDG_STATE_HOME the node ran with "+
+		"(its state is $XDG_STATE_HOME/corobus, else ~/.local/state/corobus) — or give --bus nats://TOKEN@host:port; "+
+		"`corobus up` starts a node here", e.StateDir, e.Path)
+}
+
+// EnsureToken is ReadToken for the processes that own the node (`corobus
+// up`, `corobus bus`): a token file that does not exist is created with a
+// random token. Only the owner of the state directory can read it, as only
+// root could talk to corosync's IPC by default.
+func EnsureToken(cfg *config.Config) (string, error) {
+	tok, err := ReadToken(cfg)
+	var none *NoTokenError
+	if !errors.As(err, &none) {
+		return tok, err
+	}
+	path := none.Path
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return "", fmt.Errorf("creating %s: %w", filepath.Dir(path), err)
 	}
@@ -310,7 +349,7 @@ func EnsureToken(cfg *config.Config) (string, error) {
 	if _, err := rand.Read(raw); err != nil {
 		return "", fmt.Errorf("generating the bus token: %w", err)
 	}
-	tok := hex.EncodeToString(raw)
+	tok = hex.EncodeToString(raw)
 	// Written aside, then linked in place: the file never exists empty or
 	// half written (a process starting at the same time would read that
 	// as the token). When two processes race, the first link wins and

@@ -99,6 +99,11 @@ func runUp(ctx context.Context, a *app, args []string) error {
 	}
 	defer lock.Close()
 	log.Info("starting node", "node", local.ID, "cluster", cfg.ClusterName(), "config", describeFile(cfg), "state_dir", cfg.StateDir(), "inproc", inproc)
+	// The node owns its state directory: its token is made here at the
+	// first start (clients and layers only read it).
+	if _, err := bus.EnsureToken(cfg); err != nil {
+		return err
+	}
 	url, err := bus.ClientURL(cfg)
 	if err != nil {
 		return err
