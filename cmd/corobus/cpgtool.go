@@ -40,7 +40,7 @@ func runCpg(ctx context.Context, a *app, args []string) error {
 	defer c.Close()
 	s, err := openComponent(ctx, c.nc, c.subjects, c.node, cpg.ComponentName)
 	if err != nil {
-		return fmt.Errorf("Could not initialize corosync cpg API: %w", err)
+		return fmt.Errorf("could not initialize corosync cpg API: %w", err)
 	}
 	defer s.Close()
 	var d byte
@@ -95,7 +95,7 @@ func cpgIterate(ctx context.Context, s *compSession, typ uint32) ([]cpgwire.Desc
 		return nil, err
 	}
 	if r.Error != cswire.OK {
-		return nil, fmt.Errorf("Cannot initialize cpg iterator error %d", r.Error)
+		return nil, fmt.Errorf("cannot initialize cpg iterator error %d", r.Error)
 	}
 	var out []cpgwire.Description
 	for {
