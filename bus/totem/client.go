@@ -178,16 +178,23 @@ func (c *Client) Origin() uint32 { return c.origin }
 // Mcast multicasts payload for service in total order, blocking while the
 // window is full. service must be a subject token (no dots, no spaces).
 func (c *Client) Mcast(ctx context.Context, service string, payload []byte) (MsgID, error) {
-	return c.mcast(ctx, service, payload, true)
+	return c.mcast(ctx, service, payload, nil, true)
+}
+
+// McastParts is Mcast of the payload head followed by tail, without
+// joining them first: a service's frame header and its client's message
+// are copied once, into the submit frame.
+func (c *Client) McastParts(ctx context.Context, service string, head, tail []byte) (MsgID, error) {
+	return c.mcast(ctx, service, head, tail, true)
 }
 
 // TryMcast is Mcast without the wait: ErrTryAgain when the window is full.
 func (c *Client) TryMcast(service string, payload []byte) (MsgID, error) {
-	return c.mcast(context.Background(), service, payload, false)
+	return c.mcast(context.Background(), service, payload, nil, false)
 }
 
-func (c *Client) mcast(ctx context.Context, service string, payload []byte, wait bool) (MsgID, error) {
-	if len(payload) > MaxPayload {
+func (c *Client) mcast(ctx context.Context, service string, payload, tail []byte, wait bool) (MsgID, error) {
+	if len(payload)+len(tail) > MaxPayload {
 		return MsgID{}, ErrTooLarge
 	}
 	if !validService(service) {
@@ -215,7 +222,7 @@ func (c *Client) mcast(ctx context.Context, service string, payload []byte, wait
 	// node sequences each origin's messages in the order they arrive.
 	c.mu.Lock()
 	id := MsgID{Node: c.node, Origin: c.origin, Seq: c.seq.Add(1)}
-	c.buf = appendSubmit(c.buf[:0], c.origin, id.Seq, service, payload)
+	c.buf = append(appendSubmit(c.buf[:0], c.origin, id.Seq, service, payload), tail...)
 	err := c.nc.Publish(c.subject, c.buf)
 	c.mu.Unlock()
 	if err != nil {

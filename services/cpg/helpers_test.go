@@ -19,7 +19,7 @@ import (
 // cluster is N totem nodes in this process, each with its sync engine and
 // a cpg service.
 type cluster struct {
-	t    *testing.T
+	t    testing.TB
 	h    *harness.Cluster
 	opts cpg.Options
 	mu   sync.Mutex
@@ -32,7 +32,7 @@ type node struct {
 	done   chan struct{}
 }
 
-func newCluster(t *testing.T, n int, opts cpg.Options) *cluster {
+func newCluster(t testing.TB, n int, opts cpg.Options) *cluster {
 	t.Helper()
 	h := harness.New(t, harness.Options{N: n, Token: 300 * time.Millisecond, Join: 30 * time.Millisecond, Consensus: 400 * time.Millisecond})
 	all := make([]int, n)

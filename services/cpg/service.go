@@ -91,6 +91,7 @@ type Service struct {
 	fcLevel     int32 // the flow-control level shown to the clients
 	activated   chan struct{}
 	sends       chan func()
+	evBuf       []byte // deliveries are built here, under mu
 
 	stats stats
 }
@@ -238,26 +239,25 @@ func (s *Service) Stop() {
 func (s *Service) send(ctx context.Context, e *cpgwire.Exec) error {
 	data := e.Data
 	if len(data) <= s.opts.Chunk {
-		s.sendBuf = cpgwire.AppendExec(s.sendBuf[:0], e)
-		return s.mcast(ctx, e.Kind, s.sendBuf)
+		s.sendBuf = cpgwire.AppendExecHeader(s.sendBuf[:0], e)
+		return s.mcast(ctx, e.Kind, s.sendBuf, data)
 	}
 	first := *e
 	first.Flags |= cpgwire.FlagMore
-	first.Data = data[:s.opts.Chunk]
-	s.sendBuf = cpgwire.AppendExec(s.sendBuf[:0], &first)
-	if err := s.mcast(ctx, e.Kind, s.sendBuf); err != nil {
+	s.sendBuf = cpgwire.AppendExecHeader(s.sendBuf[:0], &first)
+	if err := s.mcast(ctx, e.Kind, s.sendBuf, data[:s.opts.Chunk]); err != nil {
 		return err
 	}
 	for rest := data[s.opts.Chunk:]; len(rest) > 0; {
 		n := min(s.opts.Chunk, len(rest))
-		c := cpgwire.Exec{Kind: cpgwire.ExecChunk, Source: e.Source, Data: rest[:n]}
+		c := cpgwire.Exec{Kind: cpgwire.ExecChunk, Source: e.Source}
 		if n < len(rest) {
 			c.Flags = cpgwire.FlagMore
 		}
-		s.sendBuf = cpgwire.AppendExec(s.sendBuf[:0], &c)
+		s.sendBuf = cpgwire.AppendExecHeader(s.sendBuf[:0], &c)
 		// The rest of a message must follow its start even when the
 		// caller gives up waiting: a receiver holds the start.
-		if err := s.mcast(context.WithoutCancel(ctx), cpgwire.ExecChunk, s.sendBuf); err != nil {
+		if err := s.mcast(context.WithoutCancel(ctx), cpgwire.ExecChunk, s.sendBuf, rest[:n]); err != nil {
 			return err
 		}
 		rest = rest[n:]
@@ -265,13 +265,15 @@ func (s *Service) send(ctx context.Context, e *cpgwire.Exec) error {
 	return nil
 }
 
-func (s *Service) mcast(ctx context.Context, kind uint8, frame []byte) error {
+// mcast submits a frame's header and data (copied once, into the submit
+// frame).
+func (s *Service) mcast(ctx context.Context, kind uint8, head, data []byte) error {
 	if s.tc.InFlight() >= s.opts.Window*3/4 {
 		s.mu.Lock()
 		s.updateFlowControl()
 		s.mu.Unlock()
 	}
-	if _, err := s.tc.Mcast(ctx, TotemService, frame); err != nil {
+	if _, err := s.tc.McastParts(ctx, TotemService, head, data); err != nil {
 		return fmt.Errorf("cpg: multicasting: %w", err)
 	}
 	s.stats.tx[kind].Add(1)
@@ -601,7 +603,10 @@ func (s *Service) deliver(sender uint32, e *cpgwire.Exec) {
 	if e.Kind == cpgwire.ExecPartial {
 		evs = s.partialEvents(e.Group, e.MsgLen, sender, e.PID, e.FragType, e.Data)
 	} else if cpgwire.DeliverHeaderSize+len(e.Data) <= s.opts.MaxEvent {
-		evs = [][]byte{cpgwire.AppendDeliver(nil, e.Group, sender, e.PID, e.Data)}
+		// One buffer for every delivery: a client's Events copies what it
+		// keeps (the gateway's queue, the bus's write buffer).
+		s.evBuf = cpgwire.AppendDeliver(s.evBuf[:0], e.Group, sender, e.PID, e.Data)
+		evs = [][]byte{s.evBuf}
 	} else {
 		// Too large for one callback: libcpg joins partial deliveries.
 		evs = s.partialEvents(e.Group, uint32(len(e.Data)), sender, e.PID, 0, e.Data)

@@ -78,6 +78,12 @@ func appendRing(dst []byte, r totem.RingID) []byte {
 
 // AppendExec appends frame e (its Data included).
 func AppendExec(dst []byte, e *Exec) []byte {
+	return append(AppendExecHeader(dst, e), e.Data...)
+}
+
+// AppendExecHeader appends frame e without its Data: the data of an
+// mcast, partial or chunk frame follows the header as it is.
+func AppendExecHeader(dst []byte, e *Exec) []byte {
 	dst = append(dst, e.Kind)
 	be := binary.BigEndian
 	switch e.Kind {
@@ -90,7 +96,6 @@ func AppendExec(dst []byte, e *Exec) []byte {
 		dst = be.AppendUint32(dst, e.PID)
 		dst = be.AppendUint64(dst, e.Source)
 		dst = appendName(dst, e.Group)
-		dst = append(dst, e.Data...)
 	case ExecPartial:
 		dst = append(dst, e.Flags)
 		dst = be.AppendUint32(dst, e.PID)
@@ -98,11 +103,9 @@ func AppendExec(dst []byte, e *Exec) []byte {
 		dst = append(dst, byte(e.FragType))
 		dst = be.AppendUint32(dst, e.MsgLen)
 		dst = appendName(dst, e.Group)
-		dst = append(dst, e.Data...)
 	case ExecChunk:
 		dst = append(dst, e.Flags)
 		dst = be.AppendUint64(dst, e.Source)
-		dst = append(dst, e.Data...)
 	case ExecJoinList:
 		dst = appendRing(dst, e.Ring)
 		dst = be.AppendUint32(dst, e.Epoch.Node)
