@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -48,9 +50,22 @@ func NewFor(env layer.Env) *Service {
 	return New(Options{Node: env.Node.ID, Subjects: env.Subjects, Logger: env.Log})
 }
 
-// Run serves cpg on env's node until ctx ends.
+// Run serves cpg on env's node until ctx ends — unless the node's IPC
+// gateway runs cpg in its own process (ipc.colocate): a node has one cpg
+// instance, whose joinlist speaks for the node, and this process then
+// stands by.
 func Run(ctx context.Context, env layer.Env) error {
+	if Colocated(env) {
+		env.Log.Info("cpg runs in the IPC gateway (ipc.colocate); this process stands by")
+		<-ctx.Done()
+		return nil
+	}
 	return Serve(ctx, env, NewFor(env))
+}
+
+// Colocated reports whether env's node runs cpg inside its IPC gateway.
+func Colocated(env layer.Env) bool {
+	return slices.Contains(strings.Fields(env.Config.String("ipc.colocate")), ComponentName)
 }
 
 // Serve runs svc as the cpg component of env's node: attached to the

@@ -19,8 +19,9 @@ import (
 // libcpg's API end to end (cpgfeatures): model, context, membership,
 // iteration, joins and leaves, 1 MiB and 16 MiB messages interleaved with
 // another member's small ones, a zero-copy buffer — on corobus, with the
-// cpg service in its own process and inside the gateway, and on a real
-// corosync, which the program was first checked against.
+// cpg service inside the gateway (the default) and in its own process, over libqb's SHM
+// (the default) and SOCKET transports, and on a real corosync, which the
+// program was first checked against.
 func TestFeatures(t *testing.T) {
 	prog := BuildC(t, "cpgfeatures")
 	for _, c := range []struct {
@@ -29,7 +30,8 @@ func TestFeatures(t *testing.T) {
 	}{
 		{"corosync", netcluster.Options{Backend: netcluster.Corosync}},
 		{"corobus", netcluster.Options{}},
-		{"corobus colocated", netcluster.Options{Keys: map[string]string{"ipc.colocate": "cpg"}}},
+		{"corobus, cpg in its own process", netcluster.Options{Keys: map[string]string{"ipc.colocate": "cmap"}}},
+		{"corobus socket", netcluster.Options{Keys: map[string]string{"ipc.transport": "socket"}}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			c.opts.Nodes = 1
@@ -71,13 +73,20 @@ func TestFeatures(t *testing.T) {
 // daemons first: what corosync does passes the checker.
 func TestVirtualSynchrony(t *testing.T) {
 	prog := BuildC(t, "cpgcheck")
-	for _, b := range []netcluster.Backend{netcluster.Corosync, netcluster.Corobus} {
-		t.Run(b.String(), func(t *testing.T) {
-			opts := netcluster.Options{Nodes: 3, Backend: b}
-			if os.Getenv("CPGTEST_KEEP") != "" && b == netcluster.Corobus {
-				opts.Keys = map[string]string{"logging.debug": "on"}
+	for _, c := range []struct {
+		name string
+		opts netcluster.Options
+	}{
+		{"corosync", netcluster.Options{Backend: netcluster.Corosync}},
+		{"corobus", netcluster.Options{Keys: map[string]string{}}},
+		{"corobus, cpg in its own process", netcluster.Options{Keys: map[string]string{"ipc.colocate": "cmap"}}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			c.opts.Nodes = 3
+			if os.Getenv("CPGTEST_KEEP") != "" && c.opts.Backend == netcluster.Corobus {
+				c.opts.Keys["logging.debug"] = "on"
 			}
-			cl := netcluster.Start(t, opts)
+			cl := netcluster.Start(t, c.opts)
 			runVS(t, cl, prog)
 		})
 	}
