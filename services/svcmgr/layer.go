@@ -76,6 +76,12 @@ func Run(ctx context.Context, env layer.Env, builtin map[string][]string) error 
 	var defaults []Service
 	if env.Config.Bool("loader.default_services", true) {
 		defaults = DefaultServices()
+		// A node runs one cpg instance (its joinlist speaks for the
+		// node): when the IPC gateway runs it in its own process
+		// (ipc.colocate), it is not started here too.
+		if slices.Contains(strings.Fields(env.Config.String("ipc.colocate")), "cpg") {
+			defaults = slices.DeleteFunc(defaults, func(s Service) bool { return s.Name == "cpg" })
+		}
 	}
 	url, err := bus.ClientURL(env.Config)
 	if err != nil {
