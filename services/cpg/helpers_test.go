@@ -12,6 +12,7 @@ import (
 	"github.com/corobus/corobus/bus/totem/harness"
 	"github.com/corobus/corobus/services/cpg"
 	"github.com/corobus/corobus/services/cpg/cpgwire"
+	"github.com/corobus/corobus/services/cpg/vscheck"
 	"github.com/corobus/corobus/services/cswire"
 	syncsvc "github.com/corobus/corobus/services/sync"
 )
@@ -34,7 +35,9 @@ type node struct {
 
 func newCluster(t testing.TB, n int, opts cpg.Options) *cluster {
 	t.Helper()
-	h := harness.New(t, harness.Options{N: n, Token: 300 * time.Millisecond, Join: 30 * time.Millisecond, Consensus: 400 * time.Millisecond})
+	// corosync's default token: on a loaded machine a short one splits
+	// the cluster now and then, which the tests would see.
+	h := harness.New(t, harness.Options{N: n, Token: time.Second, Join: 30 * time.Millisecond, Consensus: 1200 * time.Millisecond})
 	all := make([]int, n)
 	for i := range all {
 		all[i] = i + 1
@@ -278,6 +281,30 @@ func (m *member) waitLog(want string) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// vslog is what m received, for vscheck: its deliveries of "node/pid #seq"
+// messages and its configuration changes.
+func (m *member) vslog() *vscheck.Log {
+	l := &vscheck.Log{Name: fmt.Sprintf("%d/%d", m.node, m.pid), Proc: vscheck.Proc{Node: m.node, PID: m.pid}}
+	for i, e := range m.snapshot() {
+		switch e.ID {
+		case cpgwire.ResDeliverCallback:
+			var n, p uint32
+			var seq uint64
+			if _, err := fmt.Sscanf(string(e.Data), "%d/%d #%d", &n, &p, &seq); err != nil || n != e.NodeID || p != e.PID {
+				continue // not a numbered message
+			}
+			l.Events = append(l.Events, vscheck.Event{Msg: &vscheck.Msg{From: vscheck.Proc{Node: n, PID: p}, Seq: seq}, Line: i + 1})
+		case cpgwire.ResConfChgCallback:
+			ev := vscheck.Event{ConfChg: spell(e), Line: i + 1}
+			for _, a := range e.Members {
+				ev.Members = append(ev.Members, vscheck.Proc{Node: a.NodeID, PID: a.PID})
+			}
+			l.Events = append(l.Events, ev)
+		}
+	}
+	return l
 }
 
 // cpgOnly drops the totem callbacks (only members that asked get them).

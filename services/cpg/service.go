@@ -185,7 +185,10 @@ func (s *Service) Start(nc *nats.Conn) error {
 	if err != nil {
 		return err
 	}
+	// Under mu: the first deliveries may come before NewClient returns.
+	s.mu.Lock()
 	s.tc = tc
+	s.mu.Unlock()
 	s.onListen()
 	return nil
 }
@@ -298,7 +301,9 @@ func (s *Service) onDelivery(d totem.Delivery) {
 		s.stats.rx[e.Kind].Add(1)
 	}
 	sender := m.ID.Node
-	if sender == s.node && m.ID.Origin == s.tc.Origin() {
+	if s.tc == nil {
+		// Before Start has its client: nothing of this instance's yet.
+	} else if sender == s.node && m.ID.Origin == s.tc.Origin() {
 		defer s.afterOwn()
 	}
 	switch e.Kind {
@@ -374,7 +379,7 @@ func (s *Service) onDelivery(d totem.Delivery) {
 // ownDone takes an own join or leave off the pending list once it is
 // delivered.
 func (s *Service) ownDone(id totem.MsgID) {
-	if id.Node == s.node && id.Origin == s.tc.Origin() && len(s.pending) > 0 {
+	if s.tc != nil && id.Node == s.node && id.Origin == s.tc.Origin() && len(s.pending) > 0 {
 		s.pending = s.pending[1:]
 	}
 }
