@@ -96,12 +96,18 @@ func TestLocalThreeNodeCluster(t *testing.T) {
 		t.Skip("three real nodes: skipped in -short")
 	}
 	b := buildBinary(t)
+	// deploy/local runs with crypto on: the nodes share a key made by
+	// corobus keygen, as cluster.sh makes one.
+	key := filepath.Join(t.TempDir(), "authkey")
+	if out, err := b.run(t, nil, "keygen", "-k", key); err != nil {
+		t.Fatalf("corobus keygen: %v\n%s", err, out)
+	}
 	var args [3][]string
 	var procs [3]*upProcess
 	for i := range 3 {
 		// Each node keeps its state (and its client token) in a fresh
 		// directory; client verbs get the same flags to find both.
-		args[i] = []string{"-c", repoFile("deploy", "local", fmt.Sprintf("node%d.conf", i+1)), "-o", "system.state_dir=" + t.TempDir()}
+		args[i] = []string{"-c", repoFile("deploy", "local", fmt.Sprintf("node%d.conf", i+1)), "-o", "system.state_dir=" + t.TempDir(), "-o", "totem.keyfile=" + key}
 		procs[i] = b.up(t, nil, args[i]...)
 	}
 	eventually(t, 60*time.Second, "three nodes form one cluster", func() error {
