@@ -35,12 +35,7 @@ type Exec struct {
 	Request uint64
 }
 
-func execHeader(kind, size int) []byte {
-	b := make([]byte, size)
-	cswire.PutI32(b, 0, serviceID<<16|int32(kind))
-	cswire.PutI32(b, 8, int32(size))
-	return b
-}
+func execHeader(kind, size int) []byte { return cswire.ExecHeader(serviceID, kind, size) }
 
 // Encode lays out an exec message.
 func (e Exec) Encode() []byte {

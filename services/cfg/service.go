@@ -227,25 +227,20 @@ func (s *Service) stop(reason string) {
 	}
 }
 
-// EventSink takes a connection's event messages.
-type EventSink interface {
-	SendEvent(msg []byte) error
-}
-
 // Open implements session.Handler.
 func (s *Service) Open(c *session.Conn) (session.Session, error) {
 	return s.OpenConn(c, c.ID), nil
 }
 
 // OpenConn starts a libcfg connection whose events go to sink.
-func (s *Service) OpenConn(sink EventSink, label string) *Conn {
+func (s *Service) OpenConn(sink session.EventSink, label string) *Conn {
 	return &Conn{svc: s, sink: sink, label: label}
 }
 
 // Conn is one libcfg connection.
 type Conn struct {
 	svc   *Service
-	sink  EventSink
+	sink  session.EventSink
 	label string
 }
 

@@ -5,17 +5,12 @@ import (
 	"testing"
 
 	"github.com/corobus/corobus/services/cswire"
+	"github.com/corobus/corobus/services/cswire/cswiretest"
 )
 
 // request builds a request message the way libcmap lays it out.
 func request(id int32, size int, fill func(b []byte)) []byte {
-	b := make([]byte, size)
-	cswire.PutI32(b, 0, id)
-	cswire.PutI32(b, 8, int32(size))
-	if fill != nil {
-		fill(b)
-	}
-	return b
+	return cswiretest.Request(id, size, fill)
 }
 
 func TestDecodeRequest(t *testing.T) {

@@ -93,3 +93,13 @@ func ParseResponse(msg []byte) (id int32, code Error, err error) {
 	}
 	return I32(msg, 0), Error(I32(msg, 16)), nil
 }
+
+// ExecHeader builds an exec (totem) message of size bytes with corosync's
+// qb_ipc_request_header-shaped header filled in: id = service << 16 | kind
+// at 0, size at 8.
+func ExecHeader(service, kind, size int) []byte {
+	b := make([]byte, size)
+	PutI32(b, 0, int32(service<<16|kind))
+	PutI32(b, 8, int32(size))
+	return b
+}

@@ -6,16 +6,11 @@ import (
 	"testing"
 
 	"github.com/corobus/corobus/services/cswire"
+	"github.com/corobus/corobus/services/cswire/cswiretest"
 )
 
 func request(id int32, size int, fill func(b []byte)) []byte {
-	b := make([]byte, size)
-	cswire.PutI32(b, 0, id)
-	cswire.PutI32(b, 8, int32(size))
-	if fill != nil {
-		fill(b)
-	}
-	return b
+	return cswiretest.Request(id, size, fill)
 }
 
 func TestDecodeRequest(t *testing.T) {

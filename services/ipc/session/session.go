@@ -62,3 +62,9 @@ const (
 
 // CloseSubject is where a gateway says a connection ended.
 func CloseSubject(session string) string { return session + ".close" }
+
+// EventSink takes a connection's event messages (track notifications,
+// confchgs, deliveries): a *Conn on the bus, or a test's recorder.
+type EventSink interface {
+	SendEvent(msg []byte) error
+}
