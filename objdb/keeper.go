@@ -65,6 +65,9 @@ type Keeper struct {
 	js    jetstream.JetStream
 	log   *slog.Logger
 	epoch uint64
+	// ro answers which keys clients may not write, from an index built
+	// once: building it per write cost the keeper most of its time.
+	ro ReadOnlyKeys
 
 	mu      sync.Mutex
 	keys    map[string]Value
@@ -192,7 +195,7 @@ func NewKeeper(nc *nats.Conn, cfg KeeperConfig) (*Keeper, error) {
 	}
 	epoch := rand.Uint64() | 1 // never 0: a Store's "no epoch yet"
 	return &Keeper{
-		cfg: cfg, nc: nc, js: js, log: cfg.Log, epoch: epoch,
+		cfg: cfg, nc: nc, js: js, log: cfg.Log, epoch: epoch, ro: NewReadOnlyKeys(),
 		keys: map[string]Value{}, writers: map[uint64]*writerState{}, touched: map[string]bool{},
 		records: recordLog{buf: make([]nodeRecord, cfg.LogRecords)},
 		outWake: make(chan struct{}, 1), dirty: map[string]dirtyKey{}, dirtyWake: make(chan struct{}, 1),
@@ -302,7 +305,7 @@ func (k *Keeper) applyLocked(writer uint64, w nodeWrite, internal bool) {
 	k.seq++
 	rec := nodeRecord{Seq: k.seq, Writer: writer, WSeq: w.WSeq, Key: w.Key, Status: cswire.OK}
 	old, had := k.keys[w.Key]
-	if !internal && ReadOnly(w.Key) {
+	if !internal && k.ro.Has(w.Key) {
 		// Refused, and recorded so: the writer's copy drops its own
 		// write when it sees the record.
 		rec.Status = cswire.ErrAccess
