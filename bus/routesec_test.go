@@ -121,6 +121,9 @@ func TestCryptoFrom(t *testing.T) {
 		totem   string
 		want    bus.Crypto
 		wantErr string
+		// A value corosync.conf never accepts is refused by the loader,
+		// with the file's line, before CryptoFrom sees it.
+		wantLoadErr string
 	}{
 		{totem: "", want: bus.Crypto{Model: "nss", Cipher: "none", Hash: "none"}},
 		{totem: "secauth: on", want: bus.Crypto{Model: "nss", Cipher: "aes256", Hash: "sha256"}},
@@ -128,11 +131,17 @@ func TestCryptoFrom(t *testing.T) {
 		{totem: "crypto_hash: sha1", want: bus.Crypto{Model: "nss", Cipher: "none", Hash: "sha1"}},
 		{totem: "crypto_model: openssl\n crypto_cipher: aes192\n crypto_hash: sha512", want: bus.Crypto{Model: "openssl", Cipher: "aes192", Hash: "sha512"}},
 		{totem: "crypto_cipher: aes256", wantErr: "requires totem.crypto_hash"},
-		{totem: "crypto_cipher: aes999\n crypto_hash: sha1", wantErr: "invalid cipher type"},
-		{totem: "crypto_hash: crc32", wantErr: "invalid hash type"},
-		{totem: "crypto_model: rot13", wantErr: "invalid crypto model"},
+		{totem: "crypto_cipher: aes999\n crypto_hash: sha1", wantLoadErr: "corosync.conf:4: totem.crypto_cipher"},
+		{totem: "crypto_hash: crc32", wantLoadErr: "corosync.conf:4: totem.crypto_hash"},
+		{totem: "crypto_model: rot13", wantLoadErr: "corosync.conf:4: totem.crypto_model"},
 	} {
 		cfg, err := loadConf(t, "totem {\n version: 2\n cluster_name: c\n "+tc.totem+"\n}\nnodelist {\n node {\n nodeid: 1\n ring0_addr: 127.0.0.1\n }\n}\n")
+		if tc.wantLoadErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantLoadErr) {
+				t.Errorf("%q: load err %v, want %q", tc.totem, err, tc.wantLoadErr)
+			}
+			continue
+		}
 		if err != nil {
 			t.Fatalf("%q: %v", tc.totem, err)
 		}

@@ -155,6 +155,27 @@ func TestErrors(t *testing.T) {
 			want: []string{"corosync.conf:2", "totem.token"},
 		},
 		{
+			name: "value corosync does not accept",
+			body: "totem {\n\tversion: 2\n\ttransport: udpx\n}\nnodelist {\n node {\n nodeid: 1\n ring0_addr: 127.0.0.1\n }\n}\n",
+			want: []string{"corosync.conf:3", "totem.transport", `"knet", "udp", "udpu"`, `found "udpx"`},
+		},
+		{
+			name: "unknown cipher",
+			body: "totem {\n\tversion: 2\n\tcrypto_cipher: aes257\n}\nnodelist {\n node {\n nodeid: 1\n ring0_addr: 127.0.0.1\n }\n}\n",
+			want: []string{"corosync.conf:3", "totem.crypto_cipher", `"aes256"`, `found "aes257"`},
+		},
+		{
+			name: "logging mode",
+			body: threeNodes + "logging {\n\tto_syslog: maybe\n}\n",
+			want: []string{"logging.to_syslog", `"yes", "no", "on", "off"`},
+		},
+		{
+			name:      "quorum provider corosync does not have",
+			body:      threeNodes,
+			overrides: []string{"quorum.provider=corosync_quorum_none"},
+			want:      []string{"command line", "quorum.provider", `"corosync_votequorum"`},
+		},
+		{
 			name: "no nodelist",
 			body: "totem {\n\tversion: 2\n}\n",
 			want: []string{"nodelist"},

@@ -9,6 +9,7 @@ package keys
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -47,28 +48,40 @@ type Key struct {
 	// Secret keys hold key material or credentials: objdb does not load
 	// them, so no cmap client, subscriber or other node ever sees them.
 	Secret bool
+	// Values, when set, are the only spellings corosync accepts for the
+	// key in corosync.conf: anything else is a mistake in the file.
+	Values []string
 	Doc    string
 }
 
 // table is every key. Sections in corosync.conf(5) order.
 func table() []Key {
+	// What corosync's logconfig.c accepts for a mode (to_syslog …), a
+	// format switch (fileline …) and a priority; libqb's facility names;
+	// and every boolean spelling Config.Bool reads, for corobus's keys.
+	yesNo := []string{"yes", "no", "on", "off"}
+	onOff := []string{"on", "off"}
+	boolean := []string{"yes", "no", "on", "off", "true", "false", "1", "0"}
+	priorities := []string{"emerg", "alert", "crit", "err", "error", "warning", "notice", "info", "debug"}
+	facilities := []string{"daemon", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
+		"kern", "user", "mail", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp"}
 	return []Key{
 		// totem
 		{Pattern: "totem.version", Type: U32, ReadOnly: true, Default: "2", Doc: "configuration version; only 2 is valid"},
 		{Pattern: "totem.cluster_name", Type: Str, ReadOnly: true, Default: "corobus", Doc: "cluster name; corobus's subject prefix is corobus.<cluster_name>"},
 		{Pattern: "totem.nodeid", Type: U32, ReadOnly: true, Doc: "this node's id, for nodes that cannot find themselves from ring0_addr (several nodes on one address)"},
 		{Pattern: "totem.clear_node_high_bit", Type: Str, ReadOnly: true, Doc: "corosync: clear the high bit of automatically chosen node ids (accepted, unused)"},
-		{Pattern: "totem.crypto_model", Type: Str, ReadOnly: true, Doc: "knet's crypto library: nss (default), openssl or gcrypt (checked, otherwise unused: routes use Go's TLS)"},
-		{Pattern: "totem.crypto_cipher", Type: Str, ReadOnly: true, Doc: "none (default), aes256, aes192 or aes128; other than none (or crypto_hash other than none) turns route protection on: TLS 1.3 and a route password derived from the key (docs/security.md)"},
-		{Pattern: "totem.crypto_hash", Type: Str, ReadOnly: true, Doc: "none (default), md5, sha1, sha256, sha384 or sha512; other than none turns route protection on, as crypto_cipher does"},
+		{Pattern: "totem.crypto_model", Type: Str, Values: []string{"nss", "openssl", "gcrypt"}, ReadOnly: true, Doc: "knet's crypto library: nss (default), openssl or gcrypt (checked, otherwise unused: routes use Go's TLS)"},
+		{Pattern: "totem.crypto_cipher", Type: Str, Values: []string{"none", "aes256", "aes192", "aes128"}, ReadOnly: true, Doc: "none (default), aes256, aes192 or aes128; other than none (or crypto_hash other than none) turns route protection on: TLS 1.3 and a route password derived from the key (docs/security.md)"},
+		{Pattern: "totem.crypto_hash", Type: Str, Values: []string{"none", "md5", "sha1", "sha256", "sha384", "sha512"}, ReadOnly: true, Doc: "none (default), md5, sha1, sha256, sha384 or sha512; other than none turns route protection on, as crypto_cipher does"},
 		{Pattern: "totem.secauth", Type: Str, ReadOnly: true, Doc: "corosync 1/2 crypto switch: on implies crypto_cipher aes256 and crypto_hash sha256 unless they are set"},
 		{Pattern: "totem.keyfile", Type: Str, ReadOnly: true, Doc: "the cluster key (corosync-keygen, corobus keygen) when crypto is on; default /etc/corosync/authkey unless totem.key is set"},
 		{Pattern: "totem.key", Type: Str, ReadOnly: true, Secret: true, Doc: "the cluster key inline (128 to 4096 bytes), used when totem.keyfile is not set; not recommended; never loaded into objdb"},
-		{Pattern: "totem.link_mode", Type: Str, Doc: "corosync knet: passive, active or rr (accepted, unused)"},
+		{Pattern: "totem.link_mode", Type: Str, Values: []string{"passive", "active", "rr"}, Doc: "corosync knet: passive, active or rr (accepted, unused)"},
 		{Pattern: "totem.netmtu", Type: U32, ReadOnly: true, Doc: "corosync: network MTU (accepted, unused)"},
-		{Pattern: "totem.transport", Type: Str, ReadOnly: true, Doc: "corosync: knet, udp or udpu; corobus always uses its NATS routes"},
+		{Pattern: "totem.transport", Type: Str, Values: []string{"knet", "udp", "udpu"}, ReadOnly: true, Doc: "corosync: knet, udp or udpu; corobus always uses its NATS routes"},
 		{Pattern: "totem.config_version", Type: U64, Doc: "version of the configuration, compared on reload"},
-		{Pattern: "totem.ip_version", Type: Str, ReadOnly: true, Doc: "ipv4, ipv6, ipv4-6 or ipv6-4"},
+		{Pattern: "totem.ip_version", Type: Str, Values: []string{"ipv4", "ipv6", "ipv4-6", "ipv6-4"}, ReadOnly: true, Doc: "ipv4, ipv6, ipv4-6 or ipv6-4"},
 		{Pattern: "totem.ip_dscp", Type: U8, ReadOnly: true, Doc: "corosync: DSCP of totem traffic (accepted, unused)"},
 		{Pattern: "totem.threads", Type: U32, ReadOnly: true, Doc: "corosync 1: worker threads (accepted, unused)"},
 		{Pattern: "totem.token", Type: U32, Default: "1000", Doc: "ms without a heartbeat after which a node is declared gone"},
@@ -112,33 +125,33 @@ func table() []Key {
 		{Pattern: "totem.interface.*.knet_transport", Type: Str, Doc: "knet transport: udp or sctp"},
 
 		// logging
-		{Pattern: "logging.timestamp", Type: Str, Default: "on", Doc: "on, off or hires: time stamps on log lines"},
-		{Pattern: "logging.fileline", Type: Str, Default: "off", Doc: "on: print the source file and line"},
-		{Pattern: "logging.function_name", Type: Str, Default: "off", Doc: "on: print the function name"},
-		{Pattern: "logging.blackbox", Type: Str, Default: "on", Doc: "on: keep the flight recorder"},
-		{Pattern: "logging.to_stderr", Type: Str, Default: "yes", Doc: "log to standard error"},
-		{Pattern: "logging.to_logfile", Type: Str, Default: "no", Doc: "log to logging.logfile"},
-		{Pattern: "logging.to_syslog", Type: Str, Default: "no", Doc: "log to syslog"},
+		{Pattern: "logging.timestamp", Type: Str, Values: []string{"on", "off", "hires"}, Default: "on", Doc: "on, off or hires: time stamps on log lines"},
+		{Pattern: "logging.fileline", Type: Str, Values: onOff, Default: "off", Doc: "on: print the source file and line"},
+		{Pattern: "logging.function_name", Type: Str, Values: onOff, Default: "off", Doc: "on: print the function name"},
+		{Pattern: "logging.blackbox", Type: Str, Values: onOff, Default: "on", Doc: "on: keep the flight recorder"},
+		{Pattern: "logging.to_stderr", Type: Str, Values: yesNo, Default: "yes", Doc: "log to standard error"},
+		{Pattern: "logging.to_logfile", Type: Str, Values: yesNo, Default: "no", Doc: "log to logging.logfile"},
+		{Pattern: "logging.to_syslog", Type: Str, Values: yesNo, Default: "no", Doc: "log to syslog"},
 		{Pattern: "logging.logfile", Type: Str, Doc: "path of the log file"},
-		{Pattern: "logging.logfile_priority", Type: Str, Default: "info", Doc: "lowest priority written to the log file"},
-		{Pattern: "logging.syslog_facility", Type: Str, Default: "daemon", Doc: "syslog facility"},
-		{Pattern: "logging.syslog_priority", Type: Str, Default: "info", Doc: "lowest priority sent to syslog"},
-		{Pattern: "logging.debug", Type: Str, Default: "off", Doc: "on, off or trace"},
+		{Pattern: "logging.logfile_priority", Type: Str, Values: priorities, Default: "info", Doc: "lowest priority written to the log file"},
+		{Pattern: "logging.syslog_facility", Type: Str, Values: facilities, Default: "daemon", Doc: "syslog facility"},
+		{Pattern: "logging.syslog_priority", Type: Str, Values: priorities, Default: "info", Doc: "lowest priority sent to syslog"},
+		{Pattern: "logging.debug", Type: Str, Values: []string{"on", "off", "trace"}, Default: "off", Doc: "on, off or trace"},
 		{Pattern: "logging.logger_subsys.*.subsys", Type: Str, Doc: "the subsystem a logger_subsys section configures"},
-		{Pattern: "logging.logger_subsys.*.debug", Type: Str, Doc: "debug for one subsystem: on, off or trace"},
-		{Pattern: "logging.logger_subsys.*.to_stderr", Type: Str, Doc: "per-subsystem override"},
-		{Pattern: "logging.logger_subsys.*.to_logfile", Type: Str, Doc: "per-subsystem override"},
-		{Pattern: "logging.logger_subsys.*.to_syslog", Type: Str, Doc: "per-subsystem override"},
+		{Pattern: "logging.logger_subsys.*.debug", Type: Str, Values: []string{"on", "off", "trace"}, Doc: "debug for one subsystem: on, off or trace"},
+		{Pattern: "logging.logger_subsys.*.to_stderr", Type: Str, Values: yesNo, Doc: "per-subsystem override"},
+		{Pattern: "logging.logger_subsys.*.to_logfile", Type: Str, Values: yesNo, Doc: "per-subsystem override"},
+		{Pattern: "logging.logger_subsys.*.to_syslog", Type: Str, Values: yesNo, Doc: "per-subsystem override"},
 		{Pattern: "logging.logger_subsys.*.logfile", Type: Str, Doc: "per-subsystem override"},
-		{Pattern: "logging.logger_subsys.*.logfile_priority", Type: Str, Doc: "per-subsystem override"},
-		{Pattern: "logging.logger_subsys.*.syslog_facility", Type: Str, Doc: "per-subsystem override"},
-		{Pattern: "logging.logger_subsys.*.syslog_priority", Type: Str, Doc: "per-subsystem override"},
-		{Pattern: "logging.logger_subsys.*.timestamp", Type: Str, Doc: "per-subsystem override"},
-		{Pattern: "logging.logger_subsys.*.fileline", Type: Str, Doc: "per-subsystem override"},
-		{Pattern: "logging.logger_subsys.*.function_name", Type: Str, Doc: "per-subsystem override"},
+		{Pattern: "logging.logger_subsys.*.logfile_priority", Type: Str, Values: priorities, Doc: "per-subsystem override"},
+		{Pattern: "logging.logger_subsys.*.syslog_facility", Type: Str, Values: facilities, Doc: "per-subsystem override"},
+		{Pattern: "logging.logger_subsys.*.syslog_priority", Type: Str, Values: priorities, Doc: "per-subsystem override"},
+		{Pattern: "logging.logger_subsys.*.timestamp", Type: Str, Values: []string{"on", "off", "hires"}, Doc: "per-subsystem override"},
+		{Pattern: "logging.logger_subsys.*.fileline", Type: Str, Values: onOff, Doc: "per-subsystem override"},
+		{Pattern: "logging.logger_subsys.*.function_name", Type: Str, Values: onOff, Doc: "per-subsystem override"},
 
 		// quorum (votequorum(5))
-		{Pattern: "quorum.provider", Type: Str, Doc: "quorum provider: corosync_votequorum; unset, quorum is not configured and every node is quorate"},
+		{Pattern: "quorum.provider", Type: Str, Values: []string{"corosync_votequorum"}, Doc: "quorum provider: corosync_votequorum; unset, quorum is not configured and every node is quorate"},
 		{Pattern: "quorum.expected_votes", Type: U32, Doc: "expected votes when there is no nodelist"},
 		{Pattern: "quorum.votes", Type: U32, Doc: "this node's votes when there is no nodelist"},
 		{Pattern: "quorum.two_node", Type: U8, Doc: "1: a two-node cluster is quorate with one node"},
@@ -173,7 +186,7 @@ func table() []Key {
 		{Pattern: "nodelist.local_node_pos", Type: U32, ReadOnly: true, Doc: "runtime: index of this node in the nodelist"},
 
 		// system
-		{Pattern: "system.qb_ipc_type", Type: Str, ReadOnly: true, Doc: "native, shm or socket: the IPC gateway's transport when ipc.transport is not set (native is shm)"},
+		{Pattern: "system.qb_ipc_type", Type: Str, Values: []string{"native", "shm", "socket"}, ReadOnly: true, Doc: "native, shm or socket: the IPC gateway's transport when ipc.transport is not set (native is shm)"},
 		{Pattern: "system.sched_rr", Type: Str, ReadOnly: true, Doc: "yes: real-time scheduling (accepted, unused)"},
 		{Pattern: "system.priority", Type: Str, ReadOnly: true, Doc: "process priority (accepted, unused)"},
 		{Pattern: "system.move_to_root_cgroup", Type: Str, ReadOnly: true, Doc: "accepted, unused"},
@@ -211,9 +224,9 @@ func table() []Key {
 		{Pattern: "objdb.replicas", Type: U8, Corobus: true, Default: "0", Doc: "JetStream replicas of objdb; 0: 1 on one node, 3 on three or more"},
 		{Pattern: "loader.search_path", Type: Str, Corobus: true, Default: "local cluster", Doc: "space-separated subject namespaces searched for components, first match wins"},
 		{Pattern: "loader.component_dir", Type: Str, Corobus: true, Default: "/usr/lib/corobus/components", Doc: "directory of component executables (LCRSODIR)"},
-		{Pattern: "loader.default_services", Type: Str, Corobus: true, Default: "yes", Doc: "no: load only the service blocks of the file"},
+		{Pattern: "loader.default_services", Type: Str, Values: boolean, Corobus: true, Default: "yes", Doc: "no: load only the service blocks of the file"},
 		{Pattern: "ipc.colocate", Type: Str, Corobus: true, Default: "cmap cpg", Doc: "space-separated services (cmap, cpg) of which the IPC gateway runs an instance in its own process, reaching it by function call rather than over the bus while the loader resolves to it (a colocated cpg is the node's only one: its own process stands by); none: every service over the bus (docs/architecture.md and docs/cpg.md have the figures)"},
-		{Pattern: "ipc.transport", Type: Str, Corobus: true, Default: "", Doc: "libqb connection type the IPC gateway offers: shm (shared-memory rings, as corosync serves them, and what Pacemaker requires) or socket (datagram sockets); unset: system.qb_ipc_type (native is shm), else shm"},
+		{Pattern: "ipc.transport", Type: Str, Values: []string{"", "shm", "socket"}, Corobus: true, Default: "", Doc: "libqb connection type the IPC gateway offers: shm (shared-memory rings, as corosync serves them, and what Pacemaker requires) or socket (datagram sockets); unset: system.qb_ipc_type (native is shm), else shm"},
 		{Pattern: "ipc.max_connections", Type: U32, Corobus: true, Default: "4096", Doc: "IPC connections the gateway holds at once, handshakes included, over all services and users; one more is answered EAGAIN (CS_ERR_TRY_AGAIN); 0: no limit"},
 		{Pattern: "ipc.max_connections_per_uid", Type: U32, Corobus: true, Default: "512", Doc: "IPC connections one uid may hold at once, handshakes included (root too); one more is answered EAGAIN (CS_ERR_TRY_AGAIN); 0: no limit"},
 	}
@@ -360,7 +373,18 @@ func Validate(key, value string) error {
 	if err := CheckValue(k.Type, value); err != nil {
 		return fmt.Errorf("%s: %w", key, err)
 	}
+	if k.Values != nil && !slices.Contains(k.Values, value) {
+		return fmt.Errorf("%s: expected one of %s, found %q", key, strings.Join(quoteAll(k.Values), ", "), value)
+	}
 	return nil
+}
+
+func quoteAll(vs []string) []string {
+	q := make([]string, len(vs))
+	for i, v := range vs {
+		q[i] = strconv.Quote(v)
+	}
+	return q
 }
 
 // CheckValue checks that value parses as type t.
