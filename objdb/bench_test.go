@@ -133,6 +133,13 @@ func BenchmarkThreeNodes(b *testing.B) {
 		stores = append(stores, st)
 	}
 	v, _ := objdb.ParseValue(objdb.Uint32, "7")
+	b.Run("set-1/test.bench3.k", func(b *testing.B) {
+		for b.Loop() {
+			if err := stores[1].Set(ctx, "test.bench3.one", v); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	for _, key := range []string{"test.bench3.k", "runtime.bench3.k"} {
 		b.Run("set-8/"+key, func(b *testing.B) {
 			b.SetParallelism(4) // 2 CPUs × 4 = 8 writers
@@ -149,4 +156,32 @@ func BenchmarkThreeNodes(b *testing.B) {
 			})
 		})
 	}
+	// The floor under cluster-key sets: bare KV puts, R3, from eight
+	// writers spread over the three nodes' connections.
+	var kvs []jetstream.KeyValue
+	for id := 1; id <= 3; id++ {
+		js, err := jetstream.New(cl.Conn(id))
+		if err != nil {
+			b.Fatal(err)
+		}
+		kv, err := js.KeyValue(ctx, objdb.BucketName("svc"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		kvs = append(kvs, kv)
+	}
+	b.Run("kv-put-8", func(b *testing.B) {
+		b.SetParallelism(4)
+		var n atomic.Int64
+		b.RunParallel(func(pb *testing.PB) {
+			i := n.Add(1)
+			kv := kvs[int(i)%3]
+			k := fmt.Sprintf("c.test.bench3.raw.%d", i)
+			for pb.Next() {
+				if _, err := kv.Put(ctx, k, []byte{1, 2, 3, 4}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	})
 }
