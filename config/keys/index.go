@@ -7,8 +7,14 @@ import "strings"
 // matched against patterns split once. Build one with NewIndex and keep it
 // (objdb checks every client write against it).
 type Index struct {
-	exact    map[string]int
-	wildcard []indexed
+	exact map[string]int
+	// wildcard holds the patterns with a wildcard by their first token
+	// (in table order, with those whose first token is itself a wildcard
+	// merged in); anyFirst holds those alone, for keys whose first token
+	// no pattern names. A key under runtime. or test. is checked against
+	// no pattern at all: objdb asks for every node-key write.
+	wildcard map[string][]indexed
+	anyFirst []indexed
 	keys     []Key
 }
 
@@ -19,12 +25,26 @@ type indexed struct {
 
 // NewIndex indexes the table.
 func NewIndex() *Index {
-	x := &Index{exact: map[string]int{}, keys: table()}
+	x := &Index{exact: map[string]int{}, wildcard: map[string][]indexed{}, keys: table()}
+	var all []indexed
 	for i, k := range x.keys {
 		if strings.Contains(k.Pattern, "*") {
-			x.wildcard = append(x.wildcard, indexed{i, strings.Split(k.Pattern, ".")})
+			w := indexed{i, strings.Split(k.Pattern, ".")}
+			all = append(all, w)
+			if strings.Contains(w.pat[0], "*") {
+				x.anyFirst = append(x.anyFirst, w)
+			}
 		} else if _, dup := x.exact[k.Pattern]; !dup {
 			x.exact[k.Pattern] = i
+		}
+	}
+	for _, w := range all {
+		if first := w.pat[0]; !strings.Contains(first, "*") && x.wildcard[first] == nil {
+			for _, v := range all {
+				if v.pat[0] == first || strings.Contains(v.pat[0], "*") {
+					x.wildcard[first] = append(x.wildcard[first], v)
+				}
+			}
 		}
 	}
 	return x
@@ -36,8 +56,13 @@ func (x *Index) Lookup(key string) (Key, bool) {
 	if i, ok := x.exact[key]; ok {
 		best = i
 	}
+	first, _, _ := strings.Cut(key, ".")
+	cands, ok := x.wildcard[first]
+	if !ok {
+		cands = x.anyFirst
+	}
 	var toks []string
-	for _, w := range x.wildcard {
+	for _, w := range cands {
 		if best >= 0 && w.i > best {
 			break
 		}
