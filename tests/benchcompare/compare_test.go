@@ -31,6 +31,9 @@ const (
 	envSecs    = "BENCH_SECS"    // seconds per measurement (default 2)
 	envNodes   = "BENCH_NODES"   // topologies, e.g. "1,3" (default)
 	envCorobus = "BENCH_COROBUS" // a corobus binary (default: built from the checkout)
+	// Only the measurements whose name contains one of these
+	// comma-separated words: BENCH_ONLY=idle measures idle CPU alone.
+	envOnly = "BENCH_ONLY"
 	// Extra configuration keys of the corobus nodes only, as
 	// key=value[,key=value…]: BENCH_COROBUS_KEYS=ipc.colocate= measures
 	// another placement.
@@ -182,6 +185,7 @@ func cpgLat(ctx context.Context, c *netcluster.Cluster, cl clients, secs int) (m
 }
 
 var measurements = []measurement{
+	{idleGroup, idleCPU},
 	{"cmap node key, 1 client", cmapClients("runtime.bench.k", 1)},
 	{"cmap node key, 8 clients", cmapClients("runtime.bench.k", 8)},
 	{"cmap cluster key, 1 client", cmapClients("test.bench.k", 1)},
@@ -193,6 +197,7 @@ var measurements = []measurement{
 }
 
 var rows = []row{
+	{"idle CPU, % of a core per node (all its processes, settled)", idleGroup, "idle.pct"},
 	{"cmap set, node key (runtime.*), 1 client, ops/s", "cmap node key, 1 client", "set.ops_per_s"},
 	{"cmap get, node key, 1 client, ops/s", "cmap node key, 1 client", "get.ops_per_s"},
 	{"cmap set, node key, 8 clients, ops/s", "cmap node key, 8 clients", "set.ops_per_s"},
@@ -254,6 +259,9 @@ func TestCompare(t *testing.T) {
 				order = []string{"corobus", "corosync"}
 			}
 			for _, m := range measurements {
+				if !selected(m.name) {
+					continue
+				}
 				for _, b := range order {
 					k := b + "/" + m.name
 					if _, skip := f.errs[k]; skip {
@@ -281,6 +289,21 @@ func TestCompare(t *testing.T) {
 		what += ", " + k
 	}
 	fmt.Print(table(topologies, all, runs, secs, what))
+	fmt.Print(idleBreakdown(topologies, all))
+}
+
+// selected says whether BENCH_ONLY asks for this measurement.
+func selected(name string) bool {
+	only := os.Getenv(envOnly)
+	if only == "" {
+		return true
+	}
+	for _, w := range strings.Split(only, ",") {
+		if w = strings.TrimSpace(w); w != "" && strings.Contains(name, w) {
+			return true
+		}
+	}
+	return false
 }
 
 func cmpOr(s, def string) string {
@@ -323,6 +346,9 @@ func table(topologies []int, all map[int]*figures, runs, secs int, corobus strin
 	for _, nodes := range topologies {
 		f := all[nodes]
 		for _, r := range rows {
+			if !selected(r.group) {
+				continue
+			}
 			cell := func(backend string) string {
 				k := backend + "/" + r.group
 				if err, ok := f.errs[k]; ok {
@@ -337,6 +363,9 @@ func table(topologies []int, all map[int]*figures, runs, secs int, corobus strin
 					if v, ok := res[r.key]; ok {
 						xs = append(xs, v)
 					}
+				}
+				if r.group == idleGroup {
+					return minMedMax2(xs)
 				}
 				return minMedMax(xs)
 			}
