@@ -124,6 +124,10 @@ type Node struct {
 	hbMu  sync.Mutex
 	peers map[uint32]*peer
 
+	// gathering tells Run that the node left the operational state, so
+	// that it ticks at the join's resolution again.
+	gathering chan struct{}
+
 	mu        sync.Mutex
 	state     string
 	ring      RingID
@@ -211,6 +215,7 @@ func New(nc *nats.Conn, cfg Config, cb Callbacks) (*Node, error) {
 		listeners:   map[string]string{},
 		peers:       map[uint32]*peer{},
 		state:       stGather,
+		gathering:   make(chan struct{}, 1),
 		incs:        map[uint32]uint64{},
 		unordered:   map[MsgID]*entry{},
 		waitingData: map[MsgID]uint64{},
@@ -354,19 +359,35 @@ func (n *Node) Run(ctx context.Context) error {
 	n.sendHeartbeat(time.Now())
 	n.mu.Unlock()
 
-	period := min(n.cfg.Heartbeat/2, n.cfg.Join/2)
-	period = max(period, 2*time.Millisecond)
-	t := time.NewTicker(period)
+	// Ticks: every join/2 while a view is being agreed (the join timer's
+	// resolution), but in an operational ring only what the failure
+	// detector and the heartbeats need — a check every heartbeat/2 (the
+	// detection bound of docs/totem.md counts heartbeat/2) and each
+	// heartbeat on time. An idle node ticked 40 times a second before; now
+	// 10 (defaults), which is most of what its bus process does at rest.
+	fast := max(min(n.cfg.Heartbeat/2, n.cfg.Join/2), 2*time.Millisecond)
+	slow := max(n.cfg.Heartbeat/2, fast)
+	t := time.NewTimer(fast)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-n.gathering:
+			t.Reset(fast)
 		case now := <-t.C:
 			n.mu.Lock()
 			n.tick(now)
 			n.flush()
+			next := fast
+			if n.state == stOperational {
+				next = slow
+				if due := n.lastHB.Add(n.cfg.Heartbeat).Sub(now); due > 0 && due < next {
+					next = due
+				}
+			}
 			n.mu.Unlock()
+			t.Reset(next)
 		}
 	}
 }
@@ -886,6 +907,10 @@ func (n *Node) needViewChange(now time.Time, alive []uint32, hbs map[uint32]Hear
 // except through the recovery the next commit plans.
 func (n *Node) enterGather(now time.Time) {
 	n.state = stGather
+	select { // tick at the join's resolution from now on (Run)
+	case n.gathering <- struct{}{}:
+	default:
+	}
 	n.batch = n.batch[:0]
 	n.myProp = nil
 	n.commit = nil
