@@ -5,40 +5,35 @@ import (
 	"log/slog"
 	"net"
 	"regexp"
-	"sync"
+	"slices"
+	"sync/atomic"
 	"time"
+
+	"github.com/corobus/corobus/logsys"
 )
 
 // refusals logs who the server refused — a route that could not prove it
 // holds the cluster key, a client with wrong credentials — at warning
-// level, at most once per RefusalWindow for each kind and remote host, with
-// the count of those not logged in between. Someone hammering the port
-// cannot flood the log, and the log still says who and how often.
+// level, once per RefusalWindow for each kind, remote host and reason; the
+// rest are counted and summarized when the window ends (logsys.Throttle).
+// Someone hammering the port cannot flood the log, and the log still says
+// who and how often.
 type refusals struct {
-	log    *slog.Logger
-	window time.Duration
-	now    func() time.Time
-
-	mu    sync.Mutex
-	seen  map[string]*refusalCount
-	total uint64
-}
-
-type refusalCount struct {
-	last       time.Time // when a line was last logged for this key
-	suppressed int
+	log      *slog.Logger
+	throttle *logsys.Throttle
+	total    atomic.Uint64
 }
 
 // RefusalWindow is how often a refusal of the same kind from the same host
 // is logged.
 const RefusalWindow = time.Minute
 
-// maxRefusalKeys bounds the memory of refusals: past it the oldest are
-// forgotten (and would be logged again).
-const maxRefusalKeys = 4096
-
 func newRefusals(log *slog.Logger) *refusals {
-	return &refusals{log: log, window: RefusalWindow, now: time.Now, seen: map[string]*refusalCount{}}
+	return newRefusalsClock(log, logsys.NewThrottle(RefusalWindow, 1))
+}
+
+func newRefusalsClock(log *slog.Logger, throttle *logsys.Throttle) *refusals {
+	return &refusals{log: log, throttle: throttle}
 }
 
 // note records one refusal of kind ("route", "client") from addr (host or
@@ -48,53 +43,21 @@ func (r *refusals) note(kind, addr, reason string, attrs ...any) {
 	if h, _, err := net.SplitHostPort(addr); err == nil {
 		host = h
 	}
-	r.mu.Lock()
-	r.total++
-	r.mu.Unlock()
+	r.total.Add(1)
 	// One line per kind, host and reason: the reasons are few, so an
 	// attacker cannot widen the key (user names are not in it).
 	r.noteLevel(slog.LevelWarn, kind+" refused", kind+" "+host+" "+reason, append([]any{"from", addr, "reason", reason}, attrs...)...)
 }
 
 // noteLevel logs msg with attrs at level unless a line with the same key
-// was logged less than a window ago; then it only counts it, and the next
-// line of the key says how many were not logged.
+// was logged in the current window; then it only counts it, and one line
+// at the window's end says how many were not logged.
 func (r *refusals) noteLevel(level slog.Level, msg, key string, attrs ...any) {
-	now := r.now()
-	r.mu.Lock()
-	c := r.seen[key]
-	if c != nil && now.Sub(c.last) < r.window {
-		c.suppressed++
-		r.mu.Unlock()
-		return
+	if r.throttle.Allow(key, func(n int, over time.Duration) {
+		r.log.Log(context.Background(), level, msg, append(slices.Clone(attrs), "not_logged", n, "over", over.String())...)
+	}) {
+		r.log.Log(context.Background(), level, msg, attrs...)
 	}
-	suppressed := 0
-	if c == nil {
-		if len(r.seen) >= maxRefusalKeys {
-			r.forgetOldestLocked()
-		}
-		c = &refusalCount{}
-		r.seen[key] = c
-	} else {
-		suppressed = c.suppressed
-	}
-	c.last, c.suppressed = now, 0
-	r.mu.Unlock()
-	if suppressed > 0 {
-		attrs = append(attrs, "not_logged_since_last_line", suppressed)
-	}
-	r.log.Log(context.Background(), level, msg, attrs...)
-}
-
-func (r *refusals) forgetOldestLocked() {
-	var oldest string
-	var t time.Time
-	for k, c := range r.seen {
-		if oldest == "" || c.last.Before(t) {
-			oldest, t = k, c.last
-		}
-	}
-	delete(r.seen, oldest)
 }
 
 // routeHandshakeError matches nats-server's line for a route whose TLS
@@ -117,8 +80,4 @@ func (r *refusals) fromServerLog(line string) bool {
 }
 
 // count is how many connections were refused since the server started.
-func (r *refusals) count() uint64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.total
-}
+func (r *refusals) count() uint64 { return r.total.Load() }

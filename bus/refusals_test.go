@@ -5,14 +5,15 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/corobus/corobus/logsys"
+	"github.com/corobus/corobus/logsys/logsystest"
 )
 
 func TestRefusalsAreRateLimitedPerHost(t *testing.T) {
 	var out bytes.Buffer
-	r := newRefusals(slog.New(slog.NewTextHandler(&out, nil)))
-	now := time.Unix(1000, 0)
-	r.now = func() time.Time { return now }
+	clock := &logsystest.ManualClock{}
+	r := newRefusalsClock(slog.New(slog.NewTextHandler(&out, nil)), logsys.NewThrottleClock(RefusalWindow, 1, clock))
 	for i := range 100 {
 		r.note("route", "10.0.0.9:"+string(rune('0'+i%10))+"000", "bad")
 	}
@@ -21,11 +22,11 @@ func TestRefusalsAreRateLimitedPerHost(t *testing.T) {
 	if n := strings.Count(out.String(), "refused"); n != 3 {
 		t.Fatalf("%d lines for 102 refusals from two hosts and two kinds, want 3:\n%s", n, out.String())
 	}
-	now = now.Add(RefusalWindow)
-	r.note("route", "10.0.0.9:1", "bad")
-	if !strings.Contains(out.String(), "not_logged_since_last_line=99") {
-		t.Errorf("the next line after the window does not count the 99 not logged:\n%s", out.String())
+	clock.EndWindows()
+	if !strings.Contains(out.String(), "not_logged=99") {
+		t.Errorf("the window's end does not count the 99 not logged:\n%s", out.String())
 	}
+	r.note("route", "10.0.0.9:1", "bad")
 	if r.count() != 103 {
 		t.Errorf("count %d, want 103", r.count())
 	}

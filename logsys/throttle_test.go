@@ -5,51 +5,14 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/corobus/corobus/logsys/logsystest"
 )
 
-// fakeClock runs window ends when the test says so.
-type fakeClock struct {
-	mu      sync.Mutex
-	pending []*fakeTimer
-}
-
-type fakeTimer struct {
-	f       func()
-	stopped bool
-}
-
-func (c *fakeClock) AfterFunc(_ time.Duration, f func()) func() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	t := &fakeTimer{f: f}
-	c.pending = append(c.pending, t)
-	return func() bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		was := !t.stopped
-		t.stopped = true
-		return was
-	}
-}
-
-// endWindows runs every timer due now (not the ones they schedule).
-func (c *fakeClock) endWindows() {
-	c.mu.Lock()
-	due := c.pending
-	c.pending = nil
-	c.mu.Unlock()
-	for _, t := range due {
-		if !t.stopped {
-			t.f()
-		}
-	}
-}
-
 func TestThrottleSummarizesThenQuiets(t *testing.T) {
-	clock := &fakeClock{}
+	clock := &logsystest.ManualClock{}
 	th := NewThrottleClock(time.Minute, 1, clock)
 	var summaries []int
 	note := func(n int, over time.Duration) {
@@ -67,15 +30,15 @@ func TestThrottleSummarizesThenQuiets(t *testing.T) {
 	if printed != 1 {
 		t.Fatalf("printed %d of 100 in the first window, want 1", printed)
 	}
-	clock.endWindows()
+	clock.EndWindows()
 	// Still repeating: only the summary, once per window.
 	for range 50 {
 		if th.Allow("k", note) {
 			printed++
 		}
 	}
-	clock.endWindows()
-	clock.endWindows() // a quiet window: the key is forgotten
+	clock.EndWindows()
+	clock.EndWindows() // a quiet window: the key is forgotten
 	if th.Allow("k", note) {
 		printed++
 	}
@@ -93,7 +56,7 @@ func TestThrottleSummarizesThenQuiets(t *testing.T) {
 }
 
 func TestThrottleBurst(t *testing.T) {
-	clock := &fakeClock{}
+	clock := &logsystest.ManualClock{}
 	th := NewThrottleClock(time.Minute, 3, clock)
 	printed := 0
 	for range 10 {
@@ -128,14 +91,14 @@ func TestConditionKey(t *testing.T) {
 func TestRepeatingLogger(t *testing.T) {
 	var buf bytes.Buffer
 	base := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	clock := &fakeClock{}
+	clock := &logsystest.ManualClock{}
 	log := slog.New(&repeatHandler{inner: base.Handler(), th: NewThrottleClock(time.Minute, 1, clock)}).With("subsys", "IPC")
 	for minute := range 60 {
 		for i := range 12 {
 			log.Error("the IPC name is taken", "service", "cmap", "attempt", minute*12+i)
 			log.Debug("retrying", "attempt", minute*12+i)
 		}
-		clock.endWindows()
+		clock.EndWindows()
 	}
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	taken, debug, summarized := 0, 0, 0
