@@ -181,6 +181,12 @@ func (s *Service) OpenColocated(c *libqb.Conn) (libqb.Session, error) {
 	return conn, nil
 }
 
+// BorrowsRequests tells the gateway of this process (libqb.Borrower) that
+// Request keeps nothing of a request once it returns — a multicast's data
+// is copied into its totem message — so the request need not be copied
+// first.
+func (c *Conn) BorrowsRequests() bool { return true }
+
 // syncHooks are CPG's part in the node's sync engine. The groups are
 // synchronized over CPG's own stream (joinlists), where their activation
 // has its place in the order; the engine's "process" waits for it, so

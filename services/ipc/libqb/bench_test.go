@@ -3,6 +3,7 @@ package libqb_test
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/corobus/corobus/services/ipc/libqb"
 	"github.com/corobus/corobus/services/ipc/libqb/qbclient"
+	"github.com/corobus/corobus/services/ipc/libqb/qbrb"
 )
 
 // echoHandler answers every request with a response header and the
@@ -73,5 +75,78 @@ func BenchmarkRoundTrip(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// sinkSession takes asynchronous requests as CPG's multicast does: it
+// copies each one's body into a buffer of its own (the totem message) and
+// answers nothing. borrow is what it tells the server (libqb.Borrower).
+type sinkSession struct {
+	borrow bool
+	buf    []byte
+	got    chan struct{}
+}
+
+func (s *sinkSession) Request(_ context.Context, msg []byte) []byte {
+	s.buf = append(s.buf[:0], msg[libqb.ReqHeaderSize:]...)
+	s.got <- struct{}{}
+	return libqb.NoResponse
+}
+func (s *sinkSession) Close()                {}
+func (s *sinkSession) BorrowsRequests() bool { return s.borrow }
+
+type sinkHandler struct{ s *sinkSession }
+
+func (h sinkHandler) Admit(libqb.Creds) bool                  { return true }
+func (h sinkHandler) Open(*libqb.Conn) (libqb.Session, error) { return h.s, nil }
+
+// BenchmarkAsyncRequest is a client's stream of 64 KiB asynchronous
+// requests over SHM (cpg_mcast_joined's), with the server copying each
+// request for the session (borrow=false) or lending it its buffer.
+func BenchmarkAsyncRequest(b *testing.B) {
+	for _, borrow := range []bool{false, true} {
+		b.Run(fmt.Sprintf("borrow=%v", borrow), func(b *testing.B) {
+			srv := libqb.NewServer(slog.New(slog.NewTextHandler(io.Discard, nil)))
+			dir, err := os.MkdirTemp("", "qb")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer os.RemoveAll(dir)
+			srv.ShmDir = dir
+			sess := &sinkSession{borrow: borrow, got: make(chan struct{}, 1<<16)}
+			service := fmt.Sprintf("cba-%d-%d", os.Getpid(), time.Now().UnixNano()%1000000)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- srv.Listen(ctx, service, sinkHandler{sess}) }()
+			defer func() { cancel(); <-done }()
+			var c *qbclient.Client
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+				if c, err = qbclient.Dial(service, 1<<20); err == nil || time.Now().After(deadline) {
+					break
+				}
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			msg := qbclient.NewRequest(1, make([]byte, 64<<10))
+			b.SetBytes(64 << 10)
+			b.ReportAllocs()
+			for b.Loop() {
+				for {
+					err := c.Send(msg)
+					if err == nil {
+						break
+					}
+					if !errors.Is(err, qbrb.ErrNoRoom) {
+						b.Fatal(err)
+					}
+					<-sess.got // the server took one: room again
+				}
+			}
+			for len(sess.got) > 0 {
+				<-sess.got
+			}
+		})
 	}
 }

@@ -1,6 +1,7 @@
 package libqb
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -93,7 +94,8 @@ type transport interface {
 	response() (typ int32, request, response, event string)
 	// serveRequests reads requests and answers each with handle's
 	// response until the connection ends; handle's nil ends it, its
-	// NoResponse (empty) answers nothing.
+	// NoResponse (empty) answers nothing. msg is the transport's buffer,
+	// valid until handle returns.
 	serveRequests(handle func(msg []byte) []byte)
 	// sendEvent hands one event to the client now, or fails with an
 	// error for which retryable is true when the client has no room yet.
@@ -177,7 +179,15 @@ func (s *Server) serve(ctx context.Context, service string, h Handler, fd int) {
 	// From here the connection lives as long as the client: no deadline.
 	_ = c.setup.SetDeadline(time.Time{})
 	go c.events.run()
+	borrow := false
+	if b, ok := sess.(Borrower); ok {
+		borrow = b.BorrowsRequests()
+	}
 	c.tr.serveRequests(func(msg []byte) []byte {
+		// msg is the transport's buffer, the next request's too.
+		if !borrow {
+			msg = bytes.Clone(msg)
+		}
 		resp := sess.Request(ctx, msg)
 		if resp == nil {
 			s.log.Info("libqb: the service ended the connection", "conn", c.ID, "service", c.Service, "pid", c.Creds.PID)

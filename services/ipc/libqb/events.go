@@ -22,13 +22,18 @@ type eventQueue struct {
 	c         *Conn
 	high, max int
 
-	mu        sync.Mutex
-	q         [][]byte
-	bytes     int
-	throttled bool
-	stopped   bool
-	wake      chan struct{}
-	done      chan struct{}
+	mu sync.Mutex
+	q  [][]byte
+	// spare are buffers of events sent, for the next ones to queue: a
+	// client that reads a little behind (CPG's 64 KiB deliveries) would
+	// otherwise cost an allocation per event.
+	spare      [][]byte
+	spareBytes int
+	bytes      int
+	throttled  bool
+	stopped    bool
+	wake       chan struct{}
+	done       chan struct{}
 }
 
 func (q *eventQueue) init(c *Conn, high, max int) {
@@ -60,7 +65,7 @@ func (q *eventQueue) push(msg []byte) error {
 		q.c.shutdown()
 		return fmt.Errorf("event to connection %d: %d bytes of events queued, the client does not read them", q.c.ID, q.bytes)
 	}
-	q.q = append(q.q, bytes.Clone(msg))
+	q.q = append(q.q, q.copyOf(msg))
 	q.bytes += len(msg)
 	if !q.throttled && q.bytes >= q.high {
 		q.throttled = true
@@ -95,6 +100,10 @@ func (q *eventQueue) run() {
 			err := q.c.tr.sendEvent(q.q[0])
 			if err == nil {
 				q.bytes -= len(q.q[0])
+				if b := q.q[0]; q.spareBytes+cap(b) <= maxSpareBytes {
+					q.spare = append(q.spare, b)
+					q.spareBytes += cap(b)
+				}
 				q.q[0] = nil
 				q.q = q.q[1:]
 				if q.throttled && q.bytes <= q.high/2 {
@@ -123,6 +132,24 @@ func (q *eventQueue) run() {
 	}
 }
 
+// maxSpareBytes bounds what a connection keeps in spare buffers.
+const maxSpareBytes = 1 << 20
+
+// copyOf copies msg into a spare buffer large enough, or a new one.
+// Called with mu held.
+func (q *eventQueue) copyOf(msg []byte) []byte {
+	for i := len(q.spare) - 1; i >= 0; i-- {
+		if b := q.spare[i]; cap(b) >= len(msg) {
+			q.spare[i] = q.spare[len(q.spare)-1]
+			q.spare[len(q.spare)-1] = nil
+			q.spare = q.spare[:len(q.spare)-1]
+			q.spareBytes -= cap(b)
+			return append(b[:0], msg...)
+		}
+	}
+	return bytes.Clone(msg)
+}
+
 // stop ends the writer; queued events are dropped with the connection.
 func (q *eventQueue) stop() {
 	q.mu.Lock()
@@ -131,7 +158,7 @@ func (q *eventQueue) stop() {
 		q.stopped = true
 		close(q.done)
 	}
-	q.q, q.bytes = nil, 0
+	q.q, q.bytes, q.spare, q.spareBytes = nil, 0, nil, 0
 }
 
 // retryable tells a client that has no room for an event yet (a full

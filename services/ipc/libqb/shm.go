@@ -1,7 +1,6 @@
 package libqb
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -127,7 +126,7 @@ func (t *shmTransport) serveRequests(handle func([]byte) []byte) {
 			if id == msgDisconnect {
 				return
 			}
-			resp := handle(bytes.Clone(msg))
+			resp := handle(msg)
 			if resp == nil {
 				return
 			}
