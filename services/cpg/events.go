@@ -167,12 +167,19 @@ func (s *Service) Record(ctx context.Context, r Recorder, interval time.Duration
 		}
 		return r.Set(ctx, "runtime.services.cpg."+key, val)
 	}
-	if err := put("service_id", objdb.Uint16, strconv.Itoa(ServiceID)); err != nil {
-		s.log.Debug("recording cpg's service id", "err", err)
-	}
+	idDone := false
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
+		// The object database may not serve yet when the service starts
+		// (cpg in the gateway starts with it): tried again until written.
+		if !idDone {
+			if err := put("service_id", objdb.Uint16, strconv.Itoa(ServiceID)); err != nil {
+				s.log.Debug("recording cpg's service id", "err", err)
+			} else {
+				idDone = true
+			}
+		}
 		for k, v := range s.Counters() {
 			if old, ok := last[k]; ok && old == v {
 				continue
