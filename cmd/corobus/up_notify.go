@@ -73,7 +73,7 @@ func serving(ctx context.Context, url string, subjects bus.Subjects, id uint32) 
 		return errors.New("the service manager has loaded nothing yet")
 	}
 	for _, s := range list {
-		if s.State != "loaded" {
+		if s.State != "loaded" && s.State != "hosted" {
 			return fmt.Errorf("service %s is %s", s.Name, s.State)
 		}
 	}

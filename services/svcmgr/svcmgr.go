@@ -106,7 +106,7 @@ type Config struct {
 // the manager is still trying to load (State "loading", with the last
 // error; Index -1).
 type ServiceInfo struct {
-	State     string    `json:"state"` // "loaded", "loading"
+	State     string    `json:"state"` // "loaded", "loading", "hosted" (served by another process of the node: cpg in the gateway)
 	Error     string    `json:"error,omitempty"`
 	Attempts  int       `json:"attempts,omitempty"`
 	Index     int       `json:"index"`
@@ -644,6 +644,7 @@ func (m *Manager) List() []ServiceInfo {
 		}
 		out = append(out, si)
 	}
+	out = append(out, m.hosted()...)
 	slices.SortFunc(out, func(a, b ServiceInfo) int { return cmp.Compare(a.Index, b.Index) })
 	m.mu.Lock()
 	for _, p := range m.pending {
@@ -652,6 +653,35 @@ func (m *Manager) List() []ServiceInfo {
 		}
 	}
 	m.mu.Unlock()
+	return out
+}
+
+// hosted describes the corosync services this node serves from processes
+// the manager did not start (State "hosted"): cpg inside the IPC gateway
+// (ipc.colocate) is the node's cpg, and is listed with the others.
+func (m *Manager) hosted() []ServiceInfo {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	byName := map[string]*ServiceInfo{}
+	for _, a := range m.instances {
+		cs, ok := corosyncServices[ServiceKey(a.Name)]
+		if _, loaded := m.loaded[a.Name]; !ok || loaded || a.State != loader.Serving {
+			continue
+		}
+		si := byName[a.Name]
+		if si == nil {
+			si = &ServiceInfo{State: "hosted", Index: cs.id, Name: a.Name, Version: a.Version, Target: a.Subject, Serving: a.Version}
+			byName[a.Name] = si
+		}
+		si.PIDs = append(si.PIDs, a.PID)
+		si.Priority = max(si.Priority, a.Priority)
+		si.Instances++
+	}
+	out := make([]ServiceInfo, 0, len(byName))
+	for _, si := range byName {
+		slices.Sort(si.PIDs)
+		out = append(out, *si)
+	}
 	return out
 }
 

@@ -319,3 +319,42 @@ func TestLoadUnloadByPriority(t *testing.T) {
 		t.Fatalf("keys left after shutdown: %v", f.rec.keys)
 	}
 }
+
+// TestHostedServiceListed: a corosync service this node serves from a
+// process the manager did not start — cpg inside the IPC gateway — is
+// listed as "hosted" under corosync's index, with that process's pid, for
+// as long as it serves; a component of another name served the same way
+// is not a service of the node's.
+func TestHostedServiceListed(t *testing.T) {
+	f := newFixture(t)
+	m, _ := f.start(svcmgr.Config{})
+	handler := func(context.Context, string, *nats.Msg) ([]byte, error) { return nil, nil }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	for _, name := range []string{"cpg", "notaservice"} {
+		c := loader.Component{Name: name, Version: 0, Handler: handler, Interval: 100 * time.Millisecond}
+		go func() { done <- c.Serve(ctx, f.conn(), f.subjects, 1) }()
+	}
+	hosted := func() []svcmgr.ServiceInfo {
+		var out []svcmgr.ServiceInfo
+		for _, s := range m.List() {
+			if s.State == "hosted" {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	waitFor(t, "cpg to be listed as hosted", 10*time.Second, func() bool { return len(hosted()) > 0 })
+	l := hosted()
+	if len(l) != 1 || l[0].Name != "cpg" || l[0].Index != 2 || len(l[0].PIDs) != 1 || l[0].PIDs[0] != os.Getpid() ||
+		l[0].Target != f.subjects.Component("node1", "cpg", 0) {
+		t.Fatalf("hosted services = %+v, want cpg, index 2, pid %d", l, os.Getpid())
+	}
+	cancel()
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "cpg to leave the list once it stops serving", 10*time.Second, func() bool { return len(hosted()) == 0 })
+}
