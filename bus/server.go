@@ -176,10 +176,26 @@ func StartServer(ctx context.Context, sc ServerConfig) (*Server, error) {
 			opts.Cluster.Username, opts.Cluster.Password = rs.User, rs.Password
 			opts.CustomRouterAuthentication = routeAuth{sec: rs, refused: refused}
 		}
+		self := net.JoinHostPort(sc.RouteHost, strconv.Itoa(sc.RoutePort))
 		for _, r := range sc.Routes {
 			u, err := url.Parse(r)
 			if err != nil {
 				return nil, fmt.Errorf("route %s: %w", r, err)
+			}
+			if u.Host == self && len(sc.Routes)%2 == 1 {
+				// nats-server takes the length of its route list for the
+				// size of a fresh JetStream meta group, and a fresh
+				// group, its logs empty, elects its first leader only
+				// with a vote from every member of that size. Listing
+				// every node, itself included (not a route: nats-server
+				// skips it), a fresh three-node cluster waited for all
+				// three; corosync is quorate with two. Without itself,
+				// an odd N's list says N-1, whose majority is still
+				// N's (N/2+1: any two majorities share a node), so a
+				// fresh cluster of N starts with N-1 of them: 2 of 3.
+				// An even N keeps itself listed: N-1 would make half a
+				// majority, and two halves could each elect a leader.
+				continue
 			}
 			if sc.Route != nil && sc.Route.User != "" {
 				u.User = url.UserPassword(sc.Route.User, sc.Route.Password)

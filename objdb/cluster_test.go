@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/corobus/corobus/bus/bustest"
 )
 
@@ -109,4 +111,86 @@ func TestThreeNodes(t *testing.T) {
 	if _, err := s2.Get("cluster.acked.49"); err != nil {
 		t.Errorf("an acknowledged write was lost: %v", err)
 	}
+}
+
+// TestMajorityColdStart: a fresh three-node cluster of which only two
+// nodes ever start creates its R3 bucket and serves cluster keys, as
+// corosync starts and is quorate with two of three; the third, started
+// later, reads what they wrote.
+func TestMajorityColdStart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("three-node JetStream cluster: skipped in -short")
+	}
+	cl := bustest.StartClusterWith(t, 3, bustest.Options{Absent: []int{3}})
+	ctx := context.Background()
+	startKeeper(t, cl.Conn(1), 1, 3)
+	startKeeper(t, cl.Conn(2), 2, 3)
+	s1 := openStore(t, cl.Conn(1), 1, 3)
+	s2 := openStore(t, cl.Conn(2), 2, 3)
+	if err := s1.Set(ctx, "cluster.cold", mustValue(t, String, "two of three")); err != nil {
+		t.Fatalf("a cluster write with two of three nodes started: %v", err)
+	}
+	waitValue(t, s2, "cluster.cold", "two of three")
+	if err := s2.Set(ctx, "runtime.mine", mustValue(t, Uint8, "2")); err != nil {
+		t.Fatal(err)
+	}
+
+	cl.Start(3)
+	startKeeper(t, cl.Conn(3), 3, 3)
+	s3 := openStore(t, cl.Conn(3), 3, 3)
+	waitValue(t, s3, "cluster.cold", "two of three")
+	if _, err := s3.Get("runtime.mine"); !errors.Is(err, ErrNotExist) {
+		t.Fatalf("node 3 reads node 2's own key: %v", err)
+	}
+
+	// The bucket, created with the two servers there were, is raised to
+	// the three configured once the third has joined; then it survives
+	// the loss of either first node as any R3 bucket does.
+	js, err := jetstream.New(cl.Conn(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		// Raised, and caught up: a replica just added has an empty log,
+		// and JetStream counts no empty log's vote towards a leader.
+		si, err := js.Stream(ctx, "KV_objdb_test")
+		if err == nil && si.CachedInfo().Config.Replicas == 3 && raisedAndCurrent(si.CachedInfo().Cluster) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the bucket was not raised to R3 with three nodes running: %v %+v", err, si)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s1.Close()
+	cl.Stop(1)
+	// The stream may have lost its leader: writes resume once nodes 2
+	// and 3 have elected one (never, were the bucket still R2).
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		err := s3.Set(ctx, "cluster.after", mustValue(t, Uint8, "3"))
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a cluster write on nodes 2 and 3 once node 1 stopped: %v", err)
+		}
+	}
+	waitValue(t, s2, "cluster.after", "3")
+	waitValue(t, s3, "cluster.cold", "two of three")
+}
+
+// raisedAndCurrent reports whether a stream has a leader and two
+// followers, both current.
+func raisedAndCurrent(ci *jetstream.ClusterInfo) bool {
+	if ci == nil || ci.Leader == "" || len(ci.Replicas) != 2 {
+		return false
+	}
+	for _, r := range ci.Replicas {
+		if !r.Current || r.Lag != 0 {
+			return false
+		}
+	}
+	return true
 }

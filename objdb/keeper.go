@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -87,6 +88,11 @@ type Keeper struct {
 	dirtyWake chan struct{}
 	// behind is since when JetStream has refused the writes behind.
 	behind time.Time
+	// replicas is the bucket's, as last opened (0: not yet); opened is
+	// closed once load has opened it.
+	replicas   atomic.Int32
+	opened     chan struct{}
+	openedOnce sync.Once
 }
 
 // recordLog keeps the last len(buf) records, oldest first, in a ring.
@@ -198,7 +204,7 @@ func NewKeeper(nc *nats.Conn, cfg KeeperConfig) (*Keeper, error) {
 		cfg: cfg, nc: nc, js: js, log: cfg.Log, epoch: epoch, ro: NewReadOnlyKeys(),
 		keys: map[string]Value{}, writers: map[uint64]*writerState{}, touched: map[string]bool{},
 		records: recordLog{buf: make([]nodeRecord, cfg.LogRecords)},
-		outWake: make(chan struct{}, 1), dirty: map[string]dirtyKey{}, dirtyWake: make(chan struct{}, 1),
+		opened:  make(chan struct{}), outWake: make(chan struct{}, 1), dirty: map[string]dirtyKey{}, dirtyWake: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -238,10 +244,11 @@ func (k *Keeper) Run(ctx context.Context) error {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	wg.Add(3)
+	wg.Add(4)
 	go func() { defer wg.Done(); k.publisher(ctx) }()
 	go func() { defer wg.Done(); k.flusher(ctx) }()
 	go func() { defer wg.Done(); k.load(ctx) }()
+	go func() { defer wg.Done(); k.raiseReplicas(ctx) }()
 	<-ctx.Done()
 	return nil
 }
@@ -549,11 +556,23 @@ func (k *Keeper) onSync(m *nats.Msg) {
 // load brings in the keys a previous run of the node left in JetStream,
 // as corosync would find them... had it kept any: its cmap starts empty,
 // and corobus's keeps what the node wrote at run time across a restart.
-// Keys written since start win. It retries until JetStream answers: a
-// node that starts alone, without a quorum, serves its new keys meanwhile.
+// Keys written since start win. It retries until JetStream answers (short
+// retries: a start waits for it, see firstLookupWait): a node that starts
+// alone, without a quorum, serves its new keys meanwhile.
 func (k *Keeper) load(ctx context.Context) {
-	for attempt := 0; ; attempt++ {
-		entries, err := k.readBehind(ctx)
+	o := newBucketOpener(k.js, k.cfg.Bucket, k.cfg.Replicas, false)
+	var slow slowNotice
+	pause := firstRetryPause
+	for {
+		kv, got, err := o.wait(ctx, func(_ int, err error) {
+			slow.note(k.log, "objdb keeper: the node's stored keys cannot be read yet (JetStream not ready); serving new writes meanwhile", err)
+		})
+		if err != nil {
+			return // ctx ended
+		}
+		k.noteReplicas(got)
+		k.openedOnce.Do(func() { close(k.opened) })
+		entries, err := k.readBehind(ctx, kv)
 		if err == nil {
 			k.mu.Lock()
 			n := 0
@@ -576,19 +595,93 @@ func (k *Keeper) load(ctx context.Context) {
 			case k.outWake <- struct{}{}:
 			default:
 			}
-			k.log.Info("objdb keeper: keys of the node's previous run loaded", "stored", len(entries), "restored", n)
+			k.log.Info("objdb keeper: keys of the node's previous run loaded", "stored", len(entries), "restored", n,
+				"replicas", got, "after", time.Since(slow.start()).Round(time.Millisecond))
 			return
 		}
-		if attempt%10 == 0 {
-			k.log.Warn("objdb keeper: the node's stored keys cannot be read yet; serving new writes meanwhile", "err", err)
-		}
+		slow.note(k.log, "objdb keeper: the node's stored keys cannot be read yet; serving new writes meanwhile", err)
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(time.Second):
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, maxRetryPause)
+	}
+}
+
+// slowNotice logs a condition expected for a moment at start (JetStream
+// electing its first leaders) only once it lasts: first after
+// slowNoticeAfter, then every slowNoticeEvery.
+type slowNotice struct {
+	since, last time.Time
+}
+
+const (
+	slowNoticeAfter = 5 * time.Second
+	slowNoticeEvery = 30 * time.Second
+)
+
+func (s *slowNotice) start() time.Time {
+	if s.since.IsZero() {
+		s.since = time.Now()
+	}
+	return s.since
+}
+
+func (s *slowNotice) note(log *slog.Logger, msg string, err error) {
+	since := s.start()
+	if time.Since(since) < slowNoticeAfter || time.Since(s.last) < slowNoticeEvery {
+		return
+	}
+	s.last = time.Now()
+	log.Warn(msg, "for", time.Since(since).Round(time.Second), "err", err)
+}
+
+func (k *Keeper) isOpened() bool {
+	select {
+	case <-k.opened:
+		return true
+	default:
+		return false
+	}
+}
+
+// noteReplicas records the bucket's replicas as last opened.
+func (k *Keeper) noteReplicas(r int) {
+	k.replicas.Store(int32(r))
+}
+
+// raiseReplicas raises the bucket to the configured replicas once the
+// cluster has the servers for them: a cluster started with a majority of
+// its nodes (two of three) created it with fewer (openBucket). Every
+// keeper tries; the first to succeed does it for all.
+func (k *Keeper) raiseReplicas(ctx context.Context) {
+	o := newBucketOpener(k.js, k.cfg.Bucket, k.cfg.Replicas, false)
+	tick := time.NewTicker(raiseEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		cur := int(k.replicas.Load())
+		if cur == 0 || cur >= k.cfg.Replicas {
+			continue // not opened yet, or as configured
+		}
+		_, got, err := o.open(ctx)
+		if err != nil || got <= cur {
+			continue
+		}
+		if k.replicas.CompareAndSwap(int32(cur), int32(got)) {
+			k.log.Info("objdb keeper: the bucket's replicas raised now that the cluster has the servers for them", "bucket", k.cfg.Bucket, "from", cur, "to", got)
 		}
 	}
 }
+
+// raiseEvery is how often a keeper whose bucket has fewer replicas than
+// configured tries to raise them.
+const raiseEvery = 2 * time.Second
 
 // addLoadedLocked logs and publishes a key loaded from JetStream without
 // writing it back there.
@@ -598,23 +691,28 @@ func (k *Keeper) addLoadedLocked(rec nodeRecord) {
 }
 
 // readBehind reads the node's keys from the bucket.
-func (k *Keeper) readBehind(ctx context.Context) ([]Entry, error) {
-	kv, err := openBucket(ctx, k.js, k.cfg.Bucket, k.cfg.Replicas)
-	if err != nil {
-		return nil, err
-	}
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+func (k *Keeper) readBehind(ctx context.Context, kv jetstream.KeyValue) ([]Entry, error) {
+	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	w, err := kv.WatchFiltered(wctx, []string{nodeScope(k.cfg.Node) + ".>"}, jetstream.IgnoreDeletes())
 	if err != nil {
 		return nil, err
 	}
 	defer func() { _ = w.Stop() }()
+	// The watch is a push consumer: one whose deliveries stop (its stream
+	// changed leader right after it was made, as a bucket just created or
+	// raised does) would be noticed by nats.go only after two missed 5 s
+	// heartbeats. A read that makes no progress for readIdle is tried
+	// again with a new watch instead.
+	idle := time.NewTimer(readIdle)
+	defer idle.Stop()
 	var out []Entry
 	for {
 		select {
 		case <-wctx.Done():
 			return nil, fmt.Errorf("reading the node's keys: %w", wctx.Err())
+		case <-idle.C:
+			return nil, fmt.Errorf("reading the node's keys: nothing delivered for %s after %d keys", readIdle, len(out))
 		case e, ok := <-w.Updates():
 			if !ok {
 				return nil, errors.New("reading the node's keys: watch closed")
@@ -622,6 +720,7 @@ func (k *Keeper) readBehind(ctx context.Context) ([]Entry, error) {
 			if e == nil {
 				return out, nil
 			}
+			idle.Reset(readIdle)
 			_, key, err := splitKVKey(e.Key())
 			if err != nil {
 				continue
@@ -635,6 +734,10 @@ func (k *Keeper) readBehind(ctx context.Context) ([]Entry, error) {
 	}
 }
 
+// readIdle is how long reading the node's stored keys may go without a
+// delivery before it starts again.
+const readIdle = 2 * time.Second
+
 // flusher writes the node's keys behind to JetStream: the latest value of
 // every key changed since the last round, one round at a time (so one
 // write per key in flight and no older value can land after a newer one).
@@ -642,6 +745,7 @@ func (k *Keeper) readBehind(ctx context.Context) ([]Entry, error) {
 func (k *Keeper) flusher(ctx context.Context) {
 	wait := 100 * time.Millisecond
 	bucketReady := false
+	o := newBucketOpener(k.js, k.cfg.Bucket, k.cfg.Replicas, false)
 	for {
 		select {
 		case <-ctx.Done():
@@ -649,7 +753,7 @@ func (k *Keeper) flusher(ctx context.Context) {
 			// has first, within WriteTimeout.
 			fctx, cancel := context.WithTimeout(context.Background(), k.cfg.WriteTimeout)
 			defer cancel()
-			if bucketReady || k.ensureBucket(fctx) == nil {
+			if bucketReady || k.isOpened() || k.ensureBucket(fctx, o) == nil {
 				if err := k.flushRound(fctx); err != nil {
 					k.log.Warn("objdb keeper: stopping with node keys not stored in JetStream", "err", err)
 				}
@@ -658,12 +762,14 @@ func (k *Keeper) flusher(ctx context.Context) {
 		case <-k.dirtyWake:
 		}
 		if !bucketReady {
-			if err := k.ensureBucket(ctx); err != nil {
-				k.noteBehind(err)
-				k.rewake(ctx, &wait)
+			// load opens the bucket: one create request per keeper, not
+			// two racing (JetStream may leave the second unanswered).
+			select {
+			case <-k.opened:
+				bucketReady = true
+			case <-ctx.Done():
 				continue
 			}
-			bucketReady = true
 		}
 		started := time.Now()
 		if err := k.flushRound(ctx); err != nil {
@@ -680,8 +786,11 @@ func (k *Keeper) flusher(ctx context.Context) {
 	}
 }
 
-func (k *Keeper) ensureBucket(ctx context.Context) error {
-	_, err := openBucket(ctx, k.js, k.cfg.Bucket, k.cfg.Replicas)
+func (k *Keeper) ensureBucket(ctx context.Context, o *bucketOpener) error {
+	_, got, err := o.open(ctx)
+	if err == nil {
+		k.noteReplicas(got)
+	}
 	return err
 }
 
@@ -779,37 +888,4 @@ func (k *Keeper) noteCaughtUp() {
 	if !since.IsZero() {
 		k.log.Info("objdb keeper: node keys stored in JetStream again", "after", time.Since(since).Round(time.Millisecond))
 	}
-}
-
-// History is how many revisions of each key the bucket keeps: a copy
-// whose feed was lost resumes after its last revision and so sees every
-// change of a key made meanwhile, up to the last History of them (the
-// older are compacted away; the copy still ends with the latest value).
-const History = 64
-
-// openBucket creates the objdb bucket, or binds to it (raising an older
-// bucket's history to History).
-//
-// An existing bucket that needs no change is bound, not updated: an update
-// rewrites the stream's metadata, which a full disk refuses, and a node
-// restarted on a full disk must still open its store and serve reads.
-func openBucket(ctx context.Context, js jetstream.JetStream, bucket string, replicas int) (jetstream.KeyValue, error) {
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if kv, err := js.KeyValue(cctx, bucket); err == nil {
-		if st, err := kv.Status(cctx); err == nil {
-			if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.History() >= History && bs.StreamInfo().Config.Replicas == replicas {
-				return kv, nil
-			}
-		}
-	} else if !errors.Is(err, jetstream.ErrBucketNotFound) {
-		return nil, err
-	}
-	return js.CreateOrUpdateKeyValue(cctx, jetstream.KeyValueConfig{
-		Bucket:      bucket,
-		Description: "corobus object database",
-		History:     History,
-		Replicas:    replicas,
-		Storage:     jetstream.FileStorage,
-	})
 }

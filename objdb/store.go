@@ -205,24 +205,14 @@ func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig) (*Store, err
 	if err != nil {
 		return nil, fmt.Errorf("objdb: JetStream: %w", err)
 	}
-	var kv jetstream.KeyValue
-	for {
-		if cfg.Bind {
-			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			kv, err = js.KeyValue(cctx, cfg.Bucket)
-			cancel()
-		} else {
-			kv, err = openBucket(ctx, js, cfg.Bucket, cfg.Replicas)
-		}
-		if err == nil {
-			break
-		}
-		cfg.Log.Warn("objdb bucket not available yet; retrying", "bucket", cfg.Bucket, "replicas", cfg.Replicas, "err", err)
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("objdb: creating bucket %s (R%d): %w", cfg.Bucket, cfg.Replicas, err)
-		case <-time.After(500 * time.Millisecond):
-		}
+	// JetStream may not serve yet (its meta leader elected a moment after
+	// the bus starts): short retries, so the copy opens as soon as it does.
+	var slow slowNotice
+	kv, _, err := newBucketOpener(js, cfg.Bucket, cfg.Replicas, cfg.Bind).wait(ctx, func(_ int, err error) {
+		slow.note(cfg.Log.With("bucket", cfg.Bucket, "replicas", cfg.Replicas), "objdb bucket not available yet; retrying", err)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("objdb: opening bucket %s (R%d): %w", cfg.Bucket, cfg.Replicas, err)
 	}
 	now := time.Now()
 	s := &Store{cfg: cfg, nc: nc, js: js, kv: kv, log: cfg.Log, writer: rand.Uint64() | 1,

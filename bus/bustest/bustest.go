@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -86,6 +87,9 @@ type Options struct {
 	// Users are the bus users the nodes admit besides the administrator
 	// (Conn's connections): nil, the fixed ones (bus.NewUsers).
 	Users *bus.Users
+	// Absent are nodes of the cluster's configuration that are not
+	// started (a fresh cluster with a node down): Start starts one later.
+	Absent []int
 }
 
 // StartCluster starts n nodes (ids 1..n) routed into one cluster and waits
@@ -138,7 +142,9 @@ func StartClusterWith(t testing.TB, n int, o Options) *Cluster {
 		c.Nodes = append(c.Nodes, nil)
 	}
 	for i := range n {
-		c.Start(i + 1)
+		if !slices.Contains(o.Absent, i+1) {
+			c.Start(i + 1)
+		}
 	}
 	if n > 1 {
 		c.WaitFormed(20 * time.Second)
