@@ -19,12 +19,12 @@ func (a Access) node() string { return strconv.FormatUint(uint64(a.Node), 10) }
 
 // Process is what every process of a node does: receive its replies, answer
 // micro discovery ($SRV.PING|INFO|STATS) under its service names (e.g.
-// "corobus-objdb"), publish its log records, answer blackbox dumps and
-// log-reopen requests.
+// "corobus-objdb"), publish its log records, answer blackbox dumps,
+// log-reopen requests and new logging sections.
 func (a Access) Process(microServices ...string) Grant {
 	g := Grant{
 		Pub:     []string{a.Subjects.Join("log", a.node(), "*")},
-		Sub:     []string{InboxPrefix(a.User) + ".>", a.Subjects.Blackbox(a.Node), a.Subjects.LogReopen(a.Node)},
+		Sub:     []string{InboxPrefix(a.User) + ".>", a.Subjects.Blackbox(a.Node), a.Subjects.LogReopen(a.Node), a.Subjects.LogReconfigure(a.Node)},
 		Respond: true,
 	}
 	if len(microServices) > 0 {
@@ -254,10 +254,11 @@ func (a Access) QuorumFollower() Grant {
 }
 
 // NodeControl acts on the whole node (cfg): asks its supervisor to stop
-// it, its processes to reopen their logs, its quorum provider to re-read
+// it, its processes to reopen their logs or apply a new logging section,
+// its quorum provider to re-read
 // the configuration, and announces what it did.
 func (a Access) NodeControl() Grant {
-	return Grant{Pub: []string{a.Subjects.NodeShutdown(a.Node), a.Subjects.LogReopen(a.Node),
+	return Grant{Pub: []string{a.Subjects.NodeShutdown(a.Node), a.Subjects.LogReopen(a.Node), a.Subjects.LogReconfigure(a.Node),
 		a.Subjects.QuorumRefresh(a.Node), a.Subjects.Join("cfg", a.node(), "*")}}
 }
 

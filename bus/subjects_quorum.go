@@ -42,3 +42,9 @@ func (s Subjects) NodeShutdown(node uint32) string {
 func (s Subjects) LogReopen(node uint32) string {
 	return s.Join("logfiles", nodeToken(node), "reopen")
 }
+
+// LogReconfigure gives every layer process of node a new logging section
+// (a reload changed it); scatter-gather: each answers once it applied it.
+func (s Subjects) LogReconfigure(node uint32) string {
+	return s.Join("logfiles", nodeToken(node), "reconfigure")
+}

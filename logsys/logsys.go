@@ -91,6 +91,12 @@ type Config struct {
 	SubsysDebug map[string]string
 }
 
+// Subsystems are the corosync logging subsystems a logger_subsys section
+// may name.
+func Subsystems() []string {
+	return []string{"MAIN", "BUS", "TOTEM", "SYNC", "SERV", "LCR", "OBJDB", "CMAP", "CPG", "QUORUM", "VOTEQ", "CFG", "IPC", "MON", "WD"}
+}
+
 // ConfigFrom reads the logging.* keys through get (which returns "" for an
 // absent key). Bad values are errors naming the key.
 func ConfigFrom(get func(key string) string, subsystems []string) (Config, error) {
@@ -187,7 +193,7 @@ type Options struct {
 
 // Logsys is one process's logging.
 type Logsys struct {
-	cfg    Config
+	cfg    atomic.Pointer[Config] // replaced whole by Reconfigure
 	opts   Options
 	out    io.Writer
 	mu     sync.Mutex // serializes writes
@@ -218,8 +224,9 @@ func New(cfg Config, opts Options) (*Logsys, error) {
 	if opts.PublishQueue <= 0 {
 		opts.PublishQueue = 4096
 	}
-	l := &Logsys{cfg: cfg, opts: opts, out: opts.Stderr, rec: NewRecorder(opts.RecorderSize),
+	l := &Logsys{opts: opts, out: opts.Stderr, rec: NewRecorder(opts.RecorderSize),
 		queue: make(chan Record, opts.PublishQueue), done: make(chan struct{})}
+	l.cfg.Store(&cfg)
 	switch {
 	case opts.RepeatBurst == 0:
 		l.repeat = NewThrottle(opts.RepeatWindow, 10)
@@ -242,16 +249,42 @@ func New(cfg Config, opts Options) (*Logsys, error) {
 // after a log rotation moved the old one away). Without a log file it
 // does nothing.
 func (l *Logsys) Reopen() error {
-	if !l.cfg.ToLogfile {
+	cfg := l.cfg.Load()
+	if !cfg.ToLogfile {
 		return nil
 	}
-	f, err := os.OpenFile(l.cfg.Logfile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
+	f, err := os.OpenFile(cfg.Logfile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
 	if err != nil {
 		return fmt.Errorf("reopening the log file: %w", err)
 	}
 	l.mu.Lock()
 	old := l.file
 	l.file = f
+	l.mu.Unlock()
+	if old != nil {
+		_ = old.Close()
+	}
+	return nil
+}
+
+// Reconfigure applies a new logging section while the process runs
+// (corosync applies logging on corosync_cfg_reload_config): thresholds,
+// outputs and format change for the next record; a log file newly named
+// is opened before anything changes, so a file that cannot be opened
+// leaves the old configuration in place.
+func (l *Logsys) Reconfigure(cfg Config) error {
+	var f *os.File
+	if cfg.ToLogfile {
+		var err error
+		f, err = os.OpenFile(cfg.Logfile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
+		if err != nil {
+			return fmt.Errorf("opening the log file: %w", err)
+		}
+	}
+	l.mu.Lock()
+	old := l.file
+	l.file = f
+	l.cfg.Store(&cfg)
 	l.mu.Unlock()
 	if old != nil {
 		_ = old.Close()
@@ -286,9 +319,12 @@ func (l *Logsys) Close() error {
 			l.repeat.Flush() // no count is lost at exit
 		}
 		close(l.done)
+		l.mu.Lock()
 		if l.file != nil {
 			err = l.file.Close()
+			l.file = nil
 		}
+		l.mu.Unlock()
 	})
 	return err
 }
@@ -333,7 +369,7 @@ type Record struct {
 
 func (l *Logsys) handle(r Record) {
 	l.rec.Add(r)
-	printable := r.level >= l.cfg.threshold(r.Subsys)
+	printable := r.level >= l.cfg.Load().threshold(r.Subsys)
 	if printable && l.repeat != nil && r.level >= LevelInfo && !l.repeat.Allow(recordKey(r), func(n int, over time.Duration) {
 		s := r
 		s.Attrs = make(map[string]string, len(r.Attrs)+2)
@@ -361,13 +397,13 @@ func recordKey(r Record) string {
 
 // output prints and publishes a record that passed the filters.
 func (l *Logsys) output(r Record) {
-	if l.cfg.ToStderr || l.cfg.ToLogfile {
-		line := l.format(r)
+	if cfg := l.cfg.Load(); cfg.ToStderr || cfg.ToLogfile {
+		line := l.format(cfg, r)
 		l.mu.Lock()
-		if l.cfg.ToStderr {
+		if cfg.ToStderr {
 			_, _ = io.WriteString(l.out, line)
 		}
-		if l.file != nil && r.level >= l.cfg.LogfilePriority {
+		if l.file != nil && r.level >= cfg.LogfilePriority {
 			_, _ = io.WriteString(l.file, line)
 		}
 		l.mu.Unlock()
@@ -383,9 +419,9 @@ func (l *Logsys) output(r Record) {
 
 // format writes a line the way corosync does:
 // "Nov 25 03:10:00.123 [4711] node1 objdb notice  [OBJDB ] message k=v".
-func (l *Logsys) format(r Record) string {
+func (l *Logsys) format(cfg *Config, r Record) string {
 	var b strings.Builder
-	switch l.cfg.Timestamp {
+	switch cfg.Timestamp {
 	case "on":
 		b.WriteString(r.Time.Format("Jan 02 15:04:05 "))
 	case "hires":

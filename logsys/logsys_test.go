@@ -175,3 +175,34 @@ func TestConfigFrom(t *testing.T) {
 		}
 	}
 }
+
+// TestReconfigure: a new logging section takes effect for the next record
+// (debug turned on, a log file started); a file that cannot be opened is
+// refused and the old section stays.
+func TestReconfigure(t *testing.T) {
+	ls, out := newTest(t, Config{ToStderr: true, Debug: "off", Timestamp: "off"}, Options{Node: 1})
+	log := For(ls.Logger(), "CFG")
+	log.Debug("before")
+	file := filepath.Join(t.TempDir(), "node.log")
+	if err := ls.Reconfigure(Config{ToStderr: true, ToLogfile: true, Logfile: file, LogfilePriority: LevelInfo, Debug: "on", Timestamp: "off"}); err != nil {
+		t.Fatal(err)
+	}
+	log.Debug("after")
+	log.Info("to the file")
+	if got := out.String(); strings.Contains(got, "before") || !strings.Contains(got, "after") {
+		t.Errorf("debug not turned on by the new section:\n%s", got)
+	}
+	if err := ls.Reconfigure(Config{ToLogfile: true, Logfile: filepath.Join(t.TempDir(), "no", "such", "dir", "x.log")}); err == nil {
+		t.Error("a log file that cannot be opened was accepted")
+	}
+	log.Info("still the old section")
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"to the file", "still the old section"} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("the log file lacks %q:\n%s", want, data)
+		}
+	}
+}

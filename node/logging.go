@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 
@@ -45,9 +46,40 @@ func attachLogging(nc *nats.Conn, env layer.Env, ls *logsys.Logsys, layerName st
 		ls.Detach()
 		return nil, fmt.Errorf("subscribing to log reopen requests: %w", err)
 	}
-	return func() {
+	// A reload changed the logging section: every layer process applies
+	// it (the logging.* keys as a JSON object) and answers (empty, or why
+	// not; a process that cannot apply it keeps logging as before).
+	reconf, err := nc.Subscribe(env.Subjects.LogReconfigure(node), func(m *nats.Msg) {
+		var rep []byte
+		if err := reconfigure(ls, m.Data); err != nil {
+			rep = []byte(fmt.Sprintf("layer %s pid %d: %v", layerName, os.Getpid(), err))
+		}
+		_ = m.Respond(rep)
+	})
+	if err != nil {
 		_ = sub.Unsubscribe()
 		_ = reopen.Unsubscribe()
 		ls.Detach()
+		return nil, fmt.Errorf("subscribing to logging changes: %w", err)
+	}
+	return func() {
+		_ = sub.Unsubscribe()
+		_ = reopen.Unsubscribe()
+		_ = reconf.Unsubscribe()
+		ls.Detach()
 	}, nil
+}
+
+// reconfigure applies a logging section given as the logging.* keys of a
+// JSON object.
+func reconfigure(ls *logsys.Logsys, data []byte) error {
+	var section map[string]string
+	if err := json.Unmarshal(data, &section); err != nil {
+		return fmt.Errorf("a logging section that is not a JSON object of keys: %w", err)
+	}
+	cfg, err := logsys.ConfigFrom(func(k string) string { return section[k] }, logsys.Subsystems())
+	if err != nil {
+		return err
+	}
+	return ls.Reconfigure(cfg)
 }

@@ -8,17 +8,11 @@ import (
 	"github.com/corobus/corobus/logsys"
 )
 
-// subsystems are the corosync logging subsystems a logger_subsys section
-// may name.
-func subsystems() []string {
-	return []string{"MAIN", "BUS", "TOTEM", "SYNC", "SERV", "LCR", "OBJDB", "CMAP", "CPG", "QUORUM", "VOTEQ", "CFG", "IPC", "MON", "WD"}
-}
-
 // logsysFor builds the logging of one process of the node from corosync's
 // logging keys. A bad logging key fails the process: a node that cannot
 // log as configured should not run.
 func (a *app) logsysFor(cfg *config.Config, layerName string) (*logsys.Logsys, error) {
-	lc, err := logsys.ConfigFrom(cfg.String, subsystems())
+	lc, err := logsys.ConfigFrom(cfg.String, logsys.Subsystems())
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", describeFile(cfg), err)
 	}

@@ -96,6 +96,20 @@ func Run(ctx context.Context, env layer.Env) error {
 			return errors.New(rep.Error)
 		}
 		return nil
+	}, Logging: func(ctx context.Context, section map[string]string) error {
+		data, err := json.Marshal(section)
+		if err != nil {
+			return err
+		}
+		answered, failed, err := askLayers(env.Conn, env.Subjects.LogReconfigure(env.Node.ID), data)
+		switch {
+		case err != nil:
+			return err
+		case len(failed) > 0:
+			return errors.New(strings.Join(failed, "; "))
+		}
+		env.Log.Info("logging section applied by the node's processes", "processes", answered)
+		return nil
 	}}
 	svc := NewService(Config{
 		Conn: env.Conn, Subjects: env.Subjects, Node: env.Node.ID, Log: env.Log, Nodes: nodes,

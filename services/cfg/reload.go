@@ -12,6 +12,7 @@ import (
 
 	"github.com/corobus/corobus/config"
 	"github.com/corobus/corobus/config/keys"
+	"github.com/corobus/corobus/logsys"
 	"github.com/corobus/corobus/objdb"
 	objdbclient "github.com/corobus/corobus/objdb/client"
 	"github.com/corobus/corobus/services/cswire"
@@ -23,9 +24,11 @@ import (
 // follow them (votequorum: quorum.*, nodelist votes; the gateway:
 // uidgid.config.*) act on them. corosync keeps a few keys as they are
 // (cluster name, transport, crypto, quorum provider, system.*): so does
-// corobus, with a notice. What corobus cannot change while it runs — the
-// totem timeouts, the nodes and their addresses, logging, the bus — makes
-// the whole reload fail with the reason, and nothing changes.
+// corobus, with a notice. A new logging section is checked before
+// anything is written and applied by every process of the node, as
+// corosync re-reads its logging on reload. What corobus cannot change
+// while it runs — the totem timeouts, the nodes and their addresses, the
+// bus — makes the whole reload fail with the reason, and nothing changes.
 type Reloader struct {
 	// Load reads the node's configuration again (its file, environment
 	// and command line).
@@ -36,13 +39,16 @@ type Reloader struct {
 	// reload answers: it has the node's services act on them (votequorum
 	// re-reads, as corosync's does within the reload).
 	Applied func(ctx context.Context) error
+	// Logging gives the node's processes a changed logging section (the
+	// logging.* keys) and reports any that could not apply it.
+	Logging func(ctx context.Context, section map[string]string) error
 }
 
 // keptKeys are those corosync's reload leaves as they were.
 var keptKeys = regexp.MustCompile(`^(totem\.(secauth|crypto_hash|crypto_cipher|crypto_model|keyfile|key|version|threads|ip_version|rrp_mode|netmtu|transport|cluster_name)|quorum\.provider|system\..*)$`)
 
 // refusedKeys are those corobus applies only at start.
-var refusedKeys = regexp.MustCompile(`^(totem\.(token|join|consensus|nodeid)|logging\..*|bus\..*|objdb\..*|loader\..*|ipc\..*|service\..*)$`)
+var refusedKeys = regexp.MustCompile(`^(totem\.(token|join|consensus|nodeid)|bus\..*|objdb\..*|loader\..*|ipc\..*|service\..*)$`)
 
 // nodelistFixed are a nodelist entry's keys that fix the bus's routes and
 // the node's identity.
@@ -138,8 +144,21 @@ func (r *Reloader) reload(ctx context.Context, started func()) ReloadResult {
 	}
 	if len(refused) > 0 {
 		return ReloadResult{Code: cswire.ErrInvalidParam, Ignored: kept, Reason: fmt.Sprintf(
-			"%s cannot change while corobus runs (totem timeouts, the nodelist's nodes and addresses, logging and the bus are set at start): restart the nodes to apply them",
+			"%s cannot change while corobus runs (totem timeouts, the nodelist's nodes and addresses and the bus are set at start): restart the nodes to apply them",
 			strings.Join(refused, ", "))}
+	}
+	logging := slices.ContainsFunc(changed, func(k string) bool { return strings.HasPrefix(k, "logging.") })
+	var section map[string]string
+	if logging {
+		section = map[string]string{}
+		for k, v := range cfg.Flat() {
+			if strings.HasPrefix(k, "logging.") {
+				section[k] = v
+			}
+		}
+		if _, err := logsys.ConfigFrom(func(k string) string { return section[k] }, logsys.Subsystems()); err != nil {
+			return ReloadResult{Code: cswire.ErrInvalidParam, Ignored: kept, Reason: fmt.Sprintf("the new logging section: %v", err)}
+		}
 	}
 	for _, k := range changed {
 		nv, inNew := want[k]
@@ -162,6 +181,12 @@ func (r *Reloader) reload(ctx context.Context, started func()) ReloadResult {
 		if err != nil {
 			return ReloadResult{Code: cswire.Code(err), Changed: changed, Ignored: kept,
 				Reason: fmt.Sprintf("writing %s: %v (the configuration may be partly applied)", k, err)}
+		}
+	}
+	if logging && r.Logging != nil {
+		if err := r.Logging(ctx, section); err != nil {
+			return ReloadResult{Code: cswire.ErrLibrary, Changed: changed, Ignored: kept,
+				Reason: fmt.Sprintf("applying the new logging section: %v", err)}
 		}
 	}
 	return ReloadResult{Code: cswire.OK, Changed: changed, Ignored: kept}

@@ -472,24 +472,40 @@ const reloadPatience = 2 * time.Minute
 // reopenLogs asks every layer process of the node to reopen its log
 // file and gathers their answers.
 func (s *Service) reopenLogs() cswire.Error {
-	inbox := nats.NewInbox()
-	sub, err := s.cfg.Conn.SubscribeSync(inbox)
+	_, failed, err := askLayers(s.cfg.Conn, s.cfg.Subjects.LogReopen(s.cfg.Node), nil)
 	if err != nil {
 		return cswire.ErrLibrary
 	}
-	defer func() { _ = sub.Unsubscribe() }()
-	if err := s.cfg.Conn.PublishRequest(s.cfg.Subjects.LogReopen(s.cfg.Node), inbox, nil); err != nil {
+	for _, f := range failed {
+		s.log.Error("a layer could not reopen its log file", "err", f)
+	}
+	if len(failed) > 0 {
 		return cswire.ErrLibrary
 	}
-	code := cswire.OK
+	return cswire.OK
+}
+
+// askLayers sends a scatter-gather request to every layer process of a
+// node and gathers the answers until none came for a second: how many
+// answered, and the texts of those that answered with an error.
+func askLayers(nc *nats.Conn, subject string, data []byte) (answered int, failed []string, err error) {
+	inbox := nc.NewRespInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return 0, nil, fmt.Errorf("subscribing to the answers: %w", err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.PublishRequest(subject, inbox, data); err != nil {
+		return 0, nil, fmt.Errorf("asking %s: %w", subject, err)
+	}
 	for {
 		m, err := sub.NextMsg(time.Second)
 		if err != nil {
-			return code
+			return answered, failed, nil
 		}
+		answered++
 		if len(m.Data) > 0 {
-			s.log.Error("a layer could not reopen its log file", "err", string(m.Data))
-			code = cswire.ErrLibrary
+			failed = append(failed, string(m.Data))
 		}
 	}
 }

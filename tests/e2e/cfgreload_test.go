@@ -5,6 +5,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -55,6 +57,9 @@ corosync-cmapctl -g totem.token 2>&1; corosync-cmapctl -g config.reload_status
 echo "== reload back"; cp "$D/quorum.conf" "$CONF"; sed -i '/expected_votes: 3/d; /wait_for_all: 0/d' "$CONF"
 corosync-cfgtool -R 2>&1; echo "rc=$?"
 q; corosync-cmapctl -g quorum.expected_votes 2>&1; corosync-cmapctl -g quorum.wait_for_all 2>&1
+echo "== reload logging"; sed -i "s#logfile: $D/node.log#logfile: $D/reloaded.log#; s#timestamp: hires#timestamp: off#" "$CONF"
+corosync-cfgtool -R 2>&1; echo "rc=$?"
+corosync-cmapctl -g logging.timestamp
 true
 `
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -85,5 +90,18 @@ true
 	}
 	if !strings.Contains(string(nodeLog), "totem.token cannot change while corobus runs") {
 		t.Errorf("the node's log does not give the reason of the refusal:\n%s", nodeLog)
+	}
+	// A new logging section is applied by every process at once, as
+	// corosync applies its own: the new file, without timestamps.
+	if want := "== reload logging\nReloading corosync.conf...\nDone\nrc=0\nlogging.timestamp (str) = off\n"; !strings.Contains(got, want) {
+		t.Errorf("output lacks:\n%s", want)
+	}
+	reloaded, _ := os.ReadFile(filepath.Join(dir, "reloaded.log"))
+	m := regexp.MustCompile(`(?m)^\[\d+\] node1 cfg\s+info\s+\[\S+\s*\] logging section applied by the node's processes processes=(\d+)$`).FindSubmatch(reloaded)
+	if m == nil {
+		t.Fatalf("the new log file lacks cfg's untimestamped line saying the processes applied the section:\n%s", reloaded)
+	}
+	if n, _ := strconv.Atoi(string(m[1])); n < 6 {
+		t.Errorf("%d processes applied the logging section, want every layer and service (6 or more)", n)
 	}
 }
