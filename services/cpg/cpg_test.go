@@ -409,3 +409,31 @@ func TestGroupEventsOnTheBus(t *testing.T) {
 		t.Errorf("groups reply %s: %v", m.Data, err)
 	}
 }
+
+// The window in bytes: large multicasts raise flow control long before
+// the window in messages is near, and it drops once they are back.
+func TestFlowControlBytes(t *testing.T) {
+	c := newCluster(t, 1, cpg.Options{Window: 1024, WindowBytes: 256 << 10})
+	a := c.member(1, 1)
+	a.join("fcb")
+	a.waitLog("m=[1/1]")
+	for i := range 40 {
+		a.mcast(fmt.Sprintf("%d %s", i, strings.Repeat("x", 64<<10)))
+	}
+	waitFor(t, "the 40 messages back", func() bool {
+		n := 0
+		for _, l := range a.log() {
+			if strings.HasPrefix(l, "deliver 1/1 <") {
+				n++
+			}
+		}
+		return n == 40
+	})
+	a.mu.Lock()
+	flows := slices.Clone(a.flows)
+	a.mu.Unlock()
+	if !slices.Contains(flows, 2) {
+		t.Errorf("40 multicasts of 64 KiB through a window of 256 KiB never held the client: levels %v", flows)
+	}
+	waitFor(t, "the flow control to drop", func() bool { return a.flowLevel() == 0 })
+}

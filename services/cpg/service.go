@@ -47,6 +47,11 @@ type Options struct {
 	// Window bounds this instance's multicasts in flight; default 1024.
 	// Clients are flow-controlled from three quarters of it.
 	Window int
+	// WindowBytes bounds the bytes of those multicasts; default 2 MiB.
+	// Clients are flow-controlled from three quarters of it too: 1024
+	// messages of 64 KiB in flight (64 MiB) grew the gateway's and the
+	// bus's heaps and cost more per message than they gained.
+	WindowBytes int
 	// Chunk is the most data one totem message carries; larger messages
 	// go in chunks. Default 512 KiB.
 	Chunk int
@@ -70,6 +75,9 @@ type Service struct {
 	// counts exactly the joins and leaves sent before it.
 	sendMu  sync.Mutex
 	sendBuf []byte
+	// The bytes of this instance's multicasts sent and delivered back
+	// (totem messages' payloads): their difference is in flight.
+	bytesSent, bytesBack atomic.Int64
 
 	mu          sync.Mutex
 	procs       procTable
@@ -149,6 +157,9 @@ func New(opts Options) *Service {
 	}
 	if opts.Window <= 0 {
 		opts.Window = 1024
+	}
+	if opts.WindowBytes <= 0 {
+		opts.WindowBytes = 2 << 20
 	}
 	if opts.Chunk <= 0 {
 		opts.Chunk = 512 << 10
@@ -271,7 +282,7 @@ func (s *Service) send(ctx context.Context, e *cpgwire.Exec) error {
 // mcast submits a frame's header and data (copied once, into the submit
 // frame).
 func (s *Service) mcast(ctx context.Context, kind uint8, head, data []byte) error {
-	if s.tc.InFlight() >= s.opts.Window*3/4 {
+	if s.windowFull() {
 		s.mu.Lock()
 		s.updateFlowControl()
 		s.mu.Unlock()
@@ -279,6 +290,7 @@ func (s *Service) mcast(ctx context.Context, kind uint8, head, data []byte) erro
 	if _, err := s.tc.McastParts(ctx, TotemService, head, data); err != nil {
 		return fmt.Errorf("cpg: multicasting: %w", err)
 	}
+	s.bytesSent.Add(int64(len(head) + len(data)))
 	s.stats.tx[kind].Add(1)
 	return nil
 }
@@ -304,6 +316,7 @@ func (s *Service) onDelivery(d totem.Delivery) {
 	if s.tc == nil {
 		// Before Start has its client: nothing of this instance's yet.
 	} else if sender == s.node && m.ID.Origin == s.tc.Origin() {
+		s.bytesBack.Add(int64(len(m.Payload)))
 		defer s.afterOwn()
 	}
 	switch e.Kind {
@@ -666,7 +679,7 @@ func (s *Service) event(c *Conn, ev []byte) {
 // held.
 func (s *Service) updateFlowControl() {
 	level := int32(0)
-	if s.syncing || s.engineSync || (s.tc != nil && s.tc.InFlight() >= s.opts.Window*3/4) {
+	if s.syncing || s.engineSync || s.windowFull() {
 		level = flowAsync
 	}
 	if level == s.fcLevel {
@@ -684,9 +697,17 @@ func (s *Service) updateFlowControl() {
 // afterOwn lowers the flow control once the window drained to a quarter.
 // Called with mu held, after a delivery.
 func (s *Service) afterOwn() {
-	if s.fcLevel != 0 && !s.syncing && !s.engineSync && s.tc.InFlight() <= s.opts.Window/4 {
+	if s.fcLevel != 0 && !s.syncing && !s.engineSync && s.tc.InFlight() <= s.opts.Window/4 &&
+		s.bytesSent.Load()-s.bytesBack.Load() <= int64(s.opts.WindowBytes/4) {
 		s.updateFlowControl()
 	}
+}
+
+// windowFull tells whether this instance's multicasts in flight reached
+// three quarters of its window, in messages or in bytes.
+func (s *Service) windowFull() bool {
+	return s.tc != nil && (s.tc.InFlight() >= s.opts.Window*3/4 ||
+		s.bytesSent.Load()-s.bytesBack.Load() >= int64(s.opts.WindowBytes*3/4))
 }
 
 // flowAsync is libqb's QB_IPCS_RATE_OFF_2: only multicasts wait.
