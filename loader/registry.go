@@ -82,6 +82,23 @@ func (r *Registry) Expire(now time.Time) []string {
 	return slices.Compact(names)
 }
 
+// NextExpiry is when Expire would next drop something, if anything is
+// registered: the earliest instance or holder deadline.
+func (r *Registry) NextExpiry() (time.Time, bool) {
+	var next time.Time
+	for _, in := range r.instances {
+		if d := in.lastSeen.Add(expiryFactor * in.ann.interval()); next.IsZero() || d.Before(next) {
+			next = d
+		}
+	}
+	for _, h := range r.holders {
+		if d := h.lastSeen.Add(expiryFactor * h.ttl); next.IsZero() || d.Before(next) {
+			next = d
+		}
+	}
+	return next, !next.IsZero()
+}
+
 // candidate is one (namespace, name, version) with serving instances.
 type candidate struct {
 	ann       Announcement // of its oldest serving instance

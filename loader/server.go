@@ -25,7 +25,10 @@ type ServerConfig struct {
 	// SearchPath is the expanded search path (ExpandSearchPath).
 	SearchPath []string
 	Log        *slog.Logger
-	// Sweep is how often silent instances are looked for; default 100ms.
+	// Sweep is the least time between two looks for silent instances;
+	// default 100ms. The loader looks when the earliest deadline passes,
+	// not every Sweep: at rest it wakes once per announcement interval,
+	// not ten times a second.
 	Sweep time.Duration
 }
 
@@ -39,6 +42,10 @@ type Server struct {
 	reg *Registry
 	// retireSent limits retire requests to one per instance heartbeat.
 	retireSent map[string]time.Time
+	// sweepAt is when Run looks next; an announcement due to expire
+	// sooner (a new instance with a short interval) pokes it.
+	sweepAt time.Time
+	poke    chan struct{}
 }
 
 // NewServer checks cfg and returns a server; Run and AddEndpoints start it.
@@ -52,7 +59,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Sweep <= 0 {
 		cfg.Sweep = 100 * time.Millisecond
 	}
-	return &Server{cfg: cfg, reg: NewRegistry(), retireSent: map[string]time.Time{}}, nil
+	return &Server{cfg: cfg, reg: NewRegistry(), retireSent: map[string]time.Time{}, poke: make(chan struct{}, 1)}, nil
 }
 
 // Layer is `corobus loader`.
@@ -120,12 +127,16 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := nc.Flush(); err != nil {
 		return fmt.Errorf("subscribing: %w", err)
 	}
-	t := time.NewTicker(s.cfg.Sweep)
+	t := time.NewTimer(s.cfg.Sweep)
 	defer t.Stop()
+	s.mu.Lock()
+	s.sweepAt = time.Now().Add(s.cfg.Sweep)
+	s.mu.Unlock()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-s.poke:
 		case now := <-t.C:
 			s.mu.Lock()
 			names := s.reg.Expire(now)
@@ -135,6 +146,19 @@ func (s *Server) Run(ctx context.Context) error {
 				s.publishChanged(n)
 			}
 		}
+		// Next look: just past the earliest deadline (Expire drops what
+		// is strictly older), at least Sweep from now, and at most a
+		// second away when nothing is registered.
+		now := time.Now()
+		s.mu.Lock()
+		wait := time.Second
+		if next, ok := s.reg.NextExpiry(); ok {
+			wait = next.Sub(now) + time.Millisecond
+		}
+		wait = max(wait, s.cfg.Sweep)
+		s.sweepAt = now.Add(wait)
+		s.mu.Unlock()
+		t.Reset(wait)
 	}
 }
 
@@ -148,6 +172,12 @@ func (s *Server) onAnnounce(m *nats.Msg) {
 	s.mu.Lock()
 	changed, err := s.reg.Announce(a, now)
 	var retire []Retirement
+	if err == nil && a.State != Leaving && now.Add(expiryFactor*a.interval()).Before(s.sweepAt) {
+		select {
+		case s.poke <- struct{}{}:
+		default:
+		}
+	}
 	if err == nil {
 		for _, r := range s.reg.Superseded() {
 			// Once per heartbeat of the instance at most: a lost retire
