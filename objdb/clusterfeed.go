@@ -122,17 +122,23 @@ func (s *Store) clusterConsumer(ctx context.Context, stream, filter string, hb, 
 
 	var dseq uint64
 	last := time.Now()
-	tick := time.NewTicker(hb)
-	defer tick.Stop()
+	// The silence check wakes when the feed would be lost if nothing had
+	// come since, not at every heartbeat: a message moves last on, and
+	// the timer is set again from it when it fires (once per lost at
+	// rest, instead of once per hb).
+	check := time.NewTimer(lost)
+	defer check.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-tick.C:
-			if silent := time.Since(last); silent > lost {
+		case now := <-check.C:
+			silent := now.Sub(last)
+			if silent > lost {
 				return fmt.Errorf("cluster feed lost: nothing from its consumer on %s for %s; resuming after revision %d",
 					server, silent.Round(time.Millisecond), s.revision())
 			}
+			check.Reset(lost - silent + time.Millisecond)
 		case m := <-ch:
 			last = time.Now()
 			if st := m.Header.Get("Status"); st != "" {

@@ -32,11 +32,17 @@ func (s *Store) followNode(ctx context.Context, loaded chan<- struct{}) {
 	}
 	hb := max(s.cfg.FeedTimeout/4, 20*time.Millisecond)
 	resendAfter := max(s.cfg.FeedTimeout/2, 50*time.Millisecond)
-	tick := time.NewTicker(hb)
-	defer tick.Stop()
+	// One timer: every hb while the copy must sync (retrying it), else
+	// when the keeper would be silent for FeedTimeout if nothing came
+	// meanwhile — not every hb: at rest the keeper's heartbeats are the
+	// only wake-ups. Unconfirmed own writes are looked at as feed
+	// messages come (at least every hb while the keeper lives) and when
+	// the timer fires.
+	check := time.NewTimer(hb)
+	defer check.Stop()
 	needSync := true
 	signalled := false
-	var lastHeard time.Time
+	var lastHeard, lastResend time.Time
 	for {
 		if needSync {
 			if err := s.syncNode(ctx); err != nil {
@@ -59,6 +65,10 @@ func (s *Store) followNode(ctx context.Context, loaded chan<- struct{}) {
 			return
 		case m := <-ch:
 			lastHeard = time.Now()
+			if lastHeard.Sub(lastResend) >= hb {
+				lastResend = lastHeard
+				s.resendPending(resendAfter)
+			}
 			fm, err := decodeRecords(m.Data)
 			if err != nil {
 				s.log.Warn("objdb: ignoring a malformed node feed message", "err", err)
@@ -71,15 +81,21 @@ func (s *Store) followNode(ctx context.Context, loaded chan<- struct{}) {
 				needSync = true
 				s.setFeedState(&s.nstate, "node", false, why)
 			}
-		case <-tick.C:
+		case now := <-check.C:
+			wait := hb
 			if !needSync {
-				if silent := time.Since(lastHeard); silent > s.cfg.FeedTimeout {
+				silent := now.Sub(lastHeard)
+				if silent > s.cfg.FeedTimeout {
 					needSync = true
 					s.setFeedState(&s.nstate, "node", false,
 						fmt.Sprintf("node feed lost: nothing from the node's keeper for %s", silent.Round(time.Millisecond)))
+				} else {
+					wait = s.cfg.FeedTimeout - silent + time.Millisecond
 				}
 			}
+			lastResend = now
 			s.resendPending(resendAfter)
+			check.Reset(wait)
 		}
 	}
 }
