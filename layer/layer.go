@@ -45,6 +45,12 @@ type Layer struct {
 	// protocols it speaks. A layer without one cannot connect
 	// (docs/security.md, "Declaring a layer's subjects").
 	Grant bus.Role
+	// Procs, when not zero, is the Go scheduler's processor count
+	// (GOMAXPROCS) of the layer's own process, unless the environment
+	// sets GOMAXPROCS. 1 suits a layer whose work is a trickle of small
+	// messages: at rest one processor does it with half the thread
+	// wake-ups (no other processor spun up and parked for each message).
+	Procs int
 }
 
 // ServiceName is the micro service name a layer announces itself under;

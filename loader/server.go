@@ -65,6 +65,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 // Layer is `corobus loader`.
 func Layer() layer.Layer {
 	return layer.Layer{Name: "loader", Subsys: "LCR", Summary: "live component replacement: component registry and resolution", Run: Run,
+		Procs: 1, // announcements and resolutions: a trickle
 		Grant: func(a bus.Access) bus.Grant {
 			return bus.Merge(a.Process(layer.ServiceName("loader")), a.LoaderServer())
 		}}

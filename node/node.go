@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"runtime"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -87,6 +89,11 @@ func RunLayer(ctx context.Context, l layer.Layer, cfg *config.Config, busURL str
 	log := logsys.For(ls.Logger(), l.Subsys)
 	if l.Grant == nil {
 		return noGrant(l)
+	}
+	// RunLayer is the whole process's work (corobus <layer>): its
+	// scheduler is the layer's to size.
+	if l.Procs > 0 && os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(l.Procs)
 	}
 	var err error
 	if busURL == "" {

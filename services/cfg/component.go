@@ -29,6 +29,7 @@ const (
 // Layer is `corobus service cfg`.
 func Layer() layer.Layer {
 	return layer.Layer{Name: ComponentName, Subsys: "CFG", Summary: "the cfg service: shutdown negotiation, kill, reload, node addresses and link status", Run: Run,
+		Procs: 1, // an administrator's request now and then
 		// A reload rewrites configuration keys, read-only ones included:
 		// the internal write path.
 		Grant: func(a bus.Access) bus.Grant {

@@ -32,6 +32,7 @@ const SyncID = 3
 // Layer is `corobus service quorum`.
 func Layer() layer.Layer {
 	return layer.Layer{Name: ComponentName, Subsys: "QUORUM", Summary: "the quorum service: libquorum's view of the provider's decision", Run: Run,
+		Procs: 1, // a view change now and then
 		Grant: func(a bus.Access) bus.Grant {
 			return bus.Merge(a.Process(), a.Component(ComponentName, loader.LocalNamespace(a.Node)), a.SyncService(ComponentName), a.QuorumFollower())
 		}}

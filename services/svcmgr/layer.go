@@ -22,7 +22,8 @@ import (
 // binary); other services are executables in loader.component_dir.
 func Layer(builtin map[string][]string) layer.Layer {
 	return layer.Layer{Name: "svcmgr", Subsys: "SERV", Summary: "the service manager: loads, supervises and unloads services",
-		Run: func(ctx context.Context, env layer.Env) error { return Run(ctx, env, builtin) },
+		Run:   func(ctx context.Context, env layer.Env) error { return Run(ctx, env, builtin) },
+		Procs: 1, // announcements and a few loads: a trickle
 		// It records internal_configuration.service.* and
 		// runtime.services.*, read-only keys: the internal write path.
 		Grant: func(a bus.Access) bus.Grant {

@@ -140,6 +140,7 @@ func Layer() layer.Layer {
 		Name:    "sync",
 		Subsys:  "SYNC",
 		Summary: "the synchronization engine: each service's sync on every membership change",
+		Procs:   1, // one barrier round per view change
 		Grant: func(a bus.Access) bus.Grant {
 			return bus.Merge(a.Process(layer.ServiceName("sync")), a.SyncEngine(), a.TotemClient(TotemService))
 		},

@@ -32,6 +32,7 @@ const (
 // Layer is `corobus service votequorum`.
 func Layer() layer.Layer {
 	return layer.Layer{Name: ComponentName, Subsys: "VOTEQ", Summary: "the votequorum service: votes, expected votes and quorum agreed over totem", Run: Run,
+		Procs: 1, // a view change now and then
 		// runtime.votequorum.* are its keys; it reads its configuration
 		// keys and follows their changes.
 		Grant: func(a bus.Access) bus.Grant {
