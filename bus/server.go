@@ -159,9 +159,11 @@ func StartServer(ctx context.Context, sc ServerConfig) (*Server, error) {
 		LameDuckGracePeriod: sc.LameDuck / 2,
 		CustomClientAuthentication: clientAuth{token: sc.Token, users: sc.Users, refused: refused,
 			access: Access{Subjects: sc.Subjects, Node: sc.NodeID, Bucket: ObjdbBucket(sc.ClusterName), Config: sc.Config}},
-		// Pings find a dead peer well inside totem.token's order of
-		// magnitude; the membership protocol has its own detector.
-		PingInterval: 2 * time.Second,
+		// A client is a process of this node: one that dies closes its
+		// socket, so its pings only find a hung one. Every 10 s rather
+		// than 2: each ping timer and PING/PONG wakes the bus and a
+		// silent layer, all day, on every connection.
+		PingInterval: 10 * time.Second,
 		MaxPingsOut:  2,
 	}
 	if len(sc.Routes) > 0 {
@@ -169,6 +171,11 @@ func StartServer(ctx context.Context, sc ServerConfig) (*Server, error) {
 			Name: sc.ClusterName,
 			Host: sc.RouteHost,
 			Port: sc.RoutePort,
+			// Route pings find a dead peer well inside totem.token's
+			// order of magnitude; the membership protocol has its own
+			// detector.
+			PingInterval: 2 * time.Second,
+			MaxPingsOut:  2,
 		}
 		if rs := sc.Route; rs != nil {
 			opts.Cluster.TLSConfig = rs.TLS
