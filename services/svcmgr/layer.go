@@ -77,12 +77,18 @@ func Run(ctx context.Context, env layer.Env, builtin map[string][]string) error 
 	var defaults []Service
 	if env.Config.Bool("loader.default_services", true) {
 		defaults = DefaultServices()
-		// A node runs one cpg instance (its joinlist speaks for the
-		// node): when the IPC gateway runs it in its own process
-		// (ipc.colocate), it is not started here too.
-		if slices.Contains(strings.Fields(env.Config.String("ipc.colocate")), "cpg") {
-			defaults = slices.DeleteFunc(defaults, func(s Service) bool { return s.Name == "cpg" })
-		}
+		// A service the IPC gateway runs in its own process
+		// (ipc.colocate) is not started here too; the manager lists and
+		// records it as hosted. A node runs one cpg instance (its
+		// joinlist speaks for the node); a second cmap instance would
+		// serve nobody — the gateway opens its connections on its own
+		// instance, which serves the bus as well — and cost a whole
+		// process at rest: its objdb copy's two feeds and JetStream
+		// consumer, its announcements, its runtime.
+		colocated := strings.Fields(env.Config.String("ipc.colocate"))
+		defaults = slices.DeleteFunc(defaults, func(s Service) bool {
+			return (s.Name == "cpg" || s.Name == "cmap") && slices.Contains(colocated, s.Name)
+		})
 	}
 	url, err := bus.ClientURL(env.Config)
 	if err != nil {

@@ -149,6 +149,9 @@ type Manager struct {
 	loaded    map[string]*loadedSvc
 	pending   []*pendingSvc                  // to load at start, not loaded yet
 	instances map[string]loader.Announcement // this node's component instances, by id
+	// hostedRec are the hosted services (cmap and cpg in the IPC
+	// gateway) whose internal_configuration keys are written.
+	hostedRec map[string]bool
 	// busy serializes load and unload so that indexes and priorities
 	// are decided on a stable set.
 	busy sync.Mutex
@@ -209,7 +212,7 @@ func New(cfg Config) (*Manager, error) {
 	}
 	return &Manager{cfg: cfg, client: client, ns: loader.LocalNamespace(cfg.Node),
 		retries: logsys.Repeating(cfg.Log, logsys.DefaultThrottleWindow, 1),
-		loaded:  map[string]*loadedSvc{}, instances: map[string]loader.Announcement{}}, nil
+		loaded:  map[string]*loadedSvc{}, instances: map[string]loader.Announcement{}, hostedRec: map[string]bool{}}, nil
 }
 
 // ServiceKey is the token of runtime.services.<service>: the name's part
@@ -702,24 +705,31 @@ func (m *Manager) recordService(ctx context.Context, ls *loadedSvc) {
 		ls.recorded = true
 		return
 	}
-	p := fmt.Sprintf("internal_configuration.service.%d.", ls.index)
-	recorded := ls.Name
-	cs, isCorosync := corosyncServices[ServiceKey(ls.Name)]
-	if isCorosync {
-		recorded = cs.name
-	}
-	name, _ := objdb.ParseValue(objdb.String, recorded)
-	ver, _ := objdb.ParseValue(objdb.Uint32, strconv.FormatUint(uint64(ls.Version), 10))
-	err := errors.Join(r.Set(ctx, p+"name", name), r.Set(ctx, p+"ver", ver))
-	if isCorosync && err == nil {
-		id, _ := objdb.ParseValue(objdb.Uint16, strconv.Itoa(ls.index))
-		err = r.Set(ctx, "runtime.services."+ServiceKey(ls.Name)+".service_id", id)
-	}
-	if err != nil {
+	if err := m.recordKeys(ctx, ls.Service, ls.index); err != nil {
 		m.cfg.Log.Warn("recording a loaded service in objdb; will retry", "service", ls.Name, "err", err)
 		return
 	}
 	ls.recorded = true
+}
+
+// recordKeys writes a service's internal_configuration.service.N.{name,ver}
+// and, for a corosync service, runtime.services.<name>.service_id.
+func (m *Manager) recordKeys(ctx context.Context, s Service, index int) error {
+	r := m.cfg.Recorder
+	p := fmt.Sprintf("internal_configuration.service.%d.", index)
+	recorded := s.Name
+	cs, isCorosync := corosyncServices[ServiceKey(s.Name)]
+	if isCorosync {
+		recorded = cs.name
+	}
+	name, _ := objdb.ParseValue(objdb.String, recorded)
+	ver, _ := objdb.ParseValue(objdb.Uint32, strconv.FormatUint(uint64(s.Version), 10))
+	err := errors.Join(r.Set(ctx, p+"name", name), r.Set(ctx, p+"ver", ver))
+	if isCorosync && err == nil {
+		id, _ := objdb.ParseValue(objdb.Uint16, strconv.Itoa(index))
+		err = r.Set(ctx, "runtime.services."+ServiceKey(s.Name)+".service_id", id)
+	}
+	return err
 }
 
 // record retries unrecorded services and writes the counters that changed.
@@ -731,6 +741,23 @@ func (m *Manager) record(ctx context.Context) {
 	// Under busy: Load and Unload write the same services' keys.
 	m.busy.Lock()
 	defer m.busy.Unlock()
+	// A hosted service is recorded as corosync lists its services (cmap
+	// as internal_configuration.service.0, …): the node serves it.
+	for _, h := range m.hosted() {
+		m.mu.Lock()
+		done := m.hostedRec[h.Name]
+		m.mu.Unlock()
+		if done {
+			continue
+		}
+		if err := m.recordKeys(ctx, Service{Name: h.Name, Version: h.Version}, h.Index); err != nil {
+			m.cfg.Log.Debug("recording a hosted service in objdb; will retry", "service", h.Name, "err", err)
+			continue
+		}
+		m.mu.Lock()
+		m.hostedRec[h.Name] = true
+		m.mu.Unlock()
+	}
 	m.mu.Lock()
 	svcs := slices.Collect(maps.Values(m.loaded))
 	m.mu.Unlock()

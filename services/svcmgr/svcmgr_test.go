@@ -350,6 +350,14 @@ func TestHostedServiceListed(t *testing.T) {
 		l[0].Target != f.subjects.Component("node1", "cpg", 0) {
 		t.Fatalf("hosted services = %+v, want cpg, index 2, pid %d", l, os.Getpid())
 	}
+	// Recorded as corosync lists its services: internal_configuration
+	// under corosync's index, and the service id.
+	waitFor(t, "cpg's internal_configuration keys", 10*time.Second, func() bool {
+		return f.rec.get("internal_configuration.service.2.name") != "" && f.rec.get("runtime.services.cpg.service_id") != ""
+	})
+	if n, v := f.rec.get("internal_configuration.service.2.name"), f.rec.get("runtime.services.cpg.service_id"); !strings.Contains(n, "corosync_cpg") || v != "2" {
+		t.Fatalf("hosted cpg recorded as %q, service_id %q; want corosync_cpg and 2", n, v)
+	}
 	cancel()
 	for range 2 {
 		if err := <-done; err != nil {
