@@ -2,6 +2,7 @@ package objdb
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -251,4 +252,59 @@ func TestNodeFeedFetchesWhatItMissed(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	})
 	wantSeries(t, "copy behind a broken connection", &log, "runtime.gap.v", n)
+}
+
+// A writer cannot run further ahead of its keeper than maxUnconfirmed
+// writes: with the keeper gone, the writes up to the bound are taken at
+// once (and read back), the next waits WriteTimeout and fails with
+// TRY_AGAIN having changed nothing; once a keeper serves again every
+// taken write is confirmed and writes are taken again.
+func TestNodeWritesWaitForALaggingKeeper(t *testing.T) {
+	cl := bustest.StartCluster(t, 1)
+	nc := cl.Conn(1)
+	subjects, _ := bus.NewSubjects("corobus.test")
+	runKeeper := func() (stop func()) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_ = RunKeeper(ctx, nc, KeeperConfig{Node: 1, Bucket: "objdb_test", Replicas: 1, Subjects: subjects,
+				Log: bustest.Logger(t).With("keeper", 1), Heartbeat: 50 * time.Millisecond})
+		}()
+		return func() { cancel(); <-done }
+	}
+	stopKeeper := runKeeper()
+	s := openStore(t, nc, 1, 1)
+	ctx := context.Background()
+	stopKeeper()
+	for i := range maxUnconfirmed {
+		if err := s.Set(ctx, "runtime.lag."+strconv.Itoa(i%16), mustValue(t, Uint32, strconv.Itoa(i))); err != nil {
+			t.Fatalf("write %d with the keeper gone: %v", i, err)
+		}
+	}
+	if v, err := s.Get("runtime.lag.15"); err != nil || v.String() != strconv.Itoa(maxUnconfirmed-1) {
+		t.Fatalf("the writer reads %v (%v), want its last write", v, err)
+	}
+	err := s.Set(ctx, "runtime.lag.over", mustValue(t, Uint32, "1"))
+	if !errors.Is(err, ErrTryAgain) {
+		t.Fatalf("write past %d unconfirmed: %v, want TRY_AGAIN", maxUnconfirmed, err)
+	}
+	if _, err := s.Get("runtime.lag.over"); !errors.Is(err, ErrNotExist) {
+		t.Fatalf("a refused write was applied: %v", err)
+	}
+	stopKeeper = runKeeper()
+	defer func() { stopKeeper() }()
+	deadline := time.Now().Add(20 * time.Second)
+	for s.State().Pending != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the new keeper did not confirm the writes: %+v", s.State())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := s.Set(ctx, "runtime.lag.over", mustValue(t, Uint32, "2")); err != nil {
+		t.Fatalf("write once the keeper serves again: %v", err)
+	}
+	other := openStore(t, nc, 1, 1)
+	waitValue(t, other, "runtime.lag.15", strconv.Itoa(maxUnconfirmed-1))
+	waitValue(t, other, "runtime.lag.over", "2")
 }

@@ -202,6 +202,7 @@ func (s *Store) confirmLocked(wseq uint64, rec *nodeRecord) {
 	}
 	clear(live[:n])
 	s.phead += n
+	s.changed.Broadcast() // a writer may wait for room (maxUnconfirmed)
 	// Under a stream of writes pending holds a window's worth, confirmed
 	// a record at a time: keep its array, and move what is left to its
 	// front once the dead part is the larger.

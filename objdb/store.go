@@ -593,11 +593,28 @@ func (s *Store) overlayCluster(key string, v *Value, rev uint64) {
 	s.sharedOver[key] = o
 }
 
+// maxUnconfirmed is how many node-key writes a Store lets the keeper
+// leave unconfirmed before its next write waits for the keeper. Without a
+// bound a writer faster than the keeper (eight cmap clients on a 2-vCPU
+// machine) queued without end: the queue's array was copied at each
+// growth, its oldest writes were resent every heartbeat once half a
+// second old, and the resends slowed the keeper further (eight clients'
+// sets fell to a few hundred per second). It is the keeper's record log
+// (KeeperConfig.LogRecords' default): a copy that far behind reloads.
+const maxUnconfirmed = 8192
+
 // writeNode applies a node-key write to this Store's copy (set, delete)
 // and sends it to the keeper. An adjust waits for the keeper's result: its
-// outcome depends on writes this Store has not seen.
+// outcome depends on writes this Store has not seen. With maxUnconfirmed
+// writes unconfirmed, it first waits for the keeper (at most WriteTimeout).
 func (s *Store) writeNode(ctx context.Context, w nodeWrite) (nodeRecord, error) {
 	s.mu.Lock()
+	if len(s.pend()) >= maxUnconfirmed {
+		if err := s.waitKeeperLocked(ctx); err != nil {
+			s.mu.Unlock()
+			return nodeRecord{}, fmt.Errorf("objdb: write of %s not taken: %w", w.Key, err)
+		}
+	}
 	s.nextWSeq++
 	w.WSeq = s.nextWSeq
 	p := pendingWrite{w: w, sent: time.Now()}
@@ -628,6 +645,26 @@ func (s *Store) writeNode(ctx context.Context, w nodeWrite) (nodeRecord, error) 
 	case <-ctx.Done():
 		return nodeRecord{}, fmt.Errorf("objdb: the node's keeper did not confirm the adjust of %s (it may still apply): %v: %w", w.Key, ctx.Err(), ErrTryAgain)
 	}
+}
+
+// waitKeeperLocked waits, under s.mu, until fewer than maxUnconfirmed
+// writes are unconfirmed, or WriteTimeout (or ctx) ends.
+func (s *Store) waitKeeperLocked(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		s.mu.Lock()
+		s.changed.Broadcast()
+		s.mu.Unlock()
+	})
+	defer stop()
+	for len(s.pend()) >= maxUnconfirmed {
+		if ctx.Err() != nil {
+			return fmt.Errorf("the node's keeper has not confirmed this copy's last %d writes (%v): %w", len(s.pend()), ctx.Err(), ErrTryAgain)
+		}
+		s.changed.Wait()
+	}
+	return nil
 }
 
 // sendWindow is how long a Store gathers node-key writes before it sends
