@@ -497,38 +497,64 @@ func (s *Store) Adjust(ctx context.Context, key string, step int64) (Value, erro
 		}
 		return rec.New, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
-	defer cancel()
 	k := kvKey(clusterScope(), key)
-	for {
-		e, err := s.kv.Get(ctx, k)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			return Value{}, fmt.Errorf("key %s: %w", key, ErrNotExist)
-		}
-		if err != nil {
-			return Value{}, s.writeError(key, err)
-		}
-		old, err := decodeValue(e.Value())
-		if err != nil {
-			return Value{}, fmt.Errorf("key %s: %w", key, err)
-		}
-		nv, err := old.adjust(step)
-		if err != nil {
-			return Value{}, fmt.Errorf("key %s: %w", key, err)
-		}
-		rev, err := s.kv.Update(ctx, k, nv.encode(), e.Revision())
+	// WriteTimeout bounds each round (a quorum that does not answer), not
+	// the loop: a round lost to another writer means the key moved on, and
+	// under many writers of one key a round may be lost many times in a
+	// row — eight processes incrementing one counter on a loaded machine
+	// saw one increment lose every round for its whole WriteTimeout and
+	// fail with TRY_AGAIN. A lost round is retried after a random pause
+	// that grows with the losses, so contenders spread out; ctx (the
+	// caller's) bounds the whole.
+	for lost := 0; ; lost++ {
+		nv, old, err := s.adjustRound(ctx, k, key, step)
 		if err == nil {
-			s.overlayCluster(key, &nv, rev)
 			s.publish(Event{Kind: EventModify, Key: key, Old: &old, New: &nv})
 			return nv, nil
 		}
-		if !isWrongRevision(err) {
-			return Value{}, s.writeError(key, err)
+		if !errors.Is(err, errLostRound) {
+			return Value{}, err
 		}
-		if ctx.Err() != nil {
+		pause := time.Duration(rand.Int64N(int64(time.Millisecond) << min(lost, 6)))
+		select {
+		case <-ctx.Done():
 			return Value{}, s.writeError(key, ctx.Err())
+		case <-time.After(pause):
 		}
 	}
+}
+
+// errLostRound is a compare-and-set another writer got to first.
+var errLostRound = errors.New("objdb: another writer changed the key first")
+
+// adjustRound is one compare-and-set of Adjust, within WriteTimeout.
+func (s *Store) adjustRound(ctx context.Context, k, key string, step int64) (Value, Value, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
+	defer cancel()
+	e, err := s.kv.Get(ctx, k)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return Value{}, Value{}, fmt.Errorf("key %s: %w", key, ErrNotExist)
+	}
+	if err != nil {
+		return Value{}, Value{}, s.writeError(key, err)
+	}
+	old, err := decodeValue(e.Value())
+	if err != nil {
+		return Value{}, Value{}, fmt.Errorf("key %s: %w", key, err)
+	}
+	nv, err := old.adjust(step)
+	if err != nil {
+		return Value{}, Value{}, fmt.Errorf("key %s: %w", key, err)
+	}
+	rev, err := s.kv.Update(ctx, k, nv.encode(), e.Revision())
+	if err == nil {
+		s.overlayCluster(key, &nv, rev)
+		return nv, old, nil
+	}
+	if isWrongRevision(err) {
+		return Value{}, Value{}, errLostRound
+	}
+	return Value{}, Value{}, s.writeError(key, err)
 }
 
 func isWrongRevision(err error) bool {
