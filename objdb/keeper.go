@@ -562,6 +562,7 @@ func (k *Keeper) onSync(m *nats.Msg) {
 func (k *Keeper) load(ctx context.Context) {
 	o := newBucketOpener(k.js, k.cfg.Bucket, k.cfg.Replicas, false)
 	var slow slowNotice
+	slow.start()
 	pause := firstRetryPause
 	for {
 		kv, got, err := o.wait(ctx, func(_ int, err error) {
