@@ -72,6 +72,12 @@ func benchScale(b *testing.B, n int) {
 		routes = append(routes, "nats-route://127.0.0.1:"+strconv.Itoa(ports[n+i]))
 		expected = append(expected, uint32(i+1))
 	}
+	// The stores first: cleanups run last-registered first, and a store
+	// must outlive its server.
+	var dirs []string
+	for range n {
+		dirs = append(dirs, b.TempDir())
+	}
 	nodes := make([]*scaleNode, n)
 	b.Cleanup(func() {
 		var wg sync.WaitGroup
@@ -92,7 +98,7 @@ func benchScale(b *testing.B, n int) {
 			sc := bus.ServerConfig{
 				NodeID: id, ClusterName: "scale", Listen: "127.0.0.1", ClientPort: ports[i],
 				RouteHost: "127.0.0.1", RoutePort: ports[n+i], Routes: routes,
-				StoreDir: b.TempDir(), LameDuck: time.Second, Logger: slog.New(slog.DiscardHandler),
+				StoreDir: dirs[i], LameDuck: time.Second, Logger: slog.New(slog.DiscardHandler),
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
