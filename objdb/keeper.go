@@ -93,6 +93,8 @@ type Keeper struct {
 	replicas   atomic.Int32
 	opened     chan struct{}
 	openedOnce sync.Once
+	// closed: the keeper is stopping and applies no more writes.
+	closed bool
 }
 
 // recordLog keeps the last len(buf) records, oldest first, in a ring.
@@ -217,6 +219,17 @@ func (k *Keeper) Run(ctx context.Context) error {
 	// refused (CS_ERR_ACCESS), and "write_internal", for the Stores of the
 	// layers that maintain them, which only their bus users may publish
 	// to (bus.Access.ObjdbStore). A Store sends all its writes on one.
+	var writeSubs []*nats.Subscription
+	stopWrites := func() {
+		for _, ws := range writeSubs {
+			_ = ws.Unsubscribe()
+		}
+		writeSubs = nil
+		k.mu.Lock()
+		k.closed = true
+		k.mu.Unlock()
+	}
+	defer stopWrites()
 	for _, w := range []struct {
 		what     string
 		internal bool
@@ -225,7 +238,7 @@ func (k *Keeper) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("objdb keeper: subscribing to writes: %w", err)
 		}
-		defer func() { _ = ws.Unsubscribe() }()
+		writeSubs = append(writeSubs, ws)
 		// A keeper that falls behind queues rather than drops; a drop
 		// would cost the writers a resend.
 		_ = ws.SetPendingLimits(1<<20, 512<<20)
@@ -242,14 +255,21 @@ func (k *Keeper) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	ctx, cancel := context.WithCancel(ctx)
+	// The workers stop only once the keeper takes no more writes: the
+	// publisher's last publish and the flusher's last round then hold
+	// every write it applied. A write applied after them was stored but
+	// never published; its writer, never confirmed, resent it to the next
+	// keeper, which applied it again over the value it had loaded — the
+	// node's trackers saw 47 → 50 → 48 (TestNodeFeedSurvivesANewKeeper).
+	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	wg.Add(4)
-	go func() { defer wg.Done(); k.publisher(ctx) }()
-	go func() { defer wg.Done(); k.flusher(ctx) }()
-	go func() { defer wg.Done(); k.load(ctx) }()
-	go func() { defer wg.Done(); k.raiseReplicas(ctx) }()
+	go func() { defer wg.Done(); k.publisher(wctx) }()
+	go func() { defer wg.Done(); k.flusher(wctx) }()
+	go func() { defer wg.Done(); k.load(wctx) }()
+	go func() { defer wg.Done(); k.raiseReplicas(wctx) }()
 	<-ctx.Done()
+	stopWrites()
 	return nil
 }
 
@@ -264,6 +284,9 @@ func (k *Keeper) onWrite(m *nats.Msg, internal bool) {
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if k.closed {
+		return // stopping: the writer sends it to the next keeper
+	}
 	w := k.writers[writer]
 	if w == nil {
 		w = &writerState{next: base}
