@@ -387,7 +387,10 @@ func firstLine(s string) string {
 	return s
 }
 
-func minMedMax(xs []float64) string {
+func minMedMax(xs []float64) string { return minMedMaxAs(xs, num) }
+
+// minMedMaxAs is "min / median / max" of xs, each written by format.
+func minMedMaxAs(xs []float64, format func(float64) string) string {
 	if len(xs) == 0 {
 		return "–"
 	}
@@ -396,7 +399,7 @@ func minMedMax(xs []float64) string {
 	if len(xs)%2 == 0 {
 		med = (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
 	}
-	return fmt.Sprintf("%s / %s / %s", num(xs[0]), num(med), num(xs[len(xs)-1]))
+	return fmt.Sprintf("%s / %s / %s", format(xs[0]), format(med), format(xs[len(xs)-1]))
 }
 
 // num prints a figure with thousands separated by a thin space, one

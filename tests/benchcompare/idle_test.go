@@ -189,13 +189,5 @@ func sortedKeys(m map[string]bool) []string {
 
 // minMedMax2 is minMedMax with two decimals: idle figures are small.
 func minMedMax2(xs []float64) string {
-	if len(xs) == 0 {
-		return "–"
-	}
-	slices.Sort(xs)
-	med := xs[len(xs)/2]
-	if len(xs)%2 == 0 {
-		med = (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
-	}
-	return fmt.Sprintf("%.2f / %.2f / %.2f", xs[0], med, xs[len(xs)-1])
+	return minMedMaxAs(xs, func(x float64) string { return fmt.Sprintf("%.2f", x) })
 }
