@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/bustest"
 	"github.com/corobus/corobus/bus/faultproxy"
@@ -174,16 +176,7 @@ func TestNodeFeedSurvivesANewKeeper(t *testing.T) {
 	cl := bustest.StartCluster(t, 1)
 	nc := cl.Conn(1)
 	subjects, _ := bus.NewSubjects("corobus.test")
-	runKeeper := func() (stop func()) {
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			_ = RunKeeper(ctx, nc, KeeperConfig{Node: 1, Bucket: "objdb_test", Replicas: 1, Subjects: subjects,
-				Log: bustest.Logger(t).With("keeper", 1), Heartbeat: 50 * time.Millisecond})
-		}()
-		return func() { cancel(); <-done }
-	}
+	runKeeper := func() (stop func()) { return startTestKeeper(t, nc, subjects) }
 	stopKeeper := runKeeper()
 	s := openStore(t, nc, 1, 1)
 	other := openStore(t, cl.Conn(1), 1, 1)
@@ -263,16 +256,7 @@ func TestNodeWritesWaitForALaggingKeeper(t *testing.T) {
 	cl := bustest.StartCluster(t, 1)
 	nc := cl.Conn(1)
 	subjects, _ := bus.NewSubjects("corobus.test")
-	runKeeper := func() (stop func()) {
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			_ = RunKeeper(ctx, nc, KeeperConfig{Node: 1, Bucket: "objdb_test", Replicas: 1, Subjects: subjects,
-				Log: bustest.Logger(t).With("keeper", 1), Heartbeat: 50 * time.Millisecond})
-		}()
-		return func() { cancel(); <-done }
-	}
+	runKeeper := func() (stop func()) { return startTestKeeper(t, nc, subjects) }
 	stopKeeper := runKeeper()
 	s := openStore(t, nc, 1, 1)
 	ctx := context.Background()
@@ -307,4 +291,17 @@ func TestNodeWritesWaitForALaggingKeeper(t *testing.T) {
 	other := openStore(t, nc, 1, 1)
 	waitValue(t, other, "runtime.lag.15", strconv.Itoa(maxUnconfirmed-1))
 	waitValue(t, other, "runtime.lag.over", "2")
+}
+
+// startTestKeeper runs node 1's keeper of bucket objdb_test on nc until
+// the returned stop is called (which waits for it to finish).
+func startTestKeeper(t *testing.T, nc *nats.Conn, subjects bus.Subjects) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = RunKeeper(ctx, nc, KeeperConfig{Node: 1, Bucket: "objdb_test", Replicas: 1, Subjects: subjects,
+			Log: bustest.Logger(t).With("keeper", 1), Heartbeat: 50 * time.Millisecond})
+	}()
+	return func() { cancel(); <-done }
 }
