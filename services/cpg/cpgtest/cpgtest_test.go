@@ -143,6 +143,10 @@ func runVS(t *testing.T, cl *netcluster.Cluster, prog string) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
+	// The whole node at once: frozen first, so that no member of it dies
+	// while its engine still runs (its engine would then tell the others
+	// PROCDOWN, rightly, where this test wants the node's NODEDOWN).
+	cl.Node(3).Freeze()
 	if err := cl.Node(3).Kill(); err != nil {
 		t.Fatal(err)
 	}
