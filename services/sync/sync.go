@@ -132,6 +132,12 @@ type Engine struct {
 	mine    []Registration
 	replied map[uint32]bool
 	started time.Time
+	// hosted are the services this node runs the round's hooks for: those
+	// registered when the round started (mine). A service that registers
+	// during the round gets no hooks in it — it was never init'ed, and a
+	// process hook called on it could wait forever, holding every member
+	// at its barrier — and gets the round that follows (again).
+	hosted map[string]bool
 }
 
 // Layer is `corobus sync`.
@@ -401,6 +407,10 @@ func (e *Engine) startRoundEpoch(ctx context.Context, cc *totem.ConfChg, epoch u
 	sortRegs(e.list)
 	sortRegs(mine)
 	e.mine = mine
+	e.hosted = make(map[string]bool, len(mine))
+	for _, r := range mine {
+		e.hosted[r.Name] = true
+	}
 	e.setState(func(s *State) {
 		s.InProgress, s.Ring, s.Service, s.Phase, s.Since = true, cc.Ring, "", "build", time.Now().UTC()
 	})
@@ -448,12 +458,9 @@ func (e *Engine) all(got map[uint32]bool) bool {
 	return true
 }
 
-func (e *Engine) local(name string) bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	_, ok := e.registered[name]
-	return ok
-}
+// local reports whether this node runs the current round's hooks of a
+// service (see hosted).
+func (e *Engine) local(name string) bool { return e.hosted[name] }
 
 // processNext runs the current service's process hook once; until it is
 // done the call is queued again behind whatever was delivered meanwhile, so
