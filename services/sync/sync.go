@@ -243,6 +243,18 @@ func (e *Engine) Run(ctx context.Context) error {
 		case f := <-e.ev:
 			f()
 		case <-retry.C:
+			if e.active && e.inited && e.idx < len(e.list) && time.Since(e.started) >= stuckAfter {
+				// Said (at a bounded rate) so that a round that never
+				// completes names the service and the members it waits for.
+				var missing []uint32
+				for _, id := range e.members {
+					if !e.barriers[id] {
+						missing = append(missing, id)
+					}
+				}
+				e.log.Warn("sync round still runs", "ring", e.ring, "epoch", e.epoch, "service", e.list[e.idx].Name,
+					"hosted_here", e.local(e.list[e.idx].Name), "barriers_missing", missing, "for", time.Since(e.started).Round(time.Second).String())
+			}
 			if e.active && !e.inited && time.Since(e.started) >= buildRetry {
 				e.log.Info("sync round still waits for builds; asking again", "ring", e.ring, "epoch", e.epoch, "have", len(e.builds), "members", len(e.members))
 				e.replied = map[uint32]bool{}
@@ -255,6 +267,10 @@ func (e *Engine) Run(ctx context.Context) error {
 // buildRetry is how long a round waits for its members' builds before it
 // asks again.
 const buildRetry = 3 * time.Second
+
+// stuckAfter is how long a round may run before the engine says which
+// service and members it waits for.
+const stuckAfter = 15 * time.Second
 
 func (e *Engine) onRegister(m *nats.Msg) {
 	var r Registration
