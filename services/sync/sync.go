@@ -112,14 +112,18 @@ type Engine struct {
 	state      State
 
 	// Round state: touched by the worker goroutine only.
-	ring     totem.RingID
-	members  []uint32
-	trans    []uint32
-	active   bool
-	builds   map[uint32]bool
-	list     []Registration
-	idx      int
-	barriers map[uint32]bool
+	ring    totem.RingID
+	members []uint32
+	trans   []uint32
+	active  bool
+	builds  map[uint32]bool
+	list    []Registration
+	idx     int
+	// barriers are the round's barriers delivered so far, by service id
+	// and member: kept even when they come before this engine is ready
+	// for them (a late engine still collecting builds — the replies to
+	// its own come after a faster member's first barrier).
+	barriers map[int]map[uint32]bool
 	inited   bool
 	// again asks for one more round of the current ring once this one
 	// completes: a service registered while it ran.
@@ -248,7 +252,7 @@ func (e *Engine) Run(ctx context.Context) error {
 				// completes names the service and the members it waits for.
 				var missing []uint32
 				for _, id := range e.members {
-					if !e.barriers[id] {
+					if !e.barriers[e.list[e.idx].ID][id] {
 						missing = append(missing, id)
 					}
 				}
@@ -411,7 +415,7 @@ func (e *Engine) startRoundEpoch(ctx context.Context, cc *totem.ConfChg, epoch u
 	e.active, e.inited, e.idx, e.again = true, false, 0, false
 	e.started = time.Now()
 	e.builds = map[uint32]bool{}
-	e.barriers = map[uint32]bool{}
+	e.barriers = map[int]map[uint32]bool{}
 	e.replied = map[uint32]bool{}
 	e.mu.Lock()
 	e.list = e.list[:0]
@@ -519,20 +523,22 @@ func (e *Engine) processNext(ctx context.Context) {
 }
 
 func (e *Engine) onBarrier(ctx context.Context, from uint32, p protoMsg) {
-	if !e.inited || e.idx >= len(e.list) || p.Service != e.list[e.idx].ID {
-		return
+	if e.barriers[p.Service] == nil {
+		e.barriers[p.Service] = map[uint32]bool{}
 	}
-	e.barriers[from] = true
-	if !e.all(e.barriers) {
+	e.barriers[p.Service][from] = true
+	e.advance(ctx)
+}
+
+// advance ends the current service's step once every member's barrier
+// for it is in, and goes on to the next.
+func (e *Engine) advance(ctx context.Context) {
+	if !e.inited || e.idx >= len(e.list) || !e.all(e.barriers[e.list[e.idx].ID]) {
 		return
 	}
 	if r := e.list[e.idx]; e.local(r.Name) {
 		e.hook(ctx, r, "activate")
 	}
-	// The next service's barriers are all ordered after this one's: none
-	// has arrived yet. (Not reset when this node sends its own barrier: a
-	// faster member's may already be in.)
-	e.barriers = map[uint32]bool{}
 	e.idx++
 	e.processNext(ctx)
 }
