@@ -335,8 +335,16 @@ func exercise(t *testing.T, v variant) {
 // outlive a kill. Without it, the Dummy agent's state file of a killed
 // node would say, after its restart, that the resource still runs there.
 // /var/lib (Pacemaker's CIB, corosync's ring id) stays, as on a disk.
+//
+// /run and /dev/shm here are the node's own tmpfs mounts (MountNS): the
+// machine's /dev/shm, where a user's corosync or other libqb programs keep
+// their rings, is never touched. Without a mount namespace this would
+// empty the machine's, so it refuses.
 func (pc *pcmkCluster) reboot(n *netcluster.Node) {
 	pc.t.Helper()
+	if !pc.nc.Options().MountNS {
+		pc.fatalf("reboot of node %d: the node has no mount namespace of its own; its /run and /dev/shm would be the machine's", n.ID)
+	}
 	if _, err := pc.run(n, "find", "/run", "/dev/shm", "-mindepth", "1", "-xdev", "!", "-type", "d", "-delete"); err != nil {
 		pc.fatalf("%v", err)
 	}
