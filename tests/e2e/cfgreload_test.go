@@ -1,14 +1,11 @@
 package e2e
 
 import (
-	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -62,12 +59,7 @@ corosync-cfgtool -R 2>&1; echo "rc=$?"
 corosync-cmapctl -g logging.timestamp
 true
 `
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "unshare", "--net", "bash", "-c", script)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	out, err := cmd.CombinedOutput()
+	out, err := runInNetns(3*time.Minute, script)
 	got := string(out)
 	t.Logf("%s", got)
 	nodeLog, _ := os.ReadFile(filepath.Join(dir, "node.log"))

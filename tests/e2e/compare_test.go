@@ -1,13 +1,10 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -140,15 +137,8 @@ if answers; then echo "cmap still answers after corobus up ($TR) exited"; exit 1
 done
 exit 0
 `
-	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "unshare", "--net", "bash", "-c", script)
-	// On timeout, take down both daemons too, not just bash: they would keep
-	// the namespace (and its cmap socket) alive.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	start := time.Now()
-	out, err := cmd.CombinedOutput()
+	out, err := runInNetns(180*time.Second, script)
 	t.Logf("both runs took %s\n%s", time.Since(start).Round(100*time.Millisecond), out)
 	// The transcripts are in the logs too: after a timeout, the last
 	// section of one names the command that hung.

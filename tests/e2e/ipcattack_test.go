@@ -1,14 +1,12 @@
 package e2e
 
 import (
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -75,13 +73,7 @@ sleep 4
 echo "== track"; cat $D/track.out
 echo "== shm"; ` + gatewayShmShell + `
 `
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "unshare", "--net", "bash", "-c", script)
-	// On timeout, take down the node and the attackers too, not just bash.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	out, err := cmd.CombinedOutput()
+	out, err := runInNetns(3*time.Minute, script)
 	log, _ := os.ReadFile(filepath.Join(dir, "up.log"))
 	if err != nil {
 		t.Fatalf("script failed: %v\n%s\nnode log:\n%s", err, out, log)

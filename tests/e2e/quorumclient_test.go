@@ -1,12 +1,10 @@
 package e2e
 
 import (
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -63,12 +61,7 @@ echo "== client"; cat "$D/client.txt"
 echo "== events"; cat "$D/events.txt"
 echo "== monitor"; cat "$D/monitor.txt"
 `
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "unshare", "--net", "bash", "-c", script)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	out, err := cmd.CombinedOutput()
+	out, err := runInNetns(3*time.Minute, script)
 	got := string(out)
 	t.Logf("%s", got)
 	if err != nil {

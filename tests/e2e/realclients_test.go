@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // needs are what a real-client test requires of the machine, each checked
@@ -102,4 +105,18 @@ func eachTransport(t *testing.T, f func(t *testing.T, upArgs string)) {
 	for _, tr := range transports {
 		t.Run(tr, func(t *testing.T) { f(t, "-o ipc.transport="+tr) })
 	}
+}
+
+// runInNetns runs a bash script in a network namespace of its own (its
+// abstract socket names are its own: the node it starts serves only its
+// clients) and returns what it printed. On timeout the whole process
+// group goes — the node and the clients it started too, not just bash:
+// they would keep the namespace (and its sockets) alive.
+func runInNetns(timeout time.Duration, script string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "unshare", "--net", "bash", "-c", script)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	return cmd.CombinedOutput()
 }
