@@ -313,17 +313,29 @@ type deviceStatus struct {
 	Votes uint32 `json:"votes"`
 }
 
-func (t *quorumTool) collect(ctx context.Context, withNodes bool) (QuorumStatus, []string, error) {
+//
+// decided, when not nil, is a decision the provider has just published:
+// it is the view, rather than the quorum service's. The monitor is woken
+// by that decision, and the quorum service follows the same subject in
+// another process: asked at once, it may still answer with the view before
+// (the monitor then printed a stale membership and nothing after it).
+func (t *quorumTool) collect(ctx context.Context, withNodes bool, decided *quorum.Notification) (QuorumStatus, []string, error) {
 	st := QuorumStatus{Date: time.Now(), Provider: t.provider, NodeID: t.ourID}
 	var warnings []string
-	n, err := t.view(ctx)
-	if err != nil {
-		return st, nil, err
+	n := decided
+	if n == nil {
+		v, err := t.view(ctx)
+		if err != nil {
+			return st, nil, err
+		}
+		n = &v
 	}
 	st.Quorate, st.Ring, st.Nodes = n.Quorate, n.Ring, len(n.Members)
-	if b, err := t.quorum.call(ctx, quorum.EncodeRequest(quorum.ReqGetQuorate)); err == nil {
-		if q, code, err := quorum.DecodeGetQuorate(b); err == nil && code == cswire.OK {
-			st.Quorate = q
+	if decided == nil {
+		if b, err := t.quorum.call(ctx, quorum.EncodeRequest(quorum.ReqGetQuorate)); err == nil {
+			if q, code, err := quorum.DecodeGetQuorate(b); err == nil && code == cswire.OK {
+				st.Quorate = q
+			}
 		}
 	}
 	if t.vq != nil {
@@ -460,7 +472,7 @@ func (t *quorumTool) nodelistName(ctx context.Context, id uint32) string {
 }
 
 func (t *quorumTool) showStatus(ctx context.Context, a *app) error {
-	st, warnings, err := t.collect(ctx, t.vq != nil)
+	st, warnings, err := t.collect(ctx, t.vq != nil, nil)
 	if err != nil {
 		return err
 	}
@@ -481,7 +493,7 @@ func (t *quorumTool) showStatus(ctx context.Context, a *app) error {
 }
 
 func (t *quorumTool) showNodes(ctx context.Context, a *app) error {
-	st, warnings, err := t.collect(ctx, true)
+	st, warnings, err := t.collect(ctx, true, nil)
 	if err != nil {
 		return err
 	}
@@ -502,11 +514,24 @@ func (t *quorumTool) monitor(ctx context.Context, a *app, nc *nodeClient) error 
 		fmt.Fprintln(a.stdout, "\nQuorum is not configured - cannot monitor")
 		return t.showStatus(ctx, a)
 	}
-	changes := make(chan struct{}, 1)
-	sub, err := nc.nc.Subscribe(nc.subjects.QuorumState(nc.node), func(*nats.Msg) {
-		select {
-		case changes <- struct{}{}:
-		default:
+	// The newest decision only: a slow terminal skips to the latest.
+	changes := make(chan quorum.Notification, 1)
+	sub, err := nc.nc.Subscribe(nc.subjects.QuorumState(nc.node), func(m *nats.Msg) {
+		var d votequorum.State
+		if json.Unmarshal(m.Data, &d) != nil || !d.Synced {
+			return // not a decision yet, as the quorum service judges it
+		}
+		n := quorum.Notification{Quorate: d.Quorate, Ring: quorum.RingID{NodeID: d.Ring.NodeID, Seq: d.Ring.Seq}, Members: d.Members}
+		for {
+			select {
+			case changes <- n:
+				return
+			default:
+			}
+			select {
+			case <-changes:
+			default:
+			}
 		}
 	})
 	if err != nil {
@@ -515,8 +540,9 @@ func (t *quorumTool) monitor(ctx context.Context, a *app, nc *nodeClient) error 
 	defer func() { _ = sub.Unsubscribe() }()
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
 	defer stop()
+	var decided *quorum.Notification
 	for {
-		st, warnings, err := t.collect(ctx, t.vq != nil)
+		st, warnings, err := t.collect(ctx, t.vq != nil, decided)
 		if err != nil {
 			return err
 		}
@@ -533,7 +559,8 @@ func (t *quorumTool) monitor(ctx context.Context, a *app, nc *nodeClient) error 
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-changes:
+		case n := <-changes:
+			decided = &n
 		}
 	}
 }
