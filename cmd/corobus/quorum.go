@@ -313,7 +313,6 @@ type deviceStatus struct {
 	Votes uint32 `json:"votes"`
 }
 
-//
 // decided, when not nil, is a decision the provider has just published:
 // it is the view, rather than the quorum service's. The monitor is woken
 // by that decision, and the quorum service follows the same subject in
