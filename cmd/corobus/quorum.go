@@ -313,6 +313,9 @@ type deviceStatus struct {
 	Votes uint32 `json:"votes"`
 }
 
+// collect gathers what -s, -l and -m print: the view, votequorum's
+// figures and, withNodes, each member's votes and name.
+//
 // decided, when not nil, is a decision the provider has just published:
 // it is the view, rather than the quorum service's. The monitor is woken
 // by that decision, and the quorum service follows the same subject in
