@@ -182,6 +182,7 @@ type Node struct {
 	repairing  bool
 	lastDeliv  uint64
 	lastHB     time.Time
+	hearsNews  bool // the reachable set changed since the last heartbeat
 	lastOrdSub *nats.Subscription
 	dataSub    *nats.Subscription
 	scratch    []byte
@@ -773,6 +774,7 @@ func (n *Node) sendHeartbeat(now time.Time) {
 	b, _ := json.Marshal(hb)
 	_ = n.nc.Publish(n.subjHB, b)
 	n.lastHB = now
+	n.hearsNews = false
 }
 
 // alive is this node and every node heard from within totem.token, sorted.
@@ -794,9 +796,6 @@ func (n *Node) alive(now time.Time) ([]uint32, map[uint32]Heartbeat) {
 // tick runs the failure detector, the view agreement's timeouts,
 // retransmissions and garbage collection. Called with mu held.
 func (n *Node) tick(now time.Time) {
-	if now.Sub(n.lastHB) >= n.cfg.Heartbeat {
-		n.sendHeartbeat(now)
-	}
 	alive, hbs := n.alive(now)
 	for id, hb := range hbs {
 		if hb.Addr != "" {
@@ -806,6 +805,16 @@ func (n *Node) tick(now time.Time) {
 	if !slices.Equal(alive, n.aliveSet) {
 		n.aliveSet = alive
 		n.aliveSince = now
+		n.hearsNews = true
+	}
+	// A heartbeat on time, and one early (at most one per totem.join)
+	// when the reachable set changed: a view forms only of nodes whose
+	// heartbeats say they hear each other, so the nodes just heard learn
+	// it now rather than up to a heartbeat period later (a view of N
+	// nodes started together waited two periods, 400 ms by default,
+	// after the last route). The period is unchanged.
+	if now.Sub(n.lastHB) >= n.cfg.Heartbeat || (n.hearsNews && now.Sub(n.lastHB) >= n.cfg.Join) {
+		n.sendHeartbeat(now)
 	}
 	switch n.state {
 	case stOperational:
