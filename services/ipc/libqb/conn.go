@@ -270,7 +270,7 @@ func (c *Conn) readSetup(b []byte) (int, error) {
 		var n int
 		var err error
 		if perr := c.setupRaw.Read(func(fd uintptr) bool {
-			n, _, err = syscall.Recvfrom(int(fd), b, syscall.MSG_DONTWAIT)
+			n, err = recvNow(int(fd), b, 0)
 			return !errors.Is(err, syscall.EAGAIN)
 		}); perr != nil {
 			return 0, perr
@@ -289,7 +289,7 @@ func (c *Conn) peerGone() bool {
 	var err error
 	var b [1]byte
 	if cerr := c.setupRaw.Control(func(fd uintptr) {
-		n, _, err = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		n, err = recvNow(int(fd), b[:], syscall.MSG_PEEK)
 	}); cerr != nil {
 		return true
 	}
@@ -303,7 +303,7 @@ func (c *Conn) writeSetup(b []byte) error {
 		var n int
 		var err error
 		if perr := c.setupRaw.Write(func(fd uintptr) bool {
-			n, err = syscall.SendmsgN(int(fd), b, nil, nil, syscall.MSG_DONTWAIT|syscall.MSG_NOSIGNAL)
+			n, err = sendNow(int(fd), b)
 			return !errors.Is(err, syscall.EAGAIN)
 		}); perr != nil {
 			return perr

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -13,7 +14,7 @@ import (
 
 // buildQbipcc compiles testdata/qbipcc.c against libqb, skipping visibly
 // when the machine lacks libqb's development files or gcc.
-func buildQbipcc(t *testing.T) string {
+func buildQbipcc(t testing.TB) string {
 	t.Helper()
 	if _, err := os.Stat("/usr/include/qb/qbipcc.h"); err != nil {
 		t.Skipf("libqb's headers are missing (apt-get install libqb-dev): skipping the libqb client")
@@ -103,4 +104,27 @@ func assertNoConnectionDirs(t *testing.T, srv *Server) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// BenchmarkLibqbClient is libqb's own client (testdata/qbipcc.c, another
+// process) making b.N synchronous round trips of 64 bytes, as a libcmap
+// get does, against the echo service on SHM. Besides the wall time it
+// reports what the server process spent per round trip — CPU time and
+// context switches (getrusage: the client is not in it) — which the
+// machine's other load disturbs far less than the wall time.
+func BenchmarkLibqbClient(b *testing.B) {
+	bin := buildQbipcc(b)
+	service, _ := startServerOn(b, echo{admit: true}, TransportSHM, func(*Server) {})
+	var before, after syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &before)
+	b.ResetTimer()
+	out, err := exec.Command(bin, service, "bench", strconv.Itoa(b.N)).CombinedOutput()
+	b.StopTimer()
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &after)
+	if err != nil || !strings.HasPrefix(string(out), "OK") {
+		b.Fatalf("qbipcc bench: %v\n%s", err, out)
+	}
+	cpu := time.Duration(after.Utime.Nano()+after.Stime.Nano()-before.Utime.Nano()-before.Stime.Nano()) * time.Nanosecond
+	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "server-cpu-ns/op")
+	b.ReportMetric(float64(after.Nvcsw+after.Nivcsw-before.Nvcsw-before.Nivcsw)/float64(b.N), "server-ctxsw/op")
 }

@@ -331,7 +331,7 @@ func threadCount(t *testing.T) int {
 	return 0
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
@@ -344,7 +344,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 // startServerLogging is startServerWith with the server's log written to
 // w, returning the server too.
-func startServerLogging(t *testing.T, h Handler, w interface{ Write([]byte) (int, error) }, tune func(*Server)) (string, *Server) {
+func startServerLogging(t testing.TB, h Handler, w interface{ Write([]byte) (int, error) }, tune func(*Server)) (string, *Server) {
 	t.Helper()
 	service := fmt.Sprintf("cbt-%d-%d", os.Getpid(), time.Now().UnixNano()%1000000)
 	srv := NewServer(slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})))

@@ -51,6 +51,7 @@ type shmTransport struct {
 	// room for yet; the notifier writes them once it has.
 	notesMu sync.Mutex
 	notes   int
+	note    [1]byte // the notification byte, without an allocation per event
 	kick    chan struct{}
 }
 
@@ -186,7 +187,7 @@ func (t *shmTransport) notify() {
 		var n int
 		var err error
 		if cerr := t.c.setupRaw.Control(func(fd uintptr) {
-			n, err = syscall.SendmsgN(int(fd), []byte{0}, nil, nil, syscall.MSG_DONTWAIT|syscall.MSG_NOSIGNAL)
+			n, err = sendNow(int(fd), t.note[:])
 		}); cerr == nil && err == nil && n == 1 {
 			return
 		}
@@ -218,7 +219,7 @@ func (t *shmTransport) notifier() {
 			var sent int
 			var err error
 			if perr := t.c.setupRaw.Write(func(fd uintptr) bool {
-				sent, err = syscall.SendmsgN(int(fd), zeros[:n], nil, nil, syscall.MSG_DONTWAIT|syscall.MSG_NOSIGNAL)
+				sent, err = sendNow(int(fd), zeros[:n])
 				return !errors.Is(err, syscall.EAGAIN)
 			}); perr != nil || (err != nil && !errors.Is(err, syscall.EINTR)) {
 				return // the connection is ending

@@ -26,7 +26,7 @@ type testClient interface {
 var transports = []Transport{TransportSHM, TransportSocket}
 
 // startServerOn starts a server of transport tr.
-func startServerOn(t *testing.T, h Handler, tr Transport, tune func(*Server)) (string, *Server) {
+func startServerOn(t testing.TB, h Handler, tr Transport, tune func(*Server)) (string, *Server) {
 	t.Helper()
 	return startServerLogging(t, h, testWriter{t}, func(s *Server) {
 		s.Transport = tr

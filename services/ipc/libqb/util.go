@@ -3,6 +3,7 @@ package libqb
 import (
 	"errors"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 )
@@ -38,4 +39,36 @@ func backoff(c *Conn, try func() (done bool, err error)) error {
 		case <-time.After(pause):
 		}
 	}
+}
+
+// recvNow and sendNow are recvfrom(2) and sendto(2) with MSG_DONTWAIT on
+// a descriptor of the connection: they never block, so they go as raw
+// system calls, without the Go scheduler's bookkeeping around a call that
+// may block — which, in a process otherwise idle between a synchronous
+// client's requests, woke the runtime's monitor thread at every request
+// (two more context switches and a sleep of its own each time).
+func recvNow(fd int, b []byte, flags int) (int, error) {
+	var p unsafe.Pointer
+	if len(b) > 0 {
+		p = unsafe.Pointer(&b[0])
+	}
+	n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(p), uintptr(len(b)),
+		uintptr(flags|syscall.MSG_DONTWAIT), 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+func sendNow(fd int, b []byte) (int, error) {
+	var p unsafe.Pointer
+	if len(b) > 0 {
+		p = unsafe.Pointer(&b[0])
+	}
+	n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, uintptr(fd), uintptr(p), uintptr(len(b)),
+		uintptr(syscall.MSG_DONTWAIT|syscall.MSG_NOSIGNAL), 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
 }

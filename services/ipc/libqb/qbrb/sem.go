@@ -75,7 +75,7 @@ func (s Sem) Post() error {
 		}
 		if atomic.CompareAndSwapUint64(s.data, d, d+1) {
 			if d>>semNWaiters > 0 {
-				futex(s.valueWord(), futexWake, 1, nil)
+				futexWakeOne(s.valueWord())
 			}
 			return nil
 		}
@@ -128,6 +128,16 @@ func (s Sem) Wait(timeout time.Duration) error {
 		}
 		d = atomic.LoadUint64(s.data)
 	}
+}
+
+// futexWakeOne wakes one waiter of a word of a shared mapping. FUTEX_WAKE
+// never blocks, so it goes without telling the Go scheduler (a raw
+// system call): a server that answers a request from an otherwise idle
+// process would wake the runtime's monitor thread each time it entered a
+// scheduled system call — about a tenth of the gateway's CPU time per
+// request before.
+func futexWakeOne(addr *uint32) {
+	_, _, _ = syscall.RawSyscall6(syscall.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWake, 1, 0, 0, 0)
 }
 
 // futex is the futex(2) call on a word of a shared mapping: no

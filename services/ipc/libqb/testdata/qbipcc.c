@@ -8,6 +8,8 @@
  *                                 "OK", then "peer PID UID GID"
  *        qbipcc SERVICE hold      one round trip, prints "ready", then waits
  *                                 to be killed
+ *        qbipcc SERVICE bench N   N round trips of 64 bytes, as a
+ *                                 synchronous corosync client makes them
  */
 #define _GNU_SOURCE
 #include <qb/qbipcc.h>
@@ -43,12 +45,21 @@ static int round_trip(qb_ipcc_connection_t *c, int id, int body)
 
 int main(int argc, char **argv)
 {
-	if (argc != 3)
+	if (argc != 3 && !(argc == 4 && strcmp(argv[2], "bench") == 0))
 		return 2;
 	qb_ipcc_connection_t *c = qb_ipcc_connect(argv[1], 8192);
 	if (c == NULL) {
 		printf("connect: %s\n", strerror(errno));
 		return 1;
+	}
+	if (strcmp(argv[2], "bench") == 0) {
+		long n = atol(argv[3]);
+		for (long i = 0; i < n; i++)
+			if (round_trip(c, 3, 64) != 0)
+				return 1;
+		qb_ipcc_disconnect(c);
+		printf("OK\n");
+		return 0;
 	}
 	if (strcmp(argv[2], "hold") == 0) {
 		if (round_trip(c, 1, 10) != 0)
