@@ -63,11 +63,6 @@ func (s Subjects) Blackbox(node uint32) string {
 	return s.Join("blackbox", nodeToken(node))
 }
 
-// Layer is the control subject of one layer process on one node.
-func (s Subjects) Layer(node uint32, layer string) string {
-	return s.Join("layer", nodeToken(node), SanitizeToken(layer))
-}
-
 func nodeToken(node uint32) string { return fmt.Sprintf("%d", node) }
 
 // SanitizeToken turns an arbitrary name into a single subject token: NATS
