@@ -43,8 +43,13 @@ func newFlagSet(a *app, name, synopsis, summary string) *flag.FlagSet {
 	fs.SetOutput(a.stderr)
 	fs.Usage = func() {
 		w := fs.Output()
-		fmt.Fprintf(w, "usage: corobus %s %s\n\n%s\n\nflags:\n", name, synopsis, summary)
-		printFlags(w, fs)
+		fmt.Fprintf(w, "usage: corobus %s %s\n\n%s\n", name, synopsis, summary)
+		n := 0
+		fs.VisitAll(func(*flag.Flag) { n++ })
+		if n > 0 {
+			fmt.Fprint(w, "\nflags:\n")
+			printFlags(w, fs)
+		}
 	}
 	return fs
 }

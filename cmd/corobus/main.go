@@ -48,12 +48,9 @@ func (a *app) commands() []command {
 		{name: "blackbox", summary: "dump the flight recorders of a node's layer processes", run: runBlackbox},
 		{name: "config", summary: "check a configuration and print its keys, or list known keys", run: runConfig},
 		{name: "keygen", summary: "write a cluster key for totem crypto, as corosync-keygen does", run: runKeygen},
-		{name: "version", summary: "print the version", run: func(_ context.Context, a *app, _ []string) error {
-			fmt.Fprintln(a.stdout, a.version)
-			return nil
-		}},
+		{name: "version", summary: "print the version", run: runVersion},
 		{name: "bus", summary: "the embedded nats-server of a node (layer process)", layer: true, run: runBus},
-		{name: "service", summary: "a built-in service component, started by svcmgr: cmap (layer process)", layer: true, run: runService},
+		{name: "service", summary: "a built-in service component, started by svcmgr: " + a.builtinNames() + " (layer process)", layer: true, run: runService},
 	}
 	for _, l := range a.layers() {
 		cmds = append(cmds, command{name: l.Name, summary: l.Summary + " (layer process)", layer: true, run: layerCommand(l)})
@@ -132,4 +129,16 @@ func buildVersion() string {
 		return bi.Main.Version
 	}
 	return "0.1.0-dev"
+}
+
+func runVersion(_ context.Context, a *app, args []string) error {
+	fs := newFlagSet(a, "version", "", "Print the version of this corobus binary.")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("version takes no arguments")
+	}
+	fmt.Fprintln(a.stdout, a.version)
+	return nil
 }

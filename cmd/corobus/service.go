@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/corobus/corobus/layer"
 	"github.com/corobus/corobus/services/cfg"
@@ -17,6 +18,15 @@ import (
 // process the loader resolves like any other.
 func (a *app) builtinServices() []layer.Layer {
 	return []layer.Layer{cmap.Layer(), cpg.Layer(), cfg.Layer(), quorum.Layer(), votequorum.Layer()}
+}
+
+// builtinNames lists the built-in services for the help: "cmap, cpg, …".
+func (a *app) builtinNames() string {
+	var names []string
+	for _, l := range a.builtinServices() {
+		names = append(names, l.Name)
+	}
+	return strings.Join(names, ", ")
 }
 
 // builtinLaunch is the service manager's map from service name to the

@@ -1,0 +1,37 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+)
+
+// Every verb, and every sub-verb of bench, answers --help with its usage
+// and status 0, without doing anything else (no node is running here: a
+// verb that tried to connect or start would fail or hang instead).
+func TestEveryVerbHasHelp(t *testing.T) {
+	base := &app{stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}, version: "test"}
+	var verbs [][]string
+	for _, c := range base.commands() {
+		verbs = append(verbs, []string{c.name})
+	}
+	verbs = append(verbs, []string{"bench", "cmap"}, []string{"bench", "totem"})
+	for _, l := range base.builtinServices() {
+		verbs = append(verbs, []string{"service", l.Name})
+	}
+	for _, v := range verbs {
+		t.Run(strings.Join(v, "_"), func(t *testing.T) {
+			var out bytes.Buffer
+			a := &app{stdout: &out, stderr: &out, version: "test"}
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel() // nothing may need to run
+			if code := a.main(ctx, append(append([]string(nil), v...), "--help")); code != 0 {
+				t.Errorf("corobus %s --help: status %d\n%s", strings.Join(v, " "), code, out.String())
+			}
+			if !strings.Contains(out.String(), "usage: corobus ") {
+				t.Errorf("corobus %s --help printed no usage:\n%s", strings.Join(v, " "), out.String())
+			}
+		})
+	}
+}
