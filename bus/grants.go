@@ -127,7 +127,7 @@ func readOnlyPatterns() []string {
 func (a Access) LoaderServer() Grant {
 	return Grant{
 		Sub: []string{a.Subjects.Join("lcr", a.node(), "api", "*"), a.Subjects.LcrAnnounceAll(), a.Subjects.LcrHold(a.Node)},
-		Pub: []string{a.Subjects.Join("lcr", a.node(), "changed", "*"), a.Subjects.Join("lcr", "control", "*")},
+		Pub: []string{a.Subjects.Join("lcr", a.node(), "changed", "*"), a.Subjects.Join("lcr", "control", "*"), a.Subjects.LcrAsk()},
 	}
 }
 
@@ -159,12 +159,13 @@ func (a Access) ComponentCaller(names ...string) Grant {
 // Component serves component name (loader.Component.Serve) in the given
 // namespaces (loader.LocalNamespace(node), loader.ClusterNamespace, …):
 // its functions and sessions under every version, its announcements and
-// the instance control requests (retire, exit), and, for session
+// the instance control requests (retire, exit) and a starting loader's
+// ask to announce, and, for session
 // components, the gateways' liveness and the clients' event subjects.
 func (a Access) Component(name string, namespaces ...string) Grant {
 	g := Grant{
 		Pub: []string{a.Subjects.LcrAnnounce(name), a.Subjects.Join("ipc", "*", "*", "events", "*")},
-		Sub: []string{a.Subjects.Join("lcr", "control", "*"), a.Subjects.Join("ipc", "*", "*", "alive")},
+		Sub: []string{a.Subjects.Join("lcr", "control", "*"), a.Subjects.LcrAsk(), a.Subjects.Join("ipc", "*", "*", "alive")},
 	}
 	for _, ns := range namespaces {
 		toks := []string{"svc"}

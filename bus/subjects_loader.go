@@ -14,6 +14,10 @@ func (s Subjects) LcrAnnounce(name string) string {
 // LcrAnnounceAll matches every component's announcements.
 func (s Subjects) LcrAnnounceAll() string { return s.Join("lcr", "announce", ">") }
 
+// LcrAsk is where a loader that starts asks every component instance to
+// announce itself now rather than at its next heartbeat (seconds away).
+func (s Subjects) LcrAsk() string { return s.Join("lcr", "ask") }
+
 // LcrAPI is the request subject of one loader operation (reference,
 // resolve, release, list) for the search path of node: served by that
 // node's loader processes in a queue group.

@@ -28,7 +28,8 @@ type ClientConfig struct {
 	Node uint32
 	Log  *slog.Logger
 	// HoldInterval is how often held references are restated to the
-	// loader; default 1s.
+	// loader while they do not change (a change is restated at once);
+	// default DefaultHoldInterval.
 	HoldInterval time.Duration
 	// Timeout bounds one loader request; default 2s.
 	Timeout time.Duration
@@ -50,8 +51,11 @@ type Client struct {
 	mu      sync.Mutex
 	watches map[string]*nats.Subscription
 
-	stop chan struct{}
-	done chan struct{}
+	// changed pokes the hold loop to restate at once: the loader learns
+	// the hold interval (its holder's time to live) from a restatement.
+	changed chan struct{}
+	stop    chan struct{}
+	done    chan struct{}
 }
 
 // ref is the object behind a handle.
@@ -75,7 +79,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.HoldInterval <= 0 {
-		cfg.HoldInterval = time.Second
+		cfg.HoldInterval = DefaultHoldInterval
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 2 * time.Second
@@ -84,6 +88,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		cfg:     cfg,
 		holder:  nuid.Next(),
 		watches: map[string]*nats.Subscription{},
+		changed: make(chan struct{}, 1),
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
@@ -129,7 +134,17 @@ func (c *Client) Reference(ctx context.Context, name string, version uint32) (hd
 	}
 	r := &ref{name: name, version: version}
 	r.target.Store(&t)
-	return c.db.Create(r), nil
+	h := c.db.Create(r)
+	c.heldChanged()
+	return h, nil
+}
+
+// heldChanged has the hold loop restate the references now.
+func (c *Client) heldChanged() {
+	select {
+	case c.changed <- struct{}{}:
+	default:
+	}
 }
 
 // Release drops a handle. Requests in flight through it finish; later
@@ -143,6 +158,7 @@ func (c *Client) Release(ctx context.Context, h hdb.Handle) error {
 	if err := c.db.Destroy(h); err != nil {
 		return fmt.Errorf("releasing: %w", err)
 	}
+	c.heldChanged()
 	if _, err := c.loaderCall(ctx, APIRelease, RefRequest{Holder: c.holder, Name: r.name, Version: r.version}); err != nil {
 		// The loader's count is soft state: the next hold message
 		// restates the truth.
@@ -389,16 +405,20 @@ func (c *Client) holdLoop() {
 	t := time.NewTicker(c.cfg.HoldInterval)
 	defer t.Stop()
 	for {
+		changed := false
 		select {
 		case <-c.stop:
 			return
+		case <-c.changed:
+			changed = true
+			t.Reset(c.cfg.HoldInterval)
 		case <-t.C:
-			held := c.Held()
-			if len(held) == 0 {
-				continue
-			}
-			data, _ := json.Marshal(HoldMsg{Holder: c.holder, IntervalMS: c.cfg.HoldInterval.Milliseconds(), Refs: held})
-			_ = c.cfg.Conn.Publish(c.cfg.Subjects.LcrHold(c.cfg.Node), data)
 		}
+		held := c.Held()
+		if len(held) == 0 && !changed {
+			continue // nothing held: nothing to restate (a change to nothing is, once)
+		}
+		data, _ := json.Marshal(HoldMsg{Holder: c.holder, IntervalMS: c.cfg.HoldInterval.Milliseconds(), Refs: held})
+		_ = c.cfg.Conn.Publish(c.cfg.Subjects.LcrHold(c.cfg.Node), data)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"strconv"
 	"strings"
@@ -35,12 +36,18 @@ type Component struct {
 	Priority     int
 	Dependencies []string
 	Replaces     []uint32
-	// Interval is the heartbeat period; default 1s.
+	// Interval is the heartbeat period (the loader drops an instance
+	// silent for 3 of them); default DefaultInterval.
 	Interval time.Duration
+	// StatsEvery is how often the instance looks whether its counters
+	// changed, and announces them if so (at most that often); default
+	// 1s, or Interval if shorter. An instance whose counters do not
+	// change announces once per Interval only.
+	StatsEvery time.Duration
 	// Linger is how long a retiring instance keeps answering "moved"
 	// after the last request that reached it before it unsubscribes;
-	// default 2 intervals. It saves clients that have not heard of the
-	// replacement yet a no-responders round.
+	// default 2 s, or 2 intervals if shorter. It saves clients that have
+	// not heard of the replacement yet a no-responders round.
 	Linger time.Duration
 	// Concurrency bounds the requests served at once; default 64.
 	Concurrency int
@@ -78,6 +85,11 @@ type instanceState struct {
 	statsMu sync.Mutex
 	stats   map[string]*fnCounters
 	moved   atomic.Uint64
+	// announced is the stats (and moved count) of the last
+	// announcement, and announcedAt its time (under statsMu).
+	announced   map[string]FnStats
+	movedAnn    uint64
+	announcedAt time.Time
 }
 
 type fnCounters struct{ rx, tx atomic.Uint64 }
@@ -100,10 +112,13 @@ func (c Component) Serve(ctx context.Context, nc *nats.Conn, subjects bus.Subjec
 		c.Subject = subjects.Component(c.Namespace, c.Name, c.Version)
 	}
 	if c.Interval <= 0 {
-		c.Interval = time.Second
+		c.Interval = DefaultInterval
+	}
+	if c.StatsEvery <= 0 {
+		c.StatsEvery = min(time.Second, c.Interval)
 	}
 	if c.Linger <= 0 {
-		c.Linger = 2 * c.Interval
+		c.Linger = 2 * min(time.Second, c.Interval)
 	}
 	if c.Concurrency <= 0 {
 		c.Concurrency = 64
@@ -151,6 +166,20 @@ func (s *instanceState) run(ctx context.Context) error {
 		return fmt.Errorf("component %s: subscribing to its control subject: %w", c.Name, err)
 	}
 	defer func() { _ = ctl.Unsubscribe() }()
+	// A loader that starts asks: it hears of this instance at once, not
+	// at the next heartbeat.
+	asked := make(chan struct{}, 1)
+	ask, err := s.nc.Subscribe(s.subjects.LcrAsk(), func(*nats.Msg) {
+		select {
+		case asked <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		_ = sub.Unsubscribe()
+		return fmt.Errorf("component %s: subscribing to the loaders' asks: %w", c.Name, err)
+	}
+	defer func() { _ = ask.Unsubscribe() }()
 	// Announce only once the server has the subscriptions: a client
 	// that resolves to this instance must reach it.
 	if err := s.nc.Flush(); err != nil {
@@ -160,7 +189,11 @@ func (s *instanceState) run(ctx context.Context) error {
 	s.announce()
 	c.Log.Info("component serving", "component", c.Name, "version", c.Version, "namespace", c.Namespace, "subject", c.Subject, "instance", s.id)
 
-	t := time.NewTicker(c.Interval)
+	// One tick every StatsEvery looks at the counters; an announcement
+	// goes out when they changed or a heartbeat is due. At rest that is
+	// one message per Interval instead of one per second: every loader
+	// and service manager of the cluster receives each of them.
+	t := time.NewTicker(c.StatsEvery)
 	defer t.Stop()
 	retiredAt := time.Time{}
 	retired := s.retired
@@ -169,12 +202,16 @@ loop:
 		select {
 		case <-ctx.Done():
 			break loop
+		case <-asked:
+			s.announce()
 		case <-retired:
 			retired = nil // fire once
 			retiredAt = time.Now()
 			s.announce()
-		case <-t.C:
-			s.announce()
+		case now := <-t.C:
+			if now.Sub(s.lastAnnounce()) >= c.Interval-c.StatsEvery/2 || s.statsChanged() {
+				s.announce()
+			}
 			if !retiredAt.IsZero() {
 				s.mu.Lock()
 				quiet := time.Since(s.lastMoved) >= c.Linger && time.Since(retiredAt) >= c.Linger
@@ -322,23 +359,49 @@ func (s *instanceState) announce() {
 	s.announceState(st)
 }
 
+// currentStats is the instance's counters now: its functions' and the
+// component's own.
+func (s *instanceState) currentStats() map[string]FnStats {
+	out := map[string]FnStats{}
+	s.statsMu.Lock()
+	for fn, ctr := range s.stats {
+		out[fn] = FnStats{RX: ctr.rx.Load(), TX: ctr.tx.Load()}
+	}
+	s.statsMu.Unlock()
+	if s.c.Counters != nil {
+		for name, st := range s.c.Counters() {
+			out[name] = st
+		}
+	}
+	return out
+}
+
+// statsChanged reports whether the counters moved since the last
+// announcement.
+func (s *instanceState) statsChanged() bool {
+	cur := s.currentStats()
+	moved := s.moved.Load()
+	s.statsMu.Lock()
+	defer s.statsMu.Unlock()
+	return moved != s.movedAnn || !maps.Equal(cur, s.announced)
+}
+
+func (s *instanceState) lastAnnounce() time.Time {
+	s.statsMu.Lock()
+	defer s.statsMu.Unlock()
+	return s.announcedAt
+}
+
 func (s *instanceState) announceState(st State) {
 	c := s.c
 	a := Announcement{Name: c.Name, Version: c.Version, Namespace: c.Namespace, Subject: c.Subject,
 		Queue: c.Namespace + "." + c.Name + "." + strconv.FormatUint(uint64(c.Version), 10), Instance: s.id,
 		Interfaces: c.Interfaces, Priority: c.Priority, Dependencies: c.Dependencies, Replaces: c.Replaces,
 		Node: s.node, PID: os.Getpid(), State: st, IntervalMS: c.Interval.Milliseconds(), Started: s.started,
-		Stats: map[string]FnStats{}, Moved: s.moved.Load()}
+		Stats: s.currentStats(), Moved: s.moved.Load()}
 	s.statsMu.Lock()
-	for fn, ctr := range s.stats {
-		a.Stats[fn] = FnStats{RX: ctr.rx.Load(), TX: ctr.tx.Load()}
-	}
+	s.announced, s.movedAnn, s.announcedAt = a.Stats, a.Moved, time.Now()
 	s.statsMu.Unlock()
-	if c.Counters != nil {
-		for name, st := range c.Counters() {
-			a.Stats[name] = st
-		}
-	}
 	data, _ := json.Marshal(a)
 	if err := s.nc.Publish(s.subjects.LcrAnnounce(c.Name), data); err != nil {
 		c.Log.Warn("announcing", "err", err)

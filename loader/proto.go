@@ -38,6 +38,21 @@ const (
 	Leaving State = "leaving"
 )
 
+// DefaultInterval is a component instance's default heartbeat: it
+// announces itself at least that often, and the loader drops it after 3
+// silent intervals. Stopping instances say so (Leaving) at once, and a
+// restarted one announces itself at once, so the heartbeat only finds an
+// instance that died without a word (SIGKILL, a crash) — at a cost of
+// one message to every loader and service manager of the cluster per
+// instance per interval, all day; at 1 s that was most of an idle
+// node's bus traffic.
+const DefaultInterval = 5 * time.Second
+
+// DefaultHoldInterval is how often a Client restates the references it
+// holds while they do not change (a change is restated at once); the
+// loader drops a holder silent for 3 of them.
+const DefaultHoldInterval = 5 * time.Second
+
 // Announcement is what a component instance publishes on
 // Subjects.LcrAnnounce(name) when it starts, every Interval after that (its
 // heartbeat), and once with State Leaving when it stops.

@@ -224,7 +224,7 @@ func (r *Registry) Hold(m HoldMsg, now time.Time) {
 func (r *Registry) holder(id string, now time.Time) *holder {
 	h := r.holders[id]
 	if h == nil {
-		h = &holder{refs: map[refKey]int{}, ttl: time.Second}
+		h = &holder{refs: map[refKey]int{}, ttl: DefaultHoldInterval}
 		r.holders[id] = h
 	}
 	h.lastSeen = now

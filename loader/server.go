@@ -128,6 +128,11 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := nc.Flush(); err != nil {
 		return fmt.Errorf("subscribing: %w", err)
 	}
+	// Instances announce themselves every few seconds at rest: ask them
+	// now, so that a (re)started loader resolves at once.
+	if err := nc.Publish(s.cfg.Subjects.LcrAsk(), nil); err != nil {
+		s.cfg.Log.Warn("asking the components to announce themselves", "err", err)
+	}
 	t := time.NewTimer(s.cfg.Sweep)
 	defer t.Stop()
 	s.mu.Lock()
@@ -148,11 +153,11 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		}
 		// Next look: just past the earliest deadline (Expire drops what
-		// is strictly older), at least Sweep from now, and at most a
-		// second away when nothing is registered.
+		// is strictly older), at least Sweep from now; a minute away
+		// when nothing is registered (what registers pokes it sooner).
 		now := time.Now()
 		s.mu.Lock()
-		wait := time.Second
+		wait := time.Minute
 		if next, ok := s.reg.NextExpiry(); ok {
 			wait = next.Sub(now) + time.Millisecond
 		}
@@ -173,11 +178,8 @@ func (s *Server) onAnnounce(m *nats.Msg) {
 	s.mu.Lock()
 	changed, err := s.reg.Announce(a, now)
 	var retire []Retirement
-	if err == nil && a.State != Leaving && now.Add(expiryFactor*a.interval()).Before(s.sweepAt) {
-		select {
-		case s.poke <- struct{}{}:
-		default:
-		}
+	if err == nil && a.State != Leaving {
+		s.pokeBefore(now.Add(expiryFactor * a.interval()))
 	}
 	if err == nil {
 		for _, r := range s.reg.Superseded() {
@@ -239,9 +241,24 @@ func (s *Server) onHold(m *nats.Msg) {
 	if err := json.Unmarshal(m.Data, &h); err != nil || h.Holder == "" {
 		return
 	}
+	now := time.Now()
 	s.mu.Lock()
-	s.reg.Hold(h, time.Now())
+	s.reg.Hold(h, now)
+	if h.IntervalMS > 0 {
+		s.pokeBefore(now.Add(expiryFactor * time.Duration(h.IntervalMS) * time.Millisecond))
+	}
 	s.mu.Unlock()
+}
+
+// pokeBefore wakes Run to plan its next look if deadline comes before
+// the planned one. s.mu is held.
+func (s *Server) pokeBefore(deadline time.Time) {
+	if deadline.Before(s.sweepAt) {
+		select {
+		case s.poke <- struct{}{}:
+		default:
+		}
+	}
 }
 
 func (s *Server) handleRef(count bool) micro.HandlerFunc {

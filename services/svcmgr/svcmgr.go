@@ -97,8 +97,10 @@ type Config struct {
 	// busy; ExitPatience is how long it may stay busy; defaults 200ms and
 	// 30s.
 	ExitRetry, ExitPatience time.Duration
-	// StatsInterval is how often runtime.services counters are recorded;
-	// default 1s.
+	// StatsInterval is how soon a failed recording (a service's keys,
+	// its runtime.services counters) is tried again; default 1s.
+	// Recording follows the instances' announcements: what they announce
+	// is recorded when it arrives, and nothing is looked at in between.
 	StatsInterval time.Duration
 }
 
@@ -149,6 +151,9 @@ type Manager struct {
 	loaded    map[string]*loadedSvc
 	pending   []*pendingSvc                  // to load at start, not loaded yet
 	instances map[string]loader.Announcement // this node's component instances, by id
+	// announced pokes Run to record what an instance of this node
+	// announced.
+	announced chan struct{}
 	// hostedRec are the hosted services (cmap and cpg in the IPC
 	// gateway) whose internal_configuration keys are written.
 	hostedRec map[string]bool
@@ -212,7 +217,8 @@ func New(cfg Config) (*Manager, error) {
 	}
 	return &Manager{cfg: cfg, client: client, ns: loader.LocalNamespace(cfg.Node),
 		retries: logsys.Repeating(cfg.Log, logsys.DefaultThrottleWindow, 1),
-		loaded:  map[string]*loadedSvc{}, instances: map[string]loader.Announcement{}, hostedRec: map[string]bool{}}, nil
+		loaded:  map[string]*loadedSvc{}, instances: map[string]loader.Announcement{}, hostedRec: map[string]bool{},
+		announced: make(chan struct{}, 1)}, nil
 }
 
 // ServiceKey is the token of runtime.services.<service>: the name's part
@@ -261,7 +267,10 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	m.mu.Unlock()
 
-	t := time.NewTicker(m.cfg.StatsInterval)
+	// Recording runs when an instance of this node announces itself
+	// (its counters or state changed, or its heartbeat), and again after
+	// StatsInterval while some of it failed: no ticker at rest.
+	t := time.NewTimer(m.cfg.StatsInterval)
 	defer t.Stop()
 	retry := time.NewTimer(0)
 	defer retry.Stop()
@@ -270,8 +279,14 @@ func (m *Manager) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-m.announced:
+			if !m.record(ctx) {
+				t.Reset(m.cfg.StatsInterval)
+			}
 		case <-t.C:
-			m.record(ctx)
+			if !m.record(ctx) {
+				t.Reset(m.cfg.StatsInterval)
+			}
 		case <-retry.C:
 			if m.loadPending(ctx) {
 				retry.Reset(delay)
@@ -340,6 +355,15 @@ func (m *Manager) onAnnounce(msg *nats.Msg) {
 		return
 	}
 	m.instances[a.Instance] = a
+	m.pokeRecord()
+}
+
+// pokeRecord has Run record what changed.
+func (m *Manager) pokeRecord() {
+	select {
+	case m.announced <- struct{}{}:
+	default:
+	}
 }
 
 // localInstances are this node's announced instances of name.
@@ -455,6 +479,9 @@ func (m *Manager) Load(ctx context.Context, s Service) error {
 	m.loaded[s.Name] = ls
 	m.mu.Unlock()
 	m.recordService(ctx, ls)
+	// Its counters, which may have been announced before it was in
+	// m.loaded, and a retry if recordService failed.
+	m.pokeRecord()
 	m.cfg.Log.Info("service engine loaded", "service", s.Name, "ver", s.Version, "index", ls.index, "launch", launch[0])
 	m.event(Event{Op: "loaded", Name: s.Name, Version: s.Version, Index: ls.index})
 	return nil
@@ -732,12 +759,14 @@ func (m *Manager) recordKeys(ctx context.Context, s Service, index int) error {
 	return err
 }
 
-// record retries unrecorded services and writes the counters that changed.
-func (m *Manager) record(ctx context.Context) {
+// record retries unrecorded services and writes the counters that changed;
+// it reports whether everything is recorded.
+func (m *Manager) record(ctx context.Context) bool {
 	r := m.cfg.Recorder
 	if r == nil {
-		return
+		return true
 	}
+	ok := true
 	// Under busy: Load and Unload write the same services' keys.
 	m.busy.Lock()
 	defer m.busy.Unlock()
@@ -752,6 +781,7 @@ func (m *Manager) record(ctx context.Context) {
 		}
 		if err := m.recordKeys(ctx, Service{Name: h.Name, Version: h.Version}, h.Index); err != nil {
 			m.cfg.Log.Debug("recording a hosted service in objdb; will retry", "service", h.Name, "err", err)
+			ok = false
 			continue
 		}
 		m.mu.Lock()
@@ -764,6 +794,7 @@ func (m *Manager) record(ctx context.Context) {
 	for _, ls := range svcs {
 		if !ls.recorded {
 			m.recordService(ctx, ls)
+			ok = ok && ls.recorded
 		}
 		sum := map[string]loader.FnStats{}
 		for _, a := range m.localInstances(ls.Name) {
@@ -790,11 +821,13 @@ func (m *Manager) record(ctx context.Context) {
 			tx, _ := objdb.ParseValue(objdb.Uint64, strconv.FormatUint(st.TX, 10))
 			if err := errors.Join(r.Set(ctx, p+"rx", rx), r.Set(ctx, p+"tx", tx)); err != nil {
 				m.cfg.Log.Debug("recording service counters", "service", ls.Name, "err", err)
+				ok = false
 				continue
 			}
 			ls.stats[fn] = st
 		}
 	}
+	return ok
 }
 
 // LoadRequest is the payload of the load operation; UnloadRequest of

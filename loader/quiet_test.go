@@ -1,0 +1,128 @@
+package loader_test
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/corobus/corobus/bus/bustest"
+	"github.com/corobus/corobus/loader"
+)
+
+// TestQuietAtRest: an instance whose heartbeat is an hour away still
+// announces a change of its counters (within StatsEvery), and a client
+// whose hold interval is an hour away restates a new reference and a
+// release at once — what changes is told when it changes, only the
+// liveness heartbeats wait for their period.
+func TestQuietAtRest(t *testing.T) {
+	cl := bustest.StartNode(t)
+	nc, err := cl.Server.Connect("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	subjects := testSubjects(t)
+	startLoader(t, nc, subjects, 1, "node1")
+
+	anns := make(chan loader.Announcement, 64)
+	sub, err := nc.Subscribe(subjects.LcrAnnounce("quiet"), func(m *nats.Msg) {
+		var a loader.Announcement
+		if json.Unmarshal(m.Data, &a) == nil {
+			anns <- a
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	holds := make(chan loader.HoldMsg, 64)
+	hsub, err := nc.Subscribe(subjects.LcrHold(1), func(m *nats.Msg) {
+		var h loader.HoldMsg
+		if json.Unmarshal(m.Data, &h) == nil {
+			holds <- h
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = hsub.Unsubscribe() }()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() {
+		comp := loader.Component{Name: "quiet", Version: 1, Interval: time.Hour, StatsEvery: 20 * time.Millisecond,
+			Handler: func(_ context.Context, _ string, m *nats.Msg) ([]byte, error) { return m.Data, nil }}
+		served <- comp.Serve(ctx, nc, subjects, 1)
+	}()
+	defer func() {
+		cancel()
+		<-served
+	}()
+	next := func(what string) loader.Announcement {
+		t.Helper()
+		select {
+		case a := <-anns:
+			return a
+		case <-time.After(30 * time.Second):
+			t.Fatalf("no announcement: %s", what)
+			return loader.Announcement{}
+		}
+	}
+	if a := next("the first, once serving"); a.State != loader.Serving || a.IntervalMS != time.Hour.Milliseconds() {
+		t.Fatalf("first announcement %+v, want serving with interval_ms of an hour", a)
+	}
+
+	waitFor(t, "the loader to know the instance", 30*time.Second, func() bool {
+		for _, ci := range list(t, nc, subjects).Components {
+			if ci.Name == "quiet" && len(ci.Instances) == 1 {
+				return true
+			}
+		}
+		return false
+	})
+	c, err := loader.NewClient(loader.ClientConfig{Conn: nc, Subjects: subjects, Node: 1, HoldInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	h, err := c.Reference(context.Background(), "quiet", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nextHold := func(what string) loader.HoldMsg {
+		t.Helper()
+		select {
+		case m := <-holds:
+			return m
+		case <-time.After(30 * time.Second):
+			t.Fatalf("no hold restatement: %s", what)
+			return loader.HoldMsg{}
+		}
+	}
+	if m := nextHold("after the reference"); len(m.Refs) != 1 || m.Refs[0].Name != "quiet" || m.Refs[0].Count != 1 ||
+		m.IntervalMS != time.Hour.Milliseconds() {
+		t.Fatalf("restatement after the reference = %+v, want quiet held once, interval_ms of an hour", m)
+	}
+
+	if _, err := c.Request(context.Background(), h, "echo", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		a := next("after a request changed the counters")
+		if st := a.Stats["echo"]; st.RX == 1 && st.TX == 1 {
+			break
+		}
+	}
+	if err := c.Release(context.Background(), h); err != nil {
+		t.Fatal(err)
+	}
+	if m := nextHold("after the release"); len(m.Refs) != 0 {
+		t.Fatalf("restatement after the release = %+v, want nothing held", m)
+	}
+}
