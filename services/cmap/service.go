@@ -1,6 +1,7 @@
 package cmap
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"strings"
@@ -127,7 +128,9 @@ func (c *Conn) Request(ctx context.Context, msg []byte) []byte {
 	st := c.svc.store
 	switch r.ID {
 	case ReqSet:
-		return EncodeStatus(r.ID, cswire.Code(st.Set(ctx, c.key(r.Key), Value{Type: r.Type, Data: r.Value})))
+		// The value is copied: msg may be the gateway's buffer
+		// (BorrowsRequests), and the store keeps what it is given.
+		return EncodeStatus(r.ID, cswire.Code(st.Set(ctx, c.key(r.Key), Value{Type: r.Type, Data: bytes.Clone(r.Value)})))
 	case ReqDelete:
 		return EncodeStatus(r.ID, cswire.Code(st.Delete(ctx, c.key(r.Key))))
 	case ReqGet:
@@ -197,6 +200,13 @@ func (c *Conn) Request(ctx context.Context, msg []byte) []byte {
 	}
 	return EncodeStatus(r.ID, cswire.ErrInvalidParam)
 }
+
+// BorrowsRequests tells a gateway serving this connection in its own
+// process (libqb.Borrower, ipc.colocate) that Request keeps nothing of a
+// request once it returns — keys are strings of their own, a set's value
+// is copied — so the request need not be copied for it first: one
+// allocation less per cmap call.
+func (c *Conn) BorrowsRequests() bool { return true }
 
 func (c *Conn) statsStrip() string {
 	if c.stats {
