@@ -414,13 +414,27 @@ const (
 // default 1 MiB payload limit.
 const maxFrame = 512 << 10
 
+// KeeperIdleHeartbeat is how often a keeper with nothing to publish
+// says it is alive once the heartbeats that follow its last publish
+// (fastBeats of them, every KeeperConfig.Heartbeat) have told every copy
+// where the feed stands. A copy counts on it (nodeSilence): a keeper at
+// rest costs every copy of its node a message every 5 s, not 4 a second.
+const KeeperIdleHeartbeat = 5 * time.Second
+
+// fastBeats is how many heartbeats follow a publish at the Heartbeat
+// period: a copy that lost the last message of a burst finds the hole
+// within them.
+const fastBeats = 4
+
 // publisher publishes what the keeper applied, in order: on the node feed
 // (batched: a burst of writes is one message) and each change on its
-// …objdb.changed.<key> subject; and a heartbeat when idle.
+// …objdb.changed.<key> subject; and a heartbeat when idle: every
+// Heartbeat for fastBeats after a publish, then every KeeperIdleHeartbeat.
 func (k *Keeper) publisher(ctx context.Context) {
 	feed := k.cfg.Subjects.ObjdbKeys(k.cfg.Node, "feed")
-	tick := time.NewTicker(k.cfg.Heartbeat)
+	tick := time.NewTimer(k.cfg.Heartbeat)
 	defer tick.Stop()
+	beats := 0 // heartbeats since the last publish
 	var buf []byte
 	idle := true
 	var lastPub time.Time
@@ -437,6 +451,7 @@ func (k *Keeper) publisher(ctx context.Context) {
 		case <-tick.C:
 			if !idle {
 				idle = true
+				tick.Reset(k.cfg.Heartbeat)
 				continue
 			}
 			k.mu.Lock()
@@ -448,9 +463,20 @@ func (k *Keeper) publisher(ctx context.Context) {
 				if err := k.nc.Publish(feed, buf); err != nil {
 					k.log.Debug("objdb keeper: heartbeat not published", "err", err)
 				}
+				beats++
+				if beats < fastBeats {
+					tick.Reset(k.cfg.Heartbeat)
+				} else {
+					tick.Reset(max(KeeperIdleHeartbeat, k.cfg.Heartbeat))
+				}
 				continue
 			}
 		}
+		if idle || beats > 0 {
+			// Back from rest: heartbeats at the fast period again.
+			tick.Reset(k.cfg.Heartbeat)
+		}
+		beats = 0
 		idle = false
 		// A stream of writes is published a batch per window; a lone
 		// write at once.

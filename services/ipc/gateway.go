@@ -113,6 +113,8 @@ type Gateway struct {
 	handles   map[string]hdb.Handle // by component name and version
 	mu        sync.Mutex
 	conns     map[string]*libqb.Conn
+	// firstConn pokes the alive loop when conns stops being empty.
+	firstConn chan struct{}
 }
 
 // New checks cfg and returns a gateway; Run serves it.
@@ -137,7 +139,8 @@ func New(cfg Config) (*Gateway, error) {
 		srv.MaxConnsPerUID = cfg.MaxConnsPerUID
 	}
 	srv.Transport = cfg.Transport
-	return &Gateway{cfg: cfg, id: nuid.Next(), srv: srv, handles: map[string]hdb.Handle{}, conns: map[string]*libqb.Conn{}}, nil
+	return &Gateway{cfg: cfg, id: nuid.Next(), srv: srv, handles: map[string]hdb.Handle{}, conns: map[string]*libqb.Conn{},
+		firstConn: make(chan struct{}, 1)}, nil
 }
 
 // Syncing reports whether the node's sync engine says a sync is running.
@@ -180,17 +183,27 @@ func (g *Gateway) Run(ctx context.Context) error {
 	var grp run.Group
 	{
 		// Liveness: components drop the sessions of a silent gateway.
+		// Only a gateway with connections has sessions to keep alive:
+		// without, it publishes nothing (nobody would receive it).
 		ctx, cancel := context.WithCancel(ctx)
 		grp.Add(func() error {
-			t := time.NewTicker(session.AliveInterval)
+			t := time.NewTimer(session.AliveInterval)
 			defer t.Stop()
 			for {
-				_ = nc.Publish(s.IPCAlive(g.cfg.Node, g.id), nil)
 				select {
 				case <-ctx.Done():
 					return nil
 				case <-t.C:
+				case <-g.firstConn:
 				}
+				g.mu.Lock()
+				n := len(g.conns)
+				g.mu.Unlock()
+				if n == 0 {
+					continue // asleep until the next first connection
+				}
+				_ = nc.Publish(s.IPCAlive(g.cfg.Node, g.id), nil)
+				t.Reset(session.AliveInterval)
 			}
 		}, func(error) { cancel() })
 	}
@@ -341,7 +354,14 @@ func (h *routeHandler) Open(c *libqb.Conn) (libqb.Session, error) {
 	// Registered before the open: the component may send events at once.
 	g.mu.Lock()
 	g.conns[id] = c
+	first := len(g.conns) == 1
 	g.mu.Unlock()
+	if first {
+		select {
+		case g.firstConn <- struct{}{}:
+		default:
+		}
+	}
 	ctx, cancel := context.WithTimeout(g.ctx, 5*time.Second)
 	defer cancel()
 	open := func(ctx context.Context, m *nats.Msg) (*nats.Msg, error) {

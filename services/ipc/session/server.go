@@ -76,6 +76,9 @@ type Server struct {
 	sessions map[string]*served
 	alive    map[string]time.Time // gateway alive subject → last heard
 	aliveSub map[string]*nats.Subscription
+	// followed pokes Run when a gateway is first followed: Run looks for
+	// silent gateways only while it follows some.
+	followed chan struct{}
 }
 
 type served struct {
@@ -95,6 +98,7 @@ func NewServer(nc *nats.Conn, component string, h Handler, log *slog.Logger) *Se
 		sessions:       map[string]*served{},
 		alive:          map[string]time.Time{},
 		aliveSub:       map[string]*nats.Subscription{},
+		followed:       make(chan struct{}, 1),
 	}
 }
 
@@ -117,7 +121,11 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	defer func() { _ = closes.Unsubscribe() }()
 
-	tick := time.NewTicker(min(AliveInterval, s.GatewayTimeout/2))
+	// Silent gateways are looked for every AliveInterval while some
+	// gateway is followed (it has or had sessions here), and not at all
+	// otherwise: an instance without sessions does not wake.
+	every := min(AliveInterval, s.GatewayTimeout/2)
+	tick := time.NewTimer(every)
 	defer tick.Stop()
 	for {
 		select {
@@ -132,8 +140,12 @@ func (s *Server) Run(ctx context.Context) error {
 				s.drop(id)
 			}
 			return nil
+		case <-s.followed:
+			tick.Reset(every)
 		case now := <-tick.C:
-			s.expire(now)
+			if s.expire(now) {
+				tick.Reset(every)
+			}
 		}
 	}
 }
@@ -186,8 +198,16 @@ func (s *Server) Open(m *nats.Msg) []byte {
 		s.mu.Lock()
 	}
 	s.sessions[c.ID] = sv
-	if _, ok := s.alive[c.gateway]; !ok {
-		s.alive[c.gateway] = time.Now()
+	_, known := s.alive[c.gateway]
+	// An open is word from the gateway too: a gateway publishes its
+	// alive messages only while it has connections, so the last one a
+	// gateway followed before may be old.
+	s.alive[c.gateway] = time.Now()
+	if !known {
+		select {
+		case s.followed <- struct{}{}:
+		default:
+		}
 		gw := c.gateway
 		sub, err := s.nc.Subscribe(gw, func(*nats.Msg) {
 			s.mu.Lock()
@@ -276,8 +296,10 @@ func (s *Server) drop(id string) {
 	sv.s.Close()
 }
 
-// expire drops the sessions of gateways that stopped saying they are alive.
-func (s *Server) expire(now time.Time) {
+// expire drops the sessions of gateways that stopped saying they are
+// alive, and forgets those gateways; it reports whether some gateway is
+// still followed.
+func (s *Server) expire(now time.Time) bool {
 	s.mu.Lock()
 	var dead []string
 	for gw, t := range s.alive {
@@ -298,9 +320,11 @@ func (s *Server) expire(now time.Time) {
 			}
 		}
 	}
+	following := len(s.alive) > 0
 	s.mu.Unlock()
 	for _, id := range ids {
 		s.log.Info("dropping a session of a silent gateway", "conn", id)
 		s.drop(id)
 	}
+	return following
 }

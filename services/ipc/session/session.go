@@ -25,8 +25,11 @@
 //     levels: "0", "1", "2").
 //  4. Close: the gateway publishes to the session subject + ".close".
 //  5. Liveness: the gateway publishes on its alive subject every
-//     AliveInterval; an instance drops the sessions of a gateway not heard
-//     for GatewayTimeout (a gateway that crashed cannot say close).
+//     AliveInterval while it has connections (sessions); an instance drops
+//     the sessions of a gateway not heard for GatewayTimeout (a gateway
+//     that crashed cannot say close), and forgets a gateway silent that
+//     long. A gateway without connections and an instance without
+//     sessions send and look at nothing.
 package session
 
 import (

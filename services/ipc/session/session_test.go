@@ -122,6 +122,13 @@ func TestSessionLifecycle(t *testing.T) {
 	if _, err := c2.Request(ctx, []byte("x")); !errors.Is(err, ErrSessionGone) {
 		t.Errorf("request after expiry: %v, want ErrSessionGone", err)
 	}
+	// and is forgotten: an instance without sessions follows no gateway
+	// (nothing wakes it to look for silent ones).
+	waitFor(t, "the silent gateway forgotten", func() bool {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		return len(srv.alive) == 0 && len(srv.aliveSub) == 0
+	})
 
 	h.refuse = true
 	if _, err := Open(ctx, gw, open, "c3", "t.gw.alive", "t.gw.events.c3", Creds{}); !errors.Is(err, cswire.ErrAccess) {
