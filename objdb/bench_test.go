@@ -3,11 +3,15 @@ package objdb_test
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 
 	"github.com/corobus/corobus/bus/bustest"
 	"github.com/corobus/corobus/objdb"
@@ -143,6 +147,7 @@ func BenchmarkThreeNodes(b *testing.B) {
 	for _, key := range []string{"test.bench3.k", "runtime.bench3.k"} {
 		b.Run("set-8/"+key, func(b *testing.B) {
 			b.SetParallelism(4) // 2 CPUs × 4 = 8 writers
+			defer reportCPU(b)()
 			var n atomic.Int64
 			b.RunParallel(func(pb *testing.PB) {
 				i := n.Add(1)
@@ -172,6 +177,7 @@ func BenchmarkThreeNodes(b *testing.B) {
 	}
 	b.Run("kv-put-8", func(b *testing.B) {
 		b.SetParallelism(4)
+		defer reportCPU(b)()
 		var n atomic.Int64
 		b.RunParallel(func(pb *testing.PB) {
 			i := n.Add(1)
@@ -184,4 +190,92 @@ func BenchmarkThreeNodes(b *testing.B) {
 			}
 		})
 	})
+	// What batching replicated writes would save the servers: the same
+	// puts, R3, from eight writers, as JetStream atomic batches of four
+	// (an op is one put). objdb does not batch its cluster writes: a
+	// node's writers are too few to fill batches (docs/objdb.md).
+	batchKV(b, []jetstream.JetStream{jsFor(b, cl.Conn(1)), jsFor(b, cl.Conn(2)), jsFor(b, cl.Conn(3))})
+}
+
+func jsFor(b *testing.B, nc *nats.Conn) jetstream.JetStream {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return js
+}
+
+// batchKV is BenchmarkThreeNodes' kv-batch4-8, on a bucket of its own
+// that allows atomic batch publishes.
+func batchKV(b *testing.B, jss []jetstream.JetStream) {
+	ctx := context.Background()
+	js := jss[0]
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "benchbatch", History: objdb.History, Replicas: 3}); err != nil {
+		b.Fatal(err)
+	}
+	st, err := js.Stream(ctx, "KV_benchbatch")
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := st.CachedInfo().Config
+	cfg.AllowAtomicPublish = true
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		b.Fatal(err)
+	}
+	const size = 4
+	b.Run("kv-batch4-8", func(b *testing.B) {
+		b.SetParallelism(4)
+		defer reportCPU(b)()
+		var n atomic.Int64
+		b.RunParallel(func(pb *testing.PB) {
+			i := n.Add(1)
+			js := jss[int(i)%3]
+			subj := fmt.Sprintf("$KV.benchbatch.c.raw.%d.", i)
+			for {
+				k := 0
+				for k < size && pb.Next() {
+					k++
+				}
+				if k == 0 {
+					return
+				}
+				id := nuid.Next()
+				for j := 1; j <= k; j++ {
+					m := nats.NewMsg(subj + strconv.Itoa(j))
+					m.Data = []byte{1, 2, 3, 4}
+					m.Header.Set("Nats-Batch-Id", id)
+					m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(j))
+					if j < k {
+						if err := js.Conn().PublishMsg(m); err != nil {
+							b.Fatal(err)
+						}
+						continue
+					}
+					m.Header.Set("Nats-Batch-Commit", "1")
+					if _, err := js.PublishMsg(ctx, m); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+		})
+	})
+}
+
+// reportCPU reports the process's CPU time (user and system, all three
+// servers and every writer) per operation, as cpu-µs/op: on a shared
+// machine it moves far less than the wall time per operation does.
+// Call as defer reportCPU(b)().
+func reportCPU(b *testing.B) func() {
+	before := processCPU()
+	return func() {
+		b.ReportMetric(float64((processCPU()-before).Microseconds())/float64(b.N), "cpu-µs/op")
+	}
+}
+
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
