@@ -51,6 +51,13 @@ type Layer struct {
 	// messages: at rest one processor does it with half the thread
 	// wake-ups (no other processor spun up and parked for each message).
 	Procs int
+	// GCPercent, when not zero, is the garbage collector's target
+	// percentage (GOGC, debug.SetGCPercent) of the layer's own process,
+	// unless the environment sets GOGC. Above 100 suits a layer whose
+	// heap is small but that allocates a buffer per large message it
+	// carries (the bus client copies every message it receives): it
+	// collects less often, for a higher peak heap.
+	GCPercent int
 }
 
 // ServiceName is the micro service name a layer announces itself under;

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -94,6 +95,9 @@ func RunLayer(ctx context.Context, l layer.Layer, cfg *config.Config, busURL str
 	// scheduler is the layer's to size.
 	if l.Procs > 0 && os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(l.Procs)
+	}
+	if l.GCPercent > 0 && os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(l.GCPercent)
 	}
 	var err error
 	if busURL == "" {

@@ -37,7 +37,10 @@ func Layer() layer.Layer {
 		Grant: func(a bus.Access) bus.Grant {
 			return bus.Merge(a.Process(), a.Component(ComponentName, loader.LocalNamespace(a.Node)), a.TotemClient(TotemService),
 				a.SyncService(ComponentName), a.SyncFollower(), a.ObjdbClient(true), a.CPGService())
-		}}
+		},
+		// Every delivery is a bus message the client copies: the
+		// gateway's reason (services/ipc.Layer) when CPG runs apart.
+		GCPercent: 400}
 }
 
 // Subject is the component subject of node's cpg instances.
