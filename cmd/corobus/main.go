@@ -53,7 +53,7 @@ func (a *app) commands() []command {
 		{name: "service", summary: "a built-in service component, started by svcmgr: " + a.builtinNames() + " (layer process)", layer: true, run: runService},
 	}
 	for _, l := range a.layers() {
-		cmds = append(cmds, command{name: l.Name, summary: l.Summary + " (layer process)", layer: true, run: layerCommand(l)})
+		cmds = append(cmds, command{name: l.Name, summary: l.Summary + " (layer process)", layer: true, run: layerCommand(l, l.Name, "`corobus up`")})
 	}
 	cmds = append(cmds, a.clientCommands()...)
 	return cmds

@@ -55,7 +55,7 @@ func runService(ctx context.Context, a *app, args []string) error {
 	}
 	for _, l := range a.builtinServices() {
 		if l.Name == args[0] {
-			return layerCommand(l)(ctx, a, args[1:])
+			return layerCommand(l, "service "+l.Name, "the service manager (`corobus svcmgr`)")(ctx, a, args[1:])
 		}
 	}
 	return usagef("no built-in service %q (corobus service --help lists them)", args[0])

@@ -265,13 +265,16 @@ func runBus(ctx context.Context, a *app, args []string) error {
 	return node.RunBus(ctx, cfg, ls, a.version, restarts, users, a.busHooks(), nil)
 }
 
-// layerCommand is the subcommand that runs one layer as its own process.
-func layerCommand(l layer.Layer) func(ctx context.Context, a *app, args []string) error {
+// layerCommand is the subcommand that runs layer l as its own process,
+// named verb: the layer's name ("objdb"), or "service NAME" for a built-in
+// service, so that its --help gives the command line that runs it and
+// says who starts it.
+func layerCommand(l layer.Layer, verb, startedBy string) func(ctx context.Context, a *app, args []string) error {
 	return func(ctx context.Context, a *app, args []string) error {
 		var nf nodeFlags
 		var restarts int
-		fs := newFlagSet(a, l.Name, "[-c FILE] [-o key=value] [--bus URL]",
-			l.Summary+".\nA layer process: `corobus up` starts it; run more of them to scale the layer.")
+		fs := newFlagSet(a, verb, "[-c FILE] [-o key=value] [--bus URL]",
+			capitalize(l.Summary)+".\nA layer process: "+startedBy+" starts it; run more of them to scale the layer.")
 		nf.register(fs, true)
 		fs.IntVar(&restarts, "restarts", 0, "restart count, set by the supervisor")
 		if err := parse(a, fs, args); err != nil {
