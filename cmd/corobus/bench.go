@@ -20,13 +20,13 @@ func runBench(ctx context.Context, a *app, args []string) error {
 		fmt.Fprintln(a.stdout, "\n  cmap   one synchronous client: set then get ops/s against a running node")
 		fmt.Fprintln(a.stdout, "  totem  ordered multicast: messages/s and send-to-self-delivery latency")
 		if len(args) == 0 {
-			return usagef("bench: say what to measure")
+			return usagef("say what to measure (cmap, totem)")
 		}
 		return nil
 	}
 	f, ok := what[args[0]]
 	if !ok {
-		return usagef("bench: unknown benchmark %q (cmap, totem)", args[0])
+		return usagef("unknown benchmark %q (cmap, totem)", args[0])
 	}
 	return f(ctx, a, args[1:])
 }

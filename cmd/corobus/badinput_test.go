@@ -1,0 +1,33 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+)
+
+// A mistake on the command line is refused before anything connects or
+// starts (no node runs here), with status 2 and one line saying what was
+// wrong: corosync's tools' messages where corobus's verb is their tool.
+func TestBadCommandLines(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string // the whole of stderr
+	}{
+		{[]string{"nosuchverb"}, `corobus: unknown command "nosuchverb" (corobus --help lists them)`},
+		{[]string{"bench", "nosuch"}, `corobus bench: unknown benchmark "nosuch" (cmap, totem)`},
+		{[]string{"status", "--nosuch"}, `corobus status: flag provided but not defined: -nosuch`},
+	} {
+		t.Run(strings.Join(tc.args, "_"), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			a := &app{stdout: &stdout, stderr: &stderr, version: "test"}
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel() // nothing may need to run
+			code := a.main(ctx, tc.args)
+			if code != 2 || strings.TrimSpace(stderr.String()) != tc.want {
+				t.Errorf("corobus %s: status %d, stderr %q; want 2, %q", strings.Join(tc.args, " "), code, stderr.String(), tc.want)
+			}
+		})
+	}
+}
