@@ -18,6 +18,10 @@ func TestBadCommandLines(t *testing.T) {
 		{[]string{"nosuchverb"}, `corobus: unknown command "nosuchverb" (corobus --help lists them)`},
 		{[]string{"bench", "nosuch"}, `corobus bench: unknown benchmark "nosuch" (cmap, totem)`},
 		{[]string{"status", "--nosuch"}, `corobus status: flag provided but not defined: -nosuch`},
+		{[]string{"quorum", "-e", "0"}, `corobus quorum: New expected votes value was not valid, try a positive number`},
+		{[]string{"quorum", "-e", "-3"}, `corobus quorum: New expected votes value was not valid, try a positive number`},
+		{[]string{"quorum", "-v", "1", "-n", "0"}, `corobus quorum: The nodeid was not valid, try a positive number`},
+		{[]string{"quorum", "-v", "-2"}, `corobus quorum: New votes value was not valid, try a positive number or zero`},
 	} {
 		t.Run(strings.Join(tc.args, "_"), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer

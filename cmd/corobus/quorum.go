@@ -37,6 +37,14 @@ func runQuorum(ctx context.Context, a *app, args []string) error {
 	if err := parse(a, fs, args); err != nil {
 		return err
 	}
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "e":
+			q.expectedSet = true
+		case "n":
+			q.nodeIDSet = true
+		}
+	})
 	if err := q.check(); err != nil {
 		return err
 	}
@@ -74,7 +82,10 @@ type quorumFlags struct {
 	parsable, hex, ip, unregister   bool
 	votes, expected                 int
 	nodeID                          uint
-	order                           string
+	// expectedSet and nodeIDSet say -e and -n were given: their zero
+	// is a mistake to refuse, not "absent".
+	expectedSet, nodeIDSet bool
+	order                  string
 }
 
 func (q *quorumFlags) register(fs *flag.FlagSet) {
@@ -107,8 +118,11 @@ func (q *quorumFlags) check() error {
 	if q.votes < -1 {
 		return usagef("New votes value was not valid, try a positive number or zero")
 	}
-	if q.expected < 0 {
+	if q.expected < 0 || (q.expectedSet && q.expected == 0) {
 		return usagef("New expected votes value was not valid, try a positive number")
+	}
+	if q.nodeIDSet && q.nodeID == 0 {
+		return usagef("The nodeid was not valid, try a positive number")
 	}
 	return nil
 }
