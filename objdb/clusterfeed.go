@@ -2,6 +2,7 @@ package objdb
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -28,9 +29,24 @@ func (s *Store) followCluster(ctx context.Context, loaded chan<- struct{}) {
 	// lost after FeedTimeout of silence, and never before three of them.
 	hb := max(s.cfg.FeedTimeout/4, 100*time.Millisecond)
 	lost := max(s.cfg.FeedTimeout, 3*hb)
+	// A bucket of one replica has its consumer on the stream's one
+	// server, which for a one-node cluster is the server this copy is
+	// connected to: that server's death is the connection's loss, told
+	// at once (clusterConsumer follows the connection's status), so its
+	// heartbeats need only find a server that hangs, every
+	// localIdleHeartbeat. A consumer that turns out to be elsewhere (a
+	// two-node cluster's single replica) is made again with the fast
+	// heartbeats, for good.
+	local := s.cfg.Replicas == 1
 	signalled := false
 	for ctx.Err() == nil {
-		err := s.clusterConsumer(ctx, stream, filter, hb, lost, func() {
+		chb, clost := hb, lost
+		if local {
+			// Two heartbeats and a token: one late heartbeat (a loaded
+			// machine) is not a hung server.
+			chb, clost = localIdleHeartbeat, s.cfg.FeedTimeout+2*localIdleHeartbeat
+		}
+		err := s.clusterConsumer(ctx, stream, filter, chb, clost, local, func() {
 			if !signalled {
 				signalled = true
 				close(loaded)
@@ -38,6 +54,10 @@ func (s *Store) followCluster(ctx context.Context, loaded chan<- struct{}) {
 		})
 		if ctx.Err() != nil {
 			return
+		}
+		if errors.Is(err, errConsumerElsewhere) {
+			local = false
+			continue
 		}
 		s.setFeedState(&s.cstate, "cluster", false, err.Error())
 		select {
@@ -48,9 +68,22 @@ func (s *Store) followCluster(ctx context.Context, loaded chan<- struct{}) {
 	}
 }
 
+// localIdleHeartbeat is the idle heartbeat of a cluster feed whose
+// consumer is on the copy's own server.
+const localIdleHeartbeat = 5 * time.Second
+
+// errConsumerElsewhere is a consumer made with local heartbeats that
+// JetStream placed on another server.
+var errConsumerElsewhere = errors.New("cluster feed: the consumer is on another server")
+
 // clusterConsumer runs one consumer until its feed is lost (the error
-// says how) or ctx ends.
-func (s *Store) clusterConsumer(ctx context.Context, stream, filter string, hb, lost time.Duration, onLoaded func()) error {
+// says how) or ctx ends. local says hb is localIdleHeartbeat: the
+// consumer must be on the server the copy is connected to.
+func (s *Store) clusterConsumer(ctx context.Context, stream, filter string, hb, lost time.Duration, local bool, onLoaded func()) error {
+	// Subscribed before the consumer exists: a disconnection after it
+	// is created must not go unseen.
+	status := s.nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING)
+	defer s.nc.RemoveStatusListener(status)
 	inbox := s.nc.NewInbox()
 	// Flow control bounds what is in flight, so the channel cannot
 	// overflow under a large initial load.
@@ -103,6 +136,9 @@ func (s *Store) clusterConsumer(ctx context.Context, stream, filter string, hb, 
 	if info.Cluster != nil {
 		server = info.Cluster.Leader
 	}
+	if local && server != "" && server != s.nc.ConnectedServerName() {
+		return errConsumerElsewhere
+	}
 	s.mu.Lock()
 	s.cserver = server
 	s.mu.Unlock()
@@ -132,6 +168,11 @@ func (s *Store) clusterConsumer(ctx context.Context, stream, filter string, hb, 
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case _, ok := <-status:
+			if ok {
+				return fmt.Errorf("cluster feed lost: disconnected from the bus; resuming after revision %d", s.revision())
+			}
+			status = nil
 		case now := <-check.C:
 			silent := now.Sub(last)
 			if silent > lost {

@@ -305,3 +305,54 @@ func startTestKeeper(t *testing.T, nc *nats.Conn, subjects bus.Subjects) (stop f
 	}()
 	return func() { cancel(); <-done }
 }
+
+// A copy at rest hears from its keeper and its cluster consumer only every
+// few seconds (KeeperIdleHeartbeat, localIdleHeartbeat): the loss of its
+// connection to the bus — the keeper's process, the consumer's server —
+// is told by the connection itself. The copy says it is behind because
+// it was disconnected (not because a feed went silent), and is current
+// again, with the writes made meanwhile, once it is back.
+func TestCopyBehindWhenDisconnected(t *testing.T) {
+	cl := bustest.StartCluster(t, 1)
+	nc := cl.Conn(1)
+	startKeeper(t, nc, 1, 1)
+	proxy, err := faultproxy.Start(strings.TrimPrefix(cl.URL(1), "nats://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
+	far, err := bus.Dial(cl.AdminURL(1, proxy.Addr()), "far-copy", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer far.Close()
+	s := openStore(t, far, 1, 1)
+	w := openStore(t, nc, 1, 1)
+	var reasons trackLog
+	defer s.Track(CopyKeyReason, false, reasons.add)()
+
+	proxy.Refuse(true)
+	proxy.Cut()
+	for _, k := range []string{"runtime.meanwhile", "test.meanwhile"} {
+		if err := w.Set(context.Background(), k, mustValue(t, String, "set")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(strings.Join(reasons.snapshot(), "\n"), "disconnected from the bus") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no disconnection among the copy's reasons: %q", reasons.snapshot())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	proxy.Refuse(false)
+	for _, k := range []string{"runtime.meanwhile", "test.meanwhile"} {
+		waitValue(t, s, k, "set")
+	}
+	for s.State().State != "current" {
+		if time.Now().After(deadline) {
+			t.Fatalf("copy not current again: %+v", s.State())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

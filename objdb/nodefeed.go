@@ -14,9 +14,10 @@ import (
 // followNode keeps the copy's node keys following the node's keeper until
 // ctx ends: the feed in order, a missed record (a hole in the sequence, or
 // a heartbeat further on than the copy) fetched back, a silent keeper
-// (FeedTimeout without a heartbeat) reported and asked again, a new keeper
-// (a new epoch: the bus restarted) reloaded, and own writes the keeper has
-// not confirmed sent again. loaded is closed once the first load is done.
+// (nodeSilence without a heartbeat) or a lost connection to the bus
+// reported and asked again, a new keeper (a new epoch: the bus restarted)
+// reloaded, and own writes the keeper has not confirmed sent again. loaded
+// is closed once the first load is done.
 func (s *Store) followNode(ctx context.Context, loaded chan<- struct{}) {
 	ch := make(chan *nats.Msg, 8192)
 	sub, err := s.nc.ChanSubscribe(s.cfg.Subjects.ObjdbKeys(s.cfg.Node, "feed"), ch)
@@ -30,14 +31,22 @@ func (s *Store) followNode(ctx context.Context, loaded chan<- struct{}) {
 	if err := s.nc.Flush(); err != nil {
 		s.log.Debug("objdb: flushing the node feed subscription", "err", err)
 	}
+	// The keeper lives in the bus process this copy is connected to: the
+	// bus going away (the keeper with it) is the connection's loss, told
+	// at once; a new keeper behind a reconnection is found by the sync
+	// that follows it. Silence is left to find a keeper that hangs in a
+	// live bus, which at rest heartbeats every KeeperIdleHeartbeat.
+	status := s.nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CONNECTED)
+	defer s.nc.RemoveStatusListener(status)
+	silence := s.nodeSilence()
 	hb := max(s.cfg.FeedTimeout/4, 20*time.Millisecond)
 	resendAfter := max(s.cfg.FeedTimeout/2, 50*time.Millisecond)
-	// One timer: every hb while the copy must sync (retrying it), else
-	// when the keeper would be silent for FeedTimeout if nothing came
-	// meanwhile — not every hb: at rest the keeper's heartbeats are the
-	// only wake-ups. Unconfirmed own writes are looked at as feed
-	// messages come (at least every hb while the keeper lives) and when
-	// the timer fires.
+	// One timer: every hb while the copy must sync (retrying it) or has
+	// writes the keeper has not confirmed, else when the keeper would be
+	// silent for nodeSilence if nothing came meanwhile — not every hb: at
+	// rest the keeper's heartbeats are the only wake-ups. Unconfirmed
+	// own writes are looked at as feed messages come and when the timer
+	// fires.
 	check := time.NewTimer(hb)
 	defer check.Stop()
 	needSync := true
@@ -81,16 +90,27 @@ func (s *Store) followNode(ctx context.Context, loaded chan<- struct{}) {
 				needSync = true
 				s.setFeedState(&s.nstate, "node", false, why)
 			}
+		case st, ok := <-status:
+			if !ok {
+				status = nil
+				continue
+			}
+			if st != nats.CONNECTED && !needSync {
+				s.setFeedState(&s.nstate, "node", false, "node feed lost: disconnected from the bus")
+			}
+			// Back on the bus (maybe a new one, with a new keeper): sync.
+			needSync = true
+			check.Reset(hb)
 		case now := <-check.C:
 			wait := hb
 			if !needSync {
 				silent := now.Sub(lastHeard)
-				if silent > s.cfg.FeedTimeout {
+				if silent > silence {
 					needSync = true
 					s.setFeedState(&s.nstate, "node", false,
 						fmt.Sprintf("node feed lost: nothing from the node's keeper for %s", silent.Round(time.Millisecond)))
-				} else {
-					wait = s.cfg.FeedTimeout - silent + time.Millisecond
+				} else if !s.hasPending() {
+					wait = silence - silent + time.Millisecond
 				}
 			}
 			lastResend = now
@@ -98,6 +118,19 @@ func (s *Store) followNode(ctx context.Context, loaded chan<- struct{}) {
 			check.Reset(wait)
 		}
 	}
+}
+
+// nodeSilence is how long the node feed may stay silent before the copy
+// counts its keeper lost: FeedTimeout past two of the keeper's idle
+// heartbeats (one late heartbeat, on a loaded machine, is not a hung
+// keeper).
+func (s *Store) nodeSilence() time.Duration { return s.cfg.FeedTimeout + 2*KeeperIdleHeartbeat }
+
+// hasPending reports whether own writes wait for the keeper's confirmation.
+func (s *Store) hasPending() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.pend()) > 0
 }
 
 // applyFeed applies a feed message. It returns why the copy must sync
