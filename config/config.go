@@ -7,6 +7,7 @@
 package config
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"maps"
@@ -218,10 +219,12 @@ func Load(opts Options) (*Config, error) {
 }
 
 // checkKeys reports the first unknown key or badly typed value of one layer,
-// with the file line when the parser knew it.
+// with the file line when the parser knew it: the first in the file, as
+// one reads it and as corosync would stop at it, else by name.
 func checkKeys(source string, k *koanf.Koanf, positions map[string]int) error {
 	flat := k.All()
 	names := slices.Sorted(maps.Keys(flat))
+	slices.SortStableFunc(names, func(a, b string) int { return cmp.Compare(positions[a], positions[b]) })
 	for _, key := range names {
 		where := source
 		if line, ok := positions[key]; ok {

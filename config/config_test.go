@@ -170,6 +170,11 @@ func TestErrors(t *testing.T) {
 			want: []string{"logging.to_syslog", `"yes", "no", "on", "off"`},
 		},
 		{
+			name: "the first of two mistakes in the file",
+			body: "totem {\n\ttoken: soon\n}\nnodelist {\n node {\n nodeid: 1\n ring0_addr: 127.0.0.1\n }\n}\nlogging {\n\tto_syslog: maybe\n}\n",
+			want: []string{"corosync.conf:2", "totem.token"},
+		},
+		{
 			name:      "quorum provider corosync does not have",
 			body:      threeNodes,
 			overrides: []string{"quorum.provider=corosync_quorum_none"},
