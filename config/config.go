@@ -230,6 +230,12 @@ func checkKeys(source string, k *koanf.Koanf, positions map[string]int) error {
 		if line, ok := positions[key]; ok {
 			where = fmt.Sprintf("%s:%d", source, line)
 		}
+		if _, ok := flat[key].([]any); ok {
+			// YAML's list: repeated sections are maps by index, as
+			// objdb names them (nodelist.node.0.ring0_addr).
+			return fmt.Errorf("%s: %s is a list; YAML gives a repeated section as a map by index, as objdb names it: "+
+				"nodelist: {node: {\"0\": {nodeid: 1, ring0_addr: …}}} (docs/configuration.md)", where, key)
+		}
 		if _, ok := keys.Lookup(key); !ok {
 			msg := fmt.Sprintf("%s: unknown key %s", where, key)
 			if s := keys.Suggest(key); s != "" {

@@ -125,6 +125,20 @@ nodelist:
 	}
 }
 
+// A YAML list where corosync.conf repeats a section is refused saying how
+// to write it instead.
+func TestYAMLList(t *testing.T) {
+	p := writeFile(t, "corobus.yaml", `nodelist:
+  node:
+    - nodeid: 1
+      ring0_addr: 127.0.0.1
+`)
+	_, err := Load(Options{File: p})
+	if err == nil || !strings.Contains(err.Error(), "nodelist.node is a list") || !strings.Contains(err.Error(), `nodelist: {node: {"0": {`) {
+		t.Errorf("err = %v; want it to say nodelist.node is a list and how to write it", err)
+	}
+}
+
 // A mistake is reported with where it is and what was expected; nothing
 // loads.
 func TestErrors(t *testing.T) {
