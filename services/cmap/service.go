@@ -51,7 +51,8 @@ type Store interface {
 
 // Service is the cmap component: it opens a session per client
 // connection. Maps: the default map is objdb; the stats map is objdb's
-// "stats." subtree, where the layers publish their counters.
+// "stats." subtree, where layers would publish their counters (none does
+// yet: docs/objdb.md).
 type Service struct {
 	store Store
 	log   *slog.Logger
