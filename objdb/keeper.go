@@ -90,9 +90,11 @@ type Keeper struct {
 	behind time.Time
 	// replicas is the bucket's, as last opened (0: not yet); opened is
 	// closed once load has opened it.
-	replicas   atomic.Int32
-	opened     chan struct{}
-	openedOnce sync.Once
+	replicas atomic.Int32
+	// replicasNoted pokes raiseReplicas when the bucket is (re)opened.
+	replicasNoted chan struct{}
+	opened        chan struct{}
+	openedOnce    sync.Once
 	// closed: the keeper is stopping and applies no more writes.
 	closed bool
 }
@@ -207,6 +209,7 @@ func NewKeeper(nc *nats.Conn, cfg KeeperConfig) (*Keeper, error) {
 		keys: map[string]Value{}, writers: map[uint64]*writerState{}, touched: map[string]bool{},
 		records: recordLog{buf: make([]nodeRecord, cfg.LogRecords)},
 		opened:  make(chan struct{}), outWake: make(chan struct{}, 1), dirty: map[string]dirtyKey{}, dirtyWake: make(chan struct{}, 1),
+		replicasNoted: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -699,6 +702,10 @@ func (k *Keeper) isOpened() bool {
 // noteReplicas records the bucket's replicas as last opened.
 func (k *Keeper) noteReplicas(r int) {
 	k.replicas.Store(int32(r))
+	select {
+	case k.replicasNoted <- struct{}{}:
+	default:
+	}
 }
 
 // raiseReplicas raises the bucket to the configured replicas once the
@@ -707,17 +714,25 @@ func (k *Keeper) noteReplicas(r int) {
 // keeper tries; the first to succeed does it for all.
 func (k *Keeper) raiseReplicas(ctx context.Context) {
 	o := newBucketOpener(k.js, k.cfg.Bucket, k.cfg.Replicas, false)
-	tick := time.NewTicker(raiseEvery)
+	// A timer only while the bucket is short of replicas: a bucket as
+	// configured (every one-node cluster's, every formed cluster's)
+	// costs no wake-up until it is opened again.
+	tick := time.NewTimer(raiseEvery)
 	defer tick.Stop()
 	for {
+		cur := int(k.replicas.Load())
+		var due <-chan time.Time
+		if cur != 0 && cur < k.cfg.Replicas {
+			due = tick.C
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
-		}
-		cur := int(k.replicas.Load())
-		if cur == 0 || cur >= k.cfg.Replicas {
-			continue // not opened yet, or as configured
+		case <-k.replicasNoted:
+			tick.Reset(raiseEvery)
+			continue
+		case <-due:
+			tick.Reset(raiseEvery)
 		}
 		_, got, err := o.open(ctx)
 		if err != nil || got <= cur {
