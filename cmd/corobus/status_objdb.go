@@ -46,9 +46,9 @@ func copiesStatus(nc *nats.Conn, subjects bus.Subjects, node uint32) []objdb.Cop
 // printCopies renders the objdb copies section of `corobus status`:
 //
 //	Objdb copies:
-//	  COPY           PID    STATE    REVISION  VIA    NODE SEQ  UNCONFIRMED
-//	  corobus-objdb  12345  current  1042      node2  311       0
-//	  corobus-ipc    12350  behind   998       node3  311       0  cluster feed lost: …
+//	  COPY           PID    STATE    REVISION  VIA    NODE SEQ  UNCONFIRMED  REASON
+//	  corobus-objdb  12345  current  1042      node2  311       0            -
+//	  corobus-ipc    12350  behind   998       node3  311       0            cluster feed lost: …
 func printCopies(w io.Writer, list []objdb.CopyStatus) {
 	fmt.Fprintln(w, "Objdb copies:")
 	if len(list) == 0 {
@@ -56,9 +56,9 @@ func printCopies(w io.Writer, list []objdb.CopyStatus) {
 		return
 	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "  COPY\tPID\tSTATE\tREVISION\tVIA\tNODE SEQ\tUNCONFIRMED\t")
+	fmt.Fprintln(tw, "  COPY\tPID\tSTATE\tREVISION\tVIA\tNODE SEQ\tUNCONFIRMED\tREASON")
 	for _, c := range list {
-		fmt.Fprintf(tw, "  %s\t%d\t%s\t%d\t%s\t%d\t%d\t%s\n", c.Name, c.PID, c.State, c.Revision, orDash(c.Via), c.NodeSeq, c.Pending, c.Reason)
+		fmt.Fprintf(tw, "  %s\t%d\t%s\t%d\t%s\t%d\t%d\t%s\n", c.Name, c.PID, c.State, c.Revision, orDash(c.Via), c.NodeSeq, c.Pending, orDash(c.Reason))
 	}
 	_ = tw.Flush()
 }
