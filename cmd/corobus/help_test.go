@@ -42,3 +42,17 @@ func TestEveryVerbHasHelp(t *testing.T) {
 		})
 	}
 }
+
+// corobus help VERB prints VERB's own usage, as VERB --help does.
+func TestHelpVerb(t *testing.T) {
+	for _, v := range [][]string{{"cmap"}, {"bench", "totem"}, {"service", "cpg"}} {
+		var out bytes.Buffer
+		a := &app{stdout: &out, stderr: &out, version: "test"}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		code := a.main(ctx, append([]string{"help"}, v...))
+		if want := "usage: corobus " + strings.Join(v, " ") + " "; code != 0 || !strings.HasPrefix(out.String(), want) {
+			t.Errorf("corobus help %s: status %d, printed:\n%s\nwant status 0 and %q first", strings.Join(v, " "), code, out.String(), want)
+		}
+	}
+}

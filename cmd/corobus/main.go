@@ -60,6 +60,11 @@ func (a *app) commands() []command {
 }
 
 func (a *app) main(ctx context.Context, args []string) int {
+	if len(args) > 1 && args[0] == "help" {
+		// corobus help cmap is corobus cmap --help (corobus help bench
+		// totem, bench totem's), as go help and git help answer.
+		return a.main(ctx, append(append([]string(nil), args[1:]...), "--help"))
+	}
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		a.usage(a.stdout)
 		if len(args) == 0 {
@@ -96,7 +101,7 @@ func (a *app) main(ctx context.Context, args []string) int {
 
 func (a *app) usage(w io.Writer) {
 	fmt.Fprintf(w, "corobus %s — the corosync cluster engine over an embedded NATS bus\n\n", a.version)
-	fmt.Fprintln(w, "usage: corobus <command> [flags]   (corobus <command> --help for its flags)")
+	fmt.Fprintln(w, "usage: corobus <command> [flags]   (corobus <command> --help, or corobus help <command>, for its flags)")
 	cmds := a.commands()
 	sort.SliceStable(cmds, func(i, j int) bool { return !cmds[i].layer && cmds[j].layer })
 	fmt.Fprintln(w, "\ncommands:")
