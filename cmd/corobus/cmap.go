@@ -20,7 +20,7 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 	var nf nodeFlags
 	var get, set, del, delPrefix, track, trackPrefix, file, mapName string
 	var quiet, showBinary bool
-	fs := newFlagSet(a, "cmap", "[-b] [-q] [-g KEY | -s KEY TYPE VALUE | -d KEY | -D PREFIX | -t KEY | -T PREFIX | -p FILE | PREFIX...]",
+	fs := newFlagSet(a, "cmap", "[-b] [-q] [-m icmap|stats] [-g KEY | -s KEY TYPE VALUE | -d KEY | -D PREFIX | -t KEY | -T PREFIX | -p FILE | PREFIX...] [-c FILE | --bus URL]",
 		"Read and change a node's object database the way corosync-cmapctl does.\n"+
 			"With no action, list every key (or the keys under each PREFIX argument).\n"+
 			"TYPE is one of u8 u16 u32 u64 i8 i16 i32 i64 flt dbl str bin; for bin, VALUE is a file (- for stdin).\n"+
@@ -33,7 +33,7 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 	fs.StringVar(&track, "t", "", "print changes of `KEY` until interrupted")
 	fs.StringVar(&trackPrefix, "T", "", "print changes of every key under `PREFIX` until interrupted")
 	fs.StringVar(&file, "p", "", "apply the settings in `FILE`")
-	fs.StringVar(&mapName, "m", "icmap", "map: icmap (the default) or stats")
+	fs.StringVar(&mapName, "m", "icmap", "the `MAP`: icmap or stats")
 	fs.BoolVar(&quiet, "q", false, "with -g, print only the value")
 	fs.BoolVar(&showBinary, "b", false, "show binary values")
 	if err := parse(a, fs, args); err != nil {

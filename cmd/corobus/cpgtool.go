@@ -20,7 +20,7 @@ func runCpg(ctx context.Context, a *app, args []string) error {
 	var nf nodeFlags
 	var delim string
 	var namesOnly, noEscape bool
-	fs := newFlagSet(a, "cpg", "[-d DELIMITER] [-e] [-n]",
+	fs := newFlagSet(a, "cpg", "[-d DELIMITER] [-e] [-n] [-c FILE | --bus URL]",
 		"Display the closed process groups and their members the way corosync-cpgtool does:\n"+
 			"each group, then its members' pids, node ids and addresses.")
 	nf.register(fs, true)

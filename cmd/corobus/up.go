@@ -63,7 +63,7 @@ func runUp(ctx context.Context, a *app, args []string) error {
 	var nf nodeFlags
 	var inproc bool
 	var stopTimeout time.Duration
-	fs := newFlagSet(a, "up", "[-c FILE] [-o key=value] [--inproc]",
+	fs := newFlagSet(a, "up", "[-c FILE] [-o key=value] [--inproc] [--stop-timeout DURATION]",
 		"Start a whole node: the bus in its own process, then every layer as a supervised child\n"+
 			"process (restarted with backoff, output prefixed with the layer's name). SIGINT or\n"+
 			"SIGTERM stops the layers in reverse order and leaves no child behind.\n"+
