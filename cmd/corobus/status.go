@@ -122,8 +122,10 @@ type NodeStatus struct {
 func runStatus(ctx context.Context, a *app, args []string) error {
 	var q queryFlags
 	fs := newFlagSet(a, "status", "[-c FILE | --bus URL] [--json] [--node ID]",
-		"Show a node: id, cluster name, bus state (JetStream, routes, meta peers) and every layer\n"+
-			"process found through micro discovery, with pid, version, uptime and restarts.")
+		"Show a node: id, cluster name, bus state (JetStream, routes, meta peers), totem's ring\n"+
+			"and members, every layer process found through micro discovery (pid, version, uptime,\n"+
+			"restarts), the services its service manager runs (SERVING: the version serving) and\n"+
+			"every copy of its objdb view (current or behind, and why).")
 	q.register(fs, "print JSON", "show this node id instead of the configured local node")
 	if err := parse(a, fs, args); err != nil {
 		return err
