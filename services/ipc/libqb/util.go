@@ -48,11 +48,9 @@ func backoff(c *Conn, try func() (done bool, err error)) error {
 // client's requests, woke the runtime's monitor thread at every request
 // (two more context switches and a sleep of its own each time).
 func recvNow(fd int, b []byte, flags int) (int, error) {
-	var p unsafe.Pointer
-	if len(b) > 0 {
-		p = unsafe.Pointer(&b[0])
-	}
-	n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(p), uintptr(len(b)),
+	// The pointer converted in the call's arguments: the buffer is kept
+	// alive through the call (go:uintptrkeepalive).
+	n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)),
 		uintptr(flags|syscall.MSG_DONTWAIT), 0, 0)
 	if e != 0 {
 		return 0, e
@@ -61,11 +59,7 @@ func recvNow(fd int, b []byte, flags int) (int, error) {
 }
 
 func sendNow(fd int, b []byte) (int, error) {
-	var p unsafe.Pointer
-	if len(b) > 0 {
-		p = unsafe.Pointer(&b[0])
-	}
-	n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, uintptr(fd), uintptr(p), uintptr(len(b)),
+	n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)),
 		uintptr(syscall.MSG_DONTWAIT|syscall.MSG_NOSIGNAL), 0, 0)
 	if e != 0 {
 		return 0, e
