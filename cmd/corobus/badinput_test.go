@@ -3,8 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/corobus/corobus/objdb/client"
+	"github.com/corobus/corobus/services/cswire"
 )
 
 // A mistake on the command line is refused before anything connects or
@@ -33,5 +38,23 @@ func TestBadCommandLines(t *testing.T) {
 				t.Errorf("corobus %s: status %d, stderr %q; want 2, %q", strings.Join(tc.args, " "), code, stderr.String(), tc.want)
 			}
 		})
+	}
+}
+
+// An objdb error is printed with objdb's reason once, not the code twice,
+// and an error without a code keeps what it said.
+func TestCSReason(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{&client.Error{Code: cswire.ErrInvalidParam, Desc: `key "ab": shorter than 3 characters: CS_ERR_INVALID_PARAM`},
+			`key "ab": shorter than 3 characters: CS_ERR_INVALID_PARAM`},
+		{fmt.Errorf("no objdb process serves node 1: %w", cswire.ErrTryAgain), "no objdb process serves node 1: CS_ERR_TRY_AGAIN"},
+		{errors.New("nats: timeout"), "CS_ERR_LIBRARY (nats: timeout)"},
+	} {
+		if got := csReason(tc.err); got != tc.want {
+			t.Errorf("csReason(%v) = %q, want %q", tc.err, got, tc.want)
+		}
 	}
 }

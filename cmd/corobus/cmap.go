@@ -60,7 +60,7 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 	case get != "":
 		v, err := c.Get(ctx, mapPrefix+get)
 		if err != nil {
-			return fmt.Errorf("can't get value of %s: %s", get, cswire.Code(err))
+			return fmt.Errorf("can't get value of %s: %s", get, csReason(err))
 		}
 		p.print(get, v)
 	case set != "":
@@ -72,15 +72,15 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 			return err
 		}
 		if err := c.Set(ctx, mapPrefix+set, v); err != nil {
-			return fmt.Errorf("can't set key %s: %s (%v)", set, cswire.Code(err), err)
+			return fmt.Errorf("can't set key %s: %s", set, csReason(err))
 		}
 	case del != "":
 		if err := c.Delete(ctx, mapPrefix+del); err != nil {
-			return fmt.Errorf("can't delete key %s: %s", del, cswire.Code(err))
+			return fmt.Errorf("can't delete key %s: %s", del, csReason(err))
 		}
 	case delPrefix != "":
 		if _, err := c.DeletePrefix(ctx, mapPrefix+delPrefix); err != nil {
-			return fmt.Errorf("can't delete keys with prefix %s: %s", delPrefix, cswire.Code(err))
+			return fmt.Errorf("can't delete keys with prefix %s: %s", delPrefix, csReason(err))
 		}
 	case track != "" || trackPrefix != "":
 		key, prefix := track, false
@@ -123,7 +123,7 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 		for _, pre := range prefixes {
 			entries, err := c.List(ctx, mapPrefix+pre)
 			if err != nil {
-				return fmt.Errorf("can't list keys with prefix %s: %s", pre, cswire.Code(err))
+				return fmt.Errorf("can't list keys with prefix %s: %s", pre, csReason(err))
 			}
 			for _, e := range entries {
 				t, _ := objdb.ParseType(e.Type)
@@ -248,4 +248,15 @@ func cmapLoad(ctx context.Context, a *app, c *client.Client, path string) error 
 		}
 	}
 	return sc.Err()
+}
+
+// csReason says why an objdb call failed: the reason objdb gave, which
+// ends with its cs_error_t name (key "ab": shorter than 3 characters:
+// CS_ERR_INVALID_PARAM), or the name with the error that carried it.
+func csReason(err error) string {
+	code, msg := cswire.Code(err).String(), err.Error()
+	if strings.HasSuffix(msg, code) {
+		return msg
+	}
+	return code + " (" + msg + ")"
 }

@@ -7,7 +7,6 @@ import (
 
 	"github.com/corobus/corobus/objdb"
 	"github.com/corobus/corobus/objdb/client"
-	"github.com/corobus/corobus/services/cswire"
 )
 
 // runObjctl is corosync 1.x's corosync-objctl view of the same keys: the
@@ -40,7 +39,7 @@ func runObjctl(ctx context.Context, a *app, args []string) error {
 		}
 		list, err := c.List(ctx, prefix)
 		if err != nil {
-			return fmt.Errorf("listing %s: %s", obj, cswire.Code(err))
+			return fmt.Errorf("listing %s: %s", obj, csReason(err))
 		}
 		entries := make([]objdb.Entry, len(list))
 		for i, e := range list {
