@@ -13,7 +13,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -40,11 +39,6 @@ type ServerConfig struct {
 	RouteHost string
 	RoutePort int
 	Routes    []string
-	// RouteNodes, when set, are the node ids of Routes, in the same
-	// order. Then of each pair of nodes only the higher id dials the
-	// other (StartServer says why); without them every node dials every
-	// other.
-	RouteNodes []uint32
 	// StoreDir holds JetStream's files (in a jetstream/ directory that
 	// nats-server makes below it).
 	StoreDir string
@@ -96,7 +90,6 @@ func ServerConfigFrom(cfg *config.Config, log *slog.Logger) (ServerConfig, error
 	if len(nodes) > 1 {
 		for _, n := range nodes {
 			sc.Routes = append(sc.Routes, "nats-route://"+net.JoinHostPort(n.Addr, strconv.Itoa(n.BusPort)))
-			sc.RouteNodes = append(sc.RouteNodes, n.ID)
 		}
 	}
 	// The crypto settings are checked (and the key read) even on one
@@ -201,17 +194,12 @@ func StartServer(ctx context.Context, sc ServerConfig) (*Server, error) {
 			opts.CustomRouterAuthentication = routeAuth{sec: rs, refused: refused}
 		}
 		self := net.JoinHostPort(sc.RouteHost, strconv.Itoa(sc.RoutePort))
-		own := slices.IndexFunc(sc.Routes, func(r string) bool {
-			u, err := url.Parse(r)
-			return err == nil && u.Host == self
-		})
-		byID := len(sc.RouteNodes) == len(sc.Routes)
-		for i, r := range sc.Routes {
+		for _, r := range sc.Routes {
 			u, err := url.Parse(r)
 			if err != nil {
 				return nil, fmt.Errorf("route %s: %w", r, err)
 			}
-			if i == own && len(sc.Routes)%2 == 1 {
+			if u.Host == self && len(sc.Routes)%2 == 1 {
 				// nats-server takes the length of its route list for the
 				// size of a fresh JetStream meta group, and a fresh
 				// group, its logs empty, elects its first leader only
@@ -225,28 +213,6 @@ func StartServer(ctx context.Context, sc ServerConfig) (*Server, error) {
 				// An even N keeps itself listed: N-1 would make half a
 				// majority, and two halves could each elect a leader.
 				continue
-			}
-			if byID && i != own && sc.RouteNodes[i] > sc.NodeID {
-				// One dialler per pair: the higher node dials, and this
-				// entry becomes this node's own URL, which keeps the
-				// list's length (the meta group's size, above) and which
-				// nats-server dials once, recognises as itself and
-				// forgets. Two nodes that dial each other at the same
-				// moment each register first the connection it dialled
-				// and close the other's as a duplicate: both connections
-				// close, and both dial again after nats-server's fixed
-				// second (plus up to 0.1 s of jitter), often at the same
-				// moment again — at a cold start of 32 nodes, routes
-				// took 2-4 s, in steps of a second (docs/totem.md,
-				// Scale). This node still dials the higher one when it
-				// hears of it from another node (nats-server's gossip),
-				// as an implicit route; if that crosses the higher
-				// node's dial, the implicit side dials again within
-				// 0.1 s, not a second. A lost peer is dialled again by
-				// the higher node only: a restarted node reaches its
-				// lower peers at once, its higher ones at their next
-				// attempt (within about a second).
-				u = &url.URL{Scheme: u.Scheme, Host: self}
 			}
 			if sc.Route != nil && sc.Route.User != "" {
 				u.User = url.UserPassword(sc.Route.User, sc.Route.Password)

@@ -109,10 +109,8 @@ func StartClusterWith(t testing.TB, n int, o Options) *Cluster {
 	}
 	ports := FreePorts(t, 2*n)
 	var routes []string
-	var routeNodes []uint32
 	for i := range n {
 		routes = append(routes, "nats-route://127.0.0.1:"+strconv.Itoa(ports[n+i]))
-		routeNodes = append(routeNodes, uint32(i+1))
 	}
 	for i := range n {
 		sc := bus.ServerConfig{
@@ -131,7 +129,7 @@ func StartClusterWith(t testing.TB, n int, o Options) *Cluster {
 			Token: randomToken(t),
 		}
 		if n > 1 {
-			sc.Routes, sc.RouteNodes = routes, routeNodes
+			sc.Routes = routes
 		}
 		if o.RouteKey != nil {
 			rs, err := bus.KeyedRouteSecurity(o.RouteKey, c.Name, uint32(i+1))

@@ -99,7 +99,7 @@ func benchScale(b *testing.B, n int) {
 			id := uint32(i + 1)
 			sc := bus.ServerConfig{
 				NodeID: id, ClusterName: "scale", Listen: "127.0.0.1", ClientPort: ports[i],
-				RouteHost: "127.0.0.1", RoutePort: ports[n+i], Routes: routes, RouteNodes: expected,
+				RouteHost: "127.0.0.1", RoutePort: ports[n+i], Routes: routes,
 				StoreDir: dirs[i], LameDuck: time.Second, Logger: slog.New(slog.DiscardHandler),
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
