@@ -13,7 +13,8 @@ import (
 )
 
 // A mistake on the command line is refused before anything connects or
-// starts (no node runs here), with status 2 and one line saying what was
+// starts (no node runs here), with status 2 (1 for quorum, whose 2 means
+// "not quorate", as corosync-quorumtool's) and one line saying what was
 // wrong: corosync's tools' messages where corobus's verb is their tool.
 func TestBadCommandLines(t *testing.T) {
 	for _, tc := range []struct {
@@ -27,6 +28,8 @@ func TestBadCommandLines(t *testing.T) {
 		{[]string{"quorum", "-e", "-3"}, `corobus quorum: New expected votes value was not valid, try a positive number`},
 		{[]string{"quorum", "-v", "1", "-n", "0"}, `corobus quorum: The nodeid was not valid, try a positive number`},
 		{[]string{"quorum", "-v", "-2"}, `corobus quorum: New votes value was not valid, try a positive number or zero`},
+		{[]string{"quorum", "-v", "-1"}, `corobus quorum: New votes value was not valid, try a positive number or zero`},
+		{[]string{"quorum", "-z"}, `corobus quorum: flag provided but not defined: -z`},
 	} {
 		t.Run(strings.Join(tc.args, "_"), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
@@ -34,8 +37,12 @@ func TestBadCommandLines(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			cancel() // nothing may need to run
 			code := a.main(ctx, tc.args)
-			if code != 2 || strings.TrimSpace(stderr.String()) != tc.want {
-				t.Errorf("corobus %s: status %d, stderr %q; want 2, %q", strings.Join(tc.args, " "), code, stderr.String(), tc.want)
+			status := 2
+			if tc.args[0] == "quorum" {
+				status = 1
+			}
+			if code != status || strings.TrimSpace(stderr.String()) != tc.want {
+				t.Errorf("corobus %s: status %d, stderr %q; want %d, %q", strings.Join(tc.args, " "), code, stderr.String(), status, tc.want)
 			}
 		})
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -35,7 +36,7 @@ func runQuorum(ctx context.Context, a *app, args []string) error {
 			"Exit status: 0, 2 when not quorate (-s), 1 on an error.")
 	q.register(fs)
 	if err := parse(a, fs, args); err != nil {
-		return err
+		return quorumUsage(err)
 	}
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
@@ -43,10 +44,12 @@ func runQuorum(ctx context.Context, a *app, args []string) error {
 			q.expectedSet = true
 		case "n":
 			q.nodeIDSet = true
+		case "v":
+			q.votesSet = true
 		}
 	})
 	if err := q.check(); err != nil {
-		return err
+		return quorumUsage(err)
 	}
 	nc, err := a.connect(q.nodeFlags, "corobus-quorum", q.node)
 	if err != nil {
@@ -62,7 +65,7 @@ func runQuorum(ctx context.Context, a *app, args []string) error {
 	switch {
 	case q.expected > 0:
 		return t.setExpected(ctx, a)
-	case q.votes >= 0:
+	case q.votesSet:
 		return t.setVotes(ctx, a)
 	case q.unregister:
 		return t.unregisterDevice(ctx, a)
@@ -82,10 +85,10 @@ type quorumFlags struct {
 	parsable, hex, ip, unregister   bool
 	votes, expected                 int
 	nodeID                          uint
-	// expectedSet and nodeIDSet say -e and -n were given: their zero
-	// is a mistake to refuse, not "absent".
-	expectedSet, nodeIDSet bool
-	order                  string
+	// expectedSet, nodeIDSet and votesSet say -e, -n and -v were given:
+	// a zero (a negative -v) is a mistake to refuse, not "absent".
+	expectedSet, nodeIDSet, votesSet bool
+	order                            string
 }
 
 func (q *quorumFlags) register(fs *flag.FlagSet) {
@@ -100,7 +103,7 @@ func (q *quorumFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&q.list, "l", false, "list nodes")
 	fs.BoolVar(&q.allAddrs, "a", false, "show all names or addresses for each node")
 	fs.BoolVar(&q.parsable, "p", false, "when used with -s or -l, generates machine parsable output")
-	fs.IntVar(&q.votes, "v", -1, "change the number of `votes` for a node")
+	fs.IntVar(&q.votes, "v", 0, "change the number of `votes` for a node")
 	fs.UintVar(&q.nodeID, "n", 0, "optional `nodeid` of node for -v")
 	fs.IntVar(&q.expected, "e", 0, "change `expected` votes for the cluster")
 	fs.BoolVar(&q.hex, "H", false, "show nodeids in hexadecimal rather than decimal")
@@ -115,7 +118,7 @@ func (q *quorumFlags) check() error {
 	default:
 		return usagef("Invalid ordering option. valid orders are a(address), i(node ID) or n(name)")
 	}
-	if q.votes < -1 {
+	if q.votes < 0 {
 		return usagef("New votes value was not valid, try a positive number or zero")
 	}
 	if q.expected < 0 || (q.expectedSet && q.expected == 0) {
@@ -237,6 +240,16 @@ func (t *quorumTool) unregisterDevice(ctx context.Context, a *app) error {
 		return toolFailure(t.stderr, "Unable to unregister quorum device: %s", codeOr(code, err))
 	}
 	return nil
+}
+
+// quorumUsage makes a command-line mistake end the verb with status 1,
+// as corosync-quorumtool's do: its status 2 says "not quorate".
+func quorumUsage(err error) error {
+	var ue usageError
+	if errors.As(err, &ue) {
+		return ue.error
+	}
+	return err
 }
 
 // toolFailure prints a corosync tool's message on stderr and ends the
