@@ -7,6 +7,7 @@ package objdb
 import (
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -168,7 +169,21 @@ func (v Value) normalized() Value {
 func ParseValue(t Type, s string) (Value, error) {
 	v := Value{Type: t}
 	bad := func(err error) (Value, error) {
-		return Value{}, fmt.Errorf("%q is not a %s value: %v: %w", s, t, err, ErrInvalidParam)
+		// strconv's own words, without its function's name and a
+		// second copy of the input; a range with the type's bounds.
+		var ne *strconv.NumError
+		if errors.As(err, &ne) {
+			err = ne.Err
+			if ne.Err == strconv.ErrRange && t.Integer() {
+				shift := 64 - t.Size()*8
+				lo, hi := "0", strconv.FormatUint(uint64(math.MaxUint64)>>shift, 10)
+				if t == Int8 || t == Int16 || t == Int32 || t == Int64 {
+					lo, hi = strconv.FormatInt(int64(math.MinInt64)>>shift, 10), strconv.FormatInt(int64(math.MaxInt64)>>shift, 10)
+				}
+				err = fmt.Errorf("out of range (%s to %s)", lo, hi)
+			}
+		}
+		return Value{}, fmt.Errorf("%q is not a valid %s value: %v: %w", s, t, err, ErrInvalidParam)
 	}
 	switch t {
 	case Int8, Int16, Int32, Int64:
