@@ -8,8 +8,12 @@ import (
 	"maps"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 
+	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/bus/totem"
 	"github.com/corobus/corobus/config"
 	"github.com/corobus/corobus/config/keys"
 	"github.com/corobus/corobus/logsys"
@@ -119,6 +123,7 @@ func (r *Reloader) reload(ctx context.Context, started func()) ReloadResult {
 			have[k] = v.String()
 		}
 	}
+	asRuns := r.timingsAsRunning(ctx, cfg)
 	var changed, kept, refused []string
 	for _, k := range slices.Sorted(maps.Keys(union(have, want))) {
 		nv, inNew := want[k]
@@ -133,6 +138,11 @@ func (r *Reloader) reload(ctx context.Context, started func()) ReloadResult {
 		case keptKeys.MatchString(k):
 			r.Log.Info(fmt.Sprintf("Modified entry '%s' in corosync.conf cannot be changed at run-time", k))
 			kept = append(kept, k)
+		case asRuns[k]:
+			// A timing the node runs as the file says, whatever a client
+			// wrote to its key since: the key follows the file, as
+			// corosync's reload rewrites it.
+			changed = append(changed, k)
 		case refusedKeys.MatchString(k) || nodelistFixed.MatchString(k):
 			refused = append(refused, k)
 		default:
@@ -190,6 +200,33 @@ func (r *Reloader) reload(ctx context.Context, started func()) ReloadResult {
 		}
 	}
 	return ReloadResult{Code: cswire.OK, Changed: changed, Ignored: kept}
+}
+
+// timingsAsRunning says, of each totem timing corobus applies only at
+// start (totem.token, join, consensus), whether the file's value,
+// defaults included, is the one the node runs (runtime.config.totem.*,
+// recorded at start). The writable totem.* keys are not what runs: a
+// client may have set one (corobus cmap -s totem.token …), and a reload
+// comparing the file with that key refused every reload after it, though
+// nothing the node runs would change.
+func (r *Reloader) timingsAsRunning(ctx context.Context, cfg *config.Config) map[string]bool {
+	same := map[string]bool{}
+	subjects, err := bus.NewSubjects(bus.DefaultPrefix(cfg.ClusterName()))
+	if err != nil {
+		return same
+	}
+	tc, err := totem.FromConfig(cfg, subjects) // only its timings are read
+	if err != nil {
+		return same // the refusal stands, with the file's value
+	}
+	for key, d := range map[string]time.Duration{"token": tc.Token, "join": tc.Join, "consensus": tc.Consensus} {
+		v, err := r.DB.Get(ctx, "runtime.config.totem."+key)
+		if err != nil {
+			continue
+		}
+		same["totem."+key] = v.String() == strconv.FormatInt(d.Milliseconds(), 10)
+	}
+	return same
 }
 
 func inSections(k string) bool {

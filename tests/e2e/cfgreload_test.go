@@ -16,7 +16,8 @@ import (
 // votequorum when the tool says Done; a change it applies only at start
 // (totem.token) makes the reload fail with CS_ERR_INVALID_PARAM, the reason
 // in the node's log, and nothing changes; a key removed from the file is
-// removed from cmap.
+// removed from cmap; a totem.token a client set, while the node runs what
+// the file says, does not stop a reload (the file's value wins).
 func TestCfgReload(t *testing.T) {
 	requireRealClients(t, "corosync-cfgtool -R against corobus",
 		needs{commands: []string{"corosync-cfgtool", "corosync-quorumtool", "corosync-cmapctl"}})
@@ -54,6 +55,9 @@ corosync-cmapctl -g totem.token 2>&1; corosync-cmapctl -g config.reload_status
 echo "== reload back"; cp "$D/quorum.conf" "$CONF"; sed -i '/expected_votes: 3/d; /wait_for_all: 0/d' "$CONF"
 corosync-cfgtool -R 2>&1; echo "rc=$?"
 q; corosync-cmapctl -g quorum.expected_votes 2>&1; corosync-cmapctl -g quorum.wait_for_all 2>&1
+echo "== reload after a client set totem.token"; corosync-cmapctl -s totem.token u32 5000
+corosync-cfgtool -R 2>&1; echo "rc=$?"
+corosync-cmapctl -g totem.token 2>&1
 echo "== reload logging"; sed -i "s#logfile: $D/node.log#logfile: $D/reloaded.log#; s#timestamp: hires#timestamp: off#" "$CONF"
 corosync-cfgtool -R 2>&1; echo "rc=$?"
 corosync-cmapctl -g logging.timestamp
@@ -75,6 +79,9 @@ true
 		"== reload token\nCould not reload configuration. Error CS_ERR_INVALID_PARAM\nReloading corosync.conf...\nrc=7\nCan't get key totem.token. Error CS_ERR_NOT_EXIST\nconfig.reload_status (i32) = 7\n",
 		// Removed from the file, removed from cmap; quorum back.
 		"Done\nrc=0\nQuorate:          Yes\nExpected votes:   1\nQuorum:           1  \nCan't get key quorum.expected_votes. Error CS_ERR_NOT_EXIST\nCan't get key quorum.wait_for_all. Error CS_ERR_NOT_EXIST\n",
+		// A client's totem.token is not what the node runs: the file,
+		// which agrees with what runs, wins, and the key goes.
+		"== reload after a client set totem.token\nReloading corosync.conf...\nDone\nrc=0\nCan't get key totem.token. Error CS_ERR_NOT_EXIST\n",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("output lacks:\n%s", want)
