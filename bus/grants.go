@@ -220,11 +220,12 @@ func (a Access) SyncFollower() Grant {
 }
 
 // SvcmgrServer serves the service manager's API, publishes its events,
-// follows component announcements and asks instances to exit.
+// follows component announcements (asking for them when it starts) and
+// asks instances to exit.
 func (a Access) SvcmgrServer() Grant {
 	return Grant{
 		Sub: []string{a.Subjects.Join("svcmgr", a.node(), "api", "*"), a.Subjects.LcrAnnounceAll()},
-		Pub: []string{a.Subjects.SvcmgrEvents(a.Node), a.Subjects.Join("lcr", "control", "*")},
+		Pub: []string{a.Subjects.SvcmgrEvents(a.Node), a.Subjects.Join("lcr", "control", "*"), a.Subjects.LcrAsk()},
 	}
 }
 

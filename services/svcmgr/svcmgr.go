@@ -242,6 +242,13 @@ func (m *Manager) Run(ctx context.Context) error {
 	if err := m.cfg.Conn.Flush(); err != nil {
 		return fmt.Errorf("svcmgr: following announcements: %w", err)
 	}
+	// Instances announce themselves every few seconds at rest: ask them
+	// now, so that a (re)started manager records the services the gateway
+	// hosts (internal_configuration.service.0 for cmap, …) at once rather
+	// than at their next heartbeat.
+	if err := m.cfg.Conn.Publish(m.cfg.Subjects.LcrAsk(), nil); err != nil {
+		m.cfg.Log.Warn("asking the components to announce themselves", "err", err)
+	}
 	defer m.unloadAll()
 
 	// The configured services in order, then the defaults this node has.
