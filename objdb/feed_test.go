@@ -216,19 +216,7 @@ func TestNodeFeedSurvivesANewKeeper(t *testing.T) {
 // Feed messages lost on a broken connection are fetched back: the copy
 // sees the hole at the next record or heartbeat after it reconnects.
 func TestNodeFeedFetchesWhatItMissed(t *testing.T) {
-	cl := bustest.StartCluster(t, 1)
-	nc := cl.Conn(1)
-	startKeeper(t, nc, 1, 1)
-	proxy, err := faultproxy.Start(strings.TrimPrefix(cl.URL(1), "nats://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer proxy.Close()
-	lossy, err := bus.Dial(cl.AdminURL(1, proxy.Addr()), "lossy-copy", 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lossy.Close()
+	nc, proxy, lossy := nodeBehindProxy(t, "lossy-copy")
 	s := openStore(t, lossy, 1, 1)
 	w := openStore(t, nc, 1, 1)
 	var log trackLog
@@ -313,19 +301,7 @@ func startTestKeeper(t *testing.T, nc *nats.Conn, subjects bus.Subjects) (stop f
 // it was disconnected (not because a feed went silent), and is current
 // again, with the writes made meanwhile, once it is back.
 func TestCopyBehindWhenDisconnected(t *testing.T) {
-	cl := bustest.StartCluster(t, 1)
-	nc := cl.Conn(1)
-	startKeeper(t, nc, 1, 1)
-	proxy, err := faultproxy.Start(strings.TrimPrefix(cl.URL(1), "nats://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer proxy.Close()
-	far, err := bus.Dial(cl.AdminURL(1, proxy.Addr()), "far-copy", 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer far.Close()
+	nc, proxy, far := nodeBehindProxy(t, "far-copy")
 	s := openStore(t, far, 1, 1)
 	w := openStore(t, nc, 1, 1)
 	var reasons trackLog
@@ -355,4 +331,25 @@ func TestCopyBehindWhenDisconnected(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// nodeBehindProxy starts a one-node bus with its keeper and returns a
+// direct connection to it, and a connection named name that goes through
+// a proxy the test can cut or make refuse.
+func nodeBehindProxy(t *testing.T, name string) (direct *nats.Conn, proxy *faultproxy.Proxy, far *nats.Conn) {
+	t.Helper()
+	cl := bustest.StartCluster(t, 1)
+	direct = cl.Conn(1)
+	startKeeper(t, direct, 1, 1)
+	proxy, err := faultproxy.Start(strings.TrimPrefix(cl.URL(1), "nats://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxy.Close)
+	far, err = bus.Dial(cl.AdminURL(1, proxy.Addr()), name, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(far.Close)
+	return direct, proxy, far
 }
