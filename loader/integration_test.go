@@ -45,6 +45,21 @@ func testSubjects(t testing.TB) bus.Subjects {
 }
 
 // startLoader runs a loader for node on nc until the end of the test.
+// loaderNode starts a one-node bus and a loader of node 1 on it with the
+// given search path, and returns the bus, a connection and the subjects.
+func loaderNode(t *testing.T, path ...string) (*bustest.Node, *nats.Conn, bus.Subjects) {
+	t.Helper()
+	cl := bustest.StartNode(t)
+	nc, err := cl.Server.Connect("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	subjects := testSubjects(t)
+	startLoader(t, nc, subjects, 1, path...)
+	return cl, nc, subjects
+}
+
 func startLoader(t testing.TB, nc *nats.Conn, subjects bus.Subjects, node uint32, path ...string) {
 	t.Helper()
 	loadertest.Start(t, nc, subjects, node, path...)
@@ -139,14 +154,7 @@ func list(t testing.TB, nc *nats.Conn, subjects bus.Subjects) loader.Listing {
 // the first namespace's component leaves, and the reference counts.
 func TestSearchPathAndReferences(t *testing.T) {
 	exe := buildComponent(t)
-	cl := bustest.StartNode(t)
-	nc, err := cl.Server.Connect("test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	subjects := testSubjects(t)
-	startLoader(t, nc, subjects, 1, "node1", "cluster")
+	cl, nc, subjects := loaderNode(t, "node1", "cluster")
 	clusterWide := startComponent(t, exe, cl.Server.AdminURL(), "--namespace", "cluster", "--interval", "100ms")
 	c := newClient(t, nc, subjects)
 
@@ -354,14 +362,7 @@ func TestLiveReplacement(t *testing.T) {
 // handle's request lands on the replacement.
 func TestRetiringAnswersMoved(t *testing.T) {
 	exe := buildComponent(t)
-	cl := bustest.StartNode(t)
-	nc, err := cl.Server.Connect("test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	subjects := testSubjects(t)
-	startLoader(t, nc, subjects, 1, "node1")
+	cl, nc, subjects := loaderNode(t, "node1")
 	// A long linger keeps the retiring v1 subscribed while we look.
 	v1 := startComponent(t, exe, cl.Server.AdminURL(), "--version", "1", "--interval", "100ms", "--linger", "1m")
 	c := newClient(t, nc, subjects)

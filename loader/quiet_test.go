@@ -8,7 +8,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/corobus/corobus/bus/bustest"
 	"github.com/corobus/corobus/loader"
 )
 
@@ -18,14 +17,7 @@ import (
 // release at once — what changes is told when it changes, only the
 // liveness heartbeats wait for their period.
 func TestQuietAtRest(t *testing.T) {
-	cl := bustest.StartNode(t)
-	nc, err := cl.Server.Connect("test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	subjects := testSubjects(t)
-	startLoader(t, nc, subjects, 1, "node1")
+	_, nc, subjects := loaderNode(t, "node1")
 
 	anns := make(chan loader.Announcement, 64)
 	sub, err := nc.Subscribe(subjects.LcrAnnounce("quiet"), func(m *nats.Msg) {
