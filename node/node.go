@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -155,28 +156,66 @@ func newEnv(cfg *config.Config, nc *nats.Conn, log *slog.Logger, version string,
 // user. The code each layer runs is the code it runs as a child process.
 // users must declare every layer (Users), and the services the layers
 // start.
+//
+// When ctx ends (or an actor fails) the layers stop as up's children do:
+// in reverse order, each completely before the next, the bus last — the
+// service manager must unload its services while objdb, the loader and
+// the bus still serve them; all at once, its service processes waited out
+// their stop timeout and were killed, and left their keys in objdb.
 func InProc(ctx context.Context, cfg *config.Config, busLog *logsys.Logsys, version string, users *bus.Users, hooks BusHooks, layers []layer.Layer, logFor func(l layer.Layer) *logsys.Logsys) error {
 	for _, l := range layers {
 		if l.Grant == nil {
 			return noGrant(l)
 		}
 	}
+	// Each actor runs under a context of its own, not derived from ctx:
+	// stopAll ends them one by one.
+	type actor struct {
+		cancel context.CancelFunc
+		done   chan struct{}
+	}
+	var actors []actor
+	newActor := func() (context.Context, actor) {
+		actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		a := actor{cancel: cancel, done: make(chan struct{})}
+		actors = append(actors, a)
+		return actx, a
+	}
+	var stopOnce sync.Once
+	stopAll := func(error) {
+		stopOnce.Do(func() {
+			for i := len(actors) - 1; i >= 0; i-- {
+				actors[i].cancel()
+				<-actors[i].done
+			}
+		})
+	}
 	ready := make(chan *bus.Server, 1)
 	var g run.Group
 	{
-		ctx, cancel := context.WithCancel(ctx)
+		// The node's life: until ctx ends or another actor returns.
+		lctx, cancel := context.WithCancel(ctx)
 		g.Add(func() error {
-			return RunBus(ctx, cfg, busLog, version, 0, users, hooks, func(s *bus.Server) { ready <- s })
+			<-lctx.Done()
+			return nil
 		}, func(error) { cancel() })
 	}
-	for _, l := range layers {
-		ctx, cancel := context.WithCancel(ctx)
+	{
+		actx, a := newActor()
 		g.Add(func() error {
+			defer close(a.done)
+			return RunBus(actx, cfg, busLog, version, 0, users, hooks, func(s *bus.Server) { ready <- s })
+		}, stopAll)
+	}
+	for _, l := range layers {
+		actx, a := newActor()
+		g.Add(func() error {
+			defer close(a.done)
 			var srv *bus.Server
 			select {
 			case srv = <-ready:
 				ready <- srv // hand it on to the next layer
-			case <-ctx.Done():
+			case <-actx.Done():
 				return nil
 			}
 			ls := logFor(l)
@@ -194,12 +233,12 @@ func InProc(ctx context.Context, cfg *config.Config, busLog *logsys.Logsys, vers
 				return err
 			}
 			defer detach()
-			err = l.Run(ctx, env)
-			if errors.Is(err, context.Canceled) || ctx.Err() != nil {
+			err = l.Run(actx, env)
+			if errors.Is(err, context.Canceled) || actx.Err() != nil {
 				return nil
 			}
 			return fmt.Errorf("layer %s: %w", l.Name, err)
-		}, func(error) { cancel() })
+		}, stopAll)
 	}
 	return g.Run()
 }

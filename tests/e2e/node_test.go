@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -193,5 +194,47 @@ func TestTypoInConfigStartsNothing(t *testing.T) {
 	}
 	if _, statErr := os.Stat(filepath.Join(dir, "jetstream")); statErr == nil {
 		t.Errorf("a JetStream store was created: something started")
+	}
+}
+
+// TestInProcStopsInOrder: `corobus up --inproc` runs every layer in one
+// process, and SIGTERM stops them as up's children stop, in reverse order,
+// each completely before the next — so the service manager unloads its
+// services while objdb and the loader still serve: each service is asked
+// to exit and unloaded, its reference released and its keys removed.
+func TestInProcStopsInOrder(t *testing.T) {
+	b := buildBinary(t)
+	port := freePort(t)
+	env := []string{"XDG_STATE_HOME=" + t.TempDir(), "COROBUS_NODELIST__NODE__0__CLIENT_PORT=" + strconv.Itoa(port)}
+	p := b.up(t, env, "--inproc")
+	services := []string{"cfg", "quorum", "votequorum"}
+	eventually(t, 60*time.Second, "the node's services serving", func() error {
+		if err := checkAlive(p); err != nil {
+			return err
+		}
+		out := p.out.String()
+		for _, s := range services {
+			if !regexp.MustCompile(`service engine loaded .*service=` + s + `\b`).MatchString(out) {
+				return fmt.Errorf("service %s not loaded yet", s)
+			}
+		}
+		return nil
+	})
+	if err := p.stop(t); err != nil {
+		t.Fatalf("corobus up --inproc after SIGTERM: %v\n%s", err, p.out.String())
+	}
+	out := p.out.String()
+	for _, s := range services {
+		if !regexp.MustCompile(`service engine unloaded exit_asks=[1-9]\d* service=` + s + `\b`).MatchString(out) {
+			t.Errorf("service %s was not asked to exit and unloaded", s)
+		}
+	}
+	for _, bad := range []string{"removing a service's keys", "releasing a service's reference"} {
+		if strings.Contains(out, bad) {
+			t.Errorf("the stop logged %q: a layer the service manager needs stopped before it", bad)
+		}
+	}
+	if t.Failed() {
+		t.Logf("output:\n%s", out)
 	}
 }
