@@ -13,9 +13,10 @@ import (
 )
 
 // A mistake on the command line is refused before anything connects or
-// starts (no node runs here), with status 2 (1 for quorum, whose 2 means
-// "not quorate", as corosync-quorumtool's) and one line saying what was
-// wrong: corosync's tools' messages where corobus's verb is their tool.
+// starts (no node runs here), with status 2 (1 for the verbs that are a
+// corosync tool, as the tool exits: corosync-quorumtool's 2 means "not
+// quorate") and one line saying what was wrong: corosync's tools'
+// messages where corobus's verb is their tool.
 func TestBadCommandLines(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
@@ -30,6 +31,10 @@ func TestBadCommandLines(t *testing.T) {
 		{[]string{"quorum", "-v", "-2"}, `corobus quorum: New votes value was not valid, try a positive number or zero`},
 		{[]string{"quorum", "-v", "-1"}, `corobus quorum: New votes value was not valid, try a positive number or zero`},
 		{[]string{"quorum", "-z"}, `corobus quorum: flag provided but not defined: -z`},
+		{[]string{"cmap", "-z"}, `corobus cmap: flag provided but not defined: -z`},
+		{[]string{"cmap", "-m", "nosuch"}, `corobus cmap: -m nosuch: expected icmap or stats`},
+		{[]string{"cfg", "-k", "-1"}, `corobus cfg: The nodeid was not valid, try a positive number`},
+		{[]string{"cpg", "extra"}, `corobus cpg: cpg takes no arguments (got ["extra"])`},
 	} {
 		t.Run(strings.Join(tc.args, "_"), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
@@ -38,8 +43,10 @@ func TestBadCommandLines(t *testing.T) {
 			cancel() // nothing may need to run
 			code := a.main(ctx, tc.args)
 			status := 2
-			if tc.args[0] == "quorum" {
-				status = 1
+			for _, c := range a.commands() {
+				if c.name == tc.args[0] && c.tool {
+					status = 1
+				}
 			}
 			if code != status || strings.TrimSpace(stderr.String()) != tc.want {
 				t.Errorf("corobus %s: status %d, stderr %q; want %d, %q", strings.Join(tc.args, " "), code, stderr.String(), status, tc.want)

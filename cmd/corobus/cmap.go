@@ -39,12 +39,6 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 	if err := parse(a, fs, args); err != nil {
 		return err
 	}
-	nc, err := a.connect(nf, "corobus-cmap", 0)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	c := client.New(nc.nc, nc.subjects, nc.node)
 	mapPrefix := ""
 	switch mapName {
 	case "icmap":
@@ -53,6 +47,12 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 	default:
 		return usagef("-m %s: expected icmap or stats", mapName)
 	}
+	nc, err := a.connect(nf, "corobus-cmap", 0)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	c := client.New(nc.nc, nc.subjects, nc.node)
 	p := cmapPrinter{w: a.stdout, quiet: quiet, showBinary: showBinary, strip: mapPrefix}
 	rest := fs.Args()
 

@@ -33,7 +33,13 @@ type command struct {
 	// layer marks the subcommands that are layer processes, listed apart
 	// in the help.
 	layer bool
-	run   func(ctx context.Context, a *app, args []string) error
+	// tool marks the verbs that are a corosync tool over the bus
+	// (corosync-cmapctl, -cfgtool, -cpgtool, -quorumtool, -objctl): a
+	// command-line mistake exits 1, as the tool's does, not 2 (which
+	// corosync-quorumtool uses for "not quorate"), so that scripts written
+	// for the tool read corobus's status the same way.
+	tool bool
+	run  func(ctx context.Context, a *app, args []string) error
 }
 
 func main() {
@@ -115,7 +121,7 @@ func (a *app) main(ctx context.Context, args []string) int {
 			return int(st) // the verb printed what it had to say
 		}
 		var ue usageError
-		if errors.As(err, &ue) {
+		if errors.As(err, &ue) && !c.tool {
 			fmt.Fprintf(a.stderr, "corobus %s: %v\n", c.name, err)
 			return 2
 		}
@@ -151,7 +157,8 @@ type exitStatus int
 
 func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
-// usageError is a mistake on the command line: exit status 2.
+// usageError is a mistake on the command line: exit status 2 (1 for the
+// verbs that are a corosync tool, as the tool exits).
 type usageError struct{ error }
 
 func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -36,7 +35,7 @@ func runQuorum(ctx context.Context, a *app, args []string) error {
 			"Exit status: 0, 2 when not quorate (-s), 1 on an error.")
 	q.register(fs)
 	if err := parse(a, fs, args); err != nil {
-		return quorumUsage(err)
+		return err
 	}
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
@@ -49,7 +48,7 @@ func runQuorum(ctx context.Context, a *app, args []string) error {
 		}
 	})
 	if err := q.check(); err != nil {
-		return quorumUsage(err)
+		return err
 	}
 	nc, err := a.connect(q.nodeFlags, "corobus-quorum", q.node)
 	if err != nil {
@@ -240,16 +239,6 @@ func (t *quorumTool) unregisterDevice(ctx context.Context, a *app) error {
 		return toolFailure(t.stderr, "Unable to unregister quorum device: %s", codeOr(code, err))
 	}
 	return nil
-}
-
-// quorumUsage makes a command-line mistake end the verb with status 1,
-// as corosync-quorumtool's do: its status 2 says "not quorate".
-func quorumUsage(err error) error {
-	var ue usageError
-	if errors.As(err, &ue) {
-		return ue.error
-	}
-	return err
 }
 
 // toolFailure prints a corosync tool's message on stderr and ends the

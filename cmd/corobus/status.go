@@ -23,13 +23,13 @@ import (
 func (a *app) clientCommands() []command {
 	return []command{
 		{name: "bench", summary: "measure a running node: bench cmap, bench totem", run: runBench},
-		{name: "cmap", summary: "read, change and track the object database (corosync-cmapctl)", run: runCmap},
-		{name: "cpg", summary: "list the closed process groups and their members (corosync-cpgtool)", run: runCpg},
-		{name: "objctl", summary: "the object database as corosync 1.x's object tree (corosync-objctl)", run: runObjctl},
+		{name: "cmap", summary: "read, change and track the object database (corosync-cmapctl)", tool: true, run: runCmap},
+		{name: "cpg", summary: "list the closed process groups and their members (corosync-cpgtool)", tool: true, run: runCpg},
+		{name: "objctl", summary: "the object database as corosync 1.x's object tree (corosync-objctl)", tool: true, run: runObjctl},
 		{name: "lcr", summary: "list components: versions, instances, reference counts (alias: components)", run: runLcr},
 		{name: "components", summary: "same as lcr", run: runLcr},
-		{name: "quorum", summary: "show and change quorum, votes, expected votes (corosync-quorumtool)", run: runQuorum},
-		{name: "cfg", summary: "links, nodes, reload, kill, shutdown (corosync-cfgtool)", run: runCfg},
+		{name: "quorum", summary: "show and change quorum, votes, expected votes (corosync-quorumtool)", tool: true, run: runQuorum},
+		{name: "cfg", summary: "links, nodes, reload, kill, shutdown (corosync-cfgtool)", tool: true, run: runCfg},
 		{name: "sub", summary: "print the messages on the cluster's subjects, as the read-only subscriber user", run: runSub},
 		{name: "svc", summary: "load, unload and list services: svc load NAME VER, svc unload NAME, svc list", run: runSvc},
 	}
