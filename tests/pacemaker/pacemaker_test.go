@@ -336,16 +336,31 @@ func exercise(t *testing.T, v variant) {
 // node would say, after its restart, that the resource still runs there.
 // /var/lib (Pacemaker's CIB, corosync's ring id) stays, as on a disk.
 //
-// /run and /dev/shm here are the node's own tmpfs mounts (MountNS): the
-// machine's /dev/shm, where a user's corosync or other libqb programs keep
-// their rings, is never touched. Without a mount namespace this would
-// empty the machine's, so it refuses.
+// /run and /dev/shm here are the node's own mounts (MountNS: a directory
+// of the node's, a fresh tmpfs), so everything in them was made by the
+// node's processes: the machine's /dev/shm, where a user's corosync or
+// other libqb programs keep their rings, is never touched. The node's
+// directories are checked to be other than the test's own (device and
+// inode, as stat sees them inside the node) before anything is removed:
+// without its own mounts this would empty the machine's, so it refuses.
 func (pc *pcmkCluster) reboot(n *netcluster.Node) {
 	pc.t.Helper()
-	if !pc.nc.Options().MountNS {
-		pc.fatalf("reboot of node %d: the node has no mount namespace of its own; its /run and /dev/shm would be the machine's", n.ID)
+	dirs := []string{"/run", "/dev/shm"}
+	for _, d := range dirs {
+		var host syscall.Stat_t
+		if err := syscall.Stat(d, &host); err != nil {
+			pc.fatalf("reboot of node %d: %v", n.ID, err)
+		}
+		out, err := pc.run(n, "stat", "-L", "-c", "%d:%i", d)
+		if err != nil {
+			pc.fatalf("reboot of node %d: %v", n.ID, err)
+		}
+		if strings.TrimSpace(out) == fmt.Sprintf("%d:%d", host.Dev, host.Ino) {
+			pc.fatalf("reboot of node %d: its %s is the machine's (no mount of its own): refusing to empty it", n.ID, d)
+		}
 	}
-	if _, err := pc.run(n, "find", "/run", "/dev/shm", "-mindepth", "1", "-xdev", "!", "-type", "d", "-delete"); err != nil {
+	args := append(append([]string(nil), dirs...), "-mindepth", "1", "-xdev", "!", "-type", "d", "-delete")
+	if _, err := pc.run(n, "find", args...); err != nil {
 		pc.fatalf("%v", err)
 	}
 }
