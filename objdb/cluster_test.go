@@ -15,17 +15,12 @@ import (
 // waitValue polls a store's copy until key has want.
 func waitValue(t *testing.T, s *Store, key, want string) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		v, err := s.Get(key)
-		if err == nil && v.String() == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("node %d: %s = %v (%v), want %s", s.Node(), key, v, err, want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	var v Value
+	var err error
+	until(t, 20*time.Second, func() bool {
+		v, err = s.Get(key)
+		return err == nil && v.String() == want
+	}, func() string { return fmt.Sprintf("node %d: %s = %v (%v), want %s", s.Node(), key, v, err, want) })
 }
 
 // setEventually writes key through s, retrying what the cluster refuses

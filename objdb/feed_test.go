@@ -203,13 +203,8 @@ func TestNodeFeedSurvivesANewKeeper(t *testing.T) {
 	wantSeries(t, "another copy", &otherLog, "runtime.feed.v", n)
 	for _, c := range []*Store{s, other} {
 		waitValue(t, c, "runtime.feed.v", strconv.Itoa(n))
-		deadline := time.Now().Add(10 * time.Second)
-		for c.State().State != "current" || c.State().Pending != 0 {
-			if time.Now().After(deadline) {
-				t.Fatalf("copy not current: %+v", c.State())
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		until(t, 10*time.Second, func() bool { return c.State().State == "current" && c.State().Pending == 0 },
+			func() string { return fmt.Sprintf("copy not current: %+v", c.State()) })
 	}
 }
 
@@ -266,13 +261,8 @@ func TestNodeWritesWaitForALaggingKeeper(t *testing.T) {
 	}
 	stopKeeper = runKeeper()
 	defer func() { stopKeeper() }()
-	deadline := time.Now().Add(20 * time.Second)
-	for s.State().Pending != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the new keeper did not confirm the writes: %+v", s.State())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	until(t, 20*time.Second, func() bool { return s.State().Pending == 0 },
+		func() string { return fmt.Sprintf("the new keeper did not confirm the writes: %+v", s.State()) })
 	if err := s.Set(ctx, "runtime.lag.over", mustValue(t, Uint32, "2")); err != nil {
 		t.Fatalf("write once the keeper serves again: %v", err)
 	}
@@ -314,23 +304,16 @@ func TestCopyBehindWhenDisconnected(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(strings.Join(reasons.snapshot(), "\n"), "disconnected from the bus") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no disconnection among the copy's reasons: %q", reasons.snapshot())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	until(t, 30*time.Second, func() bool {
+		return strings.Contains(strings.Join(reasons.snapshot(), "\n"), "disconnected from the bus")
+	},
+		func() string { return fmt.Sprintf("no disconnection among the copy's reasons: %q", reasons.snapshot()) })
 	proxy.Refuse(false)
 	for _, k := range []string{"runtime.meanwhile", "test.meanwhile"} {
 		waitValue(t, s, k, "set")
 	}
-	for s.State().State != "current" {
-		if time.Now().After(deadline) {
-			t.Fatalf("copy not current again: %+v", s.State())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	until(t, 30*time.Second, func() bool { return s.State().State == "current" },
+		func() string { return fmt.Sprintf("copy not current again: %+v", s.State()) })
 }
 
 // nodeBehindProxy starts a one-node bus with its keeper and returns a
@@ -352,4 +335,17 @@ func nodeBehindProxy(t *testing.T, name string) (direct *nats.Conn, proxy *fault
 	}
 	t.Cleanup(far.Close)
 	return direct, proxy, far
+}
+
+// until polls cond every 20 ms until it holds; after timeout the test
+// fails with what.
+func until(t *testing.T, timeout time.Duration, cond func() bool, what func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal(what())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
