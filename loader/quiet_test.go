@@ -19,28 +19,8 @@ import (
 func TestQuietAtRest(t *testing.T) {
 	_, nc, subjects := loaderNode(t, "node1")
 
-	anns := make(chan loader.Announcement, 64)
-	sub, err := nc.Subscribe(subjects.LcrAnnounce("quiet"), func(m *nats.Msg) {
-		var a loader.Announcement
-		if json.Unmarshal(m.Data, &a) == nil {
-			anns <- a
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	holds := make(chan loader.HoldMsg, 64)
-	hsub, err := nc.Subscribe(subjects.LcrHold(1), func(m *nats.Msg) {
-		var h loader.HoldMsg
-		if json.Unmarshal(m.Data, &h) == nil {
-			holds <- h
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = hsub.Unsubscribe() }()
+	anns := decoded[loader.Announcement](t, nc, subjects.LcrAnnounce("quiet"))
+	holds := decoded[loader.HoldMsg](t, nc, subjects.LcrHold(1))
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
@@ -117,4 +97,22 @@ func TestQuietAtRest(t *testing.T) {
 	if m := nextHold("after the release"); len(m.Refs) != 0 {
 		t.Fatalf("restatement after the release = %+v, want nothing held", m)
 	}
+}
+
+// decoded subscribes to subject for the test's life and hands on each
+// message decoded from JSON (what does not decode is skipped).
+func decoded[T any](t *testing.T, nc *nats.Conn, subject string) <-chan T {
+	t.Helper()
+	ch := make(chan T, 64)
+	sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
+		var v T
+		if json.Unmarshal(m.Data, &v) == nil {
+			ch <- v
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return ch
 }
