@@ -9,10 +9,13 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -36,17 +39,24 @@ type Cluster struct {
 	configs []bus.ServerConfig
 }
 
-// FreePorts reserves n distinct free TCP ports on 127.0.0.1. The ports are
-// released before returning, so a rare collision is possible; tests that
-// start many servers accept that over fixed ports that collide every time.
+// FreePorts reserves n distinct free TCP ports on 127.0.0.1, below the
+// kernel's ephemeral range: a port from that range (what listening on
+// port 0 gives) may be taken between a server's stop and its restart by
+// any outgoing connection of the machine — a node of a test that restarts
+// then never listens again. The ports are free when returned, so only
+// another test picking the same one at random can collide.
 func FreePorts(t testing.TB, n int) []int {
 	t.Helper()
+	lo, hi := 10000, ephemeralLow()
 	var ls []net.Listener
 	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 100*n {
+			t.Fatalf("reserving %d ports in %d-%d: too many taken", n, lo, hi-1)
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", lo+mrand.IntN(hi-lo)))
 		if err != nil {
-			t.Fatalf("reserving a port: %v", err)
+			continue // taken
 		}
 		ls = append(ls, l)
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
@@ -55,6 +65,20 @@ func FreePorts(t testing.TB, n int) []int {
 		_ = l.Close()
 	}
 	return ports
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (Linux's
+// default 32768 when it cannot be read).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if v, err := strconv.Atoi(f[0]); err == nil && v > 10000+1000 {
+				return v
+			}
+		}
+	}
+	return 32768
 }
 
 // Logger returns a test logger that writes through t.Log when -v is given
