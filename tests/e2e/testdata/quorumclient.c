@@ -122,6 +122,20 @@ static void die(const char *what, cs_error_t err)
 	exit(1);
 }
 
+/*
+ * RETRY evaluates a library call again while it answers CS_ERR_TRY_AGAIN
+ * (the node is synchronizing its services), every 100 ms for up to 10 s,
+ * as corosync's clients do (Pacemaker's cs_repeat): a node that has just
+ * become quorate may still be in a synchronization round.
+ */
+#define RETRY(call) ({ \
+	cs_error_t r_; \
+	int tries_ = 0; \
+	while ((r_ = (call)) == CS_ERR_TRY_AGAIN && ++tries_ < 100) \
+		nanosleep(&(struct timespec){ .tv_nsec = 100 * 1000 * 1000 }, NULL); \
+	r_; \
+})
+
 int main(void)
 {
 	stamps = getenv("QC_TIME") != NULL;
@@ -136,25 +150,25 @@ int main(void)
 		.votequorum_nodelist_notify_fn = vq_nodelist };
 	corosync_cfg_callbacks_t ccb = { .corosync_cfg_shutdown_callback = cfg_shutdown };
 
-	if ((err = quorum_model_initialize(&q, QUORUM_MODEL_V1, (quorum_model_data_t *)&model, &qtype, NULL)) != CS_OK)
+	if ((err = RETRY(quorum_model_initialize(&q, QUORUM_MODEL_V1, (quorum_model_data_t *)&model, &qtype, NULL))) != CS_OK)
 		die("quorum_model_initialize", err);
 	if (qtype != QUORUM_SET)
 		die("quorum type is not QUORUM_SET", CS_ERR_LIBRARY);
-	if ((err = quorum_trackstart(q, CS_TRACK_CHANGES)) != CS_OK)
+	if ((err = RETRY(quorum_trackstart(q, CS_TRACK_CHANGES))) != CS_OK)
 		die("quorum_trackstart", err);
-	if ((err = votequorum_initialize(&vq, &vcb)) != CS_OK)
+	if ((err = RETRY(votequorum_initialize(&vq, &vcb))) != CS_OK)
 		die("votequorum_initialize", err);
-	if ((err = votequorum_trackstart(vq, 4660, CS_TRACK_CHANGES)) != CS_OK)
+	if ((err = RETRY(votequorum_trackstart(vq, 4660, CS_TRACK_CHANGES))) != CS_OK)
 		die("votequorum_trackstart", err);
-	if ((err = corosync_cfg_initialize(&cfg, &ccb)) != CS_OK)
+	if ((err = RETRY(corosync_cfg_initialize(&cfg, &ccb))) != CS_OK)
 		die("corosync_cfg_initialize", err);
-	if ((err = corosync_cfg_trackstart(cfg, 0)) != CS_OK)
+	if ((err = RETRY(corosync_cfg_trackstart(cfg, 0))) != CS_OK)
 		die("corosync_cfg_trackstart", err);
 	int quorate = -1;
-	if ((err = quorum_getquorate(q, &quorate)) != CS_OK)
+	if ((err = RETRY(quorum_getquorate(q, &quorate))) != CS_OK)
 		die("quorum_getquorate", err);
 	unsigned int local;
-	if ((err = corosync_cfg_local_get(cfg, &local)) != CS_OK)
+	if ((err = RETRY(corosync_cfg_local_get(cfg, &local))) != CS_OK)
 		die("corosync_cfg_local_get", err);
 	stamp();
 	printf("ready quorate=%d local=%u\n", quorate, local);
