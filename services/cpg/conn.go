@@ -304,6 +304,11 @@ func (c *Conn) mcast(ctx context.Context, r cpgwire.Request) {
 		return
 	}
 	e := cpgwire.Exec{Kind: cpgwire.ExecMcast, PID: c.pid, Source: c.source, Group: c.group, Data: r.Data}
+	if c.state == stateJoinCompleted && s.alone() {
+		s.deliverAlone(&e)
+		s.mu.Unlock()
+		return
+	}
 	s.mu.Unlock()
 	if err := s.send(ctx, &e); err != nil {
 		s.log.Error("multicast not sent", "conn", c.client.Label, "err", err)

@@ -412,8 +412,10 @@ func TestGroupEventsOnTheBus(t *testing.T) {
 
 // The window in bytes: large multicasts raise flow control long before
 // the window in messages is near, and it drops once they are back.
+// Two nodes: a node alone in its ring delivers its multicasts without the
+// totem, and so without its window (TestAlone).
 func TestFlowControlBytes(t *testing.T) {
-	c := newCluster(t, 1, cpg.Options{Window: 1024, WindowBytes: 256 << 10})
+	c := newCluster(t, 2, cpg.Options{Window: 1024, WindowBytes: 256 << 10})
 	a := c.member(1, 1)
 	a.join("fcb")
 	a.waitLog("m=[1/1]")
@@ -436,4 +438,109 @@ func TestFlowControlBytes(t *testing.T) {
 		t.Errorf("40 multicasts of 64 KiB through a window of 256 KiB never held the client: levels %v", flows)
 	}
 	waitFor(t, "the flow control to drop", func() bool { return a.flowLevel() == 0 })
+}
+
+// A node alone in its ring delivers its members' multicasts at once,
+// without the totem; when another node comes, the multicasts go through
+// the totem again, and every member's stream keeps CPG's guarantees
+// across the change: the messages sent alone are delivered in the view
+// of one, before the view of two, and the other node never gets them.
+func TestAlone(t *testing.T) {
+	c := newCluster(t, 2, cpg.Options{})
+	a1, a2, b := c.member(1, 10), c.member(1, 11), c.member(2, 20)
+	for _, m := range []*member{a1, a2, b} {
+		m.join("alone")
+	}
+	for _, m := range []*member{a1, a2, b} {
+		m.waitLog("m=[1/10 1/11 2/20]")
+	}
+	if n := c.svc(1).Counters()["alone"]; n != 0 {
+		t.Fatalf("%d multicasts delivered without the totem in a ring of two", n)
+	}
+	c.h.Partition([]int{1}, []int{2})
+	a1.waitLog("confchg alone m=[1/10 1/11] l=[2/20:3] j=[]")
+	b.waitLog("confchg alone m=[2/20] l=[1/10:3 1/11:3] j=[]")
+	// A member that joins the node alone multicasts at once: its first
+	// messages go through the totem behind its join, the next ones not —
+	// only once those are delivered, or they would overtake them.
+	a3 := c.member(1, 12)
+	a3.join("alone")
+	for i := range 300 {
+		a3.mcast(fmt.Sprintf("1/12 #%d", i))
+	}
+	a3.waitLog("deliver 1/12 1/12 #299")
+	var own []string
+	for _, l := range a3.log() {
+		if strings.HasPrefix(l, "deliver 1/12 ") {
+			own = append(own, l)
+		}
+	}
+	for i, l := range own {
+		if want := fmt.Sprintf("deliver 1/12 1/12 #%d", i); l != want || len(own) != 300 {
+			t.Fatalf("a member that multicast right after its join got %d of its 300 messages, the %dth %q:\n%s", len(own), i, l, strings.Join(own, "\n"))
+		}
+	}
+	a3.conn.Close()
+	a1.waitLog("confchg alone m=[1/10 1/11] l=[1/12:5] j=[]")
+
+	// Every member multicasts while the partition heals — the ring of one
+	// becomes a ring of two under the multicasts — and goes on until it
+	// has seen the other node come back.
+	var sent [3]int
+	var wg sync.WaitGroup
+	ms := []*member{a1, a2, b}
+	for k, m := range ms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			back, i := -1, 0
+			for ; i < 20000 && (back < 0 || i < back+50); i++ {
+				m.mcast(fmt.Sprintf("%d/%d #%d", m.node, m.pid, i))
+				if back < 0 && slices.ContainsFunc(m.log(), func(l string) bool { return strings.Contains(l, ":4]") }) {
+					back = i
+				}
+				if i%8 == 0 {
+					time.Sleep(time.Millisecond)
+				}
+			}
+			sent[k] = i
+		}()
+	}
+	waitFor(t, "multicasts delivered without the totem", func() bool { return c.svc(1).Counters()["alone"] > 0 })
+	c.h.Heal()
+	wg.Wait()
+	// The last ones, through the totem to both nodes.
+	for k, m := range ms {
+		m.mcast(fmt.Sprintf("%d/%d #%d", m.node, m.pid, sent[k]))
+	}
+	for _, m := range ms {
+		for k, from := range ms {
+			m.waitLog(fmt.Sprintf("deliver %d/%d %d/%d #%d", from.node, from.pid, from.node, from.pid, sent[k]))
+		}
+	}
+	logs := []*vscheck.Log{a1.vslog(), a2.vslog(), b.vslog()}
+	if err := vscheck.Check(logs); err != nil {
+		t.Fatalf("the members' streams break CPG's guarantees:\n%v", err)
+	}
+	// From a2's join on (its first callback), the same stream.
+	x, y := cpgOnly(a1.log())[1:], cpgOnly(a2.log())
+	if !slices.Equal(x, y) {
+		t.Fatalf("the two members of node 1 saw different streams:\n%s", diff(x, y))
+	}
+	// Each member of node 1 got every message of node 1, once (vscheck
+	// checks their order): nothing sent alone is lost.
+	for _, m := range ms[:2] {
+		for k, from := range ms[:2] {
+			n := 0
+			for _, l := range m.log() {
+				if strings.HasPrefix(l, fmt.Sprintf("deliver %d/%d ", from.node, from.pid)) {
+					n++
+				}
+			}
+			if n != sent[k]+1 {
+				t.Errorf("%d/%d got %d messages of %d/%d, want %d", m.node, m.pid, n, from.node, from.pid, sent[k]+1)
+			}
+		}
+	}
+	t.Logf("sent %v; node 1 delivered %d without the totem", sent, c.svc(1).Counters()["alone"])
 }

@@ -154,6 +154,7 @@ func (s *Service) Counters() map[string]uint64 {
 	m["flow_control"] = s.stats.flowControl.Load()
 	m["unknown_sender"] = s.stats.unknownSender.Load()
 	m["callback_errors"] = s.stats.eventErrors.Load()
+	m["alone"] = s.stats.alone.Load()
 	return m
 }
 

@@ -5,7 +5,9 @@
 //
 // Everything that changes a group — a join, a leave, a message, a process
 // that dies — goes through the ordered multicast (bus/totem), so that every
-// node applies it at the same point of one total order. On every view
+// node applies it at the same point of one total order — but for the
+// messages of a node alone in its ring, which are delivered at once, where
+// the totem would have put them (alone). On every view
 // change the nodes exchange their local processes (joinlists) over the same
 // multicast and apply the result at the same point of every stream: the
 // processes of nodes that left leave their groups with NODEDOWN, those of
@@ -78,6 +80,11 @@ type Service struct {
 	// The bytes of this instance's multicasts sent and delivered back
 	// (totem messages' payloads): their difference is in flight.
 	bytesSent, bytesBack atomic.Int64
+	// inTotem counts this instance's totem messages submitted and not
+	// yet through onDelivery: raised before the submit, lowered under mu
+	// once its delivery is applied. Zero under sendMu and mu means every
+	// multicast of this instance is applied (alone).
+	inTotem atomic.Int64
 
 	mu          sync.Mutex
 	procs       procTable
@@ -287,7 +294,9 @@ func (s *Service) mcast(ctx context.Context, kind uint8, head, data []byte) erro
 		s.updateFlowControl()
 		s.mu.Unlock()
 	}
+	s.inTotem.Add(1)
 	if _, err := s.tc.McastParts(ctx, TotemService, head, data); err != nil {
+		s.inTotem.Add(-1)
 		return fmt.Errorf("cpg: multicasting: %w", err)
 	}
 	s.bytesSent.Add(int64(len(head) + len(data)))
@@ -317,6 +326,7 @@ func (s *Service) onDelivery(d totem.Delivery) {
 		// Before Start has its client: nothing of this instance's yet.
 	} else if sender == s.node && m.ID.Origin == s.tc.Origin() {
 		s.bytesBack.Add(int64(len(m.Payload)))
+		s.inTotem.Add(-1)
 		defer s.afterOwn()
 	}
 	switch e.Kind {
@@ -387,6 +397,32 @@ func (s *Service) onDelivery(d totem.Delivery) {
 		s.log.Info("groups resynchronize", "ring", e.Ring, "asked_by", sender)
 		s.startEpoch(m.ID)
 	}
+}
+
+// alone tells whether a multicast of a joined connection may be delivered
+// here and now, without the totem: this node is the only member of its
+// ring, the groups are synchronized in it, and every multicast this
+// instance sent through the totem is delivered and applied. In a ring of
+// one node this instance's stream is its own multicasts: delivering the
+// next one at once puts it exactly where the totem would have, after all
+// of them, and before any configuration change the totem delivers later
+// (a node that joins meanwhile gets it in no view: it was sent in the
+// view of one). Called with sendMu and mu held: no multicast of this
+// instance is on its way into the totem, and no delivery is half
+// applied.
+func (s *Service) alone() bool {
+	return s.tc != nil && s.ready && !s.syncing && !s.engineSync && s.epoch == nil &&
+		len(s.members) == 1 && s.members[0] == s.node && s.inTotem.Load() == 0
+}
+
+// deliverAlone is a multicast delivered without the totem (alone): counted
+// as sent and received, as the totem's would be. Called with sendMu and mu
+// held.
+func (s *Service) deliverAlone(e *cpgwire.Exec) {
+	s.stats.tx[e.Kind].Add(1)
+	s.stats.rx[e.Kind].Add(1)
+	s.stats.alone.Add(1)
+	s.deliver(s.node, e)
 }
 
 // ownDone takes an own join or leave off the pending list once it is
@@ -763,4 +799,5 @@ type stats struct {
 	flowControl   atomic.Uint64
 	unknownSender atomic.Uint64
 	eventErrors   atomic.Uint64
+	alone         atomic.Uint64 // multicasts delivered without the totem (alone)
 }

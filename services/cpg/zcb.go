@@ -162,6 +162,11 @@ func (c *Conn) zcExecute(ctx context.Context, r cpgwire.Request) cswire.Error {
 	// it before unmapping, zc_free is a request of this same connection).
 	data := hdr[cpgwire.McastHeaderSize : cpgwire.McastHeaderSize+msgLen]
 	e := cpgwire.Exec{Kind: cpgwire.ExecMcast, PID: c.pid, Source: c.source, Group: c.group, Data: data}
+	if c.state == stateJoinCompleted && s.alone() {
+		s.deliverAlone(&e)
+		s.mu.Unlock()
+		return cswire.OK
+	}
 	s.mu.Unlock()
 	if err := s.send(ctx, &e); err != nil {
 		return cswire.ErrTryAgain
