@@ -128,3 +128,72 @@ func BenchmarkLibqbClient(b *testing.B) {
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "server-cpu-ns/op")
 	b.ReportMetric(float64(after.Nvcsw+after.Nivcsw-before.Nvcsw-before.Nivcsw)/float64(b.N), "server-ctxsw/op")
 }
+
+// A server that looks for requests in the ring (Server.SpinMax) serves
+// libqb's client as one that waits on the poller: thousands of round
+// trips, then every size, events and a disconnect, nothing left behind.
+// A long look window makes the looks find the requests, so that most
+// are taken before their byte on the setup socket is read.
+func TestLibqbClientSpinning(t *testing.T) {
+	bin := buildQbipcc(t)
+	for _, spin := range []time.Duration{0, 20 * time.Millisecond} {
+		t.Run(spin.String(), func(t *testing.T) {
+			service, srv := startServerOn(t, echo{admit: true}, TransportSHM, func(s *Server) { s.SpinMax = spin })
+			for _, args := range [][]string{{"bench", "20000"}, {"check"}} {
+				out, err := exec.Command(bin, append([]string{service}, args...)...).CombinedOutput()
+				if err != nil || !strings.HasPrefix(string(out), "OK") {
+					t.Fatalf("qbipcc %v: %v\n%s", args, err, out)
+				}
+				waitFor(t, "the connection gone", func() bool { return srv.Conns() == 0 })
+				assertNoConnectionDirs(t, srv)
+			}
+		})
+	}
+}
+
+// The spinner's policy: no look before a request came soon after its
+// response; looks while they find requests; a miss stops them for 16
+// requests, then 32, and a found one halves that again.
+func TestSpinner(t *testing.T) {
+	s := spinner{max: time.Hour}
+	if s.window() != 0 {
+		t.Fatal("a look before any request")
+	}
+	s.responded()
+	s.woke()
+	if s.window() != time.Hour {
+		t.Fatalf("window %v after a prompt request, want %v", s.window(), time.Hour)
+	}
+	s.polled(true)
+	if s.window() != time.Hour {
+		t.Fatal("no look after a look that found a request")
+	}
+	s.polled(false)
+	for i := range 16 {
+		if s.window() != 0 {
+			t.Fatalf("a look %d requests after a miss", i)
+		}
+		s.responded()
+		s.woke()
+	}
+	if s.window() == 0 {
+		t.Fatal("no look 16 requests after a miss")
+	}
+	s.polled(false)
+	if s.backoff != 32 {
+		t.Fatalf("second miss in a row: skip %d, want 32", s.backoff)
+	}
+	s.skip = 0
+	s.polled(true)
+	if s.backoff != 16 {
+		t.Fatalf("a found request after two misses: backoff %d, want 16", s.backoff)
+	}
+	late := spinner{max: time.Millisecond, last: time.Now().Add(-time.Hour)}
+	late.woke()
+	if late.window() != 0 {
+		t.Fatal("a look after a request that came long after its response")
+	}
+	if (&spinner{}).window() != 0 {
+		t.Fatal("a look with SpinMax 0")
+	}
+}

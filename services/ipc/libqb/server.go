@@ -153,8 +153,15 @@ type Server struct {
 	// Transport is the connection type offered to clients (libqb's
 	// server chooses; the client follows): SHM, as corosync, by default.
 	Transport Transport
+	// SpinMax is the longest a connection's server looks for a
+	// synchronous client's next request in shared memory, without
+	// sleeping, before it waits on the poller (shm only; 0: never).
+	// See spinner.
+	SpinMax time.Duration
 
 	limited *logLimiter
+	// spinning: one connection of the server spins at a time.
+	spinning atomic.Bool
 
 	mu      sync.Mutex
 	conns   map[*Conn]struct{}
@@ -169,6 +176,7 @@ func NewServer(log *slog.Logger) *Server {
 	return &Server{log: log, ShmDir: "/dev/shm", MaxMsgSize: 1 << 20,
 		EventQueueHigh: 1 << 20, EventQueueMax: 64 << 20,
 		MaxConns: DefaultMaxConns, MaxConnsPerUID: DefaultMaxConnsPerUID, HandshakeTimeout: DefaultHandshakeTimeout,
+		SpinMax: DefaultSpinMax,
 		limited: newLogLimiter(log, time.Minute),
 		conns:   map[*Conn]struct{}{}, perUID: map[uint32]int{}}
 }

@@ -335,6 +335,27 @@ func (r *Ring) TryWait() (ok bool, err error) {
 	return ok, err
 }
 
+// Poll watches the semaphore for up to spin without sleeping and without
+// taking a token: true as soon as one is posted. A busy wait, for a
+// server that expects a synchronous client's next request within
+// microseconds of its response.
+func (r *Ring) Poll(spin time.Duration) (posted bool, err error) {
+	err = r.guarded(func() error {
+		start := time.Now()
+		for i := 1; ; i++ {
+			if r.sem.Value() != 0 {
+				posted = true
+				return nil
+			}
+			// The clock is read every 64 looks only: the look is a load.
+			if i%64 == 0 && time.Since(start) >= spin {
+				return nil
+			}
+		}
+	})
+	return posted, err
+}
+
 // Wait takes one of the semaphore's tokens, sleeping up to timeout on its
 // futex (a client's wait: it blocks the thread).
 func (r *Ring) Wait(timeout time.Duration) error {
