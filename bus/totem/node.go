@@ -467,11 +467,23 @@ func (n *Node) send(o *own, now time.Time) {
 	o.sentAt = now
 	o.ordered = false
 	f := dataFrame{ring: n.ring, id: o.id, prev: o.prev, service: o.service, payload: o.payload}
-	n.scratch = appendData(n.scratch[:0], &f)
-	if err := n.nc.Publish(n.subjData, n.scratch); err != nil {
-		n.log.Debug("publishing data", "err", err)
+	if !n.alone() {
+		n.scratch = appendData(n.scratch[:0], &f)
+		if err := n.nc.Publish(n.subjData, n.scratch); err != nil {
+			n.log.Debug("publishing data", "err", err)
+		}
 	}
 	n.takeData(&f)
+}
+
+// alone tells whether this node is the only member of its ring. Its data
+// frames and order records then have no reader: a node outside the ring
+// ignores them, and a node that joins later gets nothing of this ring (a
+// commit's plan fetches from the log, never from frames). So they are not
+// published: a message costs one bus crossing in (the submit) and one out
+// (the deliver frame). Called with mu held.
+func (n *Node) alone() bool {
+	return len(n.members) == 1 && n.members[0] == n.cfg.NodeID
 }
 
 // listenRequest is what a Client sends to Subjects.TotemListen.
@@ -735,9 +747,11 @@ func (n *Node) flush() {
 }
 
 func (n *Node) flushOrder() {
-	n.scratch = appendOrder(n.scratch[:0], n.ring, n.batchFirst, n.batch)
-	if err := n.nc.Publish(n.subjOrder, n.scratch); err != nil {
-		n.log.Debug("publishing an order record", "err", err)
+	if !n.alone() {
+		n.scratch = appendOrder(n.scratch[:0], n.ring, n.batchFirst, n.batch)
+		if err := n.nc.Publish(n.subjOrder, n.scratch); err != nil {
+			n.log.Debug("publishing an order record", "err", err)
+		}
 	}
 	n.knownOrder = max(n.knownOrder, n.batchFirst+uint64(len(n.batch))-1)
 	n.batch = n.batch[:0]
