@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/corobus/corobus/bus/totem"
 	"github.com/corobus/corobus/bus/totem/harness"
 )
@@ -111,4 +113,73 @@ func TestClientReceivesItsServiceOnly(t *testing.T) {
 	if want := []string{"transitional", "regular", "after"}; !slices.Equal(kinds[len(kinds)-3:], want) {
 		t.Errorf("deliveries end with %v, want %v", kinds, want)
 	}
+}
+
+// A node alone in its ring orders and delivers without publishing data
+// frames or order records (nobody reads them); in a ring of two it
+// publishes both again.
+func TestAloneInItsRingPublishesNoFrames(t *testing.T) {
+	c := harness.New(t, harness.Options{N: 2, Token: 300 * time.Millisecond, Join: 30 * time.Millisecond, Consensus: 400 * time.Millisecond})
+	c.WaitView([]int{1, 2}, 10*time.Second)
+	c.Partition([]int{1}, []int{2})
+	c.WaitView([]int{1}, 10*time.Second)
+	// Frames on the data and order subjects, as node 1's server sees them.
+	var mu sync.Mutex
+	frames := map[string]int{}
+	watch := c.Client(1)
+	for _, subj := range []string{c.Subjects.TotemData(), c.Subjects.TotemOrder()} {
+		sub, err := watch.Subscribe(subj, func(m *nats.Msg) {
+			mu.Lock()
+			frames[m.Subject]++
+			mu.Unlock()
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sub.Unsubscribe()
+	}
+	if err := watch.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	count := func() (data, order int) {
+		mu.Lock()
+		defer mu.Unlock()
+		return frames[c.Subjects.TotemData()], frames[c.Subjects.TotemOrder()]
+	}
+	var a recorder
+	ca, err := totem.NewClient(c.Client(1), c.Subjects, 1, totem.ClientOptions{Service: "alpha", OnDeliver: a.on})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ca.Close()
+	delivered := func() (n int) {
+		for _, d := range a.snapshot() {
+			if d.Message != nil {
+				n++
+			}
+		}
+		return n
+	}
+	ctx := context.Background()
+	for i := range 50 {
+		if _, err := ca.Mcast(ctx, "alpha", []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "50 messages alone", func() bool { return delivered() == 50 })
+	// The watcher's connection is ordered after the deliveries it saw:
+	// a round trip flushes what the server had for it.
+	if err := watch.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if d, o := count(); d != 0 || o != 0 {
+		t.Errorf("alone in its ring, node 1 published %d data frames and %d order records", d, o)
+	}
+	c.Heal()
+	c.WaitView([]int{1, 2}, 10*time.Second)
+	if _, err := ca.Mcast(ctx, "alpha", []byte("two")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the message in the ring of two", func() bool { return delivered() == 51 })
+	waitFor(t, "its data frame and order record", func() bool { d, o := count(); return d > 0 && o > 0 })
 }
