@@ -26,8 +26,12 @@ func (s *Store) followCluster(ctx context.Context, loaded chan<- struct{}) {
 	stream := "KV_" + s.cfg.Bucket
 	filter := s.kvPrefix + clusterScope() + ".>"
 	// JetStream's idle heartbeats are at least 100 ms apart; the feed is
-	// lost after FeedTimeout of silence, and never before three of them.
-	hb := max(s.cfg.FeedTimeout/4, 100*time.Millisecond)
+	// lost after FeedTimeout of silence, and never before three of them:
+	// FeedTimeout/3 apart, a heartbeat may be 2/3 of the token late
+	// before the feed counts lost (as totem's heartbeats at rest). At
+	// FeedTimeout/4, an idle three-node cluster's six copies took 24
+	// heartbeats a second, mostly across routes.
+	hb := max(s.cfg.FeedTimeout/3, 100*time.Millisecond)
 	lost := max(s.cfg.FeedTimeout, 3*hb)
 	// A bucket of one replica has its consumer on the stream's one
 	// server, which for a one-node cluster is the server this copy is
