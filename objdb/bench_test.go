@@ -3,6 +3,7 @@ package objdb_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"strconv"
 	"sync/atomic"
 	"syscall"
@@ -137,6 +138,17 @@ func BenchmarkThreeNodes(b *testing.B) {
 		stores = append(stores, st)
 	}
 	v, _ := objdb.ParseValue(objdb.Uint32, "7")
+	// A node runs two copies (its objdb process's and its cmap
+	// instance's): the second one of each node only follows.
+	if os.Getenv("OBJDB_BENCH_FOLLOWERS") != "" {
+		for id := 1; id <= 3; id++ {
+			st, err := objdb.OpenFor(ctx, clusterEnv(b, cl, id))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer st.Close()
+		}
+	}
 	b.Run("set-1/test.bench3.k", func(b *testing.B) {
 		for b.Loop() {
 			if err := stores[1].Set(ctx, "test.bench3.one", v); err != nil {

@@ -37,8 +37,11 @@ type CopyStatus struct {
 	Reason   string     `json:"reason,omitempty"`
 	Cluster  FeedStatus `json:"cluster"`
 	Revision uint64     `json:"revision"` // the last cluster revision applied
-	// Via is the server of the cluster feed's consumer.
+	// Via is the server of the cluster feed's consumer: the node
+	// keeper's when Relayed (the copy follows its keeper's relay), else
+	// the copy's own.
 	Via      string     `json:"via,omitempty"`
+	Relayed  bool       `json:"relayed"`
 	NodeFeed FeedStatus `json:"node_feed"`
 	NodeSeq  uint64     `json:"node_seq"` // the last keeper record applied
 	Pending  int        `json:"pending_writes"`
@@ -58,6 +61,7 @@ func (s *Store) stateLocked() CopyStatus {
 		Cluster:  FeedStatus{Current: s.cstate.current, Since: s.cstate.since, Reason: s.cstate.reason},
 		Revision: s.crev,
 		Via:      s.cserver,
+		Relayed:  s.crelayed,
 		NodeFeed: FeedStatus{Current: s.nstate.current, Since: s.nstate.since, Reason: s.nstate.reason},
 		NodeSeq:  s.nseq,
 		Pending:  len(s.pend()),

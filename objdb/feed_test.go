@@ -102,34 +102,47 @@ func diffLines(want, got []string) string {
 	return b.String()
 }
 
-// The cluster feed's consumer lives on one server of the stream. When that
-// server dies, the copy notices (nothing more arrives, not even
-// heartbeats), says it is behind, and resumes after the last revision it
-// applied: a tracker sees every write once, in order.
+// A copy's cluster keys come through its node keeper's relay, whose
+// consumer lives on one server of the stream. When that server dies, the
+// keeper notices (nothing more arrives, not even heartbeats) and says its
+// relay is behind; the copy says so too, follows the stream itself from
+// the last revision it applied, and goes back to the relay once it is
+// current again: a tracker sees every write once, in order.
 func TestClusterFeedResumesWhenItsServerDies(t *testing.T) {
 	if testing.Short() {
 		t.Skip("three-node JetStream cluster: skipped in -short")
 	}
 	cl := bustest.StartCluster(t, 3)
-	for id := 1; id <= 3; id++ {
-		startKeeper(t, cl.Conn(id), uint32(id), 3)
-	}
-	// Find a copy whose consumer is on another node: that node dies.
+	// Find a copy whose keeper's consumer is on another node: that node
+	// dies. JetStream places each keeper's consumer on a server of its
+	// choosing: new keepers until one is elsewhere.
 	var watcher *Store
 	var victim int
 	for attempt := 0; watcher == nil; attempt++ {
 		if attempt == 10 {
-			t.Fatal("ten rounds of copies, and every consumer was on its own copy's server")
+			t.Fatal("ten rounds of keepers, and every keeper's consumer was on its own server")
 		}
+		var stops []func()
+		var stores []*Store
 		for id := 1; id <= 3; id++ {
-			s := openStore(t, cl.Conn(id), uint32(id), 3)
-			via := s.State().Via
-			n, _ := strconv.Atoi(strings.TrimPrefix(via, "node"))
-			if watcher == nil && n != 0 && n != id {
+			stops = append(stops, startKeeper(t, cl.Conn(id), uint32(id), 3))
+			stores = append(stores, openStore(t, cl.Conn(id), uint32(id), 3))
+		}
+		for i, s := range stores {
+			until(t, 20*time.Second, func() bool { return s.State().Relayed },
+				func() string {
+					return fmt.Sprintf("copy of node %d does not follow its keeper's relay: %+v", i+1, s.State())
+				})
+			n, _ := strconv.Atoi(strings.TrimPrefix(s.State().Via, "node"))
+			if watcher == nil && n != 0 && n != i+1 {
 				watcher, victim = s, n
-				continue
 			}
-			s.Close()
+		}
+		if watcher == nil {
+			for i := range stores {
+				stores[i].Close()
+				stops[i]()
+			}
 		}
 	}
 	writerNode := 6 - int(watcher.Node()) - victim

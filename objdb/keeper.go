@@ -266,8 +266,9 @@ func (k *Keeper) Run(ctx context.Context) error {
 	// node's trackers saw 47 → 50 → 48 (TestNodeFeedSurvivesANewKeeper).
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	wg.Add(4)
+	wg.Add(5)
 	go func() { defer wg.Done(); k.publisher(wctx) }()
+	go func() { defer wg.Done(); k.relayCluster(wctx) }()
 	go func() { defer wg.Done(); k.flusher(wctx) }()
 	go func() { defer wg.Done(); k.load(wctx) }()
 	go func() { defer wg.Done(); k.raiseReplicas(wctx) }()

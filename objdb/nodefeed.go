@@ -78,6 +78,14 @@ func (s *Store) followNode(ctx context.Context, loaded chan<- struct{}) {
 				lastResend = lastHeard
 				s.resendPending(resendAfter)
 			}
+			if isRelayFrame(m.Data) {
+				select {
+				case s.relayCh <- m:
+				default:
+					// followCluster finds the hole at the next frame.
+				}
+				continue
+			}
 			fm, err := decodeRecords(m.Data)
 			if err != nil {
 				s.log.Warn("objdb: ignoring a malformed node feed message", "err", err)

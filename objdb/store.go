@@ -135,9 +135,14 @@ type Store struct {
 	crev       uint64 // the last stream revision the cluster feed applied
 	cloaded    bool   // the cluster feed's initial load is done
 	cserver    string // the server of the cluster feed's consumer
-	nepoch     uint64 // the keeper's epoch the node keys came from
-	nseq       uint64 // the last keeper record applied
-	nloaded    bool
+	// relayCh is the keeper's relay frames (on the node feed), handed
+	// over by followNode to followCluster.
+	relayCh chan *nats.Msg
+	// crelayed: the cluster keys come through the keeper's relay.
+	crelayed bool
+	nepoch   uint64 // the keeper's epoch the node keys came from
+	nseq     uint64 // the last keeper record applied
+	nloaded  bool
 	// Node writes the keeper has not confirmed, in wseq order:
 	// pendBuf[phead:] (pend).
 	pendBuf   []pendingWrite
@@ -220,7 +225,7 @@ func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig) (*Store, err
 		shared: map[string]Value{}, local: map[string]Value{},
 		sharedOver: map[string]clusterOverlay{}, localOver: map[string]*nodeOverlay{},
 		cstate: feedState{since: now, reason: "loading"}, nstate: feedState{since: now, reason: "loading"},
-		tracks: map[int]*tracker{}}
+		tracks: map[int]*tracker{}, relayCh: make(chan *nats.Msg, 8192)}
 	s.changed = sync.NewCond(&s.mu)
 	fctx, stop := context.WithCancel(context.Background())
 	s.stop = stop

@@ -16,7 +16,7 @@ import (
 
 // startKeeper runs node's keeper on nc until the end of the test (or
 // until nc's server stops).
-func startKeeper(t testing.TB, nc *nats.Conn, node uint32, replicas int) {
+func startKeeper(t testing.TB, nc *nats.Conn, node uint32, replicas int) (stop func()) {
 	t.Helper()
 	subjects, _ := bus.NewSubjects("corobus.test")
 	ctx, cancel := context.WithCancel(context.Background())
@@ -28,7 +28,9 @@ func startKeeper(t testing.TB, nc *nats.Conn, node uint32, replicas int) {
 			t.Errorf("keeper of node %d: %v", node, err)
 		}
 	}()
-	t.Cleanup(func() { cancel(); <-done })
+	stop = func() { cancel(); <-done }
+	t.Cleanup(stop)
+	return stop
 }
 
 // openStore opens node's view on nc; the node's keeper must run

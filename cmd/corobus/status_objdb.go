@@ -47,7 +47,7 @@ func copiesStatus(nc *nats.Conn, subjects bus.Subjects, node uint32) []objdb.Cop
 //
 //	Objdb copies:
 //	  COPY           PID    STATE    REVISION  VIA    NODE SEQ  UNCONFIRMED  REASON
-//	  corobus-objdb  12345  current  1042      node2  311       0            -
+//	  corobus-objdb  12345  current  1042      keeper/node2  311       0            -
 //	  corobus-ipc    12350  behind   998       node3  311       0            cluster feed lost: …
 func printCopies(w io.Writer, list []objdb.CopyStatus) {
 	fmt.Fprintln(w, "Objdb copies:")
@@ -58,7 +58,13 @@ func printCopies(w io.Writer, list []objdb.CopyStatus) {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  COPY\tPID\tSTATE\tREVISION\tVIA\tNODE SEQ\tUNCONFIRMED\tREASON")
 	for _, c := range list {
-		fmt.Fprintf(tw, "  %s\t%d\t%s\t%d\t%s\t%d\t%d\t%s\n", c.Name, c.PID, c.State, c.Revision, orDash(c.Via), c.NodeSeq, c.Pending, orDash(c.Reason))
+		via := orDash(c.Via)
+		if c.Relayed {
+			// The cluster keys come through the node keeper's relay,
+			// whose consumer is on Via.
+			via = "keeper/" + via
+		}
+		fmt.Fprintf(tw, "  %s\t%d\t%s\t%d\t%s\t%d\t%d\t%s\n", c.Name, c.PID, c.State, c.Revision, via, c.NodeSeq, c.Pending, orDash(c.Reason))
 	}
 	_ = tw.Flush()
 }

@@ -150,6 +150,17 @@ func cmapClients(prefix string, n int) func(ctx context.Context, c *netcluster.C
 		sum := map[string]float64{}
 		var firstErr error
 		var wg sync.WaitGroup
+		// The cluster's CPU over the set phase (the clients' first secs
+		// seconds, from start): CPU per set, and where it goes.
+		var before, after sample
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			time.Sleep(time.Until(time.Unix(0, start)))
+			before = sampleCluster(c)
+			time.Sleep(time.Until(time.Unix(0, start).Add(time.Duration(secs) * time.Second)))
+			after = sampleCluster(c)
+		}()
 		for i := range n {
 			node := c.Nodes[i%len(c.Nodes)]
 			wg.Add(1)
@@ -170,8 +181,31 @@ func cmapClients(prefix string, n int) func(ctx context.Context, c *netcluster.C
 			}()
 		}
 		wg.Wait()
+		if sets := sum["set.ops_per_s"] * float64(secs); sets > 0 {
+			for label, ticks := range cpuTicks(before, after) {
+				us := float64(ticks) / userHZ * 1e6 / sets
+				sum["set.cpu_us"] += us
+				sum["set.cpu_us."+label] += us
+			}
+		}
 		return sum, firstErr
 	}
+}
+
+// cpuTicks is the CPU ticks each kind of process spent between two
+// samples (a process born between them counts from zero).
+func cpuTicks(before, after sample) map[string]uint64 {
+	out := map[string]uint64{}
+	for pid, a := range after {
+		b, ok := before[pid]
+		switch {
+		case !ok:
+			out[a.label] += a.ticks
+		case a.ticks >= b.ticks:
+			out[a.label] += a.ticks - b.ticks
+		}
+	}
+	return out
 }
 
 func cpgTput(size int) func(ctx context.Context, c *netcluster.Cluster, cl clients, secs int) (map[string]float64, error) {
@@ -205,6 +239,7 @@ var rows = []row{
 	{"cmap set, cluster key (test.*), 1 client, ops/s", "cmap cluster key, 1 client", "set.ops_per_s"},
 	{"cmap set, cluster key, 8 clients, ops/s", "cmap cluster key, 8 clients", "set.ops_per_s"},
 	{"cmap get, cluster key, 8 clients, ops/s", "cmap cluster key, 8 clients", "get.ops_per_s"},
+	{"cmap set, cluster key, 8 clients, CPU µs per set (every process of the cluster)", "cmap cluster key, 8 clients", "set.cpu_us"},
 	{"cpg_tput 64 B, msgs/s", "cpg 64 B", "msgs_per_s"},
 	{"cpg_tput 1 KiB, msgs/s", "cpg 1 KiB", "msgs_per_s"},
 	{"cpg_tput 64 KiB, MB/s", "cpg 64 KiB", "mb_per_s"},
@@ -290,6 +325,7 @@ func TestCompare(t *testing.T) {
 	}
 	fmt.Print(table(topologies, all, runs, secs, what))
 	fmt.Print(idleBreakdown(topologies, all))
+	fmt.Print(setBreakdown(topologies, all, "cmap cluster key, 8 clients"))
 }
 
 // selected says whether BENCH_ONLY asks for this measurement.

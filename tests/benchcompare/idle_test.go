@@ -191,3 +191,39 @@ func sortedKeys(m map[string]bool) []string {
 func minMedMax2(xs []float64) string {
 	return minMedMaxAs(xs, func(x float64) string { return fmt.Sprintf("%.2f", x) })
 }
+
+// setBreakdown renders the median CPU per set of each kind of process
+// over a cmap measurement's set phase.
+func setBreakdown(topologies []int, all map[int]*figures, group string) string {
+	var b strings.Builder
+	for _, nodes := range topologies {
+		f := all[nodes]
+		for _, backend := range []string{"corosync", "corobus"} {
+			runs := f.vals[backend+"/"+group]
+			if len(runs) == 0 {
+				continue
+			}
+			labels := map[string]bool{}
+			for _, r := range runs {
+				for k := range r {
+					if l, ok := strings.CutPrefix(k, "set.cpu_us."); ok {
+						labels[l] = true
+					}
+				}
+			}
+			var parts []string
+			for _, l := range sortedKeys(labels) {
+				var xs []float64
+				for _, r := range runs {
+					xs = append(xs, r["set.cpu_us."+l])
+				}
+				parts = append(parts, fmt.Sprintf("%s %s", l, minMedMax(xs)))
+			}
+			fmt.Fprintf(&b, "- %d node(s), %s, %s: CPU µs per set by process, the cluster's sum (min / median / max): %s\n", nodes, backend, group, strings.Join(parts, "; "))
+		}
+	}
+	if b.Len() == 0 {
+		return ""
+	}
+	return "\n" + b.String()
+}
