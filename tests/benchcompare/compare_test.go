@@ -151,7 +151,8 @@ func cmapClients(prefix string, n int) func(ctx context.Context, c *netcluster.C
 		var firstErr error
 		var wg sync.WaitGroup
 		// The cluster's CPU over the set phase (the clients' first secs
-		// seconds, from start): CPU per set, and where it goes.
+		// seconds, from start) and the get phase (the rest): CPU per
+		// operation, and where it goes.
 		var before, after sample
 		wg.Add(1)
 		go func() {
@@ -181,11 +182,19 @@ func cmapClients(prefix string, n int) func(ctx context.Context, c *netcluster.C
 			}()
 		}
 		wg.Wait()
-		if sets := sum["set.ops_per_s"] * float64(secs); sets > 0 {
-			for label, ticks := range cpuTicks(before, after) {
-				us := float64(ticks) / userHZ * 1e6 / sets
-				sum["set.cpu_us"] += us
-				sum["set.cpu_us."+label] += us
+		// The get phase runs from the end of the set phase to the
+		// clients' end (each phase's figure carries a few operations of
+		// the other: the phases are told apart by the clock).
+		end := sampleCluster(c)
+		for phase, window := range map[string][2]sample{"set": {before, after}, "get": {after, end}} {
+			ops := sum[phase+".ops_per_s"] * float64(secs)
+			if ops <= 0 {
+				continue
+			}
+			for label, ticks := range cpuTicks(window[0], window[1]) {
+				us := float64(ticks) / userHZ * 1e6 / ops
+				sum[phase+".cpu_us"] += us
+				sum[phase+".cpu_us."+label] += us
 			}
 		}
 		return sum, firstErr
@@ -236,6 +245,10 @@ var rows = []row{
 	{"cmap get, node key, 1 client, ops/s", "cmap node key, 1 client", "get.ops_per_s"},
 	{"cmap set, node key, 8 clients, ops/s", "cmap node key, 8 clients", "set.ops_per_s"},
 	{"cmap get, node key, 8 clients, ops/s", "cmap node key, 8 clients", "get.ops_per_s"},
+	{"cmap set, node key, 1 client, CPU µs per set (every process of the cluster)", "cmap node key, 1 client", "set.cpu_us"},
+	{"cmap get, node key, 1 client, CPU µs per get", "cmap node key, 1 client", "get.cpu_us"},
+	{"cmap set, node key, 8 clients, CPU µs per set", "cmap node key, 8 clients", "set.cpu_us"},
+	{"cmap get, node key, 8 clients, CPU µs per get", "cmap node key, 8 clients", "get.cpu_us"},
 	{"cmap set, cluster key (test.*), 1 client, ops/s", "cmap cluster key, 1 client", "set.ops_per_s"},
 	{"cmap set, cluster key, 8 clients, ops/s", "cmap cluster key, 8 clients", "set.ops_per_s"},
 	{"cmap get, cluster key, 8 clients, ops/s", "cmap cluster key, 8 clients", "get.ops_per_s"},
