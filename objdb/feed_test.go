@@ -115,7 +115,8 @@ func TestClusterFeedResumesWhenItsServerDies(t *testing.T) {
 	cl := bustest.StartCluster(t, 3)
 	// Find a copy whose keeper's consumer is on another node: that node
 	// dies. JetStream places each keeper's consumer on a server of its
-	// choosing: new keepers until one is elsewhere.
+	// choosing (these keepers take it where it is): new keepers until
+	// one is elsewhere.
 	var watcher *Store
 	var victim int
 	for attempt := 0; watcher == nil; attempt++ {
@@ -125,7 +126,7 @@ func TestClusterFeedResumesWhenItsServerDies(t *testing.T) {
 		var stops []func()
 		var stores []*Store
 		for id := 1; id <= 3; id++ {
-			stops = append(stops, startKeeper(t, cl.Conn(id), uint32(id), 3))
+			stops = append(stops, startKeeperWith(t, cl.Conn(id), KeeperConfig{Node: uint32(id), Replicas: 3, LocalConsumerTries: -1}))
 			stores = append(stores, openStore(t, cl.Conn(id), uint32(id), 3))
 		}
 		for i, s := range stores {

@@ -43,6 +43,10 @@ type KeeperConfig struct {
 	StateDir string
 	// WriteTimeout bounds one round of writes behind to JetStream.
 	WriteTimeout time.Duration
+	// LocalConsumerTries is how many times the keeper makes its relay's
+	// consumer again when JetStream placed it on another server (default
+	// 6; negative: never, the consumer stays where JetStream put it).
+	LocalConsumerTries int
 	// Interest, when set, says whether anyone subscribes to a subject: a
 	// change nobody follows on …objdb.changed is not built and published
 	// (in the bus process, the server knows; elsewhere every change is).
@@ -198,6 +202,9 @@ func NewKeeper(nc *nats.Conn, cfg KeeperConfig) (*Keeper, error) {
 	}
 	if cfg.Replicas <= 0 {
 		cfg.Replicas = 1
+	}
+	if cfg.LocalConsumerTries == 0 {
+		cfg.LocalConsumerTries = 6
 	}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096), jetstream.WithPublishAsyncTimeout(cfg.WriteTimeout))
 	if err != nil {

@@ -3,6 +3,7 @@ package objdb
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -156,6 +157,11 @@ func (k *Keeper) relayCluster(ctx context.Context) {
 	hb := max(token/3, 100*time.Millisecond)
 	lost := max(token, 3*hb)
 	local := k.cfg.Replicas == 1
+	// JetStream places a consumer at random among the stream's servers;
+	// one on the keeper's own server delivers without a hop between
+	// servers (two in three otherwise, on three nodes): the keeper makes
+	// it again (LocalConsumerTries times) until it is there.
+	elsewhere := 0
 	for ctx.Err() == nil {
 		r.mu.Lock()
 		from, ready := r.last, r.ready
@@ -173,6 +179,8 @@ func (k *Keeper) relayCluster(ctx context.Context) {
 		if local {
 			c.hb, c.lost = localIdleHeartbeat, token+2*localIdleHeartbeat
 			c.local = true
+		} else {
+			c.preferLocal = elsewhere < k.cfg.LocalConsumerTries
 		}
 		c.created = func(server string, pending uint64) {
 			r.mu.Lock()
@@ -220,10 +228,14 @@ func (k *Keeper) relayCluster(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if err == errConsumerElsewhere {
+		if errors.Is(err, errConsumerElsewhere) {
+			if !local {
+				elsewhere++
+			}
 			local = false
 			continue
 		}
+		elsewhere = 0
 		r.setState(false, "the node's keeper: "+err.Error())
 		select {
 		case <-ctx.Done():

@@ -18,14 +18,22 @@ import (
 // until nc's server stops).
 func startKeeper(t testing.TB, nc *nats.Conn, node uint32, replicas int) (stop func()) {
 	t.Helper()
+	return startKeeperWith(t, nc, KeeperConfig{Node: node, Replicas: replicas})
+}
+
+// startKeeperWith runs a keeper configured as cfg, with the tests'
+// bucket, subjects, log and heartbeat.
+func startKeeperWith(t testing.TB, nc *nats.Conn, cfg KeeperConfig) (stop func()) {
+	t.Helper()
 	subjects, _ := bus.NewSubjects("corobus.test")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := RunKeeper(ctx, nc, KeeperConfig{Node: node, Bucket: "objdb_test", Replicas: replicas, Subjects: subjects,
-			Log: bustest.Logger(t).With("keeper", node), Heartbeat: 50 * time.Millisecond}); err != nil {
-			t.Errorf("keeper of node %d: %v", node, err)
+		cfg.Bucket, cfg.Subjects, cfg.Heartbeat = "objdb_test", subjects, 50*time.Millisecond
+		cfg.Log = bustest.Logger(t).With("keeper", cfg.Node)
+		if err := RunKeeper(ctx, nc, cfg); err != nil {
+			t.Errorf("keeper of node %d: %v", cfg.Node, err)
 		}
 	}()
 	stop = func() { cancel(); <-done }
