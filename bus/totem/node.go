@@ -127,6 +127,11 @@ type Node struct {
 	// gathering tells Run that the node left the operational state, so
 	// that it ticks at the join's resolution again.
 	gathering chan struct{}
+	// news tells Run that a heartbeat says something the membership acts
+	// on (a node heard again or new, another incarnation, ring, state,
+	// members or reachable set): a ring at rest sleeps until its next
+	// heartbeat or the first peer's expiry, so news must wake it.
+	news chan struct{}
 
 	mu        sync.Mutex
 	state     string
@@ -217,6 +222,7 @@ func New(nc *nats.Conn, cfg Config, cb Callbacks) (*Node, error) {
 		peers:       map[uint32]*peer{},
 		state:       stGather,
 		gathering:   make(chan struct{}, 1),
+		news:        make(chan struct{}, 1),
 		incs:        map[uint32]uint64{},
 		unordered:   map[MsgID]*entry{},
 		waitingData: map[MsgID]uint64{},
@@ -361,36 +367,80 @@ func (n *Node) Run(ctx context.Context) error {
 	n.mu.Unlock()
 
 	// Ticks: every join/2 while a view is being agreed (the join timer's
-	// resolution), but in an operational ring only what the failure
+	// resolution); in an operational ring with traffic what the failure
 	// detector and the heartbeats need — a check every heartbeat/2 (the
 	// detection bound of docs/totem.md counts heartbeat/2) and each
-	// heartbeat on time. An idle node ticked 40 times a second before; now
-	// 10 (defaults), which is most of what its bus process does at rest.
+	// heartbeat on time; and in a ring at rest (atRest) only the next
+	// heartbeat (every RestHeartbeat) and the first peer's expiry, news
+	// in a heartbeat waking it at once. An idle node ticked 40 times a
+	// second at first, then 10, now 3 (defaults).
 	fast := max(min(n.cfg.Heartbeat/2, n.cfg.Join/2), 2*time.Millisecond)
 	slow := max(n.cfg.Heartbeat/2, fast)
 	t := time.NewTimer(fast)
 	defer t.Stop()
 	for {
+		var now time.Time
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-n.gathering:
 			t.Reset(fast)
-		case now := <-t.C:
-			n.mu.Lock()
-			n.tick(now)
-			n.flush()
-			next := fast
-			if n.state == stOperational {
-				next = slow
-				if due := n.lastHB.Add(n.cfg.Heartbeat).Sub(now); due > 0 && due < next {
-					next = due
-				}
+			continue
+		case <-n.news:
+			now = time.Now()
+		case now = <-t.C:
+		}
+		n.mu.Lock()
+		n.tick(now)
+		n.flush()
+		next := fast
+		if n.state == stOperational {
+			next = slow
+			if n.atRest() {
+				next = n.restWake(now)
 			}
-			n.mu.Unlock()
-			t.Reset(next)
+			if due := n.lastHB.Add(n.hbPeriod()).Sub(now); due > 0 && due < next {
+				next = due
+			}
+		}
+		n.mu.Unlock()
+		t.Reset(next)
+	}
+}
+
+// atRest reports a ring with nothing to carry: operational, no message
+// of this node in flight, every position delivered and dropped as stable,
+// nothing waiting for its payload or order, and the reachable set is the
+// ring. Its heartbeats then only say it is alive: every RestHeartbeat.
+// Called with mu held.
+func (n *Node) atRest() bool {
+	return n.state == stOperational && len(n.pending) == 0 && len(n.cur.ents) == 0 &&
+		len(n.unordered) == 0 && len(n.waitingData) == 0 && len(n.future) == 0 &&
+		len(n.batch) == 0 && !n.repairing && !n.hearsNews && slices.Equal(n.aliveSet, n.members)
+}
+
+// hbPeriod is the heartbeat period now. Called with mu held.
+func (n *Node) hbPeriod() time.Duration {
+	if n.atRest() {
+		return n.cfg.RestHeartbeat
+	}
+	return n.cfg.Heartbeat
+}
+
+// restWake is how long a ring at rest may sleep: until its next
+// heartbeat is due or the first heard node would expire (a node not
+// heard for totem.token is gone: checked at that moment, not up to
+// heartbeat/2 later), and at most RestHeartbeat. Called with mu held.
+func (n *Node) restWake(now time.Time) time.Duration {
+	next := n.cfg.RestHeartbeat
+	n.hbMu.Lock()
+	for _, p := range n.peers {
+		if d := p.at.Add(n.cfg.Token).Sub(now); d > 0 && d < next {
+			next = d
 		}
 	}
+	n.hbMu.Unlock()
+	return next + time.Millisecond // past the expiry, not at it
 }
 
 // Mcast multicasts payload for service in total order. It returns once the
@@ -765,8 +815,16 @@ func (n *Node) onHeartbeat(m *nats.Msg) {
 	}
 	now := time.Now()
 	n.hbMu.Lock()
+	prev := n.peers[hb.Node]
 	n.peers[hb.Node] = &peer{at: now, hb: hb}
 	n.hbMu.Unlock()
+	if prev == nil || now.Sub(prev.at) >= n.cfg.Token || prev.hb.Inc != hb.Inc || prev.hb.Ring != hb.Ring ||
+		prev.hb.State != hb.State || !slices.Equal(prev.hb.Members, hb.Members) || !slices.Equal(prev.hb.Hears, hb.Hears) {
+		select {
+		case n.news <- struct{}{}:
+		default:
+		}
+	}
 }
 
 func (n *Node) sendHeartbeat(now time.Time) {
@@ -827,7 +885,7 @@ func (n *Node) tick(now time.Time) {
 	// it now rather than up to a heartbeat period later (a view of N
 	// nodes started together waited two periods, 400 ms by default,
 	// after the last route). The period is unchanged.
-	if now.Sub(n.lastHB) >= n.cfg.Heartbeat || (n.hearsNews && now.Sub(n.lastHB) >= n.cfg.Join) {
+	if now.Sub(n.lastHB) >= n.hbPeriod() || (n.hearsNews && now.Sub(n.lastHB) >= n.cfg.Join) {
 		n.sendHeartbeat(now)
 	}
 	switch n.state {
