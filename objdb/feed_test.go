@@ -298,18 +298,22 @@ func startTestKeeper(t *testing.T, nc *nats.Conn, subjects bus.Subjects) (stop f
 	return func() { cancel(); <-done }
 }
 
-// A copy at rest hears from its keeper and its cluster consumer only every
-// few seconds (KeeperIdleHeartbeat, localIdleHeartbeat): the loss of its
-// connection to the bus — the keeper's process, the consumer's server —
-// is told by the connection itself. The copy says it is behind because
+// A copy at rest hears from its keeper (its node feed and its relay of
+// the cluster keys) only every few seconds (KeeperIdleHeartbeat): the
+// loss of its connection to the bus — the keeper's process, the
+// consumer's server — is told by the connection itself. The copy says it is behind because
 // it was disconnected (not because a feed went silent), and is current
-// again, with the writes made meanwhile, once it is back.
+// again, with the writes made meanwhile, once it is back — and back on
+// its keeper's relay.
 func TestCopyBehindWhenDisconnected(t *testing.T) {
 	nc, proxy, far := nodeBehindProxy(t, "far-copy")
 	s := openStore(t, far, 1, 1)
 	w := openStore(t, nc, 1, 1)
 	var reasons trackLog
 	defer s.Track(CopyKeyReason, false, reasons.add)()
+	// Its cluster keys come through the keeper's relay, as at rest.
+	until(t, 30*time.Second, func() bool { return s.State().Relayed },
+		func() string { return fmt.Sprintf("copy not on its keeper's relay: %+v", s.State()) })
 
 	proxy.Refuse(true)
 	proxy.Cut()
@@ -328,6 +332,13 @@ func TestCopyBehindWhenDisconnected(t *testing.T) {
 	}
 	until(t, 30*time.Second, func() bool { return s.State().State == "current" },
 		func() string { return fmt.Sprintf("copy not current again: %+v", s.State()) })
+	// Back on the relay once a frame joins on to what it caught up.
+	until(t, 30*time.Second, func() bool { return s.State().Relayed },
+		func() string { return fmt.Sprintf("copy not back on its keeper's relay: %+v", s.State()) })
+	if err := w.Set(context.Background(), "test.after", mustValue(t, String, "relayed")); err != nil {
+		t.Fatal(err)
+	}
+	waitValue(t, s, "test.after", "relayed")
 }
 
 // nodeBehindProxy starts a one-node bus with its keeper and returns a
