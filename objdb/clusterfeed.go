@@ -78,11 +78,26 @@ func (s *Store) followCluster(ctx context.Context, loaded chan<- struct{}) {
 			continue
 		}
 		s.setFeedState(&s.cstate, "cluster", false, err.Error())
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(hb):
+		// Until the next consumer, a relay frame that joins on serves as
+		// well (a consumer may not be made while JetStream has no meta
+		// leader, when the keeper's own one still delivers).
+		retry := time.NewTimer(hb)
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				retry.Stop()
+				return
+			case m := <-s.relayCh:
+				if s.takeRelay(m) {
+					relayed = true
+					break wait
+				}
+			case <-retry.C:
+				break wait
+			}
 		}
+		retry.Stop()
 	}
 }
 
