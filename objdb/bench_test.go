@@ -2,6 +2,7 @@ package objdb_test
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"strconv"
@@ -290,4 +291,49 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkNodeSets is the node-key write path of eight libcmap clients
+// on one node, all in this process: eight writers on one copy (the cmap
+// gateway's), each setting a key of its own to a counting value (as
+// tests/benchcompare's clients do: every set changes its key), the
+// node's keeper behind it with an embedded server's interest test (the
+// bus process's), and a second copy that only follows (the objdb
+// process's). cpu-µs/op is the whole process's CPU per set.
+func BenchmarkNodeSets(b *testing.B) {
+	cl := bustest.StartCluster(b, 1)
+	env := testEnv(b, cl.Conn(1))
+	cfg, err := objdb.KeeperConfigFor(env)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg.Interest = func(string) bool { return false }
+	kctx, kcancel := context.WithCancel(context.Background())
+	kdone := make(chan struct{})
+	go func() { defer close(kdone); _ = objdb.RunKeeper(kctx, env.Conn, cfg) }()
+	b.Cleanup(func() { kcancel(); <-kdone })
+	ctx := context.Background()
+	st, err := objdb.OpenFor(ctx, env)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	follower, err := objdb.OpenFor(ctx, testEnv(b, cl.Conn(1)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer follower.Close()
+	b.SetParallelism(4) // 2 CPUs × 4 = 8 writers
+	defer reportCPU(b)()
+	var n atomic.Int64
+	b.RunParallel(func(pb *testing.PB) {
+		k := fmt.Sprintf("runtime.benchnode.%d", n.Add(1))
+		var i uint32
+		for pb.Next() {
+			i++
+			if err := st.Set(ctx, k, objdb.Value{Type: objdb.Uint32, Data: binary.LittleEndian.AppendUint32(nil, i)}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

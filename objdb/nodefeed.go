@@ -1,6 +1,7 @@
 package objdb
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -52,6 +53,7 @@ func (s *Store) followNode(ctx context.Context, loaded chan<- struct{}) {
 	needSync := true
 	signalled := false
 	var lastHeard, lastResend time.Time
+	var refs []recordRef // the feed message being applied; its array is reused
 	for {
 		if needSync {
 			if err := s.syncNode(ctx); err != nil {
@@ -86,15 +88,16 @@ func (s *Store) followNode(ctx context.Context, loaded chan<- struct{}) {
 				}
 				continue
 			}
-			fm, err := decodeRecords(m.Data)
+			if needSync {
+				continue // the next sync gets it
+			}
+			epoch, last, rs, err := decodeFeedRefs(m.Data, refs)
+			refs = rs
 			if err != nil {
 				s.log.Warn("objdb: ignoring a malformed node feed message", "err", err)
 				continue
 			}
-			if needSync {
-				continue // the next sync gets it
-			}
-			if why := s.applyFeed(fm); why != "" {
+			if why := s.applyFeed(epoch, last, refs); why != "" {
 				needSync = true
 				s.setFeedState(&s.nstate, "node", false, why)
 			}
@@ -143,25 +146,55 @@ func (s *Store) hasPending() bool {
 
 // applyFeed applies a feed message. It returns why the copy must sync
 // instead ("" when applied): a new keeper, or records it missed.
-func (s *Store) applyFeed(fm feedMsg) string {
+func (s *Store) applyFeed(epoch, last uint64, refs []recordRef) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if fm.Epoch != s.nepoch {
-		return fmt.Sprintf("node feed: the node's keeper restarted (epoch %x, the copy has %x)", fm.Epoch, s.nepoch)
+	if epoch != s.nepoch {
+		return fmt.Sprintf("node feed: the node's keeper restarted (epoch %x, the copy has %x)", epoch, s.nepoch)
 	}
-	for _, rec := range fm.Records {
-		if rec.Seq <= s.nseq {
+	for i := range refs {
+		ref := &refs[i]
+		if ref.Seq <= s.nseq {
 			continue
 		}
-		if rec.Seq != s.nseq+1 {
-			return fmt.Sprintf("node feed: record %d after %d; fetching the gap", rec.Seq, s.nseq)
+		if ref.Seq != s.nseq+1 {
+			return fmt.Sprintf("node feed: record %d after %d; fetching the gap", ref.Seq, s.nseq)
 		}
-		s.applyRecordLocked(nil, rec)
+		s.applyRecordLocked(nil, s.keepRecordLocked(ref))
 	}
-	if fm.Last > s.nseq {
-		return fmt.Sprintf("node feed: the keeper is at %d, the copy at %d; fetching the gap", fm.Last, s.nseq)
+	if last > s.nseq {
+		return fmt.Sprintf("node feed: the keeper is at %d, the copy at %d; fetching the gap", last, s.nseq)
 	}
 	return ""
+}
+
+// keepRecordLocked is a feed record the copy may keep. A record of this
+// Store's own write, applied as it was sent, takes the key and value the
+// write holds already (what Set was given: the copy reads it already,
+// through its overlay); any other record's key and value are copied out
+// of the frame.
+func (s *Store) keepRecordLocked(ref *recordRef) nodeRecord {
+	rec := nodeRecord{Seq: ref.Seq, Writer: ref.Writer, WSeq: ref.WSeq, Kind: ref.Kind, Status: ref.Status}
+	if ref.Writer == s.writer {
+		if live := s.pend(); len(live) > 0 && ref.WSeq >= live[0].w.WSeq {
+			// pend holds consecutive wseqs, oldest first.
+			if i := ref.WSeq - live[0].w.WSeq; i < uint64(len(live)) && live[i].w.WSeq == ref.WSeq {
+				w := &live[i].w
+				if w.Key == string(ref.Key) {
+					rec.Key = w.Key
+					if w.Value.Type == ref.Type && bytes.Equal(w.Value.Data, ref.Data) {
+						rec.New = w.Value
+						return rec
+					}
+				}
+			}
+		}
+	}
+	if rec.Key == "" {
+		rec.Key = string(ref.Key)
+	}
+	rec.New = Value{Type: ref.Type, Data: append([]byte(nil), ref.Data...)}
+	return rec
 }
 
 // rebuild is a snapshot of the node's keys being brought up to date
@@ -190,7 +223,14 @@ func (s *Store) applyRecordLocked(rb *rebuild, rec nodeRecord) {
 		}
 		return
 	}
-	old, hadOld := s.trackedLocked(rec.Key)
+	// Trackers hear of the change: the views before and after are
+	// looked at only when one follows the key.
+	tracked := s.nloaded && rec.Kind != 0 && s.trackedByLocked(rec.Key)
+	var old Value
+	var hadOld bool
+	if tracked {
+		old, hadOld = s.trackedLocked(rec.Key)
+	}
 	switch rec.Kind {
 	case EventAdd, EventModify:
 		s.local[rec.Key] = rec.New
@@ -198,7 +238,7 @@ func (s *Store) applyRecordLocked(rb *rebuild, rec nodeRecord) {
 		delete(s.local, rec.Key)
 	}
 	s.nseq = rec.Seq
-	if s.nloaded && rec.Kind != 0 {
+	if tracked {
 		cur, hasCur := s.trackedLocked(rec.Key)
 		s.notifyLocked(rec.Key, old, hadOld, cur, hasCur)
 	}

@@ -71,7 +71,7 @@ func (r *reader) take(n int) []byte {
 		r.err = errShortFrame
 		return nil
 	}
-	p := r.b[:n]
+	p := r.b[:n:n] // an append to it never writes over what follows
 	r.b = r.b[n:]
 	return p
 }
@@ -190,6 +190,55 @@ func appendRecord(b []byte, rec nodeRecord) []byte {
 	b = append(b, byte(rec.New.Type))
 	b = binary.BigEndian.AppendUint32(b, uint32(len(rec.New.Data)))
 	return append(b, rec.New.Data...)
+}
+
+// recordRef is a feed record as decodeFeedRefs leaves it: Key and Data
+// alias the frame (no copy); the copy owns them only once it keeps them.
+type recordRef struct {
+	Seq    uint64
+	Writer uint64
+	WSeq   uint64
+	Kind   EventKind
+	Status cswire.Error
+	Key    []byte
+	Type   Type
+	Data   []byte
+}
+
+// decodeFeedRefs decodes a feed message into refs (reused: its array is
+// kept between messages), its records' keys and values aliasing b. Under
+// a stream of writes a copy's node feed is mostly its own writes coming
+// back, whose key and value it holds already (applyFeed): copying each
+// record's key and value out of the frame cost two allocations per set.
+func decodeFeedRefs(b []byte, refs []recordRef) (epoch, last uint64, out []recordRef, err error) {
+	r := &reader{b: b}
+	r.version()
+	epoch = r.u64()
+	first := r.u64()
+	last = r.u64()
+	n := r.u32()
+	if r.err == nil && int(n) > len(r.b)/28 {
+		return 0, 0, refs[:0], errShortFrame
+	}
+	out = refs[:0]
+	for i := uint32(0); i < n && r.err == nil; i++ {
+		rec := recordRef{Seq: first + uint64(i)}
+		rec.Writer = r.u64()
+		rec.WSeq = r.u64()
+		rec.Kind = EventKind(r.u8())
+		rec.Status = cswire.Error(int32(r.u32()))
+		rec.Key = r.take(int(r.u16()))
+		rec.Type = Type(r.u8())
+		rec.Data = r.take(int(r.u32()))
+		out = append(out, rec)
+	}
+	if r.err == nil && len(r.b) != 0 {
+		r.err = fmt.Errorf("objdb: %d bytes after a feed message", len(r.b))
+	}
+	if r.err == nil && n > 0 && first+uint64(n)-1 != last {
+		r.err = fmt.Errorf("objdb: feed message of %d records from %d claims last %d", n, first, last)
+	}
+	return epoch, last, out, r.err
 }
 
 // feedMsg is a decoded feed message.

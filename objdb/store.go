@@ -799,6 +799,16 @@ func (t *tracker) matches(key string) bool {
 	return key == t.key
 }
 
+// trackedByLocked reports whether a tracker follows key.
+func (s *Store) trackedByLocked(key string) bool {
+	for _, t := range s.tracks {
+		if t.matches(key) {
+			return true
+		}
+	}
+	return false
+}
+
 // notifyLocked tells the trackers of key what changed between old and
 // cur (the tracked view before and after).
 func (s *Store) notifyLocked(key string, old Value, hadOld bool, cur Value, hasCur bool) {
