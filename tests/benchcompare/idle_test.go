@@ -145,18 +145,35 @@ func idleCPU(ctx context.Context, c *netcluster.Cluster, _ clients, _ int) (map[
 // idleBreakdown renders the median per-process idle figures of each
 // backend and topology: where a node's idle CPU goes.
 func idleBreakdown(topologies []int, all map[int]*figures) string {
+	return breakdown(topologies, all, idleGroup, "idle.proc.", minMedMax2, func(nodes int, backend string) string {
+		return fmt.Sprintf("%d node(s), %s, idle %% of a core per node by process", nodes, backend)
+	})
+}
+
+// setBreakdown renders the median CPU per set of each kind of process
+// over a cmap measurement's set phase.
+func setBreakdown(topologies []int, all map[int]*figures, group string) string {
+	return breakdown(topologies, all, group, "set.cpu_us.", minMedMax, func(nodes int, backend string) string {
+		return fmt.Sprintf("%d node(s), %s, %s: CPU µs per set by process, the cluster's sum", nodes, backend, group)
+	})
+}
+
+// breakdown renders, per topology and backend, one line of a group's
+// per-process figures (the keys under prefix), each as min / median /
+// max over the runs, after what title says the line is.
+func breakdown(topologies []int, all map[int]*figures, group, prefix string, format func([]float64) string, title func(nodes int, backend string) string) string {
 	var b strings.Builder
 	for _, nodes := range topologies {
 		f := all[nodes]
 		for _, backend := range []string{"corosync", "corobus"} {
-			runs := f.vals[backend+"/"+idleGroup]
+			runs := f.vals[backend+"/"+group]
 			if len(runs) == 0 {
 				continue
 			}
 			labels := map[string]bool{}
 			for _, r := range runs {
 				for k := range r {
-					if l, ok := strings.CutPrefix(k, "idle.proc."); ok {
+					if l, ok := strings.CutPrefix(k, prefix); ok {
 						labels[l] = true
 					}
 				}
@@ -165,11 +182,11 @@ func idleBreakdown(topologies []int, all map[int]*figures) string {
 			for _, l := range sortedKeys(labels) {
 				var xs []float64
 				for _, r := range runs {
-					xs = append(xs, r["idle.proc."+l])
+					xs = append(xs, r[prefix+l])
 				}
-				parts = append(parts, fmt.Sprintf("%s %s", l, minMedMax2(xs)))
+				parts = append(parts, fmt.Sprintf("%s %s", l, format(xs)))
 			}
-			fmt.Fprintf(&b, "- %d node(s), %s, idle %% of a core per node by process (min / median / max): %s\n", nodes, backend, strings.Join(parts, "; "))
+			fmt.Fprintf(&b, "- %s (min / median / max): %s\n", title(nodes, backend), strings.Join(parts, "; "))
 		}
 	}
 	if b.Len() == 0 {
@@ -190,40 +207,4 @@ func sortedKeys(m map[string]bool) []string {
 // minMedMax2 is minMedMax with two decimals: idle figures are small.
 func minMedMax2(xs []float64) string {
 	return minMedMaxAs(xs, func(x float64) string { return fmt.Sprintf("%.2f", x) })
-}
-
-// setBreakdown renders the median CPU per set of each kind of process
-// over a cmap measurement's set phase.
-func setBreakdown(topologies []int, all map[int]*figures, group string) string {
-	var b strings.Builder
-	for _, nodes := range topologies {
-		f := all[nodes]
-		for _, backend := range []string{"corosync", "corobus"} {
-			runs := f.vals[backend+"/"+group]
-			if len(runs) == 0 {
-				continue
-			}
-			labels := map[string]bool{}
-			for _, r := range runs {
-				for k := range r {
-					if l, ok := strings.CutPrefix(k, "set.cpu_us."); ok {
-						labels[l] = true
-					}
-				}
-			}
-			var parts []string
-			for _, l := range sortedKeys(labels) {
-				var xs []float64
-				for _, r := range runs {
-					xs = append(xs, r["set.cpu_us."+l])
-				}
-				parts = append(parts, fmt.Sprintf("%s %s", l, minMedMax(xs)))
-			}
-			fmt.Fprintf(&b, "- %d node(s), %s, %s: CPU µs per set by process, the cluster's sum (min / median / max): %s\n", nodes, backend, group, strings.Join(parts, "; "))
-		}
-	}
-	if b.Len() == 0 {
-		return ""
-	}
-	return "\n" + b.String()
 }
