@@ -121,7 +121,11 @@ func (p *Proxy) accept() {
 		refuse := p.refuse || p.closed
 		target := p.target
 		p.mu.Unlock()
-		if refuse {
+		// A target that is the proxy itself (its port was handed out
+		// twice) would have every connection dial the next one, until
+		// the process runs out of descriptors: refused, as a peer that
+		// is down.
+		if refuse || target == p.ln.Addr().String() {
 			_ = in.Close()
 			continue
 		}

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/bus/bustest"
 	"github.com/corobus/corobus/bus/faultproxy"
 	"github.com/corobus/corobus/bus/totem"
 )
@@ -74,7 +75,12 @@ func New(t testing.TB, opts Options) *Cluster {
 		t.Fatal(err)
 	}
 	c := &Cluster{t: t, opts: opts, Subjects: subj, Rec: NewRecorder(), nodes: make([]*Node, opts.N)}
-	c.ports = freePorts(t, opts.N)
+	// Below the ephemeral range (bustest.FreePorts): the proxies listen
+	// on port 0, in that range, and a proxy given the port a node was
+	// just given dialled itself for every connection it accepted — a
+	// fresh-clone run saw the harness run out of file descriptors for
+	// 25 s while a node waited for its port.
+	c.ports = bustest.FreePorts(t, opts.N)
 	for range opts.N {
 		c.dirs = append(c.dirs, t.TempDir())
 	}
@@ -97,23 +103,6 @@ func New(t testing.TB, opts Options) *Cluster {
 		c.Start(i + 1)
 	}
 	return c
-}
-
-func freePorts(t testing.TB, n int) []int {
-	var ls []net.Listener
-	var out []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		_ = l.Close()
-	}
-	return out
 }
 
 func (c *Cluster) close() {
@@ -200,7 +189,7 @@ func (c *Cluster) Start(id int) *Node {
 		// The route port was taken after freePorts released it (other
 		// clusters run in parallel): move to another and retarget the
 		// proxies that lead here.
-		c.ports[id-1] = freePorts(c.t, 1)[0]
+		c.ports[id-1] = bustest.FreePorts(c.t, 1)[0]
 		opts.Cluster.Port = c.ports[id-1]
 		for i := range c.opts.N {
 			if p := c.proxies[i][id-1]; p != nil {
