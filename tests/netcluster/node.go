@@ -43,6 +43,8 @@ type Node struct {
 	done   chan struct{}
 	exit   error
 	starts int
+	// killed are the pids the last Kill killed.
+	killed []int
 }
 
 // Command is name args… inside the node's namespaces (network, and mount
@@ -198,6 +200,7 @@ func (n *Node) Kill() error {
 	killed, err := n.h.killAll(30 * time.Second)
 	n.mu.Lock()
 	done := n.done
+	n.killed = killed
 	n.mu.Unlock()
 	if done != nil {
 		<-done
@@ -392,6 +395,14 @@ func mkdirLike(dir string, mode os.FileMode, user, group string) error {
 // removeShm removes /dev/shm entries of libqb connections whose server or
 // client was one of pids (qb-<server>-<client>-…): nobody else can use
 // them, and a SIGKILLed process cannot remove its own.
+// Killed returns the pids the node's last Kill killed (as seen from the
+// test's pid namespace, which is the node's).
+func (n *Node) Killed() []int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]int(nil), n.killed...)
+}
+
 func removeShm(pids []int) {
 	if len(pids) == 0 {
 		return

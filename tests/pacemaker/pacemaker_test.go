@@ -337,9 +337,9 @@ func exercise(t *testing.T, v variant) {
 // /var/lib (Pacemaker's CIB, corosync's ring id) stays, as on a disk.
 //
 // /run and /dev/shm here are the node's own mounts (MountNS: a directory
-// of the node's, a fresh tmpfs), so everything in them was made by the
-// node's processes: the machine's /dev/shm, where a user's corosync or
-// other libqb programs keep their rings, is never touched. The node's
+// of the node's, a fresh tmpfs): the machine's /dev/shm, where a user's
+// corosync or other libqb programs keep their rings, is never touched, and
+// of the node's /dev/shm only the rings of the killed processes go. The node's
 // directories are checked to be other than the test's own (device and
 // inode, as stat sees them inside the node) before anything is removed:
 // without its own mounts this would empty the machine's, so it refuses.
@@ -359,7 +359,23 @@ func (pc *pcmkCluster) reboot(n *netcluster.Node) {
 			pc.fatalf("reboot of node %d: its %s is the machine's (no mount of its own): refusing to empty it", n.ID, d)
 		}
 	}
-	args := append(append([]string(nil), dirs...), "-mindepth", "1", "-xdev", "!", "-type", "d", "-delete")
+	// /run is the node's alone; of /dev/shm, only the libqb rings of the
+	// processes the kill killed (qb-<server pid>-<client pid>-…): a test
+	// judges only what its own processes made.
+	if _, err := pc.run(n, "find", "/run", "-mindepth", "1", "-xdev", "!", "-type", "d", "-delete"); err != nil {
+		pc.fatalf("%v", err)
+	}
+	args := []string{"/dev/shm", "-mindepth", "1", "-maxdepth", "1", "-xdev", "("}
+	for i, pid := range n.Killed() {
+		if i > 0 {
+			args = append(args, "-o")
+		}
+		args = append(args, "-name", fmt.Sprintf("qb-%d-*", pid), "-o", "-name", fmt.Sprintf("qb-*-%d-*", pid))
+	}
+	if len(args) == 7 {
+		return // nothing was killed
+	}
+	args = append(args, ")", "-exec", "rm", "-rf", "{}", "+")
 	if _, err := pc.run(n, "find", args...); err != nil {
 		pc.fatalf("%v", err)
 	}
