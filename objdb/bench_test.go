@@ -235,6 +235,7 @@ func batchKV(b *testing.B, jss []jetstream.JetStream) {
 	if _, err := js.UpdateStream(ctx, cfg); err != nil {
 		b.Fatal(err)
 	}
+	leaderBatch(b, jss)
 	const size = 4
 	b.Run("kv-batch4-8", func(b *testing.B) {
 		b.SetParallelism(4)
@@ -334,6 +335,114 @@ func BenchmarkNodeSets(b *testing.B) {
 			if err := st.Set(ctx, k, objdb.Value{Type: objdb.Uint32, Data: binary.LittleEndian.AppendUint32(nil, i)}); err != nil {
 				b.Fatal(err)
 			}
+		}
+	})
+}
+
+// leaderBatch is BenchmarkThreeNodes' leader-batch-8: what gathering the
+// whole cluster's writes where the stream's leader is would cost. Eight
+// writers spread over the three nodes send each put as a core request to
+// one writer on the leader's server, which publishes what has queued
+// meanwhile as one atomic batch (one in flight) and answers each request
+// with its sequence. writes/batch is the batches' mean size.
+func leaderBatch(b *testing.B, jss []jetstream.JetStream) {
+	ctx := context.Background()
+	st, err := jss[0].Stream(ctx, "KV_benchbatch")
+	if err != nil {
+		b.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var w jetstream.JetStream
+	for _, js := range jss {
+		if info.Cluster != nil && js.Conn().ConnectedServerName() == info.Cluster.Leader {
+			w = js
+		}
+	}
+	if w == nil {
+		b.Fatalf("no connection to the stream's leader %v", info.Cluster)
+	}
+	reqs := make(chan *nats.Msg, 1024)
+	sub, err := w.Conn().ChanSubscribe("bench.leaderbatch", reqs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	var batches, writes atomic.Int64
+	done := make(chan struct{})
+	defer func() { close(reqs); <-done }()
+	go func() {
+		defer close(done)
+		var q []*nats.Msg
+		for m := range reqs {
+			q = append(q[:0], m)
+		gather:
+			for {
+				select {
+				case m, ok := <-reqs:
+					if !ok {
+						break gather
+					}
+					q = append(q, m)
+				default:
+					break gather
+				}
+			}
+			id := nuid.Next()
+			var ack *jetstream.PubAck
+			for j, r := range q {
+				m := nats.NewMsg("$KV.benchbatch." + r.Header.Get("Key"))
+				m.Data = r.Data
+				if len(q) > 1 {
+					m.Header.Set("Nats-Batch-Id", id)
+					m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(j+1))
+				}
+				if j < len(q)-1 {
+					if err := w.Conn().PublishMsg(m); err != nil {
+						b.Error(err)
+					}
+					continue
+				}
+				if len(q) > 1 {
+					m.Header.Set("Nats-Batch-Commit", "1")
+				}
+				if ack, err = w.PublishMsg(ctx, m); err != nil {
+					b.Error(err)
+				}
+			}
+			batches.Add(1)
+			writes.Add(int64(len(q)))
+			for j, r := range q {
+				var seq []byte
+				if ack != nil {
+					seq = strconv.AppendUint(nil, ack.Sequence-uint64(len(q)-1-j), 10)
+				}
+				_ = r.Respond(seq)
+			}
+		}
+	}()
+	b.Run("leader-batch-8", func(b *testing.B) {
+		b.SetParallelism(4)
+		batches.Store(0)
+		writes.Store(0)
+		defer reportCPU(b)()
+		var n atomic.Int64
+		b.RunParallel(func(pb *testing.PB) {
+			i := n.Add(1)
+			nc := jss[int(i)%3].Conn()
+			m := nats.NewMsg("bench.leaderbatch")
+			m.Header.Set("Key", fmt.Sprintf("c.leader.%d", i))
+			m.Data = []byte{1, 2, 3, 4}
+			for pb.Next() {
+				if r, err := nc.RequestMsg(m, 5*time.Second); err != nil || len(r.Data) == 0 {
+					b.Fatalf("put through the leader's writer: %v", err)
+				}
+			}
+		})
+		if n := batches.Load(); n > 0 {
+			b.ReportMetric(float64(writes.Load())/float64(n), "writes/batch")
 		}
 	})
 }
