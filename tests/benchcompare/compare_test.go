@@ -338,6 +338,7 @@ func TestCompare(t *testing.T) {
 	}
 	fmt.Print(table(topologies, all, runs, secs, what))
 	fmt.Print(idleBreakdown(topologies, all))
+	fmt.Print(setBreakdown(topologies, all, "cmap node key, 8 clients"))
 	fmt.Print(setBreakdown(topologies, all, "cmap cluster key, 8 clients"))
 }
 
