@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -17,6 +19,7 @@ import (
 	"github.com/corobus/corobus/loader"
 	"github.com/corobus/corobus/logsys"
 	"github.com/corobus/corobus/node"
+	"github.com/corobus/corobus/node/procgov"
 	"github.com/corobus/corobus/objdb"
 	"github.com/corobus/corobus/services/cfg"
 	"github.com/corobus/corobus/services/ipc"
@@ -261,6 +264,14 @@ func runBus(ctx context.Context, a *app, args []string) error {
 	users, err := a.users()
 	if err != nil {
 		return err
+	}
+	// The bus is the node's process that works in bursts and rests in
+	// between: one processor at rest, all of them at work (package
+	// procgov), unless GOMAXPROCS says how many.
+	if !slices.ContainsFunc(a.environ, func(kv string) bool { return strings.HasPrefix(kv, "GOMAXPROCS=") }) {
+		gctx, stop := context.WithCancel(ctx)
+		defer stop()
+		go procgov.Run(gctx, procgov.Config{Log: logsys.For(ls.Logger(), "BUS")})
 	}
 	return node.RunBus(ctx, cfg, ls, a.version, restarts, users, a.busHooks(), nil)
 }
