@@ -254,10 +254,6 @@ type clusterConsumer struct {
 	// local says hb is localIdleHeartbeat: the consumer must be on the
 	// server nc is connected to (errConsumerElsewhere otherwise).
 	local bool
-	// preferLocal asks for a consumer on the server nc is connected to
-	// (errConsumerElsewhere otherwise), with the heartbeats of one that
-	// may be elsewhere.
-	preferLocal bool
 	// from is the last revision applied: the consumer delivers what
 	// follows it; 0 delivers the latest revision of every key (a load).
 	from uint64
@@ -338,7 +334,7 @@ func (c *clusterConsumer) run(ctx context.Context) error {
 	if info.Cluster != nil {
 		server = info.Cluster.Leader
 	}
-	if (c.local || c.preferLocal) && server != "" && server != c.nc.ConnectedServerName() {
+	if c.local && server != "" && server != c.nc.ConnectedServerName() {
 		return errConsumerElsewhere
 	}
 	c.created(server, info.NumPending)
