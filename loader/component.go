@@ -42,7 +42,11 @@ type Component struct {
 	// StatsEvery is how often the instance looks whether its counters
 	// changed, and announces them if so (at most that often); default
 	// 1s, or Interval if shorter. An instance whose counters do not
-	// change announces once per Interval only.
+	// change announces once per Interval only. It looks only while they
+	// move: a request served (or answered "moved") starts the looks,
+	// and a look that finds nothing new ends them until the next one —
+	// unless Counters is set without CountersMoved, when it looks every
+	// StatsEvery all along.
 	StatsEvery time.Duration
 	// Linger is how long a retiring instance keeps answering "moved"
 	// after the last request that reached it before it unsubscribes;
@@ -64,7 +68,12 @@ type Component struct {
 	// messages, by number), announced with the functions' counters: the
 	// service manager records them as runtime.services.<service>.<N>.*.
 	Counters func() map[string]FnStats
-	Log      *slog.Logger
+	// CountersMoved, set with Counters, receives (a send that does not
+	// block: a channel of one) whenever Counters may have changed: the
+	// instance then looks at its counters as after a request, and does
+	// not wake every StatsEvery at rest to look.
+	CountersMoved <-chan struct{}
+	Log           *slog.Logger
 }
 
 // instanceState is a running Serve.
@@ -85,6 +94,10 @@ type instanceState struct {
 	statsMu sync.Mutex
 	stats   map[string]*fnCounters
 	moved   atomic.Uint64
+	// looking says Run looks at the counters every StatsEvery; while it
+	// does not, a change pokes it (activity).
+	looking  atomic.Bool
+	activity chan struct{}
 	// announced is the stats (and moved count) of the last
 	// announcement, and announcedAt its time (under statsMu).
 	announced   map[string]FnStats
@@ -127,7 +140,7 @@ func (c Component) Serve(ctx context.Context, nc *nats.Conn, subjects bus.Subjec
 		c.Log = slog.New(slog.DiscardHandler)
 	}
 	s := &instanceState{c: c, nc: nc, subjects: subjects, node: node, id: nuid.Next(), started: time.Now().UTC(),
-		state: Serving, retired: make(chan struct{}), stats: map[string]*fnCounters{}}
+		state: Serving, retired: make(chan struct{}), stats: map[string]*fnCounters{}, activity: make(chan struct{}, 1)}
 	return s.run(ctx)
 }
 
@@ -145,6 +158,7 @@ func (s *instanceState) run(ctx context.Context) error {
 			s.mu.Unlock()
 			s.moved.Add(1)
 			s.reply(m, nats.Header{HdrStatus: []string{StatusMoved}}, nil)
+			s.counted()
 			return
 		}
 		s.inflight.Add(1)
@@ -189,12 +203,22 @@ func (s *instanceState) run(ctx context.Context) error {
 	s.announce()
 	c.Log.Info("component serving", "component", c.Name, "version", c.Version, "namespace", c.Namespace, "subject", c.Subject, "instance", s.id)
 
-	// One tick every StatsEvery looks at the counters; an announcement
-	// goes out when they changed or a heartbeat is due. At rest that is
-	// one message per Interval instead of one per second: every loader
-	// and service manager of the cluster receives each of them.
-	t := time.NewTicker(c.StatsEvery)
+	// A look every StatsEvery while the counters move (or the instance
+	// retires) announces them when they changed; otherwise the timer
+	// waits for the next heartbeat. At rest that is one message per
+	// Interval instead of one per second, as every loader and service
+	// manager of the cluster receives each of them, and one wake-up of
+	// the process per Interval instead of one per StatsEvery (an idle
+	// node's five instances woke their processes five times a second).
+	poll := c.Counters != nil && c.CountersMoved == nil
+	s.looking.Store(true)
+	t := time.NewTimer(c.StatsEvery)
 	defer t.Stop()
+	look := func() {
+		if !s.looking.Swap(true) {
+			t.Reset(c.StatsEvery)
+		}
+	}
 	retiredAt := time.Time{}
 	retired := s.retired
 loop:
@@ -208,9 +232,24 @@ loop:
 			retired = nil // fire once
 			retiredAt = time.Now()
 			s.announce()
+			look()
+		case <-s.activity:
+			look()
+		case <-c.CountersMoved:
+			look()
 		case now := <-t.C:
-			if now.Sub(s.lastAnnounce()) >= c.Interval-c.StatsEvery/2 || s.statsChanged() {
+			// Not looking from here: a change made after this point
+			// pokes (activity), one made before it is seen below.
+			s.looking.Store(false)
+			changed := s.statsChanged()
+			if changed || now.Sub(s.lastAnnounce()) >= c.Interval-c.StatsEvery/2 {
 				s.announce()
+			}
+			if changed || poll || !retiredAt.IsZero() {
+				s.looking.Store(true)
+				t.Reset(c.StatsEvery)
+			} else {
+				t.Reset(max(time.Until(s.lastAnnounce().Add(c.Interval-c.StatsEvery/2)), c.StatsEvery/2))
 			}
 			if !retiredAt.IsZero() {
 				s.mu.Lock()
@@ -271,6 +310,19 @@ func (s *instanceState) serve(ctx context.Context, m *nats.Msg) {
 	}
 	if s.reply(m, hdr, data) {
 		ctr.tx.Add(1)
+	}
+	s.counted()
+}
+
+// counted tells Run that the counters moved, if it is not looking at
+// them already: under load one atomic load a request, at rest one wake-up.
+func (s *instanceState) counted() {
+	if s.looking.Load() {
+		return
+	}
+	select {
+	case s.activity <- struct{}{}:
+	default:
 	}
 }
 

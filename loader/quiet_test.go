@@ -3,6 +3,7 @@ package loader_test
 import (
 	"context"
 	"encoding/json"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -115,4 +116,61 @@ func decoded[T any](t *testing.T, nc *nats.Conn, subject string) <-chan T {
 	}
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
 	return ch
+}
+
+// TestCountersMovedAtRest: an instance whose own counters (Counters) say
+// when they move (CountersMoved) does not look at them on a timer at
+// rest, yet announces a change of them once told, and a request's at
+// once, however long it rested.
+func TestCountersMovedAtRest(t *testing.T) {
+	_, nc, subjects := loaderNode(t, "node1")
+	anns := decoded[loader.Announcement](t, nc, subjects.LcrAnnounce("told"))
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var own atomic.Uint64
+	moved := make(chan struct{}, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() {
+		comp := loader.Component{Name: "told", Version: 1, Interval: time.Hour, StatsEvery: 20 * time.Millisecond,
+			Handler:       func(_ context.Context, _ string, m *nats.Msg) ([]byte, error) { return m.Data, nil },
+			Counters:      func() map[string]loader.FnStats { return map[string]loader.FnStats{"0": {RX: own.Load()}} },
+			CountersMoved: moved}
+		served <- comp.Serve(ctx, nc, subjects, 1)
+	}()
+	defer func() {
+		cancel()
+		<-served
+	}()
+	waitAnn := func(what string, ok func(loader.Announcement) bool) loader.Announcement {
+		t.Helper()
+		deadline := time.After(30 * time.Second)
+		for {
+			select {
+			case a := <-anns:
+				if ok(a) {
+					return a
+				}
+			case <-deadline:
+				t.Fatalf("no announcement %s", what)
+			}
+		}
+	}
+	a := waitAnn("once serving", func(a loader.Announcement) bool { return a.State == loader.Serving })
+	// Each change after ten StatsEvery without one: the instance has
+	// stopped looking by then (were it still looking, the test would
+	// pass without checking what it is for, never fail for it).
+	rest := func() { time.Sleep(10 * 20 * time.Millisecond) }
+	rest()
+	own.Add(1)
+	moved <- struct{}{}
+	waitAnn("after the component's own counter moved", func(a loader.Announcement) bool { return a.Stats["0"].RX == 1 })
+	for i := uint64(1); i <= 2; i++ {
+		rest()
+		if err := nc.Publish(a.Subject+".echo", nil); err != nil { // counted as rx
+			t.Fatal(err)
+		}
+		waitAnn("after a request", func(a loader.Announcement) bool { return a.Stats["echo"].RX == i })
+	}
 }

@@ -135,7 +135,7 @@ func Run(ctx context.Context, env layer.Env) error {
 		g.Add(func() error {
 			return session.ServeComponent(ctx, env.Conn, env.Subjects, env.Node.ID, loader.Component{
 				Name: ComponentName, Version: ComponentVersion, Subject: Subject(env.Subjects, env.Node.ID),
-				Counters: svc.Counters,
+				Counters: svc.Counters, CountersMoved: svc.CountersMoved(),
 			}, svc, env.Log)
 		}, func(error) { cancel() })
 	}

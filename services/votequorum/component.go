@@ -89,7 +89,7 @@ func Run(ctx context.Context, env layer.Env) error {
 			return session.ServeComponent(ctx, env.Conn, env.Subjects, env.Node.ID, loader.Component{
 				Name: ComponentName, Version: ComponentVersion, Subject: Subject(env.Subjects, env.Node.ID),
 				Exit:     func() error { svc.Leaving(ctx); return nil },
-				Counters: svc.Counters,
+				Counters: svc.Counters, CountersMoved: svc.CountersMoved(),
 			}, svc, env.Log)
 		}, func(error) { cancel() })
 	}
