@@ -159,6 +159,9 @@ func (s *Service) Counters() map[string]uint64 {
 }
 
 // Record writes the counters that changed every interval until ctx ends.
+// It looks only while they move: after a look that found nothing new it
+// waits for a change (countersMoved) instead of the next interval, so a
+// gateway at rest does not wake every interval for it.
 func (s *Service) Record(ctx context.Context, r Recorder, interval time.Duration) {
 	last := map[string]uint64{}
 	put := func(key string, t objdb.Type, v string) error {
@@ -169,14 +172,18 @@ func (s *Service) Record(ctx context.Context, r Recorder, interval time.Duration
 		return r.Set(ctx, "runtime.services.cpg."+key, val)
 	}
 	idDone := false
-	t := time.NewTicker(interval)
+	t := time.NewTimer(interval)
 	defer t.Stop()
 	for {
+		// Something to write again (a change, or a write that failed):
+		// look once more after interval; else wait for a change first.
+		again := false
 		// The object database may not serve yet when the service starts
 		// (cpg in the gateway starts with it): tried again until written.
 		if !idDone {
 			if err := put("service_id", objdb.Uint16, strconv.Itoa(ServiceID)); err != nil {
 				s.log.Debug("recording cpg's service id", "err", err)
+				again = true
 			} else {
 				idDone = true
 			}
@@ -185,16 +192,33 @@ func (s *Service) Record(ctx context.Context, r Recorder, interval time.Duration
 			if old, ok := last[k]; ok && old == v {
 				continue
 			}
+			again = true
 			if err := put(k, objdb.Uint64, strconv.FormatUint(v, 10)); err != nil {
 				s.log.Debug("recording a cpg counter", "key", k, "err", err)
 				continue
 			}
 			last[k] = v
 		}
+		if !again {
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.moved:
+			}
+		}
+		t.Reset(interval)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// countersMoved tells Record that the counters may have changed.
+func (s *Service) countersMoved() {
+	select {
+	case s.moved <- struct{}{}:
+	default:
 	}
 }

@@ -109,6 +109,8 @@ type Service struct {
 	evBuf       []byte // deliveries are built here, under mu
 
 	stats stats
+	// moved wakes Record: a counter may have changed (countersMoved).
+	moved chan struct{}
 }
 
 // pendingOp is an own procjoin or procleave on its way through the order.
@@ -188,6 +190,7 @@ func New(opts Options) *Service {
 		asm:       map[asmKey]*assembly{},
 		activated: make(chan struct{}),
 		sends:     make(chan func(), 64),
+		moved:     make(chan struct{}, 1),
 	}
 }
 
@@ -301,11 +304,15 @@ func (s *Service) mcast(ctx context.Context, kind uint8, head, data []byte) erro
 	}
 	s.bytesSent.Add(int64(len(head) + len(data)))
 	s.stats.tx[kind].Add(1)
+	s.countersMoved()
 	return nil
 }
 
 // onDelivery takes CPG's stream, in the total order, from one goroutine.
 func (s *Service) onDelivery(d totem.Delivery) {
+	// Every delivery may move a counter (rx, deliveries, groups and
+	// members with a view change).
+	defer s.countersMoved()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if cc := d.ConfChg; cc != nil {
@@ -423,6 +430,7 @@ func (s *Service) deliverAlone(e *cpgwire.Exec) {
 	s.stats.rx[e.Kind].Add(1)
 	s.stats.alone.Add(1)
 	s.deliver(s.node, e)
+	s.countersMoved()
 }
 
 // ownDone takes an own join or leave off the pending list once it is
@@ -435,6 +443,7 @@ func (s *Service) ownDone(id totem.MsgID) {
 
 func (s *Service) confChg(cc *totem.ConfChg) {
 	s.stats.viewChanges.Add(1)
+	s.countersMoved()
 	if cc.Type == totem.Transitional {
 		s.trans = slices.Clone(cc.Members)
 		return
@@ -450,6 +459,7 @@ func (s *Service) startEpoch(id totem.MsgID) {
 	if !s.syncing {
 		s.syncing = true
 		s.stats.syncs.Add(1)
+		s.countersMoved()
 	}
 	s.updateFlowControl()
 	ring := s.ring
@@ -601,6 +611,7 @@ func (s *Service) procLeave(g cpgwire.Name, node, pid, reason uint32) {
 func (s *Service) notify(g cpgwire.Name, joined, left []cpgwire.Address) {
 	members := s.procs.members(g)
 	s.stats.confchgs.Add(1)
+	s.countersMoved()
 	for _, j := range joined {
 		if j.NodeID != s.node {
 			continue
@@ -650,6 +661,7 @@ func (s *Service) deliver(sender uint32, e *cpgwire.Exec) {
 	}
 	if !s.procs.nodeIn(e.Group, sender) {
 		s.stats.unknownSender.Add(1)
+		s.countersMoved()
 		s.log.Warn("message from a node not in the group; not delivered", "group", e.Group.Escaped(), "node", sender, "pid", e.PID)
 		return
 	}
@@ -704,6 +716,7 @@ func (s *Service) partialEvents(g cpgwire.Name, msgLen, node, pid, typ uint32, d
 func (s *Service) event(c *Conn, ev []byte) {
 	if err := c.client.Events(ev); err != nil {
 		s.stats.eventErrors.Add(1)
+		s.countersMoved()
 		s.log.Debug("cpg callback not sent", "conn", c.client.Label, "err", err)
 	}
 }
@@ -723,6 +736,7 @@ func (s *Service) updateFlowControl() {
 	}
 	if level != 0 {
 		s.stats.flowControl.Add(1)
+		s.countersMoved()
 	}
 	s.fcLevel = level
 	for _, c := range s.conns {

@@ -237,8 +237,10 @@ func (e *Engine) Run(ctx context.Context) error {
 	e.publish()
 	// A round still collecting builds asks again now and then: a build
 	// that went out while a member's engine was not listening is sent
-	// again by whoever sees this.
-	retry := time.NewTicker(buildRetry)
+	// again by whoever sees this. Only while a round runs: an engine at
+	// rest does not wake for it (every 3 s on every node, before).
+	retry := time.NewTimer(buildRetry)
+	armed := true
 	defer retry.Stop()
 	for {
 		select {
@@ -247,6 +249,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		case f := <-e.ev:
 			f()
 		case <-retry.C:
+			armed = false
 			if e.active && e.inited && e.idx < len(e.list) && time.Since(e.started) >= stuckAfter {
 				// Said (at a bounded rate) so that a round that never
 				// completes names the service and the members it waits for.
@@ -264,6 +267,10 @@ func (e *Engine) Run(ctx context.Context) error {
 				e.replied = map[uint32]bool{}
 				e.mcast(ctx, protoMsg{Type: "build", Ring: e.ring, Epoch: e.epoch, Services: e.mine, Late: true, Reply: true})
 			}
+		}
+		if e.active && !armed {
+			retry.Reset(buildRetry)
+			armed = true
 		}
 	}
 }
