@@ -95,28 +95,24 @@ func (c Config) withDefaults() Config {
 	if c.Busy == 0 {
 		c.Busy = runtime.GOMAXPROCS(0)
 	}
-	if c.Every <= 0 {
-		c.Every = DefaultEvery
-	}
-	if c.Rise <= 0 {
-		c.Rise = DefaultRise
-	}
-	if c.RiseWait <= 0 {
-		c.RiseWait = DefaultRiseWait
-	}
-	if c.Fall <= 0 {
-		c.Fall = DefaultFall
-	}
-	if c.FallWait <= 0 {
-		c.FallWait = DefaultFallWait
-	}
-	if c.Quiet <= 0 {
-		c.Quiet = DefaultQuiet
-	}
+	c.Every = positiveOr(c.Every, DefaultEvery)
+	c.Rise = positiveOr(c.Rise, DefaultRise)
+	c.RiseWait = positiveOr(c.RiseWait, DefaultRiseWait)
+	c.Fall = positiveOr(c.Fall, DefaultFall)
+	c.FallWait = positiveOr(c.FallWait, DefaultFallWait)
+	c.Quiet = positiveOr(c.Quiet, DefaultQuiet)
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
 	return c
+}
+
+// positiveOr is v, or def when v is zero or negative (unset).
+func positiveOr[T int | float64 | time.Duration](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
 }
 
 // state is the governor's decision and its count of quiet periods.
