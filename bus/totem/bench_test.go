@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -105,14 +106,16 @@ func benchMcast(b *testing.B, nc *nats.Conn, subj bus.Subjects, size int) {
 	ctx := context.Background()
 	payload := make([]byte, size)
 	// Latency: one message at a time.
-	for range 2000 {
+	for i := range 2000 {
 		mu.Lock()
 		sent[uint64(len(lat))+1] = time.Now() // seq is the count so far + 1
 		mu.Unlock()
 		if _, err := cl.Mcast(ctx, "bench", payload); err != nil {
 			b.Fatal(err)
 		}
-		<-got
+		if !awaitDelivery(got) {
+			b.Fatalf("own message %d not delivered within %v (a lost self-delivery, or a starved machine)", i+1, deliveryDeadline)
+		}
 	}
 	mu.Lock()
 	l := slices.Clone(lat)
@@ -122,11 +125,15 @@ func benchMcast(b *testing.B, nc *nats.Conn, subj bus.Subjects, size int) {
 	b.ResetTimer()
 	start, cpu0 := time.Now(), processCPU()
 	done := make(chan struct{})
+	var lost atomic.Bool
 	go func() {
+		defer close(done)
 		for range b.N {
-			<-got
+			if !awaitDelivery(got) {
+				lost.Store(true)
+				return
+			}
 		}
-		close(done)
 	}()
 	for range b.N {
 		if _, err := cl.Mcast(ctx, "bench", payload); err != nil {
@@ -134,6 +141,9 @@ func benchMcast(b *testing.B, nc *nats.Conn, subj bus.Subjects, size int) {
 		}
 	}
 	<-done
+	if lost.Load() {
+		b.Fatalf("a multicast of the window not delivered to its sender within %v (a lost self-delivery, or a starved machine)", deliveryDeadline)
+	}
 	el, cpu := time.Since(start), processCPU()-cpu0
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/el.Seconds(), "msgs/s")
@@ -143,6 +153,24 @@ func benchMcast(b *testing.B, nc *nats.Conn, subj bus.Subjects, size int) {
 	if len(l) > 0 {
 		b.ReportMetric(float64(l[len(l)/2].Microseconds()), "p50_us")
 		b.ReportMetric(float64(l[len(l)*99/100].Microseconds()), "p99_us")
+	}
+}
+
+// deliveryDeadline bounds the wait for one of the sender's own
+// deliveries: totem delivers every message to its sender while the sender
+// lives, so a benchmark that waits longer has found a loss (or a machine
+// too starved to measure on) and says so instead of hanging.
+const deliveryDeadline = time.Minute
+
+// awaitDelivery waits for one delivery on got, up to deliveryDeadline.
+func awaitDelivery(got <-chan struct{}) bool {
+	t := time.NewTimer(deliveryDeadline)
+	defer t.Stop()
+	select {
+	case <-got:
+		return true
+	case <-t.C:
+		return false
 	}
 }
 
