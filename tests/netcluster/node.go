@@ -43,8 +43,6 @@ type Node struct {
 	done   chan struct{}
 	exit   error
 	starts int
-	// killed are the pids the last Kill killed.
-	killed []int
 }
 
 // Command is name args… inside the node's namespaces (network, and mount
@@ -194,20 +192,18 @@ func (n *Node) Stop() error {
 
 // Kill SIGKILLs every process in the node — the engine, its children and
 // anything a test ran there — as a power cut would, and waits until they
-// are gone. Without a mount namespace it also removes the libqb /dev/shm
-// entries the killed processes leave (with one, /dev/shm is the node's).
+// are gone. It then removes the libqb /dev/shm entries the killed
+// processes leave, in the /dev/shm the node uses (the machine's, or its
+// own tmpfs with a mount namespace), and nothing else there.
 func (n *Node) Kill() error {
 	killed, err := n.h.killAll(30 * time.Second)
 	n.mu.Lock()
 	done := n.done
-	n.killed = killed
 	n.mu.Unlock()
 	if done != nil {
 		<-done
 	}
-	if !n.c.opts.MountNS {
-		removeShm(killed)
-	}
+	removeShm(n.shmDir(), killed)
 	if err != nil {
 		return fmt.Errorf("node %d: %w", n.ID, err)
 	}
@@ -392,18 +388,19 @@ func mkdirLike(dir string, mode os.FileMode, user, group string) error {
 	return nil
 }
 
-// removeShm removes /dev/shm entries of libqb connections whose server or
-// client was one of pids (qb-<server>-<client>-…): nobody else can use
-// them, and a SIGKILLed process cannot remove its own.
-// Killed returns the pids the node's last Kill killed (as seen from the
-// test's pid namespace, which is the node's).
-func (n *Node) Killed() []int {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return append([]int(nil), n.killed...)
+// shmDir is the node's /dev/shm as the test's process reaches it: with a
+// mount namespace, the holder's view of its own tmpfs.
+func (n *Node) shmDir() string {
+	if n.c.opts.MountNS {
+		return filepath.Join("/proc", strconv.Itoa(n.h.pid()), "root", "dev", "shm")
+	}
+	return "/dev/shm"
 }
 
-func removeShm(pids []int) {
+// removeShm removes, from dir, the entries of libqb connections whose
+// server or client was one of pids (qb-<server>-<client>-…): nobody else
+// can use them, and a SIGKILLed process cannot remove its own.
+func removeShm(dir string, pids []int) {
 	if len(pids) == 0 {
 		return
 	}
@@ -411,7 +408,7 @@ func removeShm(pids []int) {
 	for _, p := range pids {
 		dead[strconv.Itoa(p)] = true
 	}
-	entries, _ := os.ReadDir("/dev/shm")
+	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
 		// qb-<server pid>-<client pid>-<fd>-XXXXXX, as libqb 2 names them.
 		f := strings.Split(e.Name(), "-")
@@ -419,7 +416,7 @@ func removeShm(pids []int) {
 			continue
 		}
 		if dead[f[1]] || dead[f[2]] {
-			_ = os.RemoveAll(filepath.Join("/dev/shm", e.Name()))
+			_ = os.RemoveAll(filepath.Join(dir, e.Name()))
 		}
 	}
 }

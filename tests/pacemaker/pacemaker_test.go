@@ -330,53 +330,32 @@ func exercise(t *testing.T, v variant) {
 		round(tm.shutdownFailover), round(tm.cfgShutdown), round(tm.partitionQuorumLost), round(tm.partitionFailover), round(tm.heal))
 }
 
-// reboot empties what a reboot empties on a real machine: /run and
-// /dev/shm are tmpfs there, while the node's private directories here
-// outlive a kill. Without it, the Dummy agent's state file of a killed
-// node would say, after its restart, that the resource still runs there.
-// /var/lib (Pacemaker's CIB, corosync's ring id) stays, as on a disk.
+// reboot empties what a reboot empties on a real machine: /run is tmpfs
+// there, while the node's private directory here outlives a kill.
+// Without it, the Dummy agent's state file of a killed node would say,
+// after its restart, that the resource still runs there. /var/lib
+// (Pacemaker's CIB, corosync's ring id) stays, as on a disk. (/dev/shm
+// is the node's own tmpfs; the kill already removed the libqb rings of
+// the processes it killed, and only those: netcluster's Node.Kill.)
 //
-// /run and /dev/shm here are the node's own mounts (MountNS: a directory
-// of the node's, a fresh tmpfs): the machine's /dev/shm, where a user's
-// corosync or other libqb programs keep their rings, is never touched, and
-// of the node's /dev/shm only the rings of the killed processes go. The node's
-// directories are checked to be other than the test's own (device and
-// inode, as stat sees them inside the node) before anything is removed:
-// without its own mounts this would empty the machine's, so it refuses.
+// /run here is the node's own mount (MountNS: a directory of the node's);
+// it is checked to be other than the test's own (device and inode, as
+// stat sees them inside the node) before anything is removed: without
+// its own mount this would empty the machine's, so it refuses.
 func (pc *pcmkCluster) reboot(n *netcluster.Node) {
 	pc.t.Helper()
-	dirs := []string{"/run", "/dev/shm"}
-	for _, d := range dirs {
-		var host syscall.Stat_t
-		if err := syscall.Stat(d, &host); err != nil {
-			pc.fatalf("reboot of node %d: %v", n.ID, err)
-		}
-		out, err := pc.run(n, "stat", "-L", "-c", "%d:%i", d)
-		if err != nil {
-			pc.fatalf("reboot of node %d: %v", n.ID, err)
-		}
-		if strings.TrimSpace(out) == fmt.Sprintf("%d:%d", host.Dev, host.Ino) {
-			pc.fatalf("reboot of node %d: its %s is the machine's (no mount of its own): refusing to empty it", n.ID, d)
-		}
+	var host syscall.Stat_t
+	if err := syscall.Stat("/run", &host); err != nil {
+		pc.fatalf("reboot of node %d: %v", n.ID, err)
 	}
-	// /run is the node's alone; of /dev/shm, only the libqb rings of the
-	// processes the kill killed (qb-<server pid>-<client pid>-…): a test
-	// judges only what its own processes made.
+	out, err := pc.run(n, "stat", "-L", "-c", "%d:%i", "/run")
+	if err != nil {
+		pc.fatalf("reboot of node %d: %v", n.ID, err)
+	}
+	if strings.TrimSpace(out) == fmt.Sprintf("%d:%d", host.Dev, host.Ino) {
+		pc.fatalf("reboot of node %d: its /run is the machine's (no mount of its own): refusing to empty it", n.ID)
+	}
 	if _, err := pc.run(n, "find", "/run", "-mindepth", "1", "-xdev", "!", "-type", "d", "-delete"); err != nil {
-		pc.fatalf("%v", err)
-	}
-	args := []string{"/dev/shm", "-mindepth", "1", "-maxdepth", "1", "-xdev", "("}
-	for i, pid := range n.Killed() {
-		if i > 0 {
-			args = append(args, "-o")
-		}
-		args = append(args, "-name", fmt.Sprintf("qb-%d-*", pid), "-o", "-name", fmt.Sprintf("qb-*-%d-*", pid))
-	}
-	if len(args) == 7 {
-		return // nothing was killed
-	}
-	args = append(args, ")", "-exec", "rm", "-rf", "{}", "+")
-	if _, err := pc.run(n, "find", args...); err != nil {
 		pc.fatalf("%v", err)
 	}
 }
