@@ -76,6 +76,22 @@ type Component struct {
 	Log           *slog.Logger
 }
 
+// Moved tells a component instance that its counters may have changed
+// (Component.CountersMoved): Poke never blocks, and pokes made while one
+// waits count once.
+type Moved chan struct{}
+
+// NewMoved makes a Moved.
+func NewMoved() Moved { return make(Moved, 1) }
+
+// Poke says the counters may have changed.
+func (m Moved) Poke() {
+	select {
+	case m <- struct{}{}:
+	default:
+	}
+}
+
 // instanceState is a running Serve.
 type instanceState struct {
 	c        Component
@@ -97,7 +113,7 @@ type instanceState struct {
 	// looking says Run looks at the counters every StatsEvery; while it
 	// does not, a change pokes it (activity).
 	looking  atomic.Bool
-	activity chan struct{}
+	activity Moved
 	// announced is the stats (and moved count) of the last
 	// announcement, and announcedAt its time (under statsMu).
 	announced   map[string]FnStats
@@ -140,7 +156,7 @@ func (c Component) Serve(ctx context.Context, nc *nats.Conn, subjects bus.Subjec
 		c.Log = slog.New(slog.DiscardHandler)
 	}
 	s := &instanceState{c: c, nc: nc, subjects: subjects, node: node, id: nuid.Next(), started: time.Now().UTC(),
-		state: Serving, retired: make(chan struct{}), stats: map[string]*fnCounters{}, activity: make(chan struct{}, 1)}
+		state: Serving, retired: make(chan struct{}), stats: map[string]*fnCounters{}, activity: NewMoved()}
 	return s.run(ctx)
 }
 
@@ -317,12 +333,8 @@ func (s *instanceState) serve(ctx context.Context, m *nats.Msg) {
 // counted tells Run that the counters moved, if it is not looking at
 // them already: under load one atomic load a request, at rest one wake-up.
 func (s *instanceState) counted() {
-	if s.looking.Load() {
-		return
-	}
-	select {
-	case s.activity <- struct{}{}:
-	default:
+	if !s.looking.Load() {
+		s.activity.Poke()
 	}
 }
 

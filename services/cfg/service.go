@@ -76,7 +76,7 @@ type Service struct {
 	reloadMu sync.Mutex // one reload at a time, in delivery order
 	rx, tx   [NumExec]atomic.Uint64
 	// moved tells the component that rx or tx moved (CountersMoved).
-	moved chan struct{}
+	moved loader.Moved
 }
 
 // negotiation is one try_shutdown: who asked, with what flags, and the
@@ -95,7 +95,7 @@ func NewService(cfg Config) *Service {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{cfg: cfg, log: cfg.Log, moved: make(chan struct{}, 1), reloads: map[uint64]chan cswire.Error{}}
+	return &Service{cfg: cfg, log: cfg.Log, moved: loader.NewMoved(), reloads: map[uint64]chan cswire.Error{}}
 }
 
 // Run attaches to totem and serves until ctx ends.
@@ -125,13 +125,6 @@ func (s *Service) Counters() map[string]loader.FnStats {
 // looks at them then, not every second at rest (loader.Component).
 func (s *Service) CountersMoved() <-chan struct{} { return s.moved }
 
-func (s *Service) countersMoved() {
-	select {
-	case s.moved <- struct{}{}:
-	default:
-	}
-}
-
 func (s *Service) mcast(ctx context.Context, e Exec) error {
 	s.mu.Lock()
 	tc := s.tc
@@ -143,7 +136,7 @@ func (s *Service) mcast(ctx context.Context, e Exec) error {
 		return err
 	}
 	s.tx[e.Kind].Add(1)
-	s.countersMoved()
+	s.moved.Poke()
 	return nil
 }
 
@@ -177,7 +170,7 @@ func (s *Service) onDeliver(d totem.Delivery) {
 		return
 	}
 	s.rx[e.Kind].Add(1)
-	s.countersMoved()
+	s.moved.Poke()
 	switch e.Kind {
 	case ExecKillNode:
 		if e.NodeID != s.cfg.Node {

@@ -75,7 +75,7 @@ func (s *Service) Open(cl Client) (*Conn, error) {
 	s.nextConn++
 	c := &Conn{s: s, client: cl, source: s.prefix | s.nextConn, iters: map[uint64]*iteration{}}
 	s.conns[c.source] = c
-	s.countersMoved()
+	s.moved.Poke()
 	if s.fcLevel != 0 {
 		cl.Flow(s.fcLevel)
 	}
@@ -399,7 +399,7 @@ func (c *Conn) Close() {
 	}
 	c.closed = true
 	delete(s.conns, c.source)
-	s.countersMoved()
+	s.moved.Poke()
 	var leave *cpgwire.Exec
 	if c.state == stateJoinStarted || c.state == stateJoinCompleted {
 		leave = &cpgwire.Exec{Kind: cpgwire.ExecProcLeave, PID: c.pid, Reason: cpgwire.ReasonProcDown, Group: c.group}

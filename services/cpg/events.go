@@ -160,7 +160,7 @@ func (s *Service) Counters() map[string]uint64 {
 
 // Record writes the counters that changed every interval until ctx ends.
 // It looks only while they move: after a look that found nothing new it
-// waits for a change (countersMoved) instead of the next interval, so a
+// waits for a change (moved) instead of the next interval, so a
 // gateway at rest does not wake every interval for it.
 func (s *Service) Record(ctx context.Context, r Recorder, interval time.Duration) {
 	last := map[string]uint64{}
@@ -176,7 +176,7 @@ func (s *Service) Record(ctx context.Context, r Recorder, interval time.Duration
 	defer t.Stop()
 	for {
 		// Something to write again (a change, or a write that failed):
-		// look once more after interval; else wait for a change first.
+		// look once more after interval; else wait for a change (moved) first.
 		again := false
 		// The object database may not serve yet when the service starts
 		// (cpg in the gateway starts with it): tried again until written.
@@ -212,13 +212,5 @@ func (s *Service) Record(ctx context.Context, r Recorder, interval time.Duration
 			return
 		case <-t.C:
 		}
-	}
-}
-
-// countersMoved tells Record that the counters may have changed.
-func (s *Service) countersMoved() {
-	select {
-	case s.moved <- struct{}{}:
-	default:
 	}
 }

@@ -29,6 +29,7 @@ import (
 
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/totem"
+	"github.com/corobus/corobus/loader"
 	"github.com/corobus/corobus/services/cpg/cpgwire"
 	"github.com/corobus/corobus/services/cswire"
 )
@@ -109,8 +110,8 @@ type Service struct {
 	evBuf       []byte // deliveries are built here, under mu
 
 	stats stats
-	// moved wakes Record: a counter may have changed (countersMoved).
-	moved chan struct{}
+	// moved wakes Record: a counter may have changed.
+	moved loader.Moved
 }
 
 // pendingOp is an own procjoin or procleave on its way through the order.
@@ -190,7 +191,7 @@ func New(opts Options) *Service {
 		asm:       map[asmKey]*assembly{},
 		activated: make(chan struct{}),
 		sends:     make(chan func(), 64),
-		moved:     make(chan struct{}, 1),
+		moved:     loader.NewMoved(),
 	}
 }
 
@@ -304,7 +305,7 @@ func (s *Service) mcast(ctx context.Context, kind uint8, head, data []byte) erro
 	}
 	s.bytesSent.Add(int64(len(head) + len(data)))
 	s.stats.tx[kind].Add(1)
-	s.countersMoved()
+	s.moved.Poke()
 	return nil
 }
 
@@ -312,7 +313,7 @@ func (s *Service) mcast(ctx context.Context, kind uint8, head, data []byte) erro
 func (s *Service) onDelivery(d totem.Delivery) {
 	// Every delivery may move a counter (rx, deliveries, groups and
 	// members with a view change).
-	defer s.countersMoved()
+	defer s.moved.Poke()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if cc := d.ConfChg; cc != nil {
@@ -430,7 +431,7 @@ func (s *Service) deliverAlone(e *cpgwire.Exec) {
 	s.stats.rx[e.Kind].Add(1)
 	s.stats.alone.Add(1)
 	s.deliver(s.node, e)
-	s.countersMoved()
+	s.moved.Poke()
 }
 
 // ownDone takes an own join or leave off the pending list once it is
@@ -443,7 +444,7 @@ func (s *Service) ownDone(id totem.MsgID) {
 
 func (s *Service) confChg(cc *totem.ConfChg) {
 	s.stats.viewChanges.Add(1)
-	s.countersMoved()
+	s.moved.Poke()
 	if cc.Type == totem.Transitional {
 		s.trans = slices.Clone(cc.Members)
 		return
@@ -459,7 +460,7 @@ func (s *Service) startEpoch(id totem.MsgID) {
 	if !s.syncing {
 		s.syncing = true
 		s.stats.syncs.Add(1)
-		s.countersMoved()
+		s.moved.Poke()
 	}
 	s.updateFlowControl()
 	ring := s.ring
@@ -611,7 +612,7 @@ func (s *Service) procLeave(g cpgwire.Name, node, pid, reason uint32) {
 func (s *Service) notify(g cpgwire.Name, joined, left []cpgwire.Address) {
 	members := s.procs.members(g)
 	s.stats.confchgs.Add(1)
-	s.countersMoved()
+	s.moved.Poke()
 	for _, j := range joined {
 		if j.NodeID != s.node {
 			continue
@@ -661,7 +662,7 @@ func (s *Service) deliver(sender uint32, e *cpgwire.Exec) {
 	}
 	if !s.procs.nodeIn(e.Group, sender) {
 		s.stats.unknownSender.Add(1)
-		s.countersMoved()
+		s.moved.Poke()
 		s.log.Warn("message from a node not in the group; not delivered", "group", e.Group.Escaped(), "node", sender, "pid", e.PID)
 		return
 	}
@@ -716,7 +717,7 @@ func (s *Service) partialEvents(g cpgwire.Name, msgLen, node, pid, typ uint32, d
 func (s *Service) event(c *Conn, ev []byte) {
 	if err := c.client.Events(ev); err != nil {
 		s.stats.eventErrors.Add(1)
-		s.countersMoved()
+		s.moved.Poke()
 		s.log.Debug("cpg callback not sent", "conn", c.client.Label, "err", err)
 	}
 }
@@ -736,7 +737,7 @@ func (s *Service) updateFlowControl() {
 	}
 	if level != 0 {
 		s.stats.flowControl.Add(1)
-		s.countersMoved()
+		s.moved.Poke()
 	}
 	s.fcLevel = level
 	for _, c := range s.conns {

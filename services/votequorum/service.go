@@ -68,7 +68,7 @@ type Service struct {
 	marks   sync.Map // mark id → chan struct{}, closed when it comes back
 	rx, tx  [NumExec]atomic.Uint64
 	// moved tells the component that rx or tx moved (CountersMoved).
-	moved chan struct{}
+	moved loader.Moved
 }
 
 // NewService builds the service; Run starts it.
@@ -76,7 +76,7 @@ func NewService(cfg Config) (*Service, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	s := &Service{cfg: cfg, log: cfg.Log, moved: make(chan struct{}, 1), trackers: map[*Conn]bool{}, timers: map[string]*time.Timer{},
+	s := &Service{cfg: cfg, log: cfg.Log, moved: loader.NewMoved(), trackers: map[*Conn]bool{}, timers: map[string]*time.Timer{},
 		timerGen: map[string]uint64{}, regWait: map[*Conn]chan cswire.Error{}, sendq: make(chan Exec, 4096)}
 	core, err := NewCore(cfg.Node, cfg.Settings, (*env)(s), cfg.Log)
 	if err != nil {
@@ -140,7 +140,7 @@ func (s *Service) send(ctx context.Context) {
 				continue
 			}
 			s.tx[e.Kind].Add(1)
-			s.countersMoved()
+			s.moved.Poke()
 		}
 	}
 }
@@ -169,7 +169,7 @@ func (s *Service) onDeliver(d totem.Delivery) {
 		return
 	}
 	s.rx[e.Kind].Add(1)
-	s.countersMoved()
+	s.moved.Poke()
 	s.mu.Lock()
 	s.core.Deliver(m.ID.Node, e)
 	s.mu.Unlock()
@@ -187,13 +187,6 @@ func (s *Service) Counters() map[string]loader.FnStats {
 // CountersMoved receives when Counters may have changed: the component
 // looks at them then, not every second at rest (loader.Component).
 func (s *Service) CountersMoved() <-chan struct{} { return s.moved }
-
-func (s *Service) countersMoved() {
-	select {
-	case s.moved <- struct{}{}:
-	default:
-	}
-}
 
 // State is the current view.
 func (s *Service) State() State {
