@@ -65,29 +65,35 @@ func startTotem(b *testing.B, n int) (*bustest.Cluster, bus.Subjects) {
 }
 
 // BenchmarkMcast measures ordered multicast as a service process sees it:
-// a Client on node 1 multicasts and counts its own deliveries.
-// msgs/s: b.N messages with a full window; p50_us/p99_us: send-to-own-
-// delivery latency of messages sent one at a time.
+// a Client on node `from` multicasts through its own node's totem and
+// counts its own deliveries. Node 1 is the sequencer; from=2 is every
+// other node's path (the payload to the sequencer, its order record
+// back). msgs/s: b.N messages with a full window; p50_us/p99_us: send-to-
+// own-delivery latency of messages sent one at a time.
 func BenchmarkMcast(b *testing.B) {
 	for _, nodes := range []int{1, 3} {
 		b.Run(fmt.Sprintf("nodes=%d", nodes), func(b *testing.B) {
 			c, subj := startTotem(b, nodes)
-			for _, size := range []int{64, 1024, 64 << 10} {
-				b.Run(fmt.Sprintf("size=%d", size), func(b *testing.B) {
-					benchMcast(b, c.Conn(1), subj, size)
-				})
+			for from := 1; from <= min(nodes, 2); from++ {
+				for _, size := range []int{64, 1024, 64 << 10} {
+					b.Run(fmt.Sprintf("from=%d/size=%d", from, size), func(b *testing.B) {
+						benchMcast(b, c.Conn(from), subj, uint32(from), size)
+					})
+				}
 			}
 		})
 	}
 }
 
-func benchMcast(b *testing.B, nc *nats.Conn, subj bus.Subjects, size int) {
+// benchMcast multicasts through node's totem on nc, a connection to that
+// node's server.
+func benchMcast(b *testing.B, nc *nats.Conn, subj bus.Subjects, node uint32, size int) {
 	var mu sync.Mutex
 	sent := map[uint64]time.Time{}
 	var lat []time.Duration
 	got := make(chan struct{}, 1<<16)
 	var cl *totem.Client
-	cl, err := totem.NewClient(nc, subj, 1, totem.ClientOptions{Window: 1024, Service: "bench", OnDeliver: func(d totem.Delivery) {
+	cl, err := totem.NewClient(nc, subj, node, totem.ClientOptions{Window: 1024, Service: "bench", OnDeliver: func(d totem.Delivery) {
 		if d.Message == nil || d.Message.ID.Origin != cl.Origin() {
 			return
 		}

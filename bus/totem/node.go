@@ -566,18 +566,31 @@ func (n *Node) onSubmit(m *nats.Msg) {
 	}
 	n.mu.Lock()
 	n.submit(MsgID{Node: n.cfg.NodeID, Origin: origin, Seq: seq}, service, payload)
-	if pendingZero(m.Sub) {
+	if queueDrained(m.Sub) {
 		n.flush()
 	}
 	n.mu.Unlock()
 }
 
-func pendingZero(sub *nats.Subscription) bool {
+// queueDrained reports, from inside sub's message handler, whether the
+// message being handled is the last one queued: nothing else waits, so a
+// batch gathered so far (the sequencer's order record) goes out now.
+//
+// nats.go counts the message being handled as pending until its handler
+// returns (waitForMsgs settles the count at the top of its next turn), so
+// in a handler an empty queue reads as 1. Testing for 0 never held there:
+// the sequencer published the order records of other nodes' messages only
+// at its next tick (heartbeat/2, 100 ms by default) or beside a message of
+// its own node — every multicast from any other node took about 100 ms to
+// come back (corosync's cpg_lat from node 2 of three: p50 100 ms against
+// 0.3 ms from node 1, the sequencer), and every node but the sequencer's
+// received the sequencer's own messages that late.
+func queueDrained(sub *nats.Subscription) bool {
 	if sub == nil {
 		return true
 	}
 	p, _, err := sub.Pending()
-	return err != nil || p == 0
+	return err != nil || p <= 1
 }
 
 // onData takes a payload off the data subject.
@@ -600,7 +613,7 @@ func (n *Node) onData(m *nats.Msg) {
 		return
 	}
 	n.takeData(&f)
-	if pendingZero(m.Sub) {
+	if queueDrained(m.Sub) {
 		n.flush()
 	}
 }
@@ -710,7 +723,7 @@ func (n *Node) onOrder(m *nats.Msg) {
 		return
 	}
 	n.takeOrder(first, ids)
-	if pendingZero(m.Sub) {
+	if queueDrained(m.Sub) {
 		n.flush()
 	}
 }

@@ -193,17 +193,19 @@ func benchScale(b *testing.B, n int) {
 	}
 	views := nodes[0].tn.Status().Views
 
-	// Multicast on the formed cluster, from node 2 (node 1 sequences).
-	sender := nodes[1]
+	// Multicast on the formed cluster, from node 2 through its own totem
+	// (node 1 sequences). Until 30 Nov the client submitted to node 1's
+	// totem wherever it was connected: the figures were the sequencer's.
+	sender, senderID := nodes[1], uint32(2)
 	if n < 2 {
-		sender = nodes[0]
+		sender, senderID = nodes[0], 1
 	}
 	nc, err := sender.srv.Connect("bench")
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(nc.Close)
-	benchMcast(b, nc, subj, 64)
+	benchMcast(b, nc, subj, senderID, 64)
 
 	// Kill the last node; the others must install the view without it.
 	b.StopTimer()
