@@ -223,8 +223,70 @@ func cpgTput(size int) func(ctx context.Context, c *netcluster.Cluster, cl clien
 	}
 }
 
+// cpgLat runs cpg_lat on node 1 and, on a cluster, on the last node too:
+// corobus's sequencer is its ring's lowest node, whose own messages take
+// the shortest path, so node 1 alone would show only its best case
+// (corosync's token goes round every node alike). The last node's
+// figures are prefixed "other.".
 func cpgLat(ctx context.Context, c *netcluster.Cluster, cl clients, secs int) (map[string]float64, error) {
-	return runClient(ctx, c.Node(1), cl.cpgLat, "2000", "64", "benchlat")
+	res, err := runClient(ctx, c.Node(1), cl.cpgLat, "2000", "64", "benchlat")
+	if err != nil || len(c.Nodes) < 2 {
+		return res, err
+	}
+	other, err := runClient(ctx, c.Nodes[len(c.Nodes)-1], cl.cpgLat, "2000", "64", "benchlat")
+	for k, v := range other {
+		res["other."+k] = v
+	}
+	return res, err
+}
+
+// cpgLatClients runs n cpg_lat clients together, spread over the
+// cluster's nodes, each in a group of its own: n synchronous senders, each
+// waiting for its own message's agreed delivery before the next — the shape
+// of a write that is ordered by totem and acknowledged when delivered
+// (docs/objdb.md, cluster keys). Figures: the aggregate rate (each client's
+// messages over its mean round trip, summed), the mean round trip, and the
+// CPU per message of every process of the cluster over the whole run.
+func cpgLatClients(n int) func(ctx context.Context, c *netcluster.Cluster, cl clients, secs int) (map[string]float64, error) {
+	return func(ctx context.Context, c *netcluster.Cluster, cl clients, secs int) (map[string]float64, error) {
+		const perClient = 5000
+		var mu sync.Mutex
+		var firstErr error
+		var rate, meanSum float64
+		var wg sync.WaitGroup
+		before := sampleCluster(c)
+		for i := range n {
+			node := c.Nodes[i%len(c.Nodes)]
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				res, err := runClient(ctx, node, cl.cpgLat, strconv.Itoa(perClient), "64", fmt.Sprintf("benchlat8c%d", i))
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					if firstErr == nil {
+						firstErr = err
+					}
+					return
+				}
+				if m := res["mean_us"]; m > 0 {
+					rate += 1e6 / m
+					meanSum += m
+				}
+			}()
+		}
+		wg.Wait()
+		after := sampleCluster(c)
+		if firstErr != nil {
+			return nil, firstErr
+		}
+		res := map[string]float64{"msgs_per_s": rate, "mean_us": meanSum / float64(n)}
+		msgs := float64(n * perClient)
+		for _, ticks := range cpuTicks(before, after) {
+			res["cpu_us"] += float64(ticks) / userHZ * 1e6 / msgs
+		}
+		return res, nil
+	}
 }
 
 var measurements = []measurement{
@@ -237,6 +299,7 @@ var measurements = []measurement{
 	{"cpg 1 KiB", cpgTput(1024)},
 	{"cpg 64 KiB", cpgTput(65536)},
 	{"cpg latency", cpgLat},
+	{"cpg latency, 8 clients", cpgLatClients(8)},
 }
 
 var rows = []row{
@@ -258,6 +321,11 @@ var rows = []row{
 	{"cpg_tput 64 KiB, MB/s", "cpg 64 KiB", "mb_per_s"},
 	{"cpg_lat 64 B p50, µs", "cpg latency", "p50_us"},
 	{"cpg_lat 64 B p99, µs", "cpg latency", "p99_us"},
+	{"cpg_lat 64 B p50 from the last node, µs", "cpg latency", "other.p50_us"},
+	{"cpg_lat 64 B p99 from the last node, µs", "cpg latency", "other.p99_us"},
+	{"cpg_lat 64 B, 8 clients at once (a group each), msgs/s", "cpg latency, 8 clients", "msgs_per_s"},
+	{"cpg_lat 64 B, 8 clients, mean round trip, µs", "cpg latency, 8 clients", "mean_us"},
+	{"cpg_lat 64 B, 8 clients, CPU µs per message (every process of the cluster)", "cpg latency, 8 clients", "cpu_us"},
 }
 
 // figures collects, per topology, measurement and backend, the results

@@ -4,7 +4,7 @@
  * Ordered multicast latency through libcpg: joins GROUP, then COUNT times
  * multicasts one CPG_TYPE_AGREED message of SIZE bytes and waits for its
  * own delivery. Prints
- *   RESULT n=N p50_us=A p99_us=B max_us=C
+ *   RESULT n=N p50_us=A p99_us=B max_us=C mean_us=D
  * or "UNAVAILABLE <why>" (exit 3) when no cpg service answers.
  */
 #include "common.h"
@@ -107,9 +107,13 @@ int main(int argc, char **argv)
 		}
 		lat[i] = mono_ns() - t0;
 	}
+	double sum = 0;
+	for (i = 0; i < count; i++)
+		sum += (double)lat[i];
 	qsort(lat, count, sizeof(*lat), cmp_u64);
-	printf("RESULT n=%zu p50_us=%.1f p99_us=%.1f max_us=%.1f\n", count,
-		percentile(lat, count, 50) / 1e3, percentile(lat, count, 99) / 1e3, lat[count - 1] / 1e3);
+	printf("RESULT n=%zu p50_us=%.1f p99_us=%.1f max_us=%.1f mean_us=%.1f\n", count,
+		percentile(lat, count, 50) / 1e3, percentile(lat, count, 99) / 1e3, lat[count - 1] / 1e3,
+		sum / count / 1e3);
 	cpg_leave(h, &group);
 	cpg_finalize(h);
 	return 0;
