@@ -146,9 +146,7 @@ type measurement struct {
 func cmapClients(prefix string, n int) func(ctx context.Context, c *netcluster.Cluster, cl clients, secs int) (map[string]float64, error) {
 	return func(ctx context.Context, c *netcluster.Cluster, cl clients, secs int) (map[string]float64, error) {
 		start := time.Now().Add(500 * time.Millisecond).UnixNano()
-		var mu sync.Mutex
 		sum := map[string]float64{}
-		var firstErr error
 		var wg sync.WaitGroup
 		// The cluster's CPU over the set phase (the clients' first secs
 		// seconds, from start) and the get phase (the rest): CPU per
@@ -162,25 +160,13 @@ func cmapClients(prefix string, n int) func(ctx context.Context, c *netcluster.C
 			time.Sleep(time.Until(time.Unix(0, start).Add(time.Duration(secs) * time.Second)))
 			after = sampleCluster(c)
 		}()
-		for i := range n {
-			node := c.Nodes[i%len(c.Nodes)]
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				res, err := runClient(ctx, node, cl.cmapBench, fmt.Sprintf("%s%d", prefix, i), strconv.Itoa(secs), strconv.FormatInt(start, 10))
-				mu.Lock()
-				defer mu.Unlock()
-				if err != nil {
-					if firstErr == nil {
-						firstErr = err
-					}
-					return
-				}
-				for k, v := range res {
-					sum[k] += v
-				}
-			}()
-		}
+		firstErr := runSpread(ctx, c, n, func(i int) (string, []string) {
+			return cl.cmapBench, []string{fmt.Sprintf("%s%d", prefix, i), strconv.Itoa(secs), strconv.FormatInt(start, 10)}
+		}, func(res map[string]float64) {
+			for k, v := range res {
+				sum[k] += v
+			}
+		})
 		wg.Wait()
 		// The get phase runs from the end of the set phase to the
 		// clients' end (each phase's figure carries a few operations of
@@ -240,6 +226,36 @@ func cpgLat(ctx context.Context, c *netcluster.Cluster, cl clients, secs int) (m
 	return res, err
 }
 
+// runSpread runs n clients at once, client i on node i mod the cluster's
+// size with the command command(i) gives, and hands each one's results to
+// take (one at a time). It returns the first client's error, after all
+// have ended.
+func runSpread(ctx context.Context, c *netcluster.Cluster, n int, command func(i int) (path string, args []string), take func(map[string]float64)) error {
+	var mu sync.Mutex
+	var firstErr error
+	var wg sync.WaitGroup
+	for i := range n {
+		node := c.Nodes[i%len(c.Nodes)]
+		path, args := command(i)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := runClient(ctx, node, path, args...)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				if firstErr == nil {
+					firstErr = err
+				}
+				return
+			}
+			take(res)
+		}()
+	}
+	wg.Wait()
+	return firstErr
+}
+
 // cpgLatClients runs n cpg_lat clients together, spread over the
 // cluster's nodes, each in a group of its own: n synchronous senders, each
 // waiting for its own message's agreed delivery before the next — the shape
@@ -250,35 +266,19 @@ func cpgLat(ctx context.Context, c *netcluster.Cluster, cl clients, secs int) (m
 func cpgLatClients(n int) func(ctx context.Context, c *netcluster.Cluster, cl clients, secs int) (map[string]float64, error) {
 	return func(ctx context.Context, c *netcluster.Cluster, cl clients, secs int) (map[string]float64, error) {
 		const perClient = 5000
-		var mu sync.Mutex
-		var firstErr error
 		var rate, meanSum float64
-		var wg sync.WaitGroup
 		before := sampleCluster(c)
-		for i := range n {
-			node := c.Nodes[i%len(c.Nodes)]
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				res, err := runClient(ctx, node, cl.cpgLat, strconv.Itoa(perClient), "64", fmt.Sprintf("benchlat8c%d", i))
-				mu.Lock()
-				defer mu.Unlock()
-				if err != nil {
-					if firstErr == nil {
-						firstErr = err
-					}
-					return
-				}
-				if m := res["mean_us"]; m > 0 {
-					rate += 1e6 / m
-					meanSum += m
-				}
-			}()
-		}
-		wg.Wait()
+		err := runSpread(ctx, c, n, func(i int) (string, []string) {
+			return cl.cpgLat, []string{strconv.Itoa(perClient), "64", fmt.Sprintf("benchlat8c%d", i)}
+		}, func(res map[string]float64) {
+			if m := res["mean_us"]; m > 0 {
+				rate += 1e6 / m
+				meanSum += m
+			}
+		})
 		after := sampleCluster(c)
-		if firstErr != nil {
-			return nil, firstErr
+		if err != nil {
+			return nil, err
 		}
 		res := map[string]float64{"msgs_per_s": rate, "mean_us": meanSum / float64(n)}
 		msgs := float64(n * perClient)
