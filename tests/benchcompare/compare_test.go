@@ -203,9 +203,26 @@ func cpuTicks(before, after sample) map[string]uint64 {
 	return out
 }
 
+// cpgTput runs one cpg_tput client on node 1. Besides its figures, the
+// cluster's CPU over the client's whole run (join and drain included)
+// per MB it delivered: cpu_us_per_mb, and cpu_us_per_mb.<label> per kind
+// of process (the client's own CPU is not counted).
 func cpgTput(size int) func(ctx context.Context, c *netcluster.Cluster, cl clients, secs int) (map[string]float64, error) {
 	return func(ctx context.Context, c *netcluster.Cluster, cl clients, secs int) (map[string]float64, error) {
-		return runClient(ctx, c.Node(1), cl.cpgTput, strconv.Itoa(size), strconv.Itoa(secs), fmt.Sprintf("benchtput%d", size))
+		before := sampleCluster(c)
+		res, err := runClient(ctx, c.Node(1), cl.cpgTput, strconv.Itoa(size), strconv.Itoa(secs), fmt.Sprintf("benchtput%d", size))
+		after := sampleCluster(c)
+		if err != nil {
+			return res, err
+		}
+		if mb := res["mb_per_s"] * float64(secs); mb > 0 {
+			for label, ticks := range cpuTicks(before, after) {
+				us := float64(ticks) / userHZ * 1e6 / mb
+				res["cpu_us_per_mb"] += us
+				res["cpu_us_per_mb."+label] += us
+			}
+		}
+		return res, nil
 	}
 }
 
@@ -319,6 +336,7 @@ var rows = []row{
 	{"cpg_tput 64 B, msgs/s", "cpg 64 B", "msgs_per_s"},
 	{"cpg_tput 1 KiB, msgs/s", "cpg 1 KiB", "msgs_per_s"},
 	{"cpg_tput 64 KiB, MB/s", "cpg 64 KiB", "mb_per_s"},
+	{"cpg_tput 64 KiB, CPU µs per MB (every process of the cluster, the client's run)", "cpg 64 KiB", "cpu_us_per_mb"},
 	{"cpg_lat 64 B p50, µs", "cpg latency", "p50_us"},
 	{"cpg_lat 64 B p99, µs", "cpg latency", "p99_us"},
 	{"cpg_lat 64 B p50 from the last node, µs", "cpg latency", "other.p50_us"},
@@ -408,6 +426,9 @@ func TestCompare(t *testing.T) {
 	fmt.Print(idleBreakdown(topologies, all))
 	fmt.Print(setBreakdown(topologies, all, "cmap node key, 8 clients"))
 	fmt.Print(setBreakdown(topologies, all, "cmap cluster key, 8 clients"))
+	fmt.Print(breakdown(topologies, all, "cpg 64 KiB", "cpu_us_per_mb.", minMedMax, func(nodes int, backend string) string {
+		return fmt.Sprintf("%d node(s), %s, cpg_tput 64 KiB: CPU µs per MB by process, the cluster's sum", nodes, backend)
+	}))
 }
 
 // selected says whether BENCH_ONLY asks for this measurement.
