@@ -69,7 +69,10 @@ func startTotem(b *testing.B, n int) (*bustest.Cluster, bus.Subjects) {
 // counts its own deliveries. Node 1 is the sequencer; from=2 is every
 // other node's path (the payload to the sequencer, its order record
 // back). msgs/s: b.N messages with a full window; p50_us/p99_us: send-to-
-// own-delivery latency of messages sent one at a time.
+// own-delivery latency of messages sent one at a time. keep=1: the client
+// keeps its 64 KiB messages (ClientOptions.KeepOwn, on a service of its
+// own: the bus remembers every client that named one until it closes)
+// and they come back without their payload.
 func BenchmarkMcast(b *testing.B) {
 	for _, nodes := range []int{1, 3} {
 		b.Run(fmt.Sprintf("nodes=%d", nodes), func(b *testing.B) {
@@ -77,23 +80,26 @@ func BenchmarkMcast(b *testing.B) {
 			for from := 1; from <= min(nodes, 2); from++ {
 				for _, size := range []int{64, 1024, 64 << 10} {
 					b.Run(fmt.Sprintf("from=%d/size=%d", from, size), func(b *testing.B) {
-						benchMcast(b, c.Conn(from), subj, uint32(from), size)
+						benchMcast(b, c.Conn(from), subj, uint32(from), size, "bench", false)
 					})
 				}
 			}
+			b.Run("from=1/size=65536/keep=1", func(b *testing.B) {
+				benchMcast(b, c.Conn(1), subj, 1, 64<<10, "benchkeep", true)
+			})
 		})
 	}
 }
 
 // benchMcast multicasts through node's totem on nc, a connection to that
 // node's server.
-func benchMcast(b *testing.B, nc *nats.Conn, subj bus.Subjects, node uint32, size int) {
+func benchMcast(b *testing.B, nc *nats.Conn, subj bus.Subjects, node uint32, size int, service string, keep bool) {
 	var mu sync.Mutex
 	sent := map[uint64]time.Time{}
 	var lat []time.Duration
 	got := make(chan struct{}, 1<<16)
 	var cl *totem.Client
-	cl, err := totem.NewClient(nc, subj, node, totem.ClientOptions{Window: 1024, Service: "bench", OnDeliver: func(d totem.Delivery) {
+	cl, err := totem.NewClient(nc, subj, node, totem.ClientOptions{Window: 1024, Service: service, KeepOwn: keep, OnDeliver: func(d totem.Delivery) {
 		if d.Message == nil || d.Message.ID.Origin != cl.Origin() {
 			return
 		}
@@ -116,7 +122,7 @@ func benchMcast(b *testing.B, nc *nats.Conn, subj bus.Subjects, node uint32, siz
 		mu.Lock()
 		sent[uint64(len(lat))+1] = time.Now() // seq is the count so far + 1
 		mu.Unlock()
-		if _, err := cl.Mcast(ctx, "bench", payload); err != nil {
+		if _, err := cl.Mcast(ctx, service, payload); err != nil {
 			b.Fatal(err)
 		}
 		if !awaitDelivery(got) {
@@ -142,7 +148,7 @@ func benchMcast(b *testing.B, nc *nats.Conn, subj bus.Subjects, node uint32, siz
 		}
 	}()
 	for range b.N {
-		if _, err := cl.Mcast(ctx, "bench", payload); err != nil {
+		if _, err := cl.Mcast(ctx, service, payload); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -42,7 +42,22 @@ type ClientOptions struct {
 	// bus, or one that was not up yet: configuration changes it published
 	// before were not seen.
 	OnListen func()
+	// KeepOwn: this client keeps the payload of each of its large
+	// multicasts on Service (keepMin bytes and more) until it is delivered
+	// back, and the node's bus, while this client is the only one that
+	// named Service to it, delivers such a message to it without the
+	// payload (KeptHeader): the payload does not cross the bus process
+	// and the socket a second time on the sender's node. For a service
+	// with one receiving client per node (CPG). A client of the same
+	// service that subscribes after the bus last looked, before it names
+	// the service, gets such a frame and cannot deliver it: it drops it,
+	// as it would have missed it a moment earlier.
+	KeepOwn bool
 }
+
+// keepMin is the smallest multicast a KeepOwn client keeps: below it the
+// payload costs less than the bookkeeping.
+const keepMin = 4 << 10
 
 // Client is how a process of a node (a service: cpg, sync, …) multicasts
 // in total order and receives the ordered stream, through the node's bus.
@@ -64,10 +79,16 @@ type Client struct {
 	done     chan struct{}
 	closed   sync.Once
 
-	mu     sync.Mutex
-	buf    []byte
-	subs   []*nats.Subscription
-	silent map[string]bool // services multicast on, subscribed for the window
+	mu      sync.Mutex
+	buf     []byte
+	subs    []*nats.Subscription
+	silent  map[string]bool // services multicast on, subscribed for the window
+	keepOwn bool
+	// keptMu guards kept, the payloads of own multicasts on service kept
+	// until they come back (KeepOwn), by sequence. Its own lock: a
+	// delivery does not wait for a submit's publish.
+	keptMu sync.Mutex
+	kept   map[uint64][]byte
 }
 
 // NewClient attaches to node's totem over nc.
@@ -94,6 +115,8 @@ func NewClient(nc *nats.Conn, subjects bus.Subjects, node uint32, opts ClientOpt
 		onListen: opts.OnListen,
 		done:     make(chan struct{}),
 		silent:   map[string]bool{},
+		keepOwn:  opts.KeepOwn && opts.Service != "",
+		kept:     map[uint64][]byte{},
 	}
 	if c.service == "" {
 		return c, nil
@@ -139,7 +162,7 @@ func (c *Client) subscribe(service string, h nats.MsgHandler) error {
 }
 
 func (c *Client) register(timeout time.Duration) error {
-	b, _ := json.Marshal(listenRequest{Service: c.service})
+	b, _ := json.Marshal(listenRequest{Service: c.service, Origin: c.origin})
 	m, err := c.nc.Request(c.subjects.TotemListen(c.node), b, timeout)
 	if err != nil {
 		return fmt.Errorf("totem client: naming service %s to node %d's totem: %w", c.service, c.node, err)
@@ -222,14 +245,42 @@ func (c *Client) mcast(ctx context.Context, service string, payload, tail []byte
 	// node sequences each origin's messages in the order they arrive.
 	c.mu.Lock()
 	id := MsgID{Node: c.node, Origin: c.origin, Seq: c.seq.Add(1)}
-	c.buf = append(appendSubmit(c.buf[:0], c.origin, id.Seq, service, payload), tail...)
-	err := c.nc.Publish(c.subject, c.buf)
+	var err error
+	if size := len(payload) + len(tail); c.keepOwn && service == c.service && size >= keepMin {
+		// A frame of its own: its payload is what comes back.
+		head := submitHdr + len(service)
+		b := append(appendSubmit(make([]byte, 0, head+size), c.origin, id.Seq, submitKept, service, payload), tail...)
+		c.keptMu.Lock()
+		c.kept[id.Seq] = b[head:]
+		c.keptMu.Unlock()
+		if err = c.nc.Publish(c.subject, b); err != nil {
+			c.takeKept(id)
+		}
+	} else {
+		c.buf = append(appendSubmit(c.buf[:0], c.origin, id.Seq, 0, service, payload), tail...)
+		err = c.nc.Publish(c.subject, c.buf)
+	}
 	c.mu.Unlock()
 	if err != nil {
 		<-c.slots
 		return MsgID{}, fmt.Errorf("totem client: submitting: %w", err)
 	}
 	return id, nil
+}
+
+// takeKept returns and forgets the kept payload of an own message
+// delivered back (whole or kept).
+func (c *Client) takeKept(id MsgID) ([]byte, bool) {
+	if !c.keepOwn || id.Node != c.node || id.Origin != c.origin {
+		return nil, false
+	}
+	c.keptMu.Lock()
+	defer c.keptMu.Unlock()
+	p, ok := c.kept[id.Seq]
+	if ok {
+		delete(c.kept, id.Seq)
+	}
+	return p, ok
 }
 
 // InFlight is how many of this client's messages are multicast and not
@@ -294,6 +345,17 @@ func (c *Client) onDeliver(m *nats.Msg) {
 	if err != nil {
 		return
 	}
+	p, ok := c.takeKept(msg.ID)
+	if m.Header.Get(KeptHeader) != "" {
+		if !ok {
+			// Not ours to fill (ClientOptions.KeepOwn): a frame of
+			// another client of this service, from before this one
+			// named it.
+			c.own(msg.ID)
+			return
+		}
+		msg.Payload = p
+	}
 	if msg.ID.Node == 0 {
 		// A configuration change, in its place among the messages.
 		var cc ConfChg
@@ -321,9 +383,16 @@ func (c *Client) unsubscribeAll() {
 	}
 }
 
-// Close stops the deliveries.
+// Close stops the deliveries and tells the bus that this client no longer
+// listens (its service may go without payload to another KeepOwn client).
 func (c *Client) Close() error {
-	c.closed.Do(func() { close(c.done) })
+	c.closed.Do(func() {
+		close(c.done)
+		if c.service != "" {
+			b, _ := json.Marshal(listenRequest{Service: c.service, Origin: c.origin, Leave: true})
+			_ = c.nc.Publish(c.subjects.TotemListen(c.node), b)
+		}
+	})
 	c.unsubscribeAll()
 	return nil
 }

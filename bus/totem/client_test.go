@@ -183,3 +183,148 @@ func TestAloneInItsRingPublishesNoFrames(t *testing.T) {
 	waitFor(t, "the message in the ring of two", func() bool { return delivered() == 51 })
 	waitFor(t, "its data frame and order record", func() bool { d, o := count(); return d > 0 && o > 0 })
 }
+
+// A KeepOwn client's large multicasts come back to it without their
+// payload while it is the only client that named its service to its node
+// (the frame says so, KeptHeader), and it delivers them whole from what it
+// kept; the other nodes get them whole; small ones and, once a second
+// client names the service, large ones too travel whole again.
+func TestKeptOwnMessagesComeBackWithoutPayload(t *testing.T) {
+	c := harness.New(t, harness.Options{N: 2, Token: 300 * time.Millisecond, Join: 30 * time.Millisecond, Consensus: 400 * time.Millisecond})
+	c.WaitView([]int{1, 2}, 10*time.Second)
+	// Node 1's deliver frames of alpha as its server publishes them (a
+	// subscriber that does not name the service to the bus).
+	var mu sync.Mutex
+	var kept, whole int
+	watch := c.Client(1)
+	sub, err := watch.Subscribe(c.Subjects.TotemDeliver(1, "alpha"), func(m *nats.Msg) {
+		msg, err := totem.ParseDeliver("alpha", m.Data)
+		if err != nil || msg.ID.Node == 0 {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if m.Header.Get(totem.KeptHeader) != "" {
+			kept++
+			if len(msg.Payload) != 0 {
+				t.Errorf("a kept frame carries %d bytes", len(msg.Payload))
+			}
+		} else {
+			whole++
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := watch.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	frames := func() (int, int) { mu.Lock(); defer mu.Unlock(); return kept, whole }
+	var a, b, a2 recorder
+	ca, err := totem.NewClient(c.Client(1), c.Subjects, 1, totem.ClientOptions{Service: "alpha", OnDeliver: a.on, KeepOwn: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ca.Close()
+	cb, err := totem.NewClient(c.Client(2), c.Subjects, 2, totem.ClientOptions{Service: "alpha", OnDeliver: b.on})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cb.Close()
+	payload := func(i int) []byte {
+		n := 16 << 10
+		if i%5 == 4 {
+			n = 100 // below what a client keeps
+		}
+		p := make([]byte, n)
+		for j := range p {
+			p[j] = byte(i + j)
+		}
+		return p
+	}
+	messages := func(r *recorder) (out [][]byte) {
+		for _, d := range r.snapshot() {
+			if d.Message != nil && d.Message.ID.Origin == ca.Origin() {
+				out = append(out, d.Message.Payload)
+			}
+		}
+		return out
+	}
+	same := func(who string, r *recorder, from, to int) {
+		t.Helper()
+		got := messages(r)
+		if len(got) < to {
+			t.Fatalf("%s received %d messages, want %d", who, len(got), to)
+		}
+		for i := from; i < to; i++ {
+			if !slices.Equal(got[i], payload(i)) {
+				t.Errorf("%s: message %d has %d bytes, not the %d sent", who, i, len(got[i]), len(payload(i)))
+			}
+		}
+	}
+	ctx := context.Background()
+	for i := range 20 {
+		if _, err := ca.Mcast(ctx, "alpha", payload(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "20 messages back and on node 2", func() bool { return len(messages(&a)) == 20 && len(messages(&b)) == 20 })
+	same("the sender", &a, 0, 20)
+	same("node 2", &b, 0, 20)
+	if err := watch.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if k, w := frames(); k != 16 || w != 4 {
+		t.Errorf("node 1 published %d kept and %d whole frames, want 16 and 4", k, w)
+	}
+	// A second client of alpha on node 1: it needs the payloads too.
+	ca2, err := totem.NewClient(c.Client(1), c.Subjects, 1, totem.ClientOptions{Service: "alpha", OnDeliver: a2.on})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ca2.Close()
+	for i := 20; i < 30; i++ {
+		if _, err := ca.Mcast(ctx, "alpha", payload(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "30 messages back", func() bool { return len(messages(&a)) == 30 && len(messages(&b)) == 30 })
+	same("the sender", &a, 20, 30)
+	same("node 2", &b, 20, 30)
+	got := messages(&a2)
+	if len(got) != 10 {
+		t.Fatalf("the second client of node 1 received %d messages, want 10", len(got))
+	}
+	for i, p := range got {
+		if !slices.Equal(p, payload(20+i)) {
+			t.Errorf("the second client: message %d has %d bytes, not the %d sent", 20+i, len(p), len(payload(20+i)))
+		}
+	}
+	if k, w := frames(); k != 16 || w != 14 {
+		t.Errorf("with two clients node 1 published %d kept and %d whole frames in all, want 16 and 14", k, w)
+	}
+	// The second client closes: the sender's large messages come back
+	// kept again, once the bus has its leave request.
+	ca2.Close()
+	n := 30
+	for deadline := time.Now().Add(20 * time.Second); ; n++ {
+		if _, err := ca.Mcast(ctx, "alpha", payload(n)); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the message back", func() bool { return len(messages(&a)) == n+1 })
+		if err := watch.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if k, _ := frames(); k > 16 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no kept frame after the second client closed")
+		}
+	}
+	waitFor(t, "every message on node 2", func() bool { return len(messages(&b)) == n+1 })
+	same("the sender", &a, 30, n+1)
+	same("node 2", &b, 30, n+1)
+	waitFor(t, "an empty window", func() bool { return ca.InFlight() == 0 })
+}

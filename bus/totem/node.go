@@ -92,6 +92,9 @@ type own struct {
 	sentAt  time.Time
 	ordered bool
 	done    bool
+	// kept: the origin keeps the payload (a Client's submit with
+	// submitKept), so its delivery here may go without it (KeptHeader).
+	kept bool
 }
 
 type proposal struct {
@@ -118,6 +121,13 @@ type Node struct {
 	// the configuration changes (TotemListen), by service, with their
 	// subjects.
 	listeners map[string]string
+	// listenOrigins are, by service, the origins of the clients that named
+	// it (0 for a request that gave none). A service named by exactly one
+	// origin is delivered to that origin's kept messages without their
+	// payload. A client that closes takes its origin out (a leave
+	// request); one that died without it leaves its origin, and its
+	// service goes back to whole frames (the safe side).
+	listenOrigins map[string]map[uint32]struct{}
 
 	inflight atomic.Int64 // own messages submitted and not delivered
 
@@ -207,36 +217,37 @@ func New(nc *nats.Conn, cfg Config, cb Callbacks) (*Node, error) {
 	}
 	s := cfg.Subjects
 	n := &Node{
-		cfg:         cfg,
-		nc:          nc,
-		log:         cfg.Logger,
-		cb:          cb,
-		inc:         binary.BigEndian.Uint64(b[:]) | 1,
-		subjData:    s.TotemData(),
-		subjOrder:   s.TotemOrder(),
-		subjHB:      s.TotemHeartbeat(),
-		subjMemb:    s.TotemMemb(),
-		subjConf:    s.TotemDeliverConfChg(cfg.NodeID),
-		deliverSubj: map[string]string{},
-		listeners:   map[string]string{},
-		peers:       map[uint32]*peer{},
-		state:       stGather,
-		gathering:   make(chan struct{}, 1),
-		news:        make(chan struct{}, 1),
-		incs:        map[uint32]uint64{},
-		unordered:   map[MsgID]*entry{},
-		waitingData: map[MsgID]uint64{},
-		joinCount:   map[uint32]uint64{},
-		addrs:       map[uint32]string{cfg.NodeID: cfg.Addr},
-		pendingIdx:  map[MsgID]*own{},
-		seqIDs:      map[MsgID]uint64{},
-		seqOld:      map[MsgID]struct{}{},
-		seqOlder:    map[MsgID]struct{}{},
-		seqLast:     map[originKey]uint64{},
-		seqHeld:     map[originKey]map[uint64]*dataFrame{},
-		lastSent:    map[uint32]uint64{},
-		prevOrphans: map[MsgID]*entry{},
-		origin:      binary.BigEndian.Uint32(b[:4]) | 1,
+		cfg:           cfg,
+		nc:            nc,
+		log:           cfg.Logger,
+		cb:            cb,
+		inc:           binary.BigEndian.Uint64(b[:]) | 1,
+		subjData:      s.TotemData(),
+		subjOrder:     s.TotemOrder(),
+		subjHB:        s.TotemHeartbeat(),
+		subjMemb:      s.TotemMemb(),
+		subjConf:      s.TotemDeliverConfChg(cfg.NodeID),
+		deliverSubj:   map[string]string{},
+		listeners:     map[string]string{},
+		listenOrigins: map[string]map[uint32]struct{}{},
+		peers:         map[uint32]*peer{},
+		state:         stGather,
+		gathering:     make(chan struct{}, 1),
+		news:          make(chan struct{}, 1),
+		incs:          map[uint32]uint64{},
+		unordered:     map[MsgID]*entry{},
+		waitingData:   map[MsgID]uint64{},
+		joinCount:     map[uint32]uint64{},
+		addrs:         map[uint32]string{cfg.NodeID: cfg.Addr},
+		pendingIdx:    map[MsgID]*own{},
+		seqIDs:        map[MsgID]uint64{},
+		seqOld:        map[MsgID]struct{}{},
+		seqOlder:      map[MsgID]struct{}{},
+		seqLast:       map[originKey]uint64{},
+		seqHeld:       map[originKey]map[uint64]*dataFrame{},
+		lastSent:      map[uint32]uint64{},
+		prevOrphans:   map[MsgID]*entry{},
+		origin:        binary.BigEndian.Uint32(b[:4]) | 1,
 	}
 	n.cur = newRingLog(RingID{}, nil)
 	seq, err := n.loadSeq()
@@ -459,7 +470,7 @@ func (n *Node) Mcast(service string, payload []byte) error {
 	}
 	n.mu.Lock()
 	n.localSeq++
-	n.submit(MsgID{Node: n.cfg.NodeID, Origin: n.origin, Seq: n.localSeq}, service, slices.Clone(payload))
+	n.submit(MsgID{Node: n.cfg.NodeID, Origin: n.origin, Seq: n.localSeq}, service, slices.Clone(payload), false)
 	n.flush()
 	n.mu.Unlock()
 	return nil
@@ -493,11 +504,11 @@ func (n *Node) statusLocked() Status {
 
 // submit queues one of this node's messages and sends it if the ring is
 // operational. Called with mu held.
-func (n *Node) submit(id MsgID, service string, payload []byte) {
+func (n *Node) submit(id MsgID, service string, payload []byte, kept bool) {
 	if _, dup := n.pendingIdx[id]; dup {
 		return
 	}
-	o := &own{id: id, service: service, payload: payload}
+	o := &own{id: id, service: service, payload: payload, kept: kept}
 	n.pending = append(n.pending, o)
 	n.pendingIdx[id] = o
 	n.inflight.Add(1)
@@ -539,6 +550,13 @@ func (n *Node) alone() bool {
 // listenRequest is what a Client sends to Subjects.TotemListen.
 type listenRequest struct {
 	Service string `json:"service"`
+	// Origin is the client's origin id: its kept messages of Service may
+	// come back without their payload while it is the service's only
+	// listener on the node.
+	Origin uint32 `json:"origin,omitempty"`
+	// Leave: the client with Origin closes; it no longer counts as one of
+	// Service's listeners.
+	Leave bool `json:"leave,omitempty"`
 }
 
 // onListen adds a service whose deliver subject also carries the
@@ -550,22 +568,34 @@ func (n *Node) onListen(m *nats.Msg) {
 		return
 	}
 	n.mu.Lock()
+	if r.Leave {
+		delete(n.listenOrigins[r.Service], r.Origin)
+		n.mu.Unlock()
+		if m.Reply != "" {
+			_ = m.Respond([]byte(`{"ok":true}`))
+		}
+		return
+	}
 	if _, ok := n.listeners[r.Service]; !ok {
 		n.listeners[r.Service] = n.cfg.Subjects.TotemDeliver(n.cfg.NodeID, r.Service)
 		n.log.Debug("a service listens", "service", r.Service)
 	}
+	if n.listenOrigins[r.Service] == nil {
+		n.listenOrigins[r.Service] = map[uint32]struct{}{}
+	}
+	n.listenOrigins[r.Service][r.Origin] = struct{}{}
 	n.mu.Unlock()
 	_ = m.Respond([]byte(`{"ok":true}`))
 }
 
 // onSubmit takes a Client's message.
 func (n *Node) onSubmit(m *nats.Msg) {
-	origin, seq, service, payload, err := parseSubmit(m.Data)
+	origin, seq, flags, service, payload, err := parseSubmit(m.Data)
 	if err != nil || origin == 0 {
 		return
 	}
 	n.mu.Lock()
-	n.submit(MsgID{Node: n.cfg.NodeID, Origin: origin, Seq: seq}, service, payload)
+	n.submit(MsgID{Node: n.cfg.NodeID, Origin: origin, Seq: seq}, service, payload, flags&submitKept != 0)
 	if queueDrained(m.Sub) {
 		n.flush()
 	}
@@ -769,8 +799,10 @@ func (n *Node) deliverReady() {
 
 func (n *Node) deliver(ring RingID, pos uint64, e *entry) {
 	m := Message{Ring: ring, Pos: pos, ID: e.id, Service: e.service, Payload: e.payload}
+	kept := false
 	if e.id.Node == n.cfg.NodeID {
 		if o := n.pendingIdx[e.id]; o != nil {
+			kept = o.kept && n.onlyListener(e.service, e.id.Origin)
 			o.done = true
 			delete(n.pendingIdx, e.id)
 			n.inflight.Add(-1)
@@ -785,8 +817,29 @@ func (n *Node) deliver(ring RingID, pos uint64, e *entry) {
 		subj = n.cfg.Subjects.TotemDeliver(n.cfg.NodeID, e.service)
 		n.deliverSubj[e.service] = subj
 	}
+	if kept {
+		// The origin has the payload and nobody else on this node
+		// receives the service: the frame goes without it, and its
+		// payload crosses neither this process again nor the socket to
+		// the origin's (docs/totem.md, "What a large message costs").
+		m.Payload = nil
+		n.scratch = appendDeliver(n.scratch[:0], &m)
+		_ = n.nc.PublishMsg(&nats.Msg{Subject: subj, Data: n.scratch, Header: nats.Header{KeptHeader: []string{"1"}}})
+		return
+	}
 	n.scratch = appendDeliver(n.scratch[:0], &m)
 	_ = n.nc.Publish(subj, n.scratch)
+}
+
+// onlyListener tells whether origin is the one client that named service
+// to this node (TotemListen). Called with mu held.
+func (n *Node) onlyListener(service string, origin uint32) bool {
+	o := n.listenOrigins[service]
+	if len(o) != 1 {
+		return false
+	}
+	_, ok := o[origin]
+	return ok
 }
 
 func (n *Node) compactPending() {

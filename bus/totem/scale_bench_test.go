@@ -205,7 +205,7 @@ func benchScale(b *testing.B, n int) {
 		b.Fatal(err)
 	}
 	b.Cleanup(nc.Close)
-	benchMcast(b, nc, subj, senderID, 64)
+	benchMcast(b, nc, subj, senderID, 64, "bench", false)
 
 	// Kill the last node; the others must install the view without it.
 	b.StopTimer()

@@ -260,28 +260,40 @@ func parseData(b []byte) (dataFrame, error) {
 }
 
 // Submit frame (TotemMcast): origin(4) seq(8) svclen(1) svc payload.
-func appendSubmit(dst []byte, origin uint32, seq uint64, service string, payload []byte) []byte {
-	var h [13]byte
+// Submit frame (TotemMcast): origin(4) seq(8) flags(1) svclen(1) svc
+// payload.
+const submitHdr = 14
+
+// submitKept (flags): the origin keeps the payload until its own message
+// is delivered back, so the node's bus may deliver it to the origin without
+// its payload (a kept deliver frame) when the origin is the only client
+// receiving the service on the node.
+const submitKept = 1
+
+func appendSubmit(dst []byte, origin uint32, seq uint64, flags byte, service string, payload []byte) []byte {
+	var h [submitHdr]byte
 	binary.BigEndian.PutUint32(h[:], origin)
 	binary.BigEndian.PutUint64(h[4:], seq)
-	h[12] = byte(len(service))
+	h[12] = flags
+	h[13] = byte(len(service))
 	dst = append(dst, h[:]...)
 	dst = append(dst, service...)
 	return append(dst, payload...)
 }
 
-func parseSubmit(b []byte) (origin uint32, seq uint64, service string, payload []byte, err error) {
-	if len(b) < 13 {
-		return 0, 0, "", nil, errShort
+func parseSubmit(b []byte) (origin uint32, seq uint64, flags byte, service string, payload []byte, err error) {
+	if len(b) < submitHdr {
+		return 0, 0, 0, "", nil, errShort
 	}
 	origin = binary.BigEndian.Uint32(b)
 	seq = binary.BigEndian.Uint64(b[4:])
-	n := int(b[12])
-	b = b[13:]
+	flags = b[12]
+	n := int(b[13])
+	b = b[submitHdr:]
 	if len(b) < n {
-		return 0, 0, "", nil, errShort
+		return 0, 0, 0, "", nil, errShort
 	}
-	return origin, seq, string(b[:n]), b[n:], nil
+	return origin, seq, flags, string(b[:n]), b[n:], nil
 }
 
 // Order record (TotemOrder): ring(12) first(8) count(4) then count ids.
@@ -328,6 +340,12 @@ func appendDeliver(dst []byte, m *Message) []byte {
 	dst = append(dst, h[:]...)
 	return append(dst, m.Payload...)
 }
+
+// KeptHeader marks a deliver frame published without its payload: the
+// message is its origin's own, submitted with the payload kept
+// (ClientOptions.KeepOwn), and the origin is the only client that named
+// the service to its node's bus. Its value is "1".
+const KeptHeader = "Corobus-Kept"
 
 // ParseDeliver decodes a TotemDeliver frame; service is the subject's last
 // token. The payload aliases b.

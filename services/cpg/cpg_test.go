@@ -552,3 +552,39 @@ func TestAlone(t *testing.T) {
 	}
 	t.Logf("sent %v; node 1 delivered %d without the totem", sent, c.svc(1).Counters()["alone"])
 }
+
+// Large multicasts (the totem client keeps its own, KeepOwn, and they come
+// back to the sender's node without their payload) reach the members of
+// both nodes whole and in order.
+func TestLargeOwnMessagesWhole(t *testing.T) {
+	c := newCluster(t, 2, cpg.Options{})
+	a, b := c.member(1, 1), c.member(2, 2)
+	a.join("kept")
+	b.join("kept")
+	a.waitLog("m=[1/1 2/2]")
+	b.waitLog("m=[1/1 2/2]")
+	var want [][]byte
+	for i := range 10 {
+		m := bytes.Repeat([]byte{byte('a' + i)}, 20<<10+i)
+		want = append(want, m)
+		a.conn.Request(context.Background(), cpgwire.EncodeMcast(cpgwire.GuaranteeAgreed, m))
+	}
+	a.mcast("last")
+	for _, m := range []*member{a, b} {
+		m.waitLog("deliver 1/1 last")
+		var got [][]byte
+		for _, e := range m.snapshot() {
+			if e.ID == cpgwire.ResDeliverCallback && len(e.Data) > 4 {
+				got = append(got, e.Data)
+			}
+		}
+		if len(got) != len(want) {
+			t.Fatalf("%d large deliveries, want %d", len(got), len(want))
+		}
+		for i := range want {
+			if !bytes.Equal(got[i], want[i]) {
+				t.Errorf("delivery %d: %d bytes, not the %d sent", i, len(got[i]), len(want[i]))
+			}
+		}
+	}
+}

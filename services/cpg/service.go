@@ -203,6 +203,11 @@ func (s *Service) Start(nc *nats.Conn) error {
 	s.nc = nc
 	tc, err := totem.NewClient(nc, s.opts.Subjects, s.node, totem.ClientOptions{
 		Window: s.opts.Window, Service: TotemService, OnDeliver: s.onDelivery, OnListen: s.onListen,
+		// One CPG instance per node receives CPG's stream: its own large
+		// multicasts come back without their payload (docs/totem.md,
+		// "What a large message costs"). Nothing of an instance that went
+		// is needed by the next one before it has synchronized.
+		KeepOwn: true,
 	})
 	if err != nil {
 		return err
