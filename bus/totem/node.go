@@ -410,7 +410,7 @@ func (n *Node) Run(ctx context.Context) error {
 			if n.atRest() {
 				next = n.restWake(now)
 			}
-			if due := n.lastHB.Add(n.hbPeriod()).Sub(now); due > 0 && due < next {
+			if due := n.hbDue().Sub(now); due > 0 && due < next {
 				next = due
 			}
 		}
@@ -430,12 +430,28 @@ func (n *Node) atRest() bool {
 		len(n.batch) == 0 && !n.repairing && !n.hearsNews && slices.Equal(n.aliveSet, n.members)
 }
 
-// hbPeriod is the heartbeat period now. Called with mu held.
-func (n *Node) hbPeriod() time.Duration {
+// hbDue is when the next heartbeat is due. Called with mu held.
+func (n *Node) hbDue() time.Time {
 	if n.atRest() {
-		return n.cfg.RestHeartbeat
+		return restDue(n.lastHB, n.cfg.RestHeartbeat)
 	}
-	return n.cfg.Heartbeat
+	return n.lastHB.Add(n.cfg.Heartbeat)
+}
+
+// restDue is the next heartbeat of a ring at rest after one sent at
+// last: the first multiple of period on the wall clock after last, so
+// never more than period after it. Every node of an idle cluster then
+// beats at the same instants, give or take their clocks' skew, and the
+// others' heartbeats reach a node while it is awake for its own, its
+// failure check and its runtime's timer: one wake-up a period instead
+// of one per node. A clock that jumps only moves the phase: the wait is
+// counted on the monotonic clock from last.
+func restDue(last time.Time, period time.Duration) time.Time {
+	rem := last.UnixNano() % int64(period)
+	if rem < 0 { // before 1970
+		rem += int64(period)
+	}
+	return last.Add(period - time.Duration(rem))
 }
 
 // restWake is how long a ring at rest may sleep: until its next
@@ -951,7 +967,7 @@ func (n *Node) tick(now time.Time) {
 	// it now rather than up to a heartbeat period later (a view of N
 	// nodes started together waited two periods, 400 ms by default,
 	// after the last route). The period is unchanged.
-	if now.Sub(n.lastHB) >= n.hbPeriod() || (n.hearsNews && now.Sub(n.lastHB) >= n.cfg.Join) {
+	if !now.Before(n.hbDue()) || (n.hearsNews && now.Sub(n.lastHB) >= n.cfg.Join) {
 		n.sendHeartbeat(now)
 	}
 	switch n.state {
