@@ -19,6 +19,7 @@ import (
 	"github.com/corobus/corobus/loader"
 	"github.com/corobus/corobus/logsys"
 	"github.com/corobus/corobus/node"
+	"github.com/corobus/corobus/node/priority"
 	"github.com/corobus/corobus/node/procgov"
 	"github.com/corobus/corobus/objdb"
 	"github.com/corobus/corobus/services/cfg"
@@ -89,6 +90,10 @@ func runUp(ctx context.Context, a *app, args []string) error {
 	log := logsys.For(ls.Logger(), "MAIN")
 	local, err := cfg.LocalNode()
 	if err != nil {
+		return err
+	}
+	// Before any layer starts: they inherit it.
+	if err := applyPriority(a, cfg, log); err != nil {
 		return err
 	}
 	// One node per state directory. Leftover layers of a node whose up
@@ -254,6 +259,9 @@ func runBus(ctx context.Context, a *app, args []string) error {
 		return err
 	}
 	defer ls.Close()
+	if err := applyPriority(a, cfg, logsys.For(ls.Logger(), "MAIN")); err != nil {
+		return err
+	}
 	// The bus writes the state directory: it holds its lock, handed by
 	// up or taken here.
 	lock, err := node.HoldStateDir(cfg.StateDir(), "bus", a.environ, true)
@@ -300,6 +308,9 @@ func layerCommand(l layer.Layer, verb, startedBy string) func(ctx context.Contex
 			return err
 		}
 		defer ls.Close()
+		if err := applyPriority(a, cfg, logsys.For(ls.Logger(), l.Subsys)); err != nil {
+			return err
+		}
 		// Started by up: hold its state directory lock. Started by hand
 		// to scale a layer: nothing to hold, it writes no state.
 		lock, err := node.HoldStateDir(cfg.StateDir(), l.Name, a.environ, false)
@@ -309,4 +320,18 @@ func layerCommand(l layer.Layer, verb, startedBy string) func(ctx context.Contex
 		defer lock.Close()
 		return node.RunLayer(ctx, l, cfg, nf.busURL, ls, a.version, restarts)
 	}
+}
+
+// applyPriority gives this process the node's scheduling priority
+// (package priority: corosync's, as near as a Go process can have it).
+// Under up, which applied it before starting this process, a refusal has
+// been reported already.
+func applyPriority(a *app, cfg *config.Config, log *slog.Logger) error {
+	s, err := priority.FromConfig(cfg)
+	if err != nil {
+		return err
+	}
+	underUp := slices.ContainsFunc(a.environ, func(kv string) bool { return strings.HasPrefix(kv, node.StateLockEnv+"=") })
+	priority.Apply(s, log, underUp)
+	return nil
 }

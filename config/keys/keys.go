@@ -51,7 +51,10 @@ type Key struct {
 	// Values, when set, are the only spellings corosync accepts for the
 	// key in corosync.conf: anything else is a mistake in the file.
 	Values []string
-	Doc    string
+	// Check, when set, is what else the key's value must satisfy (a
+	// spelling Values cannot list: system.priority's numbers).
+	Check func(value string) error
+	Doc   string
 }
 
 // table is every key. Sections in corosync.conf(5) order.
@@ -187,8 +190,8 @@ func table() []Key {
 
 		// system
 		{Pattern: "system.qb_ipc_type", Type: Str, Values: []string{"native", "shm", "socket"}, ReadOnly: true, Doc: "native, shm or socket: the IPC gateway's transport when ipc.transport is not set (native is shm)"},
-		{Pattern: "system.sched_rr", Type: Str, ReadOnly: true, Doc: "yes: real-time scheduling (accepted, unused)"},
-		{Pattern: "system.priority", Type: Str, ReadOnly: true, Doc: "process priority (accepted, unused)"},
+		{Pattern: "system.sched_rr", Type: Str, ReadOnly: true, Doc: "yes (or absent): the node's processes run at the highest priority — corosync's real-time scheduling; corobus takes corosync's fallback, nice -20 (docs/architecture.md, Departures); anything else: system.priority"},
+		{Pattern: "system.priority", Type: Str, ReadOnly: true, Check: checkPriority, Doc: "with sched_rr other than yes: the node's processes' nice value (-20 … 19), max (-20) or min (19); absent: left as started"},
 		{Pattern: "system.move_to_root_cgroup", Type: Str, ReadOnly: true, Doc: "accepted, unused"},
 		{Pattern: "system.allow_knet_handle_fallback", Type: Str, ReadOnly: true, Doc: "accepted, unused"},
 		{Pattern: "system.state_dir", Type: Str, ReadOnly: true, Default: "/var/lib/corosync", Doc: "where the node keeps its state: JetStream store, bus token"},
@@ -376,7 +379,41 @@ func Validate(key, value string) error {
 	if k.Values != nil && !slices.Contains(k.Values, value) {
 		return fmt.Errorf("%s: expected one of %s, found %q", key, strings.Join(quoteAll(k.Values), ", "), value)
 	}
+	if k.Check != nil {
+		if err := k.Check(value); err != nil {
+			return fmt.Errorf("%s: %w", key, err)
+		}
+	}
 	return nil
+}
+
+// Nice values: the kernel's range, which system.priority's max and min
+// name (corosync.conf(5)).
+const (
+	NiceMax = -20 // the highest priority
+	NiceMin = 19  // the lowest
+)
+
+// ParsePriority reads system.priority as corosync does: max, min, or a
+// nice value. Numbers outside the kernel's range are refused here (the
+// kernel would clamp them: a typo should not silently become -20).
+func ParsePriority(value string) (int, error) {
+	switch value {
+	case "max":
+		return NiceMax, nil
+	case "min":
+		return NiceMin, nil
+	}
+	n, err := strconv.Atoi(value)
+	if err != nil || n < NiceMax || n > NiceMin {
+		return 0, fmt.Errorf("expected max, min or a nice value from %d to %d, found %q", NiceMax, NiceMin, value)
+	}
+	return n, nil
+}
+
+func checkPriority(value string) error {
+	_, err := ParsePriority(value)
+	return err
 }
 
 func quoteAll(vs []string) []string {
