@@ -190,8 +190,8 @@ func table() []Key {
 
 		// system
 		{Pattern: "system.qb_ipc_type", Type: Str, Values: []string{"native", "shm", "socket"}, ReadOnly: true, Doc: "native, shm or socket: the IPC gateway's transport when ipc.transport is not set (native is shm)"},
-		{Pattern: "system.sched_rr", Type: Str, ReadOnly: true, Doc: "yes (or absent): the node's processes run at the highest priority — corosync's real-time scheduling; corobus takes corosync's fallback, nice -20 (docs/architecture.md, Departures); anything else: system.priority"},
-		{Pattern: "system.priority", Type: Str, ReadOnly: true, Check: checkPriority, Doc: "with sched_rr other than yes: the node's processes' nice value (-20 … 19), max (-20) or min (19); absent: left as started"},
+		{Pattern: "system.sched_rr", Type: Str, ReadOnly: true, Doc: "yes (or absent): corosync's real-time scheduling, which corobus does not take: its processes keep the priority they were started with (docs/architecture.md, Departures); anything else: system.priority applies"},
+		{Pattern: "system.priority", Type: Str, ReadOnly: true, Check: checkPriority, Doc: "with sched_rr other than yes: the nice value of every process of the node (-20 … 19), max (-20) or min (19); absent: left as started"},
 		{Pattern: "system.move_to_root_cgroup", Type: Str, ReadOnly: true, Doc: "accepted, unused"},
 		{Pattern: "system.allow_knet_handle_fallback", Type: Str, ReadOnly: true, Doc: "accepted, unused"},
 		{Pattern: "system.state_dir", Type: Str, ReadOnly: true, Default: "/var/lib/corosync", Doc: "where the node keeps its state: JetStream store, bus token"},

@@ -1,14 +1,14 @@
 // Package priority gives a node's processes the scheduling priority
-// corosync gives itself (system.sched_rr, system.priority).
+// corosync's system.sched_rr and system.priority ask for.
 //
 // corosync runs SCHED_RR at the highest real-time priority by default,
-// and when the kernel refuses that, at nice -20: membership must keep
-// its heartbeats on time on a busy host, or a loaded node is declared
-// dead and fenced. corobus does not use SCHED_RR — the Go runtime's
-// spinning threads at a real-time priority never yield the CPU
-// (docs/architecture.md, Departures) — and takes corosync's fallback
-// instead: nice -20 for every process of the node. With sched_rr other
-// than yes, system.priority sets the nice value as corosync does.
+// and when the kernel refuses that, at nice -20. corobus does neither by
+// default: the Go runtime's spinning threads at a real-time priority
+// never yield the CPU, and nice -20 for every process of a node — many
+// processes, where corosync is one — starved the node's own clients
+// (docs/architecture.md, Departures). With sched_rr other than yes,
+// system.priority sets the nice value of every process of the node, as
+// corosync sets its own.
 package priority
 
 import (
@@ -28,17 +28,13 @@ type Setting struct {
 	// Nice is the value; Set false leaves the processes as they started.
 	Nice int
 	Set  bool
-	// Explicit: system.priority asked for it, rather than the default
-	// that stands in for corosync's real-time scheduling. A refusal is
-	// then a warning, not a note.
-	Explicit bool
 }
 
-// FromConfig is the node's setting: sched_rr yes (or absent) is nice -20;
-// otherwise system.priority if present, else nothing.
+// FromConfig is the node's setting: with sched_rr other than yes,
+// system.priority if present; else nothing (corosync would run SCHED_RR).
 func FromConfig(c *config.Config) (Setting, error) {
 	if rr := c.String("system.sched_rr"); rr == "" || rr == "yes" {
-		return Setting{Nice: keys.NiceMax, Set: true}, nil
+		return Setting{}, nil
 	}
 	v := c.String("system.priority")
 	if v == "" {
@@ -48,7 +44,7 @@ func FromConfig(c *config.Config) (Setting, error) {
 	if err != nil {
 		return Setting{}, fmt.Errorf("system.priority: %w", err)
 	}
-	return Setting{Nice: n, Set: true, Explicit: true}, nil
+	return Setting{Nice: n, Set: true}, nil
 }
 
 // Apply gives every thread of this process the setting's nice value (a
@@ -67,16 +63,12 @@ func Apply(s Setting, log *slog.Logger, quiet bool) {
 		return
 	}
 	if err := setAll(s.Nice); err != nil {
-		msg := "the node's processes run at nice " + strconv.Itoa(cur)
-		switch {
-		case s.Explicit:
-			log.Warn(msg+": system.priority not applied", "priority", s.Nice, "err", err)
-		case !quiet:
-			log.Info(msg+", not -20 as corosync's real-time priority would have them: raising it needs root or CAP_SYS_NICE", "err", err)
+		if !quiet {
+			log.Warn("the node's processes run at nice "+strconv.Itoa(cur)+": system.priority not applied (raising a priority needs root or CAP_SYS_NICE)", "priority", s.Nice, "err", err)
 		}
 		return
 	}
-	log.Debug("priority set", "nice", s.Nice, "explicit", s.Explicit)
+	log.Debug("priority set", "nice", s.Nice)
 }
 
 // setAll sets the nice value of every thread of the process: twice over

@@ -20,12 +20,12 @@ func TestFromConfigIsCorosyncs(t *testing.T) {
 		over []string
 		want Setting
 	}{
-		{nil, Setting{Nice: -20, Set: true}},
-		{[]string{"system.sched_rr=yes", "system.priority=5"}, Setting{Nice: -20, Set: true}},
+		{nil, Setting{}},
+		{[]string{"system.sched_rr=yes", "system.priority=5"}, Setting{}},
 		{[]string{"system.sched_rr=no"}, Setting{}},
-		{[]string{"system.sched_rr=no", "system.priority=max"}, Setting{Nice: -20, Set: true, Explicit: true}},
-		{[]string{"system.sched_rr=no", "system.priority=min"}, Setting{Nice: 19, Set: true, Explicit: true}},
-		{[]string{"system.sched_rr=no", "system.priority=-5"}, Setting{Nice: -5, Set: true, Explicit: true}},
+		{[]string{"system.sched_rr=no", "system.priority=max"}, Setting{Nice: -20, Set: true}},
+		{[]string{"system.sched_rr=no", "system.priority=min"}, Setting{Nice: 19, Set: true}},
+		{[]string{"system.sched_rr=no", "system.priority=-5"}, Setting{Nice: -5, Set: true}},
 	} {
 		c, err := config.Load(config.Options{Overrides: tc.over, UserStateDir: t.TempDir()})
 		if err != nil {
@@ -98,7 +98,7 @@ func TestApplyReachesEveryThreadAndChild(t *testing.T) {
 }
 
 func applyChild() {
-	Apply(Setting{Nice: 7, Set: true, Explicit: true}, slog.New(slog.NewTextHandler(os.Stdout, nil)), false)
+	Apply(Setting{Nice: 7, Set: true}, slog.New(slog.NewTextHandler(os.Stdout, nil)), false)
 	// Threads made after Apply: goroutines locked to threads of their own.
 	var wg sync.WaitGroup
 	hold := make(chan struct{})
