@@ -839,11 +839,12 @@ func (n *Node) deliver(ring RingID, pos uint64, e *entry) {
 		// payload crosses neither this process again nor the socket to
 		// the origin's (docs/totem.md, "What a large message costs").
 		m.Payload = nil
-		n.scratch = appendDeliver(n.scratch[:0], &m)
+	}
+	n.scratch = appendDeliver(n.scratch[:0], &m)
+	if kept {
 		_ = n.nc.PublishMsg(&nats.Msg{Subject: subj, Data: n.scratch, Header: nats.Header{KeptHeader: []string{"1"}}})
 		return
 	}
-	n.scratch = appendDeliver(n.scratch[:0], &m)
 	_ = n.nc.Publish(subj, n.scratch)
 }
 

@@ -259,7 +259,6 @@ func parseData(b []byte) (dataFrame, error) {
 	return f, nil
 }
 
-// Submit frame (TotemMcast): origin(4) seq(8) svclen(1) svc payload.
 // Submit frame (TotemMcast): origin(4) seq(8) flags(1) svclen(1) svc
 // payload.
 const submitHdr = 14

@@ -177,13 +177,20 @@ func cmapClients(prefix string, n int) func(ctx context.Context, c *netcluster.C
 			if ops <= 0 {
 				continue
 			}
-			for label, ticks := range cpuTicks(window[0], window[1]) {
-				us := float64(ticks) / userHZ * 1e6 / ops
-				sum[phase+".cpu_us"] += us
-				sum[phase+".cpu_us."+label] += us
-			}
+			addCPUPer(sum, phase+".cpu_us", window[0], window[1], ops)
 		}
 		return sum, firstErr
+	}
+}
+
+// addCPUPer adds to res, under key, the cluster's CPU µs between two
+// samples per unit of work (units of them: operations, messages, MB), and
+// under key.<label> each kind of process's share.
+func addCPUPer(res map[string]float64, key string, before, after sample, units float64) {
+	for label, ticks := range cpuTicks(before, after) {
+		us := float64(ticks) / userHZ * 1e6 / units
+		res[key] += us
+		res[key+"."+label] += us
 	}
 }
 
@@ -216,11 +223,7 @@ func cpgTput(size int) func(ctx context.Context, c *netcluster.Cluster, cl clien
 			return res, err
 		}
 		if mb := res["mb_per_s"] * float64(secs); mb > 0 {
-			for label, ticks := range cpuTicks(before, after) {
-				us := float64(ticks) / userHZ * 1e6 / mb
-				res["cpu_us_per_mb"] += us
-				res["cpu_us_per_mb."+label] += us
-			}
+			addCPUPer(res, "cpu_us_per_mb", before, after, mb)
 		}
 		return res, nil
 	}
@@ -298,10 +301,7 @@ func cpgLatClients(n int) func(ctx context.Context, c *netcluster.Cluster, cl cl
 			return nil, err
 		}
 		res := map[string]float64{"msgs_per_s": rate, "mean_us": meanSum / float64(n)}
-		msgs := float64(n * perClient)
-		for _, ticks := range cpuTicks(before, after) {
-			res["cpu_us"] += float64(ticks) / userHZ * 1e6 / msgs
-		}
+		addCPUPer(res, "cpu_us", before, after, float64(n*perClient))
 		return res, nil
 	}
 }
