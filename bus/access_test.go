@@ -61,7 +61,7 @@ func TestGrantsMatchTheProtocolsSubjects(t *testing.T) {
 		}},
 		"objdb owner store": {a.ObjdbStore(true), want{pub: []string{s.ObjdbKeys(2, "write_internal"), "$KV." + a.Bucket + ".c.totem.cluster_name"}}},
 		"loader server": {a.LoaderServer(), want{
-			sub: []string{s.LcrAPI(2, "reference"), s.LcrAnnounce("cmap"), s.LcrHold(2)},
+			sub: []string{s.LcrAPI(2, "reference"), s.LcrAnnounce("node2", "cmap"), s.LcrAnnounce("cluster", "cmap"), s.LcrAnnounceLegacy("cmap"), s.LcrHold(2)},
 			pub: []string{s.LcrChanged(2, "cmap"), s.LcrControl("abc123")},
 		}},
 		"loader client": {a.LoaderClient(), want{
@@ -73,15 +73,20 @@ func TestGrantsMatchTheProtocolsSubjects(t *testing.T) {
 			notPub: []string{s.Component("node2", "cmap", 0) + ".open"},
 		}},
 		"component": {a.Component("cmap", "node2"), want{
-			pub:    []string{s.LcrAnnounce("cmap"), s.IPCEvents(1, "gw", "c7")},
+			pub:    []string{s.LcrAnnounce("node2", "cmap"), s.IPCEvents(1, "gw", "c7")},
 			sub:    []string{s.Component("node2", "cmap", 0) + ".open", s.Component("node2", "cmap", 0) + ".session.ID.close", s.LcrControl("abc"), s.IPCAlive(3, "gw")},
-			notPub: []string{s.LcrAnnounce("cpg")}, notSub: []string{s.Component("node2", "cpg", 0) + ".open", s.Component("node1", "cmap", 0) + ".open"},
+			notPub: []string{s.LcrAnnounce("node2", "cpg"), s.LcrAnnounce("node1", "cmap"), s.LcrAnnounceLegacy("cmap")}, notSub: []string{s.Component("node2", "cpg", 0) + ".open", s.Component("node1", "cmap", 0) + ".open"},
+		}},
+		"component executable": {bus.ComponentExecutableRole(a, "mysvc"), want{
+			pub:    []string{s.LcrAnnounce("node2", "mysvc"), s.LcrAnnounce("cluster", "mysvc"), s.LcrAnnounceLegacy("mysvc")},
+			sub:    []string{s.Component("node2", "mysvc", 1) + ".echo", s.LcrAsk()},
+			notPub: []string{s.LcrAnnounce("node2", "cmap"), s.LcrAnnounceLegacy("cmap"), s.LcrAnnounce("vendor.acme", "mysvc")},
 		}},
 		"totem client": {a.TotemClient("cpg"), want{pub: []string{s.TotemMcast(2), s.TotemStatus(2), s.TotemListen(2)}, sub: []string{s.TotemDeliver(2, "cpg"), s.TotemListenAsk(2)},
 			notPub: []string{s.TotemData(), s.TotemMemb()}, notSub: []string{s.TotemDeliver(2, "sync"), s.TotemDeliver(1, "cpg")}}},
 		"sync engine":     {a.SyncEngine(), want{sub: []string{s.SyncRegister(2), s.SyncStateGet(2)}, pub: []string{s.SyncState(2), s.SyncHook(2, "cpg")}}},
 		"sync service":    {a.SyncService("cpg"), want{pub: []string{s.SyncRegister(2)}, sub: []string{s.SyncHook(2, "cpg")}, notSub: []string{s.SyncHook(2, "quorum")}}},
-		"svcmgr":          {a.SvcmgrServer(), want{sub: []string{s.SvcmgrAPI(2, "load"), s.LcrAnnounce("x")}, pub: []string{s.SvcmgrEvents(2), s.LcrControl("i")}}},
+		"svcmgr":          {a.SvcmgrServer(), want{sub: []string{s.SvcmgrAPI(2, "load"), s.LcrAnnounce("node2", "x"), s.LcrAnnounceLegacy("x")}, pub: []string{s.SvcmgrEvents(2), s.LcrControl("i")}}},
 		"ipc gateway":     {a.IPCGateway(), want{pub: []string{s.IPCAlive(2, "gw1")}, sub: []string{s.IPCEvents(2, "gw1", "c9")}, notSub: []string{s.IPCEvents(1, "gw1", "c9")}}},
 		"quorum provider": {a.QuorumProvider(), want{pub: []string{s.QuorumState(2)}, sub: []string{s.QuorumStateGet(2), s.QuorumRefresh(2)}, notPub: []string{s.QuorumState(1)}}},
 		"quorum follower": {a.QuorumFollower(), want{pub: []string{s.QuorumStateGet(2)}, sub: []string{s.QuorumState(2)}, notPub: []string{s.QuorumState(2)}}},

@@ -164,15 +164,12 @@ func (a Access) ComponentCaller(names ...string) Grant {
 // components, the gateways' liveness and the clients' event subjects.
 func (a Access) Component(name string, namespaces ...string) Grant {
 	g := Grant{
-		Pub: []string{a.Subjects.LcrAnnounce(name), a.Subjects.Join("ipc", "*", "*", "events", "*")},
+		Pub: []string{a.Subjects.Join("ipc", "*", "*", "events", "*")},
 		Sub: []string{a.Subjects.Join("lcr", "control", "*"), a.Subjects.LcrAsk(), a.Subjects.Join("ipc", "*", "*", "alive")},
 	}
 	for _, ns := range namespaces {
-		toks := []string{"svc"}
-		for _, t := range strings.Split(ns, ".") {
-			toks = append(toks, SanitizeToken(t))
-		}
-		g.Sub = append(g.Sub, a.Subjects.Join(append(toks, SanitizeToken(name), "*", ">")...))
+		g.Pub = append(g.Pub, a.Subjects.LcrAnnounce(ns, name))
+		g.Sub = append(g.Sub, a.Subjects.Join(append(append([]string{"svc"}, namespaceTokens(ns)...), SanitizeToken(name), "*", ">")...))
 	}
 	return g
 }
@@ -287,5 +284,9 @@ func SubscriberRole(a Access) Grant {
 func ComponentExecutableRole(a Access, name string) Grant {
 	g := a.Component(name)
 	g.Sub = append(g.Sub, a.Subjects.Join("svc", "*", SanitizeToken(name), "*", ">"))
+	// Its announcements in any one-token namespace (the one svcmgr
+	// passes it, or its own), and on the legacy subject of a component
+	// written before the namespace went into it.
+	g.Pub = append(g.Pub, a.Subjects.Join("lcr", "announce", "*", SanitizeToken(name)), a.Subjects.LcrAnnounceLegacy(name))
 	return Merge(a.Process(), g, a.LoaderClient())
 }

@@ -5,13 +5,37 @@ import (
 	"strings"
 )
 
-// LcrAnnounce is where a component instance publishes its announcement
-// (and, periodically, its heartbeat): JSON loader.Announcement.
-func (s Subjects) LcrAnnounce(name string) string {
+// LcrAnnounce is where a component instance serving in namespace
+// publishes its announcement (and, periodically, its heartbeat): JSON
+// loader.Announcement. The namespace is in the subject so that a loader
+// or service manager subscribes to the namespaces it needs only
+// (LcrAnnounceNamespace): NATS routes forward a message only to servers
+// with interest in it, so a node's own components' heartbeats never
+// leave it unless another node searches its namespace.
+func (s Subjects) LcrAnnounce(namespace, name string) string {
+	return s.Join(append(append([]string{"lcr", "announce"}, namespaceTokens(namespace)...), SanitizeToken(name))...)
+}
+
+// LcrAnnounceNamespace matches the announcements of every component of
+// one namespace (and of no other: a namespace is a fixed number of
+// tokens, and the name one more).
+func (s Subjects) LcrAnnounceNamespace(namespace string) string {
+	return s.Join(append(append([]string{"lcr", "announce"}, namespaceTokens(namespace)...), "*")...)
+}
+
+// LcrAnnounceLegacy is where a component written before the namespace
+// went into the subject announces: still accepted by every loader and
+// service manager (which then receive them from every node, as before).
+func (s Subjects) LcrAnnounceLegacy(name string) string {
 	return s.Join("lcr", "announce", SanitizeToken(name))
 }
 
-// LcrAnnounceAll matches every component's announcements.
+// LcrAnnounceLegacyAll matches every legacy announcement and no
+// namespaced one (those have at least two tokens after "announce").
+func (s Subjects) LcrAnnounceLegacyAll() string { return s.Join("lcr", "announce", "*") }
+
+// LcrAnnounceAll matches every component's announcements, in every
+// namespace: for grants and observers.
 func (s Subjects) LcrAnnounceAll() string { return s.Join("lcr", "announce", ">") }
 
 // LcrAsk is where a loader that starts asks every component instance to
@@ -47,11 +71,17 @@ func (s Subjects) LcrControl(instance string) string {
 // token, the function, follows it. namespace may hold several dotted
 // tokens ("node1", "cluster", "vendor.acme").
 func (s Subjects) Component(namespace, name string, version uint32) string {
+	return s.Join(append(append([]string{"svc"}, namespaceTokens(namespace)...), SanitizeToken(name), strconv.FormatUint(uint64(version), 10))...)
+}
+
+// namespaceTokens is a component namespace as subject tokens, each
+// sanitized: "vendor.acme" is two tokens.
+func namespaceTokens(namespace string) []string {
 	toks := strings.Split(namespace, ".")
 	for i, t := range toks {
 		toks[i] = SanitizeToken(t)
 	}
-	return s.Join(append([]string{"svc"}, append(toks, SanitizeToken(name), strconv.FormatUint(uint64(version), 10))...)...)
+	return toks
 }
 
 // SvcmgrAPI is the request subject of one service-manager operation (load,

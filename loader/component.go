@@ -467,7 +467,7 @@ func (s *instanceState) announceState(st State) {
 	s.announced, s.movedAnn, s.announcedAt = a.Stats, a.Moved, time.Now()
 	s.statsMu.Unlock()
 	data, _ := json.Marshal(a)
-	if err := s.nc.Publish(s.subjects.LcrAnnounce(c.Name), data); err != nil {
+	if err := s.nc.Publish(s.subjects.LcrAnnounce(c.Namespace, c.Name), data); err != nil {
 		c.Log.Warn("announcing", "err", err)
 	}
 }

@@ -239,7 +239,7 @@ func TestLiveReplacement(t *testing.T) {
 	}
 	rsub.SetPendingLimits(-1, -1)
 	var leaving sync.Map // version → last announcement
-	if _, err := nc.Subscribe(subjects.LcrAnnounce("example"), func(m *nats.Msg) {
+	if _, err := nc.Subscribe(subjects.LcrAnnounce("node1", "example"), func(m *nats.Msg) {
 		var a loader.Announcement
 		if json.Unmarshal(m.Data, &a) == nil && a.State == loader.Leaving {
 			leaving.Store(a.Version, a)

@@ -17,11 +17,14 @@
 package loader
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/corobus/corobus/bus"
 )
 
 // State of a component instance, as it announces it.
@@ -43,9 +46,9 @@ const (
 // silent intervals. Stopping instances say so (Leaving) at once, and a
 // restarted one announces itself at once, so the heartbeat only finds an
 // instance that died without a word (SIGKILL, a crash) — at a cost of
-// one message to every loader and service manager of the cluster per
-// instance per interval, all day; at 1 s that was most of an idle
-// node's bus traffic.
+// one message per instance per interval to every loader whose search
+// path has its namespace and to its node's service manager, all day; at
+// 1 s that was most of an idle node's bus traffic.
 const DefaultInterval = 5 * time.Second
 
 // DefaultHoldInterval is how often a Client restates the references it
@@ -54,7 +57,7 @@ const DefaultInterval = 5 * time.Second
 const DefaultHoldInterval = 5 * time.Second
 
 // Announcement is what a component instance publishes on
-// Subjects.LcrAnnounce(name) when it starts, every Interval after that (its
+// Subjects.LcrAnnounce(namespace, name) when it starts, every Interval after that (its
 // heartbeat), and once with State Leaving when it stops.
 type Announcement struct {
 	Name    string `json:"name"`
@@ -101,7 +104,26 @@ func (a Announcement) interval() time.Duration {
 	return time.Duration(a.IntervalMS) * time.Millisecond
 }
 
-func (a Announcement) check() error {
+// ParseAnnouncement decodes an announcement received on subject and checks
+// it: well formed, and on its own subject — the namespaced one, or the
+// legacy one of its name. A component may publish only its own name's
+// subjects (bus grants), so an announcement on another's subject is
+// refused, not taken for that one.
+func ParseAnnouncement(subjects bus.Subjects, subject string, data []byte) (Announcement, error) {
+	var a Announcement
+	if err := json.Unmarshal(data, &a); err != nil {
+		return Announcement{}, fmt.Errorf("unreadable component announcement on %s: %w", subject, err)
+	}
+	if err := a.wellFormed(); err != nil {
+		return Announcement{}, err
+	}
+	if subject != subjects.LcrAnnounce(a.Namespace, a.Name) && subject != subjects.LcrAnnounceLegacy(a.Name) {
+		return Announcement{}, fmt.Errorf("announcement of %s in namespace %s on another's subject %s", a.Name, a.Namespace, subject)
+	}
+	return a, nil
+}
+
+func (a Announcement) wellFormed() error {
 	switch {
 	case a.Name == "":
 		return errors.New("announcement without a name")
@@ -178,7 +200,9 @@ type ControlReply struct {
 	Error string `json:"error,omitempty"`
 }
 
-// Listing is the reply of the list operation: everything the loader knows.
+// Listing is the reply of the list operation: everything the loader knows
+// (the namespaces of its search path, and the instances that announce on
+// the legacy subject).
 type Listing struct {
 	Node       uint32          `json:"node"`
 	SearchPath []string        `json:"search_path"`

@@ -20,7 +20,7 @@ import (
 func TestQuietAtRest(t *testing.T) {
 	_, nc, subjects := loaderNode(t, "node1")
 
-	anns := decoded[loader.Announcement](t, nc, subjects.LcrAnnounce("quiet"))
+	anns := decoded[loader.Announcement](t, nc, subjects.LcrAnnounce("node1", "quiet"))
 	holds := decoded[loader.HoldMsg](t, nc, subjects.LcrHold(1))
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
@@ -124,7 +124,7 @@ func decoded[T any](t *testing.T, nc *nats.Conn, subject string) <-chan T {
 // once, however long it rested.
 func TestCountersMovedAtRest(t *testing.T) {
 	_, nc, subjects := loaderNode(t, "node1")
-	anns := decoded[loader.Announcement](t, nc, subjects.LcrAnnounce("told"))
+	anns := decoded[loader.Announcement](t, nc, subjects.LcrAnnounce("node1", "told"))
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}

@@ -47,7 +47,7 @@ func NewRegistry() *Registry {
 // what the announced name resolves to may have changed (a new instance, a
 // state change, a departure); plain heartbeats report false.
 func (r *Registry) Announce(a Announcement, now time.Time) (changed bool, err error) {
-	if err := a.check(); err != nil {
+	if err := a.wellFormed(); err != nil {
 		return false, err
 	}
 	old, known := r.instances[a.Instance]

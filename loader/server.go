@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -112,14 +113,25 @@ func (s *Server) AddEndpoints(svc micro.Service) error {
 
 // Run follows announcements and hold messages and drops silent instances
 // until ctx ends. Announcements are not a queue subscription: every loader
-// of every node keeps the whole registry.
+// keeps the registry of the namespaces on its search path, and hears
+// those only — another node's own components' heartbeats then stay on
+// that node (a route forwards only what the other side subscribed to) —
+// and the legacy announcements of every namespace.
 func (s *Server) Run(ctx context.Context) error {
 	nc := s.cfg.Conn
-	annSub, err := nc.Subscribe(s.cfg.Subjects.LcrAnnounceAll(), s.onAnnounce)
-	if err != nil {
-		return fmt.Errorf("subscribing to announcements: %w", err)
+	subjects := []string{s.cfg.Subjects.LcrAnnounceLegacyAll()}
+	for _, ns := range s.cfg.SearchPath {
+		if subj := s.cfg.Subjects.LcrAnnounceNamespace(ns); !slices.Contains(subjects, subj) {
+			subjects = append(subjects, subj)
+		}
 	}
-	defer func() { _ = annSub.Unsubscribe() }()
+	for _, subj := range subjects {
+		sub, err := nc.Subscribe(subj, s.onAnnounce)
+		if err != nil {
+			return fmt.Errorf("subscribing to announcements: %w", err)
+		}
+		defer func() { _ = sub.Unsubscribe() }()
+	}
 	holdSub, err := nc.Subscribe(s.cfg.Subjects.LcrHold(s.cfg.Node), s.onHold)
 	if err != nil {
 		return fmt.Errorf("subscribing to hold messages: %w", err)
@@ -169,9 +181,9 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 func (s *Server) onAnnounce(m *nats.Msg) {
-	var a Announcement
-	if err := json.Unmarshal(m.Data, &a); err != nil {
-		s.cfg.Log.Warn("unreadable component announcement", "subject", m.Subject, "err", err)
+	a, err := ParseAnnouncement(s.cfg.Subjects, m.Subject, m.Data)
+	if err != nil {
+		s.cfg.Log.Warn("invalid component announcement", "err", err)
 		return
 	}
 	now := time.Now()

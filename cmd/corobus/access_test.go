@@ -111,7 +111,7 @@ func TestEachLayerIsConfinedToItsGrant(t *testing.T) {
 		"cpg":        {allowed: s.CPGRing(1), refused: s.QuorumState(1)},
 		// Fixed users.
 		bus.UserSubscriber:         {refused: s.ObjdbAPI(1, objdb.OpSet)},
-		bus.ComponentUser("mysvc"): {allowed: s.LcrAnnounce("mysvc"), refused: s.LcrAnnounce("cmap")},
+		bus.ComponentUser("mysvc"): {allowed: s.LcrAnnounce("node1", "mysvc"), refused: s.LcrAnnounce("node1", "cmap")},
 	}
 	for _, u := range users.Names() {
 		if _, ok := cases[u]; !ok {

@@ -20,7 +20,8 @@ import (
 func runLcr(ctx context.Context, a *app, args []string) error {
 	var q queryFlags
 	fs := newFlagSet(a, "lcr", "[-c FILE | --bus URL] [--json] [--node ID]",
-		"List the components the loader knows (corosync's LCR): name, version, namespace,\n"+
+		"List the components the loader knows (corosync's LCR), those of the namespaces on\n"+
+			"the node's search path: name, version, namespace,\n"+
 			"subject, priority, the versions each replaces, its instances (node, pid, state) and\n"+
 			"how many references resolve to it along the node's search path.")
 	q.register(fs, "print JSON", "ask this node's loader instead of the configured local node's")

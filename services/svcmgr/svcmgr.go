@@ -234,11 +234,16 @@ func ServiceKey(name string) string {
 // unloads everything by priority.
 func (m *Manager) Run(ctx context.Context) error {
 	defer m.client.Close()
-	sub, err := m.cfg.Conn.Subscribe(m.cfg.Subjects.LcrAnnounceAll(), m.onAnnounce)
-	if err != nil {
-		return fmt.Errorf("svcmgr: following announcements: %w", err)
+	// The node's own namespace only (and the legacy subject): the
+	// announcements of other nodes' components, which it would drop,
+	// then never reach this node.
+	for _, subj := range []string{m.cfg.Subjects.LcrAnnounceNamespace(m.ns), m.cfg.Subjects.LcrAnnounceLegacyAll()} {
+		sub, err := m.cfg.Conn.Subscribe(subj, m.onAnnounce)
+		if err != nil {
+			return fmt.Errorf("svcmgr: following announcements: %w", err)
+		}
+		defer func() { _ = sub.Unsubscribe() }()
 	}
-	defer func() { _ = sub.Unsubscribe() }()
 	if err := m.cfg.Conn.Flush(); err != nil {
 		return fmt.Errorf("svcmgr: following announcements: %w", err)
 	}
@@ -351,8 +356,8 @@ func (m *Manager) isLoaded(name string) bool {
 
 // onAnnounce keeps the latest announcement of this node's instances.
 func (m *Manager) onAnnounce(msg *nats.Msg) {
-	var a loader.Announcement
-	if json.Unmarshal(msg.Data, &a) != nil || a.Namespace != m.ns {
+	a, err := loader.ParseAnnouncement(m.cfg.Subjects, msg.Subject, msg.Data)
+	if err != nil || a.Namespace != m.ns {
 		return
 	}
 	m.mu.Lock()
