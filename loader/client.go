@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nuid"
 
 	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/bus/beat"
 	"github.com/corobus/corobus/loader/hdb"
 )
 
@@ -400,9 +401,13 @@ func (c *Client) Held() []HeldRef {
 	return out
 }
 
+// holdLoop restates the held references at once when they change, and
+// on the wall clock's multiples of HoldInterval (bus/beat), with the
+// heartbeats of the node's component instances: the loader wakes once
+// for all of them at rest.
 func (c *Client) holdLoop() {
 	defer close(c.done)
-	t := time.NewTicker(c.cfg.HoldInterval)
+	t := time.NewTimer(time.Until(beat.Next(time.Now(), c.cfg.HoldInterval)))
 	defer t.Stop()
 	for {
 		changed := false
@@ -411,9 +416,9 @@ func (c *Client) holdLoop() {
 			return
 		case <-c.changed:
 			changed = true
-			t.Reset(c.cfg.HoldInterval)
 		case <-t.C:
 		}
+		t.Reset(time.Until(beat.Next(time.Now(), c.cfg.HoldInterval)))
 		held := c.Held()
 		if len(held) == 0 && !changed {
 			continue // nothing held: nothing to restate (a change to nothing is, once)

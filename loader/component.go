@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nuid"
 
 	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/bus/beat"
 )
 
 // Handler serves one request to function fn and returns the reply payload.
@@ -258,14 +259,21 @@ loop:
 			// pokes (activity), one made before it is seen below.
 			s.looking.Store(false)
 			changed := s.statsChanged()
-			if changed || now.Sub(s.lastAnnounce()) >= c.Interval-c.StatsEvery/2 {
+			// The heartbeat falls on the wall clock's multiples of
+			// Interval (bus/beat): a node's instances (and its
+			// clients' holds, its keeper's idle heartbeats) then
+			// reach the bus, the loader and svcmgr in one burst
+			// every 5 s at rest, not one message at a time.
+			due := beat.Next(s.lastAnnounce(), c.Interval)
+			if changed || !now.Before(due) {
 				s.announce()
+				due = beat.Next(s.lastAnnounce(), c.Interval)
 			}
 			if changed || poll || !retiredAt.IsZero() {
 				s.looking.Store(true)
-				t.Reset(c.StatsEvery)
+				t.Reset(min(c.StatsEvery, time.Until(due)))
 			} else {
-				t.Reset(max(time.Until(s.lastAnnounce().Add(c.Interval-c.StatsEvery/2)), c.StatsEvery/2))
+				t.Reset(time.Until(due))
 			}
 			if !retiredAt.IsZero() {
 				s.mu.Lock()

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/bus/beat"
 	"github.com/corobus/corobus/layer"
 	"github.com/corobus/corobus/services/cswire"
 )
@@ -432,6 +433,16 @@ const maxFrame = 512 << 10
 // rest costs every copy of its node a message every 5 s, not 4 a second.
 const KeeperIdleHeartbeat = 5 * time.Second
 
+// idleWait is how long a keeper at rest waits for its next heartbeat:
+// until the wall clock's next multiple of KeeperIdleHeartbeat (bus/beat),
+// at most that long. The node feed's and the relay's heartbeats then go
+// out together, with the node's component instances' and its loader
+// clients' (loader.DefaultInterval, loader.DefaultHoldInterval): every
+// process of the node wakes once every 5 s at rest for all of them.
+func idleWait(heartbeat time.Duration) time.Duration {
+	return time.Until(beat.Next(time.Now(), max(KeeperIdleHeartbeat, heartbeat)))
+}
+
 // fastBeats is how many heartbeats follow a publish at the Heartbeat
 // period: a copy that lost the last message of a burst finds the hole
 // within them.
@@ -478,7 +489,7 @@ func (k *Keeper) publisher(ctx context.Context) {
 				if beats < fastBeats {
 					tick.Reset(k.cfg.Heartbeat)
 				} else {
-					tick.Reset(max(KeeperIdleHeartbeat, k.cfg.Heartbeat))
+					tick.Reset(idleWait(k.cfg.Heartbeat))
 				}
 				continue
 			}

@@ -324,7 +324,7 @@ func (k *Keeper) publishRelay(ctx context.Context, r *relay) {
 		if beats < fastBeats || !f.Current {
 			tick.Reset(k.cfg.Heartbeat)
 		} else {
-			tick.Reset(max(KeeperIdleHeartbeat, k.cfg.Heartbeat))
+			tick.Reset(idleWait(k.cfg.Heartbeat))
 		}
 	}
 }

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/corobus/corobus/bus/beat"
 )
 
 // ErrTryAgain is Mcast's answer when this node already has Config.Window
@@ -433,25 +435,14 @@ func (n *Node) atRest() bool {
 // hbDue is when the next heartbeat is due. Called with mu held.
 func (n *Node) hbDue() time.Time {
 	if n.atRest() {
-		return restDue(n.lastHB, n.cfg.RestHeartbeat)
+		// On the wall clock's multiples of the period (bus/beat):
+		// every node of an idle cluster then beats at the same
+		// instants, and the others' heartbeats reach a node while it
+		// is awake for its own, its failure check and its runtime's
+		// timer: one wake-up a period instead of one per node.
+		return beat.Next(n.lastHB, n.cfg.RestHeartbeat)
 	}
 	return n.lastHB.Add(n.cfg.Heartbeat)
-}
-
-// restDue is the next heartbeat of a ring at rest after one sent at
-// last: the first multiple of period on the wall clock after last, so
-// never more than period after it. Every node of an idle cluster then
-// beats at the same instants, give or take their clocks' skew, and the
-// others' heartbeats reach a node while it is awake for its own, its
-// failure check and its runtime's timer: one wake-up a period instead
-// of one per node. A clock that jumps only moves the phase: the wait is
-// counted on the monotonic clock from last.
-func restDue(last time.Time, period time.Duration) time.Time {
-	rem := last.UnixNano() % int64(period)
-	if rem < 0 { // before 1970
-		rem += int64(period)
-	}
-	return last.Add(period - time.Duration(rem))
 }
 
 // restWake is how long a ring at rest may sleep: until its next

@@ -1,15 +1,15 @@
-package totem
+package beat
 
 import (
 	"testing"
 	"time"
 )
 
-// A ring at rest beats on the wall clock's multiples of the period, so
-// that the nodes of an idle cluster beat together; the wait after a
+// Heartbeats at rest go out on the wall clock's multiples of the period, so
+// that the senders of an idle node (and cluster) beat together; the wait after a
 // heartbeat is never longer than the period, whatever the phase it was
-// sent at (the failure detector counts on it).
-func TestRestDueIsTheNextMultipleWithinAPeriod(t *testing.T) {
+// sent at (totem's failure detector and the loader's expiry count on it).
+func TestNextIsTheNextMultipleWithinAPeriod(t *testing.T) {
 	const period = 333 * time.Millisecond
 	base := time.Date(2026, 11, 30, 23, 0, 0, 0, time.UTC)
 	cases := []time.Time{
@@ -23,7 +23,7 @@ func TestRestDueIsTheNextMultipleWithinAPeriod(t *testing.T) {
 		time.Now(), // with a monotonic reading
 	}
 	for _, last := range cases {
-		due := restDue(last, period)
+		due := Next(last, period)
 		wait := due.Sub(last)
 		if wait <= 0 || wait > period {
 			t.Errorf("after %v: due %v, %v later; want within (0, %v]", last, due, wait, period)
@@ -35,14 +35,14 @@ func TestRestDueIsTheNextMultipleWithinAPeriod(t *testing.T) {
 	// Two nodes whose last heartbeats fell in the same period beat next
 	// at the same instant.
 	grid := time.Unix(0, 0).Add(5_300_000 * period) // a multiple, in 2025
-	a := restDue(grid.Add(10*time.Millisecond), period)
-	b := restDue(grid.Add(300*time.Millisecond), period)
+	a := Next(grid.Add(10*time.Millisecond), period)
+	b := Next(grid.Add(300*time.Millisecond), period)
 	if !a.Equal(b) {
 		t.Errorf("heartbeats 10 and 300 ms into a period are next due at %v and %v; want one instant", a, b)
 	}
 	// A heartbeat sent on a multiple waits a whole period, not zero.
 	onGrid := time.Unix(0, 0).Add(1000 * period)
-	if got := restDue(onGrid, period); !got.Equal(onGrid.Add(period)) {
+	if got := Next(onGrid, period); !got.Equal(onGrid.Add(period)) {
 		t.Errorf("after a heartbeat on a multiple, %v: due %v; want %v", onGrid, got, onGrid.Add(period))
 	}
 }
