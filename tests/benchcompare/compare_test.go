@@ -375,6 +375,7 @@ func TestCompare(t *testing.T) {
 	}
 	ctx := context.Background()
 	all := map[int]*figures{}
+	var mach machine
 	for _, nodes := range topologies {
 		f := &figures{vals: map[string][]map[string]float64{}, errs: map[string]error{}}
 		all[nodes] = f
@@ -410,6 +411,13 @@ func TestCompare(t *testing.T) {
 					f.vals[k] = append(f.vals[k], res)
 				}
 			}
+			var own []int
+			for _, c := range backends {
+				for _, n := range c.Nodes {
+					own = append(own, n.PIDs()...)
+				}
+			}
+			mach.sample(own)
 			t.Logf("%d node(s): run %d of %d done", nodes, run+1, runs)
 		}
 		for _, c := range backends {
@@ -423,6 +431,7 @@ func TestCompare(t *testing.T) {
 		what += ", " + k
 	}
 	fmt.Print(table(topologies, all, runs, secs, what))
+	fmt.Print("\n" + mach.String())
 	fmt.Print(idleBreakdown(topologies, all))
 	fmt.Print(setBreakdown(topologies, all, "cmap node key, 8 clients"))
 	fmt.Print(setBreakdown(topologies, all, "cmap cluster key, 8 clients"))
