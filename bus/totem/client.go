@@ -89,6 +89,11 @@ type Client struct {
 	// delivery does not wait for a submit's publish.
 	keptMu sync.Mutex
 	kept   map[uint64][]byte
+	// regMu orders the client's listen requests, so that the bus ends
+	// with the last skip said (SkipPayloads), whichever request a
+	// restarted bus's ask raced with; skip is under it.
+	regMu sync.Mutex
+	skip  bool
 }
 
 // NewClient attaches to node's totem over nc.
@@ -162,7 +167,15 @@ func (c *Client) subscribe(service string, h nats.MsgHandler) error {
 }
 
 func (c *Client) register(timeout time.Duration) error {
-	b, _ := json.Marshal(listenRequest{Service: c.service, Origin: c.origin})
+	c.regMu.Lock()
+	defer c.regMu.Unlock()
+	return c.registerLocked(timeout)
+}
+
+// registerLocked names the service, with the client's skip, to the bus.
+// Called with regMu held.
+func (c *Client) registerLocked(timeout time.Duration) error {
+	b, _ := json.Marshal(listenRequest{Service: c.service, Origin: c.origin, Skip: c.skip})
 	m, err := c.nc.Request(c.subjects.TotemListen(c.node), b, timeout)
 	if err != nil {
 		return fmt.Errorf("totem client: naming service %s to node %d's totem: %w", c.service, c.node, err)
@@ -194,6 +207,23 @@ func (c *Client) listen() {
 	}
 }
 
+// SkipPayloads tells the node's bus whether this client has a use for
+// the payloads of droppable messages (McastPartsDroppable) from other
+// nodes. While every client that named the service to the bus skips them,
+// those messages come without their payload (Message.Skipped), in their
+// place in the order. It returns once the bus has the new setting: a
+// message the bus delivers after SkipPayloads(false) returned comes
+// whole. A client without a service has nothing to skip.
+func (c *Client) SkipPayloads(skip bool, timeout time.Duration) error {
+	if c.service == "" {
+		return nil
+	}
+	c.regMu.Lock()
+	defer c.regMu.Unlock()
+	c.skip = skip
+	return c.registerLocked(timeout)
+}
+
 // Origin is this client's origin id: its messages carry ID.Origin ==
 // Origin() and ID.Node == the node.
 func (c *Client) Origin() uint32 { return c.origin }
@@ -201,22 +231,36 @@ func (c *Client) Origin() uint32 { return c.origin }
 // Mcast multicasts payload for service in total order, blocking while the
 // window is full. service must be a subject token (no dots, no spaces).
 func (c *Client) Mcast(ctx context.Context, service string, payload []byte) (MsgID, error) {
-	return c.mcast(ctx, service, payload, nil, true)
+	return c.mcast(ctx, service, payload, nil, 0, true)
 }
 
 // McastParts is Mcast of the payload head followed by tail, without
 // joining them first: a service's frame header and its client's message
 // are copied once, into the submit frame.
 func (c *Client) McastParts(ctx context.Context, service string, head, tail []byte) (MsgID, error) {
-	return c.mcast(ctx, service, head, tail, true)
+	return c.mcast(ctx, service, head, tail, 0, true)
+}
+
+// McastPartsDroppable is McastParts of a droppable message: another
+// node's bus delivers it without its payload (Message.Skipped) while
+// every client of service there skips droppable payloads (SkipPayloads).
+// Its sender's own node delivers it whole (or kept). Below keepMin bytes
+// it is an ordinary message: the header that marks a skipped frame costs
+// more than so small a payload.
+func (c *Client) McastPartsDroppable(ctx context.Context, service string, head, tail []byte) (MsgID, error) {
+	var flags byte
+	if len(head)+len(tail) >= keepMin {
+		flags = submitDroppable
+	}
+	return c.mcast(ctx, service, head, tail, flags, true)
 }
 
 // TryMcast is Mcast without the wait: ErrTryAgain when the window is full.
 func (c *Client) TryMcast(service string, payload []byte) (MsgID, error) {
-	return c.mcast(context.Background(), service, payload, nil, false)
+	return c.mcast(context.Background(), service, payload, nil, 0, false)
 }
 
-func (c *Client) mcast(ctx context.Context, service string, payload, tail []byte, wait bool) (MsgID, error) {
+func (c *Client) mcast(ctx context.Context, service string, payload, tail []byte, flags byte, wait bool) (MsgID, error) {
 	if len(payload)+len(tail) > MaxPayload {
 		return MsgID{}, ErrTooLarge
 	}
@@ -249,7 +293,7 @@ func (c *Client) mcast(ctx context.Context, service string, payload, tail []byte
 	if size := len(payload) + len(tail); c.keepOwn && service == c.service && size >= keepMin {
 		// A frame of its own: its payload is what comes back.
 		head := submitHdr + len(service)
-		b := append(appendSubmit(make([]byte, 0, head+size), c.origin, id.Seq, submitKept, service, payload), tail...)
+		b := append(appendSubmit(make([]byte, 0, head+size), c.origin, id.Seq, flags|submitKept, service, payload), tail...)
 		c.keptMu.Lock()
 		c.kept[id.Seq] = b[head:]
 		c.keptMu.Unlock()
@@ -257,7 +301,7 @@ func (c *Client) mcast(ctx context.Context, service string, payload, tail []byte
 			c.takeKept(id)
 		}
 	} else {
-		c.buf = append(appendSubmit(c.buf[:0], c.origin, id.Seq, 0, service, payload), tail...)
+		c.buf = append(appendSubmit(c.buf[:0], c.origin, id.Seq, flags, service, payload), tail...)
 		err = c.nc.Publish(c.subject, c.buf)
 	}
 	c.mu.Unlock()
@@ -355,6 +399,8 @@ func (c *Client) onDeliver(m *nats.Msg) {
 			return
 		}
 		msg.Payload = p
+	} else if m.Header.Get(SkippedHeader) != "" {
+		msg.Payload, msg.Skipped = nil, true
 	}
 	if msg.ID.Node == 0 {
 		// A configuration change, in its place among the messages.
@@ -412,5 +458,5 @@ func FetchStatus(nc *nats.Conn, subjects bus.Subjects, node uint32, timeout time
 
 // validService tells a service name that is one subject token.
 func validService(s string) bool {
-	return s != "" && len(s) <= 255 && !strings.ContainsAny(s, ". \t\r\n*>")
+	return s != "" && len(s) <= maxService && !strings.ContainsAny(s, ". \t\r\n*>")
 }

@@ -328,3 +328,112 @@ func TestKeptOwnMessagesComeBackWithoutPayload(t *testing.T) {
 	same("node 2", &b, 30, n+1)
 	waitFor(t, "an empty window", func() bool { return ca.InFlight() == 0 })
 }
+
+// A client that skips droppable payloads (SkipPayloads) receives other
+// nodes' droppable messages without their payload (Skipped), in their
+// place in the order, while every client of its service on its node
+// skips; everything else — plain messages, droppable ones too small to
+// skip, its own node's, and droppable ones once it asks for payloads
+// again or another client there wants them — comes whole.
+func TestSkippedPayloads(t *testing.T) {
+	c := harness.New(t, harness.Options{N: 2, Token: 300 * time.Millisecond, Join: 30 * time.Millisecond, Consensus: 400 * time.Millisecond})
+	c.WaitView([]int{1, 2}, 10*time.Second)
+	var a, b, b2 recorder
+	ca, err := totem.NewClient(c.Client(1), c.Subjects, 1, totem.ClientOptions{Service: "alpha", OnDeliver: a.on})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ca.Close()
+	cb, err := totem.NewClient(c.Client(2), c.Subjects, 2, totem.ClientOptions{Service: "alpha", OnDeliver: b.on})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cb.Close()
+	if err := cb.SkipPayloads(true, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	payload := func(i int) []byte {
+		n := 8 << 10
+		if i%4 == 2 {
+			n = 100 // below what a client makes droppable
+		}
+		p := make([]byte, n)
+		for j := range p {
+			p[j] = byte(i + j)
+		}
+		return p
+	}
+	ctx := context.Background()
+	send := func(from, to int) {
+		t.Helper()
+		for i := from; i < to; i++ {
+			mc := ca.McastParts
+			if i%2 == 0 {
+				mc = ca.McastPartsDroppable
+			}
+			if _, err := mc(ctx, "alpha", payload(i)[:1], payload(i)[1:]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	messages := func(r *recorder) (out []*totem.Message) {
+		for _, d := range r.snapshot() {
+			if d.Message != nil {
+				out = append(out, d.Message)
+			}
+		}
+		return out
+	}
+	// check: messages from..to of r, in order, each whole or, when
+	// skipped says so, without its payload.
+	check := func(who string, r *recorder, from, to int, skipped func(i int) bool) {
+		t.Helper()
+		waitFor(t, who+"'s messages", func() bool { return len(messages(r)) >= to })
+		got := messages(r)
+		for i := from; i < to; i++ {
+			m := got[i]
+			if m.ID.Seq != uint64(i+1) {
+				t.Fatalf("%s: message %d is %v, out of order", who, i, m.ID)
+			}
+			switch {
+			case skipped(i) && (!m.Skipped || m.Payload != nil):
+				t.Errorf("%s: message %d came with %d bytes (skipped %v), want it without", who, i, len(m.Payload), m.Skipped)
+			case !skipped(i) && (m.Skipped || !slices.Equal(m.Payload, payload(i))):
+				t.Errorf("%s: message %d came with %d of its %d bytes (skipped %v), want it whole", who, i, len(m.Payload), len(payload(i)), m.Skipped)
+			}
+		}
+	}
+	never := func(int) bool { return false }
+	send(0, 10)
+	check("the sender", &a, 0, 10, never)
+	check("node 2", &b, 0, 10, func(i int) bool { return i%4 == 0 })
+	// A second client of alpha on node 2 that wants the payloads: whole.
+	cb2, err := totem.NewClient(c.Client(2), c.Subjects, 2, totem.ClientOptions{Service: "alpha", OnDeliver: b2.on})
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(10, 20)
+	check("node 2", &b, 10, 20, never)
+	cb2.Close()
+	// Its leave reaches the bus after a while: skipped again then.
+	n := 20
+	for deadline := time.Now().Add(20 * time.Second); ; n++ {
+		send(n, n+1)
+		waitFor(t, "the message on node 2", func() bool { return len(messages(&b)) == n+1 })
+		if n%4 == 0 && messages(&b)[n].Skipped {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no skipped payload after the second client closed")
+		}
+	}
+	n++
+	// Asking for payloads again: every message after the answer whole.
+	if err := cb.SkipPayloads(false, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	send(n, n+10)
+	check("node 2", &b, n, n+10, never)
+	check("the sender", &a, 0, n+10, never)
+	waitFor(t, "an empty window", func() bool { return ca.InFlight() == 0 })
+}

@@ -97,6 +97,9 @@ type own struct {
 	// kept: the origin keeps the payload (a Client's submit with
 	// submitKept), so its delivery here may go without it (KeptHeader).
 	kept bool
+	// droppable: other nodes may deliver it without its payload
+	// (submitDroppable).
+	droppable bool
 }
 
 type proposal struct {
@@ -124,12 +127,15 @@ type Node struct {
 	// subjects.
 	listeners map[string]string
 	// listenOrigins are, by service, the origins of the clients that named
-	// it (0 for a request that gave none). A service named by exactly one
-	// origin is delivered to that origin's kept messages without their
-	// payload. A client that closes takes its origin out (a leave
-	// request); one that died without it leaves its origin, and its
-	// service goes back to whole frames (the safe side).
-	listenOrigins map[string]map[uint32]struct{}
+	// it (0 for a request that gave none), each with whether it skips
+	// droppable payloads. A service named by exactly one origin is
+	// delivered to that origin's kept messages without their payload; a
+	// service whose every origin skips gets other nodes' droppable
+	// messages without theirs. A client that closes takes its origin out
+	// (a leave request); one that died without it leaves its origin, and
+	// its service goes back to whole frames (the safe side), unless it
+	// had said it skips.
+	listenOrigins map[string]map[uint32]bool
 
 	inflight atomic.Int64 // own messages submitted and not delivered
 
@@ -231,7 +237,7 @@ func New(nc *nats.Conn, cfg Config, cb Callbacks) (*Node, error) {
 		subjConf:      s.TotemDeliverConfChg(cfg.NodeID),
 		deliverSubj:   map[string]string{},
 		listeners:     map[string]string{},
-		listenOrigins: map[string]map[uint32]struct{}{},
+		listenOrigins: map[string]map[uint32]bool{},
 		peers:         map[uint32]*peer{},
 		state:         stGather,
 		gathering:     make(chan struct{}, 1),
@@ -469,15 +475,15 @@ func (n *Node) Mcast(service string, payload []byte) error {
 	if len(payload) > MaxPayload {
 		return ErrTooLarge
 	}
-	if len(service) > 255 {
-		return fmt.Errorf("totem: service name %q longer than 255 bytes", service)
+	if len(service) > maxService {
+		return fmt.Errorf("totem: service name %q longer than %d bytes", service, maxService)
 	}
 	if n.inflight.Load() >= int64(n.cfg.Window) {
 		return ErrTryAgain
 	}
 	n.mu.Lock()
 	n.localSeq++
-	n.submit(MsgID{Node: n.cfg.NodeID, Origin: n.origin, Seq: n.localSeq}, service, slices.Clone(payload), false)
+	n.submit(MsgID{Node: n.cfg.NodeID, Origin: n.origin, Seq: n.localSeq}, service, slices.Clone(payload), 0)
 	n.flush()
 	n.mu.Unlock()
 	return nil
@@ -511,11 +517,11 @@ func (n *Node) statusLocked() Status {
 
 // submit queues one of this node's messages and sends it if the ring is
 // operational. Called with mu held.
-func (n *Node) submit(id MsgID, service string, payload []byte, kept bool) {
+func (n *Node) submit(id MsgID, service string, payload []byte, flags byte) {
 	if _, dup := n.pendingIdx[id]; dup {
 		return
 	}
-	o := &own{id: id, service: service, payload: payload, kept: kept}
+	o := &own{id: id, service: service, payload: payload, kept: flags&submitKept != 0, droppable: flags&submitDroppable != 0}
 	n.pending = append(n.pending, o)
 	n.pendingIdx[id] = o
 	n.inflight.Add(1)
@@ -534,7 +540,7 @@ func (n *Node) send(o *own, now time.Time) {
 	}
 	o.sentAt = now
 	o.ordered = false
-	f := dataFrame{ring: n.ring, id: o.id, prev: o.prev, service: o.service, payload: o.payload}
+	f := dataFrame{ring: n.ring, id: o.id, prev: o.prev, service: o.service, payload: o.payload, droppable: o.droppable}
 	if !n.alone() {
 		n.scratch = appendData(n.scratch[:0], &f)
 		if err := n.nc.Publish(n.subjData, n.scratch); err != nil {
@@ -564,6 +570,10 @@ type listenRequest struct {
 	// Leave: the client with Origin closes; it no longer counts as one of
 	// Service's listeners.
 	Leave bool `json:"leave,omitempty"`
+	// Skip: the client has no use for droppable payloads (SkipPayloads);
+	// other nodes' droppable messages of Service come without theirs
+	// while every listener of Service on the node says so.
+	Skip bool `json:"skip,omitempty"`
 }
 
 // onListen adds a service whose deliver subject also carries the
@@ -588,9 +598,9 @@ func (n *Node) onListen(m *nats.Msg) {
 		n.log.Debug("a service listens", "service", r.Service)
 	}
 	if n.listenOrigins[r.Service] == nil {
-		n.listenOrigins[r.Service] = map[uint32]struct{}{}
+		n.listenOrigins[r.Service] = map[uint32]bool{}
 	}
-	n.listenOrigins[r.Service][r.Origin] = struct{}{}
+	n.listenOrigins[r.Service][r.Origin] = r.Skip
 	n.mu.Unlock()
 	_ = m.Respond([]byte(`{"ok":true}`))
 }
@@ -602,7 +612,7 @@ func (n *Node) onSubmit(m *nats.Msg) {
 		return
 	}
 	n.mu.Lock()
-	n.submit(MsgID{Node: n.cfg.NodeID, Origin: origin, Seq: seq}, service, payload, flags&submitKept != 0)
+	n.submit(MsgID{Node: n.cfg.NodeID, Origin: origin, Seq: seq}, service, payload, flags)
 	if queueDrained(m.Sub) {
 		n.flush()
 	}
@@ -645,7 +655,7 @@ func (n *Node) onData(m *nats.Msg) {
 		n.keepFuture(f.ring, m)
 		if f.ring == n.ring && n.state != stOperational {
 			// A frozen ring's payload: a possible orphan of its sender.
-			n.unordered[f.id] = &entry{id: f.id, service: f.service, payload: f.payload, have: true}
+			n.unordered[f.id] = &entry{id: f.id, service: f.service, payload: f.payload, have: true, droppable: f.droppable}
 		}
 		return
 	}
@@ -712,12 +722,12 @@ func (n *Node) takeData(f *dataFrame) {
 	if pos, ok := n.waitingData[id]; ok {
 		delete(n.waitingData, id)
 		if e := n.cur.at(pos); e != nil && e.id == id && !e.have {
-			e.service, e.payload, e.have = service, payload, true
+			e.service, e.payload, e.have, e.droppable = service, payload, true, f.droppable
 			n.deliverReady()
 		}
 		return
 	}
-	n.unordered[id] = &entry{id: id, service: service, payload: payload, have: true}
+	n.unordered[id] = &entry{id: id, service: service, payload: payload, have: true, droppable: f.droppable}
 }
 
 // order is the sequencer giving a message the ring's next position.
@@ -729,7 +739,7 @@ func (n *Node) order(f *dataFrame) {
 	n.seqLast[originKey{id.Node, id.Origin}] = id.Seq
 	pos := n.cur.highest() + 1
 	n.seqIDs[id] = pos
-	*n.cur.slot(pos) = entry{id: id, service: f.service, payload: f.payload, have: true}
+	*n.cur.slot(pos) = entry{id: id, service: f.service, payload: f.payload, have: true, droppable: f.droppable}
 	if len(n.batch) == 0 {
 		n.batchFirst = pos
 	}
@@ -775,7 +785,7 @@ func (n *Node) takeOrder(first uint64, ids []MsgID) {
 		e.id = id
 		if u := n.unordered[id]; u != nil {
 			delete(n.unordered, id)
-			e.service, e.payload, e.have = u.service, u.payload, true
+			e.service, e.payload, e.have, e.droppable = u.service, u.payload, true, u.droppable
 		} else {
 			n.waitingData[id] = pos
 		}
@@ -824,19 +834,27 @@ func (n *Node) deliver(ring RingID, pos uint64, e *entry) {
 		subj = n.cfg.Subjects.TotemDeliver(n.cfg.NodeID, e.service)
 		n.deliverSubj[e.service] = subj
 	}
-	if kept {
-		// The origin has the payload and nobody else on this node
+	// Another node's droppable message, to a service whose every
+	// listener here skips droppable payloads (a CPG instance with no
+	// local member in any group): nobody here reads the payload, so it
+	// crosses neither this process again nor the socket to the listener.
+	skipped := !kept && e.droppable && e.id.Node != n.cfg.NodeID && n.allSkip(e.service)
+	if kept || skipped {
+		// kept: the origin has the payload and nobody else on this node
 		// receives the service: the frame goes without it, and its
 		// payload crosses neither this process again nor the socket to
 		// the origin's (docs/totem.md, "What a large message costs").
 		m.Payload = nil
 	}
 	n.scratch = appendDeliver(n.scratch[:0], &m)
-	if kept {
+	switch {
+	case kept:
 		_ = n.nc.PublishMsg(&nats.Msg{Subject: subj, Data: n.scratch, Header: nats.Header{KeptHeader: []string{"1"}}})
-		return
+	case skipped:
+		_ = n.nc.PublishMsg(&nats.Msg{Subject: subj, Data: n.scratch, Header: nats.Header{SkippedHeader: []string{"1"}}})
+	default:
+		_ = n.nc.Publish(subj, n.scratch)
 	}
-	_ = n.nc.Publish(subj, n.scratch)
 }
 
 // onlyListener tells whether origin is the one client that named service
@@ -848,6 +866,22 @@ func (n *Node) onlyListener(service string, origin uint32) bool {
 	}
 	_, ok := o[origin]
 	return ok
+}
+
+// allSkip tells whether service has listeners on this node and every one
+// of them skips droppable payloads (TotemListen's skip). Called with mu
+// held.
+func (n *Node) allSkip(service string) bool {
+	o := n.listenOrigins[service]
+	if len(o) == 0 {
+		return false
+	}
+	for _, skip := range o {
+		if !skip {
+			return false
+		}
+	}
+	return true
 }
 
 func (n *Node) compactPending() {

@@ -47,6 +47,10 @@ type Message struct {
 	Service string
 	// Payload belongs to the receiver (it is not reused).
 	Payload []byte
+	// Skipped: the message came without its payload (nil), because its
+	// sender made it droppable and this client skips droppable payloads
+	// (Client.SkipPayloads).
+	Skipped bool
 }
 
 // ConfChgType tells a transitional configuration from a regular one.
@@ -221,14 +225,25 @@ func getID(b []byte) MsgID {
 // Data frame (TotemData): ring(12) id(16) prev(8) svclen(1) svc payload.
 // prev is the origin's previous message sent in this ring (0: none): the
 // sequencer orders each origin's messages in the order they were sent.
+// The high bit of svclen (dataDroppable) says the sender let receivers
+// skip the payload (a droppable message); service names are at most
+// maxService bytes, so the bit is never part of a length.
 const dataHdr = ringLen + idLen + 8 + 1
 
+// dataDroppable is svclen's flag bit: the message is droppable.
+const dataDroppable = 0x80
+
+// maxService is the longest service name: svclen keeps its high bit for
+// dataDroppable.
+const maxService = 127
+
 type dataFrame struct {
-	ring    RingID
-	id      MsgID
-	prev    uint64
-	service string
-	payload []byte
+	ring      RingID
+	id        MsgID
+	prev      uint64
+	service   string
+	payload   []byte
+	droppable bool
 }
 
 func appendData(dst []byte, f *dataFrame) []byte {
@@ -237,6 +252,9 @@ func appendData(dst []byte, f *dataFrame) []byte {
 	putID(h[ringLen:], f.id)
 	binary.BigEndian.PutUint64(h[ringLen+idLen:], f.prev)
 	h[dataHdr-1] = byte(len(f.service))
+	if f.droppable {
+		h[dataHdr-1] |= dataDroppable
+	}
 	dst = append(dst, h[:]...)
 	dst = append(dst, f.service...)
 	return append(dst, f.payload...)
@@ -250,7 +268,8 @@ func parseData(b []byte) (dataFrame, error) {
 	f.ring = getRing(b)
 	f.id = getID(b[ringLen:])
 	f.prev = binary.BigEndian.Uint64(b[ringLen+idLen:])
-	n := int(b[dataHdr-1])
+	f.droppable = b[dataHdr-1]&dataDroppable != 0
+	n := int(b[dataHdr-1] &^ dataDroppable)
 	b = b[dataHdr:]
 	if len(b) < n {
 		return f, errShort
@@ -268,6 +287,12 @@ const submitHdr = 14
 // its payload (a kept deliver frame) when the origin is the only client
 // receiving the service on the node.
 const submitKept = 1
+
+// submitDroppable (flags): the message is droppable — another node's bus
+// may deliver it without its payload (a skipped deliver frame) to a
+// service whose every listener on that node said it has no use for
+// droppable payloads (ClientOptions, Client.SkipPayloads).
+const submitDroppable = 2
 
 func appendSubmit(dst []byte, origin uint32, seq uint64, flags byte, service string, payload []byte) []byte {
 	var h [submitHdr]byte
@@ -346,6 +371,12 @@ func appendDeliver(dst []byte, m *Message) []byte {
 // the service to its node's bus. Its value is "1".
 const KeptHeader = "Corobus-Kept"
 
+// SkippedHeader marks a deliver frame published without its payload
+// because the message is droppable (Client.McastPartsDroppable), from
+// another node, and every client that named the service to this node's
+// bus skips droppable payloads (Client.SkipPayloads). Its value is "1".
+const SkippedHeader = "Corobus-Skipped"
+
 // ParseDeliver decodes a TotemDeliver frame; service is the subject's last
 // token. The payload aliases b.
 func ParseDeliver(service string, b []byte) (Message, error) {
@@ -367,6 +398,10 @@ type entry struct {
 	service string
 	payload []byte
 	have    bool // the payload arrived
+	// droppable: the sender lets this node skip the payload for listeners
+	// that do not want it (submitDroppable). Not carried by fetch
+	// replies: a fetched message is delivered whole, the safe side.
+	droppable bool
 }
 
 // Fetch reply: count(4) then per entry pos(8) id(16) svclen(1) svc

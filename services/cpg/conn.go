@@ -211,10 +211,21 @@ func responseID(req int32) int32 {
 }
 
 // join is corosync's message_handler_req_lib_cpg_join.
-func (c *Conn) join(r cpgwire.Request) cswire.Error {
+func (c *Conn) join(r cpgwire.Request) (res cswire.Error) {
 	s := c.s
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
+	// Other nodes' multicasts whole before the procjoin is submitted:
+	// every one delivered after the join is then whole.
+	if err := s.wantPayloads(); err != nil {
+		s.log.Warn("join refused for now", "conn", c.client.Label, "err", err)
+		return cswire.ErrTryAgain
+	}
+	defer func() {
+		if res != cswire.OK {
+			s.queueSend(s.skipIfUnused)
+		}
+	}()
 	s.mu.Lock()
 	if c.closed {
 		s.mu.Unlock()
@@ -413,6 +424,9 @@ func (c *Conn) Close() {
 			if len(m) == 0 {
 				delete(s.byGroup, c.group)
 			}
+		}
+		if len(s.byGroup) == 0 {
+			s.queueSend(s.skipIfUnused)
 		}
 	}
 	c.iters = nil

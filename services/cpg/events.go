@@ -155,6 +155,7 @@ func (s *Service) Counters() map[string]uint64 {
 	m["unknown_sender"] = s.stats.unknownSender.Load()
 	m["callback_errors"] = s.stats.eventErrors.Load()
 	m["alone"] = s.stats.alone.Load()
+	m["skipped"] = s.stats.skipped.Load()
 	return m
 }
 

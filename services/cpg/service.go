@@ -78,6 +78,11 @@ type Service struct {
 	// counts exactly the joins and leaves sent before it.
 	sendMu  sync.Mutex
 	sendBuf []byte
+	// skipAsked (under sendMu): this instance may have told its bus that
+	// it has no use for other nodes' multicast payloads — it had no
+	// connection in any group (skipIfUnused). A join asks for them again
+	// before its procjoin is submitted (wantPayloads).
+	skipAsked bool
 	// The bytes of this instance's multicasts sent and delivered back
 	// (totem messages' payloads): their difference is in flight.
 	bytesSent, bytesBack atomic.Int64
@@ -217,6 +222,48 @@ func (s *Service) Start(nc *nats.Conn) error {
 	s.tc = tc
 	s.mu.Unlock()
 	s.onListen()
+	s.queueSend(s.skipIfUnused)
+	return nil
+}
+
+// skipIfUnused tells the bus, when no connection of this instance is in
+// a group, that other nodes' multicasts may come without their payload
+// (totem.Client.SkipPayloads): deliver would hand them to nobody — it
+// delivers to the group's connections of byGroup, and a connection
+// enters byGroup only through join, which asks for the payloads again
+// first (wantPayloads). On a node without any CPG member a 64 KiB
+// multicast from another node then costs its bus and gateway a small
+// deliver frame instead of the payload's trip through both
+// (docs/cpg.md, Speed).
+func (s *Service) skipIfUnused() {
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	s.mu.Lock()
+	unused := len(s.byGroup) == 0
+	s.mu.Unlock()
+	if !unused || s.skipAsked || s.tc == nil {
+		return
+	}
+	// Set before the request: the bus may skip from the moment it has
+	// it, whether or not its answer comes back.
+	s.skipAsked = true
+	if err := s.tc.SkipPayloads(true, 2*time.Second); err != nil {
+		s.log.Debug("cpg: telling the bus to skip multicast payloads", "err", err)
+	}
+}
+
+// wantPayloads makes sure the bus delivers other nodes' multicasts whole
+// from now on: every message ordered after a procjoin submitted after it
+// returns is delivered by the bus after it, so whole. Called with sendMu
+// held.
+func (s *Service) wantPayloads() error {
+	if !s.skipAsked || s.tc == nil {
+		return nil
+	}
+	if err := s.tc.SkipPayloads(false, 2*time.Second); err != nil {
+		return fmt.Errorf("cpg: asking the bus for multicast payloads again: %w", err)
+	}
+	s.skipAsked = false
 	return nil
 }
 
@@ -270,12 +317,16 @@ func (s *Service) send(ctx context.Context, e *cpgwire.Exec) error {
 	data := e.Data
 	if len(data) <= s.opts.Chunk {
 		s.sendBuf = cpgwire.AppendExecHeader(s.sendBuf[:0], e)
-		return s.mcast(ctx, e.Kind, s.sendBuf, data)
+		// A whole multicast is droppable: a node none of whose
+		// connections is in a group hands it to nobody (skipIfUnused).
+		// Joins, leaves, joinlists, libcpg's fragments and chunked
+		// messages (whose assembly spans frames) always go whole.
+		return s.mcast(ctx, e.Kind, s.sendBuf, data, e.Kind == cpgwire.ExecMcast)
 	}
 	first := *e
 	first.Flags |= cpgwire.FlagMore
 	s.sendBuf = cpgwire.AppendExecHeader(s.sendBuf[:0], &first)
-	if err := s.mcast(ctx, e.Kind, s.sendBuf, data[:s.opts.Chunk]); err != nil {
+	if err := s.mcast(ctx, e.Kind, s.sendBuf, data[:s.opts.Chunk], false); err != nil {
 		return err
 	}
 	for rest := data[s.opts.Chunk:]; len(rest) > 0; {
@@ -287,7 +338,7 @@ func (s *Service) send(ctx context.Context, e *cpgwire.Exec) error {
 		s.sendBuf = cpgwire.AppendExecHeader(s.sendBuf[:0], &c)
 		// The rest of a message must follow its start even when the
 		// caller gives up waiting: a receiver holds the start.
-		if err := s.mcast(context.WithoutCancel(ctx), cpgwire.ExecChunk, s.sendBuf, rest[:n]); err != nil {
+		if err := s.mcast(context.WithoutCancel(ctx), cpgwire.ExecChunk, s.sendBuf, rest[:n], false); err != nil {
 			return err
 		}
 		rest = rest[n:]
@@ -296,15 +347,20 @@ func (s *Service) send(ctx context.Context, e *cpgwire.Exec) error {
 }
 
 // mcast submits a frame's header and data (copied once, into the submit
-// frame).
-func (s *Service) mcast(ctx context.Context, kind uint8, head, data []byte) error {
+// frame); droppable: other nodes may deliver it without its data
+// (skipIfUnused).
+func (s *Service) mcast(ctx context.Context, kind uint8, head, data []byte, droppable bool) error {
 	if s.windowFull() {
 		s.mu.Lock()
 		s.updateFlowControl()
 		s.mu.Unlock()
 	}
 	s.inTotem.Add(1)
-	if _, err := s.tc.McastParts(ctx, TotemService, head, data); err != nil {
+	submit := s.tc.McastParts
+	if droppable {
+		submit = s.tc.McastPartsDroppable
+	}
+	if _, err := submit(ctx, TotemService, head, data); err != nil {
 		s.inTotem.Add(-1)
 		return fmt.Errorf("cpg: multicasting: %w", err)
 	}
@@ -326,6 +382,14 @@ func (s *Service) onDelivery(d totem.Delivery) {
 		return
 	}
 	m := d.Message
+	if m.Skipped {
+		// Another node's multicast (the one droppable kind) without its
+		// payload: this instance had no connection in any group when its
+		// bus delivered it, so deliver would have handed it to nobody.
+		s.stats.rx[cpgwire.ExecMcast].Add(1)
+		s.stats.skipped.Add(1)
+		return
+	}
 	e, err := cpgwire.DecodeExec(m.Payload)
 	if err != nil {
 		s.log.Warn("undecodable cpg frame", "from", m.ID, "err", err)
@@ -820,4 +884,5 @@ type stats struct {
 	unknownSender atomic.Uint64
 	eventErrors   atomic.Uint64
 	alone         atomic.Uint64 // multicasts delivered without the totem (alone)
+	skipped       atomic.Uint64 // other nodes' multicasts received without payload (skipIfUnused)
 }
