@@ -89,6 +89,12 @@ func realtimeProcesses() []rtProcess {
 		if err != nil || (policy != 1 && policy != 2) { // SCHED_FIFO, SCHED_RR
 			continue
 		}
+		// The kernel's own threads (migration/N, irq/…, watchdogd) run
+		// real-time on every machine and are not what this is about.
+		const flagsField, pfKthread = 9 - 3, 0x00200000
+		if flags, err := strconv.ParseUint(rest[flagsField], 10, 64); err != nil || flags&pfKthread != 0 {
+			continue
+		}
 		pid, err := strconv.Atoi(strings.TrimSpace(s[:open]))
 		if err != nil {
 			continue
