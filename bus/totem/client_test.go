@@ -49,16 +49,8 @@ func TestClientReceivesItsServiceOnly(t *testing.T) {
 	c := harness.New(t, harness.Options{N: 2, Token: 300 * time.Millisecond, Join: 30 * time.Millisecond, Consensus: 400 * time.Millisecond})
 	c.WaitView([]int{1, 2}, 10*time.Second)
 	var a, b recorder
-	ca, err := totem.NewClient(c.Client(1), c.Subjects, 1, totem.ClientOptions{Service: "alpha", OnDeliver: a.on})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ca.Close()
-	cb, err := totem.NewClient(c.Client(2), c.Subjects, 2, totem.ClientOptions{Window: 4, Service: "beta", OnDeliver: b.on})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cb.Close()
+	ca := newClient(t, c, 1, totem.ClientOptions{Service: "alpha", OnDeliver: a.on})
+	cb := newClient(t, c, 2, totem.ClientOptions{Window: 4, Service: "beta", OnDeliver: b.on})
 	ctx := context.Background()
 	for i := range 20 {
 		if _, err := ca.Mcast(ctx, "alpha", []byte{byte(i)}); err != nil {
@@ -147,11 +139,7 @@ func TestAloneInItsRingPublishesNoFrames(t *testing.T) {
 		return frames[c.Subjects.TotemData()], frames[c.Subjects.TotemOrder()]
 	}
 	var a recorder
-	ca, err := totem.NewClient(c.Client(1), c.Subjects, 1, totem.ClientOptions{Service: "alpha", OnDeliver: a.on})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ca.Close()
+	ca := newClient(t, c, 1, totem.ClientOptions{Service: "alpha", OnDeliver: a.on})
 	delivered := func() (n int) {
 		for _, d := range a.snapshot() {
 			if d.Message != nil {
@@ -222,16 +210,8 @@ func TestKeptOwnMessagesComeBackWithoutPayload(t *testing.T) {
 	}
 	frames := func() (int, int) { mu.Lock(); defer mu.Unlock(); return kept, whole }
 	var a, b, a2 recorder
-	ca, err := totem.NewClient(c.Client(1), c.Subjects, 1, totem.ClientOptions{Service: "alpha", OnDeliver: a.on, KeepOwn: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ca.Close()
-	cb, err := totem.NewClient(c.Client(2), c.Subjects, 2, totem.ClientOptions{Service: "alpha", OnDeliver: b.on})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cb.Close()
+	ca := newClient(t, c, 1, totem.ClientOptions{Service: "alpha", OnDeliver: a.on, KeepOwn: true})
+	newClient(t, c, 2, totem.ClientOptions{Service: "alpha", OnDeliver: b.on})
 	payload := func(i int) []byte {
 		n := 16 << 10
 		if i%5 == 4 {
@@ -279,11 +259,7 @@ func TestKeptOwnMessagesComeBackWithoutPayload(t *testing.T) {
 		t.Errorf("node 1 published %d kept and %d whole frames, want 16 and 4", k, w)
 	}
 	// A second client of alpha on node 1: it needs the payloads too.
-	ca2, err := totem.NewClient(c.Client(1), c.Subjects, 1, totem.ClientOptions{Service: "alpha", OnDeliver: a2.on})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ca2.Close()
+	ca2 := newClient(t, c, 1, totem.ClientOptions{Service: "alpha", OnDeliver: a2.on})
 	for i := 20; i < 30; i++ {
 		if _, err := ca.Mcast(ctx, "alpha", payload(i)); err != nil {
 			t.Fatal(err)
@@ -339,16 +315,8 @@ func TestSkippedPayloads(t *testing.T) {
 	c := harness.New(t, harness.Options{N: 2, Token: 300 * time.Millisecond, Join: 30 * time.Millisecond, Consensus: 400 * time.Millisecond})
 	c.WaitView([]int{1, 2}, 10*time.Second)
 	var a, b, b2 recorder
-	ca, err := totem.NewClient(c.Client(1), c.Subjects, 1, totem.ClientOptions{Service: "alpha", OnDeliver: a.on})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ca.Close()
-	cb, err := totem.NewClient(c.Client(2), c.Subjects, 2, totem.ClientOptions{Service: "alpha", OnDeliver: b.on})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cb.Close()
+	ca := newClient(t, c, 1, totem.ClientOptions{Service: "alpha", OnDeliver: a.on})
+	cb := newClient(t, c, 2, totem.ClientOptions{Service: "alpha", OnDeliver: b.on})
 	if err := cb.SkipPayloads(true, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -408,10 +376,7 @@ func TestSkippedPayloads(t *testing.T) {
 	check("the sender", &a, 0, 10, never)
 	check("node 2", &b, 0, 10, func(i int) bool { return i%4 == 0 })
 	// A second client of alpha on node 2 that wants the payloads: whole.
-	cb2, err := totem.NewClient(c.Client(2), c.Subjects, 2, totem.ClientOptions{Service: "alpha", OnDeliver: b2.on})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cb2 := newClient(t, c, 2, totem.ClientOptions{Service: "alpha", OnDeliver: b2.on})
 	send(10, 20)
 	check("node 2", &b, 10, 20, never)
 	cb2.Close()
@@ -436,4 +401,16 @@ func TestSkippedPayloads(t *testing.T) {
 	check("node 2", &b, n, n+10, never)
 	check("the sender", &a, 0, n+10, never)
 	waitFor(t, "an empty window", func() bool { return ca.InFlight() == 0 })
+}
+
+// newClient attaches a Client to node's totem in c; it closes when the
+// test ends (Close may come earlier: it is idempotent).
+func newClient(t *testing.T, c *harness.Cluster, node int, opts totem.ClientOptions) *totem.Client {
+	t.Helper()
+	cl, err := totem.NewClient(c.Client(node), c.Subjects, uint32(node), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Close() })
+	return cl
 }
