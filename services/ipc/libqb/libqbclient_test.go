@@ -197,3 +197,25 @@ func TestSpinner(t *testing.T) {
 		t.Fatal("a look with SpinMax 0")
 	}
 }
+
+// A connection looks only while no other connection of its server was
+// served within the look's window: several synchronous clients take turns
+// on the CPUs, and a look would spin on one that a client needs.
+func TestLooksWaitForOtherConnections(t *testing.T) {
+	var srv Server
+	if srv.othersBusy(1, time.Hour) {
+		t.Fatal("busy before any request was served")
+	}
+	srv.servedConn.Store(1)
+	srv.servedAt.Store(time.Now().UnixNano())
+	if srv.othersBusy(1, time.Hour) {
+		t.Fatal("a connection's own last response kept it from looking")
+	}
+	if !srv.othersBusy(2, time.Hour) {
+		t.Fatal("another connection looked right after connection 1 was served")
+	}
+	srv.servedAt.Store(time.Now().Add(-time.Second).UnixNano())
+	if srv.othersBusy(2, time.Millisecond) {
+		t.Fatal("another connection kept from looking by a response older than the window")
+	}
+}

@@ -162,6 +162,11 @@ type Server struct {
 	limited *logLimiter
 	// spinning: one connection of the server spins at a time.
 	spinning atomic.Bool
+	// served is when (Unix ns) and by which connection the server last
+	// answered a request: a connection looks only while no other one
+	// has been served within the look's window (othersBusy).
+	servedAt   atomic.Int64
+	servedConn atomic.Uint64
 
 	mu      sync.Mutex
 	conns   map[*Conn]struct{}
