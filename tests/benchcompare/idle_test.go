@@ -27,29 +27,40 @@ const (
 // 100 on every Linux architecture Go runs on.
 const userHZ = 100
 
+// procStat reads /proc/<pid>/stat: the process's comm and its fields
+// from field 3 (state) on — comm is in parentheses and may hold spaces,
+// so they are the ones after its last ')'. ok is false for a process gone
+// meanwhile.
+func procStat(pid int) (comm string, fields []string, ok bool) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return "", nil, false
+	}
+	open, closing := bytes.IndexByte(stat, '('), bytes.LastIndexByte(stat, ')')
+	if open < 0 || closing < open {
+		return "", nil, false
+	}
+	return string(stat[open+1 : closing]), strings.Fields(string(stat[closing+1:])), true
+}
+
+// statField is the index in procStat's fields of /proc/<pid>/stat's
+// field n (proc(5) counts from 1; the fields start at 3).
+func statField(n int) int { return n - 3 }
+
 // procTicks reads a process's utime+stime and names it: corosync, or
 // "corobus <layer>" from its command line (`corobus service cmap`, …).
 func procTicks(pid int, engine string) (ticks uint64, label string, ok bool) {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
+	comm, f, ok := procStat(pid)
+	// utime and stime are fields 14 and 15.
+	if !ok || len(f) <= statField(15) {
 		return 0, "", false
 	}
-	// comm is in parentheses and may hold spaces: fields follow the last ')'.
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
-		return 0, "", false
-	}
-	f := strings.Fields(string(stat[i+1:]))
-	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
-	if len(f) < 13 {
-		return 0, "", false
-	}
-	u, err1 := strconv.ParseUint(f[11], 10, 64)
-	s, err2 := strconv.ParseUint(f[12], 10, 64)
+	u, err1 := strconv.ParseUint(f[statField(14)], 10, 64)
+	s, err2 := strconv.ParseUint(f[statField(15)], 10, 64)
 	if err1 != nil || err2 != nil {
 		return 0, "", false
 	}
-	return u + s, procLabel(pid, string(stat[bytes.IndexByte(stat, '(')+1:i]), engine), true
+	return u + s, procLabel(pid, comm, engine), true
 }
 
 // procLabel is the executable's base name or, for the corobus binary
@@ -76,7 +87,6 @@ func procLabel(pid int, comm, engine string) string {
 const idleGroup = "idle"
 
 // sample is every process of every node of the cluster: pid →
-// (ticks, label). every process of every node of the cluster: pid →
 // (ticks, label).
 type sample map[int]struct {
 	ticks uint64

@@ -3,7 +3,6 @@ package benchcompare
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,7 +21,8 @@ type machine struct {
 }
 
 // sample records the load average and the foreign real-time processes
-// now; own are the processes of the clusters this test started.
+// now (at a run's end: one that ran only within a run is not seen); own
+// are the processes of the clusters this test started.
 func (m *machine) sample(own []int) {
 	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
 		if f := strings.Fields(string(b)); len(f) > 0 {
@@ -55,7 +55,7 @@ func (m *machine) String() string {
 		names = append(names, k)
 	}
 	slices.Sort(names)
-	return s + fmt.Sprintf(" Real-time processes not this benchmark's were running (%s): while they are busy they take up to 95 %% of every CPU from everything else, corobus and the clients included, so these figures are not comparable with a quiet machine's.\n", strings.Join(names, ", "))
+	return s + fmt.Sprintf(" Real-time processes not this benchmark's were running at a run's end (%s): while they are busy they take up to 95 %% of every CPU from everything else, corobus and the clients included, so these figures are not comparable with a quiet machine's.\n", strings.Join(names, ", "))
 }
 
 type rtProcess struct {
@@ -66,40 +66,28 @@ type rtProcess struct {
 // realtimeProcesses lists the processes whose scheduling policy is
 // SCHED_FIFO or SCHED_RR (field 41 of /proc/<pid>/stat).
 func realtimeProcesses() []rtProcess {
-	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	entries, _ := os.ReadDir("/proc")
 	var out []rtProcess
-	for _, path := range stats {
-		b, err := os.ReadFile(path)
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
+			continue
+		}
+		comm, f, ok := procStat(pid)
+		if !ok || len(f) <= statField(41) {
 			continue // gone meanwhile
 		}
-		s := string(b)
-		// comm is in parentheses and may hold spaces: the fields
-		// after it start at field 3.
-		open, closing := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-		if open < 0 || closing < open {
-			continue
-		}
-		rest := strings.Fields(s[closing+1:])
-		const policyField = 41 - 3 // field 41, counted from field 3
-		if len(rest) <= policyField {
-			continue
-		}
-		policy, err := strconv.Atoi(rest[policyField])
+		policy, err := strconv.Atoi(f[statField(41)])
 		if err != nil || (policy != 1 && policy != 2) { // SCHED_FIFO, SCHED_RR
 			continue
 		}
 		// The kernel's own threads (migration/N, irq/…, watchdogd) run
 		// real-time on every machine and are not what this is about.
-		const flagsField, pfKthread = 9 - 3, 0x00200000
-		if flags, err := strconv.ParseUint(rest[flagsField], 10, 64); err != nil || flags&pfKthread != 0 {
+		const pfKthread = 0x00200000 // field 9, flags
+		if flags, err := strconv.ParseUint(f[statField(9)], 10, 64); err != nil || flags&pfKthread != 0 {
 			continue
 		}
-		pid, err := strconv.Atoi(strings.TrimSpace(s[:open]))
-		if err != nil {
-			continue
-		}
-		out = append(out, rtProcess{pid: pid, comm: s[open+1 : closing]})
+		out = append(out, rtProcess{pid: pid, comm: comm})
 	}
 	return out
 }
