@@ -136,6 +136,9 @@ type Node struct {
 	// its service goes back to whole frames (the safe side), unless it
 	// had said it skips.
 	listenOrigins map[string]map[uint32]bool
+	// keptHdr and skippedHdr mark a deliver frame sent without its
+	// payload (KeptHeader, SkippedHeader): made once, read only.
+	keptHdr, skippedHdr nats.Header
 
 	inflight atomic.Int64 // own messages submitted and not delivered
 
@@ -238,6 +241,8 @@ func New(nc *nats.Conn, cfg Config, cb Callbacks) (*Node, error) {
 		deliverSubj:   map[string]string{},
 		listeners:     map[string]string{},
 		listenOrigins: map[string]map[uint32]bool{},
+		keptHdr:       nats.Header{KeptHeader: []string{"1"}},
+		skippedHdr:    nats.Header{SkippedHeader: []string{"1"}},
 		peers:         map[uint32]*peer{},
 		state:         stGather,
 		gathering:     make(chan struct{}, 1),
@@ -834,27 +839,30 @@ func (n *Node) deliver(ring RingID, pos uint64, e *entry) {
 		subj = n.cfg.Subjects.TotemDeliver(n.cfg.NodeID, e.service)
 		n.deliverSubj[e.service] = subj
 	}
-	// Another node's droppable message, to a service whose every
-	// listener here skips droppable payloads (a CPG instance with no
-	// local member in any group): nobody here reads the payload, so it
-	// crosses neither this process again nor the socket to the listener.
-	skipped := !kept && e.droppable && e.id.Node != n.cfg.NodeID && n.allSkip(e.service)
-	if kept || skipped {
-		// kept: the origin has the payload and nobody else on this node
-		// receives the service: the frame goes without it, and its
-		// payload crosses neither this process again nor the socket to
-		// the origin's (docs/totem.md, "What a large message costs").
+	// What goes without its payload, marked by a header:
+	//   - kept: the origin has the payload and nobody else on this node
+	//     receives the service, so its payload crosses neither this
+	//     process again nor the socket to the origin's (docs/totem.md,
+	//     "What a large message costs");
+	//   - skipped: another node's droppable message, to a service whose
+	//     every listener here skips droppable payloads (a CPG instance
+	//     with no local member in any group): nobody here reads it.
+	var hdr nats.Header
+	switch {
+	case kept:
+		hdr = n.keptHdr
+	case e.droppable && e.id.Node != n.cfg.NodeID && n.allSkip(e.service):
+		hdr = n.skippedHdr
+	}
+	if hdr != nil {
 		m.Payload = nil
 	}
 	n.scratch = appendDeliver(n.scratch[:0], &m)
-	switch {
-	case kept:
-		_ = n.nc.PublishMsg(&nats.Msg{Subject: subj, Data: n.scratch, Header: nats.Header{KeptHeader: []string{"1"}}})
-	case skipped:
-		_ = n.nc.PublishMsg(&nats.Msg{Subject: subj, Data: n.scratch, Header: nats.Header{SkippedHeader: []string{"1"}}})
-	default:
+	if hdr == nil {
 		_ = n.nc.Publish(subj, n.scratch)
+		return
 	}
+	_ = n.nc.PublishMsg(&nats.Msg{Subject: subj, Data: n.scratch, Header: hdr})
 }
 
 // onlyListener tells whether origin is the one client that named service
