@@ -164,7 +164,10 @@ type Server struct {
 	spinning atomic.Bool
 	// served is when (Unix ns) and by which connection the server last
 	// answered a request: a connection looks only while no other one
-	// has been served within the look's window (othersBusy).
+	// has been served within the look's window (othersBusy). The two are
+	// stored apart, so a reader may pair one response's time with
+	// another's connection: a hint for the look, which a wrong answer
+	// only makes wait on the poller or look once.
 	servedAt   atomic.Int64
 	servedConn atomic.Uint64
 
