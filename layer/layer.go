@@ -50,6 +50,8 @@ type Layer struct {
 	// sets GOMAXPROCS. 1 suits a layer whose work is a trickle of small
 	// messages: at rest one processor does it with half the thread
 	// wake-ups (no other processor spun up and parked for each message).
+	// 0: the process's count follows its load (package procgov: one
+	// processor until its work waits for a second).
 	Procs int
 	// GCPercent, when not zero, is the garbage collector's target
 	// percentage (GOGC, debug.SetGCPercent) of the layer's own process,

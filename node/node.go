@@ -18,6 +18,7 @@ import (
 	"github.com/corobus/corobus/config"
 	"github.com/corobus/corobus/layer"
 	"github.com/corobus/corobus/logsys"
+	"github.com/corobus/corobus/node/procgov"
 )
 
 // BusHooks are the parts of the bus process that later layers of the stack
@@ -94,8 +95,17 @@ func RunLayer(ctx context.Context, l layer.Layer, cfg *config.Config, busURL str
 	}
 	// RunLayer is the whole process's work (corobus <layer>): its
 	// scheduler is the layer's to size.
-	if l.Procs > 0 && os.Getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(l.Procs)
+	// A layer that does not pin its processor count (the gateway, objdb,
+	// a service apart) has the bus's governor: one processor unless its
+	// work waits for a second (package procgov).
+	if os.Getenv("GOMAXPROCS") == "" {
+		if l.Procs > 0 {
+			runtime.GOMAXPROCS(l.Procs)
+		} else {
+			gctx, stop := context.WithCancel(ctx)
+			defer stop()
+			go procgov.Run(gctx, procgov.Config{Log: log})
+		}
 	}
 	if l.GCPercent > 0 && os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(l.GCPercent)

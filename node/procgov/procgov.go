@@ -1,7 +1,6 @@
 // Package procgov sizes the Go scheduler of a process whose work comes in
-// bursts with long rests between them — the bus: one processor
-// (GOMAXPROCS) while the process is nearly idle, all of them while it
-// works.
+// bursts with long rests between them — the bus, the IPC gateway, objdb:
+// one processor (GOMAXPROCS) until its work waits for a second one.
 //
 // Why: at rest every message or timer that wakes a process with two
 // processors wakes two threads — the one that runs the goroutine and a
@@ -12,6 +11,15 @@
 // cost 1.2–1.3 % of a core with two processors and 0.7–0.8 % with one
 // (GOMAXPROCS=1, 30 s per process, docs/architecture.md "A node at
 // rest"); under load one processor would halve what the bus can carry.
+//
+// The same holds while the process works but one processor keeps up: a
+// synchronous client's requests (cpg_lat, one cmap client) cross the
+// gateway and the bus as chains of goroutine hand-offs, and with a second
+// processor idle each hand-off wakes a thread on it — on a VM a halted
+// vCPU, tens of microseconds. So the process goes to more processors only
+// when one is nearly full or its goroutines wait for it, not at a fixed
+// share of a core (docs/architecture.md, "One processor until the work
+// waits").
 package procgov
 
 import (
@@ -30,8 +38,8 @@ const (
 	// a timer wake-up and a getrusage, two a second at rest.
 	DefaultEvery = 500 * time.Millisecond
 	// DefaultRise is the share of one core used over a period from
-	// which the process is busy. An idle bus uses about 1 %.
-	DefaultRise = 0.3
+	// which the process is busy: its one processor nearly full.
+	DefaultRise = 0.9
 	// DefaultRiseWait is the time its goroutines spent waiting for a
 	// processor, summed over goroutines, as a share of the period, from
 	// which the process is busy whatever its CPU: on a machine whose
@@ -41,7 +49,7 @@ const (
 	DefaultRiseWait = 1.0
 	// DefaultFall and DefaultFallWait are the shares below which a
 	// period is quiet.
-	DefaultFall     = 0.1
+	DefaultFall     = 0.5
 	DefaultFallWait = 0.3
 	// DefaultQuiet is how many quiet periods in a row return the
 	// process to one processor: a pause between two bursts of work does

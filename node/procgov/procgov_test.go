@@ -15,6 +15,12 @@ func TestNext(t *testing.T) {
 	if got := idle.next(cfg, 0.01, 0.01); got != idle {
 		t.Errorf("quiet period at rest: %+v, want %+v", got, idle)
 	}
+	// Half a core with nothing waiting: a synchronous client's requests,
+	// which a second processor would not speed up but would cost a
+	// thread wake-up at each hand-off between goroutines.
+	if got := idle.next(cfg, 0.5, 0.1); got != idle {
+		t.Errorf("half a core, nothing waiting: %+v, want %+v", got, idle)
+	}
 	busy := idle.next(cfg, cfg.Rise, 0)
 	if busy != (state{procs: 4}) {
 		t.Errorf("busy CPU: %+v, want 4 processors", busy)
