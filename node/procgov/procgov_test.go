@@ -48,6 +48,28 @@ func TestNext(t *testing.T) {
 	}
 }
 
+// TestPeriod: the governor looks seldom while the process rests on one
+// processor, often while it works or has more.
+func TestPeriod(t *testing.T) {
+	cfg := Config{Busy: 4}.withDefaults()
+	idle, busy := state{procs: 1}, state{procs: 4}
+	for _, c := range []struct {
+		what string
+		st   state
+		cpu  float64
+		want time.Duration
+	}{
+		{"at rest", idle, cfg.Rest / 2, cfg.RestEvery},
+		{"working on one processor", idle, cfg.Rest * 2, cfg.Every},
+		{"on more processors, quiet", busy, 0, cfg.Every},
+		{"on more processors, busy", busy, 1.5, cfg.Every},
+	} {
+		if got := cfg.period(c.st, c.cpu); got != c.want {
+			t.Errorf("%s: next look in %v, want %v", c.what, got, c.want)
+		}
+	}
+}
+
 // TestRun: the process runs on one processor at rest, on Busy while
 // goroutines compete for it, on one again when they stop, and on Busy
 // when the governor ends.
@@ -59,7 +81,7 @@ func TestRun(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		Run(ctx, Config{Busy: busy, Every: 50 * time.Millisecond})
+		Run(ctx, Config{Busy: busy, Every: 50 * time.Millisecond, RestEvery: 50 * time.Millisecond})
 	}()
 	waitFor := func(what string, want int) {
 		t.Helper()
