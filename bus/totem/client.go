@@ -59,6 +59,12 @@ type ClientOptions struct {
 // payload costs less than the bookkeeping.
 const keepMin = 4 << 10
 
+// droppableMin is the smallest multicast McastPartsDroppable marks
+// droppable: below it the header that marks a skipped frame costs more
+// than the payload it spares. The same size as keepMin by measurement
+// of the same trade (a header against a payload), not by definition.
+const droppableMin = 4 << 10
+
 // Client is how a process of a node (a service: cpg, sync, …) multicasts
 // in total order and receives the ordered stream, through the node's bus.
 // It submits to Subjects.TotemMcast(node) and subscribes to nothing but
@@ -244,12 +250,11 @@ func (c *Client) McastParts(ctx context.Context, service string, head, tail []by
 // McastPartsDroppable is McastParts of a droppable message: another
 // node's bus delivers it without its payload (Message.Skipped) while
 // every client of service there skips droppable payloads (SkipPayloads).
-// Its sender's own node delivers it whole (or kept). Below keepMin bytes
-// it is an ordinary message: the header that marks a skipped frame costs
-// more than so small a payload.
+// Its sender's own node delivers it whole (or kept). Below droppableMin
+// bytes it is an ordinary message.
 func (c *Client) McastPartsDroppable(ctx context.Context, service string, head, tail []byte) (MsgID, error) {
 	var flags byte
-	if len(head)+len(tail) >= keepMin {
+	if len(head)+len(tail) >= droppableMin {
 		flags = submitDroppable
 	}
 	return c.mcast(ctx, service, head, tail, flags, true)

@@ -58,13 +58,19 @@ func Apply(s Setting, log *slog.Logger, quiet bool) {
 	if !s.Set {
 		return
 	}
-	cur, err := Nice(0)
-	if err == nil && cur == s.Nice {
+	cur, nerr := Nice(0)
+	if nerr == nil && cur == s.Nice {
 		return
 	}
 	if err := setAll(s.Nice); err != nil {
 		if !quiet {
-			log.Warn("the node's processes run at nice "+strconv.Itoa(cur)+": system.priority not applied (raising a priority needs root or CAP_SYS_NICE)", "priority", s.Nice, "err", err)
+			// The nice value the processes keep, when it could be read:
+			// a warning that said 0 for an unreadable value misled.
+			at := "their own nice value"
+			if nerr == nil {
+				at = "nice " + strconv.Itoa(cur)
+			}
+			log.Warn("the node's processes run at "+at+": system.priority not applied (raising a priority needs root or CAP_SYS_NICE)", "priority", s.Nice, "err", err)
 		}
 		return
 	}
