@@ -81,6 +81,7 @@ func TestApplyReachesEveryThreadAndChild(t *testing.T) {
 		t.Fatalf("child: %v\n%s", err, out)
 	}
 	var threads int
+	var child bool
 	for _, line := range strings.Split(string(out), "\n") {
 		if rest, ok := strings.CutPrefix(line, "NICE "); ok {
 			what, nice, _ := strings.Cut(rest, " ")
@@ -90,10 +91,14 @@ func TestApplyReachesEveryThreadAndChild(t *testing.T) {
 			if strings.HasPrefix(what, "thread") {
 				threads++
 			}
+			child = child || what == "child"
 		}
 	}
 	if threads < 2 {
 		t.Fatalf("the child reported %d threads:\n%s", threads, out)
+	}
+	if !child {
+		t.Fatalf("the child reported no nice value of a process it started:\n%s", out)
 	}
 }
 
@@ -131,8 +136,15 @@ func applyChild() {
 	}
 	s := string(out)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if n, err := strconv.Atoi(f[16]); err == nil {
-		fmt.Printf("NICE child %d\n", n)
+	if len(f) < 17 {
+		fmt.Println("ERROR /proc/self/stat of the started process:", s)
+		os.Exit(1)
 	}
+	n, err := strconv.Atoi(f[16])
+	if err != nil {
+		fmt.Println("ERROR nice field of /proc/self/stat:", err)
+		os.Exit(1)
+	}
+	fmt.Printf("NICE child %d\n", n)
 	close(hold)
 }
