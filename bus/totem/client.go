@@ -61,8 +61,9 @@ const keepMin = 4 << 10
 
 // droppableMin is the smallest multicast McastPartsDroppable marks
 // droppable: below it the header that marks a skipped frame costs more
-// than the payload it spares. The same size as keepMin by measurement
-// of the same trade (a header against a payload), not by definition.
+// than the payload it spares. The same size as keepMin because it weighs
+// the same kind of trade (a header against a payload), not because one
+// follows from the other.
 const droppableMin = 4 << 10
 
 // Client is how a process of a node (a service: cpg, sync, …) multicasts

@@ -39,10 +39,12 @@ const (
 	// DefaultRestEvery is how often it looks while the process rests
 	// (one processor, under DefaultRest of a core in the last period):
 	// the longest a process that starts working from rest runs on one
-	// processor. A look wakes two threads — the governor's timer and,
-	// at its getrusage, the runtime's monitor from its deep sleep — and
-	// at 2 a second that cost an idle gateway or objdb 0.07–0.09 % of a
-	// core on the test machine, as much as the rest of its work.
+	// processor. A look wakes two threads — the one that runs the
+	// governor's timer and its getrusage, and the runtime's monitor,
+	// whose deep sleep ends at the next timer (strace of an idle
+	// gateway) — and at 2 a second that cost an idle gateway or objdb
+	// 0.07–0.09 % of a core on the test machine, as much as the rest of
+	// its work.
 	DefaultRestEvery = 2 * time.Second
 	// DefaultRest is the share of one core under which a period on one
 	// processor is rest. An idle bus uses about 1 %, an idle gateway
