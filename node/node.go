@@ -102,9 +102,7 @@ func RunLayer(ctx context.Context, l layer.Layer, cfg *config.Config, busURL str
 		if l.Procs > 0 {
 			runtime.GOMAXPROCS(l.Procs)
 		} else {
-			gctx, stop := context.WithCancel(ctx)
-			defer stop()
-			go procgov.Run(gctx, procgov.Config{Log: log})
+			defer procgov.Start(ctx, procgov.Config{Log: log})()
 		}
 	}
 	if l.GCPercent > 0 && os.Getenv("GOGC") == "" {

@@ -277,9 +277,7 @@ func runBus(ctx context.Context, a *app, args []string) error {
 	// between: one processor at rest, all of them at work (package
 	// procgov), unless GOMAXPROCS says how many.
 	if !slices.ContainsFunc(a.environ, func(kv string) bool { return strings.HasPrefix(kv, "GOMAXPROCS=") }) {
-		gctx, stop := context.WithCancel(ctx)
-		defer stop()
-		go procgov.Run(gctx, procgov.Config{Log: logsys.For(ls.Logger(), "BUS")})
+		defer procgov.Start(ctx, procgov.Config{Log: logsys.For(ls.Logger(), "BUS")})()
 	}
 	return node.RunBus(ctx, cfg, ls, a.version, restarts, users, a.busHooks(), nil)
 }

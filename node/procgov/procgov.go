@@ -124,6 +124,14 @@ func (c Config) period(st state, cpu float64) time.Duration {
 	return c.Every
 }
 
+// Start runs the governor (Run) beside the caller until ctx ends or stop
+// is called: a process's whole work, sized for as long as it lasts.
+func Start(ctx context.Context, cfg Config) (stop func()) {
+	ctx, stop = context.WithCancel(ctx)
+	go Run(ctx, cfg)
+	return stop
+}
+
 func (c Config) withDefaults() Config {
 	if c.Busy == 0 {
 		c.Busy = runtime.GOMAXPROCS(0)
