@@ -176,16 +176,25 @@ func StartServer(ctx context.Context, sc ServerConfig) (*Server, error) {
 			// detector.
 			PingInterval: 2 * time.Second,
 			MaxPingsOut:  2,
-			// One pooled connection per peer (plus the system
-			// account's own, which nats-server pins): every bus
-			// client is in the global account, and an account's
-			// traffic rides one connection of the pool, so the
-			// default three only add idle connections. Each of them
-			// is dialled by both ends at once and settled as a
-			// duplicate, retried after a second: at 16 nodes started
-			// together the default made 2397 route connections for
-			// 480 kept, this 1303 for 240 (docs/totem.md, Scale).
-			PoolSize: 1,
+			// One connection per peer, carrying every account's
+			// traffic, the system account's (JetStream's raft,
+			// server statistics) too: no pool, so nats-server pins
+			// no second connection for the system account. Both
+			// ends of a pair dial each other at start, and when the
+			// two dials cross each end keeps its own and closes the
+			// other's, so both are lost and redialled a second
+			// later, again and again while the handshakes are slow
+			// (docs/totem.md, Scale): half the connections, half
+			// the crossings and handshakes. 32 nodes in one process
+			// formed in 3.0-3.2 s instead of 6.1-9.1 s, on half
+			// the CPU; 3 to 16 nodes unchanged. The price: a
+			// JetStream catch-up's bytes queue on the socket that
+			// totem's frames use (milliseconds on a LAN, against
+			// totem.token's second). A node still on the pool of
+			// one (before 1 Dec) and one without should still
+			// route, nats-server treating the other as a server
+			// without pools (read in its route.go, not tested).
+			PoolSize: -1,
 		}
 		if rs := sc.Route; rs != nil {
 			opts.Cluster.TLSConfig = rs.TLS
