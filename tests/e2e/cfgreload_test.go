@@ -19,6 +19,7 @@ import (
 // removed from cmap; a totem.token a client set, while the node runs what
 // the file says, does not stop a reload (the file's value wins).
 func TestCfgReload(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	requireRealClients(t, "corosync-cfgtool -R against corobus",
 		needs{commands: []string{"corosync-cfgtool", "corosync-quorumtool", "corosync-cmapctl"}})
 	b := buildBinary(t)

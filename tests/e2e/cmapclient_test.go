@@ -14,6 +14,7 @@ import (
 // no client leaves anything in /dev/shm (of the gateway's own entries:
 // other libqb servers may run on the machine).
 func TestLibcmapClients(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	requireRealClients(t, "real libcmap clients", needs{headers: []string{"corosync/cmap.h"}})
 	client := buildCmapClient(t)
 	b := buildBinary(t)

@@ -13,6 +13,7 @@ import (
 // their own (unshare --net), where no corosync can own the abstract
 // socket names.
 func TestCorosyncCmapctl(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	cmapctl := requireRealClients(t, "real corosync client", needs{commands: []string{"corosync-cmapctl"}})[0]
 	b := buildBinary(t)
 	// cmap as its own component process behind the gateway, and colocated
@@ -23,6 +24,7 @@ func TestCorosyncCmapctl(t *testing.T) {
 		{"colocated", ""},
 	} {
 		t.Run(mode.name, func(t *testing.T) {
+			t.Parallel()
 			eachTransport(t, func(t *testing.T, transport string) { runCmapctl(t, b, cmapctl, mode.args+" "+transport) })
 		})
 	}

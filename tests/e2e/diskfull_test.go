@@ -19,6 +19,7 @@ import (
 // start-up writes. The state directory is a small tmpfs mounted in a
 // private mount namespace (root only).
 func TestFullDisk(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: the test mounts a small tmpfs in a private mount namespace")
 	}

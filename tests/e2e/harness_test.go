@@ -2,6 +2,16 @@
 // started with `corobus up` as a user would, driven through the client
 // verbs. Nothing here reaches into a process; it only uses what the README
 // shows.
+//
+// A test that owns everything it touches — its processes in network (and
+// mount) namespaces of its own, its state in t.TempDir, /dev/shm entries
+// told apart by its gateway's pid — calls t.Parallel(): most of its time
+// is spent waiting (a node forming, a client's track window, an idle
+// window), and running two at once is what keeps the package's wall time
+// down. A test stays serial when it listens on the root namespace's ports
+// (deploy/local's fixed ones, or ports picked free and then released) or
+// starts a real corosync, which runs SCHED_RR 99 and would starve the
+// others' timeouts; serial tests all run before the parallel ones.
 package e2e
 
 import (

@@ -26,6 +26,7 @@ import (
 //     are refused with EAGAIN and the others closed at the handshake
 //     deadline.
 func TestLocalAttacksOnTheGateway(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	cmapctl := requireRealClients(t, "local attacks on the IPC gateway", needs{commands: []string{"corosync-cmapctl", "setpriv"}})[0]
 	b := buildBinary(t)
 	attacker := buildAsNobody(t, "qbattack.c")

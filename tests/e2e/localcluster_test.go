@@ -22,6 +22,7 @@ const taskVersion = "github.com/go-task/task/v3/cmd/task@v3.54.0"
 // to that namespace's node; idle, the nodes log no repeating line;
 // `task local:down` leaves nothing running.
 func TestLocalClusterFromTheTaskfile(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	if testing.Short() {
 		t.Skip("three real nodes: skipped in -short")
 	}

@@ -28,6 +28,7 @@ import (
 // /var/log/pacemaker, /run and /dev/shm are empty tmpfs: nothing of the
 // host's Pacemaker is touched.
 func TestPacemakerdAcceptsCorobus(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	cmapctl := requireRealClients(t, "pacemakerd against corobus", needs{commands: []string{"corosync-cmapctl", "pacemakerd"}})[0]
 	pacemakerd, _ := exec.LookPath("pacemakerd")
 	for _, d := range []string{"/var/lib/pacemaker", "/var/log/pacemaker"} {

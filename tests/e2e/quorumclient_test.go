@@ -18,6 +18,7 @@ import (
 // node, which the client sees. Meanwhile `corobus cfg` and `corobus quorum`
 // follow the events on the bus subjects.
 func TestQuorumClientShutdownNegotiation(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	requireRealClients(t, "a libquorum/libvotequorum/libcfg client",
 		needs{commands: []string{"corosync-cfgtool", "corosync-quorumtool", "gcc"},
 			headers: []string{"corosync/quorum.h", "corosync/votequorum.h", "corosync/cfg.h"}})

@@ -99,11 +99,16 @@ const gatewayShmShell = `ls /dev/shm | grep -c "^qb-$GW-" || true`
 var transports = []string{"shm", "socket"}
 
 // eachTransport runs f once per transport, with the `corobus up`
-// arguments that select it.
+// arguments that select it. The runs are parallel subtests: each starts
+// its own node in a network namespace of its own, with its own state
+// directory (the callers are parallel tests, see the package comment).
 func eachTransport(t *testing.T, f func(t *testing.T, upArgs string)) {
 	t.Helper()
 	for _, tr := range transports {
-		t.Run(tr, func(t *testing.T) { f(t, "-o ipc.transport="+tr) })
+		t.Run(tr, func(t *testing.T) {
+			t.Parallel()
+			f(t, "-o ipc.transport="+tr)
+		})
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 // TestDefaultServiceLoadsWhateverTheStartOrder; this is the same through
 // the real binary, fewer times.
 func TestUpServesCmapWhateverTheStartOrder(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	requireRealClients(t, "corosync-cmapctl against restarted nodes", needs{commands: []string{"corosync-cmapctl"}})
 	c := netcluster.Start(t, netcluster.Options{Nodes: 1, NoStart: true})
 	n := c.Node(1)
@@ -78,6 +79,7 @@ func TestUpServesCmapWhateverTheStartOrder(t *testing.T) {
 // loaded says so in `corobus status`, with why, and in its log once, and
 // keeps trying; its other services run.
 func TestUnloadableServiceIsSaid(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	c := netcluster.Start(t, netcluster.Options{Nodes: 1, Keys: map[string]string{"service.name": "nosuch"}})
 	n := c.Node(1)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

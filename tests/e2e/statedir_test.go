@@ -22,6 +22,7 @@ import (
 // `corobus up` was SIGKILLed, or that was killed whole, starts again on
 // the same directory.
 func TestSecondUpOnAStateDirIsRefused(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	c := netcluster.Start(t, netcluster.Options{Nodes: 1})
 	n := c.Node(1)
 	bin := c.Options().Binary

@@ -2,6 +2,13 @@
 // (tests/netcluster: each node in network namespaces of its own), asserted
 // on every surviving node through corosync's real clients, and compares
 // the tools' output on three corobus nodes with three corosync nodes.
+//
+// The corobus scenarios call t.Parallel(): each cluster is netcluster's,
+// in namespaces held by its own processes with no global name, and most
+// of a scenario is waiting for views and quorum to settle. The tests that
+// start a real corosync (or corosync-qnetd and corosync-qdevice) stay
+// serial and run first: corosync runs SCHED_RR 99 and would starve a
+// scenario's deadlines.
 package quorum
 
 import (

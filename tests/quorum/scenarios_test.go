@@ -17,6 +17,7 @@ const settle = 2 * time.Minute // generous: the machine may be loaded
 // corosync-quorumtool, and through a libquorum/libvotequorum client of our
 // own running in node 1.
 func TestKillOneKillTwoRestart(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	requireTools(t)
 	path := buildClient(t)
 	c := netcluster.Start(t, netcluster.Options{Nodes: 3})
@@ -80,6 +81,7 @@ func TestKillOneKillTwoRestart(t *testing.T) {
 
 // two_node with two nodes: each keeps quorum when the other fails.
 func TestTwoNode(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	requireTools(t)
 	c := netcluster.Start(t, netcluster.Options{Nodes: 2, Keys: map[string]string{"quorum.two_node": "1"}})
 	keepLogs(t, c)
@@ -101,6 +103,7 @@ func TestTwoNode(t *testing.T) {
 // creates its replicated object database only with every node up, while a
 // cluster that has run restarts with a majority.)
 func TestWaitForAllColdStart(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	requireTools(t)
 	c := netcluster.Start(t, netcluster.Options{Nodes: 3, Keys: map[string]string{"quorum.wait_for_all": "1"}})
 	keepLogs(t, c)
@@ -135,6 +138,7 @@ func TestWaitForAllColdStart(t *testing.T) {
 // last_man_standing: after a node is lost, expected votes stay until the
 // window has passed, then step down to the nodes that are left.
 func TestLastManStanding(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	requireTools(t)
 	const window = 20 * time.Second
 	c := netcluster.Start(t, netcluster.Options{Nodes: 3, Keys: map[string]string{
@@ -173,6 +177,7 @@ func TestLastManStanding(t *testing.T) {
 // auto_tie_breaker on an even split: of four nodes split two and two, the
 // half with the lowest node id stays quorate, the other does not.
 func TestAutoTieBreakerEvenSplit(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	requireTools(t)
 	c := netcluster.Start(t, netcluster.Options{Nodes: 4, Keys: map[string]string{"quorum.auto_tie_breaker": "1"}})
 	keepLogs(t, c)
