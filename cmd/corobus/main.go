@@ -13,7 +13,6 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"sort"
-	"strings"
 	"syscall"
 
 	"github.com/corobus/corobus/bus"
@@ -43,35 +42,15 @@ type command struct {
 }
 
 func main() {
-	if !runsServer(os.Args[1:]) {
-		bus.StopProcSampler()
-	}
+	// Before anything runs: both are process-wide settings of the
+	// nats-server package, which every process links (one binary).
+	bus.StopProcSampler()
+	bus.SlowUsageResend()
 	a := &app{stdout: os.Stdout, stderr: os.Stderr, environ: os.Environ(), version: buildVersion()}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	code := a.main(ctx, os.Args[1:])
 	stop()
 	os.Exit(code)
-}
-
-// runsServer reports whether a command line runs an embedded nats-server
-// in this process: `corobus bus`, and `corobus up --inproc` (every
-// layer in one process). Everything else (the supervisor, every other
-// layer, the tools) is a client of a bus.
-func runsServer(args []string) bool {
-	if len(args) == 0 {
-		return false
-	}
-	switch args[0] {
-	case "bus":
-		return true
-	case "up":
-		for _, a := range args[1:] {
-			if strings.HasPrefix(strings.TrimLeft(a, "-"), "inproc") {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 func (a *app) commands() []command {
