@@ -46,6 +46,18 @@ inside() { # inside NODE COMMAND...: run in the node's namespace
 	if [ "$(mode)" = netns ]; then ip netns exec "$(ns "node$n")" "$@"; else "$@"; fi
 }
 
+# without_inherited_fds runs a command with only descriptors 0-2 of this
+# script's: every other one the script inherited is closed first.
+without_inherited_fds() {
+	(
+		for fd in /proc/$BASHPID/fd/*; do
+			fd=${fd##*/}
+			if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+		done
+		"$@"
+	)
+}
+
 # pid NODE: the node's `corobus up`, from the lock it holds on its state
 # directory (first line: its pid), if that process runs on this directory.
 pid() {
@@ -111,7 +123,10 @@ up() {
 		mkdir -p "$state/node$n"
 		# setsid: the node outlives this script and the terminal; its
 		# pid is in the lock it takes on its state directory.
-		inside "$n" setsid -f "$bin" up -c "$(conf "$n")" -o "totem.keyfile=$state/authkey" -o "system.state_dir=$state/node$n" \
+		# without_inherited_fds: a node that kept a descriptor its caller
+		# had open (a flock's lock file, a pipe a CI runner waits on to
+		# close) would hold that lock or that pipe for as long as it runs.
+		without_inherited_fds inside "$n" setsid -f "$bin" up -c "$(conf "$n")" -o "totem.keyfile=$state/authkey" -o "system.state_dir=$state/node$n" \
 			>>"$state/node$n.log" 2>&1 </dev/null
 	done
 	for n in "${nodes[@]}"; do
