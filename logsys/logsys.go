@@ -1,7 +1,7 @@
 // Package logsys is corosync's logging system on log/slog: records carry a
 // corosync subsystem (TOTEM, CPG, QUORUM, …) and a syslog priority; the
-// logging.* keys decide where they go (stderr, a log file) and which
-// subsystems log at debug; every record is also kept in a bounded flight
+// logging.* keys decide where they go (stderr, a log file, syslog) and
+// which subsystems log at debug; every record is also kept in a bounded flight
 // recorder (corosync's blackbox) and, once a bus connection is attached,
 // published on the node's log subject for that subsystem.
 package logsys
@@ -9,6 +9,7 @@ package logsys
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -81,14 +83,116 @@ func ParsePriority(s string) (slog.Level, error) {
 type Config struct {
 	ToStderr        bool
 	ToLogfile       bool
+	ToSyslog        bool
 	Logfile         string
 	LogfilePriority slog.Level
+	// SyslogPriority is the lowest priority sent to syslog.
+	SyslogPriority slog.Level
+	// SyslogFacility is a facility name (FacilityCode); "" is daemon.
+	SyslogFacility string
+	// SyslogSocket is the syslog daemon's unix datagram socket
+	// (logging.syslog_socket, corobus's own key); DefaultSyslogSocket
+	// when empty.
+	SyslogSocket string
 	// Debug is "off", "on" or "trace" for every subsystem.
 	Debug string
 	// Timestamp is "off", "on" or "hires".
 	Timestamp string
 	// SubsysDebug overrides Debug per subsystem (logger_subsys.X.debug).
 	SubsysDebug map[string]string
+	// Subsys holds the other logger_subsys.X overrides.
+	Subsys map[string]Override
+}
+
+// Override is what a logger_subsys section changes for its subsystem;
+// nil fields keep the top-level setting.
+type Override struct {
+	ToStderr, ToLogfile, ToSyslog   *bool
+	LogfilePriority, SyslogPriority *slog.Level
+	SyslogFacility                  *string
+}
+
+// sinks is where a subsystem's records go and from which priority on.
+type sinks struct {
+	stderr, file, syslog       bool
+	stderrMin, fileMin, sysMin slog.Level
+	facility                   int
+}
+
+// sinksFor resolves the top-level settings and the subsystem's overrides.
+// As in corosync, debug: on (or trace) for a subsystem sends its debug (or
+// trace) records to every output, whatever the priorities say.
+func (c *Config) sinksFor(subsys string) sinks {
+	s := sinks{stderr: c.ToStderr, file: c.ToLogfile, syslog: c.ToSyslog,
+		stderrMin: c.threshold(subsys), fileMin: c.LogfilePriority, sysMin: c.SyslogPriority}
+	fac := c.SyslogFacility
+	if o, ok := c.Subsys[subsys]; ok {
+		if o.ToStderr != nil {
+			s.stderr = *o.ToStderr
+		}
+		if o.ToLogfile != nil {
+			s.file = *o.ToLogfile
+		}
+		if o.ToSyslog != nil {
+			s.syslog = *o.ToSyslog
+		}
+		if o.LogfilePriority != nil {
+			s.fileMin = *o.LogfilePriority
+		}
+		if o.SyslogPriority != nil {
+			s.sysMin = *o.SyslogPriority
+		}
+		if o.SyslogFacility != nil {
+			fac = *o.SyslogFacility
+		}
+	}
+	if s.stderrMin < LevelInfo {
+		s.fileMin, s.sysMin = s.stderrMin, s.stderrMin
+	}
+	s.facility, _ = FacilityCode(fac) // checked by ConfigFrom and New
+	return s
+}
+
+// lowest is the lowest level any output of subsys takes.
+func (s sinks) lowest() slog.Level {
+	return min(s.stderrMin, s.fileMin, s.sysMin)
+}
+
+// wantsFile and wantsSyslog: whether any subsystem writes to the log file
+// or to syslog, so that it is opened.
+func (c *Config) wantsFile() bool {
+	return c.ToLogfile || c.anyOverride(func(o Override) *bool { return o.ToLogfile })
+}
+
+func (c *Config) wantsSyslog() bool {
+	return c.ToSyslog || c.anyOverride(func(o Override) *bool { return o.ToSyslog })
+}
+
+func (c *Config) anyOverride(f func(Override) *bool) bool {
+	for _, o := range c.Subsys {
+		if b := f(o); b != nil && *b {
+			return true
+		}
+	}
+	return false
+}
+
+// check finds what New and Reconfigure cannot apply.
+func (c *Config) check() error {
+	if _, err := FacilityCode(c.SyslogFacility); err != nil {
+		return fmt.Errorf("syslog facility: %w", err)
+	}
+	for s, o := range c.Subsys {
+		if o.SyslogFacility != nil {
+			if _, err := FacilityCode(*o.SyslogFacility); err != nil {
+				return fmt.Errorf("syslog facility of %s: %w", s, err)
+			}
+		}
+	}
+	if c.wantsFile() && c.Logfile == "" {
+		return fmt.Errorf("logging to a file without a log file named")
+	}
+	return nil
 }
 
 // Subsystems are the corosync logging subsystems a logger_subsys section
@@ -100,22 +204,32 @@ func Subsystems() []string {
 // ConfigFrom reads the logging.* keys through get (which returns "" for an
 // absent key). Bad values are errors naming the key.
 func ConfigFrom(get func(key string) string, subsystems []string) (Config, error) {
-	c := Config{LogfilePriority: LevelInfo, Debug: "off", Timestamp: "on", SubsysDebug: map[string]string{}}
+	c := Config{LogfilePriority: LevelInfo, SyslogPriority: LevelInfo, SyslogFacility: "daemon",
+		Debug: "off", Timestamp: "on", SubsysDebug: map[string]string{}, Subsys: map[string]Override{}}
 	var err error
-	boolKey := func(key string, def bool) bool {
+	fail := func(key string, e error) {
+		if err == nil {
+			err = fmt.Errorf("%s: %w", key, e)
+		}
+	}
+	optBool := func(key string) *bool {
 		switch v := get(key); v {
 		case "":
-			return def
+			return nil
 		case "yes", "on", "true", "1":
-			return true
+			return new(true)
 		case "no", "off", "false", "0":
-			return false
+			return new(false)
 		default:
-			if err == nil {
-				err = fmt.Errorf("%s: expected yes or no, found %q", key, v)
-			}
-			return def
+			fail(key, fmt.Errorf("expected yes or no, found %q", v))
+			return nil
 		}
+	}
+	boolKey := func(key string, def bool) bool {
+		if b := optBool(key); b != nil {
+			return *b
+		}
+		return def
 	}
 	oneOf := func(key, def string, allowed ...string) string {
 		v := get(key)
@@ -127,26 +241,61 @@ func ConfigFrom(get func(key string) string, subsystems []string) (Config, error
 				return v
 			}
 		}
-		if err == nil {
-			err = fmt.Errorf("%s: expected %s, found %q", key, strings.Join(allowed, ", "), v)
-		}
+		fail(key, fmt.Errorf("expected %s, found %q", strings.Join(allowed, ", "), v))
 		return def
+	}
+	optPriority := func(key string) *slog.Level {
+		p := get(key)
+		if p == "" {
+			return nil
+		}
+		l, perr := ParsePriority(p)
+		if perr != nil {
+			fail(key, perr)
+			return nil
+		}
+		return &l
+	}
+	optFacility := func(key string) *string {
+		f := get(key)
+		if f == "" {
+			return nil
+		}
+		if _, ferr := FacilityCode(f); ferr != nil {
+			fail(key, ferr)
+			return nil
+		}
+		return &f
 	}
 	c.ToStderr = boolKey("logging.to_stderr", true)
 	c.ToLogfile = boolKey("logging.to_logfile", false)
+	c.ToSyslog = boolKey("logging.to_syslog", false)
 	c.Logfile = get("logging.logfile")
+	c.SyslogSocket = get("logging.syslog_socket")
 	c.Debug = oneOf("logging.debug", "off", "off", "on", "trace")
 	c.Timestamp = oneOf("logging.timestamp", "on", "off", "on", "hires")
-	if p := get("logging.logfile_priority"); p != "" {
-		l, perr := ParsePriority(p)
-		if perr != nil && err == nil {
-			err = fmt.Errorf("logging.logfile_priority: %w", perr)
-		}
-		c.LogfilePriority = l
+	if l := optPriority("logging.logfile_priority"); l != nil {
+		c.LogfilePriority = *l
+	}
+	if l := optPriority("logging.syslog_priority"); l != nil {
+		c.SyslogPriority = *l
+	}
+	if f := optFacility("logging.syslog_facility"); f != nil {
+		c.SyslogFacility = *f
 	}
 	for _, s := range subsystems {
-		if d := oneOf("logging.logger_subsys."+s+".debug", "", "off", "on", "trace"); d != "" {
+		p := "logging.logger_subsys." + s + "."
+		if d := oneOf(p+"debug", "", "off", "on", "trace"); d != "" {
 			c.SubsysDebug[s] = d
+		}
+		o := Override{ToStderr: optBool(p + "to_stderr"), ToLogfile: optBool(p + "to_logfile"), ToSyslog: optBool(p + "to_syslog"),
+			LogfilePriority: optPriority(p + "logfile_priority"), SyslogPriority: optPriority(p + "syslog_priority"),
+			SyslogFacility: optFacility(p + "syslog_facility")}
+		if o != (Override{}) {
+			c.Subsys[s] = o
+		}
+		if o.ToLogfile != nil && *o.ToLogfile && c.Logfile == "" && err == nil {
+			err = fmt.Errorf("%sto_logfile is on but logging.logfile is not set", p)
 		}
 	}
 	if c.ToLogfile && c.Logfile == "" && err == nil {
@@ -155,7 +304,8 @@ func ConfigFrom(get func(key string) string, subsystems []string) (Config, error
 	return c, err
 }
 
-// threshold is the lowest level printed for a subsystem.
+// threshold is the lowest level printed on stderr (and published) for a
+// subsystem: info, or what its debug setting asks for.
 func (c Config) threshold(subsys string) slog.Level {
 	d := c.Debug
 	if o, ok := c.SubsysDebug[subsys]; ok {
@@ -189,6 +339,12 @@ type Options struct {
 	RepeatBurst int
 	// RepeatWindow is DefaultThrottleWindow if zero.
 	RepeatWindow time.Duration
+	// Ident names the process in syslog, as "ident[pid]"; "corobus" if
+	// empty.
+	Ident string
+	// SyslogRetry is how long an unreachable syslog socket is left alone
+	// before a record tries it again; DefaultSyslogRetry if zero.
+	SyslogRetry time.Duration
 }
 
 // Logsys is one process's logging.
@@ -198,6 +354,8 @@ type Logsys struct {
 	out    io.Writer
 	mu     sync.Mutex // serializes writes
 	file   *os.File
+	sys    *syslogConn // nil: no subsystem logs to syslog
+	sysOut atomic.Uint64
 	rec    *Recorder
 	pub    atomic.Pointer[publisher]
 	queue  chan Record
@@ -213,8 +371,14 @@ type publisher struct {
 	subject func(subsys string) string
 }
 
-// New opens the log file if configured and starts the publisher.
+// New opens the log file and the syslog socket if configured and starts
+// the publisher. A syslog socket that cannot be reached is no error: a
+// warning says so on stderr, records for syslog are dropped (and counted,
+// SyslogDropped), and the socket is tried again later.
 func New(cfg Config, opts Options) (*Logsys, error) {
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
 	if opts.Stderr == nil {
 		opts.Stderr = os.Stderr
 	}
@@ -223,6 +387,9 @@ func New(cfg Config, opts Options) (*Logsys, error) {
 	}
 	if opts.PublishQueue <= 0 {
 		opts.PublishQueue = 4096
+	}
+	if opts.Ident == "" {
+		opts.Ident = "corobus"
 	}
 	l := &Logsys{opts: opts, out: opts.Stderr, rec: NewRecorder(opts.RecorderSize),
 		queue: make(chan Record, opts.PublishQueue), done: make(chan struct{})}
@@ -233,16 +400,66 @@ func New(cfg Config, opts Options) (*Logsys, error) {
 	case opts.RepeatBurst > 0:
 		l.repeat = NewThrottle(opts.RepeatWindow, opts.RepeatBurst)
 	}
-	if cfg.ToLogfile {
+	if cfg.wantsFile() {
 		f, err := os.OpenFile(cfg.Logfile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
 		if err != nil {
 			return nil, fmt.Errorf("opening the log file: %w", err)
 		}
 		l.file = f
 	}
+	l.mu.Lock()
+	l.syslogSwitch(&cfg)
+	l.mu.Unlock()
 	l.logger = slog.New(&handler{ls: l, subsys: "MAIN"})
 	go l.publishLoop()
 	return l, nil
+}
+
+// syslogSwitch opens, keeps or closes the syslog socket for cfg, under
+// l.mu. A socket newly opened is dialled at once, so that a missing
+// daemon is reported when the process starts rather than at its first
+// record.
+func (l *Logsys) syslogSwitch(cfg *Config) {
+	path := cfg.SyslogSocket
+	if path == "" {
+		path = DefaultSyslogSocket
+	}
+	if l.sys != nil && (!cfg.wantsSyslog() || l.sys.path != path) {
+		l.sys.close()
+		l.sys = nil
+	}
+	if l.sys != nil || !cfg.wantsSyslog() {
+		return
+	}
+	l.sys = newSyslogConn(path, l.opts.SyslogRetry)
+	if err := l.sys.dial(time.Now()); err != nil {
+		l.syslogDown(cfg, err)
+	}
+}
+
+// syslogDown reports, once per outage, that syslog cannot be reached: on
+// stderr whatever to_stderr says (corosync's stderr is where a daemon
+// says it cannot log), and in the log file if there is one.
+func (l *Logsys) syslogDown(cfg *Config, err error) {
+	if l.sys.down {
+		return
+	}
+	l.sys.down, l.sys.lost = true, 0
+	l.local(cfg, LevelWarning, fmt.Sprintf("cannot log to syslog at %s: %v; records for syslog are dropped until it answers (tried again every %v at most)",
+		l.sys.path, err, l.sys.retry))
+}
+
+// local writes a record about logging itself to stderr and the log file,
+// under l.mu; it never goes to syslog (which may be why it is written)
+// nor through the throttle.
+func (l *Logsys) local(cfg *Config, level slog.Level, msg string) {
+	r := Record{Time: time.Now(), Node: l.opts.Node, Layer: l.opts.Layer, Subsys: "MAIN", Level: PriorityName(level), Msg: msg, level: level}
+	l.rec.Add(r)
+	line := l.format(cfg, r)
+	_, _ = io.WriteString(l.out, line)
+	if l.file != nil {
+		_, _ = io.WriteString(l.file, line)
+	}
 }
 
 // Reopen closes and reopens the log file (corosync_cfg_reopen_log_files:
@@ -250,7 +467,7 @@ func New(cfg Config, opts Options) (*Logsys, error) {
 // does nothing.
 func (l *Logsys) Reopen() error {
 	cfg := l.cfg.Load()
-	if !cfg.ToLogfile {
+	if !cfg.wantsFile() {
 		return nil
 	}
 	f, err := os.OpenFile(cfg.Logfile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
@@ -271,10 +488,15 @@ func (l *Logsys) Reopen() error {
 // (corosync applies logging on corosync_cfg_reload_config): thresholds,
 // outputs and format change for the next record; a log file newly named
 // is opened before anything changes, so a file that cannot be opened
-// leaves the old configuration in place.
+// leaves the old configuration in place. Syslog switched on (or to
+// another socket) is dialled at once; an unreachable one is reported as
+// at start, not refused.
 func (l *Logsys) Reconfigure(cfg Config) error {
+	if err := cfg.check(); err != nil {
+		return err
+	}
 	var f *os.File
-	if cfg.ToLogfile {
+	if cfg.wantsFile() {
 		var err error
 		f, err = os.OpenFile(cfg.Logfile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
 		if err != nil {
@@ -285,6 +507,7 @@ func (l *Logsys) Reconfigure(cfg Config) error {
 	old := l.file
 	l.file = f
 	l.cfg.Store(&cfg)
+	l.syslogSwitch(&cfg)
 	l.mu.Unlock()
 	if old != nil {
 		_ = old.Close()
@@ -301,6 +524,10 @@ func (l *Logsys) Recorder() *Recorder { return l.rec }
 
 // Dropped counts records not published because the queue was full.
 func (l *Logsys) Dropped() uint64 { return l.drops.Load() }
+
+// SyslogDropped counts records for syslog that were not sent: the daemon
+// was not reading (its socket's queue was full) or could not be reached.
+func (l *Logsys) SyslogDropped() uint64 { return l.sysOut.Load() }
 
 // Attach starts publishing records: publish sends data on subject (a NATS
 // connection's Publish), subject names the subject of a subsystem.
@@ -323,6 +550,10 @@ func (l *Logsys) Close() error {
 		if l.file != nil {
 			err = l.file.Close()
 			l.file = nil
+		}
+		if l.sys != nil {
+			l.sys.close()
+			l.sys = nil
 		}
 		l.mu.Unlock()
 	})
@@ -369,7 +600,7 @@ type Record struct {
 
 func (l *Logsys) handle(r Record) {
 	l.rec.Add(r)
-	printable := r.level >= l.cfg.Load().threshold(r.Subsys)
+	printable := r.level >= l.cfg.Load().sinksFor(r.Subsys).lowest()
 	if printable && l.repeat != nil && r.level >= LevelInfo && !l.repeat.Allow(recordKey(r), func(n int, over time.Duration) {
 		s := r
 		s.Attrs = make(map[string]string, len(r.Attrs)+2)
@@ -395,26 +626,71 @@ func recordKey(r Record) string {
 	return ConditionKey(r.level, r.Subsys+"|"+r.Msg, attrs)
 }
 
-// output prints and publishes a record that passed the filters.
+// output prints and publishes a record that passed the filters: on
+// stderr and published from the subsystem's debug threshold on, in the
+// log file and syslog from their priorities on.
 func (l *Logsys) output(r Record) {
-	if cfg := l.cfg.Load(); cfg.ToStderr || cfg.ToLogfile {
-		line := l.format(cfg, r)
+	cfg := l.cfg.Load()
+	s := cfg.sinksFor(r.Subsys)
+	toStderr := s.stderr && r.level >= s.stderrMin
+	toFile := s.file && r.level >= s.fileMin
+	toSyslog := s.syslog && r.level >= s.sysMin
+	if toStderr || toFile || toSyslog {
+		var line string
+		if toStderr || toFile {
+			line = l.format(cfg, r)
+		}
 		l.mu.Lock()
-		if cfg.ToStderr {
+		if toStderr {
 			_, _ = io.WriteString(l.out, line)
 		}
-		if l.file != nil && r.level >= cfg.LogfilePriority {
+		if toFile && l.file != nil {
 			_, _ = io.WriteString(l.file, line)
+		}
+		if toSyslog && l.sys != nil {
+			l.syslog(cfg, s.facility, r)
 		}
 		l.mu.Unlock()
 	}
-	if l.pub.Load() != nil {
+	if r.level >= s.stderrMin && l.pub.Load() != nil {
 		select {
 		case l.queue <- r:
 		default:
 			l.drops.Add(1)
 		}
 	}
+}
+
+// syslog sends r, under l.mu, through corobus's own RFC 3164 client
+// (syslog.go) rather than log/syslog: that one writes blocking (a
+// stalled daemon would stop every goroutine that logs), dials again on
+// every failed record, and has one facility and its own priority map per
+// writer, where corosync raises debug and trace one step. The message is the stderr line without its
+// time stamp and pid (syslog has both): "node1 cpg [CPG   ] joined
+// group=g1", as corosync sends "[CPG   ] …" without its priority, which
+// syslog carries.
+func (l *Logsys) syslog(cfg *Config, facility int, r Record) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "node%d %s ", l.opts.Node, l.opts.Layer)
+	writeBody(&b, r)
+	now := time.Now()
+	err := l.sys.send(syslogLine(facility, SyslogSeverity(r.level), r.Time, l.opts.Ident, os.Getpid(), b.String()), now)
+	switch {
+	case err == nil:
+		if l.sys.down {
+			l.sys.down = false
+			msg := fmt.Sprintf("logging to syslog at %s again; %d records for it were dropped meanwhile", l.sys.path, l.sys.lost)
+			l.local(cfg, LevelNotice, msg)
+			_ = l.sys.send(syslogLine(facility, SyslogSeverity(LevelNotice), now, l.opts.Ident, os.Getpid(),
+				fmt.Sprintf("node%d %s [%-6s] %s", l.opts.Node, l.opts.Layer, "MAIN", msg)), now)
+		}
+		return
+	case errors.Is(err, errSyslogFull), errors.Is(err, syscall.EMSGSIZE), errors.Is(err, syscall.ENOBUFS), errors.Is(err, errSyslogWaiting):
+	default:
+		l.syslogDown(cfg, err)
+	}
+	l.sysOut.Add(1)
+	l.sys.lost++
 }
 
 // format writes a line the way corosync does:
@@ -427,7 +703,15 @@ func (l *Logsys) format(cfg *Config, r Record) string {
 	case "hires":
 		b.WriteString(r.Time.Format("Jan 02 15:04:05.000 "))
 	}
-	fmt.Fprintf(&b, "[%d] node%d %s %-7s [%-6s] %s", os.Getpid(), l.opts.Node, l.opts.Layer, PriorityName(r.level), r.Subsys, r.Msg)
+	fmt.Fprintf(&b, "[%d] node%d %s %-7s ", os.Getpid(), l.opts.Node, l.opts.Layer, PriorityName(r.level))
+	writeBody(&b, r)
+	b.WriteByte('\n')
+	return b.String()
+}
+
+// writeBody writes "[SUBSYS] message k=v …", attributes sorted.
+func writeBody(b *strings.Builder, r Record) {
+	fmt.Fprintf(b, "[%-6s] %s", r.Subsys, r.Msg)
 	keys := make([]string, 0, len(r.Attrs))
 	for k := range r.Attrs {
 		keys = append(keys, k)
@@ -438,10 +722,8 @@ func (l *Logsys) format(cfg *Config, r Record) string {
 		if strings.ContainsAny(v, " \t\"=") || v == "" {
 			v = fmt.Sprintf("%q", v)
 		}
-		fmt.Fprintf(&b, " %s=%s", k, v)
+		fmt.Fprintf(b, " %s=%s", k, v)
 	}
-	b.WriteByte('\n')
-	return b.String()
 }
 
 // handler is the slog.Handler: it collects attributes, remembers the

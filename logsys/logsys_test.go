@@ -165,6 +165,15 @@ func TestConfigFrom(t *testing.T) {
 		{map[string]string{"logging.logfile_priority": "loud"}, `logging.logfile_priority`},
 		{map[string]string{"logging.to_logfile": "yes"}, `logging.logfile is not set`},
 		{map[string]string{"logging.logger_subsys.CPG.debug": "x"}, `logging.logger_subsys.CPG.debug`},
+		{map[string]string{"logging.to_syslog": "yes", "logging.syslog_facility": "local7", "logging.syslog_priority": "err", "logging.syslog_socket": "/run/x"}, ""},
+		{map[string]string{"logging.syslog_facility": "local9"}, `logging.syslog_facility: expected daemon, local0`},
+		{map[string]string{"logging.syslog_priority": "loud"}, `logging.syslog_priority`},
+		{map[string]string{"logging.to_syslog": "sometimes"}, `logging.to_syslog: expected yes or no`},
+		{map[string]string{"logging.logger_subsys.CPG.to_syslog": "maybe"}, `logging.logger_subsys.CPG.to_syslog`},
+		{map[string]string{"logging.logger_subsys.CPG.syslog_facility": "mail2"}, `logging.logger_subsys.CPG.syslog_facility`},
+		{map[string]string{"logging.logger_subsys.CPG.syslog_priority": "x"}, `logging.logger_subsys.CPG.syslog_priority`},
+		{map[string]string{"logging.logger_subsys.CPG.logfile_priority": "x"}, `logging.logger_subsys.CPG.logfile_priority`},
+		{map[string]string{"logging.logger_subsys.CPG.to_logfile": "yes"}, `logging.logger_subsys.CPG.to_logfile is on but logging.logfile is not set`},
 	} {
 		c, err := ConfigFrom(func(k string) string { return tc.keys[k] }, []string{"CPG"})
 		if (err == nil) != (tc.err == "") || (err != nil && !strings.Contains(err.Error(), tc.err)) {
@@ -172,6 +181,16 @@ func TestConfigFrom(t *testing.T) {
 		}
 		if err == nil && tc.keys["logging.logger_subsys.CPG.debug"] == "on" && c.threshold("CPG") != slog.LevelDebug {
 			t.Errorf("CPG threshold = %v", c.threshold("CPG"))
+		}
+		if err == nil && tc.keys["logging.syslog_facility"] == "local7" {
+			if s := c.sinksFor("CPG"); !s.syslog || s.facility != 23 || s.sysMin != LevelError || c.SyslogSocket != "/run/x" {
+				t.Errorf("syslog for CPG: %+v", s)
+			}
+		}
+		if err == nil && len(tc.keys) == 0 {
+			if s := c.sinksFor("CPG"); s.syslog || s.facility != 3 || s.sysMin != LevelInfo || !s.stderr || s.file {
+				t.Errorf("defaults for CPG: %+v", s)
+			}
 		}
 	}
 }
