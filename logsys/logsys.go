@@ -679,9 +679,9 @@ func (l *Logsys) syslog(cfg *Config, facility int, r Record) {
 	case err == nil:
 		if l.sys.down {
 			l.sys.down = false
-			msg := fmt.Sprintf("logging to syslog at %s again; %d records for it were dropped meanwhile", l.sys.path, l.sys.lost)
+			msg := fmt.Sprintf("logging to syslog at %s again; records for it dropped meanwhile: %d", l.sys.path, l.sys.lost)
 			l.local(cfg, LevelNotice, msg)
-			_ = l.sys.send(syslogLine(facility, SyslogSeverity(LevelNotice), now, l.opts.Ident, os.Getpid(),
+			_ = l.sys.send(syslogLine(cfg.sinksFor("MAIN").facility, SyslogSeverity(LevelNotice), now, l.opts.Ident, os.Getpid(),
 				fmt.Sprintf("node%d %s [%-6s] %s", l.opts.Node, l.opts.Layer, "MAIN", msg)), now)
 		}
 		return

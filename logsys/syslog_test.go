@@ -277,7 +277,9 @@ func TestSyslogMissingSocket(t *testing.T) {
 // record after it is back reconnects, followed by a notice of the count.
 func TestSyslogReconnects(t *testing.T) {
 	d := newSyslogd(t, "")
-	ls, out := newTest(t, Config{ToSyslog: true, SyslogSocket: d.path, Timestamp: "off"}, Options{RepeatBurst: -1, SyslogRetry: time.Nanosecond})
+	local4 := "local4"
+	ls, out := newTest(t, Config{ToSyslog: true, SyslogSocket: d.path, Timestamp: "off", Subsys: map[string]Override{"CPG": {SyslogFacility: &local4}}},
+		Options{RepeatBurst: -1, SyslogRetry: time.Nanosecond})
 	log := ls.Logger()
 	log.Info("one")
 	d.until("one")
@@ -288,9 +290,9 @@ func TestSyslogReconnects(t *testing.T) {
 		t.Errorf("%d warnings, want 1:\n%s", n, out.String())
 	}
 	d2 := newSyslogd(t, d.path)
-	log.Info("two")
+	For(log, "CPG").Info("two")
 	got := d2.until("again")
-	if len(got) != 2 || !strings.Contains(got[0].msg, "[MAIN  ] two") || !strings.Contains(got[1].msg, "2 records for it were dropped") {
+	if len(got) != 2 || !strings.Contains(got[0].msg, "[CPG   ] two") || got[0].facility != 20 || !strings.Contains(got[1].msg, "records for it dropped meanwhile: 2") || got[1].facility != 3 {
 		t.Errorf("after the restart:\n%s", messages(got))
 	}
 	if n := ls.SyslogDropped(); n != 2 {
