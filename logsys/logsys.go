@@ -438,8 +438,9 @@ func (l *Logsys) syslogSwitch(cfg *Config) {
 }
 
 // syslogDown reports, once per outage, that syslog cannot be reached: on
-// stderr whatever to_stderr says (corosync's stderr is where a daemon
-// says it cannot log), and in the log file if there is one.
+// stderr whatever to_stderr says (the one place left that a supervisor or
+// an operator running the process sees), and in the log file if there is
+// one.
 func (l *Logsys) syslogDown(cfg *Config, err error) {
 	if l.sys.down {
 		return
