@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -127,6 +128,59 @@ func BenchmarkLibqbClient(b *testing.B) {
 	cpu := time.Duration(after.Utime.Nano()+after.Stime.Nano()-before.Utime.Nano()-before.Stime.Nano()) * time.Nanosecond
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "server-cpu-ns/op")
 	b.ReportMetric(float64(after.Nvcsw+after.Nivcsw-before.Nvcsw-before.Nivcsw)/float64(b.N), "server-ctxsw/op")
+}
+
+// BenchmarkLibqbClients is BenchmarkLibqbClient with several libqb
+// clients at once (testdata/qbipcc.c processes, b.N round trips between
+// them) on one server, as several libcmap clients share a gateway: the
+// case where one connection's look for its client's next request meets
+// the others' requests. procs=1 holds the server to one processor, as the
+// node's governor holds an idle gateway (node/procgov). Besides ops/s it
+// reports the server's CPU and context switches per round trip
+// (getrusage) and the clients' CPU per round trip.
+func BenchmarkLibqbClients(b *testing.B) {
+	bin := buildQbipcc(b)
+	for _, procs := range []int{1, runtime.GOMAXPROCS(0)} {
+		for _, clients := range []int{3, 8} {
+			b.Run(fmt.Sprintf("procs=%d/clients=%d", procs, clients), func(b *testing.B) {
+				defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
+				service, _ := startServerOn(b, echo{admit: true}, TransportSHM, func(*Server) {})
+				per := max(b.N/clients, 1)
+				cmds := make([]*exec.Cmd, clients)
+				outs := make([]strings.Builder, clients)
+				for i := range cmds {
+					cmds[i] = exec.Command(bin, service, "bench", strconv.Itoa(per))
+					cmds[i].Stdout, cmds[i].Stderr = &outs[i], &outs[i]
+				}
+				var before, after syscall.Rusage
+				_ = syscall.Getrusage(syscall.RUSAGE_SELF, &before)
+				b.ResetTimer()
+				start := time.Now()
+				for _, cmd := range cmds {
+					if err := cmd.Start(); err != nil {
+						b.Fatal(err)
+					}
+				}
+				var clientCPU time.Duration
+				for i, cmd := range cmds {
+					err := cmd.Wait()
+					if err != nil || !strings.HasPrefix(outs[i].String(), "OK") {
+						b.Fatalf("qbipcc bench: %v\n%s", err, outs[i].String())
+					}
+					clientCPU += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+				}
+				wall := time.Since(start)
+				b.StopTimer()
+				_ = syscall.Getrusage(syscall.RUSAGE_SELF, &after)
+				ops := float64(per * clients)
+				cpu := time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
+				b.ReportMetric(ops/wall.Seconds(), "ops/s")
+				b.ReportMetric(float64(cpu.Nanoseconds())/ops, "server-cpu-ns/op")
+				b.ReportMetric(float64(clientCPU.Nanoseconds())/ops, "clients-cpu-ns/op")
+				b.ReportMetric(float64(after.Nvcsw+after.Nivcsw-before.Nvcsw-before.Nivcsw)/ops, "server-ctxsw/op")
+			})
+		}
+	}
 }
 
 // A server that looks for requests in the ring (Server.SpinMax) serves
