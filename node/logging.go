@@ -8,23 +8,30 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/layer"
 	"github.com/corobus/corobus/logsys"
 )
 
-// attachLogging publishes the process's log records on the node's log
-// subjects and answers blackbox requests with the flight recorder, from
-// the moment the process has a bus connection until the returned function
-// is called.
+// attachLogging is AttachLogging for a layer process.
 func attachLogging(nc *nats.Conn, env layer.Env, ls *logsys.Logsys, layerName string) (func(), error) {
+	return AttachLogging(nc, env.Subjects, env.Node.ID, ls, layerName)
+}
+
+// AttachLogging publishes a process's log records on the node's log
+// subjects, answers blackbox requests with the flight recorder, and
+// reopens its log file or applies a new logging section when the node's
+// cfg asks (corosync-cfgtool -R), from the moment the process has a bus
+// connection until the returned function is called. Every process of a
+// node does: its layers, and the `corobus up` that supervises them.
+func AttachLogging(nc *nats.Conn, subjects bus.Subjects, node uint32, ls *logsys.Logsys, processName string) (func(), error) {
 	if ls == nil {
 		return func() {}, nil
 	}
-	node := env.Node.ID
-	ls.Attach(nc.Publish, func(subsys string) string { return env.Subjects.Log(node, subsys) })
-	sub, err := nc.Subscribe(env.Subjects.Blackbox(node), func(m *nats.Msg) {
+	ls.Attach(nc.Publish, func(subsys string) string { return subjects.Log(node, subsys) })
+	sub, err := nc.Subscribe(subjects.Blackbox(node), func(m *nats.Msg) {
 		var b bytes.Buffer
-		fmt.Fprintf(&b, "=== node %d layer %s pid %d\n", node, layerName, os.Getpid())
+		fmt.Fprintf(&b, "=== node %d process %s pid %d\n", node, processName, os.Getpid())
 		_ = ls.Recorder().Dump(&b)
 		_ = m.Respond(b.Bytes())
 	})
@@ -34,10 +41,10 @@ func attachLogging(nc *nats.Conn, env layer.Env, ls *logsys.Logsys, layerName st
 	}
 	// corosync_cfg_reopen_log_files: every layer process reopens its
 	// log file and answers (empty, or the error).
-	reopen, err := nc.Subscribe(env.Subjects.LogReopen(node), func(m *nats.Msg) {
+	reopen, err := nc.Subscribe(subjects.LogReopen(node), func(m *nats.Msg) {
 		var rep []byte
 		if err := ls.Reopen(); err != nil {
-			rep = []byte(fmt.Sprintf("layer %s pid %d: %v", layerName, os.Getpid(), err))
+			rep = []byte(fmt.Sprintf("process %s pid %d: %v", processName, os.Getpid(), err))
 		}
 		_ = m.Respond(rep)
 	})
@@ -49,10 +56,10 @@ func attachLogging(nc *nats.Conn, env layer.Env, ls *logsys.Logsys, layerName st
 	// A reload changed the logging section: every layer process applies
 	// it (the logging.* keys as a JSON object) and answers (empty, or why
 	// not; a process that cannot apply it keeps logging as before).
-	reconf, err := nc.Subscribe(env.Subjects.LogReconfigure(node), func(m *nats.Msg) {
+	reconf, err := nc.Subscribe(subjects.LogReconfigure(node), func(m *nats.Msg) {
 		var rep []byte
 		if err := reconfigure(ls, m.Data); err != nil {
-			rep = []byte(fmt.Sprintf("layer %s pid %d: %v", layerName, os.Getpid(), err))
+			rep = []byte(fmt.Sprintf("process %s pid %d: %v", processName, os.Getpid(), err))
 		}
 		_ = m.Respond(rep)
 	})

@@ -121,10 +121,17 @@ func runUp(ctx context.Context, a *app, args []string) error {
 		return err
 	}
 	// The cfg service stops the node (corosync-cfgtool -H, a kill from
-	// another node) by asking on NodeShutdown: the same as SIGTERM.
+	// another node) by asking on NodeShutdown: the same as SIGTERM. With
+	// the layers in their own processes, up's own logging follows the
+	// node's as theirs does (a reload's logging section, a reopen); in
+	// one process the bus's logging is up's, and the bus attaches it.
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
-	go serveShutdown(ctx, url, subjects, local.ID, log, stop)
+	upLogging := ls
+	if inproc {
+		upLogging = nil
+	}
+	go serveShutdown(ctx, url, subjects, local.ID, log, upLogging, stop)
 	go a.notifyWhenServing(ctx, url, subjects, local.ID, log)
 	if inproc {
 		users, err := a.users()
@@ -177,7 +184,9 @@ func runUp(ctx context.Context, a *app, args []string) error {
 
 // serveShutdown answers Subjects.NodeShutdown(id) once the bus is up:
 // the request is acknowledged, then stop stops the node as SIGTERM would.
-func serveShutdown(ctx context.Context, url string, subjects bus.Subjects, id uint32, log *slog.Logger, stop func()) {
+// With ls, it also attaches up's logging to the node's (node.AttachLogging)
+// on the same connection.
+func serveShutdown(ctx context.Context, url string, subjects bus.Subjects, id uint32, log *slog.Logger, ls *logsys.Logsys, stop func()) {
 	for ctx.Err() == nil {
 		nc, err := bus.Dial(url, "corobus-up", 0)
 		if err != nil {
@@ -200,7 +209,13 @@ func serveShutdown(ctx context.Context, url string, subjects bus.Subjects, id ui
 			nc.Close()
 			continue
 		}
+		detach, err := node.AttachLogging(nc, subjects, id, ls, "up")
+		if err != nil {
+			log.Warn("up's logging does not follow the node's reloads", "err", err)
+			detach = func() {}
+		}
 		<-ctx.Done()
+		detach()
 		_ = sub.Unsubscribe()
 		nc.Close()
 		return

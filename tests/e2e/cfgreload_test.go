@@ -109,4 +109,9 @@ true
 	if n, _ := strconv.Atoi(string(m[1])); n < 6 {
 		t.Errorf("%d processes applied the logging section, want every layer and service (6 or more)", n)
 	}
+	// corobus up, which supervises the layers, follows the new section
+	// too: its last line, when the script stops it, is in the new file.
+	if !regexp.MustCompile(`(?m)^\[\d+\] node1 up\s+info\s+\[MAIN\s*\] node stopped`).Match(reloaded) {
+		t.Errorf("the new log file lacks up's untimestamped line saying the node stopped:\n%s", reloaded)
+	}
 }
