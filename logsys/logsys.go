@@ -451,9 +451,9 @@ func (l *Logsys) syslogDown(cfg *Config, err error) {
 }
 
 // local writes a record about logging itself to stderr and the log file,
-// under l.mu; it never goes to syslog (which may be why it is written)
-// nor through the throttle.
-func (l *Logsys) local(cfg *Config, level slog.Level, msg string) {
+// under l.mu, and returns it; it never goes to syslog (which may be why
+// it is written) nor through the throttle.
+func (l *Logsys) local(cfg *Config, level slog.Level, msg string) Record {
 	r := Record{Time: time.Now(), Node: l.opts.Node, Layer: l.opts.Layer, Subsys: "MAIN", Level: PriorityName(level), Msg: msg, level: level}
 	l.rec.Add(r)
 	line := l.format(cfg, r)
@@ -461,6 +461,7 @@ func (l *Logsys) local(cfg *Config, level slog.Level, msg string) {
 	if l.file != nil {
 		_, _ = io.WriteString(l.file, line)
 	}
+	return r
 }
 
 // Reopen closes and reopens the log file (corosync_cfg_reopen_log_files:
@@ -601,7 +602,9 @@ type Record struct {
 
 func (l *Logsys) handle(r Record) {
 	l.rec.Add(r)
-	printable := r.level >= l.cfg.Load().sinksFor(r.Subsys).lowest()
+	cfg := l.cfg.Load()
+	sinks := cfg.sinksFor(r.Subsys)
+	printable := r.level >= sinks.lowest()
 	if printable && l.repeat != nil && r.level >= LevelInfo && !l.repeat.Allow(recordKey(r), func(n int, over time.Duration) {
 		s := r
 		s.Attrs = make(map[string]string, len(r.Attrs)+2)
@@ -610,12 +613,14 @@ func (l *Logsys) handle(r Record) {
 		}
 		s.Attrs["repeated"], s.Attrs["over"] = fmt.Sprint(n), over.String()
 		s.Time = time.Now()
-		l.output(s)
+		// At the end of the window: the configuration may have changed.
+		cfg := l.cfg.Load()
+		l.output(cfg, cfg.sinksFor(s.Subsys), s)
 	}) {
 		return // counted; summarized at the end of its window
 	}
 	if printable {
-		l.output(r)
+		l.output(cfg, sinks, r)
 	}
 }
 
@@ -629,10 +634,8 @@ func recordKey(r Record) string {
 
 // output prints and publishes a record that passed the filters: on
 // stderr and published from the subsystem's debug threshold on, in the
-// log file and syslog from their priorities on.
-func (l *Logsys) output(r Record) {
-	cfg := l.cfg.Load()
-	s := cfg.sinksFor(r.Subsys)
+// log file and syslog from their priorities on. s is cfg.sinksFor(r.Subsys).
+func (l *Logsys) output(cfg *Config, s sinks, r Record) {
 	toStderr := s.stderr && r.level >= s.stderrMin
 	toFile := s.file && r.level >= s.fileMin
 	toSyslog := s.syslog && r.level >= s.sysMin
@@ -671,19 +674,14 @@ func (l *Logsys) output(r Record) {
 // group=g1", as corosync sends "[CPG   ] …" without its priority, which
 // syslog carries.
 func (l *Logsys) syslog(cfg *Config, facility int, r Record) {
-	var b strings.Builder
-	fmt.Fprintf(&b, "node%d %s ", l.opts.Node, l.opts.Layer)
-	writeBody(&b, r)
 	now := time.Now()
-	err := l.sys.send(syslogLine(facility, SyslogSeverity(r.level), r.Time, l.opts.Ident, os.Getpid(), b.String()), now)
+	err := l.sys.send(l.syslogDatagram(facility, r), now)
 	switch {
 	case err == nil:
 		if l.sys.down {
 			l.sys.down = false
-			msg := fmt.Sprintf("logging to syslog at %s again; records for it dropped meanwhile: %d", l.sys.path, l.sys.lost)
-			l.local(cfg, LevelNotice, msg)
-			_ = l.sys.send(syslogLine(cfg.sinksFor("MAIN").facility, SyslogSeverity(LevelNotice), now, l.opts.Ident, os.Getpid(),
-				fmt.Sprintf("node%d %s [%-6s] %s", l.opts.Node, l.opts.Layer, "MAIN", msg)), now)
+			back := l.local(cfg, LevelNotice, fmt.Sprintf("logging to syslog at %s again; records for it dropped meanwhile: %d", l.sys.path, l.sys.lost))
+			_ = l.sys.send(l.syslogDatagram(cfg.sinksFor(back.Subsys).facility, back), now)
 		}
 		return
 	case errors.Is(err, errSyslogFull), errors.Is(err, syscall.EMSGSIZE), errors.Is(err, syscall.ENOBUFS), errors.Is(err, errSyslogWaiting):
@@ -692,6 +690,15 @@ func (l *Logsys) syslog(cfg *Config, facility int, r Record) {
 	}
 	l.sysOut.Add(1)
 	l.sys.lost++
+}
+
+// syslogDatagram is r as sent to syslog: "node1 cpg [CPG   ] joined
+// group=g1" behind the RFC 3164 header.
+func (l *Logsys) syslogDatagram(facility int, r Record) []byte {
+	var b strings.Builder
+	fmt.Fprintf(&b, "node%d %s ", l.opts.Node, l.opts.Layer)
+	writeBody(&b, r)
+	return syslogLine(facility, SyslogSeverity(r.level), r.Time, l.opts.Ident, os.Getpid(), b.String())
 }
 
 // format writes a line the way corosync does:
