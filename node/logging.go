@@ -9,14 +9,8 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/corobus/corobus/bus"
-	"github.com/corobus/corobus/layer"
 	"github.com/corobus/corobus/logsys"
 )
-
-// attachLogging is AttachLogging for a layer process.
-func attachLogging(nc *nats.Conn, env layer.Env, ls *logsys.Logsys, layerName string) (func(), error) {
-	return AttachLogging(nc, env.Subjects, env.Node.ID, ls, layerName)
-}
 
 // AttachLogging publishes a process's log records on the node's log
 // subjects, answers blackbox requests with the flight recorder, and

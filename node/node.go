@@ -53,7 +53,7 @@ func RunBus(ctx context.Context, cfg *config.Config, ls *logsys.Logsys, version 
 	if err != nil {
 		return err
 	}
-	detach, err := attachLogging(nc, env, ls, "bus")
+	detach, err := AttachLogging(nc, env.Subjects, env.Node.ID, ls, "bus")
 	if err != nil {
 		return err
 	}
@@ -126,7 +126,7 @@ func RunLayer(ctx context.Context, l layer.Layer, cfg *config.Config, busURL str
 	if err != nil {
 		return err
 	}
-	detach, err := attachLogging(nc, env, ls, l.Name)
+	detach, err := AttachLogging(nc, env.Subjects, env.Node.ID, ls, l.Name)
 	if err != nil {
 		return err
 	}
@@ -236,7 +236,7 @@ func InProc(ctx context.Context, cfg *config.Config, busLog *logsys.Logsys, vers
 			if err != nil {
 				return err
 			}
-			detach, err := attachLogging(nc, env, ls, l.Name)
+			detach, err := AttachLogging(nc, env.Subjects, env.Node.ID, ls, l.Name)
 			if err != nil {
 				return err
 			}
