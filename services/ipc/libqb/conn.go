@@ -255,6 +255,21 @@ func (c *Conn) close() {
 	if t := c.transport(); t != nil {
 		t.release()
 	}
+	// Bytes left unread (the SHM transport reads requests' bytes in
+	// batches) would make the kernel give the client ECONNRESET instead of
+	// the end of the stream: read them first.
+	_ = c.setupRaw.Control(func(fd uintptr) {
+		var b [256]byte
+		for {
+			n, err := recvNow(int(fd), b[:], 0)
+			if errors.Is(err, syscall.EINTR) {
+				continue
+			}
+			if n <= 0 || err != nil {
+				return
+			}
+		}
+	})
 	// The descriptor is released only once no call uses it: its number
 	// is the next socket's once closed.
 	_ = c.setup.Close()
@@ -280,20 +295,6 @@ func (c *Conn) readSetup(b []byte) (int, error) {
 		}
 		return n, err
 	}
-}
-
-// peerGone reports whether the client closed the setup socket, without
-// consuming what it sent.
-func (c *Conn) peerGone() bool {
-	var n int
-	var err error
-	var b [1]byte
-	if cerr := c.setupRaw.Control(func(fd uintptr) {
-		n, err = recvNow(int(fd), b[:], syscall.MSG_PEEK)
-	}); cerr != nil {
-		return true
-	}
-	return n == 0 && err == nil
 }
 
 // writeSetup writes all of b on the setup socket, waiting for room on the
@@ -435,4 +436,14 @@ func checkRequest(msg []byte) (int32, error) {
 		return id, fmt.Errorf("request size field %d disagrees with the message's %d bytes", size, len(msg))
 	}
 	return id, nil
+}
+
+// isDone tells whether the connection is shutting down.
+func (c *Conn) isDone() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
 }

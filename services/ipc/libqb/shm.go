@@ -48,6 +48,17 @@ type shmTransport struct {
 	mu     sync.RWMutex
 	closed bool
 
+	// The serving goroutine's own (serveRequests): debt is the bytes read
+	// from the setup socket less the requests served — below zero,
+	// requests served whose bytes are still to be read; above zero,
+	// requests announced and not served yet, which the client must have
+	// posted first. unsure: a wake-up was served without reading the
+	// socket, so what woke it may have been the EOF too.
+	debt   int
+	unsure bool
+	// scratch takes the bytes respond's wait reads.
+	scratch [64]byte
+
 	// Event notifications (bytes on the setup socket) the socket had no
 	// room for yet; the notifier writes them once it has.
 	notesMu sync.Mutex
@@ -91,18 +102,35 @@ func (t *shmTransport) withRings(f func() error) error {
 	return f()
 }
 
-// serveRequests takes one request per byte the client sends on the setup
-// socket, until its EOF; while a synchronous client keeps coming back
-// within microseconds, it takes the next request from the ring as soon
-// as it is posted (spinner), and the bytes of those requests later.
+// serveRequests serves the requests the client posts, until its EOF.
+//
+// The goroutine stays inside one read of the setup socket for the
+// connection's life: its callback serves what the request ring holds and
+// returns to wait on the poller, woken by the next byte. A request's
+// chunk is committed and its semaphore posted before its byte is sent
+// (libqb's qb_ipcc_send), so a wake-up finds the ring posted and is
+// served from it, without reading the socket: the bytes pile up and are
+// read a batch at a time (notesBatch). Reading them one by one, as
+// before, cost two system calls per request — the byte, then the
+// EAGAIN that re-arms the poller — besides the poller's own and the
+// response's futex wake.
+//
+// What is not read may hide the client's EOF behind it: a client that
+// dies right after posting a request wakes the goroutine once, for both.
+// So whenever it waits with bytes unread after a wake-up it did not read,
+// a read deadline (eofCheck) makes it read them later: a dead client's
+// connection ends within that, its EOF otherwise seen at once.
+//
+// While a synchronous client keeps coming back within microseconds, the
+// goroutine looks for the next request in the ring before waiting
+// (spinner).
 func (t *shmTransport) serveRequests(handle func([]byte) []byte) {
 	c := t.c
-	notes := make([]byte, 64)
+	notes := make([]byte, 256)
 	buf := make([]byte, c.maxSize)
 	sp := spinner{max: c.srv.SpinMax}
-	// ahead counts the requests taken from the ring whose bytes have not
-	// been read yet: the bytes read next are theirs first.
-	ahead := 0
+	// armed: eofCheck's deadline is set.
+	armed := false
 	// serve takes one posted request and answers it; false ends the
 	// connection.
 	serve := func() bool {
@@ -110,7 +138,7 @@ func (t *shmTransport) serveRequests(handle func([]byte) []byte) {
 		err := t.withRings(func() error {
 			ok, err := t.req.TryWait()
 			if err == nil && !ok {
-				err = errors.New("a request announced on the setup socket, but its semaphore was not posted")
+				err = errors.New("a request's semaphore taken under the server")
 			}
 			if err == nil {
 				size, err = t.req.Read(buf)
@@ -118,8 +146,7 @@ func (t *shmTransport) serveRequests(handle func([]byte) []byte) {
 			return err
 		})
 		if err != nil {
-			c.log.Warn("libqb: the client broke the shared-memory protocol; closing", "conn", c.ID, "service", c.Service,
-				"pid", c.Creds.PID, "uid", c.Creds.UID, "err", err)
+			t.broke(err)
 			return false
 		}
 		msg := buf[:size]
@@ -131,6 +158,7 @@ func (t *shmTransport) serveRequests(handle func([]byte) []byte) {
 		if id == msgDisconnect {
 			return false
 		}
+		t.debt--
 		resp := handle(msg)
 		if resp == nil {
 			return false
@@ -149,57 +177,161 @@ func (t *shmTransport) serveRequests(handle func([]byte) []byte) {
 		c.srv.servedAt.Store(sp.last.UnixNano())
 		return true
 	}
-	for {
-		if window := sp.window(); window > 0 && !c.srv.othersBusy(c.ID, window) && c.srv.spinning.CompareAndSwap(false, true) {
-			var posted bool
-			err := t.withRings(func() (err error) {
-				posted, err = t.req.Poll(window)
+	// posted tells whether a request waits in the ring.
+	posted := func() (bool, error) {
+		var n uint32
+		err := t.withRings(func() (err error) { n, err = t.req.Pending(); return err })
+		if err != nil {
+			t.broke(err)
+		}
+		return n > 0, err
+	}
+	drain := func(fd int) bool { return t.drain(fd, notes) }
+	// step serves the requests in the ring, looking for more while the
+	// spinner lets it; false ends the connection.
+	step := func(fd int) bool {
+		p, err := posted()
+		for err == nil {
+			if p {
+				if !serve() {
+					return false
+				}
+			}
+			if -t.debt >= notesBatch && !drain(fd) {
+				return false
+			}
+			// The next request: looked for while the spinner lets it,
+			// else taken if it is posted already.
+			window := sp.window()
+			if window <= 0 || c.srv.othersBusy(c.ID, window) || !c.srv.spinning.CompareAndSwap(false, true) {
+				if p, err = posted(); err == nil && !p {
+					return true
+				}
+				continue
+			}
+			err = t.withRings(func() (err error) {
+				p, err = t.req.Poll(window)
 				return err
 			})
 			c.srv.spinning.Store(false)
 			if err != nil {
-				c.log.Warn("libqb: the client broke the shared-memory protocol; closing", "conn", c.ID, "service", c.Service,
-					"pid", c.Creds.PID, "uid", c.Creds.UID, "err", err)
-				return
+				t.broke(err)
+				return false
 			}
-			sp.polled(posted)
-			if posted {
-				ahead++
-				if !serve() {
-					return
-				}
-				// The bytes of requests taken ahead pile up in the
-				// socket: read them now and then, never waiting.
-				if ahead >= len(notes)/2 {
-					var n int
-					var rerr error
-					if cerr := c.setupRaw.Control(func(fd uintptr) { n, rerr = recvNow(int(fd), notes[:min(ahead, len(notes))], 0) }); cerr != nil {
-						return
-					}
-					if rerr == nil && n == 0 {
-						return // EOF: the client left
-					}
-					ahead -= n
-				}
-				continue
+			sp.polled(p)
+			if !p {
+				return true
 			}
 		}
-		n, err := c.readSetup(notes)
-		if n <= 0 || err != nil {
+		return false
+	}
+	for {
+		ended := false
+		entered := false
+		err := c.setupRaw.Read(func(fdp uintptr) bool {
+			fd := int(fdp)
+			if !entered {
+				// Entering resets the poller's readiness: what came before
+				// is read, not waited for.
+				entered = true
+				if !drain(fd) {
+					ended = true
+					return true
+				}
+			} else {
+				p, err := posted()
+				if err != nil {
+					ended = true
+					return true
+				}
+				if !p {
+					// Woken with nothing posted: bytes of requests
+					// served already, or the EOF.
+					if !drain(fd) {
+						ended = true
+						return true
+					}
+				} else {
+					sp.woke()
+					t.unsure = true
+				}
+			}
+			if !step(fd) {
+				ended = true
+				return true
+			}
+			if t.unsure && !armed {
+				armed = true
+				_ = c.setup.SetReadDeadline(time.Now().Add(eofCheck))
+			}
+			return false
+		})
+		if ended || c.isDone() {
 			return
 		}
-		took := min(n, ahead)
-		ahead -= took
-		if n > took {
-			sp.woke()
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			return
 		}
-		for range n - took {
-			if !serve() {
-				return
-			}
+		// eofCheck's deadline: clear it and enter again, which reads.
+		armed = false
+		_ = c.setup.SetReadDeadline(time.Time{})
+		if c.isDone() {
+			return // a shutdown's deadline, set between the two looks
 		}
 	}
 }
+
+// broke logs, once per connection (its end follows), that the client
+// broke the protocol; not when the rings went with the connection's own
+// end.
+func (t *shmTransport) broke(err error) {
+	c := t.c
+	if c.isDone() {
+		return
+	}
+	c.log.Warn("libqb: the client broke the shared-memory protocol; closing", "conn", c.ID, "service", c.Service,
+		"pid", c.Creds.PID, "uid", c.Creds.UID, "err", err)
+}
+
+// drain reads what the setup socket holds, to EAGAIN, into scratch;
+// false at its EOF or when it announced requests the client did not post.
+// Only the connection's serving goroutine calls it.
+func (t *shmTransport) drain(fd int, scratch []byte) bool {
+	for {
+		n, err := recvNow(fd, scratch, 0)
+		switch {
+		case errors.Is(err, syscall.EAGAIN):
+			t.unsure = false
+			if t.debt <= 0 {
+				return true
+			}
+			var p uint32
+			if err := t.withRings(func() (err error) { p, err = t.req.Pending(); return err }); err != nil {
+				t.broke(err)
+				return false
+			}
+			if int(p) >= t.debt {
+				return true
+			}
+			t.broke(errors.New("a request announced on the setup socket, but its semaphore was not posted"))
+			return false
+		case errors.Is(err, syscall.EINTR):
+		case err != nil || n == 0:
+			return false
+		default:
+			t.debt += n
+		}
+	}
+}
+
+// notesBatch is how many requests' bytes may pile up in the setup socket
+// before they are read; far below what the socket holds (one byte per
+// request, a few hundred before a sender would block).
+const notesBatch = 32
+
+// eofCheck bounds how long a dead client's connection may outlive it when
+// its EOF came with a request (serveRequests).
+const eofCheck = 200 * time.Millisecond
 
 // othersBusy tells whether a connection other than id was served within
 // window: clients that take turns on the CPUs. A look would then spin on
@@ -290,8 +422,10 @@ func (t *shmTransport) respond(resp []byte) error {
 		err := t.withRings(func() error { return t.resp.Write(resp) })
 		if errors.Is(err, qbrb.ErrNoRoom) {
 			// This goroutine is also the one that would see the client
-			// leave: look for the setup socket's EOF while waiting.
-			if t.c.peerGone() {
+			// leave: look for the setup socket's EOF while waiting (behind
+			// the bytes of requests served already, which it reads).
+			ok := false
+			if cerr := t.c.setupRaw.Control(func(fd uintptr) { ok = t.drain(int(fd), t.scratch[:]) }); cerr != nil || !ok {
 				return false, errShutdown
 			}
 			return false, nil
