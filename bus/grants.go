@@ -227,11 +227,11 @@ func (a Access) SvcmgrServer() Grant {
 }
 
 // IPCGateway is the gateway side of client sessions: its liveness, the
-// events components send to its clients.
+// events components send to its clients, and its connections' stats.
 func (a Access) IPCGateway() Grant {
 	return Grant{
 		Pub: []string{a.Subjects.Join("ipc", a.node(), "*", "alive")},
-		Sub: []string{a.Subjects.Join("ipc", a.node(), "*", "events", "*")},
+		Sub: []string{a.Subjects.Join("ipc", a.node(), "*", "events", "*"), a.Subjects.IPCStats(a.Node)},
 	}
 }
 

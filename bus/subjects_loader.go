@@ -102,6 +102,14 @@ func (s Subjects) IPCAlive(node uint32, gateway string) string {
 	return s.Join("ipc", strconv.FormatUint(uint64(node), 10), SanitizeToken(gateway), "alive")
 }
 
+// IPCStats is answered by a node's IPC gateway: the request's data is a
+// key prefix, the reply its part of cmap's stats map (stats.ipcs.*) under
+// that prefix, computed at the request — how a cmap instance outside the
+// gateway's process serves `corosync-cmapctl -m stats`.
+func (s Subjects) IPCStats(node uint32) string {
+	return s.Join("ipc", strconv.FormatUint(uint64(node), 10), "stats")
+}
+
 // IPCEvents is where components publish the raw libqb event messages of
 // one client connection of a gateway instance; conn "*" matches them all.
 func (s Subjects) IPCEvents(node uint32, gateway, conn string) string {

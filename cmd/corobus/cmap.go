@@ -11,6 +11,7 @@ import (
 
 	"github.com/corobus/corobus/objdb"
 	"github.com/corobus/corobus/objdb/client"
+	"github.com/corobus/corobus/services/cmap"
 	"github.com/corobus/corobus/services/cswire"
 )
 
@@ -39,11 +40,8 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 	if err := parse(a, fs, args); err != nil {
 		return err
 	}
-	mapPrefix := ""
 	switch mapName {
-	case "icmap":
-	case "stats":
-		mapPrefix = "stats."
+	case "icmap", "stats":
 	default:
 		return usagef("-m %s: expected icmap or stats", mapName)
 	}
@@ -52,13 +50,16 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 		return err
 	}
 	defer nc.Close()
+	if mapName == "stats" {
+		return cmapStats(ctx, a, nc, cmapPrinter{w: a.stdout, quiet: quiet, showBinary: showBinary}, get, set, del, delPrefix, track, trackPrefix, file, fs.Args())
+	}
 	c := client.New(nc.nc, nc.subjects, nc.node)
-	p := cmapPrinter{w: a.stdout, quiet: quiet, showBinary: showBinary, strip: mapPrefix}
+	p := cmapPrinter{w: a.stdout, quiet: quiet, showBinary: showBinary}
 	rest := fs.Args()
 
 	switch {
 	case get != "":
-		v, err := c.Get(ctx, mapPrefix+get)
+		v, err := c.Get(ctx, get)
 		if err != nil {
 			return fmt.Errorf("can't get value of %s: %s", get, csReason(err))
 		}
@@ -71,15 +72,15 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 		if err != nil {
 			return err
 		}
-		if err := c.Set(ctx, mapPrefix+set, v); err != nil {
+		if err := c.Set(ctx, set, v); err != nil {
 			return fmt.Errorf("can't set key %s: %s", set, csReason(err))
 		}
 	case del != "":
-		if err := c.Delete(ctx, mapPrefix+del); err != nil {
+		if err := c.Delete(ctx, del); err != nil {
 			return fmt.Errorf("can't delete key %s: %s", del, csReason(err))
 		}
 	case delPrefix != "":
-		if _, err := c.DeletePrefix(ctx, mapPrefix+delPrefix); err != nil {
+		if _, err := c.DeletePrefix(ctx, delPrefix); err != nil {
 			return fmt.Errorf("can't delete keys with prefix %s: %s", delPrefix, csReason(err))
 		}
 	case track != "" || trackPrefix != "":
@@ -88,7 +89,7 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 			key, prefix = trackPrefix, true
 		}
 		events := make(chan client.Change, 1024)
-		stop, err := c.Track(mapPrefix+key, prefix, func(ch client.Change) { events <- ch })
+		stop, err := c.Track(key, prefix, func(ch client.Change) { events <- ch })
 		if err != nil {
 			return err
 		}
@@ -107,7 +108,7 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 				}
 				fmt.Fprintf(a.stdout, "%s> ", ch.Kind)
 				if v != nil {
-					p.print(strings.TrimPrefix(ch.Key, mapPrefix), *v)
+					p.print(ch.Key, *v)
 				} else {
 					fmt.Fprintln(a.stdout, ch.Key)
 				}
@@ -121,14 +122,58 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 			prefixes = []string{""}
 		}
 		for _, pre := range prefixes {
-			entries, err := c.List(ctx, mapPrefix+pre)
+			entries, err := c.List(ctx, pre)
 			if err != nil {
 				return fmt.Errorf("can't list keys with prefix %s: %s", pre, csReason(err))
 			}
 			for _, e := range entries {
 				t, _ := objdb.ParseType(e.Type)
-				p.print(strings.TrimPrefix(e.Key, mapPrefix), objdb.Value{Type: t, Data: e.Data})
+				p.print(e.Key, objdb.Value{Type: t, Data: e.Data})
 			}
+		}
+	}
+	return nil
+}
+
+// cmapStats serves -m stats: the node's stats map, computed by its IPC
+// gateway when asked (docs/objdb.md), as corosync-cmapctl -m stats lists
+// it — read-only, and not tracked.
+func cmapStats(ctx context.Context, a *app, nc *nodeClient, p cmapPrinter, get, set, del, delPrefix, track, trackPrefix, file string, rest []string) error {
+	read := cmap.BusStats(nc.nc, nc.subjects, nc.node)
+	switch {
+	case get != "":
+		entries, err := read(ctx, get)
+		if err != nil {
+			return fmt.Errorf("can't get value of %s: %s", get, csReason(err))
+		}
+		for _, e := range entries {
+			if e.Key == get {
+				p.print(get, objdb.Value{Type: objdb.Type(e.Value.Type), Data: e.Value.Data})
+				return nil
+			}
+		}
+		return fmt.Errorf("can't get value of %s: %s", get, cswire.ErrNotExist)
+	case set != "" || del != "" || delPrefix != "" || file != "":
+		// corosync resets counters on a set of stats.clear.*; corobus
+		// does not.
+		if strings.HasPrefix(set, "stats.clear.") {
+			return fmt.Errorf("can't set key %s: %s", set, cswire.ErrNotSupported)
+		}
+		return fmt.Errorf("the stats map is read-only: %s", cswire.ErrAccess)
+	case track != "" || trackPrefix != "":
+		return fmt.Errorf("the stats map cannot be tracked: %s", cswire.ErrNotSupported)
+	}
+	prefixes := rest
+	if len(prefixes) == 0 {
+		prefixes = []string{""}
+	}
+	for _, pre := range prefixes {
+		entries, err := read(ctx, pre)
+		if err != nil {
+			return fmt.Errorf("can't list keys with prefix %s: %s", pre, csReason(err))
+		}
+		for _, e := range entries {
+			p.print(e.Key, objdb.Value{Type: objdb.Type(e.Value.Type), Data: e.Value.Data})
 		}
 	}
 	return nil
@@ -139,7 +184,6 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 type cmapPrinter struct {
 	w                 io.Writer
 	quiet, showBinary bool
-	strip             string
 }
 
 func (p cmapPrinter) print(key string, v objdb.Value) {

@@ -49,12 +49,18 @@ type Store interface {
 	Track(ctx context.Context, key string, prefix bool, fn func(Event)) (stop func(), err error)
 }
 
+// StatsSource computes the stats map's entries whose keys start with
+// prefix, now, in key order: corosync computes its stats map when it is
+// read, and so does corobus — counters are never written anywhere.
+type StatsSource func(ctx context.Context, prefix string) ([]Entry, error)
+
 // Service is the cmap component: it opens a session per client
-// connection. Maps: the default map is objdb; the stats map is objdb's
-// "stats." subtree, where layers would publish their counters (none does
-// yet: docs/objdb.md).
+// connection. Maps: the default map is objdb; the stats map
+// (cmap_set_current_map(CMAP_MAP_STATS)) is computed on each read by the
+// stats source (SetStats; docs/objdb.md).
 type Service struct {
 	store Store
+	stats StatsSource
 	log   *slog.Logger
 }
 
@@ -62,6 +68,10 @@ type Service struct {
 func NewService(store Store, log *slog.Logger) *Service {
 	return &Service{store: store, log: log}
 }
+
+// SetStats sets where the stats map comes from; called before the service
+// serves. Without a source the stats map is empty.
+func (s *Service) SetStats(src StatsSource) { s.stats = src }
 
 // EventSink takes a connection's event messages (track notifications).
 type EventSink interface {
@@ -103,16 +113,6 @@ type track struct {
 	userCtx uint64 // the client's track_inst_handle
 }
 
-// statsPrefix is where the stats map lives in objdb.
-const statsPrefix = "stats."
-
-func (c *Conn) key(k string) string {
-	if c.stats && !strings.HasPrefix(k, statsPrefix) {
-		return statsPrefix + k
-	}
-	return k
-}
-
 func (c *Conn) handle() uint64 {
 	c.nextHandle++
 	// Handles start high and are never zero: libcmap treats 0 as "none".
@@ -126,24 +126,29 @@ func (c *Conn) Request(ctx context.Context, msg []byte) []byte {
 		c.svc.log.Warn("malformed cmap request", "conn", c.label, "err", err)
 		return EncodeStatus(r.ID, cswire.ErrInvalidParam)
 	}
+	if c.stats {
+		if resp, ok := c.statsRequest(ctx, r); ok {
+			return resp
+		}
+	}
 	st := c.svc.store
 	switch r.ID {
 	case ReqSet:
 		// The value is copied: msg may be the gateway's buffer
 		// (BorrowsRequests), and the store keeps what it is given.
-		return EncodeStatus(r.ID, cswire.Code(st.Set(ctx, c.key(r.Key), Value{Type: r.Type, Data: bytes.Clone(r.Value)})))
+		return EncodeStatus(r.ID, cswire.Code(st.Set(ctx, r.Key, Value{Type: r.Type, Data: bytes.Clone(r.Value)})))
 	case ReqDelete:
-		return EncodeStatus(r.ID, cswire.Code(st.Delete(ctx, c.key(r.Key))))
+		return EncodeStatus(r.ID, cswire.Code(st.Delete(ctx, r.Key)))
 	case ReqGet:
-		v, err := st.Get(ctx, c.key(r.Key))
+		v, err := st.Get(ctx, r.Key)
 		if err != nil {
 			return EncodeStatus(r.ID, cswire.Code(err))
 		}
 		return EncodeGet(v.Type, v.Data, r.MaxLen)
 	case ReqAdjustInt:
-		return EncodeStatus(r.ID, cswire.Code(st.Adjust(ctx, c.key(r.Key), r.Step)))
+		return EncodeStatus(r.ID, cswire.Code(st.Adjust(ctx, r.Key, r.Step)))
 	case ReqIterInit:
-		entries, err := st.List(ctx, c.key(r.Key))
+		entries, err := st.List(ctx, r.Key)
 		if err != nil {
 			return EncodeStatus(r.ID, cswire.Code(err))
 		}
@@ -164,7 +169,7 @@ func (c *Conn) Request(ctx context.Context, msg []byte) []byte {
 		}
 		e := it.entries[it.pos]
 		it.pos++
-		return EncodeIterNext(strings.TrimPrefix(e.Key, c.statsStrip()), e.Value.Type, uint64(len(e.Value.Data)))
+		return EncodeIterNext(e.Key, e.Value.Type, uint64(len(e.Value.Data)))
 	case ReqIterFinalize:
 		c.mu.Lock()
 		_, ok := c.iters[r.Handle]
@@ -202,6 +207,61 @@ func (c *Conn) Request(ctx context.Context, msg []byte) []byte {
 	return EncodeStatus(r.ID, cswire.ErrInvalidParam)
 }
 
+// statsRequest serves a request on the stats map: read-only, computed by
+// the stats source at each get and each iteration's start. ok is false for
+// the requests served alike in both maps (an iteration's next and end, a
+// track's deletion, the choice of map).
+func (c *Conn) statsRequest(ctx context.Context, r Request) (resp []byte, ok bool) {
+	switch r.ID {
+	case ReqSet:
+		// corosync clears counters on a set of stats.clear.*; corobus
+		// does not (yet): said rather than ignored.
+		if strings.HasPrefix(r.Key, statsClearPrefix) {
+			return EncodeStatus(r.ID, cswire.ErrNotSupported), true
+		}
+		return EncodeStatus(r.ID, cswire.ErrAccess), true
+	case ReqDelete, ReqAdjustInt:
+		return EncodeStatus(r.ID, cswire.ErrAccess), true
+	case ReqGet:
+		entries, err := c.statsList(ctx, r.Key)
+		if err != nil {
+			return EncodeStatus(r.ID, cswire.Code(err)), true
+		}
+		for _, e := range entries {
+			if e.Key == r.Key {
+				return EncodeGet(e.Value.Type, e.Value.Data, r.MaxLen), true
+			}
+		}
+		return EncodeStatus(r.ID, cswire.ErrNotExist), true
+	case ReqIterInit:
+		entries, err := c.statsList(ctx, r.Key)
+		if err != nil {
+			return EncodeStatus(r.ID, cswire.Code(err)), true
+		}
+		c.mu.Lock()
+		h := c.handle()
+		c.iters[h] = &iter{entries: entries}
+		c.mu.Unlock()
+		return EncodeHandle(r.ID, h), true
+	case ReqTrackAdd:
+		// The counters change on every request: tracking them would
+		// mean computing the map for every change. Not offered.
+		return EncodeStatus(r.ID, cswire.ErrNotSupported), true
+	}
+	return nil, false
+}
+
+// statsClearPrefix is corosync's stats.clear.* keys (stats.clear.all,
+// stats.clear.ipc, …), which reset counters when set.
+const statsClearPrefix = "stats.clear."
+
+func (c *Conn) statsList(ctx context.Context, prefix string) ([]Entry, error) {
+	if c.svc.stats == nil {
+		return nil, nil
+	}
+	return c.svc.stats(ctx, prefix)
+}
+
 // BorrowsRequests tells a gateway serving this connection in its own
 // process (libqb.Borrower, ipc.colocate) that Request keeps nothing of a
 // request once it returns — keys are strings of their own, a set's value
@@ -209,31 +269,19 @@ func (c *Conn) Request(ctx context.Context, msg []byte) []byte {
 // allocation less per cmap call.
 func (c *Conn) BorrowsRequests() bool { return true }
 
-func (c *Conn) statsStrip() string {
-	if c.stats {
-		return statsPrefix
-	}
-	return "\x00" // strips nothing
-}
-
 func (c *Conn) trackAdd(ctx context.Context, r Request) []byte {
 	flags := r.Track
 	if flags&(TrackAdd|TrackDelete|TrackModify) == 0 {
 		return EncodeStatus(r.ID, cswire.ErrInvalidParam)
 	}
-	key := c.key(r.Key)
-	prefix := flags&TrackPrefix != 0
-	if r.Key == "" {
-		// A NULL key tracks everything (of the current map).
-		key, prefix = c.key(""), true
-	}
-	strip := c.statsStrip()
+	// A NULL key tracks everything.
+	prefix := flags&TrackPrefix != 0 || r.Key == ""
 	uc := r.UserCtx
-	stop, err := c.svc.store.Track(ctx, key, prefix, func(ev Event) {
+	stop, err := c.svc.store.Track(ctx, r.Key, prefix, func(ev Event) {
 		if ev.Kind&flags == 0 {
 			return
 		}
-		n := Notify{UserCtx: uc, Key: strings.TrimPrefix(ev.Key, strip), Event: ev.Kind}
+		n := Notify{UserCtx: uc, Key: ev.Key, Event: ev.Kind}
 		if ev.New != nil {
 			n.NewType, n.NewValue = ev.New.Type, ev.New.Data
 		}

@@ -54,6 +54,9 @@ type Route struct {
 	// limits of a connection's event backlog (flow control from High,
 	// disconnection at Max) for this route's connections.
 	EventQueueHigh, EventQueueMax int
+	// ServiceID is corosync's id of the service (CMAP_SERVICE 0, …),
+	// which names its connections in cmap's stats map.
+	ServiceID int
 }
 
 // Config configures a Gateway.
@@ -106,6 +109,8 @@ type Gateway struct {
 	syncing atomic.Bool
 	ctx     context.Context
 	nextID  atomic.Uint64
+	// serviceIDs are the routes' ServiceID by libqb service name.
+	serviceIDs map[string]int
 
 	// handlesMu is held across a loader round trip; mu guards what the
 	// event path needs, so that resolving a route never delays events.
@@ -139,8 +144,12 @@ func New(cfg Config) (*Gateway, error) {
 		srv.MaxConnsPerUID = cfg.MaxConnsPerUID
 	}
 	srv.Transport = cfg.Transport
+	ids := make(map[string]int, len(cfg.Routes))
+	for _, r := range cfg.Routes {
+		ids[r.Service] = r.ServiceID
+	}
 	return &Gateway{cfg: cfg, id: nuid.Next(), srv: srv, handles: map[string]hdb.Handle{}, conns: map[string]*libqb.Conn{},
-		firstConn: make(chan struct{}, 1)}, nil
+		firstConn: make(chan struct{}, 1), serviceIDs: ids}, nil
 }
 
 // Syncing reports whether the node's sync engine says a sync is running.
@@ -176,6 +185,12 @@ func (g *Gateway) Run(ctx context.Context) error {
 		return fmt.Errorf("subscribing to events: %w", err)
 	}
 	defer func() { _ = evSub.Unsubscribe() }()
+	// cmap's stats map, for a cmap instance outside this process.
+	statsSub, err := nc.Subscribe(s.IPCStats(g.cfg.Node), g.onStatsRequest)
+	if err != nil {
+		return fmt.Errorf("subscribing to stats requests: %w", err)
+	}
+	defer func() { _ = statsSub.Unsubscribe() }()
 	if err := nc.Flush(); err != nil {
 		return fmt.Errorf("flushing subscriptions: %w", err)
 	}
@@ -377,7 +392,7 @@ func (h *routeHandler) Open(c *libqb.Conn) (libqb.Session, error) {
 		}
 		return nil, fmt.Errorf("%s: %w: %w", h.r.Component, err, syscall.EAGAIN)
 	}
-	return &conn{g: g, r: h.r, cl: cl, id: id}, nil
+	return &conn{g: g, r: h.r, cl: cl, id: id, qc: c}, nil
 }
 
 func (g *Gateway) forget(id string) {
@@ -392,6 +407,7 @@ type conn struct {
 	r  Route
 	cl *session.Client
 	id string
+	qc *libqb.Conn
 }
 
 func (c *conn) Request(ctx context.Context, msg []byte) []byte {
@@ -403,6 +419,7 @@ func (c *conn) Request(ctx context.Context, msg []byte) []byte {
 	}
 	if c.r.HeldDuringSync != nil && c.g.syncing.Load() && len(msg) >= 4 &&
 		c.r.HeldDuringSync(int32(binary.LittleEndian.Uint32(msg))) {
+		c.qc.Overloaded()
 		return libqb.ErrorResponse(int32(cswire.ErrTryAgain))
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.g.cfg.RequestTimeout)

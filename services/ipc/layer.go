@@ -61,12 +61,12 @@ func Grant(a bus.Access) bus.Grant {
 // DefaultRoutes are the libqb services a node's gateway serves.
 func DefaultRoutes() []Route {
 	return []Route{
-		{Service: "cmap", Component: cmap.ComponentName, Version: cmap.ComponentVersion},
+		{Service: "cmap", Component: cmap.ComponentName, Version: cmap.ComponentVersion, ServiceID: serviceIDCmap},
 		{Service: "cpg", Component: cpg.ComponentName, Version: cpg.ComponentVersion, HeldDuringSync: cpg.HeldDuringSync, Async: cpg.Async,
-			EventQueueHigh: cpg.EventQueueHigh, EventQueueMax: cpg.EventQueueMax},
-		{Service: "quorum", Component: quorum.ComponentName, Version: quorum.ComponentVersion},
-		{Service: "votequorum", Component: votequorum.ComponentName, Version: votequorum.ComponentVersion},
-		{Service: "cfg", Component: cfg.ComponentName, Version: cfg.ComponentVersion, HeldDuringSync: cfg.HeldDuringSync},
+			EventQueueHigh: cpg.EventQueueHigh, EventQueueMax: cpg.EventQueueMax, ServiceID: serviceIDCpg},
+		{Service: "quorum", Component: quorum.ComponentName, Version: quorum.ComponentVersion, ServiceID: serviceIDQuorum},
+		{Service: "votequorum", Component: votequorum.ComponentName, Version: votequorum.ComponentVersion, ServiceID: serviceIDVotequorum},
+		{Service: "cfg", Component: cfg.ComponentName, Version: cfg.ComponentVersion, HeldDuringSync: cfg.HeldDuringSync, ServiceID: serviceIDCfg},
 	}
 }
 
@@ -106,6 +106,9 @@ func Run(ctx context.Context, env layer.Env) error {
 		*dst = int(min(n, math.MaxInt32))
 	}
 	var grp run.Group
+	// The colocated cmap reads the gateway's stats in process, once the
+	// gateway exists (below).
+	var colocatedCmap *cmap.Service
 	for _, name := range slices.Compact(slices.Sorted(slices.Values(strings.Fields(env.Config.String("ipc.colocate"))))) {
 		if name == "none" {
 			continue
@@ -127,6 +130,7 @@ func Run(ctx context.Context, env layer.Env) error {
 		}
 		defer st.Close()
 		svc := cmap.NewService(cmap.NewObjdbStore(st), env.Log)
+		colocatedCmap = svc
 		subject := cmap.Subject(env.Subjects, env.Node.ID)
 		cfg.Colocated[name] = Colocated{Subject: subject, Open: func(c *libqb.Conn) (libqb.Session, error) {
 			return svc.OpenConn(c, fmt.Sprintf("%s/%d pid %d", c.Service, c.ID, c.Creds.PID)), nil
@@ -139,6 +143,9 @@ func Run(ctx context.Context, env layer.Env) error {
 	g, err := New(cfg)
 	if err != nil {
 		return err
+	}
+	if colocatedCmap != nil {
+		colocatedCmap.SetStats(g.StatsEntries)
 	}
 	svc, err := layer.NewService(env, "ipc", "corosync client gateway", time.Now().UTC().Format(time.RFC3339))
 	if err != nil {

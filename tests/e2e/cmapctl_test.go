@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -53,6 +54,8 @@ echo "== list"; $C test.t.
 echo "== delete"; $C -d test.t.str; $C -g test.t.str 2>&1 || true
 echo "== delete prefix"; $C -D test.t. || echo "D rc=$?"; $C test.t. || echo "list rc=$?"
 echo "== read-only"; $C -s nodelist.node.0.nodeid u32 9 2>&1 || true
+echo "== stats"; sh -c 'echo "pid $$"; exec "$0" -m stats stats.ipcs' $C
+echo "== stats all"; $C -m stats | grep -c '^stats\.ipcs\.global\.' || true
 sleep 4
 echo "== track"; cat ` + dir + `/track.out
 echo "== shm"; ` + gatewayShmShell + `
@@ -63,6 +66,7 @@ echo "== shm"; ` + gatewayShmShell + `
 		t.Fatalf("script failed: %v\n%s\nnode log:\n%s", err, out, log)
 	}
 	got := string(out)
+	checkStatsListing(t, got)
 	for _, want := range []string{
 		"== get\nruntime.config.totem.token (u32) = 1000\n",
 		"test.t.dbl (dbl) = 2.500000\ntest.t.flt (flt) = 1.500000\ntest.t.i16 (i16) = 7\n",
@@ -79,5 +83,36 @@ echo "== shm"; ` + gatewayShmShell + `
 		if !strings.Contains(got, want) {
 			t.Errorf("output lacks %q:\n%s", want, got)
 		}
+	}
+}
+
+// checkStatsListing checks what `corosync-cmapctl -m stats stats.ipcs`
+// listed of its own connection (its pid said first): corosync's keys,
+// under cmap's service id 0, with its command name and its requests.
+func checkStatsListing(t *testing.T, got string) {
+	t.Helper()
+	m := regexp.MustCompile(`== stats\npid (\d+)\n`).FindStringSubmatch(got)
+	if m == nil {
+		t.Errorf("no stats listing:\n%s", got)
+		return
+	}
+	own := regexp.MustCompile(`(?m)^stats\.ipcs\.service0\.`+m[1]+`\.0x[0-9a-f]+\.(\w+) \((\w+)\) = (.*)$`).FindAllStringSubmatch(got, -1)
+	keys := map[string]string{}
+	for _, k := range own {
+		keys[k[1]] = k[2] + " " + k[3]
+	}
+	if keys["procname"] != "str corosync-cmapct" { // the kernel keeps 15 bytes of a command's name
+		t.Errorf("own connection's procname %q, want str corosync-cmapct; listing:\n%s", keys["procname"], got)
+	}
+	if r := keys["requests"]; !regexp.MustCompile(`^u64 [1-9]\d*$`).MatchString(r) {
+		t.Errorf("own connection's requests %q, want a u64 above 0", r)
+	}
+	for _, k := range []string{"responses", "dispatched", "send_retries", "flow_control", "flow_control_count", "overload", "queueing", "queued", "sent"} {
+		if _, ok := keys[k]; !ok {
+			t.Errorf("own connection lacks %s; listing:\n%s", k, got)
+		}
+	}
+	if !strings.Contains(got, "stats.ipcs.global.active (u64) = ") || !strings.Contains(got, "== stats all\n2\n") {
+		t.Errorf("stats.ipcs.global.* not listed:\n%s", got)
 	}
 }

@@ -39,6 +39,13 @@ type Conn struct {
 	fcMu      sync.Mutex
 	fcEvents  bool
 	fcService int32
+	fcShown   int32 // the level last shown to the client
+
+	counters connCounters
+	// served is set, under the server's mu, once the client has its
+	// connection response; procName is known from then on.
+	served   bool
+	procName string
 }
 
 // Flow-control levels of the request channel, as libqb's
@@ -85,6 +92,11 @@ func (c *Conn) applyFlowControl() {
 		level = FlowAll
 	}
 	tr.setFlowControl(level)
+	if level != c.fcShown {
+		c.fcShown = level
+		c.counters.flowControl.Store(level)
+		c.counters.flowControlCount.Add(1)
+	}
 }
 
 // transport is what differs between libqb's connection types: where
@@ -178,6 +190,7 @@ func (s *Server) serve(ctx context.Context, service string, h Handler, fd int) {
 	}
 	// From here the connection lives as long as the client: no deadline.
 	_ = c.setup.SetDeadline(time.Time{})
+	s.served(c, procName(c.Creds.PID))
 	go c.events.run()
 	borrow := false
 	if b, ok := sess.(Borrower); ok {
@@ -188,7 +201,11 @@ func (s *Server) serve(ctx context.Context, service string, h Handler, fd int) {
 		if !borrow {
 			msg = bytes.Clone(msg)
 		}
+		c.counters.requests.Add(1)
 		resp := sess.Request(ctx, msg)
+		if len(resp) > 0 {
+			c.counters.responses.Add(1)
+		}
 		if resp == nil {
 			s.log.Info("libqb: the service ended the connection", "conn", c.ID, "service", c.Service, "pid", c.Creds.PID)
 		}

@@ -32,8 +32,11 @@ type eventQueue struct {
 	bytes      int
 	throttled  bool
 	stopped    bool
-	wake       chan struct{}
-	done       chan struct{}
+	// sent counts the events sent since the queue last started or
+	// emptied (corosync's sent, Server.Stats).
+	sent uint32
+	wake chan struct{}
+	done chan struct{}
 }
 
 func (q *eventQueue) init(c *Conn, high, max int) {
@@ -51,11 +54,15 @@ func (q *eventQueue) push(msg []byte) error {
 	if len(q.q) == 0 {
 		err := q.c.tr.sendEvent(msg)
 		if err == nil {
+			q.c.counters.dispatched.Add(1)
+			q.sent++
 			return nil
 		}
 		if !retryable(err) {
 			return err
 		}
+		q.c.counters.sendRetries.Add(1)
+		q.sent = 0 // the queue starts
 	}
 	if q.bytes+len(msg) > q.max {
 		q.stopped = true
@@ -99,6 +106,8 @@ func (q *eventQueue) run() {
 			}
 			err := q.c.tr.sendEvent(q.q[0])
 			if err == nil {
+				q.c.counters.dispatched.Add(1)
+				q.sent++
 				q.bytes -= len(q.q[0])
 				if b := q.q[0]; q.spareBytes+cap(b) <= maxSpareBytes {
 					q.spare = append(q.spare, b)
@@ -106,6 +115,9 @@ func (q *eventQueue) run() {
 				}
 				q.q[0] = nil
 				q.q = q.q[1:]
+				if len(q.q) == 0 {
+					q.sent = 0
+				}
 				if q.throttled && q.bytes <= q.high/2 {
 					q.throttled = false
 					q.c.eventFlowControl(false)
@@ -120,6 +132,7 @@ func (q *eventQueue) run() {
 				q.c.log.Debug("libqb: event not sent", "conn", q.c.ID, "err", err)
 				return
 			}
+			q.c.counters.sendRetries.Add(1)
 			// Neither a client's datagram socket nor its ring has a
 			// readiness to wait for on the sending side: poll, backing off.
 			select {
@@ -130,6 +143,14 @@ func (q *eventQueue) run() {
 			pause = min(2*pause, maxPause)
 		}
 	}
+}
+
+// counts reports the events waiting and those sent since the queue last
+// started or emptied.
+func (q *eventQueue) counts() (queued, sent uint32) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return uint32(len(q.q)), q.sent
 }
 
 // maxSpareBytes bounds what a connection keeps in spare buffers.

@@ -177,6 +177,8 @@ type Server struct {
 	perUID  map[uint32]int
 	serving sync.WaitGroup
 	nextID  atomic.Uint64
+	// closed counts the connections served and closed (Stats).
+	closed atomic.Uint64
 }
 
 // NewServer returns a server; Listen adds services to it.
@@ -332,9 +334,20 @@ func (s *Server) track(c *Conn, on bool) {
 	defer s.mu.Unlock()
 	if on {
 		s.conns[c] = struct{}{}
-	} else {
-		delete(s.conns, c)
+		return
 	}
+	delete(s.conns, c)
+	if c.served {
+		s.closed.Add(1)
+	}
+}
+
+// served marks c served from now on (Stats lists it), its client's
+// command name read once, as corosync reads it when a client connects.
+func (s *Server) served(c *Conn, procName string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c.served, c.procName = true, procName
 }
 
 func (s *Server) closeAll() {

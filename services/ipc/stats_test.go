@@ -1,0 +1,250 @@
+package ipc
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/bus/bustest"
+	"github.com/corobus/corobus/loader"
+	"github.com/corobus/corobus/loader/loadertest"
+	"github.com/corobus/corobus/services/cmap"
+	"github.com/corobus/corobus/services/cswire"
+	"github.com/corobus/corobus/services/ipc/libqb"
+	"github.com/corobus/corobus/services/ipc/libqb/qbclient"
+	"github.com/corobus/corobus/services/ipc/session"
+)
+
+// cmapRequester sends libcmap requests and returns the responses: over a
+// real libqb connection, or straight to a cmap connection's state.
+type cmapRequester func(t *testing.T, msg []byte) []byte
+
+func cmapName(key string) []byte {
+	b := make([]byte, cswire.NameSize)
+	cswire.PutName(b, 0, key)
+	return b
+}
+
+func cmapStatus(t *testing.T, resp []byte) cswire.Error {
+	t.Helper()
+	if len(resp) < qbclient.ResHeaderSize {
+		t.Fatalf("response of %d bytes", len(resp))
+	}
+	return cswire.Error(binary.LittleEndian.Uint32(resp[16:]))
+}
+
+// statsMap lists the stats map under prefix as corosync-cmapctl does:
+// iterate, then get each key. The values are rendered as cmapctl prints
+// them for the types the stats map holds.
+func statsMap(t *testing.T, req cmapRequester, prefix string) map[string]string {
+	t.Helper()
+	if st := cmapStatus(t, req(t, qbclient.NewRequest(cmap.ReqSetCurrentMap, binary.LittleEndian.AppendUint64(nil, cmap.MapStats)))); st != cswire.OK {
+		t.Fatalf("set_current_map(STATS): %v", st)
+	}
+	resp := req(t, qbclient.NewRequest(cmap.ReqIterInit, cmapName(prefix)))
+	if st := cmapStatus(t, resp); st != cswire.OK {
+		t.Fatalf("iter_init %q: %v", prefix, st)
+	}
+	h := binary.LittleEndian.Uint64(resp[qbclient.ResHeaderSize:])
+	out := map[string]string{}
+	for {
+		resp := req(t, qbclient.NewRequest(cmap.ReqIterNext, binary.LittleEndian.AppendUint64(nil, h)))
+		if st := cmapStatus(t, resp); st == cswire.ErrNoSections {
+			break
+		} else if st != cswire.OK {
+			t.Fatalf("iter_next: %v", st)
+		}
+		key, err := cswire.GetName(resp, qbclient.ResHeaderSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := append(cmapName(key), binary.LittleEndian.AppendUint64(nil, 256)...)
+		g := req(t, qbclient.NewRequest(cmap.ReqGet, body))
+		if st := cmapStatus(t, g); st == cswire.ErrNotExist {
+			continue // its connection closed since the iteration began
+		} else if st != cswire.OK {
+			t.Fatalf("get %s: %v", key, st)
+		}
+		n := binary.LittleEndian.Uint64(g[qbclient.ResHeaderSize:])
+		typ := g[qbclient.ResHeaderSize+8]
+		v := g[qbclient.ResHeaderSize+16 : qbclient.ResHeaderSize+16+int(n)]
+		switch typ {
+		case 11: // str
+			out[key] = "str " + strings.TrimSuffix(string(v), "\x00")
+		case 8: // u64
+			out[key] = fmt.Sprintf("u64 %d", binary.LittleEndian.Uint64(v))
+		case 6: // u32
+			out[key] = fmt.Sprintf("u32 %d", binary.LittleEndian.Uint32(v))
+		case 5: // i32
+			out[key] = fmt.Sprintf("i32 %d", int32(binary.LittleEndian.Uint32(v)))
+		default:
+			t.Fatalf("key %s of type %d", key, typ)
+		}
+	}
+	if st := cmapStatus(t, req(t, qbclient.NewRequest(cmap.ReqIterFinalize, binary.LittleEndian.AppendUint64(nil, h)))); st != cswire.OK {
+		t.Fatalf("iter_finalize: %v", st)
+	}
+	return out
+}
+
+// statsGet gets a u64 key of the stats map (the current map must be it).
+func statsGet(t *testing.T, req cmapRequester, key string) uint64 {
+	t.Helper()
+	g := req(t, qbclient.NewRequest(cmap.ReqGet, append(cmapName(key), binary.LittleEndian.AppendUint64(nil, 8)...)))
+	if st := cmapStatus(t, g); st != cswire.OK {
+		t.Fatalf("get %s: %v", key, st)
+	}
+	if typ := g[qbclient.ResHeaderSize+8]; typ != 8 {
+		t.Fatalf("%s has type %d, want u64 (8)", key, typ)
+	}
+	return binary.LittleEndian.Uint64(g[qbclient.ResHeaderSize+16:])
+}
+
+// TestStatsMapShowsConnections reads cmap's stats map through a gateway
+// whose cmap runs in its own process (in-process stats) and through a cmap
+// instance that asks the gateway over the bus: the reading client's own
+// connection is listed under its pid, and its requests are counted.
+func TestStatsMapShowsConnections(t *testing.T) {
+	eachTransport(t, testStatsMapShowsConnections)
+}
+
+func testStatsMapShowsConnections(t *testing.T, tr libqb.Transport) {
+	cl := bustest.StartCluster(t, 1)
+	nc := cl.Conn(1)
+	subjects, err := bus.NewSubjects("t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	loadertest.Start(t, nc, subjects, 1, loader.LocalNamespace(1))
+	service := fmt.Sprintf("cbst-%d-%d", os.Getpid(), time.Now().UnixNano()%1000000)
+	shm, err := os.MkdirTemp("", "qb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(shm) })
+
+	// The stats map never reaches the store: none is given, so that a
+	// request that did would fail the test.
+	svc := cmap.NewService(nil, bustest.Logger(t))
+	subject := cmap.Subject(subjects, 1)
+	gw, err := New(Config{
+		Conn: nc, Subjects: subjects, Node: 1, Log: bustest.Logger(t), Admit: func(libqb.Creds) bool { return true },
+		ShmDir: shm, Transport: tr,
+		Routes: []Route{{Service: service, Component: cmap.ComponentName, Version: cmap.ComponentVersion, ServiceID: 0}},
+		Colocated: map[string]Colocated{cmap.ComponentName: {Subject: subject, Open: func(c *libqb.Conn) (libqb.Session, error) {
+			return svc.OpenConn(c, "test"), nil
+		}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.SetStats(gw.StatsEntries)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	go func() { done <- gw.Run(ctx) }()
+	go func() {
+		done <- session.ServeComponent(ctx, nc, subjects, 1,
+			loader.Component{Name: cmap.ComponentName, Version: cmap.ComponentVersion, Subject: subject}, svc, bustest.Logger(t))
+	}()
+	t.Cleanup(func() {
+		cancel()
+		for range 2 {
+			if err := <-done; err != nil {
+				t.Errorf("gateway or cmap: %v", err)
+			}
+		}
+	})
+	f := gatewayFixture{gw: gw, service: service, nc: nc, subjects: subjects}
+	c := f.dialServed(t)
+	overLibqb := func(t *testing.T, msg []byte) []byte {
+		t.Helper()
+		resp, err := c.Request(msg, 10*time.Second)
+		if err != nil {
+			t.Fatalf("request: %v", err)
+		}
+		return resp
+	}
+
+	// The client's own connection: its pid, its command name (this test
+	// binary's, as the kernel keeps it) and its requests so far.
+	pid := os.Getpid()
+	comm, err := os.ReadFile("/proc/self/comm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := statsMap(t, overLibqb, "stats.ipcs")
+	own := ""
+	for k := range got {
+		if p := fmt.Sprintf("stats.ipcs.service0.%d.", pid); strings.HasPrefix(k, p) && strings.HasSuffix(k, ".procname") {
+			if own != "" {
+				t.Fatalf("two connections of this process listed: %v", got)
+			}
+			own = strings.TrimSuffix(k, "procname")
+		}
+	}
+	if own == "" {
+		t.Fatalf("this process's connection is not listed:\n%v", got)
+	}
+	if want := "str " + strings.TrimSpace(string(comm)); got[own+"procname"] != want {
+		t.Errorf("procname %q, want %q", got[own+"procname"], want)
+	}
+	if got["stats.ipcs.global.active"] != "u64 1" || got["stats.ipcs.global.closed"] != "u64 0" {
+		t.Errorf("global counters: active %q closed %q, want u64 1 and u64 0", got["stats.ipcs.global.active"], got["stats.ipcs.global.closed"])
+	}
+	for _, k := range []string{"responses", "dispatched", "send_retries", "flow_control", "flow_control_count", "overload", "queueing", "queued", "sent"} {
+		if _, ok := got[own+k]; !ok {
+			t.Errorf("no %s%s", own, k)
+		}
+	}
+	// requests counts this connection's requests: a get of the counter
+	// is counted before it is served, its response after.
+	n := statsGet(t, overLibqb, own+"requests")
+	if m := statsGet(t, overLibqb, own+"requests"); m != n+1 {
+		t.Errorf("requests %d, then %d: want one more", n, m)
+	}
+	if r := statsGet(t, overLibqb, own+"responses"); r != n+1 {
+		t.Errorf("responses %d after %d requests, want %d", r, n+2, n+1)
+	}
+	again := statsMap(t, overLibqb, own)
+	if len(again) != 11 {
+		t.Errorf("a connection's prefix lists %d keys, want 11: %v", len(again), again)
+	}
+
+	// The stats map is read-only; tracking it is not offered.
+	if st := cmapStatus(t, overLibqb(t, qbclient.NewRequest(cmap.ReqSet, append(append(cmapName("stats.ipcs.global.active"),
+		binary.LittleEndian.AppendUint64(nil, 8)...), append(binary.LittleEndian.AppendUint64(nil, 8), make([]byte, 8)...)...)))); st != cswire.ErrAccess {
+		t.Errorf("set in the stats map: %v, want CS_ERR_ACCESS", st)
+	}
+	track := append(cmapName("stats.ipcs.global.active"), binary.LittleEndian.AppendUint64(binary.LittleEndian.AppendUint64(nil, uint64(cmap.TrackModify)), 1)...)
+	if st := cmapStatus(t, overLibqb(t, qbclient.NewRequest(cmap.ReqTrackAdd, track))); st != cswire.ErrNotSupported {
+		t.Errorf("track in the stats map: %v, want CS_ERR_NOT_SUPPORTED", st)
+	}
+
+	// A cmap instance in another process asks the gateway over the bus.
+	remote := cmap.NewService(nil, bustest.Logger(t))
+	remote.SetStats(cmap.BusStats(nc, subjects, 1))
+	rc := remote.OpenConn(nil, "remote")
+	defer rc.Close()
+	direct := func(t *testing.T, msg []byte) []byte { return rc.Request(context.Background(), msg) }
+	viaBus := statsMap(t, direct, "stats.ipcs.service0.")
+	if viaBus[own+"procname"] != got[own+"procname"] || viaBus[own+"requests"] == "" {
+		t.Errorf("over the bus: %v", viaBus)
+	}
+
+	// Gone once closed.
+	c.Close()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		after := statsMap(t, direct, "stats.ipcs")
+		if _, ok := after[own+"procname"]; !ok && after["stats.ipcs.global.closed"] == "u64 1" && after["stats.ipcs.global.active"] == "u64 0" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the closed connection is still listed: %v", after)
+		}
+	}
+}
