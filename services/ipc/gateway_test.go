@@ -110,7 +110,17 @@ func eachTransport(t *testing.T, f func(t *testing.T, tr libqb.Transport)) {
 	}
 }
 
-func startGateway(t testing.TB, tr libqb.Transport, admit func(libqb.Creds) bool) gatewayFixture {
+// gatewayEnv is what a test gateway stands on: a one-node bus with a
+// loader, and a service name and connection directory of its own (kind
+// tells tests' names apart).
+type gatewayEnv struct {
+	nc       *nats.Conn
+	subjects bus.Subjects
+	service  string
+	shm      string
+}
+
+func newGatewayEnv(t testing.TB, kind string) gatewayEnv {
 	t.Helper()
 	cl := bustest.StartCluster(t, 1)
 	nc := cl.Conn(1)
@@ -119,14 +129,21 @@ func startGateway(t testing.TB, tr libqb.Transport, admit func(libqb.Creds) bool
 		t.Fatal(err)
 	}
 	loadertest.Start(t, nc, subjects, 1, loader.LocalNamespace(1))
-	// Abstract names are shared by every test process of this host.
-	service := fmt.Sprintf("cbgw-%d-%d", os.Getpid(), time.Now().UnixNano()%1000000)
 	// A short directory: socket names under it must fit a sockaddr_un.
 	shm, err := os.MkdirTemp("", "qb")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(shm) })
+	// Abstract names are shared by every test process of this host.
+	service := fmt.Sprintf("%s-%d-%d", kind, os.Getpid(), time.Now().UnixNano()%1000000)
+	return gatewayEnv{nc: nc, subjects: subjects, service: service, shm: shm}
+}
+
+func startGateway(t testing.TB, tr libqb.Transport, admit func(libqb.Creds) bool) gatewayFixture {
+	t.Helper()
+	e := newGatewayEnv(t, "cbgw")
+	nc, subjects, service, shm := e.nc, e.subjects, e.service, e.shm
 	gw, err := New(Config{
 		Conn: nc, Subjects: subjects, Node: 1, Log: bustest.Logger(t), Admit: admit, ShmDir: shm, Transport: tr,
 		Routes: []Route{{Service: service, Component: "echo", Version: 1,

@@ -9,10 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/bustest"
 	"github.com/corobus/corobus/loader"
-	"github.com/corobus/corobus/loader/loadertest"
 	"github.com/corobus/corobus/services/cmap"
 	"github.com/corobus/corobus/services/cswire"
 	"github.com/corobus/corobus/services/ipc/libqb"
@@ -114,19 +112,8 @@ func TestStatsMapShowsConnections(t *testing.T) {
 }
 
 func testStatsMapShowsConnections(t *testing.T, tr libqb.Transport) {
-	cl := bustest.StartCluster(t, 1)
-	nc := cl.Conn(1)
-	subjects, err := bus.NewSubjects("t")
-	if err != nil {
-		t.Fatal(err)
-	}
-	loadertest.Start(t, nc, subjects, 1, loader.LocalNamespace(1))
-	service := fmt.Sprintf("cbst-%d-%d", os.Getpid(), time.Now().UnixNano()%1000000)
-	shm, err := os.MkdirTemp("", "qb")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(shm) })
+	e := newGatewayEnv(t, "cbst")
+	nc, subjects, service, shm := e.nc, e.subjects, e.service, e.shm
 
 	// The stats map never reaches the store: none is given, so that a
 	// request that did would fail the test.
