@@ -68,6 +68,27 @@ type Status struct {
 	MaxSeq    uint64   `json:"max_seq"`
 	Pending   int      `json:"pending"`
 	Views     uint64   `json:"views"`
+	SRP       SRPStats `json:"srp"`
+}
+
+// SRPStats are the counters of this node's totem that mean what
+// corosync's stats.srp.* of the same names mean (cmap's stats map,
+// docs/objdb.md); corosync's others have no counterpart here (no token).
+type SRPStats struct {
+	// McastTx: own messages multicast, each once per ring it is sent in;
+	// McastRetx: own messages sent again in the same ring because the
+	// sequencer had not ordered them (the frame was lost).
+	McastTx   uint64 `json:"mcast_tx"`
+	McastRetx uint64 `json:"mcast_retx"`
+	// McastRx: messages received, this node's own included (taken in
+	// when sent, as corosync receives its own multicast).
+	McastRx uint64 `json:"mcast_rx"`
+	// OperationalEntered: rings installed (Views); GatherEntered: view
+	// changes begun (the ring frozen); RecoveryEntered: commits taken
+	// (recovery of the old rings begun).
+	OperationalEntered uint64 `json:"operational_entered"`
+	GatherEntered      uint64 `json:"gather_entered"`
+	RecoveryEntered    uint64 `json:"recovery_entered"`
 }
 
 const (
@@ -161,6 +182,7 @@ type Node struct {
 	incs      map[uint32]uint64
 	installed time.Time
 	views     uint64
+	srp       SRPStats // but OperationalEntered: views
 	maxSeq    uint64
 	cur       *ringLog // current ring; frozen old ring while gathering
 	prev      *ringLog // the ring before, for members still recovering
@@ -245,22 +267,24 @@ func New(nc *nats.Conn, cfg Config, cb Callbacks) (*Node, error) {
 		skippedHdr:    nats.Header{SkippedHeader: []string{"1"}},
 		peers:         map[uint32]*peer{},
 		state:         stGather,
-		gathering:     make(chan struct{}, 1),
-		news:          make(chan struct{}, 1),
-		incs:          map[uint32]uint64{},
-		unordered:     map[MsgID]*entry{},
-		waitingData:   map[MsgID]uint64{},
-		joinCount:     map[uint32]uint64{},
-		addrs:         map[uint32]string{cfg.NodeID: cfg.Addr},
-		pendingIdx:    map[MsgID]*own{},
-		seqIDs:        map[MsgID]uint64{},
-		seqOld:        map[MsgID]struct{}{},
-		seqOlder:      map[MsgID]struct{}{},
-		seqLast:       map[originKey]uint64{},
-		seqHeld:       map[originKey]map[uint64]*dataFrame{},
-		lastSent:      map[uint32]uint64{},
-		prevOrphans:   map[MsgID]*entry{},
-		origin:        binary.BigEndian.Uint32(b[:4]) | 1,
+		// A node starts by gathering, as corosync's does (and counts).
+		srp:         SRPStats{GatherEntered: 1},
+		gathering:   make(chan struct{}, 1),
+		news:        make(chan struct{}, 1),
+		incs:        map[uint32]uint64{},
+		unordered:   map[MsgID]*entry{},
+		waitingData: map[MsgID]uint64{},
+		joinCount:   map[uint32]uint64{},
+		addrs:       map[uint32]string{cfg.NodeID: cfg.Addr},
+		pendingIdx:  map[MsgID]*own{},
+		seqIDs:      map[MsgID]uint64{},
+		seqOld:      map[MsgID]struct{}{},
+		seqOlder:    map[MsgID]struct{}{},
+		seqLast:     map[originKey]uint64{},
+		seqHeld:     map[originKey]map[uint64]*dataFrame{},
+		lastSent:    map[uint32]uint64{},
+		prevOrphans: map[MsgID]*entry{},
+		origin:      binary.BigEndian.Uint32(b[:4]) | 1,
 	}
 	n.cur = newRingLog(RingID{}, nil)
 	seq, err := n.loadSeq()
@@ -513,7 +537,9 @@ func (n *Node) statusLocked() Status {
 		MaxSeq:    n.maxSeq,
 		Pending:   len(n.pendingIdx),
 		Views:     n.views,
+		SRP:       n.srp,
 	}
+	st.SRP.OperationalEntered = n.views
 	if len(n.members) > 0 {
 		st.Sequencer = n.members[0]
 	}
@@ -531,13 +557,20 @@ func (n *Node) submit(id MsgID, service string, payload []byte, flags byte) {
 	n.pendingIdx[id] = o
 	n.inflight.Add(1)
 	if n.state == stOperational {
-		n.send(o, time.Now())
+		n.send(o, time.Now(), false)
 	}
 }
 
 // send multicasts an own message's payload in the current ring, and takes
-// it in locally (the connection may not echo).
-func (n *Node) send(o *own, now time.Time) {
+// it in locally (the connection may not echo); retx: again in the same
+// ring.
+func (n *Node) send(o *own, now time.Time, retx bool) {
+	if retx {
+		n.srp.McastRetx++
+	} else {
+		n.srp.McastTx++
+	}
+	n.srp.McastRx++
 	if o.ring != n.ring {
 		o.ring = n.ring
 		o.prev = n.lastSent[o.id.Origin]
@@ -656,6 +689,7 @@ func (n *Node) onData(m *nats.Msg) {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.srp.McastRx++
 	if f.ring != n.ring || n.state != stOperational {
 		n.keepFuture(f.ring, m)
 		if f.ring == n.ring && n.state != stOperational {
@@ -1104,6 +1138,7 @@ func (n *Node) needViewChange(now time.Time, alive []uint32, hbs map[uint32]Hear
 // except through the recovery the next commit plans.
 func (n *Node) enterGather(now time.Time) {
 	n.state = stGather
+	n.srp.GatherEntered++
 	select { // tick at the join's resolution from now on (Run)
 	case n.gathering <- struct{}{}:
 	default:
@@ -1223,6 +1258,7 @@ func (n *Node) takePropose(now time.Time, m *MembMsg) {
 		n.enterGather(now)
 	} else if n.state == stRecovery {
 		n.state = stGather // abandon the recovery: the new plan supersedes it
+		n.srp.GatherEntered++
 		n.commit = nil
 		n.recToken++
 	}
@@ -1362,6 +1398,7 @@ func (n *Node) takeCommit(now time.Time, c *MembMsg) {
 	n.maxSeq = max(n.maxSeq, c.Ring.Seq)
 	n.saveSeq(n.maxSeq)
 	n.state = stRecovery
+	n.srp.RecoveryEntered++
 	n.commit = c
 	n.ackedAt = now
 	n.recToken++
@@ -1662,7 +1699,7 @@ func (n *Node) finishRecovery(now time.Time, got []fetched) {
 	// original order, in the new ring.
 	for _, o := range n.pending {
 		if !o.done {
-			n.send(o, now)
+			n.send(o, now, false)
 		}
 	}
 	fut := n.future
@@ -1724,7 +1761,7 @@ func (n *Node) retransmit(now time.Time, hbs map[uint32]Heartbeat) {
 	wait := 2 * n.cfg.Heartbeat
 	for _, o := range n.pending {
 		if !o.done && !o.ordered && now.Sub(o.sentAt) > wait {
-			n.send(o, now)
+			n.send(o, now, true)
 		}
 	}
 	seqr := n.ring.Rep

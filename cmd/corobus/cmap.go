@@ -139,7 +139,7 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 // gateway when asked (docs/objdb.md), as corosync-cmapctl -m stats lists
 // it — read-only, and not tracked.
 func cmapStats(ctx context.Context, a *app, nc *nodeClient, p cmapPrinter, get, set, del, delPrefix, track, trackPrefix, file string, rest []string) error {
-	read := cmap.BusStats(nc.nc, nc.subjects, nc.node)
+	read := cmap.MergeStats(cmap.BusStats(nc.nc, nc.subjects, nc.node), cmap.TotemStats(nc.nc, nc.subjects, nc.node))
 	switch {
 	case get != "":
 		entries, err := read(ctx, get)

@@ -2,18 +2,11 @@ package cmap
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
-	"fmt"
-	"time"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/layer"
 	"github.com/corobus/corobus/loader"
 	"github.com/corobus/corobus/objdb"
-	"github.com/corobus/corobus/services/cswire"
 	"github.com/corobus/corobus/services/ipc/session"
 )
 
@@ -34,10 +27,10 @@ func Layer() layer.Layer {
 
 // Grant is the cmap component's bus grant: serving its sessions, the
 // node's objdb view (written directly, read-only keys denied), and asking
-// the node's IPC gateway for its stats.
+// the node's IPC gateway and totem for their stats.
 func Grant(a bus.Access) bus.Grant {
 	return bus.Merge(a.Process(), a.Component(ComponentName, loader.LocalNamespace(a.Node)), a.ObjdbStore(false),
-		bus.Grant{Pub: []string{a.Subjects.IPCStats(a.Node)}})
+		bus.Grant{Pub: []string{a.Subjects.IPCStats(a.Node), a.Subjects.TotemStatus(a.Node)}})
 }
 
 // Run serves cmap sessions over this node's objdb view (a watched local
@@ -50,31 +43,8 @@ func Run(ctx context.Context, env layer.Env) error {
 	}
 	defer st.Close()
 	svc := NewService(NewObjdbStore(st), env.Log)
-	svc.SetStats(BusStats(env.Conn, env.Subjects, env.Node.ID))
+	svc.SetStats(MergeStats(BusStats(env.Conn, env.Subjects, env.Node.ID), TotemStats(env.Conn, env.Subjects, env.Node.ID)))
 	return Serve(ctx, env, svc)
-}
-
-// BusStats is the stats map of a cmap instance outside the IPC gateway's
-// process: each read asks the node's gateway (Subjects.IPCStats). No
-// gateway: no client connections, an empty map.
-func BusStats(nc *nats.Conn, s bus.Subjects, node uint32) StatsSource {
-	subject := s.IPCStats(node)
-	return func(ctx context.Context, prefix string) ([]Entry, error) {
-		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		m, err := nc.RequestWithContext(ctx, subject, []byte(prefix))
-		if errors.Is(err, nats.ErrNoResponders) {
-			return nil, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("asking the IPC gateway for its stats: %w: %w", err, cswire.ErrTryAgain)
-		}
-		var entries []Entry
-		if err := json.Unmarshal(m.Data, &entries); err != nil {
-			return nil, fmt.Errorf("the IPC gateway's stats: %w: %w", err, cswire.ErrLibrary)
-		}
-		return entries, nil
-	}
 }
 
 // Subject is the component subject of node's cmap instances.

@@ -145,7 +145,7 @@ func Run(ctx context.Context, env layer.Env) error {
 		return err
 	}
 	if colocatedCmap != nil {
-		colocatedCmap.SetStats(g.StatsEntries)
+		colocatedCmap.SetStats(cmap.MergeStats(g.StatsEntries, cmap.TotemStats(env.Conn, env.Subjects, env.Node.ID)))
 	}
 	svc, err := layer.NewService(env, "ipc", "corosync client gateway", time.Now().UTC().Format(time.RFC3339))
 	if err != nil {

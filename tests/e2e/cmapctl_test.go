@@ -56,6 +56,7 @@ echo "== delete prefix"; $C -D test.t. || echo "D rc=$?"; $C test.t. || echo "li
 echo "== read-only"; $C -s nodelist.node.0.nodeid u32 9 2>&1 || true
 echo "== stats"; sh -c 'echo "pid $$"; exec "$0" -m stats stats.ipcs' $C
 echo "== stats all"; $C -m stats | grep -c '^stats\.ipcs\.global\.' || true
+echo "== stats srp"; $C -m stats stats.srp.
 sleep 4
 echo "== track"; cat ` + dir + `/track.out
 echo "== shm"; ` + gatewayShmShell + `
@@ -114,5 +115,11 @@ func checkStatsListing(t *testing.T, got string) {
 	}
 	if !strings.Contains(got, "stats.ipcs.global.active (u64) = ") || !strings.Contains(got, "== stats all\n2\n") {
 		t.Errorf("stats.ipcs.global.* not listed:\n%s", got)
+	}
+	// totem's counters, from the bus process: a node that runs has
+	// installed a ring at least once.
+	if !regexp.MustCompile(`(?m)^stats\.srp\.operational_entered \(u64\) = [1-9]\d*$`).MatchString(got) ||
+		!strings.Contains(got, "stats.srp.mcast_tx (u64) = ") {
+		t.Errorf("stats.srp.* not listed:\n%s", got)
 	}
 }
