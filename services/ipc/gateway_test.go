@@ -255,6 +255,10 @@ func testGatewayRoutesThroughTheLoader(t *testing.T, tr libqb.Transport) {
 	if resp, err = c.Request(qbclient.NewRequest(2, nil), 5*time.Second); err != nil || qbclient.ResponseError(resp) != int32(cswire.OK) {
 		t.Errorf("held request after sync: %v, %v", resp, err)
 	}
+	// The held request is the connection's overload (stats.ipcs.*.overload).
+	if st := onlyConn(t, f.gw, func(st libqb.ConnStats) bool { return st.Overload == 1 }); st.Overload != 1 {
+		t.Errorf("overload %d after one held request, want 1", st.Overload)
+	}
 
 	// The instance holding the session goes: the client's connection
 	// ends, as corosync's clients see when corosync restarts.
@@ -407,6 +411,31 @@ func testGatewayAsyncCallsAndFlowControl(t *testing.T, tr libqb.Transport) {
 				t.Fatalf("flow control %d, want %d", fc, level)
 			}
 			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	// The connection's counters (stats.ipcs.*): five requests, the two
+	// asynchronous ones unanswered; three events; two changes of flow
+	// control, back to none.
+	want := func(st libqb.ConnStats) bool {
+		return st.Requests == 5 && st.Responses == 3 && st.Dispatched == 3 && st.FlowControl == 0 && st.FlowControlCount == 2
+	}
+	if st := onlyConn(t, f.gw, want); !want(st) {
+		t.Errorf("counters %+v; want 5 requests, 3 responses, 3 dispatched, flow control 0 changed twice", st)
+	}
+}
+
+// onlyConn is the counters of the one connection gw serves, once they
+// satisfy want or 5 s have passed: a counter is added to right after what
+// it counts, which the client may see first.
+func onlyConn(t *testing.T, gw *Gateway, want func(libqb.ConnStats) bool) libqb.ConnStats {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		st := gw.srv.Stats()
+		if len(st.Conns) != 1 || st.Active != 1 {
+			t.Fatalf("the gateway serves %d connections (active %d), want 1", len(st.Conns), st.Active)
+		}
+		if want(st.Conns[0]) || time.Now().After(deadline) {
+			return st.Conns[0]
 		}
 	}
 }
