@@ -231,7 +231,7 @@ func (a Access) SvcmgrServer() Grant {
 func (a Access) IPCGateway() Grant {
 	return Grant{
 		Pub: []string{a.Subjects.Join("ipc", a.node(), "*", "alive")},
-		Sub: []string{a.Subjects.Join("ipc", a.node(), "*", "events", "*"), a.Subjects.IPCStats(a.Node)},
+		Sub: []string{a.Subjects.Join("ipc", a.node(), "*", "events", "*"), a.Subjects.IPCStats(a.Node), a.Subjects.IPCStatsClear(a.Node)},
 	}
 }
 

@@ -110,6 +110,13 @@ func (s Subjects) IPCStats(node uint32) string {
 	return s.Join("ipc", strconv.FormatUint(uint64(node), 10), "stats")
 }
 
+// IPCStatsClear is answered by a node's IPC gateway: it resets its
+// connections' counters and stats.ipcs.global.closed (cmap's
+// stats.clear.ipc, stats.clear.all); the empty reply says it is done.
+func (s Subjects) IPCStatsClear(node uint32) string {
+	return s.Join("ipc", strconv.FormatUint(uint64(node), 10), "stats", "clear")
+}
+
 // IPCEvents is where components publish the raw libqb event messages of
 // one client connection of a gateway instance; conn "*" matches them all.
 func (s Subjects) IPCEvents(node uint32, gateway, conn string) string {

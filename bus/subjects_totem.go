@@ -69,6 +69,13 @@ func (s Subjects) TotemStatus(node uint32) string {
 	return s.Join("totem", nodeToken(node), "status")
 }
 
+// TotemStatsClear is served by each node's bus: it resets the counters
+// of totem.Status's srp (cmap's stats.clear.totem, stats.clear.all); the
+// empty reply says it is done.
+func (s Subjects) TotemStatsClear(node uint32) string {
+	return s.Join("totem", nodeToken(node), "stats", "clear")
+}
+
 // TotemEvent is where a node publishes its membership events: kind is
 // "view" (regular configuration installed), "trans" (transitional
 // configuration), "joined" or "left" (one per node).

@@ -182,10 +182,12 @@ type Node struct {
 	incs      map[uint32]uint64
 	installed time.Time
 	views     uint64
-	srp       SRPStats // but OperationalEntered: views
-	maxSeq    uint64
-	cur       *ringLog // current ring; frozen old ring while gathering
-	prev      *ringLog // the ring before, for members still recovering
+	srp       SRPStats // but OperationalEntered: views since viewsCleared
+	// viewsCleared is views when the srp counters were last reset.
+	viewsCleared uint64
+	maxSeq       uint64
+	cur          *ringLog // current ring; frozen old ring while gathering
+	prev         *ringLog // the ring before, for members still recovering
 
 	// sequencer (the ring's representative)
 	seqIDs map[MsgID]uint64
@@ -378,12 +380,13 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	}
 	for subj, h := range map[string]nats.MsgHandler{
-		n.subjHB:                    n.onHeartbeat,
-		n.subjMemb:                  n.onMemb,
-		s.TotemFetch(n.cfg.NodeID):  n.onFetch,
-		s.TotemMcast(n.cfg.NodeID):  n.onSubmit,
-		s.TotemStatus(n.cfg.NodeID): n.onStatus,
-		s.TotemListen(n.cfg.NodeID): n.onListen,
+		n.subjHB:                        n.onHeartbeat,
+		n.subjMemb:                      n.onMemb,
+		s.TotemFetch(n.cfg.NodeID):      n.onFetch,
+		s.TotemMcast(n.cfg.NodeID):      n.onSubmit,
+		s.TotemStatus(n.cfg.NodeID):     n.onStatus,
+		s.TotemStatsClear(n.cfg.NodeID): n.onStatsClear,
+		s.TotemListen(n.cfg.NodeID):     n.onListen,
 	} {
 		if _, err := add(subj, h); err != nil {
 			return err
@@ -539,7 +542,7 @@ func (n *Node) statusLocked() Status {
 		Views:     n.views,
 		SRP:       n.srp,
 	}
-	st.SRP.OperationalEntered = n.views
+	st.SRP.OperationalEntered = n.views - n.viewsCleared
 	if len(n.members) > 0 {
 		st.Sequencer = n.members[0]
 	}
@@ -1846,6 +1849,18 @@ func minus(a, b []uint32) []uint32 {
 		}
 	}
 	return out
+}
+
+// onStatsClear resets the srp counters (cmap's stats.clear.totem): the
+// empty reply says it is done.
+func (n *Node) onStatsClear(m *nats.Msg) {
+	n.mu.Lock()
+	n.srp = SRPStats{}
+	n.viewsCleared = n.views
+	n.mu.Unlock()
+	if m.Reply != "" {
+		_ = n.nc.Publish(m.Reply, nil)
+	}
 }
 
 func (n *Node) onStatus(m *nats.Msg) {

@@ -59,6 +59,14 @@ func TestSRPStatsCount(t *testing.T) {
 		}
 	}
 
+	// stats.clear.totem: every counter from zero again.
+	if _, err := c.Client(2).Request(c.Subjects.TotemStatsClear(2), nil, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if st := status(2); st.SRP != (totem.SRPStats{}) || st.Views == 0 {
+		t.Errorf("after a clear: %+v, %d views", st.SRP, st.Views)
+	}
+
 	// A view change: node 1 gathers, recovers, installs once more.
 	c.Kill(2)
 	c.WaitView([]int{1}, 10*time.Second)

@@ -136,8 +136,8 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 }
 
 // cmapStats serves -m stats: the node's stats map, computed by its IPC
-// gateway when asked (docs/objdb.md), as corosync-cmapctl -m stats lists
-// it — read-only, and not tracked.
+// gateway and totem when asked (docs/objdb.md), as corosync-cmapctl -m
+// stats lists it — read-only but for stats.clear.*, and not tracked.
 func cmapStats(ctx context.Context, a *app, nc *nodeClient, p cmapPrinter, get, set, del, delPrefix, track, trackPrefix, file string, rest []string) error {
 	read := cmap.MergeStats(cmap.BusStats(nc.nc, nc.subjects, nc.node), cmap.TotemStats(nc.nc, nc.subjects, nc.node))
 	switch {
@@ -153,12 +153,14 @@ func cmapStats(ctx context.Context, a *app, nc *nodeClient, p cmapPrinter, get, 
 			}
 		}
 		return fmt.Errorf("can't get value of %s: %s", get, cswire.ErrNotExist)
-	case set != "" || del != "" || delPrefix != "" || file != "":
-		// corosync resets counters on a set of stats.clear.*; corobus
-		// does not.
-		if strings.HasPrefix(set, "stats.clear.") {
-			return fmt.Errorf("can't set key %s: %s", set, cswire.ErrNotSupported)
+	case set != "":
+		// stats.clear.* resets counters, as corosync's; the rest is
+		// read-only.
+		if err := cmap.BusStatsClear(nc.nc, nc.subjects, nc.node).Clear(ctx, set); err != nil {
+			return fmt.Errorf("can't set key %s: %s", set, csReason(err))
 		}
+		return nil
+	case del != "" || delPrefix != "" || file != "":
 		return fmt.Errorf("the stats map is read-only: %s", cswire.ErrAccess)
 	case track != "" || trackPrefix != "":
 		return fmt.Errorf("the stats map cannot be tracked: %s", cswire.ErrNotSupported)

@@ -27,10 +27,11 @@ func Layer() layer.Layer {
 
 // Grant is the cmap component's bus grant: serving its sessions, the
 // node's objdb view (written directly, read-only keys denied), and asking
-// the node's IPC gateway and totem for their stats.
+// the node's IPC gateway and totem for their stats (and to reset them).
 func Grant(a bus.Access) bus.Grant {
 	return bus.Merge(a.Process(), a.Component(ComponentName, loader.LocalNamespace(a.Node)), a.ObjdbStore(false),
-		bus.Grant{Pub: []string{a.Subjects.IPCStats(a.Node), a.Subjects.TotemStatus(a.Node)}})
+		bus.Grant{Pub: []string{a.Subjects.IPCStats(a.Node), a.Subjects.TotemStatus(a.Node),
+			a.Subjects.IPCStatsClear(a.Node), a.Subjects.TotemStatsClear(a.Node)}})
 }
 
 // Run serves cmap sessions over this node's objdb view (a watched local
@@ -44,6 +45,7 @@ func Run(ctx context.Context, env layer.Env) error {
 	defer st.Close()
 	svc := NewService(NewObjdbStore(st), env.Log)
 	svc.SetStats(MergeStats(BusStats(env.Conn, env.Subjects, env.Node.ID), TotemStats(env.Conn, env.Subjects, env.Node.ID)))
+	svc.SetStatsClear(BusStatsClear(env.Conn, env.Subjects, env.Node.ID))
 	return Serve(ctx, env, svc)
 }
 

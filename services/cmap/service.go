@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
-	"strings"
 	"sync"
 
 	"github.com/corobus/corobus/services/cswire"
@@ -59,9 +58,10 @@ type StatsSource func(ctx context.Context, prefix string) ([]Entry, error)
 // (cmap_set_current_map(CMAP_MAP_STATS)) is computed on each read by the
 // stats source (SetStats; docs/objdb.md).
 type Service struct {
-	store Store
-	stats StatsSource
-	log   *slog.Logger
+	store      Store
+	stats      StatsSource
+	statsClear StatsClear
+	log        *slog.Logger
 }
 
 // NewService builds the cmap component over store.
@@ -72,6 +72,10 @@ func NewService(store Store, log *slog.Logger) *Service {
 // SetStats sets where the stats map comes from; called before the service
 // serves. Without a source the stats map is empty.
 func (s *Service) SetStats(src StatsSource) { s.stats = src }
+
+// SetStatsClear sets what corosync's stats.clear.* keys reset; called
+// before the service serves. Without it they reset nothing.
+func (s *Service) SetStatsClear(c StatsClear) { s.statsClear = c }
 
 // EventSink takes a connection's event messages (track notifications).
 type EventSink interface {
@@ -214,12 +218,7 @@ func (c *Conn) Request(ctx context.Context, msg []byte) []byte {
 func (c *Conn) statsRequest(ctx context.Context, r Request) (resp []byte, ok bool) {
 	switch r.ID {
 	case ReqSet:
-		// corosync clears counters on a set of stats.clear.*; corobus
-		// does not (yet): said rather than ignored.
-		if strings.HasPrefix(r.Key, statsClearPrefix) {
-			return EncodeStatus(r.ID, cswire.ErrNotSupported), true
-		}
-		return EncodeStatus(r.ID, cswire.ErrAccess), true
+		return EncodeStatus(r.ID, cswire.Code(c.svc.statsClear.Clear(ctx, r.Key))), true
 	case ReqDelete, ReqAdjustInt:
 		return EncodeStatus(r.ID, cswire.ErrAccess), true
 	case ReqGet:
@@ -250,10 +249,6 @@ func (c *Conn) statsRequest(ctx context.Context, r Request) (resp []byte, ok boo
 	}
 	return nil, false
 }
-
-// statsClearPrefix is corosync's stats.clear.* keys (stats.clear.all,
-// stats.clear.ipc, …), which reset counters when set.
-const statsClearPrefix = "stats.clear."
 
 func (c *Conn) statsList(ctx context.Context, prefix string) ([]Entry, error) {
 	if c.svc.stats == nil {

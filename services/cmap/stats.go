@@ -104,3 +104,67 @@ func MergeStats(sources ...StatsSource) StatsSource {
 		return out, nil
 	}
 }
+
+// StatsClear resets counters as corosync's stats.clear.* keys do: IPC the
+// IPC gateway's (stats.clear.ipc), Totem totem's (stats.clear.totem). A
+// nil part has nothing to reset.
+type StatsClear struct {
+	IPC, Totem func(context.Context) error
+}
+
+// Clear serves a set of key in the stats map: corosync's stats.clear.ipc,
+// .totem and .all reset counters (.knet and .schedmiss too, of which
+// corobus keeps none: nothing to reset); any other key is read-only
+// (CS_ERR_ACCESS), and another stats.clear.* is CS_ERR_NOT_SUPPORTED, as
+// corosync answers them. Keys are matched by prefix, as corosync does.
+func (c StatsClear) Clear(ctx context.Context, key string) error {
+	if !strings.HasPrefix(key, "stats.clear.") {
+		return fmt.Errorf("%s is read-only: %w", key, cswire.ErrAccess)
+	}
+	var parts []func(context.Context) error
+	known := false
+	for _, k := range []struct {
+		prefix string
+		parts  []func(context.Context) error
+	}{
+		{"stats.clear.knet", nil}, {"stats.clear.schedmiss", nil},
+		{"stats.clear.ipc", []func(context.Context) error{c.IPC}},
+		{"stats.clear.totem", []func(context.Context) error{c.Totem}},
+		{"stats.clear.all", []func(context.Context) error{c.IPC, c.Totem}},
+	} {
+		if strings.HasPrefix(key, k.prefix) {
+			known = true
+			parts = append(parts, k.parts...)
+		}
+	}
+	if !known {
+		return fmt.Errorf("%s: %w", key, cswire.ErrNotSupported)
+	}
+	for _, p := range parts {
+		if p == nil {
+			continue
+		}
+		if err := p(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// BusStatsClear resets the counters of node's gateway and totem over the
+// bus (Subjects.IPCStatsClear, TotemStatsClear). A part nobody answers
+// for has nothing to reset.
+func BusStatsClear(nc *nats.Conn, s bus.Subjects, node uint32) StatsClear {
+	ask := func(subject string) func(context.Context) error {
+		return func(ctx context.Context) error {
+			ctx, cancel := context.WithTimeout(ctx, statsTimeout)
+			defer cancel()
+			_, err := nc.RequestWithContext(ctx, subject, nil)
+			if err == nil || errors.Is(err, nats.ErrNoResponders) {
+				return nil
+			}
+			return fmt.Errorf("clearing stats on %s: %w: %w", subject, err, cswire.ErrTryAgain)
+		}
+	}
+	return StatsClear{IPC: ask(s.IPCStatsClear(node)), Totem: ask(s.TotemStatsClear(node))}
+}

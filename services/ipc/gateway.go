@@ -191,6 +191,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 		return fmt.Errorf("subscribing to stats requests: %w", err)
 	}
 	defer func() { _ = statsSub.Unsubscribe() }()
+	clearSub, err := nc.Subscribe(s.IPCStatsClear(g.cfg.Node), g.onStatsClear)
+	if err != nil {
+		return fmt.Errorf("subscribing to stats clears: %w", err)
+	}
+	defer func() { _ = clearSub.Unsubscribe() }()
 	if err := nc.Flush(); err != nil {
 		return fmt.Errorf("flushing subscriptions: %w", err)
 	}

@@ -146,6 +146,9 @@ func Run(ctx context.Context, env layer.Env) error {
 	}
 	if colocatedCmap != nil {
 		colocatedCmap.SetStats(cmap.MergeStats(g.StatsEntries, cmap.TotemStats(env.Conn, env.Subjects, env.Node.ID)))
+		reset := cmap.BusStatsClear(env.Conn, env.Subjects, env.Node.ID)
+		reset.IPC = g.ClearStats
+		colocatedCmap.SetStatsClear(reset)
 	}
 	svc, err := layer.NewService(env, "ipc", "corosync client gateway", time.Now().UTC().Format(time.RFC3339))
 	if err != nil {

@@ -79,6 +79,23 @@ func statsEntries(st libqb.Stats, ids map[string]int, prefix string) []cmap.Entr
 	return out
 }
 
+// ClearStats resets the gateway's counters (cmap's stats.clear.ipc).
+func (g *Gateway) ClearStats(context.Context) error {
+	g.srv.ClearStats()
+	return nil
+}
+
+// onStatsClear answers a stats.clear.ipc over the bus: the empty reply
+// says it is done.
+func (g *Gateway) onStatsClear(m *nats.Msg) {
+	g.srv.ClearStats()
+	if m.Reply != "" {
+		if err := m.Respond(nil); err != nil {
+			g.cfg.Log.Debug("answering an IPC stats clear", "err", err)
+		}
+	}
+}
+
 // onStatsRequest answers a stats request over the bus: the request's data
 // is the prefix, the reply the entries (JSON, cmap.Entry's fields).
 func (g *Gateway) onStatsRequest(m *nats.Msg) {

@@ -131,6 +131,7 @@ func testStatsMapShowsConnections(t *testing.T, tr libqb.Transport) {
 		t.Fatal(err)
 	}
 	svc.SetStats(gw.StatsEntries)
+	svc.SetStatsClear(cmap.StatsClear{IPC: gw.ClearStats})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 2)
 	go func() { done <- gw.Run(ctx) }()
@@ -210,6 +211,23 @@ func testStatsMapShowsConnections(t *testing.T, tr libqb.Transport) {
 	track := append(cmapName("stats.ipcs.global.active"), binary.LittleEndian.AppendUint64(binary.LittleEndian.AppendUint64(nil, uint64(cmap.TrackModify)), 1)...)
 	if st := cmapStatus(t, overLibqb(t, qbclient.NewRequest(cmap.ReqTrackAdd, track))); st != cswire.ErrNotSupported {
 		t.Errorf("track in the stats map: %v, want CS_ERR_NOT_SUPPORTED", st)
+	}
+
+	// stats.clear.ipc resets the counters, as corosync's does: the set
+	// is counted before it clears, its response after; the next get is
+	// the one request since.
+	set := func(key string) cswire.Error {
+		return cmapStatus(t, overLibqb(t, qbclient.NewRequest(cmap.ReqSet, append(append(cmapName(key),
+			binary.LittleEndian.AppendUint64(nil, 1)...), append(binary.LittleEndian.AppendUint64(nil, 2), 1, 0, 0, 0, 0, 0, 0, 0)...))))
+	}
+	if st := set("stats.clear.ipc"); st != cswire.OK {
+		t.Errorf("set stats.clear.ipc: %v", st)
+	}
+	if n, r := statsGet(t, overLibqb, own+"requests"), statsGet(t, overLibqb, own+"responses"); n != 1 || r != 2 {
+		t.Errorf("after stats.clear.ipc: requests %d, responses %d; want 1 and 2", n, r)
+	}
+	if st := set("stats.clear.nothing"); st != cswire.ErrNotSupported {
+		t.Errorf("set stats.clear.nothing: %v, want CS_ERR_NOT_SUPPORTED", st)
 	}
 
 	// A cmap instance in another process asks the gateway over the bus.

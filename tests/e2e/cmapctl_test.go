@@ -57,6 +57,7 @@ echo "== read-only"; $C -s nodelist.node.0.nodeid u32 9 2>&1 || true
 echo "== stats"; sh -c 'echo "pid $$"; exec "$0" -m stats stats.ipcs' $C
 echo "== stats all"; $C -m stats | grep -c '^stats\.ipcs\.global\.' || true
 echo "== stats srp"; $C -m stats stats.srp.
+echo "== stats clear"; $C -m stats -s stats.clear.all u8 1 && $C -m stats -g stats.srp.operational_entered
 sleep 4
 echo "== track"; cat ` + dir + `/track.out
 echo "== shm"; ` + gatewayShmShell + `
@@ -121,5 +122,9 @@ func checkStatsListing(t *testing.T, got string) {
 	if !regexp.MustCompile(`(?m)^stats\.srp\.operational_entered \(u64\) = [1-9]\d*$`).MatchString(got) ||
 		!strings.Contains(got, "stats.srp.mcast_tx (u64) = ") {
 		t.Errorf("stats.srp.* not listed:\n%s", got)
+	}
+	// stats.clear.all resets them, as corosync's does.
+	if !strings.Contains(got, "== stats clear\nstats.srp.operational_entered (u64) = 0\n") {
+		t.Errorf("stats.clear.all did not reset stats.srp.operational_entered:\n%s", got)
 	}
 }

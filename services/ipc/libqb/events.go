@@ -153,6 +153,13 @@ func (q *eventQueue) counts() (queued, sent uint32) {
 	return uint32(len(q.q)), q.sent
 }
 
+// clearSent resets sent (Server.ClearStats).
+func (q *eventQueue) clearSent() {
+	q.mu.Lock()
+	q.sent = 0
+	q.mu.Unlock()
+}
+
 // maxSpareBytes bounds what a connection keeps in spare buffers.
 const maxSpareBytes = 1 << 20
 

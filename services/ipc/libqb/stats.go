@@ -82,6 +82,26 @@ func (s *Server) Stats() Stats {
 	return st
 }
 
+// ClearStats resets the counters, as corosync's stats.clear.ipc does:
+// global.closed and every connection's counts (flow_control, a state, and
+// queued, what waits, are not counts).
+func (s *Server) ClearStats() {
+	s.mu.Lock()
+	conns := make([]*Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.closed.Store(0)
+	s.mu.Unlock()
+	for _, c := range conns {
+		k := &c.counters
+		for _, n := range []*atomic.Uint64{&k.requests, &k.responses, &k.dispatched, &k.sendRetries, &k.overload, &k.flowControlCount} {
+			n.Store(0)
+		}
+		c.events.clearSent()
+	}
+}
+
 // procName is the command name of process pid as the kernel keeps it
 // (the second field of /proc/<pid>/stat, between parentheses), at most 31
 // bytes as corosync keeps it; "" when it cannot be read (the client left).
