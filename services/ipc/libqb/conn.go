@@ -203,9 +203,6 @@ func (s *Server) serve(ctx context.Context, service string, h Handler, fd int) {
 		}
 		c.counters.requests.Add(1)
 		resp := sess.Request(ctx, msg)
-		if len(resp) > 0 {
-			c.counters.responses.Add(1)
-		}
 		if resp == nil {
 			s.log.Info("libqb: the service ended the connection", "conn", c.ID, "service", c.Service, "pid", c.Creds.PID)
 		}

@@ -172,6 +172,7 @@ func (t *shmTransport) serveRequests(handle func([]byte) []byte) {
 			}
 			return false
 		}
+		c.counters.responses.Add(1) // written, as libqb counts them
 		sp.responded()
 		c.srv.servedConn.Store(c.ID)
 		c.srv.servedAt.Store(sp.last.UnixNano())

@@ -198,6 +198,7 @@ func (t *socketTransport) serveRequests(handle func([]byte) []byte) {
 			c.log.Debug("libqb: response not sent", "conn", c.ID, "err", err)
 			return
 		}
+		c.counters.responses.Add(1) // written, as libqb counts them
 		t.add(1, 1)
 	}
 }
