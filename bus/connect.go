@@ -87,6 +87,8 @@ func Dial(rawURL, name string, wait time.Duration, extra ...nats.Option) (*nats.
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(100 * time.Millisecond),
 		nats.RetryOnFailedConnect(false),
+		// nats.go's own dial timeout, which a custom dialer replaces.
+		nats.SetCustomDialer(rawDialer{timeout: nats.DefaultTimeout}),
 	}
 	if u, err := url.Parse(rawURL); err == nil && u.User != nil {
 		if _, hasPass := u.User.Password(); hasPass {
