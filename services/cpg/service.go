@@ -40,7 +40,7 @@ const TotemService = "cpg"
 
 // ServiceID is corosync's CPG_SERVICE: the sync engine runs services in
 // this order.
-const ServiceID = 2
+const ServiceID = cswire.ServiceCPG
 
 // Options configure a Service.
 type Options struct {

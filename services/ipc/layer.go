@@ -19,6 +19,7 @@ import (
 	"github.com/corobus/corobus/services/cfg"
 	"github.com/corobus/corobus/services/cmap"
 	"github.com/corobus/corobus/services/cpg"
+	"github.com/corobus/corobus/services/cswire"
 	"github.com/corobus/corobus/services/ipc/libqb"
 	"github.com/corobus/corobus/services/quorum"
 	"github.com/corobus/corobus/services/votequorum"
@@ -61,12 +62,12 @@ func Grant(a bus.Access) bus.Grant {
 // DefaultRoutes are the libqb services a node's gateway serves.
 func DefaultRoutes() []Route {
 	return []Route{
-		{Service: "cmap", Component: cmap.ComponentName, Version: cmap.ComponentVersion, ServiceID: serviceIDCmap},
+		{Service: "cmap", Component: cmap.ComponentName, Version: cmap.ComponentVersion, ServiceID: cswire.ServiceCmap},
 		{Service: "cpg", Component: cpg.ComponentName, Version: cpg.ComponentVersion, HeldDuringSync: cpg.HeldDuringSync, Async: cpg.Async,
-			EventQueueHigh: cpg.EventQueueHigh, EventQueueMax: cpg.EventQueueMax, ServiceID: serviceIDCpg},
-		{Service: "quorum", Component: quorum.ComponentName, Version: quorum.ComponentVersion, ServiceID: serviceIDQuorum},
-		{Service: "votequorum", Component: votequorum.ComponentName, Version: votequorum.ComponentVersion, ServiceID: serviceIDVotequorum},
-		{Service: "cfg", Component: cfg.ComponentName, Version: cfg.ComponentVersion, HeldDuringSync: cfg.HeldDuringSync, ServiceID: serviceIDCfg},
+			EventQueueHigh: cpg.EventQueueHigh, EventQueueMax: cpg.EventQueueMax, ServiceID: cswire.ServiceCPG},
+		{Service: "quorum", Component: quorum.ComponentName, Version: quorum.ComponentVersion, ServiceID: cswire.ServiceQuorum},
+		{Service: "votequorum", Component: votequorum.ComponentName, Version: votequorum.ComponentVersion, ServiceID: cswire.ServiceVotequorum},
+		{Service: "cfg", Component: cfg.ComponentName, Version: cfg.ComponentVersion, HeldDuringSync: cfg.HeldDuringSync, ServiceID: cswire.ServiceCfg},
 	}
 }
 

@@ -15,16 +15,6 @@ import (
 	"github.com/corobus/corobus/services/ipc/libqb"
 )
 
-// corosync's service ids (corodefs.h), in its stats keys
-// (stats.ipcs.service<id>.…) and runtime.services.<name>.service_id.
-const (
-	serviceIDCmap       = 0
-	serviceIDCfg        = 1
-	serviceIDCpg        = 2
-	serviceIDQuorum     = 3
-	serviceIDVotequorum = 5
-)
-
 // StatsEntries is the gateway's part of cmap's stats map, computed now:
 // corosync's stats.ipcs.global.{active,closed} and, per client connection,
 // stats.ipcs.service<id>.<pid>.<conn>.<counter>, whose keys start with

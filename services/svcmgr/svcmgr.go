@@ -37,6 +37,7 @@ import (
 	"github.com/corobus/corobus/logsys"
 	"github.com/corobus/corobus/node"
 	"github.com/corobus/corobus/objdb"
+	"github.com/corobus/corobus/services/cswire"
 )
 
 // Service is one service to load: a component name and version.
@@ -519,29 +520,16 @@ func (m *Manager) reference(ctx context.Context, s Service) (hdb.Handle, error) 
 	}
 }
 
-// corosyncServices are corosync's own services by the token of their
-// name: corosync records each under internal_configuration.service.<id>
-// with its engine's name, and its counters are those of its exec
-// messages, by number.
-var corosyncServices = map[string]struct {
-	name string
-	id   int
-}{
-	"cmap": {"corosync_cmap", 0}, "cfg": {"corosync_cfg", 1}, "cpg": {"corosync_cpg", 2},
-	"quorum": {"corosync_quorum", 3}, "pload": {"corosync_pload", 4}, "votequorum": {"corosync_votequorum", 5},
-	"mon": {"corosync_mon", 6}, "wd": {"corosync_wd", 7},
-}
-
 // indexLocked is the N of internal_configuration.service.N: a corosync
 // service's id, else (or if another service holds it) the lowest free N.
 func (m *Manager) indexLocked(name string) int {
-	if cs, ok := corosyncServices[ServiceKey(name)]; ok {
+	if id, _, ok := cswire.CorosyncService(ServiceKey(name)); ok {
 		free := true
 		for _, ls := range m.loaded {
-			free = free && ls.index != cs.id
+			free = free && ls.index != id
 		}
 		if free {
-			return cs.id
+			return id
 		}
 	}
 	return m.freeIndexLocked()
@@ -706,13 +694,13 @@ func (m *Manager) hosted() []ServiceInfo {
 	defer m.mu.Unlock()
 	byName := map[string]*ServiceInfo{}
 	for _, a := range m.instances {
-		cs, ok := corosyncServices[ServiceKey(a.Name)]
+		id, _, ok := cswire.CorosyncService(ServiceKey(a.Name))
 		if _, loaded := m.loaded[a.Name]; !ok || loaded || a.State != loader.Serving {
 			continue
 		}
 		si := byName[a.Name]
 		if si == nil {
-			si = &ServiceInfo{State: "hosted", Index: cs.id, Name: a.Name, Version: a.Version, Target: a.Subject, Serving: a.Version}
+			si = &ServiceInfo{State: "hosted", Index: id, Name: a.Name, Version: a.Version, Target: a.Subject, Serving: a.Version}
 			byName[a.Name] = si
 		}
 		si.PIDs = append(si.PIDs, a.PID)
@@ -757,9 +745,9 @@ func (m *Manager) recordKeys(ctx context.Context, s Service, index int) error {
 	r := m.cfg.Recorder
 	p := fmt.Sprintf("internal_configuration.service.%d.", index)
 	recorded := s.Name
-	cs, isCorosync := corosyncServices[ServiceKey(s.Name)]
+	_, engine, isCorosync := cswire.CorosyncService(ServiceKey(s.Name))
 	if isCorosync {
-		recorded = cs.name
+		recorded = engine
 	}
 	name, _ := objdb.ParseValue(objdb.String, recorded)
 	ver, _ := objdb.ParseValue(objdb.Uint32, strconv.FormatUint(uint64(s.Version), 10))
@@ -817,7 +805,7 @@ func (m *Manager) record(ctx context.Context) bool {
 				sum[fn] = cur
 			}
 		}
-		_, isCorosync := corosyncServices[ServiceKey(ls.Name)]
+		_, _, isCorosync := cswire.CorosyncService(ServiceKey(ls.Name))
 		for fn, st := range sum {
 			if prev, ok := ls.stats[fn]; ok && prev == st {
 				continue // unchanged; a counter still at zero is recorded once
