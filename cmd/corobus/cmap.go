@@ -142,17 +142,12 @@ func cmapStats(ctx context.Context, a *app, nc *nodeClient, p cmapPrinter, get, 
 	read := cmap.MergeStats(cmap.BusStats(nc.nc, nc.subjects, nc.node), cmap.TotemStats(nc.nc, nc.subjects, nc.node))
 	switch {
 	case get != "":
-		entries, err := read(ctx, get)
+		v, err := read.Get(ctx, get)
 		if err != nil {
 			return fmt.Errorf("can't get value of %s: %s", get, csReason(err))
 		}
-		for _, e := range entries {
-			if e.Key == get {
-				p.print(get, objdb.Value{Type: objdb.Type(e.Value.Type), Data: e.Value.Data})
-				return nil
-			}
-		}
-		return fmt.Errorf("can't get value of %s: %s", get, cswire.ErrNotExist)
+		p.print(get, objdb.Value{Type: objdb.Type(v.Type), Data: v.Data})
+		return nil
 	case set != "":
 		// stats.clear.* resets counters, as corosync's; the rest is
 		// read-only.

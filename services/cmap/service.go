@@ -222,16 +222,11 @@ func (c *Conn) statsRequest(ctx context.Context, r Request) (resp []byte, ok boo
 	case ReqDelete, ReqAdjustInt:
 		return EncodeStatus(r.ID, cswire.ErrAccess), true
 	case ReqGet:
-		entries, err := c.statsList(ctx, r.Key)
+		v, err := c.svc.stats.Get(ctx, r.Key)
 		if err != nil {
 			return EncodeStatus(r.ID, cswire.Code(err)), true
 		}
-		for _, e := range entries {
-			if e.Key == r.Key {
-				return EncodeGet(e.Value.Type, e.Value.Data, r.MaxLen), true
-			}
-		}
-		return EncodeStatus(r.ID, cswire.ErrNotExist), true
+		return EncodeGet(v.Type, v.Data, r.MaxLen), true
 	case ReqIterInit:
 		entries, err := c.statsList(ctx, r.Key)
 		if err != nil {

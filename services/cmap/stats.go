@@ -86,6 +86,23 @@ func TotemStats(nc *nats.Conn, s bus.Subjects, node uint32) StatsSource {
 	}
 }
 
+// Get is the stats map's value of key, computed now: CS_ERR_NOT_EXIST
+// when no source lists it (or there is no source).
+func (src StatsSource) Get(ctx context.Context, key string) (Value, error) {
+	if src != nil {
+		entries, err := src(ctx, key)
+		if err != nil {
+			return Value{}, err
+		}
+		for _, e := range entries {
+			if e.Key == key {
+				return e.Value, nil
+			}
+		}
+	}
+	return Value{}, cswire.ErrNotExist
+}
+
 // typeU64 is cmap's CMAP_VALUETYPE_UINT64.
 const typeU64 = 8
 
