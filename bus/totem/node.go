@@ -182,12 +182,10 @@ type Node struct {
 	incs      map[uint32]uint64
 	installed time.Time
 	views     uint64
-	srp       SRPStats // but OperationalEntered: views since viewsCleared
-	// viewsCleared is views when the srp counters were last reset.
-	viewsCleared uint64
-	maxSeq       uint64
-	cur          *ringLog // current ring; frozen old ring while gathering
-	prev         *ringLog // the ring before, for members still recovering
+	srp       SRPStats
+	maxSeq    uint64
+	cur       *ringLog // current ring; frozen old ring while gathering
+	prev      *ringLog // the ring before, for members still recovering
 
 	// sequencer (the ring's representative)
 	seqIDs map[MsgID]uint64
@@ -542,7 +540,6 @@ func (n *Node) statusLocked() Status {
 		Views:     n.views,
 		SRP:       n.srp,
 	}
-	st.SRP.OperationalEntered = n.views - n.viewsCleared
 	if len(n.members) > 0 {
 		st.Sequencer = n.members[0]
 	}
@@ -1668,6 +1665,7 @@ func (n *Node) finishRecovery(now time.Time, got []fetched) {
 	n.state = stOperational
 	n.installed = now
 	n.views++
+	n.srp.OperationalEntered++
 	n.commit = nil
 	n.acked = PropID{}
 	n.myProp = nil
@@ -1856,7 +1854,6 @@ func minus(a, b []uint32) []uint32 {
 func (n *Node) onStatsClear(m *nats.Msg) {
 	n.mu.Lock()
 	n.srp = SRPStats{}
-	n.viewsCleared = n.views
 	n.mu.Unlock()
 	if m.Reply != "" {
 		_ = n.nc.Publish(m.Reply, nil)
