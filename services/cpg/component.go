@@ -170,13 +170,14 @@ func (h sessions) Open(c *session.Conn) (session.Session, error) {
 }
 
 // OpenColocated opens a connection of a client the gateway of this
-// process serves (ipc.colocate): callbacks and flow control go straight
-// to it.
+// process serves (ipc.colocate): callbacks, flow control and the requests
+// held during a sync go straight to it.
 func (s *Service) OpenColocated(c *libqb.Conn) (libqb.Session, error) {
 	conn, err := s.Open(Client{
-		Events: c.SendEvent,
-		Flow:   c.SetFlowControl,
-		PID:    c.Creds.PID, UID: c.Creds.UID, Label: fmt.Sprintf("%s/%d pid %d", c.Service, c.ID, c.Creds.PID),
+		Events:     c.SendEvent,
+		Flow:       c.SetFlowControl,
+		Overloaded: c.Overloaded,
+		PID:        c.Creds.PID, UID: c.Creds.UID, Label: fmt.Sprintf("%s/%d pid %d", c.Service, c.ID, c.Creds.PID),
 	})
 	if err != nil {
 		return nil, err

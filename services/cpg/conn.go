@@ -15,6 +15,12 @@ import (
 type Client struct {
 	Events func(msg []byte) error
 	Flow   func(level int32)
+	// Overloaded, when set, counts a request answered CS_ERR_TRY_AGAIN
+	// without running because a sync runs (corosync's overload counter,
+	// stats.ipcs.*.overload). A colocated connection's is its libqb
+	// connection's; the gateway counts those it holds itself for a
+	// session.
+	Overloaded func()
 	// PID and UID are the client's credentials (SO_PEERCRED); Label
 	// names the connection in logs.
 	PID, UID uint32
@@ -66,6 +72,9 @@ type iteration struct {
 func (s *Service) Open(cl Client) (*Conn, error) {
 	if cl.Flow == nil {
 		cl.Flow = func(int32) {}
+	}
+	if cl.Overloaded == nil {
+		cl.Overloaded = func() {}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -133,6 +142,7 @@ func (c *Conn) Request(ctx context.Context, msg []byte) []byte {
 		syncing := s.syncing
 		s.mu.Unlock()
 		if syncing {
+			c.client.Overloaded()
 			// A bare header with id 0, as corosync answers.
 			return cpgwire.EncodeStatus(0, cswire.ErrTryAgain)
 		}
