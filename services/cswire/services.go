@@ -41,3 +41,22 @@ func CorosyncService(name string) (id int, engine string, ok bool) {
 	}
 	return id, "corosync_" + name, true
 }
+
+// RequestIDs is how many library request ids corosync's service of id
+// has, 0 to RequestIDs-1: its lib_engine_count (cmap 10, cfg 12, cpg 13,
+// quorum 5, votequorum 12 in corosync 3.1). corosync's dispatcher answers
+// a request of another id CS_ERR_INVALID_PARAM and counts it in the
+// connection's invalid_request. 0 for a service corobus does not serve.
+func RequestIDs(id int) int32 {
+	switch id {
+	case ServiceCmap:
+		return 10
+	case ServiceCfg, ServiceVotequorum:
+		return 12
+	case ServiceCPG:
+		return 13
+	case ServiceQuorum:
+		return 5
+	}
+	return 0
+}

@@ -57,6 +57,13 @@ type Route struct {
 	// ServiceID is corosync's id of the service (CMAP_SERVICE 0, …),
 	// which names its connections in cmap's stats map.
 	ServiceID int
+	// RequestIDs is how many request ids the service has, 0 to
+	// RequestIDs-1 (corosync's lib_engine_count, cswire.RequestIDs): a
+	// request of another id is answered CS_ERR_INVALID_PARAM without
+	// reaching the component, and counted in the connection's
+	// invalid_request, as corosync's dispatcher does. Zero: every id
+	// reaches the component.
+	RequestIDs int32
 }
 
 // Config configures a Gateway.
@@ -246,7 +253,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 // it can be found; the retries are debug records; getting the name at last
 // is said once too.
 func (g *Gateway) listen(ctx context.Context, r Route) error {
-	h := &routeHandler{g: g, r: r}
+	h := &routeHandler{g: g, r: r, invalid: libqb.ErrorResponse(int32(cswire.ErrInvalidParam))}
 	waiting := false // said to be taken, not yet served
 	for {
 		if waiting && !nameBound(r.Service) {
@@ -349,9 +356,17 @@ func (g *Gateway) releaseHandles() {
 type routeHandler struct {
 	g *Gateway
 	r Route
+	// invalid answers a request of an id the service does not have:
+	// corosync's bare header with id 0 and CS_ERR_INVALID_PARAM.
+	invalid []byte
 }
 
 func (h *routeHandler) Admit(c libqb.Creds) bool { return h.g.cfg.Admit(c) }
+
+// RequestIDs implements libqb.RequestRange with the route's request ids:
+// the libqb server refuses the others before any session, colocated or
+// not, sees them.
+func (h *routeHandler) RequestIDs() (int32, []byte) { return h.r.RequestIDs, h.invalid }
 
 // EventLimits implements libqb.EventLimiter with the route's limits.
 func (h *routeHandler) EventLimits() (high, max int) { return h.r.EventQueueHigh, h.r.EventQueueMax }

@@ -22,6 +22,10 @@ import (
 	"github.com/corobus/corobus/services/ipc/session"
 )
 
+// echoRequestIDs are the ids of echo's requests in the test gateway's
+// route: 0 to 6.
+const echoRequestIDs = 7
+
 // echo is a test component: it answers a request with CS_OK and the
 // request's body, and for message id 3 first sends the body as an event.
 type echo struct{ ver uint32 }
@@ -147,7 +151,7 @@ func startGateway(t testing.TB, tr libqb.Transport, admit func(libqb.Creds) bool
 	gw, err := New(Config{
 		Conn: nc, Subjects: subjects, Node: 1, Log: bustest.Logger(t), Admit: admit, ShmDir: shm, Transport: tr,
 		Routes: []Route{{Service: service, Component: "echo", Version: 1,
-			HeldDuringSync: func(id int32) bool { return id == 2 }, Async: func(id int32) bool { return id == 5 }}},
+			HeldDuringSync: func(id int32) bool { return id == 2 }, Async: func(id int32) bool { return id == 5 }, RequestIDs: echoRequestIDs}},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -61,7 +61,7 @@ func Grant(a bus.Access) bus.Grant {
 
 // DefaultRoutes are the libqb services a node's gateway serves.
 func DefaultRoutes() []Route {
-	return []Route{
+	routes := []Route{
 		{Service: "cmap", Component: cmap.ComponentName, Version: cmap.ComponentVersion, ServiceID: cswire.ServiceCmap},
 		{Service: "cpg", Component: cpg.ComponentName, Version: cpg.ComponentVersion, HeldDuringSync: cpg.HeldDuringSync, Async: cpg.Async,
 			EventQueueHigh: cpg.EventQueueHigh, EventQueueMax: cpg.EventQueueMax, ServiceID: cswire.ServiceCPG},
@@ -69,6 +69,10 @@ func DefaultRoutes() []Route {
 		{Service: "votequorum", Component: votequorum.ComponentName, Version: votequorum.ComponentVersion, ServiceID: cswire.ServiceVotequorum},
 		{Service: "cfg", Component: cfg.ComponentName, Version: cfg.ComponentVersion, HeldDuringSync: cfg.HeldDuringSync, ServiceID: cswire.ServiceCfg},
 	}
+	for i := range routes {
+		routes[i].RequestIDs = cswire.RequestIDs(routes[i].ServiceID)
+	}
+	return routes
 }
 
 // Run serves the default routes until ctx ends, with the instances of

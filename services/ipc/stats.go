@@ -61,6 +61,7 @@ func statsEntries(st libqb.Stats, ids map[string]int, prefix string) []cmap.Entr
 		add(p+"flow_control", objdb.Uint32, u32(c.FlowControl))
 		add(p+"flow_control_count", objdb.Uint64, u64(c.FlowControlCount))
 		add(p+"overload", objdb.Uint64, u64(c.Overload))
+		add(p+"invalid_request", objdb.Uint64, u64(c.InvalidRequest))
 		add(p+"queueing", objdb.Int32, u32(uint32(queueing)))
 		add(p+"queued", objdb.Uint32, u32(c.Queued))
 		add(p+"sent", objdb.Uint32, u32(c.Sent))

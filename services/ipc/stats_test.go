@@ -122,7 +122,8 @@ func testStatsMapShowsConnections(t *testing.T, tr libqb.Transport) {
 	gw, err := New(Config{
 		Conn: nc, Subjects: subjects, Node: 1, Log: bustest.Logger(t), Admit: func(libqb.Creds) bool { return true },
 		ShmDir: shm, Transport: tr,
-		Routes: []Route{{Service: service, Component: cmap.ComponentName, Version: cmap.ComponentVersion, ServiceID: 0}},
+		Routes: []Route{{Service: service, Component: cmap.ComponentName, Version: cmap.ComponentVersion, ServiceID: cswire.ServiceCmap,
+			RequestIDs: cswire.RequestIDs(cswire.ServiceCmap)}},
 		Colocated: map[string]Colocated{cmap.ComponentName: {Subject: subject, Open: func(c *libqb.Conn) (libqb.Session, error) {
 			return svc.OpenConn(c, "test"), nil
 		}}},
@@ -184,7 +185,7 @@ func testStatsMapShowsConnections(t *testing.T, tr libqb.Transport) {
 	if got["stats.ipcs.global.active"] != "u64 1" || got["stats.ipcs.global.closed"] != "u64 0" {
 		t.Errorf("global counters: active %q closed %q, want u64 1 and u64 0", got["stats.ipcs.global.active"], got["stats.ipcs.global.closed"])
 	}
-	for _, k := range []string{"responses", "dispatched", "send_retries", "flow_control", "flow_control_count", "overload", "queueing", "queued", "sent"} {
+	for _, k := range []string{"responses", "dispatched", "send_retries", "flow_control", "flow_control_count", "overload", "invalid_request", "queueing", "queued", "sent"} {
 		if _, ok := got[own+k]; !ok {
 			t.Errorf("no %s%s", own, k)
 		}
@@ -199,8 +200,17 @@ func testStatsMapShowsConnections(t *testing.T, tr libqb.Transport) {
 		t.Errorf("responses %d after %d requests, want %d", r, n+2, n+1)
 	}
 	again := statsMap(t, overLibqb, own)
-	if len(again) != 11 {
-		t.Errorf("a connection's prefix lists %d keys, want 11: %v", len(again), again)
+	if len(again) != 12 {
+		t.Errorf("a connection's prefix lists %d keys, want 12: %v", len(again), again)
+	}
+
+	// A request of an id cmap does not have (corosync's cmap has ten) is
+	// refused before the colocated cmap sees it, and counted.
+	if st := cmapStatus(t, overLibqb(t, qbclient.NewRequest(10, nil))); st != cswire.ErrInvalidParam {
+		t.Errorf("request id 10: %v, want CS_ERR_INVALID_PARAM", st)
+	}
+	if n := statsGet(t, overLibqb, own+"invalid_request"); n != 1 {
+		t.Errorf("invalid_request %d after one request of an unknown id, want 1", n)
 	}
 
 	// The stats map is read-only; tracking it is not offered.
@@ -225,6 +235,9 @@ func testStatsMapShowsConnections(t *testing.T, tr libqb.Transport) {
 	}
 	if n, r := statsGet(t, overLibqb, own+"requests"), statsGet(t, overLibqb, own+"responses"); n != 1 || r != 2 {
 		t.Errorf("after stats.clear.ipc: requests %d, responses %d; want 1 and 2", n, r)
+	}
+	if n := statsGet(t, overLibqb, own+"invalid_request"); n != 0 {
+		t.Errorf("after stats.clear.ipc: invalid_request %d, want 0", n)
 	}
 	if st := set("stats.clear.nothing"); st != cswire.ErrNotSupported {
 		t.Errorf("set stats.clear.nothing: %v, want CS_ERR_NOT_SUPPORTED", st)
@@ -251,5 +264,46 @@ func testStatsMapShowsConnections(t *testing.T, tr libqb.Transport) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the closed connection is still listed: %v", after)
 		}
+	}
+}
+
+// TestGatewayRefusesUnknownRequestIDs: a request whose id the route's
+// service does not have — past its last, or negative — is answered as
+// corosync's dispatcher answers it (a bare header, id 0,
+// CS_ERR_INVALID_PARAM) without reaching the component, and counted in
+// the connection's invalid_request; the connection goes on.
+func TestGatewayRefusesUnknownRequestIDs(t *testing.T) {
+	eachTransport(t, testGatewayRefusesUnknownRequestIDs)
+}
+
+func testGatewayRefusesUnknownRequestIDs(t *testing.T, tr libqb.Transport) {
+	f := startGateway(t, tr, func(libqb.Creds) bool { return true })
+	serveEcho(t, f.nc, f.subjects, 1)
+	c := f.dialServed(t)
+	for _, id := range []int32{echoRequestIDs, 1 << 20, -2} {
+		resp, err := c.Request(qbclient.NewRequest(id, []byte("x")), 5*time.Second)
+		if err != nil {
+			t.Fatalf("request id %d: %v", id, err)
+		}
+		if len(resp) != qbclient.ResHeaderSize || binary.LittleEndian.Uint32(resp) != 0 ||
+			qbclient.ResponseError(resp) != int32(cswire.ErrInvalidParam) {
+			t.Errorf("request id %d answered % x; want a bare header, id 0, CS_ERR_INVALID_PARAM (7)", id, resp)
+		}
+	}
+	// The last id the service has reaches it (echo answers CS_OK and the
+	// body).
+	resp, err := c.Request(qbclient.NewRequest(echoRequestIDs-1, []byte("y")), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if qbclient.ResponseError(resp) != int32(cswire.OK) || string(resp[qbclient.ResHeaderSize:]) != "y" {
+		t.Errorf("request id %d answered % x, want echo's CS_OK and y", echoRequestIDs-1, resp)
+	}
+	want := func(st libqb.ConnStats) bool { return st.Requests == 4 && st.Responses == 4 && st.InvalidRequest == 3 }
+	if st := onlyConn(t, f.gw, want); !want(st) {
+		t.Errorf("counters %+v; want 4 requests and responses, 3 invalid", st)
+	}
+	if n := statsValue(t, f.gw, fmt.Sprintf("stats.ipcs.service0.%d.", os.Getpid()), "invalid_request"); n != 3 {
+		t.Errorf("stats map's invalid_request %d, want 3", n)
 	}
 }

@@ -196,12 +196,22 @@ func (s *Server) serve(ctx context.Context, service string, h Handler, fd int) {
 	if b, ok := sess.(Borrower); ok {
 		borrow = b.BorrowsRequests()
 	}
+	var ids int32
+	var refusal []byte
+	if r, ok := h.(RequestRange); ok {
+		ids, refusal = r.RequestIDs()
+	}
 	c.tr.serveRequests(func(msg []byte) []byte {
+		c.counters.requests.Add(1)
+		// The transport checked the header (checkRequest): its id is there.
+		if id := int32(binary.LittleEndian.Uint32(msg)); ids > 0 && (id < 0 || id >= ids) {
+			c.counters.invalidRequest.Add(1)
+			return refusal
+		}
 		// msg is the transport's buffer, the next request's too.
 		if !borrow {
 			msg = bytes.Clone(msg)
 		}
-		c.counters.requests.Add(1)
 		resp := sess.Request(ctx, msg)
 		if resp == nil {
 			s.log.Info("libqb: the service ended the connection", "conn", c.ID, "service", c.Service, "pid", c.Creds.PID)

@@ -111,6 +111,16 @@ type EventLimiter interface {
 	EventLimits() (high, max int)
 }
 
+// A RequestRange is a Handler whose service has the request ids 0 to n-1
+// and no others, as each of corosync's services has its handlers
+// (lib_engine_count). A request of another id reaches no session: it is
+// answered refusal and counted (invalid_request), as corosync's
+// dispatcher answers and counts it (cs_ipcs_msg_process). n <= 0: every
+// id reaches the session.
+type RequestRange interface {
+	RequestIDs() (n int32, refusal []byte)
+}
+
 // Session is one connection's state.
 type Session interface {
 	// Request handles one whole request message (header included) and

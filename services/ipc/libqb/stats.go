@@ -20,6 +20,9 @@ type connCounters struct {
 	// overload are requests answered CS_ERR_TRY_AGAIN without running,
 	// because the service was flow-controlled (a sync running): Overloaded.
 	overload atomic.Uint64
+	// invalidRequest are requests of an id the service does not have,
+	// answered without reaching it (RequestRange).
+	invalidRequest atomic.Uint64
 	// flowControl is the level shown to the client; flowControlCount
 	// how many times it changed (libqb counts every change, on and off).
 	flowControl      atomic.Int32
@@ -35,7 +38,7 @@ type ConnStats struct {
 	ProcName string // the client's command name when it connected (/proc/<pid>/stat)
 
 	Requests, Responses, Dispatched, SendRetries uint64
-	Overload                                     uint64
+	Overload, InvalidRequest                     uint64
 	FlowControl                                  uint32
 	FlowControlCount                             uint64
 	// Queueing is whether events wait in the connection's queue, Queued
@@ -74,7 +77,7 @@ func (s *Server) Stats() Stats {
 		cs := ConnStats{ID: c.ID, Service: c.Service, PID: c.Creds.PID, ProcName: c.procName,
 			Requests: k.requests.Load(), Responses: k.responses.Load(),
 			Dispatched: k.dispatched.Load(), SendRetries: k.sendRetries.Load(),
-			Overload: k.overload.Load(), FlowControl: uint32(k.flowControl.Load()), FlowControlCount: k.flowControlCount.Load()}
+			Overload: k.overload.Load(), InvalidRequest: k.invalidRequest.Load(), FlowControl: uint32(k.flowControl.Load()), FlowControlCount: k.flowControlCount.Load()}
 		cs.Queued, cs.Sent = c.events.counts()
 		cs.Queueing = cs.Queued > 0
 		st.Conns = append(st.Conns, cs)
@@ -95,7 +98,7 @@ func (s *Server) ClearStats() {
 	s.mu.Unlock()
 	for _, c := range conns {
 		k := &c.counters
-		for _, n := range []*atomic.Uint64{&k.requests, &k.responses, &k.dispatched, &k.sendRetries, &k.overload, &k.flowControlCount} {
+		for _, n := range []*atomic.Uint64{&k.requests, &k.responses, &k.dispatched, &k.sendRetries, &k.overload, &k.invalidRequest, &k.flowControlCount} {
 			n.Store(0)
 		}
 		c.events.clearSent()
