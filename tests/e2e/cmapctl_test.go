@@ -109,10 +109,14 @@ func checkStatsListing(t *testing.T, got string) {
 	if r := keys["requests"]; !regexp.MustCompile(`^u64 [1-9]\d*$`).MatchString(r) {
 		t.Errorf("own connection's requests %q, want a u64 above 0", r)
 	}
-	for _, k := range []string{"responses", "dispatched", "send_retries", "flow_control", "flow_control_count", "overload", "queueing", "queued", "sent"} {
+	for _, k := range []string{"responses", "dispatched", "send_retries", "flow_control", "flow_control_count", "overload", "invalid_request", "queueing", "queued", "sent"} {
 		if _, ok := keys[k]; !ok {
 			t.Errorf("own connection lacks %s; listing:\n%s", k, got)
 		}
+	}
+	// corosync's type; corosync-cmapctl sends no request cmap lacks.
+	if v := keys["invalid_request"]; v != "u64 0" {
+		t.Errorf("own connection's invalid_request %q, want u64 0", v)
 	}
 	if !strings.Contains(got, "stats.ipcs.global.active (u64) = ") || !strings.Contains(got, "== stats all\n2\n") {
 		t.Errorf("stats.ipcs.global.* not listed:\n%s", got)
