@@ -477,7 +477,14 @@ func buildImage(ctx context.Context, t *testing.T, root, image string) string {
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(dir, "corobus"), "./cmd/corobus")
+	// No -trimpath, which `task static` and the Dockerfile's comment use:
+	// it changes the build of every package, so the image's binary would
+	// share nothing with what `go test ./...` has just compiled. Without
+	// it only the packages that CGO_ENABLED=0 changes (net's dependents)
+	// are compiled again: 50 of 302, 73 → 41 s on a 2-vCPU machine with
+	// the rest cached, and it was 200 s of a loaded CI run. The binary
+	// behaves the same; only the source paths it records differ.
+	cmd := exec.CommandContext(ctx, "go", "build", "-ldflags=-s -w", "-o", filepath.Join(dir, "corobus"), "./cmd/corobus")
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
