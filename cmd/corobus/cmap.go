@@ -17,9 +17,18 @@ import (
 
 // runCmap is corosync-cmapctl over the bus: the same flags, the same
 // output lines.
+// cmapAction is what corosync-cmapctl's flags ask of a map: at most one of
+// the actions is set; rest is the arguments after the flags (-s's TYPE
+// VALUE, or the prefixes to list).
+type cmapAction struct {
+	get, set, del, delPrefix, track, trackPrefix, file string
+	rest                                               []string
+}
+
 func runCmap(ctx context.Context, a *app, args []string) error {
 	var nf nodeFlags
-	var get, set, del, delPrefix, track, trackPrefix, file, mapName string
+	var act cmapAction
+	var mapName string
 	var quiet, showBinary bool
 	fs := newFlagSet(a, "cmap", "[-b] [-q] [-m icmap|stats] [-g KEY | -s KEY TYPE VALUE | -d KEY | -D PREFIX | -t KEY | -T PREFIX | -p FILE | PREFIX...] [-c FILE | --bus URL]",
 		"Read and change a node's object database the way corosync-cmapctl does.\n"+
@@ -27,13 +36,13 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 			"TYPE is one of u8 u16 u32 u64 i8 i16 i32 i64 flt dbl str bin; for bin, VALUE is a file (- for stdin).\n"+
 			"A -p file holds lines `key type value`, `^key` (delete) or `^^prefix` (delete by prefix).")
 	nf.register(fs, true)
-	fs.StringVar(&get, "g", "", "print `KEY`")
-	fs.StringVar(&set, "s", "", "set `KEY` (followed by TYPE VALUE)")
-	fs.StringVar(&del, "d", "", "delete `KEY`")
-	fs.StringVar(&delPrefix, "D", "", "delete every key under `PREFIX`")
-	fs.StringVar(&track, "t", "", "print changes of `KEY` until interrupted")
-	fs.StringVar(&trackPrefix, "T", "", "print changes of every key under `PREFIX` until interrupted")
-	fs.StringVar(&file, "p", "", "apply the settings in `FILE`")
+	fs.StringVar(&act.get, "g", "", "print `KEY`")
+	fs.StringVar(&act.set, "s", "", "set `KEY` (followed by TYPE VALUE)")
+	fs.StringVar(&act.del, "d", "", "delete `KEY`")
+	fs.StringVar(&act.delPrefix, "D", "", "delete every key under `PREFIX`")
+	fs.StringVar(&act.track, "t", "", "print changes of `KEY` until interrupted")
+	fs.StringVar(&act.trackPrefix, "T", "", "print changes of every key under `PREFIX` until interrupted")
+	fs.StringVar(&act.file, "p", "", "apply the settings in `FILE`")
 	fs.StringVar(&mapName, "m", "icmap", "the `MAP`: icmap or stats")
 	fs.BoolVar(&quiet, "q", false, "with -g, print only the value")
 	fs.BoolVar(&showBinary, "b", false, "show binary values")
@@ -50,12 +59,13 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 		return err
 	}
 	defer nc.Close()
+	act.rest = fs.Args()
+	p := cmapPrinter{w: a.stdout, quiet: quiet, showBinary: showBinary}
 	if mapName == "stats" {
-		return cmapStats(ctx, a, nc, cmapPrinter{w: a.stdout, quiet: quiet, showBinary: showBinary}, get, set, del, delPrefix, track, trackPrefix, file, fs.Args())
+		return cmapStats(ctx, nc, p, act)
 	}
 	c := client.New(nc.nc, nc.subjects, nc.node)
-	p := cmapPrinter{w: a.stdout, quiet: quiet, showBinary: showBinary}
-	rest := fs.Args()
+	get, set, del, delPrefix, track, trackPrefix, file, rest := act.get, act.set, act.del, act.delPrefix, act.track, act.trackPrefix, act.file, act.rest
 
 	switch {
 	case get != "":
@@ -138,7 +148,8 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 // cmapStats serves -m stats: the node's stats map, computed by its IPC
 // gateway and totem when asked (docs/objdb.md), as corosync-cmapctl -m
 // stats lists it — read-only but for stats.clear.*, and not tracked.
-func cmapStats(ctx context.Context, a *app, nc *nodeClient, p cmapPrinter, get, set, del, delPrefix, track, trackPrefix, file string, rest []string) error {
+func cmapStats(ctx context.Context, nc *nodeClient, p cmapPrinter, act cmapAction) error {
+	get, set, del, delPrefix, track, trackPrefix, file, rest := act.get, act.set, act.del, act.delPrefix, act.track, act.trackPrefix, act.file, act.rest
 	read := cmap.MergeStats(cmap.BusStats(nc.nc, nc.subjects, nc.node), cmap.TotemStats(nc.nc, nc.subjects, nc.node))
 	switch {
 	case get != "":
