@@ -270,7 +270,47 @@ func StartServer(ctx context.Context, sc ServerConfig) (*Server, error) {
 		ns.Shutdown()
 		return nil, errors.New("nats-server started without JetStream")
 	}
+	// Before the totem hook subscribes: an import applies to the
+	// subscriptions made after it.
+	if err := ShareDisconnects(ns); err != nil {
+		ns.Shutdown()
+		return nil, err
+	}
 	return s, nil
+}
+
+// DisconnectEvents is the subject on which the bus's clients (all in the
+// global account, $G) see nats-server's event of a client connection that
+// closed, for whatever reason (closed, died, kicked, a stale connection):
+// JSON server.DisconnectEventMsg, whose server.id and client.id are the
+// server's id and the connection's CID (nats.go's ConnectedServerId and
+// GetClientID). nats-server publishes it in its system account only;
+// ShareDisconnects imports it, under the same name. Events of the other
+// servers of the cluster come too (the system account's interest is
+// routed). The totem node forgets a dead client's listen registration on
+// it (docs/totem.md, "Kept own messages").
+const DisconnectEvents = "$SYS.ACCOUNT.$G.DISCONNECT"
+
+// ShareDisconnects exports ns's disconnect events from its system account
+// to its global account (DisconnectEvents). Only the administrator (the
+// token) may subscribe to them: every role's grant is under the bus
+// prefix (bus/grants.go). Call it once, before the subscriptions that
+// should receive them.
+func ShareDisconnects(ns *server.Server) error {
+	sys, global := ns.SystemAccount(), ns.GlobalAccount()
+	if sys == nil || global == nil {
+		return errors.New("sharing disconnect events: the server has no system or global account")
+	}
+	if subj := "$SYS.ACCOUNT." + global.GetName() + ".DISCONNECT"; subj != DisconnectEvents {
+		return fmt.Errorf("sharing disconnect events: the global account's are on %s, not %s", subj, DisconnectEvents)
+	}
+	if err := sys.AddStreamExport(DisconnectEvents, []*server.Account{global}); err != nil {
+		return fmt.Errorf("exporting %s from the system account: %w", DisconnectEvents, err)
+	}
+	if err := global.AddStreamImport(sys, DisconnectEvents, ""); err != nil {
+		return fmt.Errorf("importing %s into the global account: %w", DisconnectEvents, err)
+	}
+	return nil
 }
 
 // Refused is how many route and client connections the server refused
