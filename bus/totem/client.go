@@ -101,6 +101,9 @@ type Client struct {
 	// restarted bus's ask raced with; skip is under it.
 	regMu sync.Mutex
 	skip  bool
+	// status receives nc's reconnections: a new connection has a new id,
+	// which the bus must have (listenRequest.CID).
+	status chan nats.Status
 }
 
 // NewClient attaches to node's totem over nc.
@@ -146,12 +149,24 @@ func NewClient(nc *nats.Conn, subjects bus.Subjects, node uint32, opts ClientOpt
 	c.mu.Lock()
 	c.subs = append(c.subs, ask)
 	c.mu.Unlock()
+	// Before the first request: a reconnection after it is seen.
+	c.status = nc.StatusChanged(nats.CONNECTED)
+	go c.relisten(c.status)
 	if err := c.register(time.Second); err != nil {
 		// The bus's totem is not up yet: keep trying in the background
 		// (it also asks when it starts).
 		go c.listen()
 	}
 	return c, nil
+}
+
+// relisten names the service again each time nc reconnects, until Close
+// closes status: the bus forgets a registration when its connection
+// closes (listenRequest.CID), and a restarted bus forgot them all.
+func (c *Client) relisten(status <-chan nats.Status) {
+	for range status {
+		c.listen()
+	}
 }
 
 // subscribe listens to service's deliver subject with h, flushed, so that
@@ -182,7 +197,14 @@ func (c *Client) register(timeout time.Duration) error {
 // registerLocked names the service, with the client's skip, to the bus.
 // Called with regMu held.
 func (c *Client) registerLocked(timeout time.Duration) error {
-	b, _ := json.Marshal(listenRequest{Service: c.service, Origin: c.origin, Skip: c.skip})
+	r := listenRequest{Service: c.service, Origin: c.origin, Skip: c.skip}
+	// The connection the request goes on. Should nc reconnect before it
+	// is sent, the request names the old one, but relisten's request
+	// follows it (regMu) with the new.
+	if cid, err := c.nc.GetClientID(); err == nil {
+		r.Server, r.CID = c.nc.ConnectedServerId(), cid
+	}
+	b, _ := json.Marshal(r)
 	m, err := c.nc.Request(c.subjects.TotemListen(c.node), b, timeout)
 	if err != nil {
 		return fmt.Errorf("totem client: naming service %s to node %d's totem: %w", c.service, c.node, err)
@@ -440,6 +462,9 @@ func (c *Client) unsubscribeAll() {
 func (c *Client) Close() error {
 	c.closed.Do(func() {
 		close(c.done)
+		if c.status != nil {
+			c.nc.RemoveStatusListener(c.status)
+		}
 		if c.service != "" {
 			b, _ := json.Marshal(listenRequest{Service: c.service, Origin: c.origin, Leave: true})
 			_ = c.nc.Publish(c.subjects.TotemListen(c.node), b)

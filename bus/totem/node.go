@@ -19,6 +19,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/beat"
 )
 
@@ -149,14 +150,15 @@ type Node struct {
 	listeners map[string]string
 	// listenOrigins are, by service, the origins of the clients that named
 	// it (0 for a request that gave none), each with whether it skips
-	// droppable payloads. A service named by exactly one origin is
-	// delivered to that origin's kept messages without their payload; a
-	// service whose every origin skips gets other nodes' droppable
-	// messages without theirs. A client that closes takes its origin out
-	// (a leave request); one that died without it leaves its origin, and
-	// its service goes back to whole frames (the safe side), unless it
-	// had said it skips.
-	listenOrigins map[string]map[uint32]bool
+	// droppable payloads and the connection it named it on. A service
+	// named by exactly one origin is delivered to that origin's kept
+	// messages without their payload; a service whose every origin skips
+	// gets other nodes' droppable messages without theirs. A client that
+	// closes takes its origin out (a leave request); one that dies without
+	// it is taken out when its server says its connection closed
+	// (bus.DisconnectEvents): until then its service goes whole (the safe
+	// side), unless it had said it skips.
+	listenOrigins map[string]map[uint32]listener
 	// keptHdr and skippedHdr mark a deliver frame sent without its
 	// payload (KeptHeader, SkippedHeader): made once, read only.
 	keptHdr, skippedHdr nats.Header
@@ -262,7 +264,7 @@ func New(nc *nats.Conn, cfg Config, cb Callbacks) (*Node, error) {
 		subjConf:      s.TotemDeliverConfChg(cfg.NodeID),
 		deliverSubj:   map[string]string{},
 		listeners:     map[string]string{},
-		listenOrigins: map[string]map[uint32]bool{},
+		listenOrigins: map[string]map[uint32]listener{},
 		keptHdr:       nats.Header{KeptHeader: []string{"1"}},
 		skippedHdr:    nats.Header{SkippedHeader: []string{"1"}},
 		peers:         map[uint32]*peer{},
@@ -384,15 +386,31 @@ func (n *Node) Run(ctx context.Context) error {
 		s.TotemMcast(n.cfg.NodeID):      n.onSubmit,
 		s.TotemStatus(n.cfg.NodeID):     n.onStatus,
 		s.TotemStatsClear(n.cfg.NodeID): n.onStatsClear,
-		s.TotemListen(n.cfg.NodeID):     n.onListen,
 	} {
 		if _, err := add(subj, h); err != nil {
 			return err
 		}
 	}
+	// Listen requests and disconnect events share one channel, taken by
+	// one goroutine: they come in the order the server sent them on the
+	// node's connection, so a client's last listen request is taken
+	// before the event of its connection's end (its server reads what the
+	// client sent before it notices the close). Two handlers would race:
+	// the event first would leave the dead client registered for good.
+	listen := make(chan *nats.Msg, listenQueue)
+	for _, subj := range []string{s.TotemListen(n.cfg.NodeID), bus.DisconnectEvents} {
+		sub, err := n.nc.ChanSubscribe(subj, listen)
+		if err != nil {
+			return fmt.Errorf("totem: subscribing to %s: %w", subj, err)
+		}
+		subs = append(subs, sub)
+	}
 	if err := n.nc.Flush(); err != nil {
 		return fmt.Errorf("totem: flushing subscriptions: %w", err)
 	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go n.takeListens(listen, stop)
 	n.log.Info("totem started", "node", n.cfg.NodeID, "token", n.cfg.Token, "join", n.cfg.Join, "consensus", n.cfg.Consensus, "max_seq", n.maxSeq)
 	// A restarted bus has forgotten which services listen: ask, now and a
 	// few times more for clients that reconnect later.
@@ -598,6 +616,11 @@ func (n *Node) alone() bool {
 	return len(n.members) == 1 && n.members[0] == n.cfg.NodeID
 }
 
+// listenQueue bounds the listen requests and disconnect events waiting
+// for the node (nats.go drops beyond it, as a slow consumer): a few per
+// client start, SkipPayloads and connection end, taken in microseconds.
+const listenQueue = 4096
+
 // listenRequest is what a Client sends to Subjects.TotemListen.
 type listenRequest struct {
 	Service string `json:"service"`
@@ -605,6 +628,13 @@ type listenRequest struct {
 	// come back without their payload while it is the service's only
 	// listener on the node.
 	Origin uint32 `json:"origin,omitempty"`
+	// Server and CID name the connection the client sends on: its
+	// server's id and the connection's id there (nats.go's
+	// ConnectedServerId and GetClientID). When that server says the
+	// connection closed (bus.DisconnectEvents), the origin no longer
+	// counts. Empty: the origin counts until it leaves.
+	Server string `json:"server,omitempty"`
+	CID    uint64 `json:"cid,omitempty"`
 	// Leave: the client with Origin closes; it no longer counts as one of
 	// Service's listeners.
 	Leave bool `json:"leave,omitempty"`
@@ -612,6 +642,36 @@ type listenRequest struct {
 	// other nodes' droppable messages of Service come without theirs
 	// while every listener of Service on the node says so.
 	Skip bool `json:"skip,omitempty"`
+}
+
+// listener is a client that named a service to the node (TotemListen).
+type listener struct {
+	skip bool
+	conn connID // zero: unknown, it counts until it leaves
+}
+
+// connID is a client connection as the bus knows it: its server's id and
+// the connection's id (CID) there, unique for that server's life.
+type connID struct {
+	server string
+	cid    uint64
+}
+
+// takeListens takes the listen requests and the disconnect events, in
+// the order they came, until stop.
+func (n *Node) takeListens(ch <-chan *nats.Msg, stop <-chan struct{}) {
+	for {
+		select {
+		case <-stop:
+			return
+		case m := <-ch:
+			if m.Subject == bus.DisconnectEvents {
+				n.onDisconnect(m)
+			} else {
+				n.onListen(m)
+			}
+		}
+	}
 }
 
 // onListen adds a service whose deliver subject also carries the
@@ -636,11 +696,46 @@ func (n *Node) onListen(m *nats.Msg) {
 		n.log.Debug("a service listens", "service", r.Service)
 	}
 	if n.listenOrigins[r.Service] == nil {
-		n.listenOrigins[r.Service] = map[uint32]bool{}
+		n.listenOrigins[r.Service] = map[uint32]listener{}
 	}
-	n.listenOrigins[r.Service][r.Origin] = r.Skip
+	// A client that reconnected names its new connection: the old one's
+	// event, before or after, no longer matches it.
+	n.listenOrigins[r.Service][r.Origin] = listener{skip: r.Skip, conn: connID{server: r.Server, cid: r.CID}}
 	n.mu.Unlock()
 	_ = m.Respond([]byte(`{"ok":true}`))
+}
+
+// disconnectEvent is what onDisconnect reads of nats-server's
+// DisconnectEventMsg.
+type disconnectEvent struct {
+	Server struct {
+		ID string `json:"id"`
+	} `json:"server"`
+	Client struct {
+		ID uint64 `json:"id"`
+	} `json:"client"`
+}
+
+// onDisconnect takes out every origin registered on a connection that
+// closed: a client that died without its leave request (killed, crashed,
+// replaced) would otherwise count for the bus's life, and its service's
+// kept frames would go whole to the next client.
+func (n *Node) onDisconnect(m *nats.Msg) {
+	var ev disconnectEvent
+	if err := json.Unmarshal(m.Data, &ev); err != nil || ev.Server.ID == "" || ev.Client.ID == 0 {
+		return
+	}
+	gone := connID{server: ev.Server.ID, cid: ev.Client.ID}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for service, origins := range n.listenOrigins {
+		for origin, l := range origins {
+			if l.conn == gone {
+				delete(origins, origin)
+				n.log.Debug("a listening client's connection closed", "service", service, "origin", origin, "cid", gone.cid)
+			}
+		}
+	}
 }
 
 // onSubmit takes a Client's message.
@@ -918,8 +1013,8 @@ func (n *Node) allSkip(service string) bool {
 	if len(o) == 0 {
 		return false
 	}
-	for _, skip := range o {
-		if !skip {
+	for _, l := range o {
+		if !l.skip {
 			return false
 		}
 	}
