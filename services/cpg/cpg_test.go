@@ -9,12 +9,14 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/corobus/corobus/bus/bustest"
+	"github.com/corobus/corobus/bus/totem"
 	"github.com/corobus/corobus/services/cpg"
 	"github.com/corobus/corobus/services/cpg/cpgwire"
 	"github.com/corobus/corobus/services/cpg/vscheck"
@@ -551,6 +553,55 @@ func TestAlone(t *testing.T) {
 		}
 	}
 	t.Logf("sent %v; node 1 delivered %d without the totem", sent, c.svc(1).Counters()["alone"])
+}
+
+// A CPG instance killed without closing (its connection cut, no leave
+// request) and replaced by a new one on its node: the new instance's
+// large multicasts come back to it kept (without their payload) once the
+// bus has seen the old connection close — the dead instance does not
+// count as a second listener of CPG's stream.
+func TestReplacedInstanceKeepsItsOwnAgain(t *testing.T) {
+	// Two nodes: a node alone in its ring delivers CPG's multicasts
+	// without the totem.
+	c := newCluster(t, 2, cpg.Options{})
+	// Node 1's CPG deliver frames, kept or whole, as its bus publishes
+	// them (this connection does not name the service to the bus).
+	var kept atomic.Int32
+	watch := c.h.Client(1)
+	if _, err := watch.Subscribe(c.h.Subjects.TotemDeliver(1, cpg.TotemService), func(m *nats.Msg) {
+		if m.Header.Get(totem.KeptHeader) != "" {
+			kept.Add(1)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := watch.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c.crash(1)
+	c.start(1)
+	c.waitReady(1)
+	a := c.member(1, 1)
+	a.join("kept")
+	a.waitLog("m=[1/1]")
+	// Until the bus has taken the old instance's end: at most 20 s.
+	deadline := time.Now().Add(20 * time.Second)
+	for i := 0; kept.Load() == 0; i++ {
+		if time.Now().After(deadline) {
+			t.Fatal("no large multicast came back kept after the old instance died")
+		}
+		m := bytes.Repeat([]byte{byte('a' + i%26)}, 20<<10)
+		a.conn.Request(context.Background(), cpgwire.EncodeMcast(cpgwire.GuaranteeAgreed, m))
+		waitFor(t, "the large message back", func() bool {
+			n := 0
+			for _, e := range a.snapshot() {
+				if e.ID == cpgwire.ResDeliverCallback && len(e.Data) == len(m) {
+					n++
+				}
+			}
+			return n == i+1
+		})
+	}
 }
 
 // Large multicasts (the totem client keeps its own, KeepOwn, and they come

@@ -6,8 +6,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/corobus/corobus/bus/totem/harness"
 	"github.com/corobus/corobus/services/cpg"
@@ -29,8 +32,12 @@ type cluster struct {
 
 type node struct {
 	svc    *cpg.Service
+	nc     *nats.Conn
 	cancel context.CancelFunc
 	done   chan struct{}
+	// crashed: its connection was closed under it (crash), so its
+	// service's error is expected.
+	crashed atomic.Bool
 }
 
 func newCluster(t testing.TB, n int, opts cpg.Options) *cluster {
@@ -73,10 +80,10 @@ func (c *cluster) start(id int) *cpg.Service {
 	svc := cpg.New(opts)
 	nc := c.h.Client(id)
 	ctx, cancel := context.WithCancel(context.Background())
-	n := &node{svc: svc, cancel: cancel, done: make(chan struct{})}
+	n := &node{svc: svc, nc: nc, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(n.done)
-		if err := cpg.ServeWith(ctx, nc, c.h.Subjects, uint32(id), svc, nil); err != nil && ctx.Err() == nil {
+		if err := cpg.ServeWith(ctx, nc, c.h.Subjects, uint32(id), svc, nil); err != nil && ctx.Err() == nil && !n.crashed.Load() {
 			c.t.Errorf("cpg on node %d: %v", id, err)
 		}
 	}()
@@ -95,6 +102,18 @@ func (c *cluster) stop(id int, n *node) {
 		delete(c.svcs, id)
 	}
 	c.mu.Unlock()
+}
+
+// crash ends node id's cpg service as a SIGKILL would: its connection
+// closes under it, and nothing it would send on its way out (its totem
+// client's leave request) reaches the bus.
+func (c *cluster) crash(id int) {
+	c.mu.Lock()
+	n := c.svcs[id]
+	c.mu.Unlock()
+	n.crashed.Store(true)
+	n.nc.Close()
+	c.stop(id, n)
 }
 
 // kill kills node id: its cpg service first (with its server gone under

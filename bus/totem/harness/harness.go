@@ -197,6 +197,11 @@ func (c *Cluster) Start(id int) *Node {
 			}
 		}
 	}
+	// As bus.StartServer does: the node forgets a dead client's listen
+	// registration on its server's disconnect events.
+	if err := bus.ShareDisconnects(ns); err != nil {
+		c.t.Fatalf("node %d: %v", id, err)
+	}
 	nc, err := nats.Connect("", nats.InProcessServer(ns), nats.NoEcho(), nats.Name("totem"))
 	if err != nil {
 		c.t.Fatalf("node %d: %v", id, err)
