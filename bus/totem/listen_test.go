@@ -191,6 +191,24 @@ func keptAgain(t *testing.T, w *keptWatch, cl *totem.Client, r *recorder, servic
 	}
 }
 
+// keepOwnClient is a KeepOwn client of service on b's server, closed with
+// the test, with the recorder of its deliveries.
+func keepOwnClient(t *testing.T, b *busNode, service string) (*totem.Client, *recorder) {
+	t.Helper()
+	var r recorder
+	nc, err := b.srv.Connect("client a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	c, err := totem.NewClient(nc, b.subj, 1, totem.ClientOptions{Service: service, OnDeliver: r.on, KeepOwn: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c, &r
+}
+
 // A second client of a KeepOwn client's service that dies without its
 // leave request (its connection closes, Close never runs: a killed or
 // crashed process) stops counting once its server says its connection
@@ -198,18 +216,9 @@ func keptAgain(t *testing.T, w *keptWatch, cl *totem.Client, r *recorder, servic
 func TestDeadListenerStopsCounting(t *testing.T) {
 	b := startBusNode(t)
 	w := watchKept(t, b, "alpha")
-	var ra, rb recorder
-	nca, err := b.srv.Connect("client a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nca.Close)
-	ca, err := totem.NewClient(nca, b.subj, 1, totem.ClientOptions{Service: "alpha", OnDeliver: ra.on, KeepOwn: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ca.Close() })
-	if !sendOne(t, w, ca, &ra, "alpha") {
+	var rb recorder
+	ca, ra := keepOwnClient(t, b, "alpha")
+	if !sendOne(t, w, ca, ra, "alpha") {
 		t.Fatal("the only client's large message came back whole")
 	}
 	// The second client, over a socket as a layer process's.
@@ -222,12 +231,12 @@ func TestDeadListenerStopsCounting(t *testing.T) {
 		t.Fatal(err)
 	}
 	// NewClient returned once the bus had its listen request.
-	if sendOne(t, w, ca, &ra, "alpha") {
+	if sendOne(t, w, ca, ra, "alpha") {
 		t.Fatal("a large message came back kept with two clients of its service")
 	}
 	// It dies: its connection closes, no leave request.
 	ncb.Close()
-	keptAgain(t, w, ca, &ra, "alpha", "after the second client's connection closed")
+	keptAgain(t, w, ca, ra, "alpha", "after the second client's connection closed")
 }
 
 // A client whose connection the bus closed (here kicked; a stale
@@ -278,17 +287,7 @@ func TestReconnectedListenerCountsAgain(t *testing.T) {
 func TestListenerDyingAtOnceStopsCounting(t *testing.T) {
 	b := startBusNode(t)
 	w := watchKept(t, b, "alpha")
-	var ra recorder
-	nca, err := b.srv.Connect("client a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nca.Close)
-	ca, err := totem.NewClient(nca, b.subj, 1, totem.ClientOptions{Service: "alpha", OnDeliver: ra.on, KeepOwn: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ca.Close() })
+	ca, ra := keepOwnClient(t, b, "alpha")
 	var short []uint32
 	for i := range 20 {
 		short = append(short, uint32(1000+2*i+1))
@@ -309,5 +308,5 @@ func TestListenerDyingAtOnceStopsCounting(t *testing.T) {
 	}
 	// The bus had them all (its server sent each to the node too).
 	waitFor(t, "the short-lived clients' listen requests", func() bool { return b.heardAll(short) })
-	keptAgain(t, w, ca, &ra, "alpha", "after the short-lived clients' connections closed")
+	keptAgain(t, w, ca, ra, "alpha", "after the short-lived clients' connections closed")
 }
