@@ -39,6 +39,9 @@ func RunBus(ctx context.Context, cfg *config.Config, ls *logsys.Logsys, version 
 		return err
 	}
 	sc.Users = users
+	// Before the server's first store: nats-server's access-time ticker
+	// would otherwise wake the bus 10 times a second (bus.SlowAccessTime).
+	bus.SlowAccessTime(ctx, bus.AccessTimeTick)
 	srv, err := bus.StartServer(ctx, sc)
 	if err != nil {
 		return err
