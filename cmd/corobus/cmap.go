@@ -65,38 +65,37 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 		return cmapStats(ctx, nc, p, act)
 	}
 	c := client.New(nc.nc, nc.subjects, nc.node)
-	get, set, del, delPrefix, track, trackPrefix, file, rest := act.get, act.set, act.del, act.delPrefix, act.track, act.trackPrefix, act.file, act.rest
 
 	switch {
-	case get != "":
-		v, err := c.Get(ctx, get)
+	case act.get != "":
+		v, err := c.Get(ctx, act.get)
 		if err != nil {
-			return fmt.Errorf("can't get value of %s: %s", get, csReason(err))
+			return fmt.Errorf("can't get value of %s: %s", act.get, csReason(err))
 		}
-		p.print(get, v)
-	case set != "":
-		if len(rest) != 2 {
-			return usagef("-s %s: expected TYPE VALUE", set)
+		p.print(act.get, v)
+	case act.set != "":
+		if len(act.rest) != 2 {
+			return usagef("-s %s: expected TYPE VALUE", act.set)
 		}
-		v, err := cmapValue(a, rest[0], rest[1])
+		v, err := cmapValue(a, act.rest[0], act.rest[1])
 		if err != nil {
 			return err
 		}
-		if err := c.Set(ctx, set, v); err != nil {
-			return fmt.Errorf("can't set key %s: %s", set, csReason(err))
+		if err := c.Set(ctx, act.set, v); err != nil {
+			return fmt.Errorf("can't set key %s: %s", act.set, csReason(err))
 		}
-	case del != "":
-		if err := c.Delete(ctx, del); err != nil {
-			return fmt.Errorf("can't delete key %s: %s", del, csReason(err))
+	case act.del != "":
+		if err := c.Delete(ctx, act.del); err != nil {
+			return fmt.Errorf("can't delete key %s: %s", act.del, csReason(err))
 		}
-	case delPrefix != "":
-		if _, err := c.DeletePrefix(ctx, delPrefix); err != nil {
-			return fmt.Errorf("can't delete keys with prefix %s: %s", delPrefix, csReason(err))
+	case act.delPrefix != "":
+		if _, err := c.DeletePrefix(ctx, act.delPrefix); err != nil {
+			return fmt.Errorf("can't delete keys with prefix %s: %s", act.delPrefix, csReason(err))
 		}
-	case track != "" || trackPrefix != "":
-		key, prefix := track, false
-		if trackPrefix != "" {
-			key, prefix = trackPrefix, true
+	case act.track != "" || act.trackPrefix != "":
+		key, prefix := act.track, false
+		if act.trackPrefix != "" {
+			key, prefix = act.trackPrefix, true
 		}
 		events := make(chan client.Change, 1024)
 		stop, err := c.Track(key, prefix, func(ch client.Change) { events <- ch })
@@ -124,10 +123,10 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 				}
 			}
 		}
-	case file != "":
-		return cmapLoad(ctx, a, c, file)
+	case act.file != "":
+		return cmapLoad(ctx, a, c, act.file)
 	default:
-		prefixes := rest
+		prefixes := act.rest
 		if len(prefixes) == 0 {
 			prefixes = []string{""}
 		}
@@ -149,29 +148,28 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 // gateway and totem when asked (docs/objdb.md), as corosync-cmapctl -m
 // stats lists it — read-only but for stats.clear.*, and not tracked.
 func cmapStats(ctx context.Context, nc *nodeClient, p cmapPrinter, act cmapAction) error {
-	get, set, del, delPrefix, track, trackPrefix, file, rest := act.get, act.set, act.del, act.delPrefix, act.track, act.trackPrefix, act.file, act.rest
 	read := cmap.MergeStats(cmap.BusStats(nc.nc, nc.subjects, nc.node), cmap.TotemStats(nc.nc, nc.subjects, nc.node))
 	switch {
-	case get != "":
-		v, err := read.Get(ctx, get)
+	case act.get != "":
+		v, err := read.Get(ctx, act.get)
 		if err != nil {
-			return fmt.Errorf("can't get value of %s: %s", get, csReason(err))
+			return fmt.Errorf("can't get value of %s: %s", act.get, csReason(err))
 		}
-		p.print(get, objdb.Value{Type: objdb.Type(v.Type), Data: v.Data})
+		p.print(act.get, objdb.Value{Type: objdb.Type(v.Type), Data: v.Data})
 		return nil
-	case set != "":
+	case act.set != "":
 		// stats.clear.* resets counters, as corosync's; the rest is
 		// read-only.
-		if err := cmap.BusStatsClear(nc.nc, nc.subjects, nc.node).Clear(ctx, set); err != nil {
-			return fmt.Errorf("can't set key %s: %s", set, csReason(err))
+		if err := cmap.BusStatsClear(nc.nc, nc.subjects, nc.node).Clear(ctx, act.set); err != nil {
+			return fmt.Errorf("can't set key %s: %s", act.set, csReason(err))
 		}
 		return nil
-	case del != "" || delPrefix != "" || file != "":
+	case act.del != "" || act.delPrefix != "" || act.file != "":
 		return fmt.Errorf("the stats map is read-only: %s", cswire.ErrAccess)
-	case track != "" || trackPrefix != "":
+	case act.track != "" || act.trackPrefix != "":
 		return fmt.Errorf("the stats map cannot be tracked: %s", cswire.ErrNotSupported)
 	}
-	prefixes := rest
+	prefixes := act.rest
 	if len(prefixes) == 0 {
 		prefixes = []string{""}
 	}
