@@ -79,7 +79,8 @@ func DefaultConfig(id uint32, subjects bus.Subjects) Config {
 }
 
 // FromConfig reads totem.token, totem.join and totem.consensus from a node
-// configuration.
+// configuration and checks them together (Validate), so that a node
+// refuses a bad combination before it starts anything.
 func FromConfig(cfg *config.Config, subjects bus.Subjects) (Config, error) {
 	local, err := cfg.LocalNode()
 	if err != nil {
@@ -105,10 +106,18 @@ func FromConfig(cfg *config.Config, subjects bus.Subjects) (Config, error) {
 	for _, nd := range nodes {
 		c.Expected = append(c.Expected, nd.ID)
 	}
+	// A copy: the derived fields stay zero, derived again by New from
+	// whatever the caller sets after.
+	check := c
+	if err := check.Validate(); err != nil {
+		return Config{}, err
+	}
 	return c, nil
 }
 
-func (c *Config) validate() error {
+// Validate checks the settings and fills the zero ones that have a
+// default (Join, Heartbeat, RestHeartbeat, Window, Logger). New calls it.
+func (c *Config) Validate() error {
 	if c.NodeID == 0 {
 		return errors.New("totem: node id 0 is reserved")
 	}

@@ -243,7 +243,7 @@ type Node struct {
 // own connection (bus.Server.Connect with nats.NoEcho() is best: the node
 // handles its own messages without the echo).
 func New(nc *nats.Conn, cfg Config, cb Callbacks) (*Node, error) {
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	var b [8]byte

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -70,5 +72,33 @@ func TestCSReason(t *testing.T) {
 		if got := csReason(tc.err); got != tc.want {
 			t.Errorf("csReason(%v) = %q, want %q", tc.err, got, tc.want)
 		}
+	}
+}
+
+// Totem timings that do not go together are refused by up and bus before
+// anything starts, naming the file: the bus's totem refused them only once
+// its server ran, and up restarted the bus, refused again, forever. A file
+// that raises totem.token alone is corosync's usual tuning and runs
+// (consensus derives from it, bus/totem's TestFromConfigTimings).
+func TestTotemTimingsRefusedBeforeStart(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "corosync.conf")
+	body := "totem {\n\tversion: 2\n\ttoken: 3000\n\tconsensus: 1000\n}\nnodelist {\n\tnode {\n\t\tnodeid: 1\n\t\tring0_addr: 127.0.0.1\n\t}\n}\nsystem {\n\tstate_dir: " + dir + "\n}\n"
+	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, verb := range []string{"up", "bus"} {
+		var stdout, stderr bytes.Buffer
+		a := &app{stdout: &stdout, stderr: &stderr, version: "test"}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel() // nothing may need to run
+		code := a.main(ctx, []string{verb, "-c", conf})
+		want := "corobus " + verb + ": " + conf + ": totem.consensus 1s: at least half of totem.token 3s"
+		if code != 1 || strings.TrimSpace(stderr.String()) != want {
+			t.Errorf("corobus %s: status %d, stderr %q; want 1, %q", verb, code, stderr.String(), want)
+		}
+	}
+	if entries, err := os.ReadDir(dir); err != nil || len(entries) != 1 {
+		t.Errorf("the state directory holds more than the file: %v %v", entries, err)
 	}
 }

@@ -82,6 +82,9 @@ func runUp(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := checkTotem(cfg); err != nil {
+		return err
+	}
 	ls, err := a.logsysFor(cfg, "up")
 	if err != nil {
 		return err
@@ -269,6 +272,9 @@ func runBus(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := checkTotem(cfg); err != nil {
+		return err
+	}
 	ls, err := a.logsysFor(cfg, "bus")
 	if err != nil {
 		return err
@@ -295,6 +301,21 @@ func runBus(ctx context.Context, a *app, args []string) error {
 		defer procgov.Start(ctx, procgov.Config{Log: logsys.For(ls.Logger(), "BUS")})()
 	}
 	return node.RunBus(ctx, cfg, ls, a.version, restarts, users, a.busHooks(), nil)
+}
+
+// checkTotem refuses totem timings that do not go together (totem.consensus
+// below half of totem.token, …) before anything starts. The bus's totem
+// would refuse them too, but only once its server runs, and up would
+// restart the bus, refused again, forever.
+func checkTotem(cfg *config.Config) error {
+	subjects, err := bus.NewSubjects(cfg.Prefix())
+	if err != nil {
+		return err
+	}
+	if _, err := totem.FromConfig(cfg, subjects); err != nil {
+		return fmt.Errorf("%s: %w", describeFile(cfg), err)
+	}
+	return nil
 }
 
 // layerCommand is the subcommand that runs layer l as its own process,

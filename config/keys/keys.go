@@ -95,7 +95,7 @@ func table() []Key {
 		{Pattern: "totem.token_retransmits_before_loss_const", Type: U32, Doc: "corosync: retransmits before loss (accepted, unused)"},
 		{Pattern: "totem.join", Type: U32, Default: "50", Doc: "ms to wait for join messages in membership"},
 		{Pattern: "totem.send_join", Type: U32, Doc: "corosync: join send delay (accepted, unused)"},
-		{Pattern: "totem.consensus", Type: U32, Default: "1200", Doc: "ms to reach consensus before starting a new membership round"},
+		{Pattern: "totem.consensus", Type: U32, Doc: "ms to reach consensus before starting a new membership round (default: 1.2 × totem.token, as corosync derives it)"},
 		{Pattern: "totem.merge", Type: U32, Doc: "corosync: ms between checks for partitions to merge (accepted, unused)"},
 		{Pattern: "totem.downcheck", Type: U32, Doc: "corosync: interface down check (accepted, unused)"},
 		{Pattern: "totem.fail_recv_const", Type: U32, Doc: "corosync: rotations without messages before failure (accepted, unused)"},
