@@ -207,6 +207,10 @@ func BenchmarkThreeNodes(b *testing.B) {
 			}
 		})
 	})
+	// The same puts into an R3 bucket held in memory (JetStream's memory
+	// store, its raft log in memory too): what the file store's writes
+	// cost a replicated put.
+	memKV(b, []jetstream.JetStream{jsFor(b, cl.Conn(1)), jsFor(b, cl.Conn(2)), jsFor(b, cl.Conn(3))})
 	// The design that would order cluster writes by totem, its core
 	// alone, beside kv-put-8 (docs/objdb.md, "What that design's core
 	// costs").
@@ -224,6 +228,40 @@ func jsFor(b *testing.B, nc *nats.Conn) jetstream.JetStream {
 		b.Fatal(err)
 	}
 	return js
+}
+
+// memKV is BenchmarkThreeNodes' kv-mem-put-8: kv-put-8 on a bucket
+// held in memory.
+func memKV(b *testing.B, jss []jetstream.JetStream) {
+	ctx := context.Background()
+	if _, err := jss[0].CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: "benchmem", History: objdb.History, Replicas: 3, Storage: jetstream.MemoryStorage,
+	}); err != nil {
+		b.Fatal(err)
+	}
+	var kvs []jetstream.KeyValue
+	for _, js := range jss {
+		kv, err := js.KeyValue(ctx, "benchmem")
+		if err != nil {
+			b.Fatal(err)
+		}
+		kvs = append(kvs, kv)
+	}
+	b.Run("kv-mem-put-8", func(b *testing.B) {
+		b.SetParallelism(4)
+		defer reportCPU(b)()
+		var n atomic.Int64
+		b.RunParallel(func(pb *testing.PB) {
+			i := n.Add(1)
+			kv := kvs[int(i)%3]
+			k := fmt.Sprintf("c.test.bench3.raw.%d", i)
+			for pb.Next() {
+				if _, err := kv.Put(ctx, k, []byte{1, 2, 3, 4}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	})
 }
 
 // batchKV is BenchmarkThreeNodes' kv-batch4-8, on a bucket of its own
