@@ -231,3 +231,62 @@ func TestErrors(t *testing.T) {
 		})
 	}
 }
+
+// A file written for corosync 1.x or 2.x, as Pacemaker clusters of that
+// time have them (openais's aisexec and amf sections, Pacemaker's plugin
+// service block, the redundant ring tuning, vsftype), loads: corosync
+// takes these keys without complaint, and "an existing corosync.conf
+// works unchanged" (the nodelist added: corobus needs one).
+func TestLoadLegacyCorosyncConf(t *testing.T) {
+	p := writeFile(t, "corosync.conf", `aisexec {
+	user: root
+	group: root
+}
+service {
+	name: pacemaker
+	ver: 0
+	use_mgmtd: yes
+	use_logd: yes
+}
+totem {
+	version: 2
+	secauth: off
+	threads: 0
+	vsftype: none
+	token: 5000
+	rrp_mode: passive
+	rrp_problem_count_timeout: 2000
+	rrp_problem_count_threshold: 10
+	rrp_problem_count_mcast_threshold: 100
+	rrp_token_expired_timeout: 47
+	rrp_autorecovery_check_timeout: 1000
+	interface {
+		ringnumber: 0
+		bindnetaddr: 10.0.0.0
+		mcastaddr: 239.255.1.1
+		mcastport: 5405
+		ttl: 1
+	}
+}
+amf {
+	mode: disabled
+}
+nodelist {
+	node {
+		nodeid: 1
+		ring0_addr: 10.0.0.1
+	}
+}
+`)
+	c, err := Load(Options{File: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"totem.vsftype": "none", "amf.mode": "disabled", "service.0.use_logd": "yes", "totem.rrp_token_expired_timeout": "47"}
+	got := c.Explicit()
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %q, want %q", k, got[k], v)
+		}
+	}
+}

@@ -113,6 +113,12 @@ func table() []Key {
 		{Pattern: "totem.block_unlisted_ips", Type: Str, Doc: "knet: drop traffic from addresses not in the nodelist (accepted, unused)"},
 		{Pattern: "totem.cancel_token_hold_on_retransmit", Type: Str, Doc: "corosync (accepted, unused)"},
 		{Pattern: "totem.rrp_mode", Type: Str, Doc: "corosync 2 (accepted, unused)"},
+		{Pattern: "totem.rrp_problem_count_timeout", Type: U32, Doc: "corosync 2: redundant ring tuning (accepted, unused)"},
+		{Pattern: "totem.rrp_problem_count_threshold", Type: U32, Doc: "corosync 2: redundant ring tuning (accepted, unused)"},
+		{Pattern: "totem.rrp_problem_count_mcast_threshold", Type: U32, Doc: "corosync 2: redundant ring tuning (accepted, unused)"},
+		{Pattern: "totem.rrp_token_expired_timeout", Type: U32, Doc: "corosync 2: redundant ring tuning (accepted, unused)"},
+		{Pattern: "totem.rrp_autorecovery_check_timeout", Type: U32, Doc: "corosync 2: redundant ring tuning (accepted, unused)"},
+		{Pattern: "totem.vsftype", Type: Str, Doc: "corosync 1.x: virtual synchrony filter, ykd or none; still in many files written for it (accepted, unused)"},
 		{Pattern: "totem.interface.*.linknumber", Type: U8, Doc: "link (ring) number of an interface section"},
 		{Pattern: "totem.interface.*.ringnumber", Type: U8, Doc: "corosync 2 name of linknumber"},
 		{Pattern: "totem.interface.*.bindnetaddr", Type: Str, Doc: "UDP transports: address to bind (accepted, unused)"},
@@ -214,8 +220,11 @@ func table() []Key {
 		// corosync 1.x
 		{Pattern: "compatibility", Type: Str, Doc: "corosync 1.x: whitetank or none (accepted, unused)"},
 		{Pattern: "aisexec.*", Type: Str, Doc: "corosync 1.x: user and group of the executive (accepted, unused)"},
+		{Pattern: "amf.mode", Type: Str, Doc: "corosync 1.x (openais): the AMF service, enabled or disabled (accepted, unused)"},
 		{Pattern: "service.*.name", Type: Str, Doc: "service to load (corosync 1.x service { name; ver } blocks)"},
 		{Pattern: "service.*.ver", Type: U32, Doc: "version of the service to load"},
+		{Pattern: "service.*.use_mgmtd", Type: Str, Doc: "corosync 1.x: Pacemaker's plugin options (accepted, unused)"},
+		{Pattern: "service.*.use_logd", Type: Str, Doc: "corosync 1.x: Pacemaker's plugin options (accepted, unused)"},
 
 		// corobus
 		{Pattern: "bus.prefix", Type: Str, Corobus: true, Doc: "subject prefix; default corobus.<cluster_name>"},
