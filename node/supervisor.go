@@ -195,7 +195,13 @@ func (s *Supervisor) runOnce(ctx context.Context, c Child, started func()) error
 	if len(c.Env) > 0 {
 		cmd.Env = append(os.Environ(), c.Env...)
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	// A process group of its own: a terminal's ^C (SIGINT to the
+	// foreground process group), timeout(1) or a kill of the group reach
+	// the supervisor alone, which stops its children in reverse order.
+	// In the group, every layer died at once, and the supervisor
+	// restarted the first ones (bus, objdb, …) while it was still
+	// stopping the last: a stopping node briefly rejoined its cluster.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: true}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return fmt.Errorf("piping %s's stdout: %w", c.Name, err)

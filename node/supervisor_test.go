@@ -6,8 +6,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -143,4 +145,46 @@ func TestDefaultBackoffBoundsALoop(t *testing.T) {
 		t.Fatalf("%d starts in the first minute, %d in ten", firstMinute, starts)
 	}
 	t.Logf("an always-failing layer: %d starts in its first minute, %d in ten", firstMinute, starts)
+}
+
+// Each child is the leader of a process group of its own, so that a
+// signal to the supervisor's group (a terminal's ^C) reaches the
+// supervisor alone.
+func TestSupervisorChildHasItsOwnProcessGroup(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "pgid")
+	sup := NewSupervisor(slog.New(slog.DiscardHandler), &lockedBuf{}, DefaultBackoff(), 5*time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- sup.Run(ctx, []Child{sh("g", `echo "$$ $(ps -o pgid= -p $$)" > `+out+`.tmp; mv `+out+`.tmp `+out+`; trap 'exit 0' TERM; while :; do sleep 0.01; done`)})
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	var f []string
+	for len(f) != 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the child did not say its process group")
+		}
+		f = strings.Fields(readFile(t, out))
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if f[0] != f[1] {
+		t.Errorf("child %s is in process group %s, not its own", f[0], f[1])
+	}
+	if f[1] == strconv.Itoa(syscall.Getpgrp()) {
+		t.Errorf("child shares the supervisor's process group %s", f[1])
+	}
+}
+
+func readFile(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return string(b)
 }
