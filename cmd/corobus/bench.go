@@ -36,12 +36,18 @@ func runBench(ctx context.Context, a *app, args []string) error {
 func benchCmap(ctx context.Context, a *app, args []string) error {
 	var nf nodeFlags
 	var seconds float64
-	fs := newFlagSet(a, "bench cmap", "[-c FILE | --bus URL] [--seconds S]",
+	var key string
+	fs := newFlagSet(a, "bench cmap", "[-c FILE | --bus URL] [--seconds S] [--key KEY]",
 		"One synchronous client against a running node: set a u32 key in a loop for S seconds,\n"+
 			"then get it; prints RESULT cmap_set_uint32 ops_per_s=… and RESULT cmap_get_uint32\n"+
-			"ops_per_s=…, as the anchor's C cmap_bench does.")
+			"ops_per_s=…, as the anchor's C cmap_bench does. The client is a Go program on the bus\n"+
+			"(objdb's API over NATS, a round trip through the bus process per call), not a libcmap\n"+
+			"client of the IPC gateway: `task bench:compare` runs corosync's own clients against\n"+
+			"both engines. The default key is a cluster key (each set a replicated JetStream write);\n"+
+			"--key runtime.bench.k measures a node key (the node's keeper, JetStream behind).")
 	nf.register(fs, true)
 	fs.Float64Var(&seconds, "seconds", 2, "duration of each phase")
+	fs.StringVar(&key, "key", "test.bench.k", "the key set and read (docs/objdb.md: node keys and cluster keys)")
 	if err := parse(a, fs, args); err != nil {
 		return err
 	}
@@ -52,7 +58,6 @@ func benchCmap(ctx context.Context, a *app, args []string) error {
 	defer nc.Close()
 	c := client.New(nc.nc, nc.subjects, nc.node)
 	d := time.Duration(seconds * float64(time.Second))
-	const key = "test.bench.k"
 	n, start := 0, time.Now()
 	for time.Since(start) < d && ctx.Err() == nil {
 		v, _ := objdb.ParseValue(objdb.Uint32, fmt.Sprint(n))
