@@ -182,8 +182,8 @@ func StartServer(ctx context.Context, sc ServerConfig) (*Server, error) {
 			// no second connection for the system account. Both
 			// ends of a pair dial each other at start, and when the
 			// two dials cross each end keeps its own and closes the
-			// other's, so both are lost and redialled a second
-			// later, again and again while the handshakes are slow
+			// other's, so both are lost and redialled (after
+			// RouteRedial), again and again while the handshakes are slow
 			// (docs/totem.md, Scale): half the connections, half
 			// the crossings and handshakes. 32 nodes in one process
 			// formed in 3.0-3.2 s instead of 6.1-9.1 s, on half
@@ -240,6 +240,9 @@ func StartServer(ctx context.Context, sc ServerConfig) (*Server, error) {
 			opts.Routes = append(opts.Routes, u)
 		}
 	}
+	// Crossed route dials are dialled again after 0.1 s, not nats-server's
+	// second (bus/routeredial.go).
+	fastRouteRedial()
 	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("configuring nats-server: %w", err)
