@@ -30,6 +30,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/corobus/corobus/tests/netcluster"
 )
 
 // binary is the corobus executable built for this test run.
@@ -37,15 +39,7 @@ type binary struct{ path string }
 
 func buildBinary(t testing.TB) binary {
 	t.Helper()
-	_, here, _, _ := runtime.Caller(0)
-	root := filepath.Join(filepath.Dir(here), "..", "..")
-	out := filepath.Join(t.TempDir(), "corobus")
-	cmd := exec.Command("go", "build", "-o", out, "./cmd/corobus")
-	cmd.Dir = root
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/corobus: %v\n%s", err, b)
-	}
-	return binary{path: out}
+	return binary{path: netcluster.Build(t)}
 }
 
 // repoFile is a path inside the repository.
