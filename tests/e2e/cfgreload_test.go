@@ -69,7 +69,7 @@ corosync-cfgtool -R 2>&1; echo "rc=$?"
 corosync-cmapctl -g logging.timestamp
 true
 `
-	out, err := runInNetns(3*time.Minute, script)
+	out, err := runInNetns(t, 3*time.Minute, script)
 	got := string(out)
 	t.Logf("%s", got)
 	nodeLog, _ := os.ReadFile(filepath.Join(dir, "node.log"))

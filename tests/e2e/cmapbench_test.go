@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"strconv"
 	"testing"
+	"time"
 )
 
 // BenchmarkCmapThroughGateway measures one synchronous libcmap client
@@ -48,7 +49,7 @@ done
 if [ -n "$K" ]; then measure corosync "$K" -f -c "$CONF"; fi
 `
 	b.ResetTimer()
-	out, err := exec.Command("unshare", "--net", "bash", "-c", script).CombinedOutput()
+	out, err := runInNetns(b, 15*time.Minute, script)
 	b.StopTimer()
 	if err != nil {
 		b.Fatalf("benchmark script: %v\n%s", err, out)

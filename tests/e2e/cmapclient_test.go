@@ -2,10 +2,10 @@ package e2e
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestLibcmapClients builds a libcmap program of our own and runs it
@@ -49,7 +49,7 @@ echo "== after"; $C check
 sleep 1
 echo "== shm"; ` + gatewayShmShell + `
 `
-	out, err := exec.Command("unshare", "--net", "bash", "-c", script).CombinedOutput()
+	out, err := runInNetns(t, 5*time.Minute, script)
 	if err != nil {
 		log, _ := os.ReadFile(filepath.Join(dir, "up.log"))
 		t.Fatalf("script failed: %v\n%s\nnode log:\n%s", err, out, log)

@@ -2,11 +2,11 @@ package e2e
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestCorosyncCmapctl runs Debian's corosync-cmapctl, unmodified, against a
@@ -62,7 +62,7 @@ sleep 4
 echo "== track"; cat ` + dir + `/track.out
 echo "== shm"; ` + gatewayShmShell + `
 `
-	out, err := exec.Command("unshare", "--net", "bash", "-c", script).CombinedOutput()
+	out, err := runInNetns(t, 5*time.Minute, script)
 	if err != nil {
 		log, _ := os.ReadFile(filepath.Join(dir, "up.log"))
 		t.Fatalf("script failed: %v\n%s\nnode log:\n%s", err, out, log)

@@ -138,7 +138,7 @@ done
 exit 0
 `
 	start := time.Now()
-	out, err := runInNetns(180*time.Second, script)
+	out, err := runInNetns(t, 180*time.Second, script)
 	t.Logf("both runs took %s\n%s", time.Since(start).Round(100*time.Millisecond), out)
 	// The transcripts are in the logs too: after a timeout, the last
 	// section of one names the command that hung.

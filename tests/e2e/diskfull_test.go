@@ -1,13 +1,11 @@
 package e2e
 
 import (
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -67,12 +65,7 @@ echo "=== status"; "$B" status --json 2>&1
 stop
 exit 0
 `
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "unshare", "--mount", "--net", "bash", "-c", script, "bash", b.path, state, dir)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	out, err := cmd.CombinedOutput()
+	out, err := runUnshare(t, 4*time.Minute, []string{"--mount", "--net"}, script, "bash", b.path, state, dir)
 	logs := func() string {
 		var s strings.Builder
 		for _, f := range []string{"up1.log", "up2.log"} {

@@ -42,6 +42,32 @@ func buildBinary(t testing.TB) binary {
 	return binary{path: netcluster.Build(t)}
 }
 
+// budget is a context for a test's processes that ends at most limit from
+// now and in any case margin before go test's -timeout (t.Deadline), which
+// panics the test binary past every cleanup: a test whose processes would
+// outlive the binary (a cluster started detached, a script in a process
+// group of its own) ends them at this context's end, while its cleanups
+// can still run. margin covers the cleanups.
+func budget(t testing.TB, limit, margin time.Duration) (context.Context, context.CancelFunc) {
+	deadline := time.Now().Add(limit)
+	if tt, ok := t.(interface{ Deadline() (time.Time, bool) }); ok {
+		if d, ok := tt.Deadline(); ok && d.Add(-margin).Before(deadline) {
+			deadline = d.Add(-margin)
+		}
+	}
+	return context.WithDeadline(context.Background(), deadline)
+}
+
+// sleep waits d, or fails the test when ctx ends first.
+func sleep(t testing.TB, ctx context.Context, d time.Duration) {
+	t.Helper()
+	select {
+	case <-time.After(d):
+	case <-ctx.Done():
+		t.Fatalf("the test's time is up (%v): go test's -timeout is near", context.Cause(ctx))
+	}
+}
+
 // repoFile is a path inside the repository.
 func repoFile(parts ...string) string {
 	_, here, _, _ := runtime.Caller(0)
@@ -96,6 +122,11 @@ func (b binary) up(t testing.TB, env []string, args ...string) *upProcess {
 	cmd.Env = append(os.Environ(), env...)
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
+	// Killed with the test binary (go test's -timeout panics past the
+	// cleanup below); its layers follow it (their own parent-death
+	// signal). Pdeathsig follows the forking thread, which the Go runtime
+	// keeps unless a goroutine locked to it exits: none here does.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting corobus up: %v", err)
 	}

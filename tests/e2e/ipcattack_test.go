@@ -74,7 +74,7 @@ sleep 4
 echo "== track"; cat $D/track.out
 echo "== shm"; ` + gatewayShmShell + `
 `
-	out, err := runInNetns(3*time.Minute, script)
+	out, err := runInNetns(t, 3*time.Minute, script)
 	log, _ := os.ReadFile(filepath.Join(dir, "up.log"))
 	if err != nil {
 		t.Fatalf("script failed: %v\n%s\nnode log:\n%s", err, out, log)

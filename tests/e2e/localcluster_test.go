@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -21,6 +22,12 @@ const taskVersion = "github.com/go-task/task/v3/cmd/task@v3.54.0"
 // made into that state; corosync-cmapctl in each namespace talks
 // to that namespace's node; idle, the nodes log no repeating line;
 // `task local:down` leaves nothing running.
+//
+// The nodes run detached (setsid), outside the test binary's lifetime: the
+// test's steps run in a budget that ends two minutes before go test's
+// -timeout, so that a hung step fails the test while its cleanup — `task
+// local:down`, then whatever of this cluster's state directory still
+// runs — can still stop the cluster.
 func TestLocalClusterFromTheTaskfile(t *testing.T) {
 	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	if testing.Short() {
@@ -47,10 +54,15 @@ func TestLocalClusterFromTheTaskfile(t *testing.T) {
 	run := func(ctx context.Context, args ...string) (string, error) {
 		cmd := exec.CommandContext(ctx, task[0], append(append(task[1:], "--dir", repoFile()), args...)...)
 		cmd.Env = env
+		// task and the cluster.sh it runs, all of them, when ctx ends: a
+		// cluster.sh left starting nodes would start them after the
+		// cleanup's local:down. The nodes leave this group (setsid).
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	ctx, cancel := budget(t, 10*time.Minute, 2*time.Minute)
 	defer cancel()
 	if out, err := run(ctx, "--list"); err != nil {
 		t.Skipf("no task runner (%s: %v): skipping\n%s", strings.Join(task, " "), err, out)
@@ -61,11 +73,20 @@ func TestLocalClusterFromTheTaskfile(t *testing.T) {
 		if out, err := run(ctx, "local:down"); err != nil {
 			t.Errorf("task local:down: %v\n%s", err, out)
 		}
-		if out, _ := exec.Command("pgrep", "-f", "system.state_dir="+state).Output(); len(out) > 0 {
+		// Only this test's: its nodes are the processes on its own state
+		// directory, its namespaces those tagged with that directory.
+		if out, _ := exec.Command("pgrep", "-f", "system.state_dir="+state+"/").Output(); len(out) > 0 {
 			t.Errorf("processes of the local cluster left after local:down: %s", out)
+			_ = exec.Command("pkill", "-KILL", "-f", "system.state_dir="+state+"/").Run()
 		}
-		if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), localTag(t, state)) {
+		tag := localTag(t, state)
+		if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), tag) {
 			t.Errorf("namespaces of the local cluster left after local:down:\n%s", out)
+			for _, l := range strings.Split(string(out), "\n") {
+				if f := strings.Fields(l); len(f) > 0 && strings.HasPrefix(f[0], tag+"-") {
+					_ = exec.Command("ip", "netns", "del", f[0]).Run()
+				}
+			}
 		}
 	})
 	if out, err := run(ctx, "local:up"); err != nil {
@@ -77,6 +98,9 @@ func TestLocalClusterFromTheTaskfile(t *testing.T) {
 	// Each namespace's corosync-cmapctl reaches its own node.
 	for n := 1; n <= 3; n++ {
 		eventually(t, time.Minute, fmt.Sprintf("cmapctl in node %d's namespace", n), func() error {
+			if ctx.Err() != nil {
+				return fatalError{fmt.Errorf("the test's time is up (%v): go test's -timeout is near", context.Cause(ctx))}
+			}
 			out, err := run(ctx, "local:exec", "--", fmt.Sprint(n), cmapctl, "-g", "nodelist.local_node_pos")
 			if err != nil {
 				return fmt.Errorf("%v: %s", err, out)
@@ -114,13 +138,13 @@ func TestLocalClusterFromTheTaskfile(t *testing.T) {
 	// Idle: no line repeats (a window after the start has settled; the
 	// README's five minutes are for a person, see the report). The
 	// floods this guards against repeated every 5 s or faster.
-	time.Sleep(5 * time.Second)
+	sleep(t, ctx, 5*time.Second)
 	before := make([]int, 4)
 	for n := 1; n <= 3; n++ {
 		before[n] = len(readLog(t, state, n))
 	}
 	const idle = 30 * time.Second
-	time.Sleep(idle)
+	sleep(t, ctx, idle)
 	for n := 1; n <= 3; n++ {
 		added := readLog(t, state, n)[before[n]:]
 		seen := map[string]int{}

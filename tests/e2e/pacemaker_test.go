@@ -1,14 +1,12 @@
 package e2e
 
 import (
-	"context"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -79,12 +77,7 @@ echo "== pacemakerd exit $rc"
 echo "== after"; timeout 10 "$C" -g uidgid.gid.` + grp.Gid + ` 2>&1 || true
 echo "== log"; cat /var/log/pacemaker/pacemaker.log
 `
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "unshare", "--net", "--mount", "--propagation", "private", "bash", "-c", script)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	out, err := cmd.CombinedOutput()
+	out, err := runUnshare(t, 3*time.Minute, []string{"--net", "--mount", "--propagation", "private"}, script)
 	got := string(out)
 	if err != nil {
 		log, _ := os.ReadFile(filepath.Join(dir, "up.log"))

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestProviderCredentials checks what Pacemaker checks before it trusts
@@ -69,7 +70,7 @@ for TR in default socket; do
 	kill -TERM $PID; wait $PID; gone || exit 14
 done
 `
-	out, err := exec.Command("unshare", "--net", "bash", "-c", script).CombinedOutput()
+	out, err := runInNetns(t, 5*time.Minute, script)
 	got := string(out)
 	t.Logf("%s", got)
 	if err != nil {

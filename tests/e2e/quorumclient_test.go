@@ -62,7 +62,7 @@ echo "== client"; cat "$D/client.txt"
 echo "== events"; cat "$D/events.txt"
 echo "== monitor"; cat "$D/monitor.txt"
 `
-	out, err := runInNetns(3*time.Minute, script)
+	out, err := runInNetns(t, 3*time.Minute, script)
 	got := string(out)
 	t.Logf("%s", got)
 	if err != nil {

@@ -1,14 +1,11 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -112,12 +109,7 @@ wait $P
 echo "corobus up exit status $?"
 exit 0
 `
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "unshare", "--net", "--mount", "bash", "-c", script)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	out, err := cmd.CombinedOutput()
+	out, err := runUnshare(t, 4*time.Minute, []string{"--net", "--mount"}, script)
 	t.Logf("%s", out)
 	logs := func() string {
 		var s strings.Builder

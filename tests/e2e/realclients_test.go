@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -114,13 +113,22 @@ func eachTransport(t *testing.T, f func(t *testing.T, upArgs string)) {
 
 // runInNetns runs a bash script in a network namespace of its own (its
 // abstract socket names are its own: the node it starts serves only its
-// clients) and returns what it printed. On timeout the whole process
-// group goes — the node and the clients it started too, not just bash:
-// they would keep the namespace (and its sockets) alive.
-func runInNetns(timeout time.Duration, script string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+// clients) and returns what it printed (runUnshare).
+func runInNetns(t testing.TB, timeout time.Duration, script string) ([]byte, error) {
+	return runUnshare(t, timeout, []string{"--net"}, script)
+}
+
+// runUnshare runs `unshare FLAGS bash -c script args…` in a process group
+// of its own and returns what it printed. After timeout, or a minute
+// before go test's -timeout would kill the test binary (budget), the whole
+// group goes — the nodes and clients the script started too, not just
+// bash: they would outlive the binary and keep the namespace (and its
+// sockets) alive.
+func runUnshare(t testing.TB, timeout time.Duration, flags []string, script string, args ...string) ([]byte, error) {
+	ctx, cancel := budget(t, timeout, time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "unshare", "--net", "bash", "-c", script)
+	argv := append(append(append([]string{}, flags...), "bash", "-c", script), args...)
+	cmd := exec.CommandContext(ctx, "unshare", argv...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	return cmd.CombinedOutput()
