@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -56,7 +57,7 @@ func TestDefaultServiceLoadsWhateverTheStartOrder(t *testing.T) {
 		t.Skip("60 starts with real component processes: skipped in -short")
 	}
 	bn := bustest.StartNode(t)
-	conn := func() *nats.Conn {
+	conn := func(t *testing.T) *nats.Conn {
 		nc, err := bn.Server.Connect("test")
 		if err != nil {
 			t.Fatal(err)
@@ -69,70 +70,79 @@ func TestDefaultServiceLoadsWhateverTheStartOrder(t *testing.T) {
 		t.Fatalf("building the example component: %v\n%s", err, out)
 	}
 	const starts = 60
-	var retried int
-	for i := range starts {
-		// A cluster of its own per start: nothing of the previous start
-		// (announcements, references) can help this one.
-		subjects, err := bus.NewSubjects(fmt.Sprintf("corobus.so%d", i))
-		if err != nil {
-			t.Fatal(err)
+	var retried atomic.Int64
+	// The starts are parallel subtests (up to -parallel at a time, four
+	// unless told: see TestMain): each has a cluster of its own on the
+	// shared bus node, and most of a start is waiting — for the loader
+	// held back, for a load attempt to time out.
+	t.Run("starts", func(t *testing.T) {
+		for i := range starts {
+			t.Run(fmt.Sprintf("start=%d", i), func(t *testing.T) {
+				t.Parallel()
+				// A cluster of its own per start: nothing of another start
+				// (announcements, references) can help this one.
+				subjects, err := bus.NewSubjects(fmt.Sprintf("corobus.so%d", i))
+				if err != nil {
+					t.Fatal(err)
+				}
+				logs := &logBuf{}
+				cfg := svcmgr.Config{
+					Conn: conn(t), Subjects: subjects, Node: 1, BusURL: bn.Server.AdminURL(), ComponentDir: compDir,
+					Log:      slogTo(logs),
+					Out:      discard{},
+					Defaults: []svcmgr.Service{{Name: "example", Version: 1}, {Name: "cpg", Version: 0}},
+					Args:     map[string][]string{"example": {"--interval", "100ms"}},
+					Recorder: &memRecorder{keys: map[string]objdb.Value{}},
+					Backoff:  node.Backoff{Min: 50 * time.Millisecond, Max: time.Second, Stable: 10 * time.Second},
+					// Short, so that a start the loader misses is retried
+					// within the test's patience.
+					ReadyTimeout: 2 * time.Second,
+				}
+				m, err := svcmgr.New(cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan error, 1)
+				var stopLoader func()
+				switch i % 4 {
+				case 0: // the loader first, as up starts them
+					stopLoader = runLoader(t, conn(t), subjects)
+					go func() { done <- m.Run(ctx) }()
+				case 1: // the loader late
+					go func() { done <- m.Run(ctx) }()
+					time.Sleep(time.Duration(i%7) * 80 * time.Millisecond)
+					stopLoader = runLoader(t, conn(t), subjects)
+				case 2: // the loader killed right after the manager's start, then back
+					stopLoader = runLoader(t, conn(t), subjects)
+					go func() { done <- m.Run(ctx) }()
+					time.Sleep(time.Duration(i%5) * 20 * time.Millisecond)
+					stopLoader()
+					time.Sleep(300 * time.Millisecond)
+					stopLoader = runLoader(t, conn(t), subjects)
+				case 3: // the loader later than a whole load attempt waits
+					go func() { done <- m.Run(ctx) }()
+					time.Sleep(cfg.ReadyTimeout + 500*time.Millisecond)
+					stopLoader = runLoader(t, conn(t), subjects)
+				}
+				served := waitServed(t, conn(t), subjects, m, 60*time.Second)
+				cancel()
+				if err := <-done; err != nil {
+					t.Errorf("start %d: svcmgr: %v", i, err)
+				}
+				stopLoader()
+				if !served {
+					t.Fatalf("start %d: the default service was not served:\n%v\n%s", i, m.List(), logs.String())
+				}
+				if a := loadAttempts(logs.String()); a > 0 {
+					retried.Add(1)
+				} else if i%4 == 3 {
+					t.Errorf("start %d: the loader came after a whole attempt, yet no retry was logged:\n%s", i, logs.String())
+				}
+			})
 		}
-		logs := &logBuf{}
-		cfg := svcmgr.Config{
-			Conn: conn(), Subjects: subjects, Node: 1, BusURL: bn.Server.AdminURL(), ComponentDir: compDir,
-			Log:      slogTo(logs),
-			Out:      discard{},
-			Defaults: []svcmgr.Service{{Name: "example", Version: 1}, {Name: "cpg", Version: 0}},
-			Args:     map[string][]string{"example": {"--interval", "100ms"}},
-			Recorder: &memRecorder{keys: map[string]objdb.Value{}},
-			Backoff:  node.Backoff{Min: 50 * time.Millisecond, Max: time.Second, Stable: 10 * time.Second},
-			// Short, so that a start the loader misses is retried
-			// within the test's patience.
-			ReadyTimeout: 2 * time.Second,
-		}
-		m, err := svcmgr.New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		var stopLoader func()
-		switch i % 4 {
-		case 0: // the loader first, as up starts them
-			stopLoader = runLoader(t, conn(), subjects)
-			go func() { done <- m.Run(ctx) }()
-		case 1: // the loader late
-			go func() { done <- m.Run(ctx) }()
-			time.Sleep(time.Duration(i%7) * 80 * time.Millisecond)
-			stopLoader = runLoader(t, conn(), subjects)
-		case 2: // the loader killed right after the manager's start, then back
-			stopLoader = runLoader(t, conn(), subjects)
-			go func() { done <- m.Run(ctx) }()
-			time.Sleep(time.Duration(i%5) * 20 * time.Millisecond)
-			stopLoader()
-			time.Sleep(300 * time.Millisecond)
-			stopLoader = runLoader(t, conn(), subjects)
-		case 3: // the loader later than a whole load attempt waits
-			go func() { done <- m.Run(ctx) }()
-			time.Sleep(cfg.ReadyTimeout + 500*time.Millisecond)
-			stopLoader = runLoader(t, conn(), subjects)
-		}
-		served := waitServed(t, conn(), subjects, m, 60*time.Second)
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("start %d: svcmgr: %v", i, err)
-		}
-		stopLoader()
-		if !served {
-			t.Fatalf("start %d: the default service was not served:\n%v\n%s", i, m.List(), logs.String())
-		}
-		if a := loadAttempts(logs.String()); a > 0 {
-			retried++
-		} else if i%4 == 3 {
-			t.Errorf("start %d: the loader came after a whole attempt, yet no retry was logged:\n%s", i, logs.String())
-		}
-	}
-	t.Logf("%d starts, the service served every time; %d needed more than one attempt", starts, retried)
+	})
+	t.Logf("%d starts, the service served every time; %d needed more than one attempt", starts, retried.Load())
 }
 
 // waitServed waits until m lists the service as loaded and a request
