@@ -16,6 +16,7 @@ import (
 // both. The times from start to the first answer and to the first cluster
 // write are logged (measurements, not assertions).
 func TestCorobusColdStartMajority(t *testing.T) {
+	t.Parallel() // its cluster is its own: see TestMain
 	c := Start(t, Options{Nodes: 3, NoStart: true})
 	started := []*Node{c.Node(1), c.Node(2)}
 	t0 := time.Now()

@@ -18,6 +18,7 @@ import (
 // killed node leaves it and comes back, a partition splits it, a heal
 // joins it; nothing is left afterwards.
 func TestCorobusRing(t *testing.T) {
+	t.Parallel() // its cluster is its own: see TestMain
 	exerciseRing(t, Corobus)
 }
 
@@ -163,6 +164,7 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() er
 
 // TestPartitionArguments: bad groups are refused before anything changes.
 func TestPartitionArguments(t *testing.T) {
+	t.Parallel() // its cluster is its own: see TestMain
 	c := Start(t, Options{Nodes: 2, NoStart: true, Binary: "/bin/true"})
 	if err := c.Partition([]int{1}, []int{1, 2}); err == nil {
 		t.Error("a node in two groups was accepted")
