@@ -35,6 +35,7 @@ func TestFeatures(t *testing.T) {
 		{"corobus socket", netcluster.Options{Keys: map[string]string{"ipc.transport": "socket"}}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			parallelUnlessCorosync(t, c.opts.Backend)
 			c.opts.Nodes = 1
 			cl := netcluster.Start(t, c.opts)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -83,6 +84,7 @@ func TestVirtualSynchrony(t *testing.T) {
 		{"corobus, cpg in its own process", netcluster.Options{Keys: map[string]string{"ipc.colocate": "cmap"}}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			parallelUnlessCorosync(t, c.opts.Backend)
 			c.opts.Nodes = 3
 			if os.Getenv("CPGTEST_KEEP") != "" && c.opts.Backend == netcluster.Corobus {
 				c.opts.Keys["logging.debug"] = "on"
@@ -132,6 +134,9 @@ func runVS(t *testing.T, cl *netcluster.Cluster, prog string) {
 				for _, n := range cl.Nodes {
 					tails = append(tails, fmt.Sprintf("--- node %d:\n%s", n.ID, n.LogTail(60)))
 					if d := os.Getenv("CPGTEST_KEEP"); d != "" {
+						// A directory per subtest: they run in parallel.
+						d = filepath.Join(d, strings.NewReplacer("/", "_", " ", "_", ",", "").Replace(t.Name()))
+						_ = os.MkdirAll(d, 0o755)
 						_ = os.WriteFile(filepath.Join(d, fmt.Sprintf("node%d.log", n.ID)), []byte(n.LogText()), 0o644)
 						for _, q := range procs {
 							_ = os.WriteFile(filepath.Join(d, q.name+".log"), []byte(readLog(q)), 0o644)
@@ -204,6 +209,18 @@ func runVS(t *testing.T, cl *netcluster.Cluster, prog string) {
 		}
 	}
 	t.Logf("%d messages sent, %d deliveries checked", sent, delivered)
+}
+
+// parallelUnlessCorosync runs a corobus subtest in parallel with the
+// test's other corobus subtests (once the test's loop has run the
+// corosync one): each cluster is netcluster's, in namespaces of its own,
+// and most of a subtest is waiting for a cluster to form or for members
+// sending at a set pace. A real corosync stays alone: it runs SCHED_RR 99
+// and would starve the others.
+func parallelUnlessCorosync(t *testing.T, b netcluster.Backend) {
+	if b != netcluster.Corosync {
+		t.Parallel()
+	}
 }
 
 // counter reads a u64 key's value from corosync-cmapctl's output.
