@@ -3,6 +3,8 @@ package netcluster
 import (
 	"os"
 	"testing"
+
+	"github.com/corobus/corobus/internal/testparallel"
 )
 
 // TestMain runs the package's tests with one corobus build shared by all
@@ -13,6 +15,6 @@ import (
 // (go test runs it before the parallel ones): corosync runs SCHED_RR 99
 // and would starve the others' deadlines.
 func TestMain(m *testing.M) {
-	Parallel(4)
+	testparallel.Default(4)
 	os.Exit(Main(m))
 }

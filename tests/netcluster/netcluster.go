@@ -18,14 +18,12 @@ package netcluster
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -238,24 +236,6 @@ func Main(m *testing.M) int {
 	}
 	shared.Unlock()
 	return code
-}
-
-// Parallel makes n the default of go test's -parallel (the number of a
-// package's parallel tests run at once, GOMAXPROCS unless told) for this
-// test binary, when n is larger and the command line did not set it. Call
-// it from TestMain, before Main. For packages whose parallel tests spend
-// most of their time waiting — a cluster forming, a view settling, an idle
-// window — with their processes in namespaces of their own: on a 2-vCPU
-// machine two at a time left the CPUs mostly idle while they waited.
-func Parallel(n int) {
-	if !flag.Parsed() {
-		flag.Parse()
-	}
-	set := false
-	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
-	if !set && n > runtime.GOMAXPROCS(0) {
-		_ = flag.Set("test.parallel", strconv.Itoa(n))
-	}
 }
 
 // goBuild builds ./cmd/corobus of this checkout into out.

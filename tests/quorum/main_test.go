@@ -4,6 +4,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/corobus/corobus/internal/testparallel"
 	"github.com/corobus/corobus/tests/netcluster"
 )
 
@@ -12,6 +13,6 @@ import (
 // test's -parallel says otherwise: they mostly wait (see the package
 // comment), and two at a time left a 2-vCPU machine mostly idle.
 func TestMain(m *testing.M) {
-	netcluster.Parallel(4)
+	testparallel.Default(4)
 	os.Exit(netcluster.Main(m))
 }

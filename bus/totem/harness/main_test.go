@@ -1,11 +1,10 @@
 package harness
 
 import (
-	"flag"
 	"os"
-	"runtime"
-	"strconv"
 	"testing"
+
+	"github.com/corobus/corobus/internal/testparallel"
 )
 
 // TestMain runs up to six parallel tests at a time unless go test's
@@ -14,11 +13,6 @@ import (
 // mostly sleeps through its fault steps (a third of a core, two at a
 // time, on a 2-vCPU machine).
 func TestMain(m *testing.M) {
-	flag.Parse()
-	set := false
-	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
-	if n := 6; !set && n > runtime.GOMAXPROCS(0) {
-		_ = flag.Set("test.parallel", strconv.Itoa(n))
-	}
+	testparallel.Default(6)
 	os.Exit(m.Run())
 }
