@@ -685,6 +685,7 @@ func (n *Node) onListen(m *nats.Msg) {
 	n.mu.Lock()
 	if r.Leave {
 		delete(n.listenOrigins[r.Service], r.Origin)
+		n.forgetIfUnnamed(r.Service)
 		n.mu.Unlock()
 		if m.Reply != "" {
 			_ = m.Respond([]byte(`{"ok":true}`))
@@ -735,6 +736,22 @@ func (n *Node) onDisconnect(m *nats.Msg) {
 				n.log.Debug("a listening client's connection closed", "service", service, "origin", origin, "cid", gone.cid)
 			}
 		}
+		n.forgetIfUnnamed(service)
+	}
+}
+
+// forgetIfUnnamed drops service from the listeners once no client names
+// it any more: its configuration changes then go to no deliver subject,
+// and a client that comes later names it again. Without it every service
+// ever named stayed for the bus's life. Called with mu held.
+func (n *Node) forgetIfUnnamed(service string) {
+	if len(n.listenOrigins[service]) > 0 {
+		return
+	}
+	delete(n.listenOrigins, service)
+	if _, ok := n.listeners[service]; ok {
+		delete(n.listeners, service)
+		n.log.Debug("no client listens to a service any more", "service", service)
 	}
 }
 
