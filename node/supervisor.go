@@ -200,7 +200,7 @@ func (s *Supervisor) runOnce(ctx context.Context, c Child, started func()) error
 	// the supervisor alone, which stops its children in reverse order.
 	// In the group, every layer died at once, and the supervisor
 	// restarted the first ones (bus, objdb, …) while it was still
-	// stopping the last: a stopping node briefly rejoined its cluster.
+	// stopping the last (a new bus formed a ring again, seen on one node).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: true}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

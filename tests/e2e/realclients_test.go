@@ -121,9 +121,10 @@ func runInNetns(t testing.TB, timeout time.Duration, script string) ([]byte, err
 // runUnshare runs `unshare FLAGS bash -c script args…` in a process group
 // of its own and returns what it printed. After timeout, or a minute
 // before go test's -timeout would kill the test binary (budget), the whole
-// group goes — the nodes and clients the script started too, not just
-// bash: they would outlive the binary and keep the namespace (and its
-// sockets) alive.
+// group goes — the clients and `corobus up` the script started too, not
+// just bash (up's layers, in process groups of their own, follow up by
+// their parent-death signal): they would outlive the binary and keep the
+// namespace (and its sockets) alive.
 func runUnshare(t testing.TB, timeout time.Duration, flags []string, script string, args ...string) ([]byte, error) {
 	ctx, cancel := budget(t, timeout, time.Minute)
 	defer cancel()
