@@ -703,8 +703,10 @@ func (s *Store) waitKeeperLocked(ctx context.Context) error {
 // stream of them goes a batch per window (a set is a map insert and a share
 // of one bus message, not a message and a wake-up of every process of the
 // node per set). 5 ms measured better than 1 ms on a loaded 2-vCPU machine
-// (one client's node-key sets: 24–41 k/s against 15–30 k/s).
-const sendWindow = 5 * time.Millisecond
+// (one client's node-key sets: 24–41 k/s against 15–30 k/s), and 20 ms
+// better than 5 with the keeper's publishWindow (eight clients on three
+// nodes: see publishWindow).
+const sendWindow = 20 * time.Millisecond
 
 // queueLocked queues a write for the keeper, in wseq order (under s.mu, so
 // that two writers' writes cannot overtake each other), and sends them now
