@@ -315,7 +315,7 @@ func (s *Store) nodeHasLocked(key string) bool {
 
 // Get reads key from the local copy.
 func (s *Store) Get(key string) (Value, error) {
-	if err := ValidKey(key); err != nil {
+	if err := lookupKey(key); err != nil {
 		return Value{}, err
 	}
 	s.mu.Lock()
@@ -404,11 +404,13 @@ func (s *Store) SetLocal(ctx context.Context, key string, v Value) error {
 }
 
 func (s *Store) set(ctx context.Context, key string, v Value, local bool) error {
-	if err := ValidKey(key); err != nil {
-		return err
-	}
+	// The value first, as corosync's icmap_set checks it: a bad value
+	// under a bad name is CS_ERR_INVALID_PARAM.
 	if err := v.Check(); err != nil {
 		return fmt.Errorf("key %s: %w", key, err)
+	}
+	if err := ValidKey(key); err != nil {
+		return err
 	}
 	if IsCopyKey(key) {
 		return fmt.Errorf("key %s describes this copy and cannot be written: %w", key, ErrAccess)
@@ -441,7 +443,7 @@ func ptrIf(v Value, ok bool) *Value {
 
 // Delete removes key.
 func (s *Store) Delete(ctx context.Context, key string) error {
-	if err := ValidKey(key); err != nil {
+	if err := lookupKey(key); err != nil {
 		return err
 	}
 	if IsCopyKey(key) {
@@ -486,7 +488,7 @@ func (s *Store) DeletePrefix(ctx context.Context, prefix string) (int, error) {
 // node; a cluster key by a compare-and-set on its revision, retried when
 // another writer (on any node) got there first. No increment is lost.
 func (s *Store) Adjust(ctx context.Context, key string, step int64) (Value, error) {
-	if err := ValidKey(key); err != nil {
+	if err := lookupKey(key); err != nil {
 		return Value{}, err
 	}
 	if IsCopyKey(key) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -105,9 +106,13 @@ func TestValidation(t *testing.T) {
 		v    Value
 		want error
 	}{
-		{"ab", Value{Type: String, Data: []byte("x\x00")}, ErrInvalidParam},
-		{"a b.c", Value{Type: String, Data: []byte("x\x00")}, ErrInvalidParam},
+		// corosync's icmap answers a set of any bad name
+		// CS_ERR_NAME_TOO_LONG, after the value's check.
+		{"ab", Value{Type: String, Data: []byte("x\x00")}, ErrNameTooLong},
+		{"a b.c", Value{Type: String, Data: []byte("x\x00")}, ErrNameTooLong},
+		{"a!b", Value{Type: Uint8, Data: []byte{1}}, ErrNameTooLong},
 		{string(make([]byte, 300)), Value{Type: String}, ErrNameTooLong},
+		{"ab", Value{Type: Uint32, Data: []byte{1, 2}}, ErrInvalidParam},
 		{"ok.key", Value{Type: Uint32, Data: []byte{1, 2}}, ErrInvalidParam},
 		{"ok.key", Value{Type: 99, Data: []byte{1}}, ErrInvalidParam},
 	} {
@@ -120,6 +125,27 @@ func TestValidation(t *testing.T) {
 	}
 	if err := s.Delete(ctx, "no.such.key"); !errors.Is(err, ErrNotExist) {
 		t.Errorf("Delete of a missing key: %v", err)
+	}
+	// A bad name is a key that cannot exist, as icmap finds it: read,
+	// deleted or adjusted it is CS_ERR_NOT_EXIST; one longer than 255
+	// characters is CS_ERR_NAME_TOO_LONG, as libcmap answers it.
+	for _, key := range []string{"ab", "a!b", "a b.c", ""} {
+		if _, err := s.Get(key); !errors.Is(err, ErrNotExist) {
+			t.Errorf("Get(%q) = %v, want %v", key, err, ErrNotExist)
+		}
+		if err := s.Delete(ctx, key); !errors.Is(err, ErrNotExist) {
+			t.Errorf("Delete(%q) = %v, want %v", key, err, ErrNotExist)
+		}
+		if _, err := s.Adjust(ctx, key, 1); !errors.Is(err, ErrNotExist) {
+			t.Errorf("Adjust(%q) = %v, want %v", key, err, ErrNotExist)
+		}
+	}
+	long := strings.Repeat("k", MaxKeyLen+1)
+	if _, err := s.Get(long); !errors.Is(err, ErrNameTooLong) {
+		t.Errorf("Get of a 256-character key = %v, want %v", err, ErrNameTooLong)
+	}
+	if err := s.Delete(ctx, long); !errors.Is(err, ErrNameTooLong) {
+		t.Errorf("Delete of a 256-character key = %v, want %v", err, ErrNameTooLong)
 	}
 	if _, err := ParseType("u33"); !errors.Is(err, ErrInvalidParam) {
 		t.Errorf("ParseType(u33): %v", err)

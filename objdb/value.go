@@ -124,21 +124,48 @@ const (
 )
 
 // ValidKey checks corosync's rules: 3 to 255 characters of
-// A-Za-z0-9 . _ - / :.
+// A-Za-z0-9 . _ - / :. Whichever rule a name breaks, the error is
+// CS_ERR_NAME_TOO_LONG: corosync's icmap has one check for all of them and
+// answers a set of a new key that fails it with that code
+// (corosync-cmapctl -s ab u8 1: "Error CS_ERR_NAME_TOO_LONG").
 func ValidKey(key string) error {
+	if why := keyProblem(key); why != "" {
+		return fmt.Errorf("%s: %w", why, ErrNameTooLong)
+	}
+	return nil
+}
+
+// lookupKey checks the name of a key to read, delete or adjust. A name
+// that breaks the rules is a key that cannot exist: corosync's icmap looks
+// it up without checking it and answers CS_ERR_NOT_EXIST
+// (corosync-cmapctl -g ab). A name over 255 characters stays
+// CS_ERR_NAME_TOO_LONG: libcmap refuses it so before asking.
+func lookupKey(key string) error {
+	why := keyProblem(key)
+	switch {
+	case why == "":
+		return nil
+	case len(key) > MaxKeyLen:
+		return fmt.Errorf("%s: %w", why, ErrNameTooLong)
+	}
+	return fmt.Errorf("%s: %w", why, ErrNotExist)
+}
+
+// keyProblem says which of corosync's key name rules key breaks, or "".
+func keyProblem(key string) string {
 	if len(key) < MinKeyLen {
-		return fmt.Errorf("key %q: shorter than %d characters: %w", key, MinKeyLen, ErrInvalidParam)
+		return fmt.Sprintf("key %q: shorter than %d characters", key, MinKeyLen)
 	}
 	if len(key) > MaxKeyLen {
-		return fmt.Errorf("key %.20q…: longer than %d characters: %w", key, MaxKeyLen, ErrNameTooLong)
+		return fmt.Sprintf("key %.20q…: longer than %d characters", key, MaxKeyLen)
 	}
 	for i := 0; i < len(key); i++ {
 		c := key[i]
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("._-/:", c) >= 0) {
-			return fmt.Errorf("key %q: character %q not allowed (A-Za-z0-9._-/: only): %w", key, c, ErrInvalidParam)
+			return fmt.Sprintf("key %q: character %q not allowed (A-Za-z0-9._-/: only)", key, c)
 		}
 	}
-	return nil
+	return ""
 }
 
 // Check validates a value against its type: numbers have their size,

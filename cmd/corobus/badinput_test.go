@@ -64,8 +64,8 @@ func TestCSReason(t *testing.T) {
 		err  error
 		want string
 	}{
-		{&client.Error{Code: cswire.ErrInvalidParam, Desc: `key "ab": shorter than 3 characters: CS_ERR_INVALID_PARAM`},
-			`key "ab": shorter than 3 characters: CS_ERR_INVALID_PARAM`},
+		{&client.Error{Code: cswire.ErrNameTooLong, Desc: `key "ab": shorter than 3 characters: CS_ERR_NAME_TOO_LONG`},
+			`key "ab": shorter than 3 characters: CS_ERR_NAME_TOO_LONG`},
 		{fmt.Errorf("no objdb process serves node 1: %w", cswire.ErrTryAgain), "no objdb process serves node 1: CS_ERR_TRY_AGAIN"},
 		{errors.New("nats: timeout"), "CS_ERR_LIBRARY (nats: timeout)"},
 	} {

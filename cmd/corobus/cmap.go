@@ -302,7 +302,7 @@ func cmapLoad(ctx context.Context, a *app, c *client.Client, path string) error 
 
 // csReason says why an objdb call failed: the reason objdb gave, which
 // ends with its cs_error_t name (key "ab": shorter than 3 characters:
-// CS_ERR_INVALID_PARAM), or the name with the error that carried it.
+// CS_ERR_NAME_TOO_LONG), or the name with the error that carried it.
 func csReason(err error) string {
 	code, msg := cswire.Code(err).String(), err.Error()
 	if strings.HasSuffix(msg, code) {

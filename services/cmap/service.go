@@ -31,9 +31,10 @@ type Event struct {
 
 // Store is the object database as the cmap service needs it. Errors carry
 // cs_error_t codes (cswire.Error) where corosync would return one:
-// CS_ERR_NOT_EXIST, CS_ERR_ACCESS for a read-only key, CS_ERR_INVALID_PARAM
-// for a bad key or type, CS_ERR_TRY_AGAIN when a write cannot be
-// replicated now.
+// CS_ERR_NOT_EXIST (also for reading or deleting a key of a bad name, which
+// cannot exist), CS_ERR_ACCESS for a read-only key, CS_ERR_NAME_TOO_LONG for
+// setting a key of a bad name, CS_ERR_INVALID_PARAM for a bad type or value,
+// CS_ERR_TRY_AGAIN when a write cannot be replicated now.
 type Store interface {
 	Get(ctx context.Context, key string) (Value, error)
 	Set(ctx context.Context, key string, v Value) error

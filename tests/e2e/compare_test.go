@@ -19,7 +19,8 @@ import (
 //
 // Both daemons run one after the other in one fresh network namespace: the
 // abstract socket names (cmap, …) cannot clash with a corosync on the host,
-// and the second daemon gets the names the first one released.
+// and the second daemon gets the names the first one released. A fresh
+// mount namespace gives them a /run of their own, for corosync's pid lock.
 func TestCmapctlMatchesCorosync(t *testing.T) {
 	paths := requireRealClients(t, "comparison with a real corosync", needs{commands: []string{"corosync", "corosync-cmapctl"}})
 	corosync, cmapctl := paths[0], paths[1]
@@ -38,6 +39,10 @@ K=` + shellQuote(corosync) + `
 C=` + shellQuote(cmapctl) + `
 B=` + shellQuote(b.path) + `
 ip link set lo up || exit 10
+# A /run of its own: corosync locks /run/corosync.pid, which a corosync
+# elsewhere on the machine may hold ("Another Corosync instance is already
+# running").
+mount -t tmpfs tmpfs /run || exit 10
 run() { echo "== $*"; timeout 10 "$C" "$@" 2>&1; echo "rc=$?"; }
 # A client of an unlisted uid, then listed under uidgid.uid.<n> at run time.
 runas() { echo "== uid 4242: $*"; timeout 10 setpriv --reuid 4242 --regid 4242 --clear-groups "$C" "$@" 2>&1; echo "rc=$?"; }
@@ -78,6 +83,14 @@ sequence() {
 	run -s cmp.bad i8 -- -129
 	run -s cmp.bad u8 -- -1
 	run -g cmp.bad
+	# Bad names: corosync sets none (CS_ERR_NAME_TOO_LONG, whatever the
+	# rule) and finds none (CS_ERR_NOT_EXIST).
+	run -s ab u8 1
+	run -s 'c!b' u8 1
+	run -g ab
+	run -g 'c!b'
+	run -d ab
+	run -d 'c b'
 	run cmp.t.
 	run cmp.t.u
 	run -s cmp.t.u8 u16 300;                       run -g cmp.t.u8
@@ -138,7 +151,7 @@ done
 exit 0
 `
 	start := time.Now()
-	out, err := runInNetns(t, 180*time.Second, script)
+	out, err := runUnshare(t, 180*time.Second, []string{"--net", "--mount"}, script)
 	t.Logf("both runs took %s\n%s", time.Since(start).Round(100*time.Millisecond), out)
 	// The transcripts are in the logs too: after a timeout, the last
 	// section of one names the command that hung.
