@@ -125,6 +125,10 @@ type Gateway struct {
 	handles   map[string]hdb.Handle // by component name and version
 	mu        sync.Mutex
 	conns     map[string]*libqb.Conn
+	// sessions are the open connections' sessions, by connection id:
+	// what the probes ask about.
+	sessions map[string]*session.Client
+	probing  atomic.Bool
 	// firstConn pokes the alive loop when conns stops being empty.
 	firstConn chan struct{}
 }
@@ -156,7 +160,7 @@ func New(cfg Config) (*Gateway, error) {
 		ids[r.Service] = r.ServiceID
 	}
 	return &Gateway{cfg: cfg, id: nuid.Next(), srv: srv, handles: map[string]hdb.Handle{}, conns: map[string]*libqb.Conn{},
-		firstConn: make(chan struct{}, 1), serviceIDs: ids}, nil
+		sessions: map[string]*session.Client{}, firstConn: make(chan struct{}, 1), serviceIDs: ids}, nil
 }
 
 // Syncing reports whether the node's sync engine says a sync is running.
@@ -230,6 +234,12 @@ func (g *Gateway) Run(ctx context.Context) error {
 					continue // asleep until the next first connection
 				}
 				_ = nc.Publish(s.IPCAlive(g.cfg.Node, g.id), nil)
+				if !g.probing.Swap(true) {
+					go func() {
+						defer g.probing.Store(false)
+						g.probe(ctx)
+					}()
+				}
 				t.Reset(session.AliveInterval)
 			}
 		}, func(error) { cancel() })
@@ -412,13 +422,56 @@ func (h *routeHandler) Open(c *libqb.Conn) (libqb.Session, error) {
 		}
 		return nil, fmt.Errorf("%s: %w: %w", h.r.Component, err, syscall.EAGAIN)
 	}
+	g.mu.Lock()
+	if g.conns[id] != nil {
+		g.sessions[id] = cl
+	}
+	g.mu.Unlock()
 	return &conn{g: g, r: h.r, cl: cl, id: id, qc: c}, nil
 }
 
 func (g *Gateway) forget(id string) {
 	g.mu.Lock()
 	delete(g.conns, id)
+	delete(g.sessions, id)
 	g.mu.Unlock()
+}
+
+// probe asks every instance the gateway has sessions on which of them it
+// no longer knows (session.Probe), and ends those clients' connections.
+// A component instance killed or crashed takes its sessions with it; a
+// client that sends no more requests (Pacemaker tracks quorum and cfg's
+// shutdown requests, and only waits for their events) would otherwise
+// never learn it, and keep a connection that no event reaches again —
+// with corosync it sees the connection end and reconnects or stops.
+func (g *Gateway) probe(ctx context.Context) {
+	bySession := map[string][]string{}
+	g.mu.Lock()
+	for id, cl := range g.sessions {
+		bySession[cl.Session()] = append(bySession[cl.Session()], id)
+	}
+	g.mu.Unlock()
+	for subject, ids := range bySession {
+		pctx, cancel := context.WithTimeout(ctx, 2*session.AliveInterval)
+		gone, err := session.Probe(pctx, g.cfg.Conn, subject, ids)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				g.cfg.Log.Debug("session probe unanswered", "session", subject, "err", err)
+			}
+			continue
+		}
+		for _, id := range gone {
+			g.mu.Lock()
+			c := g.conns[id]
+			g.mu.Unlock()
+			if c == nil {
+				continue // closed meanwhile
+			}
+			g.cfg.Log.Info("the component instance lost the session; closing the client connection", "service", c.Service, "conn", id, "pid", c.Creds.PID)
+			c.Disconnect()
+		}
+	}
 }
 
 // conn is one client connection's session.

@@ -276,6 +276,27 @@ func testGatewayRoutesThroughTheLoader(t *testing.T, tr libqb.Transport) {
 	}
 }
 
+// A client that only waits for events (Pacemaker's controld tracking
+// quorum, pacemakerd waiting for cfg's shutdown requests) sends nothing
+// that would find out its component instance died. The gateway's probe
+// does, and ends the connection as corosync's dying ends its clients':
+// without it the connection stayed open, and no event ever reached it.
+func TestGatewayEndsIdleConnectionsOfAGoneInstance(t *testing.T) {
+	eachTransport(t, func(t *testing.T, tr libqb.Transport) {
+		f := startGateway(t, tr, func(libqb.Creds) bool { return true })
+		stop, _ := serveEcho(t, f.nc, f.subjects, 1)
+		c := f.dialServed(t)
+		if v := servedBy(t, c); v != "v1" {
+			t.Fatalf("served by %s", v)
+		}
+		stop()
+		// No request from the client from here on.
+		if !c.Closed(15 * time.Second) {
+			t.Fatal("the idle connection stayed open after its component instance went")
+		}
+	})
+}
+
 func TestGatewayRefusesUnlistedClients(t *testing.T) {
 	eachTransport(t, func(t *testing.T, tr libqb.Transport) {
 		f := startGateway(t, tr, func(libqb.Creds) bool { return false })

@@ -256,6 +256,12 @@ func (c *Conn) SendEvent(msg []byte) error {
 	return c.events.push(msg)
 }
 
+// Disconnect ends the connection from the server's side, as a dying
+// corosync ends its clients': the client's next call or dispatch fails
+// (CS_ERR_LIBRARY, its connection-lost callbacks run), and the session is
+// closed. Safe for concurrent use, and more than once.
+func (c *Conn) Disconnect() { c.shutdown() }
+
 // shutdown wakes the connection's goroutines; close releases everything.
 func (c *Conn) shutdown() {
 	c.doneOnce.Do(func() { close(c.done) })

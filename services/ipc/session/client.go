@@ -99,3 +99,43 @@ func (c *Client) Close() {
 	m.Header.Set(HdrConn, c.id)
 	_ = c.nc.PublishMsg(m)
 }
+
+// ProbeReply answers a probe: the ids the instance does not know.
+type ProbeReply struct {
+	Gone []string `json:"gone"`
+}
+
+// Probe asks the instance serving session subject session which of the
+// connection ids it no longer knows, and returns them: every id when no
+// instance serves the subject any more (it died or restarted: a
+// restarted instance has a new subject). An instance that predates
+// probes answers as it answers any request of an unknown connection,
+// with an empty reply: alive, nothing known to be gone. Any other error
+// (a timeout: the instance may be busy) is returned as it is, and says
+// nothing of the sessions.
+func Probe(ctx context.Context, nc *nats.Conn, session string, ids []string) ([]string, error) {
+	m := nats.NewMsg(session)
+	m.Header.Set(HdrProbe, "1")
+	m.Data, _ = json.Marshal(ids)
+	r, err := nc.RequestMsgWithContext(ctx, m)
+	if err != nil {
+		if errors.Is(err, nats.ErrNoResponders) {
+			return ids, nil
+		}
+		return nil, fmt.Errorf("probing %s: %w", session, err)
+	}
+	if len(r.Data) == 0 {
+		return nil, nil
+	}
+	var rep ProbeReply
+	if err := json.Unmarshal(r.Data, &rep); err != nil {
+		return nil, fmt.Errorf("probe of %s answered %q: %w", session, r.Data, err)
+	}
+	return rep.Gone, nil
+}
+
+// Session is the instance's session subject this client talks to.
+func (c *Client) Session() string { return c.session }
+
+// ID is the connection id.
+func (c *Client) ID() string { return c.id }

@@ -228,6 +228,10 @@ func (s *Server) Open(m *nats.Msg) []byte {
 // session keeps each connection's requests in order without making one
 // slow client hold up the others.
 func (s *Server) request(m *nats.Msg) {
+	if m.Header.Get(HdrProbe) != "" {
+		s.probe(m)
+		return
+	}
 	id := m.Header.Get(HdrConn)
 	s.mu.Lock()
 	sv := s.sessions[id]
@@ -272,6 +276,26 @@ func (s *Server) work(sv *served) {
 			}
 		}
 	}
+}
+
+// probe answers a gateway's probe (Probe): which of the connection ids
+// it lists this instance does not know. Answered at once, beside the
+// sessions' queues: a busy session must not make its instance look dead.
+func (s *Server) probe(m *nats.Msg) {
+	var ids []string
+	if err := json.Unmarshal(m.Data, &ids); err != nil {
+		s.log.Debug("undecodable session probe", "err", err)
+	}
+	gone := []string{}
+	s.mu.Lock()
+	for _, id := range ids {
+		if s.sessions[id] == nil {
+			gone = append(gone, id)
+		}
+	}
+	s.mu.Unlock()
+	b, _ := json.Marshal(ProbeReply{Gone: gone})
+	_ = m.Respond(b)
 }
 
 // respondGone tells a gateway that the session of its request is gone (an

@@ -30,6 +30,16 @@
 //     that crashed cannot say close), and forgets a gateway silent that
 //     long. A gateway without connections and an instance without
 //     sessions send and look at nothing.
+//  6. Probe, the other way: every AliveInterval the gateway asks each
+//     instance it has sessions on, on its session subject with the
+//     Corobus-Probe header, which of its connection ids it no longer
+//     knows (Probe). No responder means the instance is gone (killed,
+//     crashed, restarted: a restarted instance has a new session
+//     subject). The gateway then ends those clients' connections, as
+//     corosync's clients see theirs end when corosync dies: a client
+//     that only waits for events (Pacemaker's quorum and cfg tracking)
+//     sends no request that would find out, and would otherwise wait
+//     forever on an instance that no longer exists.
 package session
 
 import (
@@ -47,6 +57,7 @@ const (
 	HdrGID     = "Corobus-Gid"
 	HdrEvents  = "Corobus-Events" // where the component publishes events
 	HdrFlow    = "Corobus-Flow"   // on an event: the request flow-control level
+	HdrProbe   = "Corobus-Probe"  // on a request: a probe (Probe), not a client's request
 )
 
 // OpenReply answers an open: the instance's session subject, or the

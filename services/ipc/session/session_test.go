@@ -136,6 +136,43 @@ func TestSessionLifecycle(t *testing.T) {
 	}
 }
 
+// Probe tells the ids an instance no longer knows, and all of them when no
+// instance serves the session subject any more.
+func TestProbe(t *testing.T) {
+	cl := bustest.StartCluster(t, 1)
+	nc := cl.Conn(1)
+	srv := NewServer(nc, "t.comp", &echo{}, bustest.Logger(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Run(ctx) }()
+	if _, err := nc.Subscribe("t.comp.open", func(m *nats.Msg) { _ = m.Respond(srv.Open(m)) }); err != nil {
+		t.Fatal(err)
+	}
+	open := func(ctx context.Context, m *nats.Msg) (*nats.Msg, error) {
+		m.Subject = "t.comp.open"
+		return nc.RequestMsgWithContext(ctx, m)
+	}
+	c, err := Open(ctx, nc, open, "c1", "t.gw.alive", "t.gw.events.c1", Creds{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gone []string
+	waitFor(t, "a probe answered", func() bool {
+		gone, err = Probe(ctx, nc, c.Session(), []string{"c1", "c9"})
+		return err == nil
+	})
+	if len(gone) != 1 || gone[0] != "c9" {
+		t.Errorf("probe of a live instance: gone %v, want [c9]", gone)
+	}
+	cancel()
+	<-done
+	gone, err = Probe(context.Background(), nc, c.Session(), []string{"c1", "c9"})
+	if err != nil || len(gone) != 2 {
+		t.Errorf("probe of a gone instance: gone %v, %v; want both", gone, err)
+	}
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
