@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -197,7 +199,11 @@ func watchConfig(ctx context.Context, db *objdbclient.Client, keys *rtkeys.Write
 	}
 	defer func() { _ = sub.Unsubscribe() }()
 	changed := make(chan struct{}, 1)
-	poke := func(objdbclient.Change) {
+	echoes := newLoadEchoes(env.Config.Flat(), env.Node.Index)
+	poke := func(ch objdbclient.Change) {
+		if echoes.echo(ch) {
+			return
+		}
 		select {
 		case changed <- struct{}{}:
 		default:
@@ -232,6 +238,46 @@ func watchConfig(ctx context.Context, db *objdbclient.Client, keys *rtkeys.Write
 		}
 		cancel()
 	}
+}
+
+// loadEchoes recognises the creations of the keys votequorum started from.
+// It reads its settings from the node's file at start; the objdb layer
+// loads the same file into the node's keys at its own pace, which on a
+// cluster's first start (JetStream electing its leaders) is often after
+// votequorum follows them. Those creations change nothing: corosync's
+// votequorum starts after icmap holds the file and never sees them, so
+// they must not run a refresh (whose side effects are corosync's for a
+// real change: runtime.votequorum.atb_type written, nodeinfo sent again).
+// Only a key's first event can be its echo.
+type loadEchoes struct {
+	mu   sync.Mutex
+	file map[string]string // quorum.* and nodelist.* as read at start
+}
+
+func newLoadEchoes(flat map[string]string, localPos int) *loadEchoes {
+	e := &loadEchoes{file: map[string]string{}}
+	for k, v := range flat {
+		if strings.HasPrefix(k, "quorum.") || strings.HasPrefix(k, "nodelist.") {
+			e.file[k] = v
+		}
+	}
+	// The objdb layer writes the node's position in the nodelist too.
+	e.file["nodelist.local_node_pos"] = strconv.Itoa(localPos)
+	return e
+}
+
+// echo reports whether ch is the creation of a key with the value
+// votequorum started from.
+func (e *loadEchoes) echo(ch objdbclient.Change) bool {
+	e.mu.Lock()
+	want, ok := e.file[ch.Key]
+	delete(e.file, ch.Key)
+	e.mu.Unlock()
+	if !ok || ch.Kind != objdb.EventAdd.String() || ch.Old != nil || ch.New == nil {
+		return false
+	}
+	v, err := objdb.ParseValue(ch.New.Type, want)
+	return err == nil && v.String() == ch.New.String()
 }
 
 // readKeys lists the node's quorum.* and nodelist.* keys.
