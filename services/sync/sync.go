@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/totem"
@@ -39,6 +40,10 @@ type Registration struct {
 	Name string `json:"name"`
 	// ID orders services (corosync's service id: lower first).
 	ID int `json:"id"`
+	// Instance tells one run of the service from the next (Serve sets
+	// it once per call): a service registering under a new instance has
+	// restarted, lost what its last round gave it, and gets a round.
+	Instance string `json:"instance,omitempty"`
 }
 
 // HookRequest is the engine's call on Subjects.SyncHook(node, name).
@@ -291,12 +296,18 @@ func (e *Engine) onRegister(m *nats.Msg) {
 	}
 	r.Name = bus.SanitizeToken(r.Name)
 	e.mu.Lock()
-	_, known := e.registered[r.Name]
+	old, known := e.registered[r.Name]
 	e.registered[r.Name] = r
 	e.mu.Unlock()
-	e.log.Info("service registered for sync", "service", r.Name, "id", r.ID)
+	// A restarted service registers again, under a new instance: it
+	// lost its state (votequorum: the members seen, wait_for_all
+	// satisfied, its ring), and without a round would keep its start's
+	// until the next membership change — a two_node survivor then lost
+	// quorum when its peer died. The same instance again is a retry.
+	restarted := known && r.Instance != "" && r.Instance != old.Instance
+	e.log.Info("service registered for sync", "service", r.Name, "id", r.ID, "restarted", restarted)
 	_ = m.Respond([]byte(`{"ok":true}`))
-	if !known {
+	if !known || restarted {
 		// A service that starts (or restarts) in a running view has
 		// missed that view's round: run one for it, on every member.
 		select {
@@ -316,7 +327,7 @@ func (e *Engine) rerun() {
 		e.again = true
 		return
 	}
-	e.log.Info("sync round runs again for a newly registered service", "ring", e.ring, "epoch", e.epoch+1)
+	e.log.Info("sync round runs again for a newly registered or restarted service", "ring", e.ring, "epoch", e.epoch+1)
 	e.again = false
 	// The view does not change: everyone moves from it to itself.
 	e.trans = slices.Clone(e.members)
@@ -630,6 +641,9 @@ func Serve(ctx context.Context, nc *nats.Conn, subjects bus.Subjects, node uint3
 	})
 	if err != nil {
 		return nil, fmt.Errorf("sync: serving %s's hooks: %w", reg.Name, err)
+	}
+	if reg.Instance == "" {
+		reg.Instance = nuid.Next()
 	}
 	b, _ := json.Marshal(reg)
 	for {

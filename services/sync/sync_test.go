@@ -308,4 +308,24 @@ func TestLateEngineAndLateService(t *testing.T) {
 		}
 		return nil
 	})
+
+	// The service restarts (killed; svcmgr starts it again): the new
+	// run knows nothing of the view and registers again. It gets a round
+	// too, in the same view: without one, votequorum restarted kept
+	// "waiting for all" and a two_node survivor lost quorum when its
+	// peer died.
+	stop()
+	again := &fakeService{}
+	stop2, err := syncsvc.Serve(ctx, c.Client(3), c.Subjects, 3, syncsvc.Registration{Name: "late", ID: 4}, again)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop2)
+	waitFor(t, 30*time.Second, func() error {
+		ring := idle(1, 2, 3)
+		if got := again.last(); got != "activate "+ring.String() {
+			return fmt.Errorf("the restarted service's last call: %q (ring %s)", got, ring)
+		}
+		return nil
+	})
 }
