@@ -733,7 +733,11 @@ func (m *Manager) recordService(ctx context.Context, ls *loadedSvc) {
 		return
 	}
 	if err := m.recordKeys(ctx, ls.Service, ls.index); err != nil {
-		m.cfg.Log.Warn("recording a loaded service in objdb; will retry", "service", ls.Name, "err", err)
+		// Once, then a summary a minute: at every node's start objdb
+		// answers CS_ERR_TRY_AGAIN for seconds (until the bus's
+		// JetStream has its meta leader), and each retry said it (25–40
+		// warnings a start, three services a few times a second).
+		m.retries.Warn("recording a loaded service in objdb; will retry", "service", ls.Name, "err", err)
 		return
 	}
 	ls.recorded = true

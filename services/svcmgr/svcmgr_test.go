@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +23,7 @@ import (
 	"github.com/corobus/corobus/loader/loadertest"
 	"github.com/corobus/corobus/node"
 	"github.com/corobus/corobus/objdb"
+	"github.com/corobus/corobus/services/cswire"
 	"github.com/corobus/corobus/services/svcmgr"
 )
 
@@ -29,11 +31,19 @@ import (
 type memRecorder struct {
 	mu   sync.Mutex
 	keys map[string]objdb.Value
+	// failing makes Set fail as objdb does before it serves; failed
+	// counts those failures.
+	failing bool
+	failed  int
 }
 
 func (r *memRecorder) Set(_ context.Context, key string, v objdb.Value) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.failing {
+		r.failed++
+		return fmt.Errorf("no objdb process serves node 1: %w", cswire.ErrTryAgain)
+	}
 	r.keys[key] = v
 	return nil
 }
@@ -119,7 +129,9 @@ func (f *fixture) start(cfg svcmgr.Config) (*svcmgr.Manager, func()) {
 	cfg.Subjects = f.subjects
 	cfg.Node = 1
 	cfg.BusURL = f.node.Server.AdminURL()
-	cfg.Log = bustest.Logger(f.t)
+	if cfg.Log == nil {
+		cfg.Log = bustest.Logger(f.t)
+	}
 	cfg.ComponentDir = f.compDir
 	cfg.Recorder = f.rec
 	cfg.Backoff = node.Backoff{Min: 50 * time.Millisecond, Max: time.Second, Stable: 10 * time.Second}
@@ -365,4 +377,55 @@ func TestHostedServiceListed(t *testing.T) {
 		}
 	}
 	waitFor(t, "cpg to leave the list once it stops serving", 10*time.Second, func() bool { return len(hosted()) == 0 })
+}
+
+// lockedBuf is a log destination tests read while the manager writes.
+type lockedBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// While objdb does not serve yet (every node's start, for seconds), the
+// manager retries recording its services; it says so once, not at every
+// retry (it said it three times a second per service), and records them
+// once objdb serves.
+func TestRecordRetriesAreSaidOnce(t *testing.T) {
+	f := newFixture(t, "example")
+	f.rec.mu.Lock()
+	f.rec.failing = true
+	f.rec.mu.Unlock()
+	var logs lockedBuf
+	f.start(svcmgr.Config{
+		Services: []svcmgr.Service{{Name: "example", Version: 1}},
+		Log:      slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	failed := func() int { f.rec.mu.Lock(); defer f.rec.mu.Unlock(); return f.rec.failed }
+	for deadline := time.Now().Add(60 * time.Second); failed() < 10; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d recording attempts in 60 s, want 10", failed())
+		}
+	}
+	if n := strings.Count(logs.String(), "recording a loaded service in objdb"); n != 1 {
+		t.Errorf("%d failed attempts said %d times, want once:\n%s", failed(), n, logs.String())
+	}
+	f.rec.mu.Lock()
+	f.rec.failing = false
+	f.rec.mu.Unlock()
+	for deadline := time.Now().Add(60 * time.Second); f.rec.get("internal_configuration.service.0.name") != "example"; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the service was not recorded once objdb served")
+		}
+	}
 }
