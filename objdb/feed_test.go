@@ -374,3 +374,53 @@ func until(t *testing.T, timeout time.Duration, cond func() bool, what func() st
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// A node's first keeper (its bus started with the node, not restarted
+// under running layers) does not load the runtime.* keys a previous run
+// stored, and removes them from the bucket: a restarted node showed
+// runtime.members.3.status "joined" for a node that was down and had not
+// joined since, where corosync starts with no runtime.* keys. Its other
+// keys are loaded, and a keeper restarted later loads what it has.
+func TestFirstKeeperDropsThePreviousRunsRuntimeKeys(t *testing.T) {
+	cl := bustest.StartCluster(t, 1)
+	nc := cl.Conn(1)
+	ctx := context.Background()
+	stop := startKeeperWith(t, nc, KeeperConfig{Node: 1, Replicas: 1, FirstStart: true})
+	s := openStore(t, nc, 1, 1)
+	for _, key := range []string{"runtime.members.3.status", "test.kept"} {
+		if err := s.SetLocal(ctx, key, mustValue(t, String, "joined")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Applied by the keeper (another copy reads them from its feed)
+	// before it stops and stores what it has.
+	other := openStore(t, nc, 1, 1)
+	waitValue(t, other, "runtime.members.3.status", "joined")
+	waitValue(t, other, "test.kept", "joined")
+	other.Close()
+	stop()
+	s.Close()
+
+	for i, first := range []bool{true, false} {
+		stop = startKeeperWith(t, nc, KeeperConfig{Node: 1, Replicas: 1, FirstStart: first})
+		s = openStore(t, nc, 1, 1)
+		waitValue(t, s, "test.kept", "joined")
+		if v, err := s.Get("runtime.members.3.status"); !errors.Is(err, ErrNotExist) {
+			t.Errorf("keeper %d (first start %v): the previous run's runtime.members.3.status is %v (%v), want none", i+2, first, v, err)
+		}
+		if first {
+			// This run's own runtime keys are kept across a restart of
+			// the bus.
+			if err := s.SetLocal(ctx, "runtime.members.1.status", mustValue(t, String, "joined")); err != nil {
+				t.Fatal(err)
+			}
+			other := openStore(t, nc, 1, 1)
+			waitValue(t, other, "runtime.members.1.status", "joined")
+			other.Close()
+		} else {
+			waitValue(t, s, "runtime.members.1.status", "joined")
+		}
+		stop()
+		s.Close()
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,6 +49,13 @@ type KeeperConfig struct {
 	// consumer again when JetStream placed it on another server (default
 	// 6; negative: never, the consumer stays where JetStream put it).
 	LocalConsumerTries int
+	// FirstStart says that this keeper's bus is the first of the node's
+	// run (not one its supervisor restarted under running layers): the
+	// runtime.* keys a previous run stored describe processes that are
+	// gone, so they are not loaded and are removed from the bucket, as
+	// corosync starts with no runtime.* keys. A restarted bus loads them:
+	// the layers that wrote them still run.
+	FirstStart bool
 	// Interest, when set, says whether anyone subscribes to a subject: a
 	// change nobody follows on …objdb.changed is not built and published
 	// (in the bus process, the server knows; elsewhere every change is).
@@ -175,6 +183,8 @@ func KeeperConfigFor(env layer.Env) (KeeperConfig, error) {
 		Log:       env.Log,
 		Heartbeat: time.Duration(token) * time.Millisecond / 4,
 		StateDir:  env.Config.StateDir(),
+		// The supervisor counts the bus's restarts; 0 is the node's start.
+		FirstStart: env.Restarts == 0,
 	}, nil
 }
 
@@ -637,7 +647,9 @@ func (k *Keeper) onSync(m *nats.Msg) {
 // load brings in the keys a previous run of the node left in JetStream,
 // as corosync would find them... had it kept any: its cmap starts empty,
 // and corobus's keeps what the node wrote at run time across a restart.
-// Keys written since start win. It retries until JetStream answers (short
+// Keys written since start win; on the node's first start (FirstStart)
+// the previous run's runtime.* keys are dropped. It retries until
+// JetStream answers (short
 // retries: a start waits for it, see firstLookupWait): a node that starts
 // alone, without a quorum, serves its new keys meanwhile.
 func (k *Keeper) load(ctx context.Context) {
@@ -657,12 +669,21 @@ func (k *Keeper) load(ctx context.Context) {
 		entries, err := k.readBehind(ctx, kv)
 		if err == nil {
 			k.mu.Lock()
-			n := 0
+			n, dropped := 0, 0
 			for _, e := range entries {
 				if k.touched[e.Key] {
 					continue
 				}
 				if _, ok := k.keys[e.Key]; ok {
+					continue
+				}
+				if k.cfg.FirstStart && strings.HasPrefix(e.Key, "runtime.") {
+					// A previous run's state (runtime.members.<id> of a
+					// node that has not joined this run, saying
+					// "joined"): removed, so that a later restart of the
+					// bus does not bring it back either.
+					k.dirty[e.Key] = dirtyKey{deleted: true}
+					dropped++
 					continue
 				}
 				k.keys[e.Key] = e.Value
@@ -677,7 +698,13 @@ func (k *Keeper) load(ctx context.Context) {
 			case k.outWake <- struct{}{}:
 			default:
 			}
-			k.log.Info("objdb keeper: keys of the node's previous run loaded", "stored", len(entries), "restored", n,
+			if dropped > 0 {
+				select {
+				case k.dirtyWake <- struct{}{}:
+				default:
+				}
+			}
+			k.log.Info("objdb keeper: keys of the node's previous run loaded", "stored", len(entries), "restored", n, "dropped_runtime", dropped,
 				"replicas", got, "after", time.Since(slow.start()).Round(time.Millisecond))
 			return
 		}
