@@ -129,6 +129,9 @@ type Gateway struct {
 	// what the probes ask about.
 	sessions map[string]*session.Client
 	probing  atomic.Bool
+	// missed counts, by session subject, the probes in a row that found
+	// no instance (probe's goroutine only).
+	missed map[string]int
 	// firstConn pokes the alive loop when conns stops being empty.
 	firstConn chan struct{}
 }
@@ -160,7 +163,7 @@ func New(cfg Config) (*Gateway, error) {
 		ids[r.Service] = r.ServiceID
 	}
 	return &Gateway{cfg: cfg, id: nuid.Next(), srv: srv, handles: map[string]hdb.Handle{}, conns: map[string]*libqb.Conn{},
-		sessions: map[string]*session.Client{}, firstConn: make(chan struct{}, 1), serviceIDs: ids}, nil
+		sessions: map[string]*session.Client{}, missed: map[string]int{}, firstConn: make(chan struct{}, 1), serviceIDs: ids}, nil
 }
 
 // Syncing reports whether the node's sync engine says a sync is running.
@@ -451,15 +454,32 @@ func (g *Gateway) probe(ctx context.Context) {
 		bySession[cl.Session()] = append(bySession[cl.Session()], id)
 	}
 	g.mu.Unlock()
+	for subject := range g.missed {
+		if bySession[subject] == nil {
+			delete(g.missed, subject)
+		}
+	}
 	for subject, ids := range bySession {
 		pctx, cancel := context.WithTimeout(ctx, 2*session.AliveInterval)
 		gone, err := session.Probe(pctx, g.cfg.Conn, subject, ids)
 		cancel()
-		if err != nil {
+		switch {
+		case errors.Is(err, session.ErrNoInstance):
+			// Twice in a row, a probe interval apart: an instance
+			// reconnecting to a restarted bus (100 ms) misses one.
+			g.missed[subject]++
+			if g.missed[subject] < 2 {
+				continue
+			}
+			delete(g.missed, subject)
+			gone = ids
+		case err != nil:
 			if ctx.Err() == nil {
 				g.cfg.Log.Debug("session probe unanswered", "session", subject, "err", err)
 			}
 			continue
+		default:
+			delete(g.missed, subject)
 		}
 		for _, id := range gone {
 			g.mu.Lock()

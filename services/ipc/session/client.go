@@ -105,14 +105,17 @@ type ProbeReply struct {
 	Gone []string `json:"gone"`
 }
 
+// ErrNoInstance is Probe's answer when nothing serves the session
+// subject: the instance died or restarted (a restarted instance has a new
+// subject) — or, for a moment, it is reconnecting to a restarted bus.
+var ErrNoInstance = errors.New("no instance serves the session subject")
+
 // Probe asks the instance serving session subject session which of the
-// connection ids it no longer knows, and returns them: every id when no
-// instance serves the subject any more (it died or restarted: a
-// restarted instance has a new subject). An instance that predates
-// probes answers as it answers any request of an unknown connection,
-// with an empty reply: alive, nothing known to be gone. Any other error
-// (a timeout: the instance may be busy) is returned as it is, and says
-// nothing of the sessions.
+// connection ids it no longer knows, and returns them; ErrNoInstance
+// when nothing serves the subject. An instance that predates probes
+// answers as it answers any request of an unknown connection, with an
+// empty reply: alive, nothing known to be gone. Any other error (a
+// timeout: the instance may be busy) says nothing of the sessions.
 func Probe(ctx context.Context, nc *nats.Conn, session string, ids []string) ([]string, error) {
 	m := nats.NewMsg(session)
 	m.Header.Set(HdrProbe, "1")
@@ -120,7 +123,7 @@ func Probe(ctx context.Context, nc *nats.Conn, session string, ids []string) ([]
 	r, err := nc.RequestMsgWithContext(ctx, m)
 	if err != nil {
 		if errors.Is(err, nats.ErrNoResponders) {
-			return ids, nil
+			return nil, ErrNoInstance
 		}
 		return nil, fmt.Errorf("probing %s: %w", session, err)
 	}

@@ -33,9 +33,10 @@
 //  6. Probe, the other way: every AliveInterval the gateway asks each
 //     instance it has sessions on, on its session subject with the
 //     Corobus-Probe header, which of its connection ids it no longer
-//     knows (Probe). No responder means the instance is gone (killed,
-//     crashed, restarted: a restarted instance has a new session
-//     subject). The gateway then ends those clients' connections, as
+//     knows (Probe). No responder, twice in a row, means the instance
+//     is gone (killed, crashed, restarted: a restarted instance has a new
+//     session subject; one miss may be an instance reconnecting to a
+//     restarted bus). The gateway then ends those clients' connections, as
 //     corosync's clients see theirs end when corosync dies: a client
 //     that only waits for events (Pacemaker's quorum and cfg tracking)
 //     sends no request that would find out, and would otherwise wait
