@@ -11,6 +11,7 @@ import (
 
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/bustest"
+	"github.com/corobus/corobus/internal/testlog"
 )
 
 func matchesAny(subject string, patterns []string) bool {
@@ -180,8 +181,8 @@ func TestUserPasswordsAndURLs(t *testing.T) {
 // ones included: the token (administrator), or a declared user with its
 // derived password. Refusals are counted and logged.
 func TestClientsAuthenticate(t *testing.T) {
-	var logs logBuffer
-	c := bustest.StartClusterWith(t, 1, bustest.Options{Logger: logs.logger()})
+	var logs testlog.Buffer
+	c := bustest.StartClusterWith(t, 1, bustest.Options{Logger: debugLogger(&logs)})
 	srv := c.Nodes[0].Server
 	url := srv.ClientURL()
 	tcpURL := func(u string) string { return strings.Replace(url, "nats://", "nats://"+u+"@", 1) }

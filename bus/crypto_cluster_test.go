@@ -15,6 +15,7 @@ import (
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/bustest"
 	"github.com/corobus/corobus/config"
+	"github.com/corobus/corobus/internal/testlog"
 )
 
 // cryptoConf is a corosync.conf for n nodes on 127.0.0.1..n with totem
@@ -51,7 +52,7 @@ func TestCryptoClusterFromCorosyncConf(t *testing.T) {
 			}
 			t.Run("corosync accepts the file", func(t *testing.T) { corosyncAccepts(t, conf) })
 
-			var logs logBuffer
+			var logs testlog.Buffer
 			var srvs []*bus.Server
 			for id := 1; id <= n; id++ {
 				srvs = append(srvs, startFromConf(t, conf, id, &logs, nil))
@@ -82,7 +83,7 @@ func TestCryptoClusterFromCorosyncConf(t *testing.T) {
 			}
 			before := srvs[0].Refused()
 			free := bustest.FreePorts(t, 2)
-			intruder := startFromConf(t, conf, 1, &logBuffer{}, []string{"totem.keyfile=" + other,
+			intruder := startFromConf(t, conf, 1, &testlog.Buffer{}, []string{"totem.keyfile=" + other,
 				fmt.Sprintf("nodelist.node.0.client_port=%d", free[0]), fmt.Sprintf("nodelist.node.0.bus_port=%d", free[1])})
 			waitFor(t, "the intruder to be refused", func() bool {
 				var refused uint64
@@ -99,14 +100,14 @@ func TestCryptoClusterFromCorosyncConf(t *testing.T) {
 }
 
 // startFromConf starts node id of conf, with its own state directory.
-func startFromConf(t *testing.T, conf string, id int, logs *logBuffer, extra []string) *bus.Server {
+func startFromConf(t *testing.T, conf string, id int, logs *testlog.Buffer, extra []string) *bus.Server {
 	t.Helper()
 	overrides := append([]string{fmt.Sprintf("totem.nodeid=%d", id), "system.state_dir=" + t.TempDir()}, extra...)
 	cfg, err := config.Load(config.Options{File: conf, Overrides: overrides})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sc, err := bus.ServerConfigFrom(cfg, logs.logger().With("node", id))
+	sc, err := bus.ServerConfigFrom(cfg, debugLogger(logs).With("node", id))
 	if err != nil {
 		t.Fatal(err)
 	}

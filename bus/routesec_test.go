@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,27 +20,12 @@ import (
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/bustest"
 	"github.com/corobus/corobus/config"
+	"github.com/corobus/corobus/internal/testlog"
 )
 
-// logBuffer is a slog handler target that tests read back.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *logBuffer) logger() *slog.Logger {
+// debugLogger logs everything, debug included, to b, for the test to
+// read back.
+func debugLogger(b *testlog.Buffer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
@@ -252,8 +236,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // the rogue retries. A rogue that speaks TLS with a certificate of its own
 // (another key) fares no better.
 func TestRogueRouteServerIsRefused(t *testing.T) {
-	var logs logBuffer
-	c := bustest.StartClusterWith(t, 2, bustest.Options{RouteKey: newKey(t), Logger: logs.logger()})
+	var logs testlog.Buffer
+	c := bustest.StartClusterWith(t, 2, bustest.Options{RouteKey: newKey(t), Logger: debugLogger(&logs)})
 	routeURL := "nats-route://127.0.0.1:" + strconv.Itoa(c.Nodes[0].Config.RoutePort)
 
 	for _, tc := range []struct {

@@ -9,22 +9,15 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/corobus/corobus/internal/testlog"
 )
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
-func newTest(t *testing.T, cfg Config, opts Options) (*Logsys, *syncBuf) {
+func newTest(t *testing.T, cfg Config, opts Options) (*Logsys, *testlog.Buffer) {
 	t.Helper()
-	out := &syncBuf{}
+	out := &testlog.Buffer{}
 	opts.Stderr = out
 	if opts.Layer == "" {
 		opts.Layer = "test"

@@ -1,30 +1,18 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/corobus/corobus/internal/testlog"
 )
-
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-func (l *lockedBuf) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
 
 // sh returns a child that runs a shell script (the supervisor appends
 // --restarts N, which the script receives as $1 $2).
@@ -35,7 +23,7 @@ func sh(name, script string) Child {
 func TestSupervisorRestartsAndStopsInReverse(t *testing.T) {
 	dir := t.TempDir()
 	order := filepath.Join(dir, "order")
-	out := &lockedBuf{}
+	out := &testlog.Buffer{}
 	sup := NewSupervisor(slog.New(slog.DiscardHandler), out, Backoff{Min: 10 * time.Millisecond, Max: 50 * time.Millisecond, Stable: time.Hour}, 5*time.Second)
 	// "a" and "c" run until told to stop and record when they are;
 	// "b" crashes at once every time and must be restarted.
@@ -70,7 +58,7 @@ func TestSupervisorRestartsAndStopsInReverse(t *testing.T) {
 }
 
 func TestSupervisorKillsAStubbornChild(t *testing.T) {
-	sup := NewSupervisor(slog.New(slog.DiscardHandler), &lockedBuf{}, DefaultBackoff(), 200*time.Millisecond)
+	sup := NewSupervisor(slog.New(slog.DiscardHandler), &testlog.Buffer{}, DefaultBackoff(), 200*time.Millisecond)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	ready := make(chan struct{})
@@ -90,9 +78,9 @@ func TestSupervisorKillsAStubbornChild(t *testing.T) {
 // is restarted with backoff and reported once, then summarized with the
 // count of restarts, not a line per restart.
 func TestSupervisorRestartLoopIsQuiet(t *testing.T) {
-	logs := &lockedBuf{}
+	logs := &testlog.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
-	sup := NewSupervisor(log, &lockedBuf{}, Backoff{Min: time.Millisecond, Max: 5 * time.Millisecond, Stable: time.Hour}, 5*time.Second)
+	sup := NewSupervisor(log, &testlog.Buffer{}, Backoff{Min: time.Millisecond, Max: 5 * time.Millisecond, Stable: time.Hour}, 5*time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	began := time.Now()
@@ -153,7 +141,7 @@ func TestDefaultBackoffBoundsALoop(t *testing.T) {
 func TestSupervisorChildHasItsOwnProcessGroup(t *testing.T) {
 	dir := t.TempDir()
 	out := filepath.Join(dir, "pgid")
-	sup := NewSupervisor(slog.New(slog.DiscardHandler), &lockedBuf{}, DefaultBackoff(), 5*time.Second)
+	sup := NewSupervisor(slog.New(slog.DiscardHandler), &testlog.Buffer{}, DefaultBackoff(), 5*time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {

@@ -1,27 +1,18 @@
 package ipc
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/corobus/corobus/internal/testlog"
 	"github.com/corobus/corobus/services/ipc/libqb"
 	"github.com/corobus/corobus/services/ipc/libqb/qbclient"
 )
-
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
-func (l *logBuf) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
 
 // TestTakenNameIsSaidOnce: a gateway whose IPC name another process of
 // the namespace holds says so once, naming the holder, retries quietly,
@@ -60,7 +51,7 @@ func TestTakenNameIsSaidOnce(t *testing.T) {
 			t.Fatal("the first gateway does not listen")
 		}
 	}
-	logs := &logBuf{}
+	logs := &testlog.Buffer{}
 	run(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), 10*time.Millisecond)
 	deadline := time.Now().Add(time.Minute)
 	for strings.Count(logs.String(), "still taken") < 50 {

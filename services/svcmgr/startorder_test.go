@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/bustest"
+	"github.com/corobus/corobus/internal/testlog"
 	"github.com/corobus/corobus/loader"
 	"github.com/corobus/corobus/node"
 	"github.com/corobus/corobus/objdb"
@@ -85,7 +85,7 @@ func TestDefaultServiceLoadsWhateverTheStartOrder(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				logs := &logBuf{}
+				logs := &testlog.Buffer{}
 				cfg := svcmgr.Config{
 					Conn: conn(t), Subjects: subjects, Node: 1, BusURL: bn.Server.AdminURL(), ComponentDir: compDir,
 					Log:      slogTo(logs),
@@ -192,14 +192,5 @@ func loadAttempts(logs string) int {
 }
 
 func cutAfter(s, sep string) (string, string, bool) { return strings.Cut(s, sep) }
-
-// logBuf collects a manager's log.
-type logBuf struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
-func (l *logBuf) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
 
 func slogTo(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/bustest"
+	"github.com/corobus/corobus/internal/testlog"
 	"github.com/corobus/corobus/loader"
 	"github.com/corobus/corobus/loader/loadertest"
 	"github.com/corobus/corobus/node"
@@ -379,24 +380,6 @@ func TestHostedServiceListed(t *testing.T) {
 	waitFor(t, "cpg to leave the list once it stops serving", 10*time.Second, func() bool { return len(hosted()) == 0 })
 }
 
-// lockedBuf is a log destination tests read while the manager writes.
-type lockedBuf struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // While objdb does not serve yet (every node's start, for seconds), the
 // manager retries recording its services; it says so once, not at every
 // retry (it said it three times a second per service), and records them
@@ -406,7 +389,7 @@ func TestRecordRetriesAreSaidOnce(t *testing.T) {
 	f.rec.mu.Lock()
 	f.rec.failing = true
 	f.rec.mu.Unlock()
-	var logs lockedBuf
+	var logs testlog.Buffer
 	f.start(svcmgr.Config{
 		Services: []svcmgr.Service{{Name: "example", Version: 1}},
 		Log:      slog.New(slog.NewTextHandler(&logs, nil)),

@@ -26,11 +26,11 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/corobus/corobus/internal/testlog"
 	"github.com/corobus/corobus/tests/netcluster"
 )
 
@@ -93,25 +93,8 @@ func (b binary) run(t testing.TB, env []string, args ...string) (string, error) 
 // upProcess is a running `corobus up`.
 type upProcess struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *testlog.Buffer
 	done chan error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // up starts `corobus up args…`; the node is stopped at the end of the test
@@ -120,7 +103,7 @@ func (b binary) up(t testing.TB, env []string, args ...string) *upProcess {
 	t.Helper()
 	cmd := exec.Command(b.path, append([]string{"up"}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	// Killed with the test binary (go test's -timeout panics past the
 	// cleanup below); its layers follow it (their own parent-death
