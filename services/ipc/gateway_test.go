@@ -290,8 +290,9 @@ func TestGatewayEndsIdleConnectionsOfAGoneInstance(t *testing.T) {
 			t.Fatalf("served by %s", v)
 		}
 		stop()
-		// No request from the client from here on.
-		if !c.Closed(15 * time.Second) {
+		// No request from the client from here on. Two probes without
+		// an answer, DefaultProbeInterval apart, end it.
+		if !c.Closed(3*DefaultProbeInterval + 5*time.Second) {
 			t.Fatal("the idle connection stayed open after its component instance went")
 		}
 	})
