@@ -163,12 +163,8 @@ func BenchmarkThreeNodes(b *testing.B) {
 	})
 	for _, key := range []string{"test.bench3.k", "runtime.bench3.k"} {
 		b.Run("set-8/"+key, func(b *testing.B) {
-			b.SetParallelism(4) // 2 CPUs × 4 = 8 writers
-			defer reportCPU(b)()
-			var n atomic.Int64
-			b.RunParallel(func(pb *testing.PB) {
-				i := n.Add(1)
-				st := stores[int(i)%3]
+			eightWriters(b, func(i int, pb *testing.PB) {
+				st := stores[i%3]
 				k := fmt.Sprintf("%s.%d", key, i)
 				for pb.Next() {
 					if err := st.Set(ctx, k, v); err != nil {
@@ -180,12 +176,9 @@ func BenchmarkThreeNodes(b *testing.B) {
 	}
 	// The floor under cluster-key sets: bare KV puts, R3, from eight
 	// writers spread over the three nodes' connections.
+	jss := []jetstream.JetStream{jsFor(b, cl.Conn(1)), jsFor(b, cl.Conn(2)), jsFor(b, cl.Conn(3))}
 	var kvs []jetstream.KeyValue
-	for id := 1; id <= 3; id++ {
-		js, err := jetstream.New(cl.Conn(id))
-		if err != nil {
-			b.Fatal(err)
-		}
+	for _, js := range jss {
 		kv, err := js.KeyValue(ctx, objdb.BucketName("svc"))
 		if err != nil {
 			b.Fatal(err)
@@ -196,7 +189,7 @@ func BenchmarkThreeNodes(b *testing.B) {
 	// The same puts into an R3 bucket held in memory (JetStream's memory
 	// store, its raft log in memory too): what the file store's writes
 	// cost a replicated put.
-	memKV(b, []jetstream.JetStream{jsFor(b, cl.Conn(1)), jsFor(b, cl.Conn(2)), jsFor(b, cl.Conn(3))})
+	memKV(b, jss)
 	// The design that would order cluster writes by totem, its core
 	// alone, beside kv-put-8 (docs/objdb.md, "What that design's core
 	// costs").
@@ -205,7 +198,17 @@ func BenchmarkThreeNodes(b *testing.B) {
 	// puts, R3, from eight writers, as JetStream atomic batches of four
 	// (an op is one put). objdb does not batch its cluster writes: a
 	// node's writers are too few to fill batches (docs/objdb.md).
-	batchKV(b, []jetstream.JetStream{jsFor(b, cl.Conn(1)), jsFor(b, cl.Conn(2)), jsFor(b, cl.Conn(3))})
+	batchKV(b, jss)
+}
+
+// eightWriters runs write on eight goroutines (2 CPUs × 4: the eight
+// cmap clients of tests/benchcompare), each given its own index from 1
+// and its share of b.N, and reports the process's CPU per operation.
+func eightWriters(b *testing.B, write func(i int, pb *testing.PB)) {
+	b.SetParallelism(4)
+	defer reportCPU(b)()
+	var n atomic.Int64
+	b.RunParallel(func(pb *testing.PB) { write(int(n.Add(1)), pb) })
 }
 
 func jsFor(b *testing.B, nc *nats.Conn) jetstream.JetStream {
@@ -220,12 +223,8 @@ func jsFor(b *testing.B, nc *nats.Conn) jetstream.JetStream {
 // putting a key of its own; it reports the process's CPU per put.
 func kvPuts8(b *testing.B, kvs []jetstream.KeyValue) {
 	ctx := context.Background()
-	b.SetParallelism(4) // 2 CPUs × 4 = 8 writers
-	defer reportCPU(b)()
-	var n atomic.Int64
-	b.RunParallel(func(pb *testing.PB) {
-		i := n.Add(1)
-		kv := kvs[int(i)%3]
+	eightWriters(b, func(i int, pb *testing.PB) {
+		kv := kvs[i%3]
 		k := fmt.Sprintf("c.test.bench3.raw.%d", i)
 		for pb.Next() {
 			if _, err := kv.Put(ctx, k, []byte{1, 2, 3, 4}); err != nil {
@@ -275,12 +274,8 @@ func batchKV(b *testing.B, jss []jetstream.JetStream) {
 	leaderBatch(b, jss)
 	const size = 4
 	b.Run("kv-batch4-8", func(b *testing.B) {
-		b.SetParallelism(4)
-		defer reportCPU(b)()
-		var n atomic.Int64
-		b.RunParallel(func(pb *testing.PB) {
-			i := n.Add(1)
-			js := jss[int(i)%3]
+		eightWriters(b, func(i int, pb *testing.PB) {
+			js := jss[i%3]
 			subj := fmt.Sprintf("$KV.benchbatch.c.raw.%d.", i)
 			for {
 				k := 0
@@ -361,11 +356,8 @@ func BenchmarkNodeSets(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer follower.Close()
-	b.SetParallelism(4) // 2 CPUs × 4 = 8 writers
-	defer reportCPU(b)()
-	var n atomic.Int64
-	b.RunParallel(func(pb *testing.PB) {
-		k := fmt.Sprintf("runtime.benchnode.%d", n.Add(1))
+	eightWriters(b, func(w int, pb *testing.PB) {
+		k := fmt.Sprintf("runtime.benchnode.%d", w)
 		var i uint32
 		for pb.Next() {
 			i++
@@ -461,14 +453,10 @@ func leaderBatch(b *testing.B, jss []jetstream.JetStream) {
 		}
 	}()
 	b.Run("leader-batch-8", func(b *testing.B) {
-		b.SetParallelism(4)
 		batches.Store(0)
 		writes.Store(0)
-		defer reportCPU(b)()
-		var n atomic.Int64
-		b.RunParallel(func(pb *testing.PB) {
-			i := n.Add(1)
-			nc := jss[int(i)%3].Conn()
+		eightWriters(b, func(i int, pb *testing.PB) {
+			nc := jss[i%3].Conn()
 			m := nats.NewMsg("bench.leaderbatch")
 			m.Header.Set("Key", fmt.Sprintf("c.leader.%d", i))
 			m.Data = []byte{1, 2, 3, 4}
