@@ -93,10 +93,6 @@ type Config struct {
 	MaxConns, MaxConnsPerUID int
 	// Transport is the libqb connection type offered (ipc.transport).
 	Transport libqb.Transport
-	// ProbeInterval is how often the gateway asks the instances it has
-	// sessions on which of them are gone (probe); default
-	// DefaultProbeInterval.
-	ProbeInterval time.Duration
 }
 
 // DefaultProbeInterval is how often the gateway probes the instances it
@@ -236,14 +232,10 @@ func (g *Gateway) Run(ctx context.Context) error {
 		// Only a gateway with connections has sessions to keep alive:
 		// without, it publishes nothing (nobody would receive it).
 		ctx, cancel := context.WithCancel(ctx)
-		every := g.cfg.ProbeInterval
-		if every <= 0 {
-			every = DefaultProbeInterval
-		}
 		grp.Add(func() error {
 			t := time.NewTimer(session.AliveInterval)
 			defer t.Stop()
-			pt := time.NewTimer(time.Until(beat.Next(time.Now(), every)))
+			pt := time.NewTimer(time.Until(beat.Next(time.Now(), DefaultProbeInterval)))
 			defer pt.Stop()
 			for {
 				probe := false
@@ -274,7 +266,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 				}
 				// The next probe is due at the next beat (the same
 				// instant again when the alive tick comes first).
-				pt.Reset(time.Until(beat.Next(time.Now(), every)))
+				pt.Reset(time.Until(beat.Next(time.Now(), DefaultProbeInterval)))
 			}
 		}, func(error) { cancel() })
 	}

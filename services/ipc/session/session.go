@@ -30,8 +30,9 @@
 //     that crashed cannot say close), and forgets a gateway silent that
 //     long. A gateway without connections and an instance without
 //     sessions send and look at nothing.
-//  6. Probe, the other way: every AliveInterval the gateway asks each
-//     instance it has sessions on, on its session subject with the
+//  6. Probe, the other way: every 5 s (ipc.DefaultProbeInterval, on the
+//     wall clock's multiples of it) the gateway asks each instance it has
+//     sessions on, on its session subject with the
 //     Corobus-Probe header, which of its connection ids it no longer
 //     knows (Probe). No responder, twice in a row, means the instance
 //     is gone (killed, crashed, restarted: a restarted instance has a new
