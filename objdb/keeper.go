@@ -649,9 +649,9 @@ func (k *Keeper) onSync(m *nats.Msg) {
 // and corobus's keeps what the node wrote at run time across a restart.
 // Keys written since start win; on the node's first start (FirstStart)
 // the previous run's runtime.* keys are dropped. It retries until
-// JetStream answers (short
-// retries: a start waits for it, see firstLookupWait): a node that starts
-// alone, without a quorum, serves its new keys meanwhile.
+// JetStream answers (short retries: a start waits for it, see
+// firstLookupWait): a node that starts alone, without a quorum, serves its
+// new keys meanwhile.
 func (k *Keeper) load(ctx context.Context) {
 	o := newBucketOpener(k.js, k.cfg.Bucket, k.cfg.Replicas, false)
 	var slow slowNotice
