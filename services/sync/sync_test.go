@@ -295,19 +295,25 @@ func TestLateEngineAndLateService(t *testing.T) {
 	start(3)
 	idle(1, 2, 3)
 
-	svc := &fakeService{}
-	stop, err := syncsvc.Serve(ctx, c.Client(3), c.Subjects, 3, syncsvc.Registration{Name: "late", ID: 4}, svc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stop)
-	waitFor(t, 30*time.Second, func() error {
-		ring := idle(1, 2, 3)
-		if got := svc.last(); got != "activate "+ring.String() {
-			return fmt.Errorf("the late service's last call: %q (ring %s)", got, ring)
+	// serve starts the service "late" on node 3 and waits until a round
+	// of the current view has activated it.
+	serve := func(what string) (stop func()) {
+		svc := &fakeService{}
+		stop, err := syncsvc.Serve(ctx, c.Client(3), c.Subjects, 3, syncsvc.Registration{Name: "late", ID: 4}, svc)
+		if err != nil {
+			t.Fatal(err)
 		}
-		return nil
-	})
+		t.Cleanup(stop)
+		waitFor(t, 30*time.Second, func() error {
+			ring := idle(1, 2, 3)
+			if got := svc.last(); got != "activate "+ring.String() {
+				return fmt.Errorf("the %s service's last call: %q (ring %s)", what, got, ring)
+			}
+			return nil
+		})
+		return stop
+	}
+	stop := serve("late")
 
 	// The service restarts (killed; svcmgr starts it again): the new
 	// run knows nothing of the view and registers again. It gets a round
@@ -315,17 +321,5 @@ func TestLateEngineAndLateService(t *testing.T) {
 	// "waiting for all" and a two_node survivor lost quorum when its
 	// peer died.
 	stop()
-	again := &fakeService{}
-	stop2, err := syncsvc.Serve(ctx, c.Client(3), c.Subjects, 3, syncsvc.Registration{Name: "late", ID: 4}, again)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stop2)
-	waitFor(t, 30*time.Second, func() error {
-		ring := idle(1, 2, 3)
-		if got := again.last(); got != "activate "+ring.String() {
-			return fmt.Errorf("the restarted service's last call: %q (ring %s)", got, ring)
-		}
-		return nil
-	})
+	serve("restarted")
 }
