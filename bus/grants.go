@@ -261,6 +261,16 @@ func (a Access) NodeControl() Grant {
 		a.Subjects.QuorumRefresh(a.Node), a.Subjects.Join("cfg", a.node(), "*")}}
 }
 
+// CfgPeer is one of node's cfg instances in a shutdown negotiation that
+// covers them all: it lists the others through the node's loader and asks
+// them, and answers their asks, on Subjects.CfgPeers.
+func (a Access) CfgPeer() Grant {
+	return Grant{
+		Pub: []string{a.Subjects.LcrAPI(a.Node, "list"), a.Subjects.CfgPeers(a.Node)},
+		Sub: []string{a.Subjects.CfgPeers(a.Node)},
+	}
+}
+
 // CPGService publishes the node's CPG events (a group's configuration
 // changes, the ring) and answers for the node's groups (the cpg service).
 func (a Access) CPGService() Grant {

@@ -31,6 +31,16 @@ func (s Subjects) CfgEvent(node uint32, kind string) string {
 // CfgEvents matches every cfg event of every node.
 func (s Subjects) CfgEvents() string { return s.Join("cfg", "*", ">") }
 
+// CfgPeers is where node's cfg instances (more than one while a new
+// one replaces the old, or when the layer is scaled) run one shutdown
+// negotiation together: every instance of the node subscribes, and the
+// one a client asked asks the others there to ask their own registered
+// clients. Not under "cfg." on purpose: CfgEvents' followers (`corobus cfg
+// --events`) see the negotiation's steps, not its internal messages.
+func (s Subjects) CfgPeers(node uint32) string {
+	return s.Join("cfgpeers", nodeToken(node))
+}
+
 // NodeShutdown is served by the process that supervises node's layers
 // (`corobus up`): a request asks it to stop the node as SIGTERM would.
 func (s Subjects) NodeShutdown(node uint32) string {

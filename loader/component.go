@@ -75,6 +75,11 @@ type Component struct {
 	// not wake every StatsEvery at rest to look.
 	CountersMoved <-chan struct{}
 	Log           *slog.Logger
+	// Instance, when set, is the instance's id (default: a fresh nuid):
+	// a component whose instances talk to each other (cfg's shutdown
+	// negotiation) knows itself in the loader's listing by it. It must
+	// be unique.
+	Instance string
 }
 
 // Moved tells a component instance that its counters may have changed
@@ -156,7 +161,10 @@ func (c Component) Serve(ctx context.Context, nc *nats.Conn, subjects bus.Subjec
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
-	s := &instanceState{c: c, nc: nc, subjects: subjects, node: node, id: nuid.Next(), started: time.Now().UTC(),
+	if c.Instance == "" {
+		c.Instance = nuid.Next()
+	}
+	s := &instanceState{c: c, nc: nc, subjects: subjects, node: node, id: c.Instance, started: time.Now().UTC(),
 		state: Serving, retired: make(chan struct{}), stats: map[string]*fnCounters{}, activity: NewMoved()}
 	return s.run(ctx)
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 	"github.com/oklog/run"
 
 	"github.com/corobus/corobus/bus"
@@ -34,7 +35,7 @@ func Layer() layer.Layer {
 		// the internal write path.
 		Grant: func(a bus.Access) bus.Grant {
 			return bus.Merge(a.Process(), a.Component(ComponentName, loader.LocalNamespace(a.Node)), a.TotemClient(TotemService),
-				a.ObjdbClient(true), a.NodeControl())
+				a.ObjdbClient(true), a.NodeControl(), a.CfgPeer())
 		}}
 }
 
@@ -112,8 +113,10 @@ func Run(ctx context.Context, env layer.Env) error {
 		env.Log.Info("logging section applied by the node's processes", "processes", answered)
 		return nil
 	}}
+	instance := nuid.Next()
 	svc := NewService(Config{
-		Conn: env.Conn, Subjects: env.Subjects, Node: env.Node.ID, Log: env.Log, Nodes: nodes,
+		Instance: instance,
+		Conn:     env.Conn, Subjects: env.Subjects, Node: env.Node.ID, Log: env.Log, Nodes: nodes,
 		Reload: rl.Reload,
 		ShutdownTimeout: func(ctx context.Context) (time.Duration, error) {
 			v, err := db.Get(ctx, "cfg.shutdown_timeout")
@@ -135,7 +138,7 @@ func Run(ctx context.Context, env layer.Env) error {
 		g.Add(func() error {
 			return session.ServeComponent(ctx, env.Conn, env.Subjects, env.Node.ID, loader.Component{
 				Name: ComponentName, Version: ComponentVersion, Subject: Subject(env.Subjects, env.Node.ID),
-				Counters: svc.Counters, CountersMoved: svc.CountersMoved(),
+				Counters: svc.Counters, CountersMoved: svc.CountersMoved(), Instance: instance,
 			}, svc, env.Log)
 		}, func(error) { cancel() })
 	}

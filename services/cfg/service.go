@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/totem"
@@ -58,13 +59,19 @@ type Config struct {
 	ShutdownTimeout func(ctx context.Context) (time.Duration, error)
 	// StopNode asks whatever supervises the node's layers to stop them.
 	StopNode func(ctx context.Context, reason string) error
+	// Instance is this instance's id in the loader's listing
+	// (loader.Component.Instance): the shutdown negotiation asks the
+	// node's other instances, and knows itself among them by it.
+	// Default: a fresh id.
+	Instance string
 }
 
 // Service is a node's cfg service.
 type Service struct {
-	cfg Config
-	log *slog.Logger
-	tc  *totem.Client
+	cfg      Config
+	log      *slog.Logger
+	tc       *totem.Client
+	instance string
 
 	mu       sync.Mutex
 	trackers []*Conn
@@ -79,15 +86,21 @@ type Service struct {
 	moved loader.Moved
 }
 
-// negotiation is one try_shutdown: who asked, with what flags, and the
-// registered clients' answers.
+// negotiation is one try_shutdown as one instance runs it: who asked,
+// with what flags, and the answers of the instance's registered clients.
 type negotiation struct {
-	by            *Conn
+	id            string
+	by            *Conn  // the client that asked, when on this instance
+	peer          string // the asking instance's reply subject, when another asked
 	flags         uint32
 	yes, no, want int
 	answers       map[*Conn]int // 1 yes, 0 no, -1 not yet
 	timer         *time.Timer
-	done          chan cswire.Error
+	// over: every answer is in, or the time is up.
+	over bool
+	// decided is closed when over, gone when the requester went away
+	// (by != nil only).
+	decided, gone chan struct{}
 }
 
 // NewService builds the service; Run starts it.
@@ -95,7 +108,10 @@ func NewService(cfg Config) *Service {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{cfg: cfg, log: cfg.Log, moved: loader.NewMoved(), reloads: map[uint64]chan cswire.Error{}}
+	if cfg.Instance == "" {
+		cfg.Instance = nuid.Next()
+	}
+	return &Service{cfg: cfg, log: cfg.Log, instance: cfg.Instance, moved: loader.NewMoved(), reloads: map[uint64]chan cswire.Error{}}
 }
 
 // Run attaches to totem and serves until ctx ends.
@@ -107,8 +123,15 @@ func (s *Service) Run(ctx context.Context) error {
 	s.mu.Lock()
 	s.tc = tc
 	s.mu.Unlock()
+	defer func() { _ = tc.Close() }()
+	// The node's other cfg instances ask this one's registered clients
+	// through it (shutdown.go).
+	peers, err := s.cfg.Conn.Subscribe(s.cfg.Subjects.CfgPeers(s.cfg.Node), s.onPeer)
+	if err != nil {
+		return fmt.Errorf("cfg: subscribing to %s: %w", s.cfg.Subjects.CfgPeers(s.cfg.Node), err)
+	}
+	defer func() { _ = peers.Unsubscribe() }()
 	<-ctx.Done()
-	_ = tc.Close()
 	return nil
 }
 

@@ -2,9 +2,16 @@ package cfg
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"slices"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/nats-io/nuid"
+
+	"github.com/corobus/corobus/loader"
 	"github.com/corobus/corobus/services/cswire"
 )
 
@@ -15,6 +22,48 @@ import (
 // within cfg.shutdown_timeout; REGARDLESS asks but goes ahead anyway;
 // IMMEDIATE asks nobody. A registered client that goes away counts as a
 // yes; one that does not answer in time as a no.
+//
+// corosync has one cfg service per node; a corobus node may have several
+// cfg instances at once — a new one replacing the old (the old keeps the
+// connections it has until they end), or the layer scaled by hand — and
+// each client is connected to one of them. So the instance a try_shutdown
+// reaches asks the node's other instances (the loader lists them) on
+// Subjects.CfgPeers to ask their own registered clients, and decides on
+// all the answers: every registered client of the node is asked,
+// whichever instance holds its connection.
+
+// peerMsg is what the node's cfg instances say to each other: an ask or a
+// cancel on Subjects.CfgPeers, and the answers to an ask on its reply
+// subject.
+type peerMsg struct {
+	Op        string `json:"op,omitempty"` // peerAsk, peerCancel; empty on an answer
+	ID        string `json:"id"`           // the negotiation
+	Instance  string `json:"instance"`     // who asks, or who answers
+	Flags     uint32 `json:"flags,omitempty"`
+	TimeoutMS int64  `json:"timeout_ms,omitempty"`
+	// An answer: how many of its registered clients the instance asked
+	// (at once), then, with Done, their answers once all are in or the
+	// time is up (a client that did not answer is a no).
+	Asked int  `json:"asked"`
+	Done  bool `json:"done,omitempty"`
+	Yes   int  `json:"yes"`
+	No    int  `json:"no"`
+	// Busy: a negotiation runs there already (the asker's client gets
+	// CS_ERR_EXIST, as from a second try_shutdown in corosync).
+	Busy bool `json:"busy,omitempty"`
+}
+
+const (
+	peerAsk    = "ask"
+	peerCancel = "cancel"
+	// peerAckWait bounds the wait for a listed instance's first answer:
+	// one that says nothing is gone, and so are its clients'
+	// connections (the gateway ends them).
+	peerAckWait = 2 * time.Second
+	// peerGrace is how long after the timeout the asker still waits for
+	// the others' last answers (their timers started a little later).
+	peerGrace = 2 * time.Second
+)
 
 func (s *Service) trackStart(c *Conn) {
 	s.mu.Lock()
@@ -23,7 +72,7 @@ func (s *Service) trackStart(c *Conn) {
 		return
 	}
 	s.trackers = append(s.trackers, c)
-	if sd := s.sd; sd != nil {
+	if sd := s.sd; sd != nil && !sd.over {
 		// A shutdown is in progress: the newcomer is asked too.
 		sd.answers[c] = -1
 		sd.want++
@@ -39,9 +88,11 @@ func (s *Service) leave(c *Conn) {
 	defer s.mu.Unlock()
 	sd := s.sd
 	if sd != nil && sd.by == c {
-		sd.timer.Stop()
+		if sd.timer != nil {
+			sd.timer.Stop()
+		}
 		s.sd = nil
-		close(sd.done)
+		close(sd.gone)
 		sd = nil
 	}
 	i := slices.Index(s.trackers, c)
@@ -49,18 +100,45 @@ func (s *Service) leave(c *Conn) {
 		return
 	}
 	s.trackers = slices.Delete(s.trackers, i, i+1)
-	if sd == nil {
+	if sd == nil || sd.over {
 		return
 	}
-	switch sd.answers[c] {
-	case 1:
-		sd.yes--
-	case 0:
-		sd.no--
+	if _, asked := sd.answers[c]; asked {
+		sd.answer(c, true)
+		s.decideLocked(sd)
 	}
-	sd.answers[c] = 1
-	sd.yes++
-	s.decideLocked()
+}
+
+// newRoundLocked starts asking this instance's registered clients but
+// except; the caller sets who it is for.
+func (s *Service) newRoundLocked(id string, flags uint32, except *Conn) *negotiation {
+	sd := &negotiation{id: id, flags: flags, answers: map[*Conn]int{}}
+	for _, t := range s.trackers {
+		if t != except {
+			sd.answers[t] = -1
+			sd.want++
+		}
+	}
+	return sd
+}
+
+// askLocked sends the shutdown callback to the round's clients and starts
+// its timer.
+func (s *Service) askLocked(sd *negotiation, timeout time.Duration) {
+	sd.timer = time.AfterFunc(timeout, func() { s.timeout(sd) })
+	msg := EncodeTestShutdown(sd.flags, cswire.OK)
+	for t := range sd.answers {
+		t.send(msg)
+	}
+}
+
+func (s *Service) shutdownTimeout(ctx context.Context) time.Duration {
+	if s.cfg.ShutdownTimeout != nil {
+		if d, err := s.cfg.ShutdownTimeout(ctx); err == nil && d > 0 {
+			return d
+		}
+	}
+	return DefaultShutdownTimeout
 }
 
 func (s *Service) tryShutdown(ctx context.Context, c *Conn, flags uint32) cswire.Error {
@@ -74,57 +152,244 @@ func (s *Service) tryShutdown(ctx context.Context, c *Conn, flags uint32) cswire
 		s.mu.Unlock()
 		return cswire.ErrExist
 	}
-	sd := &negotiation{by: c, flags: flags, answers: map[*Conn]int{}, done: make(chan cswire.Error, 1)}
-	for _, t := range s.trackers {
-		if t != c {
-			sd.answers[t] = -1
-			sd.want++
-		}
-	}
-	if sd.want == 0 {
-		s.mu.Unlock()
-		s.event("shutdown", ShutdownEvent{Node: s.cfg.Node, Phase: "confirmed", Flags: FlagName(flags)})
-		s.sendShutdownAfterReply(ctx)
-		return cswire.OK
-	}
+	sd := s.newRoundLocked(nuid.Next(), flags, c)
+	sd.by, sd.decided, sd.gone = c, make(chan struct{}), make(chan struct{})
 	s.sd = sd
 	s.mu.Unlock()
-	timeout := DefaultShutdownTimeout
-	if s.cfg.ShutdownTimeout != nil {
-		if d, err := s.cfg.ShutdownTimeout(ctx); err == nil && d > 0 {
-			timeout = d
-		}
+	timeout := s.shutdownTimeout(ctx)
+
+	// The node's other cfg instances ask their clients too.
+	answers := make(chan *nats.Msg, 16)
+	inbox := s.cfg.Conn.NewRespInbox()
+	sub, err := s.cfg.Conn.ChanSubscribe(inbox, answers)
+	if err != nil {
+		s.log.Warn("shutdown: the node's other cfg instances cannot be asked", "err", err)
+	} else {
+		defer func() { _ = sub.Unsubscribe() }()
 	}
+	expect, listed := s.peerInstances(ctx)
+	if sub != nil {
+		b, _ := json.Marshal(peerMsg{Op: peerAsk, ID: sd.id, Instance: s.instance, Flags: flags, TimeoutMS: timeout.Milliseconds()})
+		if err := s.cfg.Conn.PublishRequest(s.cfg.Subjects.CfgPeers(s.cfg.Node), inbox, b); err != nil {
+			s.log.Warn("shutdown: the node's other cfg instances cannot be asked", "err", err)
+		}
+		defer s.cancelPeers(sd.id)
+	}
+
 	s.mu.Lock()
 	if s.sd != sd { // the requester went away meanwhile
 		s.mu.Unlock()
 		return cswire.ErrBadHandle
 	}
-	sd.timer = time.AfterFunc(timeout, func() { s.timeout(sd) })
-	s.log.Info("shutdown requested; asking the registered clients", "flags", FlagName(flags), "clients", sd.want, "timeout", timeout)
-	s.event("shutdown", ShutdownEvent{Node: s.cfg.Node, Phase: "requested", Flags: FlagName(flags), Expected: sd.want})
-	msg := EncodeTestShutdown(flags, cswire.OK)
-	for t := range sd.answers {
-		t.send(msg)
-	}
+	s.askLocked(sd, timeout)
+	s.decideLocked(sd) // nobody to ask here
 	s.mu.Unlock()
-	select {
-	case code, ok := <-sd.done:
-		if !ok {
-			return cswire.ErrBadHandle
+
+	peers := map[string]peerMsg{}
+	allAcked := func() bool {
+		for id := range expect {
+			if _, ok := peers[id]; !ok {
+				return false
+			}
 		}
-		if code == cswire.OK {
-			s.sendShutdownAfterReply(ctx)
-		}
-		return code
-	case <-ctx.Done():
+		return true
+	}
+	ackWait := time.NewTimer(peerAckWait)
+	defer ackWait.Stop()
+	if !listed { // no list: whoever answers within peerAckWait
+		expect = nil
+	}
+	acked := listed && allAcked()
+	deadline := time.NewTimer(timeout + peerGrace)
+	defer deadline.Stop()
+	decided := sd.decided
+	requested := false
+	var totalWant, totalYes, totalNo int
+	for {
 		s.mu.Lock()
-		if s.sd == sd {
+		totalWant, totalYes, totalNo = sd.want, sd.yes, sd.no
+		s.mu.Unlock()
+		done := decided == nil && acked
+		for _, p := range peers {
+			totalWant += p.Asked
+			totalYes += p.Yes
+			totalNo += p.No
+			done = done && p.Done
+		}
+		if acked && !requested && totalWant > 0 {
+			requested = true
+			s.log.Info("shutdown requested; asking the registered clients", "flags", FlagName(flags), "clients", totalWant,
+				"instances", 1+len(peers), "timeout", timeout)
+			s.event("shutdown", ShutdownEvent{Node: s.cfg.Node, Phase: "requested", Flags: FlagName(flags), Expected: totalWant})
+		}
+		if done {
+			break
+		}
+		select {
+		case m := <-answers:
+			var p peerMsg
+			if err := json.Unmarshal(m.Data, &p); err != nil || p.ID != sd.id || p.Instance == "" {
+				continue
+			}
+			if p.Busy {
+				s.endRound(sd)
+				return cswire.ErrExist
+			}
+			if prev, ok := peers[p.Instance]; ok && prev.Done {
+				continue
+			}
+			peers[p.Instance] = p
+			acked = acked || (listed && allAcked())
+		case <-decided:
+			decided = nil
+		case <-ackWait.C:
+			acked = true
+		case <-deadline.C:
+			// Whoever has not answered by now counts as a no.
+			acked, decided = true, nil
+			for id, p := range peers {
+				p.No, p.Done = p.Asked-p.Yes, true
+				peers[id] = p
+			}
+		case <-sd.gone:
+			return cswire.ErrBadHandle
+		case <-ctx.Done():
+			s.endRound(sd)
+			return cswire.ErrTimeout
+		}
+	}
+	s.endRound(sd)
+	ev := ShutdownEvent{Node: s.cfg.Node, Flags: FlagName(flags), Yes: totalYes, No: totalNo, Expected: totalWant}
+	code := cswire.ErrBusy
+	if totalYes >= totalWant || flags == ShutdownRegardless {
+		code = cswire.OK
+	}
+	if totalWant == 0 {
+		s.event("shutdown", ShutdownEvent{Node: s.cfg.Node, Phase: "confirmed", Flags: FlagName(flags)})
+	} else {
+		ev.Phase = map[bool]string{true: "confirmed", false: "cancelled"}[code == cswire.OK]
+		s.log.Info("shutdown decision", "decision", ev.Phase, "yes", totalYes, "no", totalNo, "flags", ev.Flags)
+		s.event("shutdown", ev)
+	}
+	if code == cswire.OK {
+		s.sendShutdownAfterReply(ctx)
+	}
+	return code
+}
+
+// endRound forgets the requester's round.
+func (s *Service) endRound(sd *negotiation) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sd.timer != nil {
+		sd.timer.Stop()
+	}
+	if s.sd == sd {
+		s.sd = nil
+	}
+}
+
+func (s *Service) cancelPeers(id string) {
+	b, _ := json.Marshal(peerMsg{Op: peerCancel, ID: id, Instance: s.instance})
+	if err := s.cfg.Conn.Publish(s.cfg.Subjects.CfgPeers(s.cfg.Node), b); err != nil {
+		s.log.Debug("shutdown: telling the other cfg instances the negotiation ended", "err", err)
+	}
+}
+
+// peerInstances lists the node's other cfg instances that may hold
+// clients (serving or retiring) as the node's loader knows them; listed
+// is false when the loader did not answer.
+func (s *Service) peerInstances(ctx context.Context) (ids map[string]bool, listed bool) {
+	ctx, cancel := context.WithTimeout(ctx, peerAckWait)
+	defer cancel()
+	l, err := fetchListing(ctx, s.cfg.Conn, s.cfg.Subjects.LcrAPI(s.cfg.Node, loader.APIList))
+	if err != nil {
+		s.log.Warn("shutdown: the loader does not list the node's cfg instances; asking whichever answer", "err", err)
+		return nil, false
+	}
+	ids = map[string]bool{}
+	ns := loader.LocalNamespace(s.cfg.Node)
+	for _, c := range l.Components {
+		if c.Name != ComponentName || c.Namespace != ns {
+			continue
+		}
+		for _, in := range c.Instances {
+			if in.ID != s.instance && in.State != loader.Leaving {
+				ids[in.ID] = true
+			}
+		}
+	}
+	return ids, true
+}
+
+func fetchListing(ctx context.Context, nc *nats.Conn, subject string) (loader.Listing, error) {
+	r, err := nc.RequestWithContext(ctx, subject, nil)
+	if err != nil {
+		return loader.Listing{}, fmt.Errorf("asking the loader: %w", err)
+	}
+	if e := r.Header.Get(micro.ErrorHeader); e != "" {
+		return loader.Listing{}, fmt.Errorf("the loader: %s", e)
+	}
+	var l loader.Listing
+	if err := json.Unmarshal(r.Data, &l); err != nil {
+		return loader.Listing{}, fmt.Errorf("decoding the loader's listing: %w", err)
+	}
+	return l, nil
+}
+
+// onPeer serves another cfg instance of the node: an ask runs a round
+// with this instance's registered clients and answers on the ask's reply
+// subject (at once with how many were asked, then with their answers); a
+// cancel ends that round.
+func (s *Service) onPeer(m *nats.Msg) {
+	var p peerMsg
+	if err := json.Unmarshal(m.Data, &p); err != nil {
+		s.log.Debug("undecodable cfg peer message", "err", err)
+		return
+	}
+	if p.Instance == s.instance {
+		return
+	}
+	switch p.Op {
+	case peerAsk:
+		if m.Reply == "" {
+			return
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.sd != nil {
+			s.answerPeer(m.Reply, peerMsg{ID: p.ID, Busy: true})
+			return
+		}
+		sd := s.newRoundLocked(p.ID, p.Flags, nil)
+		if sd.want == 0 {
+			s.answerPeer(m.Reply, peerMsg{ID: p.ID, Done: true})
+			return
+		}
+		sd.peer = m.Reply
+		s.sd = sd
+		s.log.Info("shutdown requested on another cfg instance of the node; asking this one's registered clients", "flags", FlagName(p.Flags), "clients", sd.want)
+		s.answerPeer(m.Reply, peerMsg{ID: p.ID, Asked: sd.want})
+		timeout := time.Duration(p.TimeoutMS) * time.Millisecond
+		if timeout <= 0 {
+			timeout = DefaultShutdownTimeout
+		}
+		s.askLocked(sd, timeout)
+	case peerCancel:
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if sd := s.sd; sd != nil && sd.by == nil && sd.id == p.ID {
 			sd.timer.Stop()
 			s.sd = nil
 		}
-		s.mu.Unlock()
-		return cswire.ErrTimeout
+	}
+}
+
+func (s *Service) answerPeer(subject string, p peerMsg) {
+	p.Instance = s.instance
+	b, _ := json.Marshal(p)
+	if err := s.cfg.Conn.Publish(subject, b); err != nil {
+		s.log.Warn("shutdown: answering the asking cfg instance", "err", err)
 	}
 }
 
@@ -135,6 +400,23 @@ func (s *Service) reply(c *Conn, yes bool) cswire.Error {
 	if sd == nil {
 		return cswire.ErrAccess
 	}
+	if sd.over {
+		return cswire.OK // the answers were counted without this one
+	}
+	sd.answer(c, yes)
+	s.decideLocked(sd)
+	return cswire.OK
+}
+
+// answer records c's answer (a second one replaces the first).
+func (sd *negotiation) answer(c *Conn, yes bool) {
+	switch prev, ok := sd.answers[c]; {
+	case !ok:
+	case prev == 1:
+		sd.yes--
+	case prev == 0:
+		sd.no--
+	}
 	if yes {
 		sd.yes++
 		sd.answers[c] = 1
@@ -142,30 +424,28 @@ func (s *Service) reply(c *Conn, yes bool) cswire.Error {
 		sd.no++
 		sd.answers[c] = 0
 	}
-	s.decideLocked()
-	return cswire.OK
 }
 
-// decideLocked ends the negotiation once every answer is in: confirmed if
-// all said yes (or the request was REGARDLESS), else cancelled with
-// CS_ERR_BUSY.
-func (s *Service) decideLocked() {
-	sd := s.sd
-	if sd == nil || sd.yes+sd.no < sd.want {
+// decideLocked ends this instance's round once every answer is in: the
+// requester's side then gathers the other instances' (tryShutdown), a
+// round a peer asked for is reported to it.
+func (s *Service) decideLocked(sd *negotiation) {
+	if sd.over || sd.yes+sd.no < sd.want {
 		return
 	}
-	sd.timer.Stop()
-	s.sd = nil
-	ev := ShutdownEvent{Node: s.cfg.Node, Flags: FlagName(sd.flags), Yes: sd.yes, No: sd.no, Expected: sd.want}
-	if sd.yes >= sd.want || sd.flags == ShutdownRegardless {
-		ev.Phase = "confirmed"
-		sd.done <- cswire.OK
-	} else {
-		ev.Phase = "cancelled"
-		sd.done <- cswire.ErrBusy
+	sd.over = true
+	if sd.timer != nil {
+		sd.timer.Stop()
 	}
-	s.log.Info("shutdown decision", "decision", ev.Phase, "yes", sd.yes, "no", sd.no, "flags", ev.Flags)
-	s.event("shutdown", ev)
+	if sd.by != nil {
+		close(sd.decided)
+		return
+	}
+	if s.sd == sd {
+		s.sd = nil
+	}
+	s.log.Info("shutdown: this instance's registered clients answered", "yes", sd.yes, "no", sd.no, "flags", FlagName(sd.flags))
+	s.answerPeer(sd.peer, peerMsg{ID: sd.id, Asked: sd.want, Done: true, Yes: sd.yes, No: sd.no})
 }
 
 // timeout counts the clients that did not answer as no, decides, and
@@ -173,13 +453,13 @@ func (s *Service) decideLocked() {
 func (s *Service) timeout(sd *negotiation) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.sd != sd {
+	if sd.over || s.sd != sd {
 		return
 	}
 	s.log.Info("shutdown: not every registered client answered in time")
+	s.event("shutdown", ShutdownEvent{Node: s.cfg.Node, Phase: "timeout", Flags: FlagName(sd.flags), Yes: sd.yes, No: sd.want - sd.yes, Expected: sd.want})
 	sd.no = sd.want - sd.yes
-	s.decideLocked()
-	s.event("shutdown", ShutdownEvent{Node: s.cfg.Node, Phase: "timeout", Flags: FlagName(sd.flags), Yes: sd.yes, No: sd.no, Expected: sd.want})
+	s.decideLocked(sd)
 	msg := EncodeTestShutdown(sd.flags, cswire.ErrTimeout)
 	for _, t := range s.trackers {
 		t.send(msg)

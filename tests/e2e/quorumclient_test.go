@@ -113,3 +113,71 @@ echo "== monitor"; cat "$D/monitor.txt"
 		}
 	}
 }
+
+// TestShutdownNegotiationAcrossCfgInstances runs a second cfg instance
+// beside the node's own (`corobus service cfg` started by hand, as the
+// layer's help says to scale it; a live replacement has two for a while
+// too), a quorumclient that refuses every shutdown (QC_REFUSE, a
+// Pacemaker with resources) and then corosync-cfgtool -H ten times. The
+// gateway opens each connection on either instance, whichever the bus's
+// queue group picks: every -H must be refused with CS_ERR_BUSY and the
+// node keep running, whichever instance took the tool's connection and
+// whichever holds the client's. Before the instances asked each other, an
+// -H that reached the instance without the client stopped the node.
+func TestShutdownNegotiationAcrossCfgInstances(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
+	requireRealClients(t, "a libcfg client beside two cfg instances",
+		needs{commands: []string{"corosync-cfgtool", "corosync-quorumtool", "gcc"},
+			headers: []string{"corosync/quorum.h", "corosync/votequorum.h", "corosync/cfg.h"}})
+	dir := t.TempDir()
+	client := filepath.Join(dir, "quorumclient")
+	if out, err := exec.Command("gcc", "-Wall", "-O2", "-o", client, repoFile("tests", "e2e", "testdata", "quorumclient.c"),
+		"-lquorum", "-lvotequorum", "-lcfg").CombinedOutput(); err != nil {
+		t.Fatalf("building the client: %v\n%s", err, out)
+	}
+	b := buildBinary(t)
+	conf := oneNodeConf(t, dir)
+	script := `
+D=` + shellQuote(dir) + `
+CONF=` + shellQuote(conf) + `
+B=` + shellQuote(b.path) + `
+C=` + shellQuote(client) + `
+ip link set lo up || exit 10
+"$B" up -c "$CONF" > "$D/up.log" 2>&1 &
+P=$!
+for i in $(seq 150); do corosync-quorumtool -s >/dev/null 2>&1 && break; sleep 0.2; done
+"$B" service cfg -c "$CONF" > "$D/cfg2.log" 2>&1 &
+S=$!
+for i in $(seq 100); do "$B" lcr -c "$CONF" | grep -q '^cfg .*/serving .*/serving' && break; sleep 0.2; done
+"$B" lcr -c "$CONF" | grep '^cfg '
+QC_REFUSE=1 "$C" > "$D/client.txt" 2>&1 &
+Q=$!
+for i in $(seq 100); do grep -q ready "$D/client.txt" && break; sleep 0.1; done
+for i in $(seq 10); do
+	echo "== -H $i"; corosync-cfgtool -H 2>&1; echo "rc=$?"
+	kill -0 $P 2>/dev/null || { echo "== node stopped"; break; }
+done
+sleep 1
+kill -0 $P 2>/dev/null && echo "== node still running"
+kill $Q $S 2>/dev/null; wait $Q $S
+kill -TERM $P 2>/dev/null; wait $P
+echo "== client"; cat "$D/client.txt"
+`
+	out, err := runInNetns(t, 3*time.Minute, script)
+	got := string(out)
+	t.Logf("%s", got)
+	if err != nil {
+		log, _ := os.ReadFile(filepath.Join(dir, "up.log"))
+		t.Fatalf("script failed: %v\n%s", err, log)
+	}
+	if !strings.Contains(got, "== node still running\n") {
+		log, _ := os.ReadFile(filepath.Join(dir, "up.log"))
+		t.Fatalf("corosync-cfgtool -H stopped the node under a client that refused:\n%s", log)
+	}
+	if n := strings.Count(got, "Could not shutdown (error = 10)"); n != 10 {
+		t.Errorf("%d of 10 corosync-cfgtool -H were refused with CS_ERR_BUSY (10)", n)
+	}
+	if n := strings.Count(got, "shutdown flags=0 -> no\n"); n != 10 {
+		t.Errorf("the client was asked %d times, not 10", n)
+	}
+}

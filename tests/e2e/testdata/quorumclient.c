@@ -16,7 +16,8 @@
  *
  * "ready" is printed once every registration is done. With QC_TIME set in
  * the environment each line starts with the wall-clock time in
- * milliseconds since the epoch.
+ * milliseconds since the epoch; with QC_REFUSE set it refuses every
+ * shutdown request, as a Pacemaker with resources running does.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -32,6 +33,7 @@
 
 static int shutdowns;
 static int stamps;
+static int refuse;
 
 static void stamp(void)
 {
@@ -105,7 +107,7 @@ static void vq_expected(votequorum_handle_t h, uint64_t context, uint32_t expect
 
 static void cfg_shutdown(corosync_cfg_handle_t h, corosync_cfg_shutdown_flags_t flags)
 {
-	int yes = shutdowns++ > 0;
+	int yes = !refuse && shutdowns++ > 0;
 	stamp();
 	printf("shutdown flags=%d -> %s\n", flags, yes ? "yes" : "no");
 	fflush(stdout);
@@ -139,6 +141,7 @@ static void die(const char *what, cs_error_t err)
 int main(void)
 {
 	stamps = getenv("QC_TIME") != NULL;
+	refuse = getenv("QC_REFUSE") != NULL;
 	quorum_handle_t q;
 	votequorum_handle_t vq;
 	uint32_t qtype;
