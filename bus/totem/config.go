@@ -18,6 +18,12 @@ import (
 	"github.com/corobus/corobus/config"
 )
 
+// DefaultHandoffRun is Config.HandoffRun's default: a run long enough
+// that nodes taking turns do not move the ordering back and forth, short
+// enough that a lone sender orders its own messages after a few
+// milliseconds.
+const DefaultHandoffRun = 32
+
 // Config configures a Node. Build it with DefaultConfig or FromConfig and
 // adjust fields; New validates it.
 type Config struct {
@@ -62,6 +68,11 @@ type Config struct {
 	// started together form one view rather than a singleton each and
 	// then a merge. Empty: no wait.
 	Expected []uint32
+	// HandoffRun: once the sequencer has ordered this many messages in a
+	// row from one other node, it hands the ordering to that node, whose
+	// own messages then need no round trip to be ordered (docs/totem.md,
+	// "Sequencer handoff"). Zero: 32; negative: never.
+	HandoffRun int
 	// Logger receives the TOTEM subsystem's records.
 	Logger *slog.Logger
 }
@@ -132,6 +143,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Consensus < c.Token/2 {
 		return fmt.Errorf("totem.consensus %s: at least half of totem.token %s", c.Consensus, c.Token)
+	}
+	if c.HandoffRun == 0 {
+		c.HandoffRun = DefaultHandoffRun
 	}
 	if c.Heartbeat <= 0 {
 		c.Heartbeat = c.Token / 5

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -189,7 +190,22 @@ type Node struct {
 	cur       *ringLog // current ring; frozen old ring while gathering
 	prev      *ringLog // the ring before, for members still recovering
 
-	// sequencer (the ring's representative)
+	// The sequencer: the ring's representative when the ring is
+	// installed, then whichever node it hands the ordering to (seqr,
+	// from position seqFrom, the ring's seqEpoch-th handoff; "Sequencer
+	// handoff" in docs/totem.md). seqReady: this node is seqr and knows
+	// every position below seqFrom, so it orders.
+	seqr     uint32
+	seqEpoch uint32
+	seqFrom  uint64
+	seqReady bool
+	// runNode and runLen: the node whose messages the sequencer has been
+	// ordering in a row, and how many (Config.HandoffRun).
+	runNode uint32
+	runLen  int
+	// seqIDs are the ordered ids of the current log (every node keeps
+	// them, for whichever becomes the sequencer, and to drop a late
+	// retransmission of an ordered message).
 	seqIDs map[MsgID]uint64
 	// seqOld keeps trimmed ids for another Consensus period: a late
 	// retransmission of a message every member delivered must not be
@@ -197,9 +213,12 @@ type Node struct {
 	seqOld, seqOlder map[MsgID]struct{}
 	seqOldAt         time.Time
 	// seqLast and seqHeld keep each origin's messages in the order it sent
-	// them (a retransmitted frame must not overtake a later one).
-	seqLast map[originKey]uint64
-	seqHeld map[originKey]map[uint64]*dataFrame
+	// them (a retransmitted frame must not overtake a later one): on the
+	// sequencer, by the order it gave; delivLast, on every node, by its
+	// deliveries, from which a node taking over computes seqLast.
+	seqLast   map[originKey]uint64
+	seqHeld   map[originKey]map[uint64]*dataFrame
+	delivLast map[originKey]uint64
 	// lastSent is, per origin of this node, the last message sent in the
 	// current ring (the next one's prev).
 	lastSent map[uint32]uint64
@@ -284,6 +303,7 @@ func New(nc *nats.Conn, cfg Config, cb Callbacks) (*Node, error) {
 		seqOlder:    map[MsgID]struct{}{},
 		seqLast:     map[originKey]uint64{},
 		seqHeld:     map[originKey]map[uint64]*dataFrame{},
+		delivLast:   map[originKey]uint64{},
 		lastSent:    map[uint32]uint64{},
 		prevOrphans: map[MsgID]*entry{},
 		origin:      binary.BigEndian.Uint32(b[:4]) | 1,
@@ -559,7 +579,7 @@ func (n *Node) statusLocked() Status {
 		SRP:       n.srp,
 	}
 	if len(n.members) > 0 {
-		st.Sequencer = n.members[0]
+		st.Sequencer = n.seqr
 	}
 	return st
 }
@@ -833,52 +853,61 @@ func (n *Node) takeData(f *dataFrame) {
 		return
 	}
 	id := f.id
-	if n.ring.Rep == n.cfg.NodeID {
-		if _, dup := n.seqIDs[id]; dup {
-			return
-		}
-		if _, dup := n.seqOld[id]; dup {
-			return
-		}
-		if _, dup := n.seqOlder[id]; dup {
-			return
-		}
-		k := originKey{id.Node, id.Origin}
-		if f.prev != n.seqLast[k] {
-			// An earlier message of this origin is missing: hold this
-			// one until its retransmission arrives.
-			h := n.seqHeld[k]
-			if h == nil {
-				h = map[uint64]*dataFrame{}
-				n.seqHeld[k] = h
-			}
-			if _, ok := h[f.prev]; !ok {
-				c := *f
-				h[f.prev] = &c
-			}
-			return
-		}
-		n.order(f)
-		for h := n.seqHeld[k]; len(h) > 0; {
-			next, ok := h[n.seqLast[k]]
-			if !ok {
-				break
-			}
-			delete(h, n.seqLast[k])
-			n.order(next)
-		}
-		return
-	}
-	service, payload := f.service, f.payload
 	if pos, ok := n.waitingData[id]; ok {
+		// Ordered already (by this ring's sequencer before the last
+		// handoff, when this node is the sequencer now): the payload
+		// its position waited for.
 		delete(n.waitingData, id)
 		if e := n.cur.at(pos); e != nil && e.id == id && !e.have {
-			e.service, e.payload, e.have, e.droppable = service, payload, true, f.droppable
+			e.service, e.payload, e.have, e.droppable = f.service, f.payload, true, f.droppable
 			n.deliverReady()
 		}
 		return
 	}
-	n.unordered[id] = &entry{id: id, service: service, payload: payload, have: true, droppable: f.droppable}
+	if n.isOrdered(id) {
+		return // a retransmission of a message ordered and received
+	}
+	if !n.seqReady {
+		n.unordered[id] = &entry{id: id, service: f.service, payload: f.payload, have: true, droppable: f.droppable, prev: f.prev}
+		return
+	}
+	k := originKey{id.Node, id.Origin}
+	if f.prev != n.seqLast[k] {
+		// An earlier message of this origin is missing: hold this
+		// one until its retransmission arrives.
+		h := n.seqHeld[k]
+		if h == nil {
+			h = map[uint64]*dataFrame{}
+			n.seqHeld[k] = h
+		}
+		if _, ok := h[f.prev]; !ok {
+			c := *f
+			h[f.prev] = &c
+		}
+		return
+	}
+	n.order(f)
+	for h := n.seqHeld[k]; len(h) > 0; {
+		next, ok := h[n.seqLast[k]]
+		if !ok {
+			break
+		}
+		delete(h, n.seqLast[k])
+		n.order(next)
+	}
+}
+
+// isOrdered reports whether id has a position in the current ring (or had
+// one, dropped as stable within the last Consensus period or two).
+func (n *Node) isOrdered(id MsgID) bool {
+	if _, ok := n.seqIDs[id]; ok {
+		return true
+	}
+	if _, ok := n.seqOld[id]; ok {
+		return true
+	}
+	_, ok := n.seqOlder[id]
+	return ok
 }
 
 // order is the sequencer giving a message the ring's next position.
@@ -898,8 +927,13 @@ func (n *Node) order(f *dataFrame) {
 	if o := n.pendingIdx[id]; o != nil {
 		o.ordered = true
 	}
+	if id.Node == n.runNode {
+		n.runLen++
+	} else {
+		n.runNode, n.runLen = id.Node, 1
+	}
 	if len(n.batch) >= 512 {
-		n.flushOrder()
+		n.flushOrder(handoff{})
 	}
 	n.deliverReady()
 }
@@ -908,21 +942,32 @@ func (n *Node) order(f *dataFrame) {
 func (n *Node) onOrder(m *nats.Msg) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	ring, first, ids, err := parseOrder(m.Data, n.idScratch)
+	ring, first, ids, h, err := parseOrder(m.Data, n.idScratch)
 	if err != nil {
 		return
 	}
 	n.idScratch = ids[:0]
-	if ring.Rep == n.cfg.NodeID && ring == n.ring {
-		return // we are the sequencer
+	if ring == n.ring && n.seqReady {
+		// We order: every record of the ring's earlier sequencers was
+		// taken before we took over, and nobody else orders now.
+		return
 	}
 	if ring != n.ring || n.state != stOperational {
 		n.keepFuture(ring, m)
 		return
 	}
-	n.takeOrder(first, ids)
+	n.takeRecord(first, ids, h)
 	if queueDrained(m.Sub) {
 		n.flush()
+	}
+}
+
+// takeRecord takes an order record of the current ring: its ids, then
+// its handoff if it has one.
+func (n *Node) takeRecord(first uint64, ids []MsgID, h handoff) {
+	n.takeOrder(first, ids)
+	if h.to != 0 {
+		n.adoptSeq(h.epoch, h.to, first+uint64(len(ids)))
 	}
 }
 
@@ -934,6 +979,7 @@ func (n *Node) takeOrder(first uint64, ids []MsgID) {
 			continue
 		}
 		e.id = id
+		n.seqIDs[id] = pos
 		if u := n.unordered[id]; u != nil {
 			delete(n.unordered, id)
 			e.service, e.payload, e.have, e.droppable = u.service, u.payload, true, u.droppable
@@ -948,6 +994,64 @@ func (n *Node) takeOrder(first uint64, ids []MsgID) {
 	}
 	n.knownOrder = max(n.knownOrder, first+uint64(len(ids))-1)
 	n.deliverReady()
+	n.takeOver()
+}
+
+// adoptSeq takes a handoff (from an order record or a heartbeat): from
+// position from on, node to orders the ring's messages. Called with mu
+// held.
+func (n *Node) adoptSeq(epoch, to uint32, from uint64) {
+	if epoch <= n.seqEpoch || to == 0 || n.state != stOperational {
+		return
+	}
+	n.resign()
+	n.seqEpoch, n.seqr, n.seqFrom = epoch, to, from
+	n.knownOrder = max(n.knownOrder, from-1)
+	n.takeOver()
+}
+
+// resign stops this node's ordering, if it ordered: the frames it held
+// for an earlier message of their origin go back to the unordered
+// payloads, for the next sequencer's order. Called with mu held.
+func (n *Node) resign() {
+	n.seqReady = false
+	n.runNode, n.runLen = 0, 0
+	for _, held := range n.seqHeld {
+		for _, f := range held {
+			n.unordered[f.id] = &entry{id: f.id, service: f.service, payload: f.payload, have: true, droppable: f.droppable, prev: f.prev}
+		}
+	}
+	clear(n.seqHeld)
+}
+
+// takeOver makes this node the ordering sequencer once it has been handed
+// the ordering and knows every position below the one it starts at (a
+// record it missed is repaired first: ordering without it could give a
+// message ordered there a second position). It then orders the payloads
+// it holds unordered, each origin's after the last one ordered. Called
+// with mu held.
+func (n *Node) takeOver() {
+	if n.seqr != n.cfg.NodeID || n.seqReady || n.state != stOperational || n.cur.highest() >= n.seqFrom {
+		return
+	}
+	for pos := n.cur.delivered + 1; pos < n.seqFrom; pos++ {
+		if !n.cur.at(pos).ordered() {
+			return
+		}
+	}
+	clear(n.seqLast)
+	maps.Copy(n.seqLast, n.delivLast)
+	for pos := n.cur.delivered + 1; pos < n.seqFrom; pos++ {
+		id := n.cur.at(pos).id
+		n.seqLast[originKey{id.Node, id.Origin}] = id.Seq
+	}
+	n.seqReady = true
+	n.runNode, n.runLen = 0, 0
+	n.log.Debug("ordering from here", "ring", n.ring, "from", n.seqFrom, "epoch", n.seqEpoch)
+	for id, u := range n.unordered {
+		delete(n.unordered, id)
+		n.takeData(&dataFrame{ring: n.ring, id: id, prev: u.prev, service: u.service, payload: u.payload, droppable: u.droppable})
+	}
 }
 
 // deliverReady delivers the current ring's log in order as far as it can.
@@ -961,6 +1065,7 @@ func (n *Node) deliverReady() {
 			return
 		}
 		n.cur.delivered++
+		n.delivLast[originKey{e.id.Node, e.id.Origin}] = e.id.Seq
 		n.deliver(n.cur.ring, n.cur.delivered, e)
 	}
 }
@@ -1052,21 +1157,38 @@ func (n *Node) compactPending() {
 // flush sends the sequencer's pending order record. Called when the
 // subscription's queue is empty, so that a burst of messages shares one
 // record while a lone message is ordered at once.
+//
+// The record hands the ordering on when the sequencer's last
+// Config.HandoffRun messages all came from one other member: that node's
+// messages then need no round trip to be ordered (docs/totem.md,
+// "Sequencer handoff"). Only here, between batches: never in the middle
+// of ordering a frame and the ones it releases.
 func (n *Node) flush() {
-	if len(n.batch) > 0 {
-		n.flushOrder()
+	if len(n.batch) == 0 {
+		return
 	}
+	var h handoff
+	if n.seqReady && n.cfg.HandoffRun > 0 && n.runLen >= n.cfg.HandoffRun && n.runNode != n.cfg.NodeID && slices.Contains(n.members, n.runNode) {
+		h = handoff{epoch: n.seqEpoch + 1, to: n.runNode}
+	}
+	n.flushOrder(h)
 }
 
-func (n *Node) flushOrder() {
+func (n *Node) flushOrder(h handoff) {
 	if !n.alone() {
-		n.scratch = appendOrder(n.scratch[:0], n.ring, n.batchFirst, n.batch)
+		n.scratch = appendOrder(n.scratch[:0], n.ring, n.batchFirst, n.batch, h)
 		if err := n.nc.Publish(n.subjOrder, n.scratch); err != nil {
 			n.log.Debug("publishing an order record", "err", err)
 		}
 	}
-	n.knownOrder = max(n.knownOrder, n.batchFirst+uint64(len(n.batch))-1)
+	next := n.batchFirst + uint64(len(n.batch))
+	n.knownOrder = max(n.knownOrder, next-1)
 	n.batch = n.batch[:0]
+	if h.to != 0 {
+		n.resign()
+		n.seqEpoch, n.seqr, n.seqFrom = h.epoch, h.to, next
+		n.log.Debug("ordering handed on", "ring", n.ring, "to", h.to, "from", next, "epoch", h.epoch)
+	}
 }
 
 // onHeartbeat feeds the failure detector.
@@ -1104,6 +1226,8 @@ func (n *Node) sendHeartbeat(now time.Time) {
 	}
 	if n.state != stOperational {
 		hb.Delivered, hb.Ordered = 0, 0
+	} else if n.seqEpoch > 0 {
+		hb.SeqEpoch, hb.Seqr, hb.SeqFrom = n.seqEpoch, n.seqr, n.seqFrom
 	}
 	b, _ := json.Marshal(hb)
 	_ = n.nc.Publish(n.subjHB, b)
@@ -1783,6 +1907,10 @@ func (n *Node) finishRecovery(now time.Time, got []fetched) {
 	n.myProp = nil
 	n.knownOrder = 0
 	n.batch = n.batch[:0]
+	n.seqr, n.seqEpoch, n.seqFrom = c.Ring.Rep, 0, 1
+	n.seqReady = c.Ring.Rep == n.cfg.NodeID
+	n.runNode, n.runLen = 0, 0
+	clear(n.delivLast)
 	clear(n.seqIDs)
 	clear(n.seqOld)
 	clear(n.seqOlder)
@@ -1824,9 +1952,9 @@ func (n *Node) finishRecovery(now time.Time, got []fetched) {
 				n.takeData(&f)
 			}
 		} else {
-			ring, first, ids, err := parseOrder(m.Data, nil)
-			if err == nil && ring == n.ring && ring.Rep != n.cfg.NodeID {
-				n.takeOrder(first, ids)
+			ring, first, ids, h, err := parseOrder(m.Data, nil)
+			if err == nil && ring == n.ring && !n.seqReady {
+				n.takeRecord(first, ids, h)
 			}
 		}
 	}
@@ -1877,22 +2005,40 @@ func (n *Node) retransmit(now time.Time, hbs map[uint32]Heartbeat) {
 			n.send(o, now, true)
 		}
 	}
-	seqr := n.ring.Rep
-	if seqr == n.cfg.NodeID {
+	// A handoff whose record this node missed: the heartbeats say it.
+	for _, id := range n.members {
+		if hb, ok := hbs[id]; ok && hb.Ring == n.ring && hb.SeqEpoch > n.seqEpoch {
+			n.adoptSeq(hb.SeqEpoch, hb.Seqr, hb.SeqFrom)
+		}
+	}
+	if n.seqReady {
 		return
 	}
-	if hb, ok := hbs[seqr]; ok && hb.Ring == n.ring {
-		n.knownOrder = max(n.knownOrder, hb.Ordered)
+	// The source of a repair: the member that delivered the most (it
+	// has every payload up to there: nothing it delivered beyond what
+	// this node delivered is dropped yet); the sequencer when nobody
+	// delivered beyond this node (it has every payload it ordered).
+	src, best := n.seqr, uint64(0)
+	for _, id := range n.members {
+		if hb, ok := hbs[id]; ok && id != n.cfg.NodeID && hb.Ring == n.ring {
+			n.knownOrder = max(n.knownOrder, hb.Ordered)
+			if hb.Delivered > best {
+				src, best = id, hb.Delivered
+			}
+		}
+	}
+	if best <= n.cur.delivered && n.seqr != n.cfg.NodeID {
+		src = n.seqr
 	}
 	stuck := n.cur.delivered == n.lastDeliv
 	n.lastDeliv = n.cur.delivered
-	if !stuck || n.repairing || n.cur.delivered >= max(n.knownOrder, n.cur.highest()) {
+	if !stuck || n.repairing || n.cur.delivered >= max(n.knownOrder, n.cur.highest()) || src == n.cfg.NodeID {
 		return
 	}
 	n.repairing = true
 	from, to, ring := n.cur.delivered+1, max(n.knownOrder, n.cur.highest()), n.ring
 	go func() {
-		got, err := n.fetch(seqr, ring, from, to)
+		got, err := n.fetch(src, ring, from, to)
 		n.mu.Lock()
 		defer n.mu.Unlock()
 		n.repairing = false
@@ -1912,6 +2058,7 @@ func (n *Node) retransmit(now time.Time, hbs map[uint32]Heartbeat) {
 			}
 			delete(n.unordered, f.e.id)
 			*e = f.e
+			n.seqIDs[f.e.id] = f.pos
 			if f.e.id.Node == n.cfg.NodeID {
 				if o := n.pendingIdx[f.e.id]; o != nil {
 					o.ordered = true
@@ -1919,6 +2066,7 @@ func (n *Node) retransmit(now time.Time, hbs map[uint32]Heartbeat) {
 			}
 		}
 		n.deliverReady()
+		n.takeOver()
 		n.flush()
 	}()
 }
@@ -1936,17 +2084,14 @@ func (n *Node) collect(hbs map[uint32]Heartbeat) {
 		}
 		stable = min(stable, hb.Delivered)
 	}
-	seq := n.ring.Rep == n.cfg.NodeID
-	if seq && time.Since(n.seqOldAt) > n.cfg.Consensus {
+	if time.Since(n.seqOldAt) > n.cfg.Consensus {
 		clear(n.seqOlder)
 		n.seqOld, n.seqOlder = n.seqOlder, n.seqOld
 		n.seqOldAt = time.Now()
 	}
 	n.cur.trim(stable, func(e *entry) {
-		if seq {
-			delete(n.seqIDs, e.id)
-			n.seqOld[e.id] = struct{}{}
-		}
+		delete(n.seqIDs, e.id)
+		n.seqOld[e.id] = struct{}{}
 	})
 }
 

@@ -127,6 +127,13 @@ type Heartbeat struct {
 	// not make nodes install the same members again and again. Absent
 	// from an older node: taken as hearing everyone.
 	Hears []uint32 `json:"hears,omitempty"`
+	// SeqEpoch, Seqr and SeqFrom: the ring's last sequencer handoff the
+	// sender knows (its number in the ring, the node it named and the
+	// first position that node orders), for a node that missed the order
+	// record that carried it. Absent before the ring's first handoff.
+	SeqEpoch uint32 `json:"seq_epoch,omitempty"`
+	Seqr     uint32 `json:"seqr,omitempty"`
+	SeqFrom  uint64 `json:"seq_from,omitempty"`
 }
 
 // PropID names one proposal: the proposer and its counter.
@@ -320,37 +327,55 @@ func parseSubmit(b []byte) (origin uint32, seq uint64, flags byte, service strin
 	return origin, seq, flags, string(b[:n]), b[n:], nil
 }
 
-// Order record (TotemOrder): ring(12) first(8) count(4) then count ids.
-func appendOrder(dst []byte, ring RingID, first uint64, ids []MsgID) []byte {
-	var h [ringLen + 12]byte
-	putRing(h[:], ring)
-	binary.BigEndian.PutUint64(h[ringLen:], first)
-	binary.BigEndian.PutUint32(h[ringLen+8:], uint32(len(ids)))
-	dst = append(dst, h[:]...)
+// Order record (TotemOrder): ring(12) first(8) count(4) then count ids,
+// and, when the sequencer hands the ordering on with this record, the
+// handoff: epoch(4) to(4) (docs/totem.md, "Sequencer handoff").
+func appendOrder(dst []byte, ring RingID, first uint64, ids []MsgID, h handoff) []byte {
+	var hd [ringLen + 12]byte
+	putRing(hd[:], ring)
+	binary.BigEndian.PutUint64(hd[ringLen:], first)
+	binary.BigEndian.PutUint32(hd[ringLen+8:], uint32(len(ids)))
+	dst = append(dst, hd[:]...)
 	var e [idLen]byte
 	for _, id := range ids {
 		putID(e[:], id)
 		dst = append(dst, e[:]...)
 	}
+	if h.to != 0 {
+		dst = binary.BigEndian.AppendUint32(dst, h.epoch)
+		dst = binary.BigEndian.AppendUint32(dst, h.to)
+	}
 	return dst
 }
 
-func parseOrder(b []byte, ids []MsgID) (ring RingID, first uint64, out []MsgID, err error) {
+// handoff names the node that orders the ring's messages after an order
+// record's last position, and the handoff's number in the ring (epoch).
+// Zero to: no handoff.
+type handoff struct {
+	epoch, to uint32
+}
+
+func parseOrder(b []byte, ids []MsgID) (ring RingID, first uint64, out []MsgID, h handoff, err error) {
 	if len(b) < ringLen+12 {
-		return ring, 0, nil, errShort
+		return ring, 0, nil, h, errShort
 	}
 	ring = getRing(b)
 	first = binary.BigEndian.Uint64(b[ringLen:])
 	n := int(binary.BigEndian.Uint32(b[ringLen+8:]))
 	b = b[ringLen+12:]
-	if len(b) != n*idLen {
-		return ring, 0, nil, errShort
+	switch len(b) {
+	case n * idLen:
+	case n*idLen + 8:
+		h.epoch = binary.BigEndian.Uint32(b[n*idLen:])
+		h.to = binary.BigEndian.Uint32(b[n*idLen+4:])
+	default:
+		return ring, 0, nil, h, errShort
 	}
 	out = ids[:0]
 	for i := range n {
 		out = append(out, getID(b[i*idLen:]))
 	}
-	return ring, first, out, nil
+	return ring, first, out, h, nil
 }
 
 // Deliver frame (TotemDeliver): ring(12) pos(8) id(16) payload.
@@ -398,6 +423,10 @@ type entry struct {
 	service string
 	payload []byte
 	have    bool // the payload arrived
+	// prev is the origin's previous message in the ring (the data
+	// frame's): kept with an unordered payload so that a node taking
+	// over the ordering orders each origin's messages in send order.
+	prev uint64
 	// droppable: the sender lets this node skip the payload for listeners
 	// that do not want it (submitDroppable). Not carried by fetch
 	// replies: a fetched message is delivered whole, the safe side.

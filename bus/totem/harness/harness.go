@@ -31,6 +31,8 @@ type Options struct {
 	N int
 	// Token, Join and Consensus are the totem timeouts (short in tests).
 	Token, Join, Consensus time.Duration
+	// HandoffRun is totem.Config.HandoffRun (zero: the default).
+	HandoffRun int
 	// Name is the cluster and subject-prefix name; unique per cluster.
 	Name   string
 	Logger *slog.Logger
@@ -130,6 +132,7 @@ func (c *Cluster) TotemConfig(id int) totem.Config {
 	if c.opts.Consensus > 0 {
 		tc.Consensus = c.opts.Consensus
 	}
+	tc.HandoffRun = c.opts.HandoffRun
 	tc.Addr = "127.0.0.1"
 	for i := 1; i <= c.opts.N; i++ {
 		tc.Expected = append(tc.Expected, uint32(i))

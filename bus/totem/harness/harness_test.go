@@ -214,3 +214,84 @@ func TestPartitionAndHeal(t *testing.T) {
 	msgs, confs := c.Rec.Counts()
 	t.Logf("checked %d deliveries and %d configuration changes", msgs, confs)
 }
+
+// TestSequencerHandoff: a run of messages from one node moves the
+// ordering there (every node's status names it), the ring keeps its
+// guarantees while every node sends and the sequencer moves with each
+// run, and the sequencer that took over being killed leaves the
+// survivors agreeing on what they delivered.
+func TestSequencerHandoff(t *testing.T) {
+	c := New(t, Options{N: 3, Token: testToken, Join: testJoin, Consensus: testConsensus, HandoffRun: 8, Logger: testLogger(t)})
+	c.WaitView(all(3), 10*time.Second)
+	sent := 0
+	send := func(id, k int) {
+		nd := c.Node(id)
+		for range k {
+			sent++
+			tag := fmt.Sprintf("n%d.s%d.run%d", id, nd.Stream, sent)
+			c.Rec.Sent(nd.Stream, tag)
+			for nd.Totem.Mcast("test", []byte(tag)) != nil {
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}
+	sequencer := func(want uint32) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			ok := true
+			var got []uint32
+			for _, id := range c.Up() {
+				st := c.Node(id).Totem.Status()
+				got = append(got, st.Sequencer)
+				ok = ok && st.Sequencer == want
+			}
+			if ok {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("sequencer by node %v, want %d everywhere", got, want)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	sequencer(1)
+	send(3, 50)
+	sequencer(3)
+	send(2, 50)
+	sequencer(2)
+	l := startLoad(c, 2*time.Millisecond)
+	send(3, 200)
+	l.Stop()
+	send(3, 50)
+	sequencer(3)
+	// Nodes 1 and 2 send (startLoad again would repeat its tags) while
+	// the sequencer that took over is killed.
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			send(1, 1)
+			send(2, 1)
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	time.Sleep(20 * time.Millisecond)
+	c.Kill(3)
+	c.WaitView([]int{1, 2}, 10*time.Second)
+	close(stop)
+	<-done
+	if err := quiesce(c, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := Check(c.Rec.Streams(), true); err != nil {
+		t.Fatalf("checker: %v\n%s", err, Dump(c.Rec.Streams(), 10))
+	}
+	msgs, confs := c.Rec.Counts()
+	t.Logf("checked %d deliveries and %d configuration changes", msgs, confs)
+}
