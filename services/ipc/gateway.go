@@ -58,6 +58,15 @@ type Route struct {
 	// ServiceID is corosync's id of the service (CMAP_SERVICE 0, …),
 	// which names its connections in cmap's stats map.
 	ServiceID int
+	// Loaded says the node loads the route's component (a service block
+	// of the configuration, or a default service: svcmgr starts it, or
+	// the gateway runs it, ipc.colocate). A connection made before any
+	// instance serves it — the node starting, the service restarting —
+	// waits up to Config.StartWait for one rather than being refused at
+	// once: corosync takes no connection before all its services are
+	// loaded, so a client that found cmap found cfg too. A route not
+	// loaded is refused at once.
+	Loaded bool
 	// RequestIDs is how many request ids the service has, 0 to
 	// RequestIDs-1 (corosync's lib_engine_count, cswire.RequestIDs): a
 	// request of another id is answered CS_ERR_INVALID_PARAM without
@@ -93,7 +102,16 @@ type Config struct {
 	MaxConns, MaxConnsPerUID int
 	// Transport is the libqb connection type offered (ipc.transport).
 	Transport libqb.Transport
+	// StartWait bounds the wait of a connection to a loaded route no
+	// instance serves yet (Route.Loaded); default DefaultStartWait.
+	StartWait time.Duration
 }
+
+// DefaultStartWait is how long a connection to a loaded service waits for
+// its first instance: a node's services are all up within a few seconds
+// of its start (svcmgr loads them one after the other), and a client's
+// handshake allows libqb.DefaultHandshakeTimeout in all.
+const DefaultStartWait = 5 * time.Second
 
 // DefaultProbeInterval is how often the gateway probes the instances it
 // has sessions on, on the wall clock's multiples of it (bus/beat), where
@@ -158,6 +176,9 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	if cfg.Retry <= 0 {
 		cfg.Retry = 5 * time.Second
+	}
+	if cfg.StartWait <= 0 {
+		cfg.StartWait = DefaultStartWait
 	}
 	srv := libqb.NewServer(cfg.Log)
 	if cfg.ShmDir != "" {
@@ -409,10 +430,11 @@ func (h *routeHandler) EventLimits() (high, max int) { return h.r.EventQueueHigh
 
 // Open opens a session with an instance of the route's component. A
 // component that is not running yet makes the client try again, as
-// corosync's "not ready" does.
+// corosync's "not ready" does — after waiting for it a little when the
+// node loads it (Route.Loaded).
 func (h *routeHandler) Open(c *libqb.Conn) (libqb.Session, error) {
 	g := h.g
-	handle, err := g.handle(h.r)
+	handle, err := h.resolve()
 	if err != nil {
 		return nil, fmt.Errorf("resolving %s version %d: %w: %w", h.r.Component, h.r.Version, err, syscall.EAGAIN)
 	}
@@ -454,6 +476,35 @@ func (h *routeHandler) Open(c *libqb.Conn) (libqb.Session, error) {
 	}
 	g.mu.Unlock()
 	return &conn{g: g, r: h.r, cl: cl, id: id, qc: c}, nil
+}
+
+// resolve references the route's component; while nothing serves a
+// loaded route yet (the loader knows no instance, or no loader answers:
+// the node is starting), it asks again until StartWait has passed. Once
+// referenced, the loader client itself waits for an instance that comes
+// back (loader.Client.RequestMsg).
+func (h *routeHandler) resolve() (hdb.Handle, error) {
+	g := h.g
+	handle, err := g.handle(h.r)
+	if err == nil || !h.r.Loaded {
+		return handle, err
+	}
+	deadline := time.Now().Add(g.cfg.StartWait)
+	pause := 50 * time.Millisecond
+	for err != nil && (errors.Is(err, loader.ErrNotFound) || errors.Is(err, nats.ErrNoResponders)) {
+		left := time.Until(deadline)
+		if left <= 0 {
+			break
+		}
+		select {
+		case <-g.ctx.Done():
+			return 0, err
+		case <-time.After(min(pause, left)):
+		}
+		pause = min(2*pause, 500*time.Millisecond)
+		handle, err = g.handle(h.r)
+	}
+	return handle, err
 }
 
 func (g *Gateway) forget(id string) {

@@ -144,15 +144,21 @@ func newGatewayEnv(t testing.TB, kind string) gatewayEnv {
 	return gatewayEnv{nc: nc, subjects: subjects, service: service, shm: shm}
 }
 
-func startGateway(t testing.TB, tr libqb.Transport, admit func(libqb.Creds) bool) gatewayFixture {
+// startGateway starts a gateway with one route, service to echo version
+// 1; tune, if any, changes its configuration first.
+func startGateway(t testing.TB, tr libqb.Transport, admit func(libqb.Creds) bool, tune ...func(*Config)) gatewayFixture {
 	t.Helper()
 	e := newGatewayEnv(t, "cbgw")
 	nc, subjects, service, shm := e.nc, e.subjects, e.service, e.shm
-	gw, err := New(Config{
+	cfg := Config{
 		Conn: nc, Subjects: subjects, Node: 1, Log: bustest.Logger(t), Admit: admit, ShmDir: shm, Transport: tr,
 		Routes: []Route{{Service: service, Component: "echo", Version: 1,
 			HeldDuringSync: func(id int32) bool { return id == 2 }, Async: func(id int32) bool { return id == 5 }, RequestIDs: echoRequestIDs}},
-	})
+	}
+	for _, f := range tune {
+		f(&cfg)
+	}
+	gw, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,6 +287,70 @@ func testGatewayRoutesThroughTheLoader(t *testing.T, tr libqb.Transport) {
 // that would find out its component instance died. The gateway's probe
 // does, and ends the connection as corosync's dying ends its clients':
 // without it the connection stayed open, and no event ever reached it.
+// TestGatewayWaitsForALoadedService connects to a route the node loads
+// (Route.Loaded) before any instance serves it, as a client that starts
+// with the node does (corosync-quorumtool right after `corobus up`: cmap
+// answered, cfg did not yet). The connection waits; the component starts
+// once the gateway has asked the loader twice (so the client's
+// connection is certainly waiting, not yet made), and the connection is
+// made. Before, it was refused at once (EAGAIN: "Cannot initialise CFG
+// service"). With nothing ever serving, it is refused after StartWait.
+func TestGatewayWaitsForALoadedService(t *testing.T) {
+	loaded := func(wait time.Duration) func(*Config) {
+		return func(c *Config) {
+			c.Routes[0].Loaded = true
+			c.StartWait = wait
+		}
+	}
+	f := startGateway(t, libqb.TransportSocket, func(libqb.Creds) bool { return true }, loaded(time.Minute))
+	asks, err := f.nc.SubscribeSync(f.subjects.LcrAPI(1, loader.APIReference))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	type dialed struct {
+		c   *qbclient.Client
+		err error
+	}
+	done := make(chan dialed, 1)
+	go func() {
+		c, err := f.dial(t)
+		done <- dialed{c, err}
+	}()
+	for n := 0; n < 2; n++ {
+		if _, err := asks.NextMsg(30 * time.Second); err != nil {
+			select {
+			case d := <-done:
+				t.Fatalf("the connection did not wait for the service: %v", d.err)
+			default:
+			}
+			t.Fatalf("the gateway did not ask the loader again: %v", err)
+		}
+		select {
+		case d := <-done:
+			t.Fatalf("the connection did not wait for the service: %v", d.err)
+		default:
+		}
+	}
+	serveEcho(t, f.nc, f.subjects, 1)
+	d := <-done
+	if d.err != nil {
+		t.Fatalf("the connection made before the service started: %v", d.err)
+	}
+	resp, err := d.c.Request(qbclient.NewRequest(1, []byte("hello")), 5*time.Second)
+	if err != nil || qbclient.ResponseError(resp) != int32(cswire.OK) || string(resp[qbclient.ResHeaderSize:]) != "hello" {
+		t.Fatalf("request: %q, %v", resp, err)
+	}
+
+	// Nothing ever serves it: refused, after the wait, as before it.
+	g := startGateway(t, libqb.TransportSocket, func(libqb.Creds) bool { return true }, loaded(500*time.Millisecond))
+	if _, err := g.dial(t); !errors.Is(err, syscall.EAGAIN) {
+		t.Fatalf("dial with no component: %v, want EAGAIN", err)
+	}
+}
+
 func TestGatewayEndsIdleConnectionsOfAGoneInstance(t *testing.T) {
 	eachTransport(t, func(t *testing.T, tr libqb.Transport) {
 		f := startGateway(t, tr, func(libqb.Creds) bool { return true })

@@ -13,6 +13,7 @@ import (
 	"github.com/oklog/run"
 
 	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/config"
 	"github.com/corobus/corobus/layer"
 	"github.com/corobus/corobus/objdb"
 	objdbclient "github.com/corobus/corobus/objdb/client"
@@ -22,6 +23,7 @@ import (
 	"github.com/corobus/corobus/services/cswire"
 	"github.com/corobus/corobus/services/ipc/libqb"
 	"github.com/corobus/corobus/services/quorum"
+	"github.com/corobus/corobus/services/svcmgr"
 	"github.com/corobus/corobus/services/votequorum"
 )
 
@@ -145,6 +147,14 @@ func Run(ctx context.Context, env layer.Env) error {
 		grp.Add(func() error { return cmap.Serve(ctx, env, svc) }, func(error) { cancel() })
 		env.Log.Info("running a colocated instance", "component", name, "subject", subject)
 	}
+	loaded, err := loadedServices(env.Config)
+	if err != nil {
+		return err
+	}
+	for i, r := range cfg.Routes {
+		_, colocated := cfg.Colocated[r.Component]
+		cfg.Routes[i].Loaded = colocated || loaded[r.Component]
+	}
 	g, err := New(cfg)
 	if err != nil {
 		return err
@@ -165,6 +175,24 @@ func Run(ctx context.Context, env layer.Env) error {
 		grp.Add(func() error { return g.Run(ctx) }, func(error) { cancel() })
 	}
 	return grp.Run()
+}
+
+// loadedServices are the components the node's service manager loads:
+// the configuration's service blocks, and the default services unless
+// loader.default_services is no (as svcmgr reads them).
+func loadedServices(c *config.Config) (map[string]bool, error) {
+	services, err := svcmgr.ConfiguredServices(c)
+	if err != nil {
+		return nil, err
+	}
+	if c.Bool("loader.default_services", true) {
+		services = append(services, svcmgr.DefaultServices()...)
+	}
+	out := map[string]bool{}
+	for _, s := range services {
+		out[s.Name] = true
+	}
+	return out, nil
 }
 
 // UIDGIDAdmission admits as corosync does: root, the user corobus runs

@@ -181,3 +181,48 @@ echo "== client"; cat "$D/client.txt"
 		t.Errorf("the client was asked %d times, not 10", n)
 	}
 }
+
+// TestToolsRightAfterUp runs corosync-quorumtool -s and corosync-cfgtool
+// -s the moment corosync-cmapctl first answers after `corobus up`, as a
+// script that waits for the node would. corosync takes no connection
+// before all its services are loaded, so a tool that found cmap finds cfg
+// and votequorum too; corobus's gateway now waits (a few seconds at
+// most) for a service the node loads and has not started yet. Before, it
+// refused at once: "Cannot initialise CFG service" (seen on every try).
+func TestToolsRightAfterUp(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
+	requireRealClients(t, "corosync's tools right after up",
+		needs{commands: []string{"corosync-cmapctl", "corosync-cfgtool", "corosync-quorumtool"}})
+	dir := t.TempDir()
+	b := buildBinary(t)
+	conf := oneNodeConf(t, dir)
+	script := `
+D=` + shellQuote(dir) + `
+CONF=` + shellQuote(conf) + `
+B=` + shellQuote(b.path) + `
+ip link set lo up || exit 10
+"$B" up -c "$CONF" > "$D/up.log" 2>&1 &
+P=$!
+for i in $(seq 600); do corosync-cmapctl -g totem.cluster_name >/dev/null 2>&1 && break; sleep 0.05; done
+echo "== quorumtool"; corosync-quorumtool -s 2>&1; echo "rc=$?"
+echo "== cfgtool"; corosync-cfgtool -s 2>&1; echo "rc=$?"
+kill -TERM $P; wait $P; echo "== up exit status $?"
+`
+	out, err := runInNetns(t, 2*time.Minute, script)
+	got := string(out)
+	t.Logf("%s", got)
+	if err != nil {
+		log, _ := os.ReadFile(filepath.Join(dir, "up.log"))
+		t.Fatalf("script failed: %v\n%s", err, log)
+	}
+	for _, bad := range []string{"Cannot initialise", "Cannot initialize"} {
+		if strings.Contains(got, bad) {
+			t.Errorf("a tool could not connect right after cmap answered (%q)", bad)
+		}
+	}
+	for _, want := range []string{"Quorum information", "Local node ID 1", "== up exit status 0"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+}

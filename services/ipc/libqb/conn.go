@@ -169,6 +169,9 @@ func (s *Server) serve(ctx context.Context, service string, h Handler, fd int) {
 		return
 	}
 	sess, err := h.Open(c)
+	// The handler may have waited for its service (the gateway waits
+	// for one the node is still starting): the answer gets its own time.
+	_ = c.setup.SetDeadline(time.Now().Add(s.HandshakeTimeout))
 	if err != nil {
 		// libqb's clients see the errno: EAGAIN becomes CS_ERR_TRY_AGAIN
 		// in corosync's libraries, anything else a refusal.
