@@ -76,6 +76,13 @@ func (s Subjects) TotemStatsClear(node uint32) string {
 	return s.Join("totem", nodeToken(node), "stats", "clear")
 }
 
+// TotemTimings is served by each node's bus: the node's totem runs the
+// totem.token, join and consensus of the request from now on (JSON
+// totem.TimingsRequest); the objdb layer sends it when those keys change.
+func (s Subjects) TotemTimings(node uint32) string {
+	return s.Join("totem", nodeToken(node), "timings")
+}
+
 // TotemEvent is where a node publishes its membership events: kind is
 // "view" (regular configuration installed), "trans" (transitional
 // configuration), "joined" or "left" (one per node).

@@ -77,6 +77,36 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// Timings are the totem timeouts a running node can change
+// (Node.SetTimings), as corosync re-reads totem.token, totem.join and
+// totem.consensus when they change in cmap or in a reload.
+type Timings struct {
+	Token, Join, Consensus time.Duration
+}
+
+// TimingsOf reads the timings from a node's keys with corosync's
+// defaults: token 1 s, join 50 ms, consensus 1.2 × token when absent.
+// get returns a key's value in ms, and whether the key is there.
+func TimingsOf(get func(key string) (ms uint64, ok bool, err error)) (Timings, error) {
+	t := Timings{Token: time.Second, Join: 50 * time.Millisecond}
+	for _, k := range []struct {
+		key string
+		to  *time.Duration
+	}{{"totem.token", &t.Token}, {"totem.join", &t.Join}, {"totem.consensus", &t.Consensus}} {
+		ms, ok, err := get(k.key)
+		if err != nil {
+			return Timings{}, fmt.Errorf("%s: %w", k.key, err)
+		}
+		if ok {
+			*k.to = time.Duration(ms) * time.Millisecond
+		}
+	}
+	if t.Consensus == 0 {
+		t.Consensus = t.Token * 12 / 10
+	}
+	return t, nil
+}
+
 // DefaultConfig returns corosync's defaults for node id.
 func DefaultConfig(id uint32, subjects bus.Subjects) Config {
 	return Config{

@@ -169,6 +169,13 @@ type Node struct {
 	hbMu  sync.Mutex
 	peers map[uint32]*peer
 
+	// timing is what the node runs of totem.token, join and consensus and
+	// the heartbeat periods derived from them: read everywhere, replaced
+	// whole by SetTimings. fixedHB and fixedRest are Config's explicit
+	// heartbeat periods (zero: derived from the token, as by default).
+	timing             atomic.Pointer[liveTimings]
+	fixedHB, fixedRest time.Duration
+
 	// gathering tells Run that the node left the operational state, so
 	// that it ticks at the join's resolution again.
 	gathering chan struct{}
@@ -262,6 +269,7 @@ type Node struct {
 // own connection (bus.Server.Connect with nats.NoEcho() is best: the node
 // handles its own messages without the echo).
 func New(nc *nats.Conn, cfg Config, cb Callbacks) (*Node, error) {
+	fixedHB, fixedRest := cfg.Heartbeat, cfg.RestHeartbeat
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -272,6 +280,8 @@ func New(nc *nats.Conn, cfg Config, cb Callbacks) (*Node, error) {
 	s := cfg.Subjects
 	n := &Node{
 		cfg:           cfg,
+		fixedHB:       fixedHB,
+		fixedRest:     fixedRest,
 		nc:            nc,
 		log:           cfg.Logger,
 		cb:            cb,
@@ -308,6 +318,10 @@ func New(nc *nats.Conn, cfg Config, cb Callbacks) (*Node, error) {
 		prevOrphans: map[MsgID]*entry{},
 		origin:      binary.BigEndian.Uint32(b[:4]) | 1,
 	}
+	n.timing.Store(&liveTimings{
+		Timings:   Timings{Token: cfg.Token, Join: cfg.Join, Consensus: cfg.Consensus},
+		Heartbeat: cfg.Heartbeat, RestHeartbeat: cfg.RestHeartbeat,
+	})
 	n.cur = newRingLog(RingID{}, nil)
 	seq, err := n.loadSeq()
 	if err != nil {
@@ -315,6 +329,62 @@ func New(nc *nats.Conn, cfg Config, cb Callbacks) (*Node, error) {
 	}
 	n.maxSeq = seq
 	return n, nil
+}
+
+// liveTimings are the timings a node runs, with the heartbeat periods
+// derived from them.
+type liveTimings struct {
+	Timings
+	Heartbeat, RestHeartbeat time.Duration
+}
+
+// tm is what the node runs now.
+func (n *Node) tm() *liveTimings { return n.timing.Load() }
+
+// Timings is what the node runs of totem.token, join and consensus.
+func (n *Node) Timings() Timings { return n.tm().Timings }
+
+// expiry is how long peer p may stay silent before it is gone: this
+// node's totem.token, or p's own if longer (a peer whose token was raised
+// beats more slowly; Heartbeat.Token).
+func (n *Node) expiry(p *peer) time.Duration {
+	return max(n.tm().Token, time.Duration(p.hb.Token)*time.Millisecond)
+}
+
+// SetTimings changes totem.token, join and consensus while the node runs,
+// as corosync applies a changed totem.token (a cmap write, a reload) at
+// once. The heartbeat periods follow the token unless Config gave them.
+// A heartbeat goes out at once, carrying the new token, so that peers
+// wait for this node's slower beats before the first of them is due. A
+// combination New would refuse is refused, and the node keeps what it
+// runs.
+func (n *Node) SetTimings(t Timings) error {
+	c := n.cfg
+	c.Token, c.Join, c.Consensus = t.Token, t.Join, t.Consensus
+	c.Heartbeat, c.RestHeartbeat = n.fixedHB, n.fixedRest
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	next := &liveTimings{
+		Timings:   Timings{Token: c.Token, Join: c.Join, Consensus: c.Consensus},
+		Heartbeat: c.Heartbeat, RestHeartbeat: c.RestHeartbeat,
+	}
+	n.mu.Lock()
+	prev := n.tm()
+	if *prev == *next {
+		n.mu.Unlock()
+		return nil
+	}
+	n.timing.Store(next)
+	n.sendHeartbeat(time.Now())
+	n.mu.Unlock()
+	n.log.Info("totem timings changed", "token", next.Token, "join", next.Join, "consensus", next.Consensus,
+		"was_token", prev.Token, "was_join", prev.Join, "was_consensus", prev.Consensus)
+	select { // Run's periods follow
+	case n.news <- struct{}{}:
+	default:
+	}
+	return nil
 }
 
 // ID is this node's id.
@@ -406,6 +476,7 @@ func (n *Node) Run(ctx context.Context) error {
 		s.TotemMcast(n.cfg.NodeID):      n.onSubmit,
 		s.TotemStatus(n.cfg.NodeID):     n.onStatus,
 		s.TotemStatsClear(n.cfg.NodeID): n.onStatsClear,
+		s.TotemTimings(n.cfg.NodeID):    n.onTimings,
 	} {
 		if _, err := add(subj, h); err != nil {
 			return err
@@ -431,7 +502,7 @@ func (n *Node) Run(ctx context.Context) error {
 	stop := make(chan struct{})
 	defer close(stop)
 	go n.takeListens(listen, stop)
-	n.log.Info("totem started", "node", n.cfg.NodeID, "token", n.cfg.Token, "join", n.cfg.Join, "consensus", n.cfg.Consensus, "max_seq", n.maxSeq)
+	n.log.Info("totem started", "node", n.cfg.NodeID, "token", n.tm().Token, "join", n.tm().Join, "consensus", n.tm().Consensus, "max_seq", n.maxSeq)
 	// A restarted bus has forgotten which services listen: ask, now and a
 	// few times more for clients that reconnect later.
 	ask := s.TotemListenAsk(n.cfg.NodeID)
@@ -461,11 +532,18 @@ func (n *Node) Run(ctx context.Context) error {
 	// heartbeat (every RestHeartbeat) and the first peer's expiry, news
 	// in a heartbeat waking it at once. An idle node ticked 40 times a
 	// second at first, then 10, now 3 (defaults).
-	fast := max(min(n.cfg.Heartbeat/2, n.cfg.Join/2), 2*time.Millisecond)
-	slow := max(n.cfg.Heartbeat/2, fast)
+	// The periods are read at every tick: SetTimings changes them while
+	// the node runs.
+	periods := func() (fast, slow time.Duration) {
+		tm := n.tm()
+		fast = max(min(tm.Heartbeat/2, tm.Join/2), 2*time.Millisecond)
+		return fast, max(tm.Heartbeat/2, fast)
+	}
+	fast, _ := periods()
 	t := time.NewTimer(fast)
 	defer t.Stop()
 	for {
+		fast, slow := periods()
 		var now time.Time
 		select {
 		case <-ctx.Done():
@@ -514,9 +592,9 @@ func (n *Node) hbDue() time.Time {
 		// instants, and the others' heartbeats reach a node while it
 		// is awake for its own, its failure check and its runtime's
 		// timer: one wake-up a period instead of one per node.
-		return beat.Next(n.lastHB, n.cfg.RestHeartbeat)
+		return beat.Next(n.lastHB, n.tm().RestHeartbeat)
 	}
-	return n.lastHB.Add(n.cfg.Heartbeat)
+	return n.lastHB.Add(n.tm().Heartbeat)
 }
 
 // restWake is how long a ring at rest may sleep: until its next
@@ -524,10 +602,10 @@ func (n *Node) hbDue() time.Time {
 // heard for totem.token is gone: checked at that moment, not up to
 // heartbeat/2 later), and at most RestHeartbeat. Called with mu held.
 func (n *Node) restWake(now time.Time) time.Duration {
-	next := n.cfg.RestHeartbeat
+	next := n.tm().RestHeartbeat
 	n.hbMu.Lock()
 	for _, p := range n.peers {
-		if d := p.at.Add(n.cfg.Token).Sub(now); d > 0 && d < next {
+		if d := p.at.Add(n.expiry(p)).Sub(now); d > 0 && d < next {
 			next = d
 		}
 	}
@@ -1202,8 +1280,9 @@ func (n *Node) onHeartbeat(m *nats.Msg) {
 	prev := n.peers[hb.Node]
 	n.peers[hb.Node] = &peer{at: now, hb: hb}
 	n.hbMu.Unlock()
-	if prev == nil || now.Sub(prev.at) >= n.cfg.Token || prev.hb.Inc != hb.Inc || prev.hb.Ring != hb.Ring ||
-		prev.hb.State != hb.State || !slices.Equal(prev.hb.Members, hb.Members) || !slices.Equal(prev.hb.Hears, hb.Hears) {
+	if prev == nil || now.Sub(prev.at) >= n.expiry(prev) || prev.hb.Inc != hb.Inc || prev.hb.Ring != hb.Ring ||
+		prev.hb.State != hb.State || !slices.Equal(prev.hb.Members, hb.Members) || !slices.Equal(prev.hb.Hears, hb.Hears) ||
+		prev.hb.Token != hb.Token {
 		select {
 		case n.news <- struct{}{}:
 		default:
@@ -1223,6 +1302,7 @@ func (n *Node) sendHeartbeat(now time.Time) {
 		Members:   n.members,
 		Addr:      n.cfg.Addr,
 		Hears:     n.aliveSet,
+		Token:     uint32(n.tm().Token / time.Millisecond),
 	}
 	if n.state != stOperational {
 		hb.Delivered, hb.Ordered = 0, 0
@@ -1242,7 +1322,7 @@ func (n *Node) alive(now time.Time) ([]uint32, map[uint32]Heartbeat) {
 	out := []uint32{n.cfg.NodeID}
 	hbs := make(map[uint32]Heartbeat, len(n.peers))
 	for id, p := range n.peers {
-		if now.Sub(p.at) < n.cfg.Token {
+		if now.Sub(p.at) < n.expiry(p) {
 			out = append(out, id)
 			hbs[id] = p.hb
 		}
@@ -1271,7 +1351,7 @@ func (n *Node) tick(now time.Time) {
 	// it now rather than up to a heartbeat period later (a view of N
 	// nodes started together waited two periods, 400 ms by default,
 	// after the last route). The period is unchanged.
-	if !now.Before(n.hbDue()) || (n.hearsNews && now.Sub(n.lastHB) >= n.cfg.Join) {
+	if !now.Before(n.hbDue()) || (n.hearsNews && now.Sub(n.lastHB) >= n.tm().Join) {
 		n.sendHeartbeat(now)
 	}
 	switch n.state {
@@ -1363,7 +1443,7 @@ func (n *Node) needViewChange(now time.Time, alive []uint32, hbs map[uint32]Hear
 			return fmt.Sprintf("node %d gathers", id)
 		case hb.Ring.Seq > n.ring.Seq:
 			return fmt.Sprintf("node %d is in a newer ring %s", id, hb.Ring)
-		case hb.Ring != n.ring && now.Sub(n.installed) > n.cfg.Consensus:
+		case hb.Ring != n.ring && now.Sub(n.installed) > n.tm().Consensus:
 			return fmt.Sprintf("node %d did not install ring %s", id, n.ring)
 		}
 	}
@@ -1393,7 +1473,7 @@ func (n *Node) enterGather(now time.Time) {
 // heard or totem.consensus has passed).
 func (n *Node) agree(now time.Time, alive []uint32) {
 	if n.state == stRecovery {
-		if n.commit != nil && now.Sub(n.ackedAt) > 4*n.cfg.Consensus {
+		if n.commit != nil && now.Sub(n.ackedAt) > 4*n.tm().Consensus {
 			n.log.Warn("recovery did not finish; gathering again", "ring", n.commit.Ring)
 			n.enterGather(now)
 		}
@@ -1405,8 +1485,8 @@ func (n *Node) agree(now time.Time, alive []uint32) {
 		return
 	}
 	if p := n.myProp; p != nil {
-		if now.Sub(p.at) < n.cfg.Consensus {
-			if slices.Equal(p.members, alive) || now.Sub(n.aliveSince) < n.cfg.Join {
+		if now.Sub(p.at) < n.tm().Consensus {
+			if slices.Equal(p.members, alive) || now.Sub(n.aliveSince) < n.tm().Join {
 				return
 			}
 		} else {
@@ -1426,13 +1506,13 @@ func (n *Node) agree(now time.Time, alive []uint32) {
 			return
 		}
 	}
-	if n.acked.Node != 0 && n.acked.Node != n.cfg.NodeID && now.Sub(n.ackedAt) < n.cfg.Consensus {
+	if n.acked.Node != 0 && n.acked.Node != n.cfg.NodeID && now.Sub(n.ackedAt) < n.tm().Consensus {
 		return // waiting for another coordinator's commit
 	}
-	if now.Sub(n.aliveSince) < n.cfg.Join {
+	if now.Sub(n.aliveSince) < n.tm().Join {
 		return
 	}
-	if n.ring.IsZero() && now.Sub(n.started) < n.cfg.Consensus {
+	if n.ring.IsZero() && now.Sub(n.started) < n.tm().Consensus {
 		for _, id := range n.cfg.Expected {
 			if !slices.Contains(alive, id) {
 				return // the others may be starting too: one first view, not a singleton then a merge
@@ -1719,7 +1799,7 @@ func (n *Node) fetch(holder uint32, ring RingID, from, to uint64) ([]fetched, er
 	subj := n.cfg.Subjects.TotemFetch(holder)
 	for from <= to {
 		req, _ := json.Marshal(FetchRequest{Ring: ring, From: from, To: to})
-		msg, err := n.nc.Request(subj, req, n.cfg.Consensus)
+		msg, err := n.nc.Request(subj, req, n.tm().Consensus)
 		if err != nil {
 			return nil, fmt.Errorf("fetching %s %d..%d from node %d: %w", ring, from, to, holder, err)
 		}
@@ -1744,7 +1824,7 @@ func (n *Node) fetch(holder uint32, ring RingID, from, to uint64) ([]fetched, er
 // fetchIDs asks a sender for its own messages by id.
 func (n *Node) fetchIDs(holder uint32, ring RingID, ids []MsgID) ([]fetched, error) {
 	req, _ := json.Marshal(FetchRequest{Ring: ring, IDs: ids})
-	msg, err := n.nc.Request(n.cfg.Subjects.TotemFetch(holder), req, n.cfg.Consensus)
+	msg, err := n.nc.Request(n.cfg.Subjects.TotemFetch(holder), req, n.tm().Consensus)
 	if err != nil {
 		return nil, fmt.Errorf("fetching %d orphans of %s from node %d: %w", len(ids), ring, holder, err)
 	}
@@ -1999,7 +2079,7 @@ func (n *Node) memberEvent(id uint32, status string) {
 // frame was lost), and repairs holes in the order (an order record or a
 // payload was lost) from the sequencer.
 func (n *Node) retransmit(now time.Time, hbs map[uint32]Heartbeat) {
-	wait := 2 * n.cfg.Heartbeat
+	wait := 2 * n.tm().Heartbeat
 	for _, o := range n.pending {
 		if !o.done && !o.ordered && now.Sub(o.sentAt) > wait {
 			n.send(o, now, true)
@@ -2084,7 +2164,7 @@ func (n *Node) collect(hbs map[uint32]Heartbeat) {
 		}
 		stable = min(stable, hb.Delivered)
 	}
-	if time.Since(n.seqOldAt) > n.cfg.Consensus {
+	if time.Since(n.seqOldAt) > n.tm().Consensus {
 		clear(n.seqOlder)
 		n.seqOld, n.seqOlder = n.seqOlder, n.seqOld
 		n.seqOldAt = time.Now()
@@ -2114,6 +2194,45 @@ func (n *Node) onStatsClear(m *nats.Msg) {
 	n.mu.Unlock()
 	if m.Reply != "" {
 		_ = n.nc.Publish(m.Reply, nil)
+	}
+}
+
+// TimingsRequest is the request of Subjects.TotemTimings: what the node
+// is to run, in ms (the objdb layer sends it when totem.token, join or
+// consensus change); TimingsReply its answer.
+type TimingsRequest struct {
+	Token     uint64 `json:"token"`
+	Join      uint64 `json:"join"`
+	Consensus uint64 `json:"consensus"`
+}
+
+// TimingsReply answers a TimingsRequest: Error says why the node kept
+// what it runs.
+type TimingsReply struct {
+	OK    bool   `json:"ok,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+func (n *Node) onTimings(m *nats.Msg) {
+	var req TimingsRequest
+	var rep TimingsReply
+	if err := json.Unmarshal(m.Data, &req); err != nil {
+		rep.Error = fmt.Sprintf("malformed timings request: %v", err)
+	} else if err := n.SetTimings(Timings{
+		Token:     time.Duration(req.Token) * time.Millisecond,
+		Join:      time.Duration(req.Join) * time.Millisecond,
+		Consensus: time.Duration(req.Consensus) * time.Millisecond,
+	}); err != nil {
+		rep.Error = err.Error()
+	} else {
+		rep.OK = true
+	}
+	if rep.Error != "" {
+		n.log.Debug("totem timings not changed", "err", rep.Error)
+	}
+	if m.Reply != "" {
+		b, _ := json.Marshal(rep)
+		_ = n.nc.Publish(m.Reply, b)
 	}
 }
 

@@ -134,6 +134,12 @@ type Heartbeat struct {
 	SeqEpoch uint32 `json:"seq_epoch,omitempty"`
 	Seqr     uint32 `json:"seqr,omitempty"`
 	SeqFrom  uint64 `json:"seq_from,omitempty"`
+	// Token is the sender's totem.token in ms, which sets its heartbeat
+	// period: its peers wait for it at least that long (Node.expiry), so
+	// that a node whose token was raised at run time (Node.SetTimings)
+	// and now beats more slowly is not taken for gone by peers still on
+	// the shorter one. Absent from an older node: the peer's own token.
+	Token uint32 `json:"token,omitempty"`
 }
 
 // PropID names one proposal: the proposer and its counter.
