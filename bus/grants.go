@@ -190,6 +190,16 @@ func (a Access) TotemClient(services ...string) Grant {
 	return g
 }
 
+// TotemTimings sets the node's totem timings (totem.TimingsRequest) and
+// hears when its totem starts again (which starts from the file): the
+// objdb layer, which follows totem.token, join and consensus.
+func (a Access) TotemTimings() Grant {
+	return Grant{
+		Pub: []string{a.Subjects.TotemTimings(a.Node)},
+		Sub: []string{a.Subjects.TotemListenAsk(a.Node)},
+	}
+}
+
 // SyncEngine is the sync layer: registrations, its state, and the hooks of
 // every registered service.
 func (a Access) SyncEngine() Grant {

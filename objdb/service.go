@@ -10,7 +10,6 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/corobus/corobus/bus"
-	"github.com/corobus/corobus/bus/totem"
 	"github.com/corobus/corobus/config/keys"
 	"github.com/corobus/corobus/layer"
 	"github.com/corobus/corobus/services/cswire"
@@ -89,7 +88,7 @@ func TypeOf(key string) Type {
 func Layer() layer.Layer {
 	return layer.Layer{Name: "objdb", Subsys: "OBJDB", Summary: "the object database: typed keys in replicated JetStream KV", Run: Run,
 		Grant: func(a bus.Access) bus.Grant {
-			return bus.Merge(a.Process(layer.ServiceName("objdb")), a.ObjdbServer(), a.ObjdbStore(true))
+			return bus.Merge(a.Process(layer.ServiceName("objdb")), a.ObjdbServer(), a.ObjdbStore(true), a.TotemTimings())
 		}}
 }
 
@@ -170,7 +169,7 @@ func Run(ctx context.Context, env layer.Env) error {
 	} else if len(gone) > 0 {
 		env.Log.Info("removed keys the configuration no longer has", "keys", gone)
 	}
-	if err := writeRuntimeConfig(ctx, st, env); err != nil {
+	if err := followTimings(ctx, st, env.Conn, env.Subjects, env.Node.ID, env.Log); err != nil {
 		return err
 	}
 	pos := uint64(env.Node.Index)
@@ -187,24 +186,6 @@ func Run(ctx context.Context, env layer.Env) error {
 	}
 	env.Log.Info("objdb serving", "bucket", BucketName(env.Config.ClusterName()), "keys", len(st.List("")))
 	<-ctx.Done()
-	return nil
-}
-
-// writeRuntimeConfig records runtime.config.totem.*: the totem settings in
-// effect, defaults included (corosync's totemconfig writes the same keys).
-// corobus's totem uses token, join and consensus; the knet and totemsrp
-// tuning corosync also records has no meaning on the bus.
-func writeRuntimeConfig(ctx context.Context, st *Store, env layer.Env) error {
-	tc, err := totem.FromConfig(env.Config, env.Subjects)
-	if err != nil {
-		return err
-	}
-	for key, d := range map[string]time.Duration{"token": tc.Token, "join": tc.Join, "consensus": tc.Consensus} {
-		v := Value{Type: Uint32, Data: putInt(Uint32, uint64(d/time.Millisecond))}
-		if err := st.SetLocal(ctx, "runtime.config.totem."+key, v); err != nil {
-			return err
-		}
-	}
 	return nil
 }
 

@@ -8,9 +8,7 @@ import (
 	"maps"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
-	"time"
 
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/totem"
@@ -52,7 +50,7 @@ type Reloader struct {
 var keptKeys = regexp.MustCompile(`^(totem\.(secauth|crypto_hash|crypto_cipher|crypto_model|keyfile|key|version|threads|ip_version|rrp_mode|netmtu|transport|cluster_name)|quorum\.provider|system\..*)$`)
 
 // refusedKeys are those corobus applies only at start.
-var refusedKeys = regexp.MustCompile(`^(totem\.(token|join|consensus|nodeid)|bus\..*|objdb\..*|loader\..*|ipc\..*|service\..*)$`)
+var refusedKeys = regexp.MustCompile(`^(totem\.nodeid|bus\..*|objdb\..*|loader\..*|ipc\..*|service\..*)$`)
 
 // nodelistFixed are a nodelist entry's keys that fix the bus's routes and
 // the node's identity.
@@ -123,7 +121,14 @@ func (r *Reloader) reload(ctx context.Context, started func()) ReloadResult {
 			have[k] = v.String()
 		}
 	}
-	asRuns := r.timingsAsRunning(ctx, cfg)
+	// totem.token, join and consensus change at run time (the objdb
+	// layer hands them to the totem once the reload is done), so a
+	// combination the totem would refuse refuses the reload now.
+	if subjects, err := bus.NewSubjects(bus.DefaultPrefix(cfg.ClusterName())); err == nil {
+		if _, err := totem.FromConfig(cfg, subjects); err != nil {
+			return ReloadResult{Code: cswire.ErrInvalidParam, Reason: fmt.Sprintf("the new totem timings: %v", err)}
+		}
+	}
 	var changed, kept, refused []string
 	for _, k := range slices.Sorted(maps.Keys(union(have, want))) {
 		nv, inNew := want[k]
@@ -138,11 +143,6 @@ func (r *Reloader) reload(ctx context.Context, started func()) ReloadResult {
 		case keptKeys.MatchString(k):
 			r.Log.Info(fmt.Sprintf("Modified entry '%s' in corosync.conf cannot be changed at run-time", k))
 			kept = append(kept, k)
-		case asRuns[k]:
-			// A timing the node runs as the file says, whatever a client
-			// wrote to its key since: the key follows the file, as
-			// corosync's reload rewrites it.
-			changed = append(changed, k)
 		case refusedKeys.MatchString(k) || nodelistFixed.MatchString(k):
 			refused = append(refused, k)
 		default:
@@ -154,7 +154,7 @@ func (r *Reloader) reload(ctx context.Context, started func()) ReloadResult {
 	}
 	if len(refused) > 0 {
 		return ReloadResult{Code: cswire.ErrInvalidParam, Ignored: kept, Reason: fmt.Sprintf(
-			"%s cannot change while corobus runs (totem timeouts, the nodelist's nodes and addresses and the bus are set at start): restart the nodes to apply them",
+			"%s cannot change while corobus runs (the nodelist's nodes and addresses and the bus are set at start): restart the nodes to apply them",
 			strings.Join(refused, ", "))}
 	}
 	logging := slices.ContainsFunc(changed, func(k string) bool { return strings.HasPrefix(k, "logging.") })
@@ -200,33 +200,6 @@ func (r *Reloader) reload(ctx context.Context, started func()) ReloadResult {
 		}
 	}
 	return ReloadResult{Code: cswire.OK, Changed: changed, Ignored: kept}
-}
-
-// timingsAsRunning says, of each totem timing corobus applies only at
-// start (totem.token, join, consensus), whether the file's value,
-// defaults included, is the one the node runs (runtime.config.totem.*,
-// recorded at start). The writable totem.* keys are not what runs: a
-// client may have set one (corobus cmap -s totem.token …), and a reload
-// comparing the file with that key refused every reload after it, though
-// nothing the node runs would change.
-func (r *Reloader) timingsAsRunning(ctx context.Context, cfg *config.Config) map[string]bool {
-	same := map[string]bool{}
-	subjects, err := bus.NewSubjects(bus.DefaultPrefix(cfg.ClusterName()))
-	if err != nil {
-		return same
-	}
-	tc, err := totem.FromConfig(cfg, subjects) // only its timings are read
-	if err != nil {
-		return same // the refusal stands, with the file's value
-	}
-	for key, d := range map[string]time.Duration{"token": tc.Token, "join": tc.Join, "consensus": tc.Consensus} {
-		v, err := r.DB.Get(ctx, "runtime.config.totem."+key)
-		if err != nil {
-			continue
-		}
-		same["totem."+key] = v.String() == strconv.FormatInt(d.Milliseconds(), 10)
-	}
-	return same
 }
 
 func inSections(k string) bool {
