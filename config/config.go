@@ -65,9 +65,12 @@ type Config struct {
 
 // Node is one entry of the nodelist.
 type Node struct {
-	Index      int    // N in nodelist.node.N
-	ID         uint32 // nodelist.node.N.nodeid
-	Name       string // nodelist.node.N.name
+	Index int    // N in nodelist.node.N
+	ID    uint32 // nodelist.node.N.nodeid
+	// Name is what logs and `corobus status` call the node:
+	// nodelist.node.N.name, else ring0_addr when it is a host name (as
+	// corosync's tools name a node), else "node<ID>".
+	Name       string
 	Addr       string // nodelist.node.N.ring0_addr
 	BusPort    int    // nodelist.node.N.bus_port: NATS route listener
 	ClientPort int    // nodelist.node.N.client_port: NATS client listener
@@ -411,6 +414,9 @@ func (c *Config) Nodes() ([]Node, error) {
 			return nil, err
 		}
 		n.BusPort, n.ClientPort = int(bp), int(cp)
+		if n.Name == "" && net.ParseIP(n.Addr) == nil {
+			n.Name = n.Addr
+		}
 		if n.Name == "" {
 			n.Name = fmt.Sprintf("node%d", n.ID)
 		}

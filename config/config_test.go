@@ -290,3 +290,39 @@ nodelist {
 		}
 	}
 }
+
+// TestNodeNames: a node is called by its nodelist name, else by its
+// ring0_addr when that is a host name, else node<ID>.
+func TestNodeNames(t *testing.T) {
+	p := writeFile(t, "corosync.conf", `nodelist {
+	node {
+		nodeid: 1
+		name: alpha
+		ring0_addr: 10.0.0.1
+	}
+	node {
+		nodeid: 2
+		ring0_addr: bravo.example
+	}
+	node {
+		nodeid: 3
+		ring0_addr: fd00::3
+	}
+}
+`)
+	c, err := Load(Options{File: p, Overrides: []string{"totem.nodeid=1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := c.Nodes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, n := range nodes {
+		got = append(got, n.Name)
+	}
+	if want := "alpha bravo.example node3"; strings.Join(got, " ") != want {
+		t.Errorf("names %q, want %q", strings.Join(got, " "), want)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -322,8 +323,11 @@ func (c Config) threshold(subsys string) slog.Level {
 
 // Options are the parts of a process's logging that are not configuration.
 type Options struct {
-	Node  uint32
-	Layer string
+	Node uint32
+	// NodeName is what the lines call the node (config.Node.Name: the
+	// nodelist's name); empty: "node<Node>".
+	NodeName string
+	Layer    string
 	// Stderr is where to_stderr writes (os.Stderr when nil).
 	Stderr io.Writer
 	// RecorderSize bounds the flight recorder (records); 8192 if zero.
@@ -696,9 +700,17 @@ func (l *Logsys) syslog(cfg *Config, facility int, r Record) {
 // group=g1" behind the RFC 3164 header.
 func (l *Logsys) syslogDatagram(facility int, r Record) []byte {
 	var b strings.Builder
-	fmt.Fprintf(&b, "node%d %s ", l.opts.Node, l.opts.Layer)
+	fmt.Fprintf(&b, "%s %s ", l.nodeName(), l.opts.Layer)
 	writeBody(&b, r)
 	return syslogLine(facility, SyslogSeverity(r.level), r.Time, l.opts.Ident, os.Getpid(), b.String())
+}
+
+// nodeName is the node as the lines name it.
+func (l *Logsys) nodeName() string {
+	if l.opts.NodeName != "" {
+		return l.opts.NodeName
+	}
+	return "node" + strconv.FormatUint(uint64(l.opts.Node), 10)
 }
 
 // format writes a line the way corosync does:
@@ -711,7 +723,7 @@ func (l *Logsys) format(cfg *Config, r Record) string {
 	case "hires":
 		b.WriteString(r.Time.Format("Jan 02 15:04:05.000 "))
 	}
-	fmt.Fprintf(&b, "[%d] node%d %s %-7s ", os.Getpid(), l.opts.Node, l.opts.Layer, PriorityName(r.level))
+	fmt.Fprintf(&b, "[%d] %s %s %-7s ", os.Getpid(), l.nodeName(), l.opts.Layer, PriorityName(r.level))
 	writeBody(&b, r)
 	b.WriteByte('\n')
 	return b.String()

@@ -65,6 +65,17 @@ func TestFormat(t *testing.T) {
 	}
 }
 
+// TestFormatNodeName: the lines call the node by its nodelist name when
+// it has one (they said "node3" whatever the nodelist said).
+func TestFormatNodeName(t *testing.T) {
+	ls, out := newTest(t, Config{ToStderr: true, Timestamp: "off"}, Options{Node: 3, NodeName: "charlie", Layer: "objdb"})
+	For(ls.Logger(), "OBJDB").Log(context.Background(), LevelNotice, "set")
+	want := `] charlie objdb notice  [OBJDB ] set`
+	if got := out.String(); !strings.Contains(got, want) {
+		t.Errorf("line %q does not contain %q", got, want)
+	}
+}
+
 func TestLogfile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "corosync.log")
 	ls, out := newTest(t, Config{ToLogfile: true, Logfile: path, LogfilePriority: LevelWarning, Timestamp: "hires"}, Options{})

@@ -17,12 +17,13 @@ func (a *app) logsysFor(cfg *config.Config, layerName string) (*logsys.Logsys, e
 		return nil, fmt.Errorf("%s: %w", describeFile(cfg), err)
 	}
 	var node uint32
+	var name string
 	if local, err := cfg.LocalNode(); err == nil {
-		node = local.ID
+		node, name = local.ID, local.Name
 	}
 	w := a.stderr
 	if w == nil {
 		w = os.Stderr
 	}
-	return logsys.New(lc, logsys.Options{Node: node, Layer: layerName, Stderr: w})
+	return logsys.New(lc, logsys.Options{Node: node, NodeName: name, Layer: layerName, Stderr: w})
 }

@@ -108,7 +108,9 @@ type LayerStatus struct {
 
 // NodeStatus is what `corobus status --json` prints.
 type NodeStatus struct {
-	Node    uint32        `json:"node"`
+	Node uint32 `json:"node"`
+	// Name is the node's name in the nodelist (config.Node.Name).
+	Name    string        `json:"name,omitempty"`
 	Cluster string        `json:"cluster"`
 	Bus     bus.Status    `json:"bus"`
 	Totem   *totem.Status `json:"totem,omitempty"`
@@ -139,11 +141,36 @@ func runStatus(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return err
 	}
+	names := nodeNames(c.cfg)
+	st.Name = names[bus.ServerName(c.node)]
 	if q.json {
 		return printJSON(a.stdout, st)
 	}
-	printStatus(a, st)
+	printStatus(a, st, names)
 	return nil
+}
+
+// nodeNames maps the bus's server names (bus.ServerName: "node2") to the
+// nodelist's names of the nodes, where the two differ: the status names
+// nodes as the configuration does, not as the bus does.
+func nodeNames(cfg *config.Config) map[string]string {
+	out := map[string]string{}
+	nodes, err := cfg.Nodes()
+	if err != nil {
+		return out
+	}
+	for _, n := range nodes {
+		out[bus.ServerName(n.ID)] = n.Name
+	}
+	return out
+}
+
+// named is server as the nodelist names it.
+func named(names map[string]string, server string) string {
+	if n, ok := names[server]; ok && n != "" {
+		return n
+	}
+	return server
 }
 
 func nodeStatus(nc *nats.Conn, subjects bus.Subjects, cluster string, id uint32) (NodeStatus, error) {
@@ -178,22 +205,22 @@ func nodeStatus(nc *nats.Conn, subjects bus.Subjects, cluster string, id uint32)
 	return st, nil
 }
 
-func printStatus(a *app, st NodeStatus) {
+func printStatus(a *app, st NodeStatus, names map[string]string) {
 	w := a.stdout
-	fmt.Fprintf(w, "Node %d (%s) of cluster %q\n", st.Node, st.Bus.Server, st.Cluster)
+	fmt.Fprintf(w, "Node %d (%s) of cluster %q\n", st.Node, named(names, st.Bus.Server), st.Cluster)
 	js := "off"
 	if st.Bus.JetStream {
 		js = "on"
 	}
 	fmt.Fprintf(w, "Bus:        %s, JetStream %s, meta leader %s, %d client connections\n",
-		st.Bus.ClientURL, js, orNone(st.Bus.MetaLeader), st.Bus.Connections)
+		st.Bus.ClientURL, js, orNone(named(names, st.Bus.MetaLeader)), st.Bus.Connections)
 	var routes []string
 	for _, r := range st.Bus.Routes {
-		routes = append(routes, r.Server+" "+r.Addr)
+		routes = append(routes, named(names, r.Server)+" "+r.Addr)
 	}
 	fmt.Fprintf(w, "Routes:     %s\n", orNone(strings.Join(routes, ", ")))
 	if len(st.Bus.Peers) > 0 {
-		fmt.Fprintf(w, "JS peers:   %s\n", peersLine(st.Bus))
+		fmt.Fprintf(w, "JS peers:   %s\n", peersLine(st.Bus, names))
 	}
 	printTotemStatus(w, st.Totem)
 	fmt.Fprintln(w, "Layers:")

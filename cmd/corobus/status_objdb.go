@@ -71,12 +71,12 @@ func printCopies(w io.Writer, list []objdb.CopyStatus) {
 
 // peersLine is the JetStream peers line of `corobus status`: each peer's
 // state as the meta leader reports it, "unknown" when no leader answers.
-func peersLine(st bus.Status) string {
+func peersLine(st bus.Status, names map[string]string) string {
 	var peers []string
 	for _, p := range st.Peers {
-		peers = append(peers, p.Server+" "+p.State)
+		peers = append(peers, named(names, p.Server)+" "+p.State)
 	}
-	from := "per meta leader " + st.PeersFrom
+	from := "per meta leader " + named(names, st.PeersFrom)
 	if st.PeersFrom == "" {
 		from = "no meta leader answering: nobody knows"
 	}

@@ -188,7 +188,7 @@ func table() []Key {
 
 		// nodelist
 		{Pattern: "nodelist.node.*.nodeid", Type: U32, ReadOnly: true, Doc: "the node's id (1 to 2^32-1)"},
-		{Pattern: "nodelist.node.*.name", Type: Str, ReadOnly: true, Doc: "the node's name"},
+		{Pattern: "nodelist.node.*.name", Type: Str, ReadOnly: true, Doc: "the node's name: what log lines and `corobus status` call it (default: `ring0_addr` when it is a host name, else `node<ID>`)"},
 		{Pattern: "nodelist.node.*.ring*_addr", Type: Str, ReadOnly: true, Doc: "address of the node on link N; ring0_addr is where its bus listens for routes"},
 		{Pattern: "nodelist.node.*.quorum_votes", Type: U32, ReadOnly: true, Doc: "the node's votes"},
 		{Pattern: "nodelist.node.*.bus_port", Type: U16, ReadOnly: true, Default: "5405", Corobus: true, Doc: "TCP port of the node's bus route listener"},
