@@ -26,7 +26,7 @@ func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
 func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
 func (n *nodeFlags) register(fs *flag.FlagSet, withBus bool) {
-	fs.StringVar(&n.file, "c", "", "configuration `file` (corosync.conf syntax, or .yaml); default: the embedded one-node default")
+	fs.StringVar(&n.file, "c", "", "configuration `file` (corosync.conf syntax, or .yaml); default: the embedded one-node default (a verb that asks a node: the file of the node running in this network namespace, if any)")
 	fs.StringVar(&n.file, "config", "", "same as -c")
 	fs.Var(&n.overrides, "o", "override a configuration key: `key=value` (repeatable)")
 	if withBus {
@@ -36,6 +36,21 @@ func (n *nodeFlags) register(fs *flag.FlagSet, withBus bool) {
 
 func (n *nodeFlags) load(a *app) (*config.Config, error) {
 	return config.Load(config.Options{File: n.file, Environ: a.environ, Overrides: n.overrides})
+}
+
+// loadRunning is load for a client verb: with neither -c nor --bus, the
+// configuration of the node running in this network namespace
+// (whereis.go), its overrides then this command's; none running: the
+// embedded default, as load.
+func (n *nodeFlags) loadRunning(a *app) (*config.Config, error) {
+	if n.file != "" || n.busURL != "" {
+		return n.load(a)
+	}
+	w, err := findRunning()
+	if err != nil {
+		return n.load(a)
+	}
+	return config.Load(config.Options{File: w.File, Environ: a.environ, Overrides: append(w.Overrides, n.overrides...)})
 }
 
 // newFlagSet builds a flag set whose --help prints a summary line first and

@@ -48,7 +48,7 @@ type nodeClient struct {
 // not zero, picks another node of the cluster than the configured local
 // one (the bus is shared, so any node can be asked through any other).
 func (a *app) connect(nf nodeFlags, name string, node uint) (*nodeClient, error) {
-	cfg, err := nf.load(a)
+	cfg, err := nf.loadRunning(a)
 	if err != nil {
 		return nil, err
 	}

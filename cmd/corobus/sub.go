@@ -33,7 +33,7 @@ func runSub(ctx context.Context, a *app, args []string) error {
 	if err := parse(a, fs, args); err != nil {
 		return err
 	}
-	cfg, err := nf.load(a)
+	cfg, err := nf.loadRunning(a)
 	if err != nil {
 		return err
 	}

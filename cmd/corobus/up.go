@@ -110,6 +110,11 @@ func runUp(ctx context.Context, a *app, args []string) error {
 	}
 	defer lock.Close()
 	log.Info("starting node", "node", local.ID, "cluster", cfg.ClusterName(), "config", describeFile(cfg), "state_dir", cfg.StateDir(), "inproc", inproc)
+	// Client verbs without -c find this node's file here, as corosync's
+	// tools find corosync through its socket.
+	wctx, stopWhereIs := context.WithCancel(ctx)
+	defer stopWhereIs()
+	go serveWhereIs(wctx, cfg, log)
 	// The node owns its state directory: its token is made here at the
 	// first start (clients and layers only read it).
 	if _, err := bus.EnsureToken(cfg); err != nil {

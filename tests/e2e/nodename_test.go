@@ -10,7 +10,9 @@ import (
 
 // TestNodeNamedByItsNodelistName starts a node whose nodelist entry is
 // named "alpha": its log lines and `corobus status` call it alpha, not
-// node1 (they said node1 whatever the nodelist said).
+// node1 (they said node1 whatever the nodelist said). `corobus status`
+// without -c finds that node (it loaded the embedded default, whose
+// cluster is another).
 func TestNodeNamedByItsNodelistName(t *testing.T) {
 	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	requireRealClients(t, "a node named in its nodelist", needs{commands: []string{"corosync-cfgtool"}})
@@ -34,6 +36,7 @@ P=$!
 for i in $(seq 100); do corosync-cfgtool -s >/dev/null 2>&1 && break; sleep 0.2; done
 "$B" status -c "$CONF" > "$D/status.txt" 2>&1
 echo "== status"; cat "$D/status.txt"
+echo "== status without -c"; "$B" status 2>&1 | head -1
 kill -TERM $P; wait $P; echo "== up exit status $?"
 `
 	out, err := runInNetns(t, 2*time.Minute, script)
@@ -45,6 +48,11 @@ kill -TERM $P; wait $P; echo "== up exit status $?"
 	}
 	if !strings.Contains(got, `Node 1 (alpha) of cluster "cmpcluster"`) {
 		t.Errorf("corobus status does not call the node alpha")
+	}
+	// Without -c, status finds the node running here (as corosync's
+	// tools find theirs), not the embedded default's.
+	if _, after, _ := strings.Cut(got, "== status without -c"); !strings.Contains(after, `Node 1 (alpha) of cluster "cmpcluster"`) {
+		t.Errorf("corobus status without -c did not find the running node:\n%s", after)
 	}
 	if !strings.Contains(string(log), "] alpha objdb ") || strings.Contains(string(log), "] node1 ") {
 		t.Errorf("the log lines do not call the node alpha:\n%s", log)
