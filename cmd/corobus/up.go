@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -139,14 +140,29 @@ func runUp(ctx context.Context, a *app, args []string) error {
 	if inproc {
 		upLogging = nil
 	}
-	go serveShutdown(ctx, url, subjects, local.ID, log, upLogging, stop)
+	// A kill from another node ends up with corosync's status (255), a
+	// shutdown or a signal with 0.
+	var exit atomic.Int32
+	go serveShutdown(ctx, url, subjects, local.ID, log, upLogging, func(code int) {
+		exit.CompareAndSwap(0, int32(code))
+		stop()
+	})
+	// stopped is how up ends once the node stopped without an error.
+	stopped := func() error {
+		if code := exit.Load(); code != 0 {
+			log.Error("node stopped: killed by another node", "node", local.ID, "exit_status", code)
+			return exitStatus(code)
+		}
+		log.Info("node stopped", "node", local.ID)
+		return nil
+	}
 	go a.notifyWhenServing(ctx, url, subjects, local.ID, log)
 	if inproc {
 		users, err := a.users()
 		if err != nil {
 			return err
 		}
-		return node.InProc(ctx, cfg, ls, a.version, users, a.busHooks(), a.layers(),
+		err = node.InProc(ctx, cfg, ls, a.version, users, a.busHooks(), a.layers(),
 			func(l layer.Layer) *logsys.Logsys {
 				lls, err := a.logsysFor(cfg, l.Name)
 				if err != nil {
@@ -154,6 +170,10 @@ func runUp(ctx context.Context, a *app, args []string) error {
 				}
 				return lls
 			})
+		if err != nil {
+			return err
+		}
+		return stopped()
 	}
 
 	exe, err := node.Executable()
@@ -186,15 +206,14 @@ func runUp(ctx context.Context, a *app, args []string) error {
 	if err := sup.Run(ctx, children); err != nil {
 		return err
 	}
-	log.Info("node stopped", "node", local.ID)
-	return nil
+	return stopped()
 }
 
 // serveShutdown answers Subjects.NodeShutdown(id) once the bus is up:
 // the request is acknowledged, then stop stops the node as SIGTERM would.
 // With ls, it also attaches up's logging to the node's (node.AttachLogging)
 // on the same connection.
-func serveShutdown(ctx context.Context, url string, subjects bus.Subjects, id uint32, log *slog.Logger, ls *logsys.Logsys, stop func()) {
+func serveShutdown(ctx context.Context, url string, subjects bus.Subjects, id uint32, log *slog.Logger, ls *logsys.Logsys, stop func(exit int)) {
 	for ctx.Err() == nil {
 		nc, err := bus.Dial(url, "corobus-up", 0)
 		if err != nil {
@@ -211,7 +230,7 @@ func serveShutdown(ctx context.Context, url string, subjects bus.Subjects, id ui
 			b, _ := json.Marshal(cfg.StopReply{OK: true})
 			_ = m.Respond(b)
 			log.Info("stopping the node on request", "reason", q.Reason)
-			stop()
+			stop(q.Exit)
 		})
 		if err != nil {
 			nc.Close()

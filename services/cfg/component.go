@@ -66,7 +66,17 @@ func NodesOf(c *config.Config) ([]NodeAddrs, error) {
 // StopRequest is the payload of Subjects.NodeShutdown.
 type StopRequest struct {
 	Reason string `json:"reason"`
+	// Exit is the status `corobus up` exits with once the node stopped:
+	// 0 for a shutdown (corosync-cfgtool -H), KilledExitStatus for a kill
+	// from another node (corosync-cfgtool -k), as corosync exits.
+	Exit int `json:"exit,omitempty"`
 }
+
+// KilledExitStatus is how a node killed by another node's
+// corosync-cfgtool -k exits: corosync logs "exiting with status -1"
+// (cfg.c) and exits 255, so that systemd marks corosync.service failed,
+// not merely stopped.
+const KilledExitStatus = 255
 
 // StopReply answers it.
 type StopReply struct {
@@ -126,7 +136,7 @@ func Run(ctx context.Context, env layer.Env) error {
 			n, _ := v.Int()
 			return time.Duration(n) * time.Millisecond, nil
 		},
-		StopNode: func(ctx context.Context, reason string) error { return StopNode(ctx, env, reason) },
+		StopNode: func(ctx context.Context, req StopRequest) error { return StopNode(ctx, env, req) },
 	})
 	var g run.Group
 	{
@@ -154,8 +164,8 @@ func userStateDir(c *config.Config) string {
 }
 
 // StopNode asks node's supervisor (`corobus up`) to stop the node.
-func StopNode(ctx context.Context, env layer.Env, reason string) error {
-	b, _ := json.Marshal(StopRequest{Reason: reason})
+func StopNode(ctx context.Context, env layer.Env, req StopRequest) error {
+	b, _ := json.Marshal(req)
 	m, err := env.Conn.RequestWithContext(ctx, env.Subjects.NodeShutdown(env.Node.ID), b)
 	if err != nil {
 		return fmt.Errorf("asking node %d's supervisor to stop: %w", env.Node.ID, err)

@@ -58,7 +58,7 @@ type Config struct {
 	// request; nil or an error means DefaultShutdownTimeout.
 	ShutdownTimeout func(ctx context.Context) (time.Duration, error)
 	// StopNode asks whatever supervises the node's layers to stop them.
-	StopNode func(ctx context.Context, reason string) error
+	StopNode func(ctx context.Context, req StopRequest) error
 	// Instance is this instance's id in the loader's listing
 	// (loader.Component.Instance): the shutdown negotiation asks the
 	// node's other instances, and knows itself among them by it.
@@ -201,12 +201,12 @@ func (s *Service) onDeliver(d totem.Delivery) {
 		}
 		s.log.Warn(fmt.Sprintf("Killed by node %d: %s", m.ID.Node, e.Reason))
 		s.event("kill", map[string]any{"node": s.cfg.Node, "by": m.ID.Node, "reason": e.Reason})
-		go s.stop(fmt.Sprintf("killed by node %d: %s", m.ID.Node, e.Reason))
+		go s.stop(StopRequest{Reason: fmt.Sprintf("killed by node %d: %s", m.ID.Node, e.Reason), Exit: KilledExitStatus})
 	case ExecShutdown:
 		s.log.Info(fmt.Sprintf("Node %d was shut down by sysadmin", m.ID.Node))
 		if m.ID.Node == s.cfg.Node {
 			s.event("shutdown", ShutdownEvent{Node: s.cfg.Node, Phase: "shutdown", By: m.ID.Node})
-			go s.stop("shut down by sysadmin")
+			go s.stop(StopRequest{Reason: "shut down by sysadmin"})
 		}
 	case ExecReloadConfig:
 		s.log.Info(fmt.Sprintf("Config reload requested by node %d", m.ID.Node))
@@ -236,7 +236,7 @@ func (s *Service) onDeliver(d totem.Delivery) {
 }
 
 // stop asks the node's supervisor to stop the node.
-func (s *Service) stop(reason string) {
+func (s *Service) stop(req StopRequest) {
 	s.mu.Lock()
 	if s.stopping {
 		s.mu.Unlock()
@@ -245,13 +245,13 @@ func (s *Service) stop(reason string) {
 	s.stopping = true
 	s.mu.Unlock()
 	if s.cfg.StopNode == nil {
-		s.log.Error("nothing can stop this node: it was not started by `corobus up`", "reason", reason)
+		s.log.Error("nothing can stop this node: it was not started by `corobus up`", "reason", req.Reason)
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := s.cfg.StopNode(ctx, reason); err != nil {
-		s.log.Error("the node's supervisor did not take the shutdown request", "reason", reason, "err", err)
+	if err := s.cfg.StopNode(ctx, req); err != nil {
+		s.log.Error("the node's supervisor did not take the shutdown request", "reason", req.Reason, "err", err)
 		s.mu.Lock()
 		s.stopping = false
 		s.mu.Unlock()

@@ -480,7 +480,7 @@ func (s *Service) sendShutdownAfterReply(ctx context.Context) {
 	time.AfterFunc(replyLead, func() {
 		if err := s.mcast(ctx, Exec{Kind: ExecShutdown}); err != nil {
 			s.log.Error("shutdown message not sent; stopping anyway", "err", err)
-			s.stop("shut down by sysadmin")
+			s.stop(StopRequest{Reason: "shut down by sysadmin"})
 		}
 	})
 }
