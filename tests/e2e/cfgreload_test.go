@@ -38,14 +38,7 @@ func TestCfgReload(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	script := `
-D=` + shellQuote(dir) + `
-CONF=` + shellQuote(conf) + `
-B=` + shellQuote(b.path) + `
-ip link set lo up || exit 10
-"$B" up -c "$CONF" > "$D/up.log" 2>&1 &
-P=$!
-trap 'kill -TERM $P; wait $P' EXIT
+	script := nodeUpShell(dir, conf, b) + `trap 'kill -TERM $P; wait $P' EXIT
 for i in $(seq 150); do corosync-quorumtool -s >/dev/null 2>&1 && break; sleep 0.2; done
 q() { corosync-quorumtool -s | grep -E '^(Quorate|Expected votes|Quorum):'; }
 # The objdb layer hands the totem its new timings once the reload is done

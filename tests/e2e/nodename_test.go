@@ -26,14 +26,7 @@ func TestNodeNamedByItsNodelistName(t *testing.T) {
 	if err := os.WriteFile(conf, []byte(strings.Replace(string(body), "name: node1", "name: alpha", 1)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	script := `
-D=` + shellQuote(dir) + `
-CONF=` + shellQuote(conf) + `
-B=` + shellQuote(b.path) + `
-ip link set lo up || exit 10
-"$B" up -c "$CONF" > "$D/up.log" 2>&1 &
-P=$!
-for i in $(seq 100); do corosync-cfgtool -s >/dev/null 2>&1 && break; sleep 0.2; done
+	script := nodeUpShell(dir, conf, b) + `for i in $(seq 100); do corosync-cfgtool -s >/dev/null 2>&1 && break; sleep 0.2; done
 "$B" status -c "$CONF" > "$D/status.txt" 2>&1
 echo "== status"; cat "$D/status.txt"
 echo "== status without -c"; "$B" status 2>&1 | head -1

@@ -23,21 +23,10 @@ func TestQuorumClientShutdownNegotiation(t *testing.T) {
 		needs{commands: []string{"corosync-cfgtool", "corosync-quorumtool", "gcc"},
 			headers: []string{"corosync/quorum.h", "corosync/votequorum.h", "corosync/cfg.h"}})
 	dir := t.TempDir()
-	client := filepath.Join(dir, "quorumclient")
-	if out, err := exec.Command("gcc", "-Wall", "-O2", "-o", client, repoFile("tests", "e2e", "testdata", "quorumclient.c"),
-		"-lquorum", "-lvotequorum", "-lcfg").CombinedOutput(); err != nil {
-		t.Fatalf("building the client: %v\n%s", err, out)
-	}
+	client := buildQuorumClient(t, dir)
 	b := buildBinary(t)
 	conf := oneNodeConf(t, dir)
-	script := `
-D=` + shellQuote(dir) + `
-CONF=` + shellQuote(conf) + `
-B=` + shellQuote(b.path) + `
-C=` + shellQuote(client) + `
-ip link set lo up || exit 10
-"$B" up -c "$CONF" > "$D/up.log" 2>&1 &
-P=$!
+	script := nodeUpShell(dir, conf, b) + `C=` + shellQuote(client) + `
 for i in $(seq 150); do corosync-quorumtool -s >/dev/null 2>&1 && break; sleep 0.2; done
 "$B" cfg -c "$CONF" --events > "$D/events.txt" 2>&1 &
 E=$!
@@ -130,21 +119,10 @@ func TestShutdownNegotiationAcrossCfgInstances(t *testing.T) {
 		needs{commands: []string{"corosync-cfgtool", "corosync-quorumtool", "gcc"},
 			headers: []string{"corosync/quorum.h", "corosync/votequorum.h", "corosync/cfg.h"}})
 	dir := t.TempDir()
-	client := filepath.Join(dir, "quorumclient")
-	if out, err := exec.Command("gcc", "-Wall", "-O2", "-o", client, repoFile("tests", "e2e", "testdata", "quorumclient.c"),
-		"-lquorum", "-lvotequorum", "-lcfg").CombinedOutput(); err != nil {
-		t.Fatalf("building the client: %v\n%s", err, out)
-	}
+	client := buildQuorumClient(t, dir)
 	b := buildBinary(t)
 	conf := oneNodeConf(t, dir)
-	script := `
-D=` + shellQuote(dir) + `
-CONF=` + shellQuote(conf) + `
-B=` + shellQuote(b.path) + `
-C=` + shellQuote(client) + `
-ip link set lo up || exit 10
-"$B" up -c "$CONF" > "$D/up.log" 2>&1 &
-P=$!
+	script := nodeUpShell(dir, conf, b) + `C=` + shellQuote(client) + `
 for i in $(seq 150); do corosync-quorumtool -s >/dev/null 2>&1 && break; sleep 0.2; done
 "$B" service cfg -c "$CONF" > "$D/cfg2.log" 2>&1 &
 S=$!
@@ -196,14 +174,7 @@ func TestToolsRightAfterUp(t *testing.T) {
 	dir := t.TempDir()
 	b := buildBinary(t)
 	conf := oneNodeConf(t, dir)
-	script := `
-D=` + shellQuote(dir) + `
-CONF=` + shellQuote(conf) + `
-B=` + shellQuote(b.path) + `
-ip link set lo up || exit 10
-"$B" up -c "$CONF" > "$D/up.log" 2>&1 &
-P=$!
-for i in $(seq 600); do corosync-cmapctl -g totem.cluster_name >/dev/null 2>&1 && break; sleep 0.05; done
+	script := nodeUpShell(dir, conf, b) + `for i in $(seq 600); do corosync-cmapctl -g totem.cluster_name >/dev/null 2>&1 && break; sleep 0.05; done
 echo "== quorumtool"; corosync-quorumtool -s 2>&1; echo "rc=$?"
 echo "== cfgtool"; corosync-cfgtool -s 2>&1; echo "rc=$?"
 kill -TERM $P; wait $P; echo "== up exit status $?"
@@ -225,4 +196,16 @@ kill -TERM $P; wait $P; echo "== up exit status $?"
 			t.Errorf("output lacks %q", want)
 		}
 	}
+}
+
+// buildQuorumClient builds testdata/quorumclient.c (libquorum,
+// libvotequorum, libcfg) into dir.
+func buildQuorumClient(t testing.TB, dir string) string {
+	t.Helper()
+	client := filepath.Join(dir, "quorumclient")
+	if out, err := exec.Command("gcc", "-Wall", "-O2", "-o", client, repoFile("tests", "e2e", "testdata", "quorumclient.c"),
+		"-lquorum", "-lvotequorum", "-lcfg").CombinedOutput(); err != nil {
+		t.Fatalf("building the client: %v\n%s", err, out)
+	}
+	return client
 }

@@ -78,6 +78,21 @@ func oneNodeConf(t testing.TB, dir string) string {
 	return conf
 }
 
+// nodeUpShell is the start of a script that runs one node in the test's
+// network namespace: D (dir), CONF and B (the binary) set, the loopback
+// up, `corobus up -c $CONF` started in the background with its output in
+// $D/up.log, and P its pid.
+func nodeUpShell(dir, conf string, b binary) string {
+	return `
+D=` + shellQuote(dir) + `
+CONF=` + shellQuote(conf) + `
+B=` + shellQuote(b.path) + `
+ip link set lo up || exit 10
+"$B" up -c "$CONF" > "$D/up.log" 2>&1 &
+P=$!
+`
+}
+
 // gatewayPIDShell is a bash line that sets GW to the pid of the node's
 // IPC gateway (the `corobus ipc` layer process), asking `$B status $SARGS`
 // (SARGS: how the status verb finds the node, e.g. -c FILE; unset for the
