@@ -62,6 +62,11 @@ type Config struct {
 	// Addr is this node's address, reported in membership events
 	// (runtime.members.<id>.ip).
 	Addr string
+	// ConfigVersion is this node's totem.config_version (0 when unset):
+	// heartbeats carry it, and membership events report each member's
+	// (runtime.members.<id>.config_version), as corosync's cmap sync
+	// records every member's.
+	ConfigVersion uint64
 	// Expected are the node ids of the nodelist. A node that has never
 	// been in a ring waits until it hears all of them, or at most
 	// totem.consensus, before forming its first one, so that nodes
@@ -140,6 +145,9 @@ func FromConfig(cfg *config.Config, subjects bus.Subjects) (Config, error) {
 	}
 	c.StateDir = cfg.StateDir()
 	c.Addr = local.Addr
+	if c.ConfigVersion, err = cfg.Uint("totem.config_version", 0); err != nil {
+		return Config{}, err
+	}
 	nodes, err := cfg.Nodes()
 	if err != nil {
 		return Config{}, err

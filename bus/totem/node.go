@@ -54,7 +54,10 @@ type MemberEvent struct {
 	Addr      string `json:"ip,omitempty"`
 	Status    string `json:"status"` // "joined" or "left"
 	JoinCount uint64 `json:"join_count"`
-	Ring      RingID `json:"ring"`
+	// ConfigVersion is the node's totem.config_version, from its
+	// heartbeats.
+	ConfigVersion uint64 `json:"config_version"`
+	Ring          RingID `json:"ring"`
 }
 
 // Status is a node's totem state, served on Subjects.TotemStatus.
@@ -241,6 +244,7 @@ type Node struct {
 	knownOrder  uint64            // highest position the sequencer says it ordered
 	joinCount   map[uint32]uint64 // per node, for runtime.members.<id>.join_count
 	addrs       map[uint32]string
+	versions    map[uint32]uint64 // each node's totem.config_version, from its heartbeats
 
 	localSeq   uint64
 	pending    []*own
@@ -307,6 +311,7 @@ func New(nc *nats.Conn, cfg Config, cb Callbacks) (*Node, error) {
 		waitingData: map[MsgID]uint64{},
 		joinCount:   map[uint32]uint64{},
 		addrs:       map[uint32]string{cfg.NodeID: cfg.Addr},
+		versions:    map[uint32]uint64{cfg.NodeID: cfg.ConfigVersion},
 		pendingIdx:  map[MsgID]*own{},
 		seqIDs:      map[MsgID]uint64{},
 		seqOld:      map[MsgID]struct{}{},
@@ -1303,6 +1308,8 @@ func (n *Node) sendHeartbeat(now time.Time) {
 		Addr:      n.cfg.Addr,
 		Hears:     n.aliveSet,
 		Token:     uint32(n.tm().Token / time.Millisecond),
+
+		ConfigVersion: n.cfg.ConfigVersion,
 	}
 	if n.state != stOperational {
 		hb.Delivered, hb.Ordered = 0, 0
@@ -1339,6 +1346,7 @@ func (n *Node) tick(now time.Time) {
 		if hb.Addr != "" {
 			n.addrs[id] = hb.Addr
 		}
+		n.versions[id] = hb.ConfigVersion
 	}
 	if !slices.Equal(alive, n.aliveSet) {
 		n.aliveSet = alive
@@ -2067,7 +2075,7 @@ func (n *Node) confChg(cc ConfChg) {
 }
 
 func (n *Node) memberEvent(id uint32, status string) {
-	ev := MemberEvent{Node: id, Addr: n.addrs[id], Status: status, JoinCount: n.joinCount[id], Ring: n.ring}
+	ev := MemberEvent{Node: id, Addr: n.addrs[id], Status: status, JoinCount: n.joinCount[id], ConfigVersion: n.versions[id], Ring: n.ring}
 	if n.cb.Member != nil {
 		n.cb.Member(ev)
 	}

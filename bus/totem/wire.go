@@ -127,6 +127,9 @@ type Heartbeat struct {
 	// not make nodes install the same members again and again. Absent
 	// from an older node: taken as hearing everyone.
 	Hears []uint32 `json:"hears,omitempty"`
+	// ConfigVersion is the sender's totem.config_version
+	// (runtime.members.<id>.config_version); absent when 0.
+	ConfigVersion uint64 `json:"config_version,omitempty"`
 	// SeqEpoch, Seqr and SeqFrom: the ring's last sequencer handoff the
 	// sender knows (its number in the ring, the node it named and the
 	// first position that node orders), for a node that missed the order

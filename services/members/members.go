@@ -1,5 +1,5 @@
 // Package members records totem's membership in objdb, as corosync keeps
-// runtime.members.<id>.{ip,join_count,status} in cmap: totem reports each
+// runtime.members.<id>.{ip,join_count,status,config_version} in cmap: totem reports each
 // join and leave, and this writes them into the node's own namespace.
 package members
 
@@ -72,10 +72,13 @@ func write(ctx context.Context, c *client.Client, ev totem.MemberEvent) error {
 	ip, _ := objdb.ParseValue(objdb.String, fmt.Sprintf("r(0) ip(%s) ", ev.Addr))
 	count, _ := objdb.ParseValue(objdb.Uint32, strconv.FormatUint(ev.JoinCount, 10))
 	status, _ := objdb.ParseValue(objdb.String, ev.Status)
+	version, _ := objdb.ParseValue(objdb.Uint64, strconv.FormatUint(ev.ConfigVersion, 10))
+	// corosync sets config_version after the other three, in its cmap
+	// service's sync, from each member's totem.config_version.
 	for _, kv := range []struct {
 		key string
 		v   objdb.Value
-	}{{"ip", ip}, {"join_count", count}, {"status", status}} {
+	}{{"ip", ip}, {"join_count", count}, {"status", status}, {"config_version", version}} {
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		err := c.Set(ctx, prefix+kv.key, kv.v)
 		cancel()
