@@ -39,6 +39,12 @@ type StoreConfig struct {
 	// counts it lost, says it is behind and resumes it (default 1 s; a
 	// layer's store uses totem.token, the failure detector's time).
 	FeedTimeout time.Duration
+	// ClusterWait bounds how long OpenStore waits for the bucket before
+	// it serves this node's keys without the cluster's (JetStream has no
+	// quorum: a node started while no majority of the nodelist runs);
+	// the cluster keys follow once the bucket opens. Default
+	// DefaultClusterWait.
+	ClusterWait time.Duration
 	// Name says whose copy this is, in status and logs (default: the bus
 	// connection's name).
 	Name string
@@ -117,7 +123,7 @@ type Store struct {
 	cfg      StoreConfig
 	nc       *nats.Conn
 	js       jetstream.JetStream
-	kv       jetstream.KeyValue
+	kv       jetstream.KeyValue // nil until the bucket opens (OpenStore without a JetStream quorum); then read under mu
 	log      *slog.Logger
 	writer   uint64 // this Store's id as a writer of node keys
 	kvPrefix string // "$KV.<bucket>."
@@ -189,10 +195,20 @@ type tracker struct {
 	done   chan struct{}
 }
 
+// DefaultClusterWait is StoreConfig.ClusterWait's default: longer than a
+// forming cluster takes to elect JetStream's meta leader (4–5 s at 8 to
+// 32 nodes started together, docs/totem.md), so that a copy normally
+// opens with the cluster keys loaded.
+const DefaultClusterWait = 10 * time.Second
+
 // OpenStore creates (or binds to) the bucket and loads the local copy: the
-// cluster keys from JetStream, the node's keys from its keeper. On a
-// cluster whose JetStream has no quorum yet, or a node whose keeper does
-// not answer yet, it keeps trying until ctx ends.
+// cluster keys from JetStream, the node's keys from its keeper. A node
+// whose keeper does not answer yet is waited for until ctx ends. A
+// cluster whose JetStream has no quorum is waited for ClusterWait; then
+// the copy opens with the node's keys alone, as corosync serves a node
+// alone — the configuration, runtime.* — and takes the cluster keys when
+// the bucket opens: until then they read as absent, and writes of them
+// fail with CS_ERR_TRY_AGAIN.
 func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig) (*Store, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -212,12 +228,23 @@ func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig) (*Store, err
 	}
 	// JetStream may not serve yet (its meta leader elected a moment after
 	// the bus starts): short retries, so the copy opens as soon as it does.
+	if cfg.ClusterWait <= 0 {
+		cfg.ClusterWait = DefaultClusterWait
+	}
 	var slow slowNotice
-	kv, _, err := newBucketOpener(js, cfg.Bucket, cfg.Replicas, cfg.Bind).wait(ctx, func(_ int, err error) {
+	opener := newBucketOpener(js, cfg.Bucket, cfg.Replicas, cfg.Bind)
+	notice := func(_ int, err error) {
 		slow.note(cfg.Log.With("bucket", cfg.Bucket, "replicas", cfg.Replicas), "objdb bucket not available yet; retrying", err)
-	})
-	if err != nil {
+	}
+	wctx, cancelWait := context.WithTimeout(ctx, cfg.ClusterWait)
+	kv, _, err := opener.wait(wctx, notice)
+	cancelWait()
+	if err != nil && ctx.Err() != nil {
 		return nil, fmt.Errorf("objdb: opening bucket %s (R%d): %w", cfg.Bucket, cfg.Replicas, err)
+	}
+	if kv == nil {
+		cfg.Log.Warn("objdb: JetStream has no quorum (is a majority of the nodelist running?): serving this node's keys; the cluster keys once the bucket opens",
+			"bucket", cfg.Bucket, "waited", cfg.ClusterWait, "err", err)
 	}
 	now := time.Now()
 	s := &Store{cfg: cfg, nc: nc, js: js, kv: kv, log: cfg.Log, writer: rand.Uint64() | 1,
@@ -231,10 +258,28 @@ func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig) (*Store, err
 	s.stop = stop
 	clusterLoaded, nodeLoaded := make(chan struct{}), make(chan struct{})
 	s.stopped.Add(3)
-	go func() { defer s.stopped.Done(); s.followCluster(fctx, clusterLoaded) }()
+	waitFor := []chan struct{}{clusterLoaded, nodeLoaded}
+	if kv != nil {
+		go func() { defer s.stopped.Done(); s.followCluster(fctx, clusterLoaded) }()
+	} else {
+		waitFor = waitFor[1:]
+		s.setFeedState(&s.cstate, "cluster", false, "no JetStream quorum: the bucket is not available (a majority of the nodelist is not running?)")
+		go func() {
+			defer s.stopped.Done()
+			kv, _, err := opener.wait(fctx, notice)
+			if err != nil {
+				return // closed
+			}
+			s.mu.Lock()
+			s.kv = kv
+			s.mu.Unlock()
+			s.log.Info("objdb: the bucket is available: following the cluster keys", "bucket", cfg.Bucket)
+			s.followCluster(fctx, clusterLoaded)
+		}()
+	}
 	go func() { defer s.stopped.Done(); s.followNode(fctx, nodeLoaded) }()
 	go func() { defer s.stopped.Done(); s.serveCopyStatus(fctx) }()
-	for _, ch := range []chan struct{}{clusterLoaded, nodeLoaded} {
+	for _, ch := range waitFor {
 		select {
 		case <-ch:
 		case <-ctx.Done():
@@ -538,7 +583,13 @@ var errLostRound = errors.New("objdb: another writer changed the key first")
 func (s *Store) adjustRound(ctx context.Context, k, key string, step int64) (Value, Value, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
 	defer cancel()
-	e, err := s.kv.Get(ctx, k)
+	s.mu.Lock()
+	kv := s.kv
+	s.mu.Unlock()
+	if kv == nil {
+		return Value{}, Value{}, fmt.Errorf("objdb: %s: the bucket is not available (no JetStream quorum): %w", key, ErrTryAgain)
+	}
+	e, err := kv.Get(ctx, k)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return Value{}, Value{}, fmt.Errorf("key %s: %w", key, ErrNotExist)
 	}
@@ -553,7 +604,7 @@ func (s *Store) adjustRound(ctx context.Context, k, key string, step int64) (Val
 	if err != nil {
 		return Value{}, Value{}, fmt.Errorf("key %s: %w", key, err)
 	}
-	rev, err := s.kv.Update(ctx, k, nv.encode(), e.Revision())
+	rev, err := kv.Update(ctx, k, nv.encode(), e.Revision())
 	if err == nil {
 		s.overlayCluster(key, &nv, rev)
 		return nv, old, nil

@@ -1,0 +1,85 @@
+package quorum
+
+import (
+	"context"
+	"errors"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/corobus/corobus/tests/netcluster"
+)
+
+// TestLoneNodeServesCmap: one node of a two_node cluster started alone
+// (both were down; the other does not come back) has no JetStream quorum,
+// yet serves its clients as corosync does: corosync-quorumtool -s shows it
+// alone and not quorate, waiting for all ("Activity blocked", exit
+// status 2), and its configuration reads through cmap. Before, its objdb
+// waited for the bucket before serving anything, and the tool said
+// "Cannot initialize CMAP service" (exit 1) for as long as the node ran.
+// A cluster key cannot be written meanwhile (CS_ERR_TRY_AGAIN); once the
+// other node is back the two are quorate, and a cluster key written on it
+// reads on the first: the lone node took the cluster keys when the bucket
+// opened.
+func TestLoneNodeServesCmap(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
+	requireTools(t)
+	c := netcluster.Start(t, netcluster.Options{Nodes: 2, NoStart: true, Keys: map[string]string{"quorum.two_node": "1"}})
+	keepLogs(t, c)
+	n1 := c.Node(1)
+	if err := n1.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(settle)
+	var out string
+	var err error
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		out, err = n1.Run(ctx, "corosync-quorumtool", "-s")
+		cancel()
+		if strings.Contains(out, "Activity blocked") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+		t.Errorf("corosync-quorumtool -s on the lone node: %v, want exit status 2 (not quorate)\n%s\n%s", err, out, n1.LogTail(30))
+	}
+	for _, want := range []string{"Nodes:            1", "Quorate:          No", "Flags:            2Node WaitForAll", "Activity blocked"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("corosync-quorumtool -s on the lone node lacks %q:\n%s", want, out)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), settle)
+	defer cancel()
+	if got, err := n1.Run(ctx, "corosync-cmapctl", "-g", "quorum.two_node"); err != nil || got != "quorum.two_node (u8) = 1\n" {
+		t.Errorf("corosync-cmapctl -g quorum.two_node on the lone node = %q, %v", got, err)
+	}
+	if got, err := n1.Run(ctx, "corosync-cmapctl", "-s", "test.lone", "u32", "7"); err == nil || !strings.Contains(got+err.Error(), "CS_ERR_TRY_AGAIN") {
+		t.Errorf("a cluster key written on the lone node: %q, %v; want CS_ERR_TRY_AGAIN", got, err)
+	}
+
+	if err := c.Node(2).Start(); err != nil {
+		t.Fatal(err)
+	}
+	n2 := c.Node(2)
+	waitStatus(t, settle, "two nodes, quorate", func(st quorumStatus) bool { return st.nodes == 2 && st.quorate }, n1, n2)
+	for end := time.Now().Add(settle); ; time.Sleep(time.Second) {
+		if _, err := n2.Run(ctx, "corosync-cmapctl", "-s", "test.lone", "u32", "7"); err == nil {
+			break
+		} else if time.Now().After(end) {
+			t.Fatalf("a cluster key still cannot be written with both nodes up: %v\n%s", err, n2.LogTail(30))
+		}
+	}
+	for end := time.Now().Add(settle); ; time.Sleep(200 * time.Millisecond) {
+		got, err := n1.Run(ctx, "corosync-cmapctl", "-g", "test.lone")
+		if err == nil && got == "test.lone (u32) = 7\n" {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("node 1, once alone, reads test.lone (written on node 2) as %q, %v; want 7\n%s", got, err, n1.LogTail(30))
+		}
+	}
+}
