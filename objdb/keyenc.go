@@ -106,7 +106,11 @@ func splitKVKey(k string) (scope, key string, err error) {
 // `corosync-cmapctl -s totem.token …` on one node changes that node's
 // value even where its file left the key out.
 func nodeLocalPrefixes() []string {
-	return append([]string{"runtime.", "stats.", "internal_configuration.", "nodelist.local_node_pos", "config."}, ConfigSections()...)
+	// uidgid.: who may connect to this node's IPC, as corosync keeps it
+	// in each node's own cmap (pacemakerd admits its group on its node
+	// as it starts: a cluster key would need a JetStream quorum first,
+	// and would admit the group on every node).
+	return append([]string{"runtime.", "stats.", "internal_configuration.", "nodelist.local_node_pos", "config.", "uidgid."}, ConfigSections()...)
 }
 
 // ConfigSections are the key prefixes of a node's configuration: what a

@@ -57,6 +57,11 @@ func TestLoneNodeServesCmap(t *testing.T) {
 	if got, err := n1.Run(ctx, "corosync-cmapctl", "-g", "quorum.two_node"); err != nil || got != "quorum.two_node (u8) = 1\n" {
 		t.Errorf("corosync-cmapctl -g quorum.two_node on the lone node = %q, %v", got, err)
 	}
+	// pacemakerd admits its group (hacluster's) this way as it starts:
+	// a node key, as on corosync, so it needs no majority.
+	if got, err := n1.Run(ctx, "corosync-cmapctl", "-s", "uidgid.gid.4242", "u8", "1"); err != nil {
+		t.Errorf("corosync-cmapctl -s uidgid.gid.4242 u8 1 on the lone node: %q, %v", got, err)
+	}
 	if got, err := n1.Run(ctx, "corosync-cmapctl", "-s", "test.lone", "u32", "7"); err == nil || !strings.Contains(got+err.Error(), "CS_ERR_TRY_AGAIN") {
 		t.Errorf("a cluster key written on the lone node: %q, %v; want CS_ERR_TRY_AGAIN", got, err)
 	}
