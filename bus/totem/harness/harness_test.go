@@ -179,11 +179,7 @@ func TestKillOneNode(t *testing.T) {
 	body := obs.wait(t, c.Subjects.TotemEvent(1, "view"), ring2, 5*time.Second)
 	t.Logf("plain subscriber saw %v", body)
 	obs.wait(t, c.Subjects.TotemEvent(1, "left"), ring2, 5*time.Second)
-	if err := Check(c.Rec.Streams(), true); err != nil {
-		t.Fatalf("checker: %v\n%s", err, Dump(c.Rec.Streams(), 10))
-	}
-	msgs, confs := c.Rec.Counts()
-	t.Logf("checked %d deliveries and %d configuration changes", msgs, confs)
+	checkRecorded(t, c)
 }
 
 func TestPartitionAndHeal(t *testing.T) {
@@ -208,11 +204,7 @@ func TestPartitionAndHeal(t *testing.T) {
 	if err := quiesce(c, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if err := Check(c.Rec.Streams(), true); err != nil {
-		t.Fatalf("checker: %v\n%s", err, Dump(c.Rec.Streams(), 10))
-	}
-	msgs, confs := c.Rec.Counts()
-	t.Logf("checked %d deliveries and %d configuration changes", msgs, confs)
+	checkRecorded(t, c)
 }
 
 // TestSequencerHandoff: a run of messages from one node moves the
@@ -289,6 +281,13 @@ func TestSequencerHandoff(t *testing.T) {
 	if err := quiesce(c, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	checkRecorded(t, c)
+}
+
+// checkRecorded runs the checker over everything the cluster's recorder
+// holds, and says how much it checked.
+func checkRecorded(t *testing.T, c *Cluster) {
+	t.Helper()
 	if err := Check(c.Rec.Streams(), true); err != nil {
 		t.Fatalf("checker: %v\n%s", err, Dump(c.Rec.Streams(), 10))
 	}
