@@ -69,13 +69,43 @@ type Supervisor struct {
 
 	mu       sync.Mutex
 	restarts map[string]int
+	// running is each child's process while it runs (for Crash);
+	// crashed, the children Crash killed, which are not restarted.
+	running map[string]*runningChild
+	crashed map[string]bool
+}
+
+// runningChild is a started child: its process, and a channel closed
+// once it has been waited for.
+type runningChild struct {
+	proc   *os.Process
+	exited chan struct{}
 }
 
 // NewSupervisor builds a supervisor writing children's prefixed output to
 // out.
 func NewSupervisor(log *slog.Logger, out io.Writer, backoff Backoff, stopTimeout time.Duration) *Supervisor {
 	th := logsys.NewThrottle(logsys.DefaultThrottleWindow, 1)
-	return &Supervisor{log: log, loops: logsys.RepeatingWith(log, th), loopsTh: th, out: out, backoff: backoff, stopTimeout: stopTimeout, restarts: map[string]int{}}
+	return &Supervisor{log: log, loops: logsys.RepeatingWith(log, th), loopsTh: th, out: out, backoff: backoff, stopTimeout: stopTimeout,
+		restarts: map[string]int{}, running: map[string]*runningChild{}, crashed: map[string]bool{}}
+}
+
+// Crash kills the child name with SIGKILL, as a power cut would, and
+// returns once it has exited; it is not restarted. The other children go
+// on running until Run's context ends. A node killed by another node
+// (corosync-cfgtool -k) crashes its bus first: corosync exits at once
+// there, so nothing the node's other layers would say while they stop
+// (a CPG member's leave, votequorum's clean leave) may reach the others.
+func (s *Supervisor) Crash(name string) {
+	s.mu.Lock()
+	s.crashed[name] = true
+	r := s.running[name]
+	s.mu.Unlock()
+	if r == nil {
+		return
+	}
+	_ = r.proc.Kill()
+	<-r.exited
 }
 
 // Restarts reports how often each child was restarted.
@@ -158,6 +188,13 @@ func (s *Supervisor) keep(ctx context.Context, c Child, ready chan<- error) {
 		if ctx.Err() != nil {
 			return
 		}
+		s.mu.Lock()
+		crashed := s.crashed[c.Name]
+		s.mu.Unlock()
+		if crashed {
+			<-ctx.Done()
+			return
+		}
 		if time.Since(began) > s.backoff.Stable {
 			delay = s.backoff.Min
 		}
@@ -201,7 +238,13 @@ func (s *Supervisor) runOnce(ctx context.Context, c Child, started func()) error
 	// In the group, every layer died at once, and the supervisor
 	// restarted the first ones (bus, objdb, …) while it was still
 	// stopping the last (a new bus formed a ring again, seen on one node).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: true}
+	// A killed supervisor is a killed node: its layers die with it at
+	// once (SIGKILL), as a killed corosync's services do. With SIGTERM
+	// they stopped one by one, and the IPC gateway's closed connections
+	// told the other nodes that the node's CPG members had left
+	// (PROCDOWN) where corosync's peers see them go with the node
+	// (NODEDOWN).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return fmt.Errorf("piping %s's stdout: %w", c.Name, err)
@@ -210,9 +253,25 @@ func (s *Supervisor) runOnce(ctx context.Context, c Child, started func()) error
 	if err != nil {
 		return fmt.Errorf("piping %s's stderr: %w", c.Name, err)
 	}
+	s.mu.Lock()
+	crashed := s.crashed[c.Name]
+	s.mu.Unlock()
+	if crashed {
+		return fmt.Errorf("%s: crashed on purpose", c.Name)
+	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting %s: %w", c.Name, err)
 	}
+	rc := &runningChild{proc: cmd.Process, exited: make(chan struct{})}
+	s.mu.Lock()
+	s.running[c.Name] = rc
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.running, c.Name)
+		s.mu.Unlock()
+		close(rc.exited)
+	}()
 	var copying sync.WaitGroup
 	copying.Add(2)
 	go s.prefix(&copying, c.Name, stdout)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -175,4 +176,87 @@ func readFile(t *testing.T, p string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// Crash kills a child without SIGTERM (its trap never runs), does not
+// restart it, and leaves the others running until the context ends.
+func TestSupervisorCrash(t *testing.T) {
+	dir := t.TempDir()
+	order := filepath.Join(dir, "order")
+	out := &testlog.Buffer{}
+	sup := NewSupervisor(slog.New(slog.DiscardHandler), out, Backoff{Min: 10 * time.Millisecond, Max: 50 * time.Millisecond, Stable: time.Hour}, 5*time.Second)
+	stopper := func(name string) Child {
+		return sh(name, `trap 'echo `+name+` >> `+order+`; exit 0' TERM; echo "`+name+` up $2"; while :; do sleep 0.01; done`)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx, []Child{stopper("a"), stopper("b")}) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), "b       | b up") {
+		if time.Now().After(deadline) {
+			t.Fatalf("output:\n%s", out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	sup.Crash("a")
+	// Long enough for several restarts at this backoff, were there any.
+	time.Sleep(200 * time.Millisecond)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if got, _ := os.ReadFile(order); string(got) != "b\n" {
+		t.Errorf("children told to stop: %q, want only b (a was killed)", got)
+	}
+	if strings.Contains(out.String(), "a up 1") || sup.Restarts()["a"] != 0 {
+		t.Errorf("a crashed child was restarted (%v):\n%s", sup.Restarts(), out.String())
+	}
+}
+
+// supervisorHelperEnv makes the test binary a supervisor of one child
+// (TestSupervisorDeathKillsChildren): the value is the directory where
+// the child writes its pid, and would write "term" if it got SIGTERM.
+const supervisorHelperEnv = "COROBUS_NODE_TEST_SUPERVISOR"
+
+// When the supervisor (corobus up) is killed, its children die at once
+// with SIGKILL, as a killed corosync's services do: had they SIGTERM
+// (as before 2 Dec), the IPC gateway closed its connections and the CPG
+// members of the node left with PROCDOWN, not NODEDOWN, whenever it beat
+// the bus to its end.
+func TestSupervisorDeathKillsChildren(t *testing.T) {
+	if dir := os.Getenv(supervisorHelperEnv); dir != "" {
+		sup := NewSupervisor(slog.New(slog.DiscardHandler), &testlog.Buffer{}, DefaultBackoff(), 5*time.Second)
+		_ = sup.Run(context.Background(), []Child{sh("c",
+			`trap 'echo term > `+dir+`/term; exit 0' TERM; echo $$ > `+dir+`/pid.tmp; mv `+dir+`/pid.tmp `+dir+`/pid; while :; do sleep 0.01; done`)})
+		return
+	}
+	dir := t.TempDir()
+	helper := exec.Command(os.Args[0], "-test.run=^TestSupervisorDeathKillsChildren$")
+	helper.Env = append(os.Environ(), supervisorHelperEnv+"="+dir)
+	if err := helper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	var pid int
+	for pid == 0 {
+		if time.Now().After(deadline) {
+			_ = helper.Process.Kill()
+			_ = helper.Wait()
+			t.Fatal("the helper's child never started")
+		}
+		pid, _ = strconv.Atoi(strings.TrimSpace(readFile(t, filepath.Join(dir, "pid"))))
+		time.Sleep(10 * time.Millisecond)
+	}
+	_ = helper.Process.Kill()
+	_ = helper.Wait()
+	for syscall.Kill(pid, 0) == nil {
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("the child %d outlived its killed supervisor", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := readFile(t, filepath.Join(dir, "term")); got != "" {
+		t.Errorf("the child of a killed supervisor was given SIGTERM (it ran its trap), not SIGKILL")
+	}
 }

@@ -143,8 +143,17 @@ func runUp(ctx context.Context, a *app, args []string) error {
 	// A kill from another node ends up with corosync's status (255), a
 	// shutdown or a signal with 0.
 	var exit atomic.Int32
+	sup := node.NewSupervisor(log, a.stderr, node.DefaultBackoff(), stopTimeout)
 	go serveShutdown(ctx, url, subjects, local.ID, log, upLogging, func(code int) {
 		exit.CompareAndSwap(0, int32(code))
+		if code == killedExitStatus && !inproc {
+			// corosync exits at once when it is killed: its members
+			// leave as NODEDOWN, its votequorum never says goodbye. The
+			// bus goes first, so that nothing the layers say while they
+			// stop leaves the node.
+			log.Warn("killed by another node: crashing the bus before the other layers stop")
+			sup.Crash("bus")
+		}
 		stop()
 	})
 	// stopped is how up ends once the node stopped without an error.
@@ -202,7 +211,6 @@ func runUp(ctx context.Context, a *app, args []string) error {
 	for _, l := range a.layers() {
 		children = append(children, node.Child{Name: l.Name, Path: exe, Args: append([]string{l.Name}, common...), Files: files, Env: env})
 	}
-	sup := node.NewSupervisor(log, a.stderr, node.DefaultBackoff(), stopTimeout)
 	if err := sup.Run(ctx, children); err != nil {
 		return err
 	}
@@ -393,3 +401,7 @@ func applyPriority(a *app, cfg *config.Config, log *slog.Logger) error {
 	priority.Apply(s, log, underUp)
 	return nil
 }
+
+// killedExitStatus is the exit status of a node killed by another node
+// (corosync-cfgtool -k); up's own variable cfg hides the package there.
+const killedExitStatus = cfg.KilledExitStatus
