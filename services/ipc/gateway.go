@@ -440,7 +440,11 @@ func (h *routeHandler) Open(c *libqb.Conn) (libqb.Session, error) {
 	}
 	if local, ok := g.cfg.Colocated[h.r.Component]; ok {
 		if t, err := g.lc.Target(handle); err == nil && t.Subject == local.Subject {
-			return local.Open(c)
+			s, err := local.Open(c)
+			if err != nil {
+				return nil, refusal(h.r.Component, err)
+			}
+			return s, nil
 		}
 	}
 	id := strconv.FormatUint(g.nextID.Add(1), 10)
@@ -465,10 +469,7 @@ func (h *routeHandler) Open(c *libqb.Conn) (libqb.Session, error) {
 		session.Creds{PID: c.Creds.PID, UID: c.Creds.UID, GID: c.Creds.GID})
 	if err != nil {
 		g.forget(id)
-		if errors.Is(err, cswire.ErrAccess) {
-			return nil, fmt.Errorf("%s: %w: %w", h.r.Component, err, syscall.EACCES)
-		}
-		return nil, fmt.Errorf("%s: %w: %w", h.r.Component, err, syscall.EAGAIN)
+		return nil, refusal(h.r.Component, err)
 	}
 	g.mu.Lock()
 	if g.conns[id] != nil {
@@ -476,6 +477,23 @@ func (h *routeHandler) Open(c *libqb.Conn) (libqb.Session, error) {
 	}
 	g.mu.Unlock()
 	return &conn{g: g, r: h.r, cl: cl, id: id, qc: c}, nil
+}
+
+// refusal is a service's refusal to open a connection as the libqb
+// server answers it, an errno, the same for an instance in the gateway's
+// process and one across the bus: CS_ERR_ACCESS stays a refusal (EACCES),
+// anything else — a cpg instance that has not synchronized the groups yet
+// (CS_ERR_TRY_AGAIN) — makes the client try again (EAGAIN), as corosync
+// answers every connection until its first synchronization is done.
+// Pacemaker's daemons retry CS_ERR_TRY_AGAIN and take anything else for
+// fatal: a cpg refused with EACCES made pacemaker-fenced exit with a fatal
+// error after the engine restarted under a running pacemakerd, and
+// pacemakerd then shut the whole node down.
+func refusal(component string, err error) error {
+	if errors.Is(err, cswire.ErrAccess) {
+		return fmt.Errorf("%s: %w: %w", component, err, syscall.EACCES)
+	}
+	return fmt.Errorf("%s: %w: %w", component, err, syscall.EAGAIN)
 }
 
 // resolve references the route's component; while nothing serves a

@@ -240,6 +240,37 @@ func (pc *pcmkCluster) killNode(n *netcluster.Node) {
 	}
 }
 
+// killEngine kills node n's engine alone, as `kill -9` of corosync does:
+// every process of the node running the engine's binary (corobus runs
+// several), not Pacemaker; it waits until the engine's main process has
+// exited.
+func (pc *pcmkCluster) killEngine(n *netcluster.Node) {
+	pc.t.Helper()
+	bin, err := filepath.EvalSymlinks(pc.nc.Options().Binary)
+	if err != nil {
+		pc.fatalf("%v", err)
+	}
+	killed := 0
+	for _, pid := range n.PIDs() {
+		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		if err != nil || exe != bin {
+			continue
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err == nil {
+			killed++
+		}
+	}
+	if killed == 0 {
+		pc.fatalf("node %d: no process of %s to kill", n.ID, bin)
+	}
+	pc.eventually(30*time.Second, fmt.Sprintf("node %d's engine exits after SIGKILL", n.ID), func() error {
+		if n.Running() {
+			return errors.New("still running")
+		}
+		return nil
+	})
+}
+
 // crmMon is what `crm_mon -1 --output-as=xml` says (the parts the test
 // reads).
 type crmMon struct {

@@ -86,6 +86,8 @@ type timings struct {
 	ring, online                  time.Duration // cold start → engines' ring; → every crm_mon: 3 online, one DC
 	killOffline, killFailover     time.Duration // kill → survivors show it offline; → its resource started on a survivor
 	rejoin                        time.Duration // restart → it shows online on every node
+	engineKillOffline             time.Duration // the engine alone killed → the others show the node offline
+	engineRejoin                  time.Duration // the engine restarted under pacemakerd → 3 online
 	shutdownFailover, cfgShutdown time.Duration // pacemaker stop → resource elsewhere; cfgtool -H → engine gone
 	partitionQuorumLost           time.Duration // partition → the lone node shows no quorum and has stopped its resource
 	partitionFailover, heal       time.Duration // partition → its resource started on the majority; heal → one cluster
@@ -197,6 +199,42 @@ func exercise(t *testing.T, v variant) {
 		return pc.placed(all, all, nil)
 	})
 	t.Logf("%s: node %d restarted → 3 online on every node %s", v.name, k.ID, round(tm.rejoin))
+
+	// The engine alone killed (kill -9 corosync, or every corobus
+	// process of the node) under a running Pacemaker, then started again
+	// as an administrator (or systemd) would: pacemakerd stays, its
+	// cluster daemons exit ("Lost connection to cluster layer") and it
+	// respawns them once it reaches the engine again. The node must come
+	// back whole: it did not on corobus when the gateway refused a cpg
+	// connection made before the first synchronization with EACCES (a
+	// fatal error to pacemaker-fenced) instead of CS_ERR_TRY_AGAIN, and
+	// pacemakerd then shut the whole node down.
+	e := pc.nonDC(all, nil)
+	rest = others(all, e)
+	t0 = time.Now()
+	pc.killEngine(e)
+	pc.eventually(actionTimeout, fmt.Sprintf("node %d's engine killed: the others show it offline", e.ID), func() error {
+		_, err := pc.converged(rest)
+		return err
+	})
+	tm.engineKillOffline = time.Since(t0)
+	if !pc.pacemakerRunning(e) {
+		pc.fatalf("node %d: pacemakerd exited when its engine was killed (it waits for the engine to come back)", e.ID)
+	}
+	t0 = time.Now()
+	if err := e.Start(); err != nil {
+		pc.fatalf("%v", err)
+	}
+	pc.waitReady()
+	pc.eventually(onlineTimeout, fmt.Sprintf("node %d's engine restarted under its pacemakerd: every node shows 3 online", e.ID), func() error {
+		_, err := pc.converged(all)
+		return err
+	})
+	tm.engineRejoin = time.Since(t0)
+	pc.eventually(actionTimeout, fmt.Sprintf("node %d's engine restarted: every Dummy on its node, once", e.ID), func() error {
+		return pc.placed(all, all, nil)
+	})
+	t.Logf("%s: node %d's engine killed → offline on the others %s; engine restarted → 3 online (pacemakerd respawned its daemons) %s", v.name, e.ID, round(tm.engineKillOffline), round(tm.engineRejoin))
 
 	// A clean shutdown: the engine asks its clients; Pacemaker refuses
 	// while it runs, and once it stopped (resources moved away) the
@@ -325,8 +363,8 @@ func exercise(t *testing.T, v variant) {
 	tm.heal = time.Since(t0)
 	t.Logf("%s: healed → one cluster, every Dummy on its node %s", v.name, round(tm.heal))
 
-	t.Logf("TIMINGS %s (totem.token %s): cold start→engines ready %s, →all online %s | kill→offline %s, →resource elsewhere %s | rejoin %s | pacemaker stop→resource elsewhere %s, cfgtool -H→engine gone %s | partition→lone node inquorate and stopped %s, →resource on majority %s | heal→settled %s",
-		v.name, tokenName(v.token), round(tm.ring), round(tm.online), round(tm.killOffline), round(tm.killFailover), round(tm.rejoin),
+	t.Logf("TIMINGS %s (totem.token %s): cold start→engines ready %s, →all online %s | kill→offline %s, →resource elsewhere %s | rejoin %s | engine kill→offline %s, engine restart→all online %s | pacemaker stop→resource elsewhere %s, cfgtool -H→engine gone %s | partition→lone node inquorate and stopped %s, →resource on majority %s | heal→settled %s",
+		v.name, tokenName(v.token), round(tm.ring), round(tm.online), round(tm.killOffline), round(tm.killFailover), round(tm.rejoin), round(tm.engineKillOffline), round(tm.engineRejoin),
 		round(tm.shutdownFailover), round(tm.cfgShutdown), round(tm.partitionQuorumLost), round(tm.partitionFailover), round(tm.heal))
 }
 
