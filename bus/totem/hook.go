@@ -11,10 +11,12 @@ import (
 )
 
 // Hook is the bus-process hook (node.BusHooks) that runs the node's totem
-// next to the server. onMember, when set, receives every membership event
-// (the objdb wiring of runtime.members.<id>.*); it runs under the node's
-// lock and must hand work off rather than block.
-func Hook(onMember func(MemberEvent)) func(ctx context.Context, srv *bus.Server, env layer.Env) error {
+// next to the server. cb's Member, when set, receives every membership
+// event (the objdb wiring of runtime.members.<id>.*), its OlderConfig the
+// node's out-of-date configuration version; they run under the node's
+// lock and must hand work off rather than block. cb's Deliver and ConfChg
+// are not used.
+func Hook(cb Callbacks) func(ctx context.Context, srv *bus.Server, env layer.Env) error {
 	return func(ctx context.Context, srv *bus.Server, env layer.Env) error {
 		cfg, err := FromConfig(env.Config, env.Subjects)
 		if err != nil {
@@ -28,7 +30,7 @@ func Hook(onMember func(MemberEvent)) func(ctx context.Context, srv *bus.Server,
 			return err
 		}
 		defer nc.Close()
-		n, err := New(nc, cfg, Callbacks{Member: onMember})
+		n, err := New(nc, cfg, Callbacks{Member: cb.Member, OlderConfig: cb.OlderConfig})
 		if err != nil {
 			return err
 		}

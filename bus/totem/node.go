@@ -45,6 +45,21 @@ type Callbacks struct {
 	ConfChg func(c ConfChg)
 	// Member reports membership events for runtime.members.<id>.*.
 	Member func(ev MemberEvent)
+	// OlderConfig, called at most once, reports that this node's
+	// totem.config_version is older than a member's in the node's first
+	// regular configuration with another member (Node.checkConfigVersion):
+	// corosync stops there. It runs under the node's lock: hand off.
+	OlderConfig func(OlderConfig)
+}
+
+// OlderConfig is this node's totem.config_version against the highest of
+// the other members' when the node first met them.
+type OlderConfig struct {
+	Mine    uint64 `json:"mine"`
+	Highest uint64 `json:"highest"`
+	// From is the lowest member id whose version is Highest.
+	From uint32 `json:"from"`
+	Ring RingID `json:"ring"`
 }
 
 // MemberEvent is a node joining or leaving this node's view: what
@@ -245,6 +260,10 @@ type Node struct {
 	joinCount   map[uint32]uint64 // per node, for runtime.members.<id>.join_count
 	addrs       map[uint32]string
 	versions    map[uint32]uint64 // each node's totem.config_version, from its heartbeats
+	// metOthers: the node has installed a regular configuration with
+	// another member, and compared configuration versions there
+	// (corosync's cmap_first_sync, cleared).
+	metOthers bool
 
 	localSeq   uint64
 	pending    []*own
@@ -2023,6 +2042,7 @@ func (n *Node) finishRecovery(now time.Time, got []fetched) {
 		n.joinCount[id]++
 		n.memberEvent(id, "joined")
 	}
+	n.checkConfigVersion()
 	n.sendHeartbeat(now)
 	// Own messages the old ring did not deliver go out again, in their
 	// original order, in the new ring.
@@ -2072,6 +2092,43 @@ func (n *Node) confChg(cc ConfChg) {
 	}{n.cfg.NodeID, cc}
 	b, _ = json.Marshal(ev)
 	_ = n.nc.Publish(n.cfg.Subjects.TotemEvent(n.cfg.NodeID, kind), b)
+}
+
+// checkConfigVersion is corosync's totem.config_version rule (its cmap
+// service's sync): the first time a node goes from a view of its own to one
+// with other members, a node whose version is set and lower than the highest
+// of theirs is out of date and must stop; it never compares again, so a node
+// that has been in a view with others keeps running when a newer node joins
+// or a member reloads a newer file. corosync decides at the first
+// synchronization whose transitional membership is not empty: its nodes
+// always start in a ring of their own (knet's links come up after totem's
+// first ring forms), so that is their first view with others. A corobus
+// node's first view may hold the others at once (docs/totem.md,
+// "Membership"), so the rule is said here in those terms. Version 0 (unset)
+// is never out of date, and raises nobody's highest. Called with mu held,
+// once the regular configuration is installed.
+func (n *Node) checkConfigVersion() {
+	if n.metOthers || len(n.members) < 2 {
+		return
+	}
+	n.metOthers = true
+	mine := n.cfg.ConfigVersion
+	if mine == 0 {
+		return
+	}
+	old := OlderConfig{Mine: mine, Highest: mine, Ring: n.ring}
+	for _, id := range n.members {
+		if v := n.versions[id]; id != n.cfg.NodeID && v > old.Highest {
+			old.Highest, old.From = v, id
+		}
+	}
+	if old.Highest == mine {
+		return
+	}
+	n.log.Warn("this node's totem.config_version is older than a member's", "mine", mine, "highest", old.Highest, "node", old.From, "ring", n.ring)
+	if n.cb.OlderConfig != nil {
+		n.cb.OlderConfig(old)
+	}
 }
 
 func (n *Node) memberEvent(id uint32, status string) {

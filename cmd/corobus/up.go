@@ -24,6 +24,7 @@ import (
 	"github.com/corobus/corobus/node/procgov"
 	"github.com/corobus/corobus/objdb"
 	"github.com/corobus/corobus/services/cfg"
+	"github.com/corobus/corobus/services/cmap"
 	"github.com/corobus/corobus/services/ipc"
 	"github.com/corobus/corobus/services/members"
 	"github.com/corobus/corobus/services/svcmgr"
@@ -52,15 +53,19 @@ func (a *app) users() (*bus.Users, error) {
 // busHooks are what runs inside the bus process next to the server.
 func (a *app) busHooks() node.BusHooks {
 	rec := members.NewRecorder()
+	guard := cmap.NewVersionGuard()
 	return node.BusHooks{
 		// Membership, ordered multicast and virtual synchrony run next
 		// to the server whose routes they use.
-		totem.Hook(rec.OnMember),
+		totem.Hook(totem.Callbacks{Member: rec.OnMember, OlderConfig: guard.OnOlder}),
 		// The authority over the node's own keys (objdb's node keys),
 		// one per node, living as long as the node's bus.
 		objdb.KeeperHook,
 		// runtime.members.<id>.* in objdb, as corosync keeps them.
 		rec.Hook,
+		// A node whose totem.config_version is older than the
+		// cluster's stops, as corosync's cmap stops corosync.
+		guard.Hook,
 	}
 }
 

@@ -10,7 +10,7 @@ import (
 // conf is the node's corosync.conf: the same file for both engines, as a
 // real cluster would have (a nodelist of ring0_addr; each node finds
 // itself by its address), differing between nodes only in state_dir when
-// the nodes share a mount namespace.
+// the nodes share a mount namespace, and in Options.FileKeys.
 func (c *Cluster) conf(n *Node) string {
 	keys := map[string]string{
 		"totem.version":                     "2",
@@ -27,12 +27,14 @@ func (c *Cluster) conf(n *Node) string {
 		"system.state_dir":                  n.stateInNode,
 		"system.allow_knet_handle_fallback": "yes",
 	}
-	for k, v := range c.opts.Keys {
-		if v == "" {
-			delete(keys, k) // an empty value removes a default
-			continue
+	for _, over := range []map[string]string{c.opts.Keys, c.opts.FileKeys[int(n.ID)]} {
+		for k, v := range over {
+			if v == "" {
+				delete(keys, k) // an empty value removes a default
+				continue
+			}
+			keys[k] = v
 		}
-		keys[k] = v
 	}
 	root := &section{}
 	names := make([]string, 0, len(keys))

@@ -72,6 +72,10 @@ type Options struct {
 	// NodeKeys are extra keys of one node's nodelist entry, by node id,
 	// in every node's file: {3: {"quorum_votes": "2"}}.
 	NodeKeys map[int]map[string]string
+	// FileKeys are keys of one node's own file only, by node id, over
+	// Keys: {3: {"totem.config_version": "1"}} gives node 3 a file the
+	// others do not have (Node.SetFileKeys changes them later).
+	FileKeys map[int]map[string]string
 	// MountNS gives each node a mount namespace with private directories
 	// over /run, /dev/shm, /var/lib/corosync, /var/lib/pacemaker,
 	// /var/log/pacemaker and the node's file over
@@ -278,6 +282,13 @@ func Start(t testing.TB, opts Options) *Cluster {
 	for k := range opts.Keys {
 		if strings.HasPrefix(k, "nodelist.") {
 			t.Fatalf("netcluster: Keys[%q]: nodelist keys go in NodeKeys", k)
+		}
+	}
+	for id, keys := range opts.FileKeys {
+		for k := range keys {
+			if strings.HasPrefix(k, "nodelist.") {
+				t.Fatalf("netcluster: FileKeys[%d][%q]: nodelist keys go in NodeKeys", id, k)
+			}
 		}
 	}
 	if opts.Binary == "" {

@@ -210,6 +210,21 @@ func (n *Node) Kill() error {
 	return nil
 }
 
+// SetFileKeys rewrites the node's own file with keys as its
+// Options.FileKeys (the file keeps its inode: with a mount namespace it is
+// bound over /etc/corosync/corosync.conf). A running engine reads it at
+// its next start or reload.
+func (n *Node) SetFileKeys(keys map[string]string) error {
+	n.c.mu.Lock()
+	if n.c.opts.FileKeys == nil {
+		n.c.opts.FileKeys = map[int]map[string]string{}
+	}
+	n.c.opts.FileKeys[int(n.ID)] = keys
+	conf := n.c.conf(n)
+	n.c.mu.Unlock()
+	return os.WriteFile(n.ConfPath, []byte(conf), 0o644)
+}
+
 // Restart is Stop then Start.
 func (n *Node) Restart() error {
 	if err := n.Stop(); err != nil {
