@@ -34,6 +34,11 @@ type Service struct {
 	// those that joined and left since the one before.
 	members, oldMembers, joined, left []uint32
 	syncRing                          RingID
+	// activated is the ring of the last synchronization that ended: a
+	// round of that ring again is a rerun (see SyncInit).
+	activated RingID
+	// told says s.view went to the trackers (see SetView).
+	told bool
 }
 
 // NewService builds the service. With provider false (no quorum.provider)
@@ -49,12 +54,23 @@ func NewService(provider bool, log *slog.Logger) *Service {
 }
 
 // SetView is the provider's callback: a new view or quorum decision. Every
-// tracking connection is told.
+// tracking connection is told, once per view: corosync's provider calls
+// back once per synchronization and on a change of quorum, never twice
+// with the same view, but corobus's votequorum announces at the end of
+// every round, and a ring runs several rounds when a joining node's
+// services register after it formed (services/sync). A survivor's
+// clients were told four times of a node that rejoined (corosync: once).
 func (s *Service) SetView(v View) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old, oldMembers := s.view.Quorate, s.view.Members
+	same := s.told && v.Quorate == old && v.Ring == s.view.Ring && slices.Equal(v.Members, oldMembers)
 	s.view = View{Members: slices.Clone(v.Members), Quorate: v.Quorate, Ring: v.Ring}
+	if same {
+		s.log.Debug("view unchanged", "ring", v.Ring, "members", v.Members, "quorate", v.Quorate)
+		return
+	}
+	s.told = true
 	switch {
 	case v.Quorate && !old:
 		s.log.Info("this node is within the primary component and will provide service")
@@ -79,10 +95,16 @@ func (s *Service) View() View {
 // SyncInit computes the v1 joined and left lists of a new membership
 // (corosync's quorum_sync_init): left are old members missing from the
 // transitional membership or from the new one; joined are new members
-// that were not old members, or that left and came back.
+// that were not old members, or that left and came back. A round of the
+// ring whose round already ended (a rerun, for a service that registered
+// in it) keeps that round's lists: the membership did not change.
 func (s *Service) SyncInit(trans, members []uint32, ring RingID) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if ring == s.activated && slices.Equal(members, s.members) {
+		s.syncRing = ring
+		return
+	}
 	s.members = slices.Clone(members)
 	s.syncRing = ring
 	s.left = nil
@@ -105,10 +127,14 @@ func (s *Service) SyncInit(trans, members []uint32, ring RingID) {
 }
 
 // SyncActivate ends a round: v1 trackers get the membership with its
-// joined and left lists.
+// joined and left lists, once per ring (corosync runs one round a ring).
 func (s *Service) SyncActivate() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.syncRing == s.activated {
+		return
+	}
+	s.activated = s.syncRing
 	s.oldMembers = slices.Clone(s.members)
 	msg := EncodeNodelistV1(s.syncRing, s.members, s.joined, s.left)
 	for c := range s.trackers {

@@ -329,8 +329,6 @@ func (e *Engine) rerun() {
 	}
 	e.log.Info("sync round runs again for a newly registered or restarted service", "ring", e.ring, "epoch", e.epoch+1)
 	e.again = false
-	// The view does not change: everyone moves from it to itself.
-	e.trans = slices.Clone(e.members)
 	e.startRoundEpoch(e.ctx, &totem.ConfChg{Type: totem.Regular, Ring: e.ring, Members: e.members}, e.epoch+1, false)
 }
 
@@ -430,6 +428,14 @@ func (e *Engine) startRoundEpoch(ctx context.Context, cc *totem.ConfChg, epoch u
 		e.hook(ctx, e.list[e.idx], "abort")
 	}
 	e.ring, e.members, e.epoch = cc.Ring, slices.Clone(cc.Members), epoch
+	if epoch > 0 {
+		// A ring's round again: the view does not change, everyone
+		// moves from it to itself. (Adopting another member's rerun
+		// kept the transitional membership of the ring's change, so a
+		// node that had joined was in no transitional list: the quorum
+		// service's v1 nodelist then said it had joined and left.)
+		e.trans = slices.Clone(cc.Members)
+	}
 	e.active, e.inited, e.idx, e.again = true, false, 0, false
 	e.started = time.Now()
 	e.builds = map[uint32]bool{}

@@ -120,6 +120,18 @@ type Core struct {
 	syncInProgress   bool
 	syncNodeinfoSent bool
 	syncWaitForPoll  bool
+
+	// toldRing is the ring whose nodelist the trackers were sent;
+	// toldQuorum what the last quorum notification of a round said.
+	// corosync runs one round a ring; corobus runs a ring's round again
+	// when a joining node's services register after it formed
+	// (services/sync), and a rerun tells the trackers only what changed.
+	toldRing   RingID
+	toldQuorum struct {
+		ring    RingID
+		quorate bool
+		nodes   []NodeState
+	}
 }
 
 // ErrNotVotequorum is returned when quorum.provider names another provider.
@@ -578,7 +590,7 @@ func (c *Core) decide(total uint32) {
 	}
 	if changed && !c.syncInProgress {
 		c.env.QuorumChanged(slices.Clone(c.members), c.quorate, c.ring)
-		c.env.NotifyQuorum(nil, 0, c.quorate, c.nodeStates())
+		c.notifyQuorum(c.nodeStates())
 	}
 }
 
@@ -803,7 +815,10 @@ func (c *Core) SyncProcess() bool {
 				c.log.Warn("qdevice registration not sent", "err", err)
 			}
 		}
-		c.env.NotifyNodelist(nil, 0, c.ring, slices.Clone(c.members))
+		if c.toldRing != c.ring {
+			c.env.NotifyNodelist(nil, 0, c.ring, slices.Clone(c.members))
+			c.toldRing = c.ring
+		}
 		c.syncNodeinfoSent = true
 	}
 	return !(c.us.flags&FlagQdeviceRegistered != 0 && c.syncWaitForPoll)
@@ -813,9 +828,22 @@ func (c *Core) SyncProcess() bool {
 // state and announced.
 func (c *Core) SyncActivate() {
 	c.recalculate(false, false)
+	// The quorum service tells its own clients once per view (it
+	// follows the state this publishes, which carries expected votes
+	// and totals that a rerun may change).
 	c.env.QuorumChanged(slices.Clone(c.members), c.quorate, c.ring)
-	c.env.NotifyQuorum(nil, 0, c.quorate, c.nodeStates())
+	nodes := c.nodeStates()
+	if t := c.toldQuorum; t.ring != c.ring || t.quorate != c.quorate || !slices.Equal(t.nodes, nodes) {
+		c.notifyQuorum(nodes)
+	}
 	c.syncInProgress = false
+}
+
+// notifyQuorum sends every tracker the quorum notification and keeps
+// what it said.
+func (c *Core) notifyQuorum(nodes []NodeState) {
+	c.toldQuorum.ring, c.toldQuorum.quorate, c.toldQuorum.nodes = c.ring, c.quorate, nodes
+	c.env.NotifyQuorum(nil, 0, c.quorate, slices.Clone(nodes))
 }
 
 // SyncAbort is called when a round is abandoned for a newer view.

@@ -38,6 +38,7 @@ type simEnv struct {
 	barrier  uint32
 	expected []uint32
 	notified int
+	nodelist int
 	regs     []cswire.Error
 }
 
@@ -48,7 +49,7 @@ func (e *simEnv) Mcast(x Exec) error {
 func (e *simEnv) SetKey(key, _ string, v uint32)               { e.keys[key] = v }
 func (e *simEnv) QuorumChanged(_ []uint32, q bool, _ RingID)   { e.quorate = append(e.quorate, q) }
 func (e *simEnv) NotifyQuorum(any, uint64, bool, []NodeState)  { e.notified++ }
-func (e *simEnv) NotifyNodelist(any, uint64, RingID, []uint32) {}
+func (e *simEnv) NotifyNodelist(any, uint64, RingID, []uint32) { e.nodelist++ }
 func (e *simEnv) NotifyExpected(v uint32)                      { e.expected = append(e.expected, v) }
 func (e *simEnv) StartTimer(name string, d time.Duration)      { e.timers[name] = d }
 func (e *simEnv) StopTimer(name string)                        { delete(e.timers, name) }
@@ -147,6 +148,23 @@ func (s *sim) view() {
 	}
 }
 
+// round runs one round of ring over members in which only the cores of
+// hosts take part, as when a joining node's votequorum has not
+// registered with its sync engine yet.
+func (s *sim) round(ring RingID, members, hosts []uint32) {
+	for _, id := range hosts {
+		s.cores[id].SyncInit(members, members, ring)
+	}
+	for _, id := range hosts {
+		s.cores[id].SyncProcess()
+	}
+	s.deliver()
+	for _, id := range hosts {
+		s.cores[id].SyncActivate()
+	}
+	s.deliver()
+}
+
 func (s *sim) quorate(id uint32) bool { return s.cores[id].quorate }
 
 func (s *sim) expectQuorate(t *testing.T, want bool, ids ...uint32) {
@@ -186,6 +204,39 @@ func TestThreeNodesKillOneThenTwo(t *testing.T) {
 	s.start(3, settings(t, 3, 3, nil))
 	s.view()
 	s.expectQuorate(t, true, 1, 2, 3)
+}
+
+// A ring's round run again (a joining node's services registering after
+// it formed, services/sync) tells the trackers only what changed: the
+// nodelist once per ring, the quorum notification again only when the
+// nodes' states changed. Every rerun repeated both.
+func TestRerunOfARingNotifiesOnlyChanges(t *testing.T) {
+	s := newSim(t)
+	for id := uint32(1); id <= 3; id++ {
+		s.start(id, settings(t, 3, id, nil))
+	}
+	s.view()
+	s.kill(3)
+	s.view()
+	e := s.envs[1]
+	lists, quorums := e.nodelist, e.notified
+	s.start(3, settings(t, 3, 3, nil))
+	ring := RingID{NodeID: 1, Seq: s.seq + 4}
+	s.round(ring, []uint32{1, 2, 3}, []uint32{1, 2}) // node 3's votequorum not registered yet
+	if in, _ := s.cores[1].GetInfo(3); in.State != StateDead {
+		t.Fatalf("node 3 without votequorum in the round: state %d, want dead", in.State)
+	}
+	s.round(ring, []uint32{1, 2, 3}, []uint32{1, 2, 3}) // it registered: the round again
+	s.round(ring, []uint32{1, 2, 3}, []uint32{1, 2, 3}) // another service did
+	if in, _ := s.cores[1].GetInfo(3); in.State != StateMember {
+		t.Fatalf("node 3 after the rerun: state %d, want member", in.State)
+	}
+	if n := e.nodelist - lists; n != 1 {
+		t.Errorf("node 1's trackers got %d nodelist notifications for one ring, want 1", n)
+	}
+	if n := e.notified - quorums; n != 2 {
+		t.Errorf("node 1's trackers got %d quorum notifications, want 2 (node 3 dead, then a member)", n)
+	}
 }
 
 func TestRestartedInstanceAnnouncesNothingBeforeItsFirstSync(t *testing.T) {

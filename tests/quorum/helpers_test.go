@@ -144,13 +144,14 @@ func (c *client) text() string {
 }
 
 // startClient runs the client in node n (timestamped lines) until the
-// test ends, and waits until it registered.
-func startClient(t *testing.T, n *netcluster.Node, path string) *client {
+// test ends, with env added to its environment (QC_MODEL0=1: libquorum's
+// model v0), and waits until it registered.
+func startClient(t *testing.T, n *netcluster.Node, path string, env ...string) *client {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &client{done: make(chan struct{})}
 	c.cmd = n.Command(ctx, path)
-	c.cmd.Env = append(c.cmd.Env, "QC_TIME=1")
+	c.cmd.Env = append(append(c.cmd.Env, "QC_TIME=1"), env...)
 	c.cmd.Stdout, c.cmd.Stderr = c, c
 	if err := c.cmd.Start(); err != nil {
 		cancel()
@@ -199,6 +200,21 @@ func (c *client) waitLine(t *testing.T, since int64, want string, timeout time.D
 }
 
 func nowMS() int64 { return time.Now().UnixMilli() }
+
+// linesSince returns the lines the client printed at or after since (ms
+// since the epoch), without their times.
+func (c *client) linesSince(since int64) []string {
+	var out []string
+	for _, l := range strings.Split(c.text(), "\n") {
+		var ms int64
+		if _, err := fmt.Sscan(l, &ms); err != nil || ms < since {
+			continue
+		}
+		_, rest, _ := strings.Cut(l, " ")
+		out = append(out, rest)
+	}
+	return out
+}
 
 // keepLogs writes every node's whole log into $QUORUM_TEST_LOGS/<test>/
 // when the test fails (the harness prints only their tails).

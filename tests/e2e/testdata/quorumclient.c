@@ -17,7 +17,11 @@
  * "ready" is printed once every registration is done. With QC_TIME set in
  * the environment each line starts with the wall-clock time in
  * milliseconds since the epoch; with QC_REFUSE set it refuses every
- * shutdown request, as a Pacemaker with resources running does.
+ * shutdown request, as a Pacemaker with resources running does. With
+ * QC_MODEL0 set libquorum is initialized with quorum_initialize (model
+ * v0), whose one callback prints
+ *
+ *   quorum0 quorate=1 ring_seq=4 members=1
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -58,6 +62,16 @@ static void q_quorum(quorum_handle_t h, uint32_t quorate, struct quorum_ring_id 
 {
 	stamp();
 	printf("quorum quorate=%" PRIu32 " ring=%" PRIx32 ".%" PRIx64, quorate, ring.nodeid, ring.seq);
+	list("members", n, view);
+	printf("\n");
+	fflush(stdout);
+}
+
+static void q_quorum0(quorum_handle_t h, uint32_t quorate, uint64_t ring_seq,
+		      uint32_t n, uint32_t *view)
+{
+	stamp();
+	printf("quorum0 quorate=%" PRIu32 " ring_seq=%" PRIx64, quorate, ring_seq);
 	list("members", n, view);
 	printf("\n");
 	fflush(stdout);
@@ -153,7 +167,12 @@ int main(void)
 		.votequorum_nodelist_notify_fn = vq_nodelist };
 	corosync_cfg_callbacks_t ccb = { .corosync_cfg_shutdown_callback = cfg_shutdown };
 
-	if ((err = RETRY(quorum_model_initialize(&q, QUORUM_MODEL_V1, (quorum_model_data_t *)&model, &qtype, NULL))) != CS_OK)
+	quorum_callbacks_t model0 = { .quorum_notify_fn = q_quorum0 };
+
+	if (getenv("QC_MODEL0") != NULL) {
+		if ((err = RETRY(quorum_initialize(&q, &model0, &qtype))) != CS_OK)
+			die("quorum_initialize", err);
+	} else if ((err = RETRY(quorum_model_initialize(&q, QUORUM_MODEL_V1, (quorum_model_data_t *)&model, &qtype, NULL))) != CS_OK)
 		die("quorum_model_initialize", err);
 	if (qtype != QUORUM_SET)
 		die("quorum type is not QUORUM_SET", CS_ERR_LIBRARY);
