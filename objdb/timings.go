@@ -19,7 +19,9 @@ import (
 // and totem.consensus its objdb holds, as corosync's totemconfig re-reads
 // them whenever cmap changes them — a client's write, or a reload once it
 // is done (config.reload_in_progress back to 0) — and records what the
-// node runs under runtime.config.totem.*. The bus's totem starts from the
+// node runs under runtime.config.totem.*. It hands over totem.config_version
+// the same way: corosync's cmap tells every node of a changed version,
+// which lands in their runtime.members.<id>.config_version. The bus's totem starts from the
 // file; the follower tells it (Subjects.TotemTimings) when the keys say
 // otherwise, and again whenever the totem starts anew (TotemListenAsk).
 type timingsFollower struct {
@@ -31,6 +33,7 @@ type timingsFollower struct {
 
 	mu      sync.Mutex // one application at a time, in the order of the changes
 	running totem.Timings
+	version uint64 // the totem.config_version the totem runs
 }
 
 // timingsRequestTimeout bounds the wait for the bus's answer: it answers
@@ -73,11 +76,17 @@ func (f *timingsFollower) apply(ctx context.Context, force bool) {
 		f.log.Error("totem timings not changed", "err", err)
 		return
 	}
-	if t == f.running && !force {
+	version, err := f.readVersion()
+	if err != nil {
+		f.log.Error("totem.config_version not changed", "err", err)
+		version = f.version
+	}
+	if t == f.running && version == f.version && !force {
 		return
 	}
 	req, _ := json.Marshal(totem.TimingsRequest{
 		Token: uint64(t.Token / time.Millisecond), Join: uint64(t.Join / time.Millisecond), Consensus: uint64(t.Consensus / time.Millisecond),
+		ConfigVersion: &version,
 	})
 	rctx, cancel := context.WithTimeout(ctx, timingsRequestTimeout)
 	defer cancel()
@@ -86,6 +95,7 @@ func (f *timingsFollower) apply(ctx context.Context, force bool) {
 		f.log.Warn("the bus did not take the totem timings yet (it sets them again when its totem starts)", "err", err)
 		return
 	}
+	f.version = version // taken even when the timings are refused
 	var rep totem.TimingsReply
 	if err := json.Unmarshal(msg.Data, &rep); err != nil || !rep.OK {
 		f.log.Error("totem timings not changed", "token", t.Token, "join", t.Join, "consensus", t.Consensus, "err", rep.Error)
@@ -96,6 +106,24 @@ func (f *timingsFollower) apply(ctx context.Context, force bool) {
 		return
 	}
 	f.running = t
+}
+
+// readVersion is totem.config_version, 0 when unset.
+func (f *timingsFollower) readVersion() (uint64, error) {
+	v, err := f.st.Get("totem.config_version")
+	if errors.Is(err, ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	// Int gives a u64's bits back as an int64: only a signed type's
+	// negative value is out of range.
+	n, ok := v.Int()
+	if !ok || (n < 0 && v.Type != Uint64) {
+		return 0, fmt.Errorf("totem.config_version %s is not a version", v)
+	}
+	return uint64(n), nil
 }
 
 // record writes runtime.config.totem.{token,join,consensus} (u32, ms).
@@ -122,6 +150,9 @@ func followTimings(ctx context.Context, st *Store, nc *nats.Conn, subjects bus.S
 		return err
 	}
 	f.running = t
+	if f.version, err = f.readVersion(); err != nil {
+		return err
+	}
 	// After an objdb restart the totem may run timings a client set
 	// since its start, which the reloaded file has replaced in the keys.
 	go f.apply(ctx, true)

@@ -73,6 +73,12 @@ type MemberEvent struct {
 	// heartbeats.
 	ConfigVersion uint64 `json:"config_version"`
 	Ring          RingID `json:"ring"`
+	// VersionOnly marks a member's new ConfigVersion, nothing else
+	// changed (it reloaded a file with another totem.config_version, or
+	// a client set the key): only runtime.members.<id>.config_version
+	// is to be written, as corosync's cmap does on its
+	// NEW_CONFIG_VERSION message.
+	VersionOnly bool `json:"version_only,omitempty"`
 }
 
 // Status is a node's totem state, served on Subjects.TotemStatus.
@@ -264,6 +270,7 @@ type Node struct {
 	// another member, and compared configuration versions there
 	// (corosync's cmap_first_sync, cleared).
 	metOthers bool
+	version   uint64 // this node's totem.config_version, as it runs now (SetConfigVersion)
 
 	localSeq   uint64
 	pending    []*own
@@ -331,6 +338,7 @@ func New(nc *nats.Conn, cfg Config, cb Callbacks) (*Node, error) {
 		joinCount:   map[uint32]uint64{},
 		addrs:       map[uint32]string{cfg.NodeID: cfg.Addr},
 		versions:    map[uint32]uint64{cfg.NodeID: cfg.ConfigVersion},
+		version:     cfg.ConfigVersion,
 		pendingIdx:  map[MsgID]*own{},
 		seqIDs:      map[MsgID]uint64{},
 		seqOld:      map[MsgID]struct{}{},
@@ -409,6 +417,29 @@ func (n *Node) SetTimings(t Timings) error {
 	default:
 	}
 	return nil
+}
+
+// SetConfigVersion changes this node's totem.config_version while it runs
+// (a reload, a client's write of the key): its heartbeats carry the new
+// one at once, and every member records it as
+// runtime.members.<id>.config_version (a MemberEvent with VersionOnly), as
+// corosync's cmap tells every node of a new version. Nobody stops: corosync
+// compares versions only at a node's first view with others.
+func (n *Node) SetConfigVersion(v uint64) {
+	n.mu.Lock()
+	prev := n.version
+	if v == prev {
+		n.mu.Unlock()
+		return
+	}
+	n.version = v
+	n.versions[n.cfg.NodeID] = v
+	if slices.Contains(n.members, n.cfg.NodeID) {
+		n.versionEvent(n.cfg.NodeID)
+	}
+	n.sendHeartbeat(time.Now())
+	n.mu.Unlock()
+	n.log.Info("totem.config_version changed", "config_version", v, "was", prev)
 }
 
 // ID is this node's id.
@@ -1328,7 +1359,7 @@ func (n *Node) sendHeartbeat(now time.Time) {
 		Hears:     n.aliveSet,
 		Token:     uint32(n.tm().Token / time.Millisecond),
 
-		ConfigVersion: n.cfg.ConfigVersion,
+		ConfigVersion: n.version,
 	}
 	if n.state != stOperational {
 		hb.Delivered, hb.Ordered = 0, 0
@@ -1364,6 +1395,10 @@ func (n *Node) tick(now time.Time) {
 	for id, hb := range hbs {
 		if hb.Addr != "" {
 			n.addrs[id] = hb.Addr
+		}
+		if old, ok := n.versions[id]; ok && old != hb.ConfigVersion && slices.Contains(n.members, id) {
+			n.versions[id] = hb.ConfigVersion
+			n.versionEvent(id)
 		}
 		n.versions[id] = hb.ConfigVersion
 	}
@@ -2112,7 +2147,7 @@ func (n *Node) checkConfigVersion() {
 		return
 	}
 	n.metOthers = true
-	mine := n.cfg.ConfigVersion
+	mine := n.version
 	if mine == 0 {
 		return
 	}
@@ -2129,6 +2164,17 @@ func (n *Node) checkConfigVersion() {
 	if n.cb.OlderConfig != nil {
 		n.cb.OlderConfig(old)
 	}
+}
+
+// versionEvent reports member id's new configuration version. Called with
+// mu held.
+func (n *Node) versionEvent(id uint32) {
+	ev := MemberEvent{Node: id, Addr: n.addrs[id], Status: "joined", JoinCount: n.joinCount[id], ConfigVersion: n.versions[id], Ring: n.ring, VersionOnly: true}
+	if n.cb.Member != nil {
+		n.cb.Member(ev)
+	}
+	b, _ := json.Marshal(ev)
+	_ = n.nc.Publish(n.cfg.Subjects.TotemEvent(n.cfg.NodeID, "config_version"), b)
 }
 
 func (n *Node) memberEvent(id uint32, status string) {
@@ -2263,12 +2309,16 @@ func (n *Node) onStatsClear(m *nats.Msg) {
 }
 
 // TimingsRequest is the request of Subjects.TotemTimings: what the node
-// is to run, in ms (the objdb layer sends it when totem.token, join or
-// consensus change); TimingsReply its answer.
+// is to run, in ms (the objdb layer sends it when totem.token, join,
+// consensus or config_version change); TimingsReply its answer.
 type TimingsRequest struct {
 	Token     uint64 `json:"token"`
 	Join      uint64 `json:"join"`
 	Consensus uint64 `json:"consensus"`
+	// ConfigVersion, when present, is the node's totem.config_version
+	// from now on (SetConfigVersion); it applies even when the timings
+	// are refused.
+	ConfigVersion *uint64 `json:"config_version,omitempty"`
 }
 
 // TimingsReply answers a TimingsRequest: Error says why the node kept
@@ -2281,7 +2331,11 @@ type TimingsReply struct {
 func (n *Node) onTimings(m *nats.Msg) {
 	var req TimingsRequest
 	var rep TimingsReply
-	if err := json.Unmarshal(m.Data, &req); err != nil {
+	err := json.Unmarshal(m.Data, &req)
+	if err == nil && req.ConfigVersion != nil {
+		n.SetConfigVersion(*req.ConfigVersion)
+	}
+	if err != nil {
 		rep.Error = fmt.Sprintf("malformed timings request: %v", err)
 	} else if err := n.SetTimings(Timings{
 		Token:     time.Duration(req.Token) * time.Millisecond,

@@ -74,11 +74,16 @@ func write(ctx context.Context, c *client.Client, ev totem.MemberEvent) error {
 	status, _ := objdb.ParseValue(objdb.String, ev.Status)
 	version, _ := objdb.ParseValue(objdb.Uint64, strconv.FormatUint(ev.ConfigVersion, 10))
 	// corosync sets config_version after the other three, in its cmap
-	// service's sync, from each member's totem.config_version.
-	for _, kv := range []struct {
+	// service's sync, from each member's totem.config_version; a
+	// member's new version (its reload) changes that key alone.
+	kvs := []struct {
 		key string
 		v   objdb.Value
-	}{{"ip", ip}, {"join_count", count}, {"status", status}, {"config_version", version}} {
+	}{{"ip", ip}, {"join_count", count}, {"status", status}, {"config_version", version}}
+	if ev.VersionOnly {
+		kvs = kvs[3:]
+	}
+	for _, kv := range kvs {
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		err := c.Set(ctx, prefix+kv.key, kv.v)
 		cancel()

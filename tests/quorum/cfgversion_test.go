@@ -21,6 +21,10 @@ const olderLine = "Received config version (2) is different than my config versi
 // runtime.members.3.status left with its config_version 1, its link
 // disconnected in corosync-cfgtool -s. Started again without the key
 // (version 0, unset) it stays. corobus compared no versions: node 3 ran on.
+// Then node 1 reloads a file with version 5 (corosync-cfgtool -R): every
+// node records runtime.members.1.config_version 5 and nobody stops; node 2
+// restarted with its file (version 2) stops. corobus's heartbeats kept the
+// version a node started with: the others still said 2.
 func TestConfigVersionOlderNodeStops(t *testing.T) {
 	requireTools(t)
 	for _, b := range []netcluster.Backend{netcluster.Corosync, netcluster.Corobus} {
@@ -68,6 +72,38 @@ func TestConfigVersionOlderNodeStops(t *testing.T) {
 			if !n3.Running() || strings.Count(n3.LogText(), "Received config version") != 1 {
 				t.Errorf("node 3 without config_version: running %v, log:\n%s", n3.Running(), n3.LogTail(40))
 			}
+
+			// A reload to a newer version stops nobody; every node
+			// records it. A node restarted with its older file then
+			// stops.
+			if err := n1.SetFileKeys(map[string]string{"totem.config_version": "5"}); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if out, err := n1.Run(ctx, "corosync-cfgtool", "-R"); err != nil || !strings.Contains(out, "Done") {
+				t.Fatalf("corosync-cfgtool -R: %v\n%s", err, out)
+			}
+			for _, n := range c.Nodes {
+				waitCmapctl(t, n, "runtime.members.1.", "runtime.members.1.config_version (u64) = 5\n", "runtime.members.1.status (str) = joined\n")
+			}
+			waitStatus(t, settle, "three nodes after the reload", func(st quorumStatus) bool { return st.nodes == 3 }, n1, n2, n3)
+			for _, n := range c.Nodes {
+				if !n.Running() || strings.Count(n.LogText(), "Received config version") != map[uint32]int{3: 1}[n.ID] {
+					t.Errorf("node %d after node 1's reload to a newer version: running %v, log:\n%s", n.ID, n.Running(), n.LogTail(40))
+				}
+			}
+			if err := n2.Restart(); err != nil {
+				t.Fatal(err)
+			}
+			waitStopped(t, n2)
+			if err := n2.ExitErr(); err != nil {
+				t.Errorf("node 2 restarted with version 2 among a 5 exited with %v, want status 0", err)
+			}
+			if line := "Received config version (5) is different than my config version (2)! Exiting"; !strings.Contains(n2.LogText(), line) {
+				t.Errorf("node 2's log lacks %q:\n%s", line, n2.LogTail(40))
+			}
+			waitCmapctl(t, n1, "runtime.members.2.", "runtime.members.2.status (str) = left\n")
 		})
 	}
 }
