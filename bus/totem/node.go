@@ -2164,6 +2164,11 @@ func (n *Node) checkConfigVersion() {
 	if n.cb.OlderConfig != nil {
 		n.cb.OlderConfig(old)
 	}
+	b, _ := json.Marshal(struct {
+		Node uint32 `json:"node"`
+		OlderConfig
+	}{n.cfg.NodeID, old})
+	_ = n.nc.Publish(n.cfg.Subjects.TotemEvent(n.cfg.NodeID, "older_config"), b)
 }
 
 // versionEvent reports member id's new configuration version. Called with

@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/url"
 	"slices"
@@ -33,6 +34,9 @@ type Options struct {
 	Token, Join, Consensus time.Duration
 	// HandoffRun is totem.Config.HandoffRun (zero: the default).
 	HandoffRun int
+	// ConfigVersions are nodes' totem.config_version by id, read at each
+	// start (0 when absent).
+	ConfigVersions map[int]uint64
 	// Name is the cluster and subject-prefix name; unique per cluster.
 	Name   string
 	Logger *slog.Logger
@@ -71,6 +75,10 @@ func New(t testing.TB, opts Options) *Cluster {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	opts.ConfigVersions = maps.Clone(opts.ConfigVersions) // SetConfigVersion writes it
+	if opts.ConfigVersions == nil {
+		opts.ConfigVersions = map[int]uint64{}
 	}
 	subj, err := bus.NewSubjects("corobus." + opts.Name)
 	if err != nil {
@@ -137,6 +145,7 @@ func (c *Cluster) TotemConfig(id int) totem.Config {
 	for i := 1; i <= c.opts.N; i++ {
 		tc.Expected = append(tc.Expected, uint32(i))
 	}
+	tc.ConfigVersion = c.opts.ConfigVersions[id]
 	tc.StateDir = c.dirs[id-1]
 	tc.Logger = c.opts.Logger.With("node", id)
 	return tc
@@ -248,6 +257,14 @@ func (c *Cluster) Kill(id int) {
 	nd.Server.Shutdown()
 	nd.Server.WaitForShutdown()
 	c.Rec.Kill(nd.Stream)
+}
+
+// SetConfigVersion sets node id's totem.config_version for its next
+// start.
+func (c *Cluster) SetConfigVersion(id int, v uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.opts.ConfigVersions[id] = v
 }
 
 // Node is node id, nil when it is down.
