@@ -36,7 +36,16 @@ const (
 const (
 	TimerLMS     = "last_man_standing"
 	TimerQdevice = "qdevice"
+	// TimerSilent bounds how long a round's quorum notification waits
+	// for a member whose votequorum has not spoken yet (SyncActivate).
+	TimerSilent = "silent_member"
 )
+
+// SilentMemberWait is how long the trackers' quorum notification of a
+// view waits for a member that sent no NODEINFO in it (a joining node
+// whose votequorum has not started yet): its round runs again when that
+// votequorum registers, usually within a few hundred milliseconds.
+const SilentMemberWait = 3 * time.Second
 
 // Env is what the core does to the world. Every call is made with the
 // core's lock held: an implementation queues, it does not wait.
@@ -132,6 +141,9 @@ type Core struct {
 		quorate bool
 		nodes   []NodeState
 	}
+	// quorumHeld says a round's quorum notification waits for a silent
+	// member (TimerSilent runs).
+	quorumHeld bool
 }
 
 // ErrNotVotequorum is returned when quorum.provider names another provider.
@@ -832,16 +844,43 @@ func (c *Core) SyncActivate() {
 	// follows the state this publishes, which carries expected votes
 	// and totals that a rerun may change).
 	c.env.QuorumChanged(slices.Clone(c.members), c.quorate, c.ring)
+	c.syncInProgress = false
+	if c.silentMember() {
+		// corosync's trackers never see a member of the view dead: every
+		// member's NODEINFO precedes the round's barrier. A corobus node
+		// that joins starts its votequorum after its ring formed, and
+		// the ring's round runs again when it registers: tell the
+		// trackers then, once, or when the wait is over.
+		if !c.quorumHeld {
+			c.quorumHeld = true
+			c.env.StartTimer(TimerSilent, SilentMemberWait)
+		}
+		return
+	}
 	nodes := c.nodeStates()
-	if t := c.toldQuorum; t.ring != c.ring || t.quorate != c.quorate || !slices.Equal(t.nodes, nodes) {
+	if t := c.toldQuorum; c.quorumHeld || t.ring != c.ring || t.quorate != c.quorate || !slices.Equal(t.nodes, nodes) {
 		c.notifyQuorum(nodes)
 	}
-	c.syncInProgress = false
+}
+
+// silentMember reports whether a member of the view sent no NODEINFO
+// since it (re)joined: its node is unknown or still dead.
+func (c *Core) silentMember() bool {
+	for _, id := range c.members {
+		if n := c.find(id); n == nil || n.state == StateDead {
+			return true
+		}
+	}
+	return false
 }
 
 // notifyQuorum sends every tracker the quorum notification and keeps
 // what it said.
 func (c *Core) notifyQuorum(nodes []NodeState) {
+	if c.quorumHeld {
+		c.quorumHeld = false
+		c.env.StopTimer(TimerSilent)
+	}
 	c.toldQuorum.ring, c.toldQuorum.quorate, c.toldQuorum.nodes = c.ring, c.quorate, nodes
 	c.env.NotifyQuorum(nil, 0, c.quorate, slices.Clone(nodes))
 }
@@ -856,6 +895,12 @@ func (c *Core) Timer(name string) {
 		c.lmsTimerSet = false
 		if c.quorate {
 			c.recalculate(true, true)
+		}
+	case TimerSilent:
+		// A round in progress notifies at its end.
+		if c.quorumHeld && !c.syncInProgress {
+			c.log.Info("a member's votequorum did not speak; telling the trackers without it", "waited", SilentMemberWait)
+			c.notifyQuorum(c.nodeStates())
 		}
 	case TimerQdevice:
 		if c.us.flags&FlagQdeviceAlive == 0 || !c.qdeviceTimerSet {

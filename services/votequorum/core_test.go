@@ -207,10 +207,12 @@ func TestThreeNodesKillOneThenTwo(t *testing.T) {
 }
 
 // A ring's round run again (a joining node's services registering after
-// it formed, services/sync) tells the trackers only what changed: the
-// nodelist once per ring, the quorum notification again only when the
-// nodes' states changed. Every rerun repeated both.
-func TestRerunOfARingNotifiesOnlyChanges(t *testing.T) {
+// it formed, services/sync) tells the trackers once, as corosync's one
+// round does: the nodelist once per ring, the quorum notification when
+// every member has spoken (corosync's trackers never see a member of the
+// view dead). Every rerun repeated both, and the first said the joining
+// node was dead.
+func TestRerunOfARingNotifiesOnce(t *testing.T) {
 	s := newSim(t)
 	for id := uint32(1); id <= 3; id++ {
 		s.start(id, settings(t, 3, id, nil))
@@ -226,6 +228,9 @@ func TestRerunOfARingNotifiesOnlyChanges(t *testing.T) {
 	if in, _ := s.cores[1].GetInfo(3); in.State != StateDead {
 		t.Fatalf("node 3 without votequorum in the round: state %d, want dead", in.State)
 	}
+	if e.notified != quorums || e.timers[TimerSilent] != SilentMemberWait {
+		t.Fatalf("a round with node 3 silent: %d quorum notifications, timers %v; want none, and the wait armed", e.notified-quorums, e.timers)
+	}
 	s.round(ring, []uint32{1, 2, 3}, []uint32{1, 2, 3}) // it registered: the round again
 	s.round(ring, []uint32{1, 2, 3}, []uint32{1, 2, 3}) // another service did
 	if in, _ := s.cores[1].GetInfo(3); in.State != StateMember {
@@ -234,8 +239,33 @@ func TestRerunOfARingNotifiesOnlyChanges(t *testing.T) {
 	if n := e.nodelist - lists; n != 1 {
 		t.Errorf("node 1's trackers got %d nodelist notifications for one ring, want 1", n)
 	}
-	if n := e.notified - quorums; n != 2 {
-		t.Errorf("node 1's trackers got %d quorum notifications, want 2 (node 3 dead, then a member)", n)
+	if n := e.notified - quorums; n != 1 {
+		t.Errorf("node 1's trackers got %d quorum notifications for one ring, want 1", n)
+	}
+	if _, armed := e.timers[TimerSilent]; armed {
+		t.Errorf("the wait for a silent member is still armed")
+	}
+}
+
+// A member whose votequorum never speaks holds the trackers' quorum
+// notification only until the wait is over.
+func TestSilentMemberHoldsTheNotificationForAWhile(t *testing.T) {
+	s := newSim(t)
+	for id := uint32(1); id <= 3; id++ {
+		s.start(id, settings(t, 3, id, nil))
+	}
+	s.view()
+	s.kill(3)
+	s.view()
+	e := s.envs[1]
+	quorums := e.notified
+	s.round(RingID{NodeID: 1, Seq: s.seq + 4}, []uint32{1, 2, 3}, []uint32{1, 2})
+	if e.notified != quorums {
+		t.Fatalf("told before the wait was over")
+	}
+	s.cores[1].Timer(TimerSilent)
+	if e.notified != quorums+1 {
+		t.Fatalf("%d quorum notifications once the wait was over, want 1", e.notified-quorums)
 	}
 }
 

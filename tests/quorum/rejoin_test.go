@@ -24,10 +24,13 @@ import (
 // 2 (node 3's NODEINFO makes it a member again, and recalculate_quorum
 // raises expected votes to the total votes); node 1's libquorum client is
 // told once per model (v1: the nodelist with node 3 joined, then quorate
-// with three members). corobus told the v1 client three times of each
-// (the ring's round ran three times, for node 3's services registering
-// one by one), the last two nodelists with node 3 both joined and left,
-// and the v0 client three times.
+// with three members), its libvotequorum client once of each (nodelist,
+// expected votes 3, quorum with node 3 a member). corobus told the v1
+// client three times of each (the ring's round ran three times, for node
+// 3's services registering one by one), the last two nodelists with node
+// 3 both joined and left, the v0 client three times, and libvotequorum
+// three nodelists and two quorum notifications, the first with node 3
+// dead.
 func TestLastManStandingRejoinMatchesCorosync(t *testing.T) {
 	requireTools(t)
 	netcluster.RequireBackend(t, netcluster.Corosync)
@@ -116,26 +119,18 @@ func rejoinTranscript(t *testing.T, backend netcluster.Backend, path string) str
 	return b.String()
 }
 
-// writeCallbacks writes a client's callbacks of a step in two sections.
-// libquorum's, in order: they must be corosync's, one for one. Then
-// libvotequorum's: the nodelist and expected votes notifications, and the
-// last quorum notification with its nodes in id order. Not compared: the
-// order of the two libraries' callbacks (two processes on corobus), the
-// order of a votequorum notification's nodes (corosync lists them in the
-// order its node table grew, the reverse of the order their first
-// NODEINFO was delivered), and the count of votequorum's quorum
-// notifications. On a rejoin corosync sends one, with the node that came
-// back a member; corobus sends two, the first at the end of the ring's
-// first round, when that node's votequorum had not started yet and it is
-// still dead (docs/quorum.md).
+// writeCallbacks writes a client's callbacks of a step in two sections,
+// libquorum's and libvotequorum's, each in order: they must be corosync's,
+// one for one. Not compared: the order of the two libraries' callbacks
+// (two processes on corobus), and the order of a votequorum
+// notification's nodes (corosync lists them in the order its node table
+// grew, the reverse of the order their first NODEINFO was delivered):
+// they are put in id order.
 func writeCallbacks(b *strings.Builder, step, model string, lines []string) {
 	fmt.Fprintf(b, "== %s: node 1's libquorum client (%s)\n", step, model)
 	var vq []string
-	lastQuorum := "(none)"
 	for _, l := range lines {
 		switch {
-		case strings.HasPrefix(l, "vq-quorum "):
-			lastQuorum = sortNodes(l)
 		case strings.HasPrefix(l, "vq-expected ") && len(vq) > 0 && vq[len(vq)-1] == l:
 			// The same expected votes twice in a row: a member's own
 			// NODEINFO, sent before the rejoining node's came in,
@@ -145,7 +140,7 @@ func writeCallbacks(b *strings.Builder, step, model string, lines []string) {
 			// which multicasts the NODEINFOs in each of a ring's rounds,
 			// met it in 1 of 3 runs.
 		case strings.HasPrefix(l, "vq-"):
-			vq = append(vq, l)
+			vq = append(vq, sortNodes(l))
 		default:
 			fmt.Fprintln(b, l)
 		}
@@ -154,13 +149,12 @@ func writeCallbacks(b *strings.Builder, step, model string, lines []string) {
 	for _, l := range vq {
 		fmt.Fprintln(b, l)
 	}
-	fmt.Fprintf(b, "last: %s\n", lastQuorum)
 }
 
 // sortNodes puts a vq-quorum line's nodes=id:state,… in id order.
 func sortNodes(l string) string {
 	head, nodes, ok := strings.Cut(l, "nodes=")
-	if !ok {
+	if !ok || !strings.HasPrefix(l, "vq-quorum ") {
 		return l
 	}
 	list := strings.Split(nodes, ",")
