@@ -16,10 +16,10 @@ const olderLine = "Received config version (2) is different than my config versi
 // TestConfigVersionOlderNodeStops: totem.config_version as corosync 3.1.7
 // enforces it, the same scenario on three corosync nodes and on three
 // corobus nodes. Nodes 1 and 2 run version 2; node 3 started with version
-// 1 joins, logs corosync's line and stops with status 0, and the others
-// show it as corosync's do: two nodes in corosync-quorumtool -s,
-// runtime.members.3.status left with its config_version 1, its link
-// disconnected in corosync-cfgtool -s. Started again without the key
+// 1 joins, logs corosync's line and stops with status 0, every process of
+// the node gone, and the others show it as corosync's do: two nodes in
+// corosync-quorumtool -s, runtime.members.3.status left with its
+// config_version 1, its link disconnected in corosync-cfgtool -s. Started again without the key
 // (version 0, unset) it stays. corobus compared no versions: node 3 ran on.
 // Then node 1 reloads a file with version 5 (corosync-cfgtool -R): every
 // node records runtime.members.1.config_version 5 and nobody stops; node 2
@@ -46,6 +46,9 @@ func TestConfigVersionOlderNodeStops(t *testing.T) {
 			waitStopped(t, n3)
 			if err := n3.ExitErr(); err != nil {
 				t.Errorf("node 3 with an older config_version exited with %v, want status 0", err)
+			}
+			if pids := n3.PIDs(); len(pids) > 0 {
+				t.Errorf("processes left in node 3 once its %s exited: %v", b, pids)
 			}
 			if !strings.Contains(n3.LogText(), olderLine) {
 				t.Errorf("node 3's log lacks %q:\n%s", olderLine, n3.LogTail(40))
