@@ -19,11 +19,12 @@ import (
 // and totem.consensus its objdb holds, as corosync's totemconfig re-reads
 // them whenever cmap changes them — a client's write, or a reload once it
 // is done (config.reload_in_progress back to 0) — and records what the
-// node runs under runtime.config.totem.*. It hands over totem.config_version
-// the same way: corosync's cmap tells every node of a changed version,
-// which lands in their runtime.members.<id>.config_version. The bus's totem starts from the
-// file; the follower tells it (Subjects.TotemTimings) when the keys say
-// otherwise, and again whenever the totem starts anew (TotemListenAsk).
+// node runs under runtime.config.totem.*. It hands over
+// totem.config_version the same way: corosync's cmap tells every node of a
+// changed version, which lands in their runtime.members.<id>.config_version.
+// The bus's totem starts from the file; the follower tells it
+// (Subjects.TotemTimings) when the keys say otherwise, and again whenever
+// the totem starts anew (TotemListenAsk).
 type timingsFollower struct {
 	st   *Store
 	nc   *nats.Conn

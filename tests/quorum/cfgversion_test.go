@@ -21,7 +21,8 @@ const olderLine = "Received config version (2) is different than my config versi
 // corosync-quorumtool -s, runtime.members.3.status left with its
 // config_version 1, its link disconnected in corosync-cfgtool -s. Started again without the key
 // (version 0, unset) it stays. corobus compared no versions: node 3 ran on.
-// Then node 1 reloads a file with version 5 (corosync-cfgtool -R): every
+// A client sets node 3's totem.config_version to 7: node 1 lists it. Then
+// node 1 reloads a file with version 5 (corosync-cfgtool -R): every
 // node records runtime.members.1.config_version 5 and nobody stops; node 2
 // restarted with its file (version 2) stops. corobus's heartbeats kept the
 // version a node started with: the others still said 2.
@@ -76,14 +77,20 @@ func TestConfigVersionOlderNodeStops(t *testing.T) {
 				t.Errorf("node 3 without config_version: running %v, log:\n%s", n3.Running(), n3.LogTail(40))
 			}
 
+			// A client's write of the key is a new version too.
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if out, err := n3.Run(ctx, "corosync-cmapctl", "-s", "totem.config_version", "u64", "7"); err != nil {
+				t.Fatalf("corosync-cmapctl -s totem.config_version u64 7: %v\n%s", err, out)
+			}
+			waitCmapctl(t, n1, "runtime.members.3.", "runtime.members.3.config_version (u64) = 7\n", "runtime.members.3.status (str) = joined\n")
+
 			// A reload to a newer version stops nobody; every node
 			// records it. A node restarted with its older file then
 			// stops.
 			if err := n1.SetFileKeys(map[string]string{"totem.config_version": "5"}); err != nil {
 				t.Fatal(err)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
 			if out, err := n1.Run(ctx, "corosync-cfgtool", "-R"); err != nil || !strings.Contains(out, "Done") {
 				t.Fatalf("corosync-cfgtool -R: %v\n%s", err, out)
 			}
