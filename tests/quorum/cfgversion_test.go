@@ -182,3 +182,35 @@ func waitCmd(t *testing.T, n *netcluster.Node, args []string, want ...string) {
 		time.Sleep(300 * time.Millisecond)
 	}
 }
+
+// TestConfigVersionColdStart: three nodes started together, node 3's file
+// behind (version 1 against 2). corosync's nodes each form a ring of
+// their own first, then merge; corobus's form one first view together.
+// Either way node 3 stops, with corosync's line, and nodes 1 and 2 run on
+// in a view of their own.
+func TestConfigVersionColdStart(t *testing.T) {
+	requireTools(t)
+	for _, b := range []netcluster.Backend{netcluster.Corosync, netcluster.Corobus} {
+		t.Run(b.String(), func(t *testing.T) {
+			netcluster.RequireBackend(t, b)
+			c := netcluster.Start(t, netcluster.Options{Nodes: 3, Backend: b, NoWait: true, FileKeys: map[int]map[string]string{
+				1: {"totem.config_version": "2"}, 2: {"totem.config_version": "2"}, 3: {"totem.config_version": "1"}}})
+			keepLogs(t, c)
+			n1, n2, n3 := c.Node(1), c.Node(2), c.Node(3)
+			waitStopped(t, n3)
+			if err := n3.ExitErr(); err != nil {
+				t.Errorf("node 3 exited with %v, want status 0", err)
+			}
+			if !strings.Contains(n3.LogText(), olderLine) {
+				t.Errorf("node 3's log lacks %q:\n%s", olderLine, n3.LogTail(40))
+			}
+			c.WaitView(t, settle, []*netcluster.Node{n1, n2}, []uint32{1, 2})
+			waitStatus(t, settle, "two nodes", func(st quorumStatus) bool { return st.nodes == 2 && st.quorate }, n1, n2)
+			for _, n := range []*netcluster.Node{n1, n2} {
+				if strings.Contains(n.LogText(), "Received config version") {
+					t.Errorf("node %d (version 2) logged a version mismatch:\n%s", n.ID, n.LogTail(40))
+				}
+			}
+		})
+	}
+}
