@@ -11,6 +11,13 @@ func (s Subjects) TotemHeartbeat() string { return s.Join("totem", "hb") }
 // commits (JSON totem.MembMsg).
 func (s Subjects) TotemMemb() string { return s.Join("totem", "memb") }
 
+// TotemAck is where node's proposals ask the acknowledgements to go
+// (the proposal's reply subject): only the proposer reads an ack, so it
+// is not fanned out to every node as TotemMemb is (JSON totem.MembMsg).
+func (s Subjects) TotemAck(node uint32) string {
+	return s.Join("totem", nodeToken(node), "ack")
+}
+
 // TotemData carries ordered-multicast payloads, once, from the sender's bus
 // to every node (binary data frame).
 func (s Subjects) TotemData() string { return s.Join("totem", "data") }

@@ -126,7 +126,9 @@ const (
 // peer is what the failure detector knows of another node.
 type peer struct {
 	at time.Time
-	hb Heartbeat
+	hb Heartbeat // never changed once stored: alive hands out pointers to it
+	// raw is the heartbeat as it came, its key in Node.hbRaw.
+	raw string
 }
 
 // own is one of this node's messages, kept until this node delivers it
@@ -168,7 +170,10 @@ type Node struct {
 	origin uint32
 
 	subjData, subjOrder, subjHB, subjMemb, subjConf string
-	deliverSubj                                     map[string]string
+	// subjAck receives the acks of this node's proposals (the
+	// proposal's reply subject).
+	subjAck     string
+	deliverSubj map[string]string
 	// listeners are the services whose TotemDeliver subject also carries
 	// the configuration changes (TotemListen), by service, with their
 	// subjects.
@@ -192,6 +197,13 @@ type Node struct {
 
 	hbMu  sync.Mutex
 	peers map[uint32]*peer
+	// hbRaw finds the peer whose latest heartbeat is byte for byte the
+	// one just received: most heartbeats repeat the sender's previous one
+	// (a ring at rest, a node gathering whose reachable set holds), and
+	// such a heartbeat only says the sender is alive, so it is not
+	// decoded again (at 32 nodes, the decoding of 31 peers' heartbeats
+	// was 6-7 % of a formation's CPU).
+	hbRaw map[string]uint32
 
 	// timing is what the node runs of totem.token, join and consensus and
 	// the heartbeat periods derived from them: read everywhere, replaced
@@ -320,6 +332,7 @@ func New(nc *nats.Conn, cfg Config, cb Callbacks) (*Node, error) {
 		subjOrder:     s.TotemOrder(),
 		subjHB:        s.TotemHeartbeat(),
 		subjMemb:      s.TotemMemb(),
+		subjAck:       s.TotemAck(cfg.NodeID),
 		subjConf:      s.TotemDeliverConfChg(cfg.NodeID),
 		deliverSubj:   map[string]string{},
 		listeners:     map[string]string{},
@@ -327,6 +340,7 @@ func New(nc *nats.Conn, cfg Config, cb Callbacks) (*Node, error) {
 		keptHdr:       nats.Header{KeptHeader: []string{"1"}},
 		skippedHdr:    nats.Header{SkippedHeader: []string{"1"}},
 		peers:         map[uint32]*peer{},
+		hbRaw:         map[string]uint32{},
 		state:         stGather,
 		// A node starts by gathering, as corosync's does (and counts).
 		srp:         SRPStats{GatherEntered: 1},
@@ -527,6 +541,7 @@ func (n *Node) Run(ctx context.Context) error {
 	for subj, h := range map[string]nats.MsgHandler{
 		n.subjHB:                        n.onHeartbeat,
 		n.subjMemb:                      n.onMemb,
+		n.subjAck:                       n.onMemb,
 		s.TotemFetch(n.cfg.NodeID):      n.onFetch,
 		s.TotemMcast(n.cfg.NodeID):      n.onSubmit,
 		s.TotemStatus(n.cfg.NodeID):     n.onStatus,
@@ -1326,14 +1341,36 @@ func (n *Node) flushOrder(h handoff) {
 
 // onHeartbeat feeds the failure detector.
 func (n *Node) onHeartbeat(m *nats.Msg) {
+	now := time.Now()
+	n.hbMu.Lock()
+	if id, ok := n.hbRaw[string(m.Data)]; ok {
+		// The sender's previous heartbeat again: it is alive, and news
+		// only if it had been silent for its expiry.
+		p := n.peers[id]
+		expired := now.Sub(p.at) >= n.expiry(p)
+		p.at = now
+		n.hbMu.Unlock()
+		if expired {
+			select {
+			case n.news <- struct{}{}:
+			default:
+			}
+		}
+		return
+	}
+	n.hbMu.Unlock()
 	var hb Heartbeat
 	if err := json.Unmarshal(m.Data, &hb); err != nil || hb.Node == n.cfg.NodeID || hb.Node == 0 {
 		return
 	}
-	now := time.Now()
+	raw := string(m.Data)
 	n.hbMu.Lock()
 	prev := n.peers[hb.Node]
-	n.peers[hb.Node] = &peer{at: now, hb: hb}
+	if prev != nil {
+		delete(n.hbRaw, prev.raw)
+	}
+	n.peers[hb.Node] = &peer{at: now, hb: hb, raw: raw}
+	n.hbRaw[raw] = hb.Node
 	n.hbMu.Unlock()
 	if prev == nil || now.Sub(prev.at) >= n.expiry(prev) || prev.hb.Inc != hb.Inc || prev.hb.Ring != hb.Ring ||
 		prev.hb.State != hb.State || !slices.Equal(prev.hb.Members, hb.Members) || !slices.Equal(prev.hb.Hears, hb.Hears) ||
@@ -1373,15 +1410,17 @@ func (n *Node) sendHeartbeat(now time.Time) {
 }
 
 // alive is this node and every node heard from within totem.token, sorted.
-func (n *Node) alive(now time.Time) ([]uint32, map[uint32]Heartbeat) {
+// The heartbeats are the peers' own, shared: read only.
+func (n *Node) alive(now time.Time) ([]uint32, map[uint32]*Heartbeat) {
 	n.hbMu.Lock()
 	defer n.hbMu.Unlock()
-	out := []uint32{n.cfg.NodeID}
-	hbs := make(map[uint32]Heartbeat, len(n.peers))
+	out := make([]uint32, 1, len(n.peers)+1)
+	out[0] = n.cfg.NodeID
+	hbs := make(map[uint32]*Heartbeat, len(n.peers))
 	for id, p := range n.peers {
 		if now.Sub(p.at) < n.expiry(p) {
 			out = append(out, id)
-			hbs[id] = p.hb
+			hbs[id] = &p.hb
 		}
 	}
 	slices.Sort(out)
@@ -1432,7 +1471,7 @@ func (n *Node) tick(now time.Time) {
 
 // hears reports whether a hears b, by a's latest heartbeat (this node:
 // its own reachable set). A node that does not say is taken to hear all.
-func (n *Node) hears(a, b uint32, alive []uint32, hbs map[uint32]Heartbeat) bool {
+func (n *Node) hears(a, b uint32, alive []uint32, hbs map[uint32]*Heartbeat) bool {
 	if a == n.cfg.NodeID {
 		return slices.Contains(alive, b)
 	}
@@ -1446,7 +1485,7 @@ func (n *Node) hears(a, b uint32, alive []uint32, hbs map[uint32]Heartbeat) bool
 // 2, 2 hears 1 and 3, 3 and 1 not yet each other), the nodes in the middle
 // would otherwise keep breaking every view that cannot include all they
 // hear, and the coordinator keep proposing the same members again.
-func (n *Node) viewable(alive []uint32, hbs map[uint32]Heartbeat) []uint32 {
+func (n *Node) viewable(alive []uint32, hbs map[uint32]*Heartbeat) []uint32 {
 	out := []uint32{n.cfg.NodeID}
 	for _, id := range alive {
 		if id == n.cfg.NodeID {
@@ -1467,7 +1506,7 @@ func (n *Node) viewable(alive []uint32, hbs map[uint32]Heartbeat) []uint32 {
 	return out
 }
 
-func (n *Node) needViewChange(now time.Time, alive []uint32, hbs map[uint32]Heartbeat) string {
+func (n *Node) needViewChange(now time.Time, alive []uint32, hbs map[uint32]*Heartbeat) string {
 	// A member not heard is gone: always a view change. A node heard
 	// that is not a member joins only once it and every member hear each
 	// other; before that, a view change would install the same members.
@@ -1498,6 +1537,9 @@ func (n *Node) needViewChange(now time.Time, alive []uint32, hbs map[uint32]Hear
 			continue
 		}
 		hb := hbs[id]
+		if hb == nil {
+			return "reachable set differs from the ring" // cannot happen: every member is reachable here
+		}
 		switch {
 		case hb.Inc != n.incs[id]:
 			return fmt.Sprintf("node %d restarted", id)
@@ -1590,16 +1632,25 @@ func (n *Node) propose(now time.Time, members []uint32) {
 	n.myProp = p
 	msg := MembMsg{Type: "propose", From: n.cfg.NodeID, PID: p.id, Members: p.members}
 	n.log.Debug("proposing", "pid", p.id, "members", p.members)
-	n.publishMemb(&msg)
-	n.takePropose(now, &msg)
+	// The acks come back on this node's ack subject, to it alone: on
+	// the shared subject each of N acks went to every node, N² frames
+	// per round that only the proposer reads.
+	n.publishMemb(&msg, n.subjAck)
+	n.takePropose(now, &msg, "")
 }
 
-func (n *Node) publishMemb(m *MembMsg) {
+// publishMemb publishes a membership message on the shared subject, with
+// reply as its reply subject (a proposal's ack subject; "" for none).
+func (n *Node) publishMemb(m *MembMsg, reply string) {
+	n.publishMembTo(n.subjMemb, m, reply)
+}
+
+func (n *Node) publishMembTo(subj string, m *MembMsg, reply string) {
 	b, err := json.Marshal(m)
 	if err != nil {
 		return
 	}
-	_ = n.nc.Publish(n.subjMemb, b)
+	_ = n.nc.PublishMsg(&nats.Msg{Subject: subj, Reply: reply, Data: b})
 }
 
 func (n *Node) onMemb(m *nats.Msg) {
@@ -1612,7 +1663,7 @@ func (n *Node) onMemb(m *nats.Msg) {
 	now := time.Now()
 	switch msg.Type {
 	case "propose":
-		n.takePropose(now, &msg)
+		n.takePropose(now, &msg, m.Reply)
 	case "ack":
 		n.takeAck(now, &msg)
 	case "commit":
@@ -1621,7 +1672,10 @@ func (n *Node) onMemb(m *nats.Msg) {
 	n.flush()
 }
 
-func (n *Node) takePropose(now time.Time, m *MembMsg) {
+// takePropose answers a proposal; its ack goes to ackTo, the proposal's
+// reply subject, or on the shared subject when the proposer gave none (a
+// node of before the ack subject, which reads acks there).
+func (n *Node) takePropose(now time.Time, m *MembMsg, ackTo string) {
 	if !slices.Contains(m.Members, n.cfg.NodeID) {
 		return
 	}
@@ -1664,7 +1718,10 @@ func (n *Node) takePropose(now time.Time, m *MembMsg) {
 		n.takeAck(now, &ack)
 		return
 	}
-	n.publishMemb(&ack)
+	if ackTo == "" {
+		ackTo = n.subjMemb
+	}
+	n.publishMembTo(ackTo, &ack, "")
 }
 
 func (n *Node) takeAck(now time.Time, m *MembMsg) {
@@ -1679,7 +1736,7 @@ func (n *Node) takeAck(now time.Time, m *MembMsg) {
 	n.myProp = nil
 	c := n.plan(p)
 	n.log.Debug("committing", "ring", c.Ring, "members", c.Members)
-	n.publishMemb(c)
+	n.publishMemb(c, "")
 	n.takeCommit(now, c)
 }
 
@@ -2194,7 +2251,7 @@ func (n *Node) memberEvent(id uint32, status string) {
 // retransmit resends own messages the sequencer has not ordered (the data
 // frame was lost), and repairs holes in the order (an order record or a
 // payload was lost) from the sequencer.
-func (n *Node) retransmit(now time.Time, hbs map[uint32]Heartbeat) {
+func (n *Node) retransmit(now time.Time, hbs map[uint32]*Heartbeat) {
 	wait := 2 * n.tm().Heartbeat
 	for _, o := range n.pending {
 		if !o.done && !o.ordered && now.Sub(o.sentAt) > wait {
@@ -2268,7 +2325,7 @@ func (n *Node) retransmit(now time.Time, hbs map[uint32]Heartbeat) {
 }
 
 // collect drops the positions every member has delivered.
-func (n *Node) collect(hbs map[uint32]Heartbeat) {
+func (n *Node) collect(hbs map[uint32]*Heartbeat) {
 	stable := n.cur.delivered
 	for _, id := range n.members {
 		if id == n.cfg.NodeID {
