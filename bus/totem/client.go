@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -59,11 +60,12 @@ type ClientOptions struct {
 // payload costs less than the bookkeeping.
 const keepMin = 4 << 10
 
-// droppableMin is the smallest multicast McastPartsDroppable marks
-// droppable: below it the header that marks a skipped frame costs more
-// than the payload it spares. The same size as keepMin because it weighs
-// the same kind of trade (a header against a payload), not because one
-// follows from the other.
+// droppableMin is the smallest droppable multicast a bus delivers
+// without its payload (SkipPayloads): below it the header that marks a
+// skipped frame costs more than the payload it spares. The same size as
+// keepMin because it weighs the same kind of trade (a header against a
+// payload), not because one follows from the other. A message nobody
+// wants by its key (WantKeys) is not delivered at all, whatever its size.
 const droppableMin = 4 << 10
 
 // Client is how a process of a node (a service: cpg, sync, …) multicasts
@@ -97,10 +99,13 @@ type Client struct {
 	keptMu sync.Mutex
 	kept   map[uint64][]byte
 	// regMu orders the client's listen requests, so that the bus ends
-	// with the last skip said (SkipPayloads), whichever request a
-	// restarted bus's ask raced with; skip is under it.
-	regMu sync.Mutex
-	skip  bool
+	// with the last skip and keys said (SkipPayloads, WantKeys),
+	// whichever request a restarted bus's ask raced with; skip, filter
+	// and keys are under it.
+	regMu  sync.Mutex
+	skip   bool
+	filter bool     // WantKeys was called: other nodes' droppable messages of keys only
+	keys   []uint32 // the keys wanted, when filter
 	// status receives nc's reconnections: a new connection has a new id,
 	// which the bus must have (listenRequest.CID).
 	status chan nats.Status
@@ -194,10 +199,10 @@ func (c *Client) register(timeout time.Duration) error {
 	return c.registerLocked(timeout)
 }
 
-// registerLocked names the service, with the client's skip, to the bus.
-// Called with regMu held.
+// registerLocked names the service, with the client's skip and keys, to
+// the bus. Called with regMu held.
 func (c *Client) registerLocked(timeout time.Duration) error {
-	r := listenRequest{Service: c.service, Origin: c.origin, Skip: c.skip}
+	r := listenRequest{Service: c.service, Origin: c.origin, Skip: c.skip, Filter: c.filter, Keys: c.keys}
 	// The connection the request goes on. Should nc reconnect before it
 	// is sent, the request names the old one, but relisten's request
 	// follows it (regMu) with the new.
@@ -253,6 +258,26 @@ func (c *Client) SkipPayloads(skip bool, timeout time.Duration) error {
 	return c.registerLocked(timeout)
 }
 
+// WantKeys tells the node's bus which of other nodes' droppable messages
+// (McastPartsDroppable) this client has a use for: those whose key is in
+// keys. While no client that named the service to the bus wants a
+// message's key, the bus does not deliver it at all — neither payload nor
+// frame: it has no place in this client's stream. Before the first call a
+// client wants every key. It returns once the bus has the new set: a
+// message the bus delivers after it returned is judged by it, so one
+// ordered after a multicast submitted after WantKeys returned is delivered
+// if its key is in keys. Its own node's messages always come. A client
+// without a service has nothing to filter.
+func (c *Client) WantKeys(keys []uint32, timeout time.Duration) error {
+	if c.service == "" {
+		return nil
+	}
+	c.regMu.Lock()
+	defer c.regMu.Unlock()
+	c.filter, c.keys = true, slices.Clone(keys)
+	return c.registerLocked(timeout)
+}
+
 // Origin is this client's origin id: its messages carry ID.Origin ==
 // Origin() and ID.Node == the node.
 func (c *Client) Origin() uint32 { return c.origin }
@@ -270,17 +295,14 @@ func (c *Client) McastParts(ctx context.Context, service string, head, tail []by
 	return c.mcast(ctx, service, head, tail, 0, true)
 }
 
-// McastPartsDroppable is McastParts of a droppable message: another
-// node's bus delivers it without its payload (Message.Skipped) while
-// every client of service there skips droppable payloads (SkipPayloads).
-// Its sender's own node delivers it whole (or kept). Below droppableMin
-// bytes it is an ordinary message.
-func (c *Client) McastPartsDroppable(ctx context.Context, service string, head, tail []byte) (MsgID, error) {
-	var flags byte
-	if len(head)+len(tail) >= droppableMin {
-		flags = submitDroppable
-	}
-	return c.mcast(ctx, service, head, tail, flags, true)
+// McastPartsDroppable is McastParts of a droppable message with key:
+// another node's bus does not deliver it while no client of service there
+// wants key (WantKeys), and delivers it without its payload
+// (Message.Skipped, droppableMin bytes and more) while every client of
+// service there skips droppable payloads (SkipPayloads). Its sender's own
+// node delivers it whole (or kept).
+func (c *Client) McastPartsDroppable(ctx context.Context, service string, key uint32, head, tail []byte) (MsgID, error) {
+	return c.mcastKey(ctx, service, head, tail, submitDroppable, key, true)
 }
 
 // TryMcast is Mcast without the wait: ErrTryAgain when the window is full.
@@ -289,6 +311,10 @@ func (c *Client) TryMcast(service string, payload []byte) (MsgID, error) {
 }
 
 func (c *Client) mcast(ctx context.Context, service string, payload, tail []byte, flags byte, wait bool) (MsgID, error) {
+	return c.mcastKey(ctx, service, payload, tail, flags, 0, wait)
+}
+
+func (c *Client) mcastKey(ctx context.Context, service string, payload, tail []byte, flags byte, key uint32, wait bool) (MsgID, error) {
 	if len(payload)+len(tail) > MaxPayload {
 		return MsgID{}, ErrTooLarge
 	}
@@ -321,7 +347,10 @@ func (c *Client) mcast(ctx context.Context, service string, payload, tail []byte
 	if size := len(payload) + len(tail); c.keepOwn && service == c.service && size >= keepMin {
 		// A frame of its own: its payload is what comes back.
 		head := submitHdr + len(service)
-		b := append(appendSubmit(make([]byte, 0, head+size), c.origin, id.Seq, flags|submitKept, service, payload), tail...)
+		if flags&submitDroppable != 0 {
+			head += 4 // the key
+		}
+		b := append(appendSubmit(make([]byte, 0, head+size), c.origin, id.Seq, flags|submitKept, service, key, payload), tail...)
 		c.keptMu.Lock()
 		c.kept[id.Seq] = b[head:]
 		c.keptMu.Unlock()
@@ -329,7 +358,7 @@ func (c *Client) mcast(ctx context.Context, service string, payload, tail []byte
 			c.takeKept(id)
 		}
 	} else {
-		c.buf = append(appendSubmit(c.buf[:0], c.origin, id.Seq, flags, service, payload), tail...)
+		c.buf = append(appendSubmit(c.buf[:0], c.origin, id.Seq, flags, service, key, payload), tail...)
 		err = c.nc.Publish(c.subject, c.buf)
 	}
 	c.mu.Unlock()

@@ -337,7 +337,9 @@ func TestSkippedPayloads(t *testing.T) {
 		for i := from; i < to; i++ {
 			mc := ca.McastParts
 			if i%2 == 0 {
-				mc = ca.McastPartsDroppable
+				mc = func(ctx context.Context, service string, head, tail []byte) (totem.MsgID, error) {
+					return ca.McastPartsDroppable(ctx, service, 7, head, tail)
+				}
 			}
 			if _, err := mc(ctx, "alpha", payload(i)[:1], payload(i)[1:]); err != nil {
 				t.Fatal(err)
@@ -413,4 +415,110 @@ func newClient(t *testing.T, c *harness.Cluster, node int, opts totem.ClientOpti
 	}
 	t.Cleanup(func() { _ = cl.Close() })
 	return cl
+}
+
+// A client that names its keys (WantKeys) receives, of other nodes'
+// droppable messages, only those with one of its keys, and nothing at
+// all of the others — while every client of its service on its node
+// filters. Plain messages, its own node's, and every message of a key it
+// asked for before the message was submitted come, in their order.
+func TestWantKeys(t *testing.T) {
+	c := harness.New(t, harness.Options{N: 2, Token: 300 * time.Millisecond, Join: 30 * time.Millisecond, Consensus: 400 * time.Millisecond})
+	c.WaitView([]int{1, 2}, 10*time.Second)
+	var a, b, b2 recorder
+	ca := newClient(t, c, 1, totem.ClientOptions{Service: "alpha", OnDeliver: a.on})
+	cb := newClient(t, c, 2, totem.ClientOptions{Service: "alpha", OnDeliver: b.on})
+	// The sender filters too: its own messages come all the same.
+	if err := ca.WantKeys(nil, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := cb.WantKeys([]uint32{1}, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	// Message i: plain when i%3 == 0, else droppable with key i%3 (1 or
+	// 2); its payload is i.
+	send := func(from, to int) {
+		t.Helper()
+		for i := from; i < to; i++ {
+			p := []byte{byte(i)}
+			var err error
+			if k := uint32(i % 3); k == 0 {
+				_, err = ca.McastParts(ctx, "alpha", p, nil)
+			} else {
+				_, err = ca.McastPartsDroppable(ctx, "alpha", k, p, nil)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	payloads := func(r *recorder) (out []int) {
+		for _, d := range r.snapshot() {
+			if d.Message != nil {
+				out = append(out, int(d.Message.Payload[0]))
+			}
+		}
+		return out
+	}
+	// expect: the messages of from..to a client of keys receives.
+	expect := func(from, to int, keys ...int) (out []int) {
+		for i := from; i < to; i++ {
+			if k := i % 3; k == 0 || slices.Contains(keys, k) {
+				out = append(out, i)
+			}
+		}
+		return out
+	}
+	all := func(from, to int) []int { return expect(from, to, 1, 2) }
+	// wait sends a plain marker (a multiple of 3, which every client
+	// receives) and waits until r has it: everything before it is in.
+	wait := func(who string, r *recorder, marker int) {
+		t.Helper()
+		send(marker, marker+1)
+		waitFor(t, who+"'s marker", func() bool { return slices.Contains(payloads(r), marker) })
+	}
+	send(0, 30)
+	wait("node 2", &b, 30)
+	wait("the sender", &a, 33)
+	if got, want := payloads(&a), append(all(0, 31), 33); !slices.Equal(got, want) {
+		t.Fatalf("the sender got %v, want every one of its messages %v", got, want)
+	}
+	if got, want := payloads(&b), append(expect(0, 30, 1), 30, 33); !slices.Equal(got, want) {
+		t.Fatalf("node 2 (key 1) got %v, want %v", got, want)
+	}
+	// A second client of alpha on node 2 that filters nothing: every
+	// message goes to node 2's subject, both clients get them.
+	cb2 := newClient(t, c, 2, totem.ClientOptions{Service: "alpha", OnDeliver: b2.on})
+	before := len(payloads(&b))
+	send(36, 45)
+	wait("node 2's second client", &b2, 45)
+	if got, want := payloads(&b)[before:], append(all(36, 45), 45); !slices.Equal(got, want) {
+		t.Fatalf("node 2 with an unfiltered client beside it got %v, want %v", got, want)
+	}
+	cb2.Close()
+	// Its leave reaches the bus a little later: key 2 is filtered again
+	// then.
+	for n := 48; ; n += 3 {
+		if n > 240 {
+			t.Fatal("key 2 still delivered to node 2 after its unfiltered client closed")
+		}
+		send(n-1, n) // key 2
+		wait("node 2", &b, n)
+		if !slices.Contains(payloads(&b), n-1) {
+			break
+		}
+	}
+	// Asking for key 2 as well: every message submitted after the answer
+	// comes, however soon.
+	if err := cb.WantKeys([]uint32{1, 2}, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	before = len(payloads(&b))
+	send(241, 252)
+	wait("node 2", &b, 252)
+	if got, want := payloads(&b)[before:], append(all(241, 252), 252); !slices.Equal(got, want) {
+		t.Fatalf("node 2 (keys 1 and 2) got %v, want %v", got, want)
+	}
+	waitFor(t, "an empty window", func() bool { return ca.InFlight() == 0 })
 }

@@ -146,9 +146,10 @@ type own struct {
 	// kept: the origin keeps the payload (a Client's submit with
 	// submitKept), so its delivery here may go without it (KeptHeader).
 	kept bool
-	// droppable: other nodes may deliver it without its payload
-	// (submitDroppable).
+	// droppable: other nodes may deliver it without its payload, or not
+	// at all where nobody wants its key (submitDroppable).
 	droppable bool
+	key       uint32
 }
 
 type proposal struct {
@@ -699,7 +700,7 @@ func (n *Node) Mcast(service string, payload []byte) error {
 	}
 	n.mu.Lock()
 	n.localSeq++
-	n.submit(MsgID{Node: n.cfg.NodeID, Origin: n.origin, Seq: n.localSeq}, service, slices.Clone(payload), 0)
+	n.submit(MsgID{Node: n.cfg.NodeID, Origin: n.origin, Seq: n.localSeq}, &submitFrame{service: service, payload: slices.Clone(payload)})
 	n.flush()
 	n.mu.Unlock()
 	return nil
@@ -734,11 +735,11 @@ func (n *Node) statusLocked() Status {
 
 // submit queues one of this node's messages and sends it if the ring is
 // operational. Called with mu held.
-func (n *Node) submit(id MsgID, service string, payload []byte, flags byte) {
+func (n *Node) submit(id MsgID, f *submitFrame) {
 	if _, dup := n.pendingIdx[id]; dup {
 		return
 	}
-	o := &own{id: id, service: service, payload: payload, kept: flags&submitKept != 0, droppable: flags&submitDroppable != 0}
+	o := &own{id: id, service: f.service, payload: f.payload, kept: f.flags&submitKept != 0, droppable: f.flags&submitDroppable != 0, key: f.key}
 	n.pending = append(n.pending, o)
 	n.pendingIdx[id] = o
 	n.inflight.Add(1)
@@ -764,7 +765,7 @@ func (n *Node) send(o *own, now time.Time, retx bool) {
 	}
 	o.sentAt = now
 	o.ordered = false
-	f := dataFrame{ring: n.ring, id: o.id, prev: o.prev, service: o.service, payload: o.payload, droppable: o.droppable}
+	f := dataFrame{ring: n.ring, id: o.id, prev: o.prev, service: o.service, payload: o.payload, droppable: o.droppable, key: o.key}
 	if !n.alone() {
 		n.scratch = appendData(n.scratch[:0], &f)
 		if err := n.nc.Publish(n.subjData, n.scratch); err != nil {
@@ -810,11 +811,19 @@ type listenRequest struct {
 	// other nodes' droppable messages of Service come without theirs
 	// while every listener of Service on the node says so.
 	Skip bool `json:"skip,omitempty"`
+	// Filter: of other nodes' droppable messages of Service, the client
+	// wants only those whose key is in Keys (WantKeys); a message no
+	// listener of Service on the node wants is not delivered there.
+	Filter bool     `json:"filter,omitempty"`
+	Keys   []uint32 `json:"keys,omitempty"`
 }
 
 // listener is a client that named a service to the node (TotemListen).
 type listener struct {
-	skip bool
+	skip   bool
+	filter bool
+	keys   map[uint32]struct{} // when filter
+
 	conn connID // zero: unknown, it counts until it leaves
 }
 
@@ -869,7 +878,14 @@ func (n *Node) onListen(m *nats.Msg) {
 	}
 	// A client that reconnected names its new connection: the old one's
 	// event, before or after, no longer matches it.
-	n.listenOrigins[r.Service][r.Origin] = listener{skip: r.Skip, conn: connID{server: r.Server, cid: r.CID}}
+	l := listener{skip: r.Skip, filter: r.Filter, conn: connID{server: r.Server, cid: r.CID}}
+	if r.Filter {
+		l.keys = make(map[uint32]struct{}, len(r.Keys))
+		for _, k := range r.Keys {
+			l.keys[k] = struct{}{}
+		}
+	}
+	n.listenOrigins[r.Service][r.Origin] = l
 	n.mu.Unlock()
 	_ = m.Respond([]byte(`{"ok":true}`))
 }
@@ -925,12 +941,12 @@ func (n *Node) forgetIfUnnamed(service string) {
 
 // onSubmit takes a Client's message.
 func (n *Node) onSubmit(m *nats.Msg) {
-	origin, seq, flags, service, payload, err := parseSubmit(m.Data)
-	if err != nil || origin == 0 {
+	f, err := parseSubmit(m.Data)
+	if err != nil || f.origin == 0 {
 		return
 	}
 	n.mu.Lock()
-	n.submit(MsgID{Node: n.cfg.NodeID, Origin: origin, Seq: seq}, service, payload, flags)
+	n.submit(MsgID{Node: n.cfg.NodeID, Origin: f.origin, Seq: f.seq}, &f)
 	if queueDrained(m.Sub) {
 		n.flush()
 	}
@@ -974,7 +990,7 @@ func (n *Node) onData(m *nats.Msg) {
 		n.keepFuture(f.ring, m)
 		if f.ring == n.ring && n.state != stOperational {
 			// A frozen ring's payload: a possible orphan of its sender.
-			n.unordered[f.id] = &entry{id: f.id, service: f.service, payload: f.payload, have: true, droppable: f.droppable}
+			n.unordered[f.id] = &entry{id: f.id, service: f.service, payload: f.payload, have: true, droppable: f.droppable, key: f.key}
 		}
 		return
 	}
@@ -1007,7 +1023,7 @@ func (n *Node) takeData(f *dataFrame) {
 		// its position waited for.
 		delete(n.waitingData, id)
 		if e := n.cur.at(pos); e != nil && e.id == id && !e.have {
-			e.service, e.payload, e.have, e.droppable = f.service, f.payload, true, f.droppable
+			e.service, e.payload, e.have, e.droppable, e.key = f.service, f.payload, true, f.droppable, f.key
 			n.deliverReady()
 		}
 		return
@@ -1016,7 +1032,7 @@ func (n *Node) takeData(f *dataFrame) {
 		return // a retransmission of a message ordered and received
 	}
 	if !n.seqReady {
-		n.unordered[id] = &entry{id: id, service: f.service, payload: f.payload, have: true, droppable: f.droppable, prev: f.prev}
+		n.unordered[id] = &entry{id: id, service: f.service, payload: f.payload, have: true, droppable: f.droppable, key: f.key, prev: f.prev}
 		return
 	}
 	k := originKey{id.Node, id.Origin}
@@ -1067,7 +1083,7 @@ func (n *Node) order(f *dataFrame) {
 	n.seqLast[originKey{id.Node, id.Origin}] = id.Seq
 	pos := n.cur.highest() + 1
 	n.seqIDs[id] = pos
-	*n.cur.slot(pos) = entry{id: id, service: f.service, payload: f.payload, have: true, droppable: f.droppable}
+	*n.cur.slot(pos) = entry{id: id, service: f.service, payload: f.payload, have: true, droppable: f.droppable, key: f.key}
 	if len(n.batch) == 0 {
 		n.batchFirst = pos
 	}
@@ -1130,7 +1146,7 @@ func (n *Node) takeOrder(first uint64, ids []MsgID) {
 		n.seqIDs[id] = pos
 		if u := n.unordered[id]; u != nil {
 			delete(n.unordered, id)
-			e.service, e.payload, e.have, e.droppable = u.service, u.payload, true, u.droppable
+			e.service, e.payload, e.have, e.droppable, e.key = u.service, u.payload, true, u.droppable, u.key
 		} else {
 			n.waitingData[id] = pos
 		}
@@ -1166,7 +1182,7 @@ func (n *Node) resign() {
 	n.runNode, n.runLen = 0, 0
 	for _, held := range n.seqHeld {
 		for _, f := range held {
-			n.unordered[f.id] = &entry{id: f.id, service: f.service, payload: f.payload, have: true, droppable: f.droppable, prev: f.prev}
+			n.unordered[f.id] = &entry{id: f.id, service: f.service, payload: f.payload, have: true, droppable: f.droppable, key: f.key, prev: f.prev}
 		}
 	}
 	clear(n.seqHeld)
@@ -1198,7 +1214,7 @@ func (n *Node) takeOver() {
 	n.log.Debug("ordering from here", "ring", n.ring, "from", n.seqFrom, "epoch", n.seqEpoch)
 	for id, u := range n.unordered {
 		delete(n.unordered, id)
-		n.takeData(&dataFrame{ring: n.ring, id: id, prev: u.prev, service: u.service, payload: u.payload, droppable: u.droppable})
+		n.takeData(&dataFrame{ring: n.ring, id: id, prev: u.prev, service: u.service, payload: u.payload, droppable: u.droppable, key: u.key})
 	}
 }
 
@@ -1233,6 +1249,12 @@ func (n *Node) deliver(ring RingID, pos uint64, e *entry) {
 	if n.cb.Deliver != nil {
 		n.cb.Deliver(&m)
 	}
+	if e.droppable && e.id.Node != n.cfg.NodeID && n.noneWants(e.service, e.key) {
+		// Another node's message that no client of the service here has
+		// a use for (WantKeys: a CPG group with no member on this node):
+		// it has no place in their streams, so no frame.
+		return
+	}
 	subj, ok := n.deliverSubj[e.service]
 	if !ok {
 		subj = n.cfg.Subjects.TotemDeliver(n.cfg.NodeID, e.service)
@@ -1250,7 +1272,7 @@ func (n *Node) deliver(ring RingID, pos uint64, e *entry) {
 	switch {
 	case kept:
 		hdr = n.keptHdr
-	case e.droppable && e.id.Node != n.cfg.NodeID && n.allSkip(e.service):
+	case e.droppable && e.id.Node != n.cfg.NodeID && len(e.payload) >= droppableMin && n.allSkip(e.service):
 		hdr = n.skippedHdr
 	}
 	if hdr != nil {
@@ -1273,6 +1295,25 @@ func (n *Node) onlyListener(service string, origin uint32) bool {
 	}
 	_, ok := o[origin]
 	return ok
+}
+
+// noneWants tells whether service has listeners on this node and none of
+// them wants key: each named its keys (WantKeys) and key is not among
+// them. Called with mu held.
+func (n *Node) noneWants(service string, key uint32) bool {
+	o := n.listenOrigins[service]
+	if len(o) == 0 {
+		return false
+	}
+	for _, l := range o {
+		if !l.filter {
+			return false
+		}
+		if _, ok := l.keys[key]; ok {
+			return false
+		}
+	}
+	return true
 }
 
 // allSkip tells whether service has listeners on this node and every one

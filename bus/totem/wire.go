@@ -243,7 +243,8 @@ func getID(b []byte) MsgID {
 // sequencer orders each origin's messages in the order they were sent.
 // The high bit of svclen (dataDroppable) says the sender let receivers
 // skip the payload (a droppable message); service names are at most
-// maxService bytes, so the bit is never part of a length.
+// maxService bytes, so the bit is never part of a length. A droppable
+// message's key(4) follows svc, before the payload.
 const dataHdr = ringLen + idLen + 8 + 1
 
 // dataDroppable is svclen's flag bit: the message is droppable.
@@ -260,6 +261,7 @@ type dataFrame struct {
 	service   string
 	payload   []byte
 	droppable bool
+	key       uint32 // a droppable message's (Client.McastPartsDroppable)
 }
 
 func appendData(dst []byte, f *dataFrame) []byte {
@@ -273,6 +275,9 @@ func appendData(dst []byte, f *dataFrame) []byte {
 	}
 	dst = append(dst, h[:]...)
 	dst = append(dst, f.service...)
+	if f.droppable {
+		dst = binary.BigEndian.AppendUint32(dst, f.key)
+	}
 	return append(dst, f.payload...)
 }
 
@@ -290,11 +295,19 @@ func parseData(b []byte) (dataFrame, error) {
 	if len(b) < n {
 		return f, errShort
 	}
-	f.service, f.payload = string(b[:n]), b[n:]
+	f.service, b = string(b[:n]), b[n:]
+	if f.droppable {
+		if len(b) < 4 {
+			return f, errShort
+		}
+		f.key, b = binary.BigEndian.Uint32(b), b[4:]
+	}
+	f.payload = b
 	return f, nil
 }
 
 // Submit frame (TotemMcast): origin(4) seq(8) flags(1) svclen(1) svc
+// payload; with submitDroppable, the message's key(4) between svc and
 // payload.
 const submitHdr = 14
 
@@ -304,13 +317,15 @@ const submitHdr = 14
 // receiving the service on the node.
 const submitKept = 1
 
-// submitDroppable (flags): the message is droppable — another node's bus
-// may deliver it without its payload (a skipped deliver frame) to a
-// service whose every listener on that node said it has no use for
-// droppable payloads (ClientOptions, Client.SkipPayloads).
+// submitDroppable (flags): the message is droppable, with a key —
+// another node's bus does not deliver it at all to a service none of
+// whose listeners on that node wants its key (Client.WantKeys), and
+// delivers it without its payload (a skipped deliver frame, droppableMin
+// bytes and more) to a service whose every listener there said it has no
+// use for droppable payloads (Client.SkipPayloads).
 const submitDroppable = 2
 
-func appendSubmit(dst []byte, origin uint32, seq uint64, flags byte, service string, payload []byte) []byte {
+func appendSubmit(dst []byte, origin uint32, seq uint64, flags byte, service string, key uint32, payload []byte) []byte {
 	var h [submitHdr]byte
 	binary.BigEndian.PutUint32(h[:], origin)
 	binary.BigEndian.PutUint64(h[4:], seq)
@@ -318,22 +333,44 @@ func appendSubmit(dst []byte, origin uint32, seq uint64, flags byte, service str
 	h[13] = byte(len(service))
 	dst = append(dst, h[:]...)
 	dst = append(dst, service...)
+	if flags&submitDroppable != 0 {
+		dst = binary.BigEndian.AppendUint32(dst, key)
+	}
 	return append(dst, payload...)
 }
 
-func parseSubmit(b []byte) (origin uint32, seq uint64, flags byte, service string, payload []byte, err error) {
+// submitFrame is a parsed submit frame.
+type submitFrame struct {
+	origin  uint32
+	seq     uint64
+	flags   byte
+	service string
+	key     uint32
+	payload []byte
+}
+
+func parseSubmit(b []byte) (submitFrame, error) {
+	var f submitFrame
 	if len(b) < submitHdr {
-		return 0, 0, 0, "", nil, errShort
+		return f, errShort
 	}
-	origin = binary.BigEndian.Uint32(b)
-	seq = binary.BigEndian.Uint64(b[4:])
-	flags = b[12]
+	f.origin = binary.BigEndian.Uint32(b)
+	f.seq = binary.BigEndian.Uint64(b[4:])
+	f.flags = b[12]
 	n := int(b[13])
 	b = b[submitHdr:]
 	if len(b) < n {
-		return 0, 0, 0, "", nil, errShort
+		return f, errShort
 	}
-	return origin, seq, flags, string(b[:n]), b[n:], nil
+	f.service, b = string(b[:n]), b[n:]
+	if f.flags&submitDroppable != 0 {
+		if len(b) < 4 {
+			return f, errShort
+		}
+		f.key, b = binary.BigEndian.Uint32(b), b[4:]
+	}
+	f.payload = b
+	return f, nil
 }
 
 // Order record (TotemOrder): ring(12) first(8) count(4) then count ids,
@@ -437,9 +474,11 @@ type entry struct {
 	// over the ordering orders each origin's messages in send order.
 	prev uint64
 	// droppable: the sender lets this node skip the payload for listeners
-	// that do not want it (submitDroppable). Not carried by fetch
-	// replies: a fetched message is delivered whole, the safe side.
+	// that do not want it, and the message for listeners that do not want
+	// its key (submitDroppable). Not carried by fetch replies: a fetched
+	// message is delivered whole, the safe side.
 	droppable bool
+	key       uint32
 }
 
 // Fetch reply: count(4) then per entry pos(8) id(16) svclen(1) svc

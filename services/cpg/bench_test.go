@@ -3,6 +3,7 @@ package cpg_test
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -66,4 +67,61 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkLatClients is the side-by-side's eight cpg_lat clients
+// (tests/benchcompare, "cpg latency, 8 clients") without the gateway:
+// eight members on three nodes, member i on node i%3+1, each in a group
+// of its own, each multicasting 64 B and waiting for its own delivery
+// before the next. msgs/s is the members' sum; cpu_us/msg is this
+// process's CPU per message — every node's bus, totem and cpg instance
+// are in it, so it is the cluster's cost of a message.
+func BenchmarkLatClients(b *testing.B) {
+	const members = 8
+	c := newCluster(b, 3, cpg.Options{})
+	type lat struct {
+		m    *cpg.Conn
+		back chan struct{}
+	}
+	var ls []*lat
+	for i := range members {
+		l := &lat{back: make(chan struct{}, 1)}
+		pid := uint32(2000 + i)
+		var err error
+		l.m, err = c.svc(i%3 + 1).Open(cpg.Client{Events: func(ev []byte) error {
+			e, err := cpgwire.DecodeEvent(ev)
+			if err == nil && e.ID == cpgwire.ResDeliverCallback && e.PID == pid {
+				l.back <- struct{}{}
+			}
+			return nil
+		}, PID: pid})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer l.m.Close()
+		if r := l.m.Request(context.Background(), cpgwire.EncodeJoin(cpgwire.Name(fmt.Sprintf("lat%d", i)), pid, 0)); r[16] != 1 {
+			b.Fatalf("join: % x", r[:24])
+		}
+		ls = append(ls, l)
+	}
+	time.Sleep(200 * time.Millisecond)
+	msg := cpgwire.EncodeMcast(cpgwire.GuaranteeAgreed, make([]byte, 64))
+	per := max(b.N/members, 1)
+	b.ResetTimer()
+	start, cpu0 := time.Now(), processCPU()
+	var wg sync.WaitGroup
+	for _, l := range ls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range per {
+				l.m.Request(context.Background(), msg)
+				<-l.back
+			}
+		}()
+	}
+	wg.Wait()
+	n := float64(per * members)
+	b.ReportMetric(n/time.Since(start).Seconds(), "msgs/s")
+	b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/n, "cpu_us/msg")
 }

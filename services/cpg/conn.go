@@ -225,15 +225,15 @@ func (c *Conn) join(r cpgwire.Request) (res cswire.Error) {
 	s := c.s
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
-	// Other nodes' multicasts whole before the procjoin is submitted:
-	// every one delivered after the join is then whole.
-	if err := s.wantPayloads(); err != nil {
+	// Other nodes' multicasts of the group before the procjoin is
+	// submitted: every one ordered after the join then comes.
+	if err := s.wantGroup(r.Group); err != nil {
 		s.log.Warn("join refused for now", "conn", c.client.Label, "err", err)
 		return cswire.ErrTryAgain
 	}
 	defer func() {
 		if res != cswire.OK {
-			s.queueSend(s.skipIfUnused)
+			s.queueSend(s.trimKeys)
 		}
 	}()
 	s.mu.Lock()
@@ -433,10 +433,8 @@ func (c *Conn) Close() {
 			delete(m, c)
 			if len(m) == 0 {
 				delete(s.byGroup, c.group)
+				s.queueSend(s.trimKeys)
 			}
-		}
-		if len(s.byGroup) == 0 {
-			s.queueSend(s.skipIfUnused)
 		}
 	}
 	c.iters = nil

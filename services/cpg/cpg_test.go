@@ -639,3 +639,68 @@ func TestLargeOwnMessagesWhole(t *testing.T) {
 		}
 	}
 }
+
+// A node's instance receives other nodes' multicasts only of the groups
+// its connections are in (the bus filters them by the group's key), and a
+// connection that joins a group there misses none of the group's messages
+// ordered after its join: a member on node 3 joins while node 1's member
+// multicasts, and both deliver the same messages from the join on
+// (vscheck).
+func TestMulticastsOnlyWhereMembers(t *testing.T) {
+	c := newCluster(t, 3, cpg.Options{})
+	m1, m2 := c.member(1, 100), c.member(2, 200)
+	m1.join("a")
+	m2.join("b")
+	m1.waitLog("confchg a m=[1/100]")
+	m2.waitLog("confchg b m=[2/200]")
+	rx := func(id int) uint64 { return c.svc(id).Counters()["3.rx"] }
+	rx2, rx3 := rx(2), rx(3)
+	for i := range 20 {
+		m1.mcast(fmt.Sprintf("1/100 #%d", i))
+		m2.mcast(fmt.Sprintf("2/200 #%d", i))
+	}
+	m1.waitLog("deliver 1/100 1/100 #19")
+	m2.waitLog("deliver 2/200 2/200 #19")
+	// Node 1's last message to b (node 2's last to a) is delivered on
+	// every node by the time the next own message is: a marker.
+	m1.mcast("1/100 #20")
+	m2.mcast("2/200 #20")
+	m1.waitLog("deliver 1/100 1/100 #20")
+	m2.waitLog("deliver 2/200 2/200 #20")
+	if got := rx(2) - rx2; got != 21 {
+		t.Errorf("node 2 received %d multicasts, want its own 21 (none of group a's)", got)
+	}
+	if got := rx(3) - rx3; got != 0 {
+		t.Errorf("node 3, with no member, received %d multicasts, want none", got)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		for i := 21; i < 400 && ctx.Err() == nil; i++ {
+			m1.mcast(fmt.Sprintf("1/100 #%d", i))
+			if i%10 == 0 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}()
+	m3 := c.member(3, 300)
+	m3.join("a")
+	<-sent
+	m1.waitLog("deliver 1/100 1/100 #399")
+	m3.waitLog("deliver 1/100 1/100 #399")
+	m3.waitLog("confchg a m=[1/100 3/300]")
+	if err := vscheck.Check([]*vscheck.Log{m1.vslog(), m3.vslog()}); err != nil {
+		t.Fatalf("the members' streams break CPG's guarantees:\n%v", err)
+	}
+	// The join's point in node 1's stream, and what follows it there, is
+	// what node 3's member delivered.
+	a, b := cpgOnly(m1.log()), cpgOnly(m3.log())
+	i := slices.Index(a, "confchg a m=[1/100 3/300] l=[] j=[3/300:1]")
+	if i < 0 || len(b) < len(a)-i || !slices.Equal(a[i:], b[len(b)-(len(a)-i):]) {
+		t.Fatalf("node 3's member did not deliver what node 1's did from its join on:\n%s", diff(a, b))
+	}
+	t.Logf("node 3's member joined after %d of node 1's messages", strings.Count(strings.Join(a[:max(i, 0)], "\n"), "deliver 1/100"))
+}

@@ -78,11 +78,14 @@ type Service struct {
 	// counts exactly the joins and leaves sent before it.
 	sendMu  sync.Mutex
 	sendBuf []byte
-	// skipAsked (under sendMu): this instance may have told its bus that
-	// it has no use for other nodes' multicast payloads — it had no
-	// connection in any group (skipIfUnused). A join asks for them again
-	// before its procjoin is submitted (wantPayloads).
-	skipAsked bool
+	// filtering and keysAsked (under sendMu): once filtering, this
+	// instance's bus delivers it other nodes' multicasts only of groups
+	// whose key (groupKey) is in keysAsked or in a set it asked for
+	// before — keysAsked is never more than the bus has. A join asks for
+	// its group's key before its procjoin is submitted (wantGroup);
+	// trimKeys drops the keys of groups with no connection here.
+	filtering bool
+	keysAsked map[uint32]struct{}
 	// The bytes of this instance's multicasts sent and delivered back
 	// (totem messages' payloads): their difference is in flight.
 	bytesSent, bytesBack atomic.Int64
@@ -222,49 +225,90 @@ func (s *Service) Start(nc *nats.Conn) error {
 	s.tc = tc
 	s.mu.Unlock()
 	s.onListen()
-	s.queueSend(s.skipIfUnused)
+	s.queueSend(s.trimKeys)
 	return nil
 }
 
-// skipIfUnused tells the bus, when no connection of this instance is in
-// a group, that other nodes' multicasts may come without their payload
-// (totem.Client.SkipPayloads): deliver would hand them to nobody — it
-// delivers to the group's connections of byGroup, and a connection
-// enters byGroup only through join, which asks for the payloads again
-// first (wantPayloads). On a node without any CPG member a 64 KiB
-// multicast from another node then costs its bus and gateway a small
-// deliver frame instead of the payload's trip through both
-// (docs/cpg.md, Speed).
-func (s *Service) skipIfUnused() {
+// groupKey is a group's key on the ordered multicast: every whole
+// multicast of the group is sent droppable with it
+// (totem.Client.McastPartsDroppable), and a node's bus delivers another
+// node's only while its instance wants the key. Two groups may share a
+// key: a node then gets the other group's messages too, and deliver
+// hands them to nobody. FNV-1a.
+func groupKey(g cpgwire.Name) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(g); i++ {
+		h ^= uint32(g[i])
+		h *= 16777619
+	}
+	return h
+}
+
+// trimKeys tells the bus which groups' multicasts from other nodes this
+// instance has a use for: those of the groups its connections are in
+// (totem.Client.WantKeys). deliver hands a message to the group's
+// connections of byGroup and nobody else, and a connection enters byGroup
+// only through join, which asks for its group's key first (wantGroup): a
+// message of another group would cross the bus and this process only to
+// be dropped. Run by the sender goroutine at the start and after a
+// group's last connection here went.
+func (s *Service) trimKeys() {
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
-	s.mu.Lock()
-	unused := len(s.byGroup) == 0
-	s.mu.Unlock()
-	if !unused || s.skipAsked || s.tc == nil {
+	if s.tc == nil {
 		return
 	}
-	// Set before the request: the bus may skip from the moment it has
-	// it, whether or not its answer comes back.
-	s.skipAsked = true
-	if err := s.tc.SkipPayloads(true, 2*time.Second); err != nil {
-		s.log.Debug("cpg: telling the bus to skip multicast payloads", "err", err)
+	s.mu.Lock()
+	want := make(map[uint32]struct{}, len(s.byGroup))
+	for g := range s.byGroup {
+		want[groupKey(g)] = struct{}{}
+	}
+	s.mu.Unlock()
+	if s.filtering && len(want) == len(s.keysAsked) {
+		// The same set: under sendMu byGroup's keys grow only through
+		// wantGroup, which adds to keysAsked first.
+		return
+	}
+	// Set before the request: the bus may filter by it from the moment it
+	// has it, whether or not its answer comes back, and either set it
+	// ends with holds want.
+	s.filtering, s.keysAsked = true, want
+	if err := s.tc.WantKeys(sortedKeys(want), 2*time.Second); err != nil {
+		s.log.Debug("cpg: telling the bus which groups' multicasts to deliver", "err", err)
 	}
 }
 
-// wantPayloads makes sure the bus delivers other nodes' multicasts whole
-// from now on: every message ordered after a procjoin submitted after it
-// returns is delivered by the bus after it, so whole. Called with sendMu
-// held.
-func (s *Service) wantPayloads() error {
-	if !s.skipAsked || s.tc == nil {
+// wantGroup makes sure the bus delivers other nodes' multicasts of group
+// g from now on: every message ordered after a procjoin submitted after
+// it returns is delivered by the bus after it, so it comes. Called with
+// sendMu held.
+func (s *Service) wantGroup(g cpgwire.Name) error {
+	if !s.filtering || s.tc == nil {
 		return nil
 	}
-	if err := s.tc.SkipPayloads(false, 2*time.Second); err != nil {
-		return fmt.Errorf("cpg: asking the bus for multicast payloads again: %w", err)
+	k := groupKey(g)
+	if _, ok := s.keysAsked[k]; ok {
+		return nil
 	}
-	s.skipAsked = false
+	want := make(map[uint32]struct{}, len(s.keysAsked)+1)
+	for x := range s.keysAsked {
+		want[x] = struct{}{}
+	}
+	want[k] = struct{}{}
+	if err := s.tc.WantKeys(sortedKeys(want), 2*time.Second); err != nil {
+		return fmt.Errorf("cpg: asking the bus for group %s's multicasts: %w", g.Escaped(), err)
+	}
+	s.keysAsked = want
 	return nil
+}
+
+func sortedKeys(m map[uint32]struct{}) []uint32 {
+	out := make([]uint32, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // onListen runs when the node's bus learns (again) that this instance
@@ -317,16 +361,17 @@ func (s *Service) send(ctx context.Context, e *cpgwire.Exec) error {
 	data := e.Data
 	if len(data) <= s.opts.Chunk {
 		s.sendBuf = cpgwire.AppendExecHeader(s.sendBuf[:0], e)
-		// A whole multicast is droppable: a node none of whose
-		// connections is in a group hands it to nobody (skipIfUnused).
-		// Joins, leaves, joinlists, libcpg's fragments and chunked
-		// messages (whose assembly spans frames) always go whole.
-		return s.mcast(ctx, e.Kind, s.sendBuf, data, e.Kind == cpgwire.ExecMcast)
+		// A whole multicast is droppable, with its group's key: a node
+		// none of whose connections is in the group hands it to nobody
+		// (trimKeys). Joins, leaves, joinlists, libcpg's fragments and
+		// chunked messages (whose assembly spans frames) go to every
+		// node.
+		return s.mcast(ctx, e.Kind, s.sendBuf, data, e.Kind == cpgwire.ExecMcast, e.Group)
 	}
 	first := *e
 	first.Flags |= cpgwire.FlagMore
 	s.sendBuf = cpgwire.AppendExecHeader(s.sendBuf[:0], &first)
-	if err := s.mcast(ctx, e.Kind, s.sendBuf, data[:s.opts.Chunk], false); err != nil {
+	if err := s.mcast(ctx, e.Kind, s.sendBuf, data[:s.opts.Chunk], false, e.Group); err != nil {
 		return err
 	}
 	for rest := data[s.opts.Chunk:]; len(rest) > 0; {
@@ -338,7 +383,7 @@ func (s *Service) send(ctx context.Context, e *cpgwire.Exec) error {
 		s.sendBuf = cpgwire.AppendExecHeader(s.sendBuf[:0], &c)
 		// The rest of a message must follow its start even when the
 		// caller gives up waiting: a receiver holds the start.
-		if err := s.mcast(context.WithoutCancel(ctx), cpgwire.ExecChunk, s.sendBuf, rest[:n], false); err != nil {
+		if err := s.mcast(context.WithoutCancel(ctx), cpgwire.ExecChunk, s.sendBuf, rest[:n], false, e.Group); err != nil {
 			return err
 		}
 		rest = rest[n:]
@@ -347,20 +392,22 @@ func (s *Service) send(ctx context.Context, e *cpgwire.Exec) error {
 }
 
 // mcast submits a frame's header and data (copied once, into the submit
-// frame); droppable: other nodes may deliver it without its data
-// (skipIfUnused).
-func (s *Service) mcast(ctx context.Context, kind uint8, head, data []byte, droppable bool) error {
+// frame); droppable: a node whose instance does not want group g's key
+// does not get it (trimKeys).
+func (s *Service) mcast(ctx context.Context, kind uint8, head, data []byte, droppable bool, g cpgwire.Name) error {
 	if s.windowFull() {
 		s.mu.Lock()
 		s.updateFlowControl()
 		s.mu.Unlock()
 	}
 	s.inTotem.Add(1)
-	submit := s.tc.McastParts
+	var err error
 	if droppable {
-		submit = s.tc.McastPartsDroppable
+		_, err = s.tc.McastPartsDroppable(ctx, TotemService, groupKey(g), head, data)
+	} else {
+		_, err = s.tc.McastParts(ctx, TotemService, head, data)
 	}
-	if _, err := submit(ctx, TotemService, head, data); err != nil {
+	if err != nil {
 		s.inTotem.Add(-1)
 		return fmt.Errorf("cpg: multicasting: %w", err)
 	}

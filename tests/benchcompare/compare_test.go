@@ -440,6 +440,9 @@ func TestCompare(t *testing.T) {
 	fmt.Print(breakdown(topologies, all, "cpg 64 KiB", "cpu_us_per_mb.", minMedMax, func(nodes int, backend string) string {
 		return fmt.Sprintf("%d node(s), %s, cpg_tput 64 KiB: CPU µs per MB by process, the cluster's sum", nodes, backend)
 	}))
+	fmt.Print(breakdown(topologies, all, "cpg latency, 8 clients", "cpu_us.", minMedMax, func(nodes int, backend string) string {
+		return fmt.Sprintf("%d node(s), %s, cpg_lat 64 B, 8 clients: CPU µs per message by process, the cluster's sum", nodes, backend)
+	}))
 }
 
 // selected says whether BENCH_ONLY asks for this measurement.
