@@ -206,6 +206,17 @@ func StartServer(ctx context.Context, sc ServerConfig) (*Server, error) {
 			// 32 nodes in one process formed in 1.5-1.8 s in seven
 			// runs of eight instead of 2.7-2.9 s in six of eight.
 			Compression: server.CompressionOpts{Mode: server.CompressionOff},
+			// The other nodes' client URLs are not advertised to this
+			// node's clients. A node's layers and corosync's clients
+			// talk to their own node's bus, as libcpg talks to its own
+			// corosync: a layer that followed the advertised URLs to
+			// another node's bus while its own restarted would serve
+			// the wrong node (or be refused, each node having its own
+			// token). Advertising also cost every route that came up
+			// an INFO to every client of the server (32 nodes: 31 per
+			// client, each URL list decoded and merged by nats.go) and
+			// a client URL in each route INFO its peers gossip on.
+			NoAdvertise: true,
 		}
 		if rs := sc.Route; rs != nil {
 			opts.Cluster.TLSConfig = rs.TLS
