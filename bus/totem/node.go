@@ -306,6 +306,11 @@ type Node struct {
 	dataSub    *nats.Subscription
 	scratch    []byte
 	idScratch  []MsgID
+	// Scratch of alive and viewable, reused at every tick.
+	aliveBuf []uint32
+	hbsBuf   map[uint32]*Heartbeat
+	hearBuf  []bool
+	takenBuf []int
 }
 
 // New creates a node on nc, a connection to this node's bus. Give it its
@@ -1451,13 +1456,19 @@ func (n *Node) sendHeartbeat(now time.Time) {
 }
 
 // alive is this node and every node heard from within totem.token, sorted.
-// The heartbeats are the peers' own, shared: read only.
+// The heartbeats are the peers' own, shared: read only. Both results are
+// this node's buffers, refilled at each call (a tick at 32 nodes while
+// gathering allocated a map and a slice, dozens of times a second per
+// node): valid until the next call, not to be kept. Called with mu held.
 func (n *Node) alive(now time.Time) ([]uint32, map[uint32]*Heartbeat) {
 	n.hbMu.Lock()
 	defer n.hbMu.Unlock()
-	out := make([]uint32, 1, len(n.peers)+1)
-	out[0] = n.cfg.NodeID
-	hbs := make(map[uint32]*Heartbeat, len(n.peers))
+	out := append(n.aliveBuf[:0], n.cfg.NodeID)
+	if n.hbsBuf == nil {
+		n.hbsBuf = make(map[uint32]*Heartbeat, len(n.peers))
+	}
+	hbs := n.hbsBuf
+	clear(hbs)
 	for id, p := range n.peers {
 		if now.Sub(p.at) < n.expiry(p) {
 			out = append(out, id)
@@ -1465,6 +1476,7 @@ func (n *Node) alive(now time.Time) ([]uint32, map[uint32]*Heartbeat) {
 		}
 	}
 	slices.Sort(out)
+	n.aliveBuf = out
 	return out, hbs
 }
 
@@ -1483,7 +1495,7 @@ func (n *Node) tick(now time.Time) {
 		n.versions[id] = hb.ConfigVersion
 	}
 	if !slices.Equal(alive, n.aliveSet) {
-		n.aliveSet = alive
+		n.aliveSet = slices.Clone(alive)
 		n.aliveSince = now
 		n.hearsNews = true
 	}
@@ -1526,23 +1538,71 @@ func (n *Node) hears(a, b uint32, alive []uint32, hbs map[uint32]*Heartbeat) boo
 // 2, 2 hears 1 and 3, 3 and 1 not yet each other), the nodes in the middle
 // would otherwise keep breaking every view that cannot include all they
 // hear, and the coordinator keep proposing the same members again.
+//
+// Who hears whom is read once into a matrix over alive's positions: asked
+// pair by pair (hears), a tick at 32 nodes searched the heartbeats' hears
+// lists some 30 000 times, and ran after every heartbeat that brought
+// news while gathering. Called with mu held.
 func (n *Node) viewable(alive []uint32, hbs map[uint32]*Heartbeat) []uint32 {
-	out := []uint32{n.cfg.NodeID}
-	for _, id := range alive {
-		if id == n.cfg.NodeID {
+	if at, found := slices.BinarySearch(alive, n.cfg.NodeID); !found {
+		alive = slices.Insert(slices.Clone(alive), at, n.cfg.NodeID) // alive's result always has it
+	}
+	k := len(alive)
+	if cap(n.hearBuf) < k*k {
+		n.hearBuf = make([]bool, k*k)
+	}
+	m := n.hearBuf[:k*k] // m[i*k+j]: alive[i] hears alive[j]
+	clear(m)
+	self := -1
+	for i, a := range alive {
+		row := m[i*k : (i+1)*k]
+		hb, ok := hbs[a]
+		switch {
+		case a == n.cfg.NodeID:
+			self = i
+			fallthrough
+		case ok && hb.Hears == nil: // this node, or a node that does not say: hears all
+			for j := range row {
+				row[j] = true
+			}
+		case ok && slices.IsSorted(hb.Hears): // as every node sends it: one walk of both
+			j := 0
+			for _, b := range hb.Hears {
+				for j < k && alive[j] < b {
+					j++
+				}
+				if j < k && alive[j] == b {
+					row[j] = true
+				}
+			}
+		case ok:
+			for _, b := range hb.Hears {
+				if j, found := slices.BinarySearch(alive, b); found {
+					row[j] = true
+				}
+			}
+		}
+	}
+	out := make([]uint32, 1, k)
+	out[0] = n.cfg.NodeID
+	taken := append(n.takenBuf[:0], self)
+	for i, id := range alive {
+		if i == self {
 			continue
 		}
 		ok := true
-		for _, m := range out {
-			if !n.hears(id, m, alive, hbs) || !n.hears(m, id, alive, hbs) {
+		for _, t := range taken {
+			if !m[i*k+t] || !m[t*k+i] {
 				ok = false
 				break
 			}
 		}
 		if ok {
 			out = append(out, id)
+			taken = append(taken, i)
 		}
 	}
+	n.takenBuf = taken
 	slices.Sort(out)
 	return out
 }

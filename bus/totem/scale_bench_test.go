@@ -3,6 +3,8 @@ package totem_test
 import (
 	"context"
 	"log/slog"
+	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"sync"
@@ -91,6 +93,24 @@ func benchScale(b *testing.B, n int) {
 		}
 		wg.Wait()
 	})
+	// SCALE_FORM_PROFILE=prefix: a CPU profile of the formation alone
+	// (from the start to formed, as form_cpu_s counts), in prefix.<n>.
+	var profStop func()
+	if prefix := os.Getenv("SCALE_FORM_PROFILE"); prefix != "" {
+		f, err := os.Create(prefix + "." + strconv.Itoa(n))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Fatal(err)
+		}
+		profStop = func() { pprof.StopCPUProfile(); _ = f.Close() }
+		defer func() {
+			if profStop != nil { // not formed
+				profStop()
+			}
+		}()
+	}
 	// Every node starts at once, as a cluster booted together: its server,
 	// then (as the bus process's totem hook does) its totem.
 	start, cpu0 := time.Now(), cpuTime()
@@ -183,6 +203,10 @@ func benchScale(b *testing.B, n int) {
 		}
 		if formCPU == 0 && routesAt != 0 && viewAt != 0 {
 			formCPU = cpuTime() - cpu0
+			if profStop != nil {
+				profStop()
+				profStop = nil
+			}
 		}
 		if metaAt == 0 && slices.ContainsFunc(nodes, func(s *scaleNode) bool { return s.srv.NATS().JetStreamIsLeader() }) {
 			metaAt = time.Since(start)
