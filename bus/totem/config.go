@@ -80,6 +80,14 @@ type Config struct {
 	HandoffRun int
 	// Logger receives the TOTEM subsystem's records.
 	Logger *slog.Logger
+
+	// announce, when set, is the protocol version this node's heartbeats
+	// carry instead of ProtocolVersion: only tests set it (export_test.go),
+	// to run a node of another build in one process. The node still
+	// refuses peers of another version than ProtocolVersion, so among
+	// peers of this build it plays a build that refuses nobody, as the
+	// builds before version 1.
+	announce *uint32
 }
 
 // Timings are the totem timeouts a running node can change

@@ -1,6 +1,7 @@
 package totem
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -95,6 +96,20 @@ type Status struct {
 	Pending   int      `json:"pending"`
 	Views     uint64   `json:"views"`
 	SRP       SRPStats `json:"srp"`
+	// Protocol is the totem protocol version this node speaks
+	// (ProtocolVersion).
+	Protocol uint32 `json:"protocol"`
+	// Refused are the nodes heard within totem.token whose heartbeats say
+	// another protocol version (ProtocolVersion): never reachable, never
+	// in a ring with this node.
+	Refused []RefusedPeer `json:"refused,omitempty"`
+}
+
+// RefusedPeer is a node refused for its protocol version, and that version
+// (0: a build before the version was carried).
+type RefusedPeer struct {
+	Node     uint32 `json:"node"`
+	Protocol uint32 `json:"protocol"`
 }
 
 // SRPStats are the counters of this node's totem that mean what
@@ -129,6 +144,17 @@ type peer struct {
 	hb Heartbeat // never changed once stored: alive hands out pointers to it
 	// raw is the heartbeat as it came, its key in Node.hbRaw.
 	raw string
+}
+
+// refusedPeer is a node whose heartbeat says another protocol version
+// than this node's (Heartbeat.Proto), as Node.refused keeps it: when it
+// was last heard and the bytes of its latest heartbeat (its key in
+// Node.hbRaw). As a key of Node.refusedLogged only node and proto are set.
+type refusedPeer struct {
+	node  uint32
+	proto uint32
+	at    time.Time
+	raw   string
 }
 
 // own is one of this node's messages, kept until this node delivers it
@@ -205,6 +231,19 @@ type Node struct {
 	// decoded again (at 32 nodes, the decoding of 31 peers' heartbeats
 	// was 6-7 % of a formation's CPU).
 	hbRaw map[string]uint32
+	// refused are the nodes whose latest heartbeat says another
+	// ProtocolVersion, by id: they are not peers (never reachable, so
+	// never in a ring with this node). Their heartbeat's bytes are in
+	// hbRaw too (no peer under that id), so that a refused node's
+	// repeated heartbeat is not decoded again either. A node is in peers
+	// or here, never both.
+	refused map[uint32]*refusedPeer
+	// refusedLogged: each node and version this node has logged refusing,
+	// so that the error is logged once, not at every heartbeat.
+	refusedLogged map[refusedPeer]struct{}
+	// proto is the version this node's heartbeats carry: ProtocolVersion
+	// (Config.announce in tests).
+	proto uint32
 
 	// timing is what the node runs of totem.token, join and consensus and
 	// the heartbeat periods derived from them: read everywhere, replaced
@@ -347,6 +386,9 @@ func New(nc *nats.Conn, cfg Config, cb Callbacks) (*Node, error) {
 		skippedHdr:    nats.Header{SkippedHeader: []string{"1"}},
 		peers:         map[uint32]*peer{},
 		hbRaw:         map[string]uint32{},
+		refused:       map[uint32]*refusedPeer{},
+		refusedLogged: map[refusedPeer]struct{}{},
+		proto:         ProtocolVersion,
 		state:         stGather,
 		// A node starts by gathering, as corosync's does (and counts).
 		srp:         SRPStats{GatherEntered: 1},
@@ -369,6 +411,9 @@ func New(nc *nats.Conn, cfg Config, cb Callbacks) (*Node, error) {
 		lastSent:    map[uint32]uint64{},
 		prevOrphans: map[MsgID]*entry{},
 		origin:      binary.BigEndian.Uint32(b[:4]) | 1,
+	}
+	if cfg.announce != nil {
+		n.proto = *cfg.announce
 	}
 	n.timing.Store(&liveTimings{
 		Timings:   Timings{Token: cfg.Token, Join: cfg.Join, Consensus: cfg.Consensus},
@@ -731,6 +776,8 @@ func (n *Node) statusLocked() Status {
 		Pending:   len(n.pendingIdx),
 		Views:     n.views,
 		SRP:       n.srp,
+		Protocol:  ProtocolVersion,
+		Refused:   n.refusedNow(time.Now()),
 	}
 	if len(n.members) > 0 {
 		st.Sequencer = n.seqr
@@ -1393,6 +1440,11 @@ func (n *Node) onHeartbeat(m *nats.Msg) {
 		// The sender's previous heartbeat again: it is alive, and news
 		// only if it had been silent for its expiry.
 		p := n.peers[id]
+		if p == nil { // a refused node's (refuse): it stays refused
+			n.refused[id].at = now
+			n.hbMu.Unlock()
+			return
+		}
 		expired := now.Sub(p.at) >= n.expiry(p)
 		p.at = now
 		n.hbMu.Unlock()
@@ -1410,10 +1462,18 @@ func (n *Node) onHeartbeat(m *nats.Msg) {
 		return
 	}
 	raw := string(m.Data)
+	if hb.Proto != ProtocolVersion {
+		n.refuse(now, &hb, raw)
+		return
+	}
 	n.hbMu.Lock()
 	prev := n.peers[hb.Node]
 	if prev != nil {
 		delete(n.hbRaw, prev.raw)
+	}
+	if r := n.refused[hb.Node]; r != nil { // upgraded (or downgraded) to this version
+		delete(n.hbRaw, r.raw)
+		delete(n.refused, hb.Node)
 	}
 	n.peers[hb.Node] = &peer{at: now, hb: hb, raw: raw}
 	n.hbRaw[raw] = hb.Node
@@ -1428,9 +1488,71 @@ func (n *Node) onHeartbeat(m *nats.Msg) {
 	}
 }
 
+// refuse takes in the heartbeat of a node that speaks another protocol
+// version: the node is no peer (a peer it was, under this version, is
+// gone at once), and the error says so once per node and version.
+// corosync drops the packets of another totem version the same way; a
+// ring cannot hold nodes that misread each other's frames.
+func (n *Node) refuse(now time.Time, hb *Heartbeat, raw string) {
+	n.hbMu.Lock()
+	wasPeer := false
+	if p := n.peers[hb.Node]; p != nil {
+		delete(n.hbRaw, p.raw)
+		delete(n.peers, hb.Node)
+		wasPeer = true
+	}
+	if r := n.refused[hb.Node]; r != nil {
+		delete(n.hbRaw, r.raw)
+	}
+	n.refused[hb.Node] = &refusedPeer{node: hb.Node, proto: hb.Proto, at: now, raw: raw}
+	n.hbRaw[raw] = hb.Node
+	key := refusedPeer{node: hb.Node, proto: hb.Proto}
+	_, logged := n.refusedLogged[key]
+	n.refusedLogged[key] = struct{}{}
+	n.hbMu.Unlock()
+	if !logged {
+		n.log.Error("refusing a node of another totem protocol version: it cannot be in a ring with this node; "+
+			"upgrade every node to the same build (a rolling upgrade across a protocol change is not possible: stop every node, upgrade, start them)",
+			"peer", hb.Node, "peer_protocol", hb.Proto, "protocol", ProtocolVersion)
+	}
+	if wasPeer {
+		select {
+		case n.news <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// isRefused reports whether node's latest heartbeat said another protocol
+// version: its membership messages are dropped, as its heartbeats are (a
+// build that hears this one may propose it a view; the proposal's lowest
+// node would otherwise be taken for the coordinator).
+func (n *Node) isRefused(node uint32) bool {
+	n.hbMu.Lock()
+	defer n.hbMu.Unlock()
+	return n.refused[node] != nil
+}
+
+// refusedNow lists the nodes refused for their protocol version that were
+// heard within totem.token (a node upgraded, or stopped, leaves the list),
+// in id order.
+func (n *Node) refusedNow(now time.Time) []RefusedPeer {
+	n.hbMu.Lock()
+	defer n.hbMu.Unlock()
+	var out []RefusedPeer
+	for id, r := range n.refused {
+		if now.Sub(r.at) < n.tm().Token {
+			out = append(out, RefusedPeer{Node: id, Protocol: r.proto})
+		}
+	}
+	slices.SortFunc(out, func(a, b RefusedPeer) int { return cmp.Compare(a.Node, b.Node) })
+	return out
+}
+
 func (n *Node) sendHeartbeat(now time.Time) {
 	hb := Heartbeat{
 		Node:      n.cfg.NodeID,
+		Proto:     n.proto,
 		Inc:       n.inc,
 		Ring:      n.ring,
 		State:     n.state,
@@ -1756,7 +1878,7 @@ func (n *Node) publishMembTo(subj string, m *MembMsg, reply string) {
 
 func (n *Node) onMemb(m *nats.Msg) {
 	var msg MembMsg
-	if err := json.Unmarshal(m.Data, &msg); err != nil || msg.From == n.cfg.NodeID {
+	if err := json.Unmarshal(m.Data, &msg); err != nil || msg.From == n.cfg.NodeID || n.isRefused(msg.From) {
 		return
 	}
 	n.mu.Lock()

@@ -103,10 +103,29 @@ type ConfChg struct {
 	Left    []uint32    `json:"left"`
 }
 
+// ProtocolVersion is the version of totem's wire protocol: the layout of
+// every frame and message on the totem subjects (wire.go) and of the
+// heartbeat. Bump it with any change to one of them that a node of the
+// previous build would misread: every heartbeat carries it (Heartbeat.Proto)
+// and a node refuses a peer whose heartbeat says another version (it is
+// never reachable, so never in a ring with it), since such a peer would
+// take this build's frames for something else (an older build read a
+// droppable message's key as its payload's first bytes). A build whose
+// heartbeat has no version at all speaks version 0: every build before
+// the version was carried. Whatever else changes, a heartbeat keeps "node"
+// and "proto" as they are, so that every build can tell whom it refuses.
+//
+// 1: the version carried in heartbeats; droppable messages' data and
+// submit frames carry a key after the service name.
+const ProtocolVersion = 1
+
 // Heartbeat is what every node publishes on TotemHeartbeat every
 // Config.Heartbeat (and at once on a state change).
 type Heartbeat struct {
 	Node uint32 `json:"node"`
+	// Proto is the sender's ProtocolVersion; absent (0) from a build
+	// before it was carried.
+	Proto uint32 `json:"proto,omitempty"`
 	// Inc is a random incarnation: a restarted node has a new one.
 	Inc   uint64 `json:"inc"`
 	Ring  RingID `json:"ring"`

@@ -27,6 +27,11 @@ func totemStatus(nc *nats.Conn, subjects bus.Subjects, node uint32) *totem.Statu
 //
 //	Ring:       1.12 (operational), sequencer node 1, 3 views
 //	Members:    1 2 3 (reachable 1 2 3)
+//
+// and, when the node refuses nodes of another totem protocol version
+// (another build: they can never join its ring), a line naming them:
+//
+//	Refused:    node 4 (totem protocol 0, this node's 1): run one build on every node
 func printTotemStatus(w io.Writer, st *totem.Status) {
 	if st == nil {
 		fmt.Fprintln(w, "Ring:       unknown (totem not answering)")
@@ -34,6 +39,13 @@ func printTotemStatus(w io.Writer, st *totem.Status) {
 	}
 	fmt.Fprintf(w, "Ring:       %s (%s), sequencer node %d, %d views\n", st.Ring, st.State, st.Sequencer, st.Views)
 	fmt.Fprintf(w, "Members:    %s (reachable %s)\n", ids(st.Members), ids(st.Reachable))
+	if len(st.Refused) > 0 {
+		r := make([]string, len(st.Refused))
+		for i, p := range st.Refused {
+			r[i] = fmt.Sprintf("node %d (totem protocol %d, this node's %d)", p.Node, p.Protocol, st.Protocol)
+		}
+		fmt.Fprintf(w, "Refused:    %s: run one build on every node\n", strings.Join(r, ", "))
+	}
 }
 
 func ids(v []uint32) string {

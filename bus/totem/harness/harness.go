@@ -37,6 +37,9 @@ type Options struct {
 	// ConfigVersions are nodes' totem.config_version by id, read at each
 	// start (0 when absent).
 	ConfigVersions map[int]uint64
+	// Adjust, when set, changes node id's totem configuration at each
+	// start (after everything above is applied).
+	Adjust func(id int, cfg *totem.Config)
 	// Name is the cluster and subject-prefix name; unique per cluster.
 	Name   string
 	Logger *slog.Logger
@@ -148,6 +151,9 @@ func (c *Cluster) TotemConfig(id int) totem.Config {
 	tc.ConfigVersion = c.opts.ConfigVersions[id]
 	tc.StateDir = c.dirs[id-1]
 	tc.Logger = c.opts.Logger.With("node", id)
+	if c.opts.Adjust != nil {
+		c.opts.Adjust(id, &tc)
+	}
 	return tc
 }
 
