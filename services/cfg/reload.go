@@ -29,7 +29,7 @@ import (
 // corobus, with a notice. A new logging section is checked before
 // anything is written and applied by every process of the node, as
 // corosync re-reads its logging on reload. What corobus cannot change
-// while it runs — the totem timeouts, the nodes and their addresses, the
+// while it runs — the node id, the nodes and their addresses, the
 // bus — makes the whole reload fail with the reason, and nothing changes.
 type Reloader struct {
 	// Load reads the node's configuration again (its file, environment
