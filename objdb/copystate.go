@@ -95,6 +95,7 @@ func (s *Store) setFeedState(fs *feedState, which string, current bool, reason s
 	fs.current, fs.reason = current, reason
 	if was != current {
 		fs.since = time.Now()
+		s.changed.Broadcast() // WaitFor looks at the node feed's state
 	}
 	switch {
 	case was && !current:

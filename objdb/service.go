@@ -23,7 +23,17 @@ const (
 	OpDeletePrefix = "delete_prefix"
 	OpAdjust       = "adjust"
 	OpList         = "list"
+	// OpSettle answers once the node's keeper has applied the writes the
+	// serving process took before it, with their Position in the
+	// HdrPosition header: what a service calls before it answers a
+	// request that wrote (docs/objdb.md, "Read your writes through the
+	// gateway").
+	OpSettle = "settle"
 )
+
+// HdrPosition carries a Position (its String): on the settle reply, and
+// on a component's answer to a request that wrote (services/ipc/session).
+const HdrPosition = "Corobus-Objdb-Position"
 
 // ListEntry is one key of a list reply (JSON).
 type ListEntry struct {
@@ -213,13 +223,23 @@ func AddEndpoints(svc micro.Service, st *Store, env layer.Env) error {
 		}
 		_ = r.RespondJSON(out)
 	}
-	for _, op := range []string{OpGet, OpList, OpSet, OpDelete, OpDeletePrefix, OpAdjust} {
+	settle := func(r micro.Request) {
+		p, err := st.Settle(context.Background())
+		if err != nil {
+			respondErr(r, err)
+			return
+		}
+		_ = r.Respond(nil, micro.WithHeaders(micro.Headers{HdrPosition: []string{p.String()}}))
+	}
+	for _, op := range []string{OpGet, OpList, OpSet, OpDelete, OpDeletePrefix, OpAdjust, OpSettle} {
 		var public, internal micro.HandlerFunc
 		switch op {
 		case OpGet:
 			public = get
 		case OpList:
 			public = list
+		case OpSettle:
+			public = settle
 		default:
 			public, internal = writeHandler(st, op, false, ro), writeHandler(st, op, true, ro)
 		}

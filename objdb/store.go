@@ -139,6 +139,7 @@ type Store struct {
 	sharedOver map[string]clusterOverlay
 	localOver  map[string]*nodeOverlay
 	crev       uint64 // the last stream revision the cluster feed applied
+	wrev       uint64 // the last revision of this Store's own cluster writes (Settle)
 	cloaded    bool   // the cluster feed's initial load is done
 	cserver    string // the server of the cluster feed's consumer
 	// relayCh is the keeper's relay frames (on the node feed), handed
@@ -664,6 +665,7 @@ const (
 func (s *Store) overlayCluster(key string, v *Value, rev uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.wrev = max(s.wrev, rev)
 	if rev <= s.crev {
 		return // the feed has it already
 	}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -30,6 +31,10 @@ type Client struct {
 	// change read-only keys: for the layers that maintain them, whose bus
 	// user may publish there (bus.Access.ObjdbClient(true)).
 	Internal bool
+
+	// writes counts this client's write requests; settled is what it
+	// had counted at the last Settle that covered them.
+	writes, settled atomic.Uint64
 }
 
 // New returns a client for node's view of objdb.
@@ -44,8 +49,14 @@ func (c *Client) request(ctx context.Context, op, key string, hdr nats.Header, d
 		defer cancel()
 	}
 	subject := c.subjects.ObjdbAPI(c.node, op)
-	if c.Internal && op != objdb.OpGet && op != objdb.OpList {
-		subject = c.subjects.ObjdbInternalAPI(c.node, op)
+	switch op {
+	case objdb.OpGet, objdb.OpList, objdb.OpSettle:
+	default:
+		// A write, even one that fails, may have changed something.
+		c.writes.Add(1)
+		if c.Internal {
+			subject = c.subjects.ObjdbInternalAPI(c.node, op)
+		}
 	}
 	m := nats.NewMsg(subject)
 	for k, v := range hdr {
@@ -142,6 +153,34 @@ func (c *Client) List(ctx context.Context, prefix string) ([]objdb.ListEntry, er
 		return nil, fmt.Errorf("decoding the objdb listing: %w", err)
 	}
 	return out, nil
+}
+
+// Settle returns the Position through which the node's keeper has
+// applied this client's writes, once it has (objdb.Store.Settle, in the
+// objdb process that serves the node's API): a service answers a request
+// that wrote with it, and the gateway that passes the answer on waits
+// until its own copy has applied through it. The zero Position, at no
+// cost, when the client wrote nothing since the last Settle.
+func (c *Client) Settle(ctx context.Context) (objdb.Position, error) {
+	n := c.writes.Load()
+	if n == c.settled.Load() {
+		return objdb.Position{}, nil
+	}
+	r, err := c.request(ctx, objdb.OpSettle, "", nil, nil)
+	if err != nil {
+		return objdb.Position{}, err
+	}
+	p, err := objdb.ParsePosition(r.Header.Get(objdb.HdrPosition))
+	if err != nil {
+		return objdb.Position{}, fmt.Errorf("objdb settle: %w", err)
+	}
+	// Another Settle may have covered more meanwhile.
+	for {
+		cur := c.settled.Load()
+		if cur >= n || c.settled.CompareAndSwap(cur, n) {
+			return p, nil
+		}
+	}
 }
 
 // Change is a change event as announced on the bus.

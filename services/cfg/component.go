@@ -149,7 +149,10 @@ func Run(ctx context.Context, env layer.Env) error {
 			return session.ServeComponent(ctx, env.Conn, env.Subjects, env.Node.ID, loader.Component{
 				Name: ComponentName, Version: ComponentVersion, Subject: Subject(env.Subjects, env.Node.ID),
 				Counters: svc.Counters, CountersMoved: svc.CountersMoved(), Instance: instance,
-			}, svc, env.Log)
+				// A reload's keys (config.reload_status, the changed
+				// configuration) are in the gateway's copy before the
+				// client has the answer.
+			}, session.Settling(svc, db.Settle), env.Log)
 		}, func(error) { cancel() })
 	}
 	return g.Run()

@@ -29,6 +29,7 @@ import (
 	"github.com/corobus/corobus/bus/beat"
 	"github.com/corobus/corobus/loader"
 	"github.com/corobus/corobus/loader/hdb"
+	"github.com/corobus/corobus/objdb"
 	"github.com/corobus/corobus/services/cswire"
 	"github.com/corobus/corobus/services/ipc/libqb"
 	"github.com/corobus/corobus/services/ipc/session"
@@ -105,7 +106,22 @@ type Config struct {
 	// StartWait bounds the wait of a connection to a loaded route no
 	// instance serves yet (Route.Loaded); default DefaultStartWait.
 	StartWait time.Duration
+	// Settle, when set, waits until the objdb copy that serves this
+	// gateway's cmap reads (the colocated cmap's) has applied through a
+	// position a component's answer carries (session.Settler): the
+	// answer reaches the client only then, so the client's next read
+	// sees the request's writes. At most SettleWait.
+	Settle func(ctx context.Context, p objdb.Position) error
+	// SettleWait bounds Settle; default DefaultSettleWait.
+	SettleWait time.Duration
 }
+
+// DefaultSettleWait bounds the gateway's wait for its copy to apply a
+// request's writes: the keeper has them already (the component settled
+// them), so only a copy whose node feed is lost waits that long — and the
+// client then gets its answer with the copy behind, as a partitioned node
+// serves its stale reads (docs/objdb.md).
+const DefaultSettleWait = 2 * time.Second
 
 // DefaultStartWait is how long a connection to a loaded service waits for
 // its first instance: a node's services are all up within a few seconds
@@ -179,6 +195,9 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	if cfg.StartWait <= 0 {
 		cfg.StartWait = DefaultStartWait
+	}
+	if cfg.SettleWait <= 0 {
+		cfg.SettleWait = DefaultSettleWait
 	}
 	srv := libqb.NewServer(cfg.Log)
 	if cfg.ShmDir != "" {
@@ -609,9 +628,12 @@ func (c *conn) Request(ctx context.Context, msg []byte) []byte {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.g.cfg.RequestTimeout)
 	defer cancel()
-	resp, err := c.cl.Request(ctx, msg)
+	resp, settled, err := c.cl.RequestSettled(ctx, msg)
 	switch {
 	case err == nil:
+		if settled != "" && c.g.cfg.Settle != nil {
+			c.settle(ctx, settled)
+		}
 		return resp
 	case errors.Is(err, session.ErrSessionGone):
 		// The instance that held this connection's state is gone: the
@@ -625,6 +647,21 @@ func (c *conn) Request(ctx context.Context, msg []byte) []byte {
 	default:
 		c.g.cfg.Log.Warn("request not delivered", "service", c.r.Service, "conn", c.id, "err", err)
 		return libqb.ErrorResponse(int32(cswire.ErrTryAgain))
+	}
+}
+
+// settle waits, at most SettleWait, until the gateway's copy has applied
+// the writes an answer says its request made.
+func (c *conn) settle(ctx context.Context, settled string) {
+	p, err := objdb.ParsePosition(settled)
+	if err != nil {
+		c.g.cfg.Log.Warn("a component's answer carries an unreadable objdb position", "service", c.r.Service, "err", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.g.cfg.SettleWait)
+	defer cancel()
+	if err := c.g.cfg.Settle(ctx, p); err != nil {
+		c.g.cfg.Log.Warn("answering before this gateway's objdb copy has the request's writes", "service", c.r.Service, "conn", c.id, "err", err)
 	}
 }
 

@@ -138,6 +138,9 @@ func Run(ctx context.Context, env layer.Env) error {
 		defer st.Close()
 		svc := cmap.NewService(cmap.NewObjdbStore(st), env.Log)
 		colocatedCmap = svc
+		// The node's libcmap clients read from st: a request another
+		// service answered waits for st to have its writes.
+		cfg.Settle = st.WaitFor
 		subject := cmap.Subject(env.Subjects, env.Node.ID)
 		cfg.Colocated[name] = Colocated{Subject: subject, Open: func(c *libqb.Conn) (libqb.Session, error) {
 			return svc.OpenConn(c, fmt.Sprintf("%s/%d pid %d", c.Service, c.ID, c.Creds.PID)), nil

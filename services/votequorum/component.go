@@ -92,7 +92,9 @@ func Run(ctx context.Context, env layer.Env) error {
 				Name: ComponentName, Version: ComponentVersion, Subject: Subject(env.Subjects, env.Node.ID),
 				Exit:     func() error { svc.Leaving(ctx); return nil },
 				Counters: svc.Counters, CountersMoved: svc.CountersMoved(),
-			}, svc, env.Log)
+				// runtime.votequorum.* as a request changed them are in
+				// the gateway's copy before the client has the answer.
+			}, session.Settling(svc, db.Settle), env.Log)
 		}, func(error) { cancel() })
 	}
 	return g.Run()
@@ -138,7 +140,9 @@ func (h hooks) Process(syncsvc.HookRequest) (bool, error) {
 // Activate waits until this process has seen every nodeinfo ordered
 // before the round's barriers, then decides.
 func (h hooks) Activate(syncsvc.HookRequest) error {
-	h.s.caughtUp(h.ctx, 2*time.Second)
+	if err := h.s.caughtUp(h.ctx, 2*time.Second); err != nil && h.ctx.Err() == nil {
+		h.s.log.Warn("activating before this process saw its mark come back", "err", err)
+	}
 	h.s.mu.Lock()
 	defer h.s.mu.Unlock()
 	h.s.core.SyncActivate()

@@ -230,20 +230,49 @@ func (s *Service) waitOwn(ctx context.Context, limit time.Duration) bool {
 // of the round, ordered before its barrier, the barriers having been
 // delivered before activate was called — has then reached this process
 // too, in order.
-func (s *Service) caughtUp(ctx context.Context, limit time.Duration) {
+func (s *Service) caughtUp(ctx context.Context, limit time.Duration) error {
 	id := s.markSeq.Add(1)
 	ch := make(chan struct{})
 	s.marks.Store(id, ch)
 	defer s.marks.Delete(id)
 	if _, err := s.tc.Mcast(ctx, TotemService, encodeMark(id)); err != nil {
-		s.log.Warn("activating without the round's mark", "err", err)
-		return
+		return fmt.Errorf("sending a mark: %w", err)
 	}
 	select {
 	case <-ch:
+		return nil
 	case <-time.After(limit):
-		s.log.Warn("activating before this process saw its mark come back")
+		return fmt.Errorf("the mark did not come back within %s", limit)
 	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// applied waits, after a request that multicast a change (expected
+// votes, a node's votes), until this node has delivered it — the
+// decision and runtime.votequorum.* follow from the delivery — and the
+// runtime keys it changed are written: the request's answer then covers
+// them (session.Settler), as corosync's client reads them once its own
+// process has delivered the change. The change goes out through the send
+// queue and a mark straight to the totem: the mark is sent once the
+// change is back (waitOwn), so that its return means the change's
+// delivery has run to its end.
+func (s *Service) applied(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if !s.waitOwn(ctx, 2*time.Second) {
+		s.log.Warn("answering before this node delivered the request's change")
+		return
+	}
+	if err := s.caughtUp(ctx, 2*time.Second); err != nil {
+		s.log.Warn("answering before this node delivered the request's change", "err", err)
+		return
+	}
+	if s.cfg.Keys == nil {
+		return
+	}
+	if err := s.cfg.Keys.Flush(ctx); err != nil {
+		s.log.Warn("answering before the request's runtime keys are written", "err", err)
 	}
 }
 
@@ -464,10 +493,16 @@ func (c *Conn) Request(ctx context.Context, msg []byte) []byte {
 	case ReqSetExpected:
 		code := core.SetExpected(r.Expected)
 		s.mu.Unlock()
+		if code == cswire.OK {
+			s.applied(ctx)
+		}
 		return EncodeStatus(r.ID, code)
 	case ReqSetVotes:
 		code := core.SetVotes(r.NodeID, r.Votes)
 		s.mu.Unlock()
+		if code == cswire.OK {
+			s.applied(ctx)
+		}
 		return EncodeStatus(r.ID, code)
 	case ReqTrackStart:
 		if r.Flags&(TrackCurrent|TrackChanges) != 0 {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/corobus/corobus/objdb"
 	"github.com/corobus/corobus/services/cswire"
 )
 
@@ -64,20 +65,32 @@ func Open(ctx context.Context, nc *nats.Conn, open Requester, id, gateway, event
 
 // Request sends one raw request message and returns the raw response.
 func (c *Client) Request(ctx context.Context, msg []byte) ([]byte, error) {
+	resp, _, err := c.RequestSettled(ctx, msg)
+	return resp, err
+}
+
+// RequestSettled is Request, with the objdb position the component's
+// writes for the request are applied through in the node's keeper
+// (objdb.Position's text; "" when it wrote nothing): the gateway's copy
+// applies through it before the client has the answer (Settling).
+func (c *Client) RequestSettled(ctx context.Context, msg []byte) (resp []byte, settled string, err error) {
 	m := nats.NewMsg(c.session)
 	m.Header.Set(HdrConn, c.id)
 	m.Data = msg
 	r, err := c.nc.RequestMsgWithContext(ctx, m)
 	if err != nil {
 		if errors.Is(err, nats.ErrNoResponders) {
-			return nil, ErrSessionGone
+			return nil, "", ErrSessionGone
 		}
-		return nil, fmt.Errorf("request on session %s: %w", c.id, err)
+		return nil, "", fmt.Errorf("request on session %s: %w", c.id, err)
 	}
 	if len(r.Data) == 0 {
-		return nil, ErrSessionGone
+		return nil, "", ErrSessionGone
 	}
-	return r.Data, nil
+	if r.Header != nil {
+		settled = r.Header.Get(objdb.HdrPosition)
+	}
+	return r.Data, settled, nil
 }
 
 // Send sends one raw request message that gets no response (an

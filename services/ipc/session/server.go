@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 
+	"github.com/corobus/corobus/objdb"
 	"github.com/corobus/corobus/services/cswire"
 )
 
@@ -60,6 +61,32 @@ type Session interface {
 type Handler interface {
 	Open(c *Conn) (Session, error)
 }
+
+// Settler is a Handler whose sessions write to objdb through the node's
+// objdb process (objdb/client), whose writes reach the gateway's copy a
+// feed hop after the answer would: Settle, called after each request
+// with a reply, returns the Position the writes made so far are applied
+// through (zero: none since the last), and the answer carries it
+// (objdb.HdrPosition) for the gateway to wait on. corosync serves a
+// request and the next client's read in one process; so a client that
+// saw a request answered reads its writes here too (docs/objdb.md, "Read
+// your writes through the gateway").
+type Settler interface {
+	Handler
+	Settle(ctx context.Context) (objdb.Position, error)
+}
+
+// Settling makes h a Settler with settle (an objdb client's Settle).
+func Settling(h Handler, settle func(ctx context.Context) (objdb.Position, error)) Settler {
+	return settling{Handler: h, settle: settle}
+}
+
+type settling struct {
+	Handler
+	settle func(ctx context.Context) (objdb.Position, error)
+}
+
+func (s settling) Settle(ctx context.Context) (objdb.Position, error) { return s.settle(ctx) }
 
 // Server serves a component's sessions on the bus.
 type Server struct {
@@ -259,7 +286,7 @@ func (s *Server) work(sv *served) {
 			if m.Reply == "" {
 				continue // asynchronous: nothing answers it
 			}
-			if err := m.Respond(resp); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+			if err := s.respond(ctx, m, resp); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 				s.log.Debug("replying to a request", "conn", sv.conn.ID, "err", err)
 			}
 		case <-sv.done:
@@ -277,6 +304,34 @@ func (s *Server) work(sv *served) {
 		}
 	}
 }
+
+// respond answers a request; a Settler's answer carries the position its
+// writes are applied through.
+func (s *Server) respond(ctx context.Context, m *nats.Msg, resp []byte) error {
+	st, ok := s.h.(Settler)
+	if !ok || len(resp) == 0 {
+		return m.Respond(resp)
+	}
+	ctx, cancel := context.WithTimeout(ctx, settleTimeout)
+	defer cancel()
+	p, err := st.Settle(ctx)
+	if err != nil {
+		// The answer goes anyway: the writes are done, only not known to
+		// be in the keeper yet; the client may read the older values.
+		s.log.Warn("answering before the request's objdb writes are confirmed", "conn", m.Header.Get(HdrConn), "err", err)
+	}
+	if p.IsZero() {
+		return m.Respond(resp)
+	}
+	r := nats.NewMsg(m.Reply)
+	r.Header.Set(objdb.HdrPosition, p.String())
+	r.Data = resp
+	return m.RespondMsg(r)
+}
+
+// settleTimeout bounds a Settle: objdb's write timeout, past which the
+// keeper is not confirming anything anyway.
+const settleTimeout = 5 * time.Second
 
 // probe answers a gateway's probe (Probe): which of the connection ids
 // it lists this instance does not know. Answered at once, beside the

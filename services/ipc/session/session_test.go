@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/corobus/corobus/bus/bustest"
+	"github.com/corobus/corobus/objdb"
 	"github.com/corobus/corobus/services/cswire"
 )
 
@@ -180,5 +181,63 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("%s: not within 5 s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A Settler's answers carry the position its Settle returns, and none
+// when it returns the zero position; a plain Handler's carry none.
+func TestSettlerAnswersCarryThePosition(t *testing.T) {
+	cl := bustest.StartCluster(t, 1)
+	nc := cl.Conn(1)
+	var next objdb.Position
+	var mu sync.Mutex
+	settle := func(context.Context) (objdb.Position, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		p := next
+		next = objdb.Position{}
+		return p, nil
+	}
+	for _, tc := range []struct {
+		name    string
+		h       Handler
+		set     objdb.Position
+		settled string
+	}{
+		{"plain handler", &echo{}, objdb.Position{}, ""},
+		{"settler, no writes", Settling(&echo{}, settle), objdb.Position{}, ""},
+		{"settler after writes", Settling(&echo{}, settle), objdb.Position{Epoch: 0xab, Seq: 7, Rev: 3}, "ab.7.3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			subject := "t.settle." + fmt.Sprint(len(tc.name))
+			srv := NewServer(nc, subject, tc.h, bustest.Logger(t))
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go func() { _ = srv.Run(ctx) }()
+			sub, err := nc.Subscribe(subject+".open", func(m *nats.Msg) { _ = m.Respond(srv.Open(m)) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = sub.Unsubscribe() }()
+			open := func(ctx context.Context, m *nats.Msg) (*nats.Msg, error) {
+				m.Subject = subject + ".open"
+				return nc.RequestMsgWithContext(ctx, m)
+			}
+			c, err := Open(ctx, nc, open, "c1", "t.gw.alive", "t.gw.events.c1", Creds{PID: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			mu.Lock()
+			next = tc.set
+			mu.Unlock()
+			resp, settled, err := c.RequestSettled(ctx, []byte("x"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(resp) != "c1:1:x:0" || settled != tc.settled {
+				t.Errorf("answered %q settled at %q, want %q at %q", resp, settled, "c1:1:x:0", tc.settled)
+			}
+		})
 	}
 }
