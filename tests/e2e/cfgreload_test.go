@@ -26,18 +26,10 @@ func TestCfgReload(t *testing.T) {
 	b := buildBinary(t)
 	dir := t.TempDir()
 	conf := oneNodeConf(t, dir)
-	orig, err := os.ReadFile(conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	withQuorum := strings.Replace(string(orig), "provider: corosync_votequorum", "provider: corosync_votequorum\n    expected_votes: 3\n    wait_for_all: 0", 1)
+	withQuorum := votequorumConf(t, conf)
 	withToken := strings.Replace(withQuorum, "version: 2", "version: 2\n    token: 4000", 1)
 	badTimings := strings.Replace(withToken, "token: 4000", "token: 4000\n    consensus: 1000", 1)
-	for name, text := range map[string]string{"quorum.conf": withQuorum, "token.conf": withToken, "bad.conf": badTimings} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeFiles(t, dir, map[string]string{"quorum.conf": withQuorum, "token.conf": withToken, "bad.conf": badTimings})
 	script := nodeUpShell(dir, conf, b) + `trap 'kill -TERM $P; wait $P' EXIT
 for i in $(seq 150); do corosync-quorumtool -s >/dev/null 2>&1 && break; sleep 0.2; done
 q() { corosync-quorumtool -s | grep -E '^(Quorate|Expected votes|Quorum):'; }

@@ -33,24 +33,16 @@ func TestRequestThenRead(t *testing.T) {
 	b := buildBinary(t)
 	dir := t.TempDir()
 	conf := oneNodeConf(t, dir)
-	orig, err := os.ReadFile(conf)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Three expected votes with one node of one vote: not quorate, so
 	// corosync-quorumtool -e may move expected_votes between 3 and 4.
-	base := strings.Replace(string(orig), "provider: corosync_votequorum", "provider: corosync_votequorum\n    expected_votes: 3\n    wait_for_all: 0", 1)
+	base := votequorumConf(t, conf)
 	files := map[string]string{
 		"token4000.conf": strings.Replace(base, "version: 2", "version: 2\n    token: 4000", 1),
 		"token5000.conf": strings.Replace(base, "version: 2", "version: 2\n    token: 5000", 1),
 		// consensus below token's half: refused, CS_ERR_INVALID_PARAM.
 		"bad.conf": strings.Replace(base, "version: 2", "version: 2\n    token: 4000\n    consensus: 1000", 1),
 	}
-	for name, text := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeFiles(t, dir, files)
 	if err := os.WriteFile(conf, []byte(files["token4000.conf"]), 0o644); err != nil {
 		t.Fatal(err)
 	}

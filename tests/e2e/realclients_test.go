@@ -78,6 +78,30 @@ func oneNodeConf(t testing.TB, dir string) string {
 	return conf
 }
 
+// votequorumConf is the text of oneNodeConf's file conf with three
+// expected votes and no wait_for_all: one node of one vote, not quorate,
+// so corosync-quorumtool -e may move expected_votes, and a reload of it
+// changes what votequorum computes.
+func votequorumConf(t testing.TB, conf string) string {
+	t.Helper()
+	orig, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Replace(string(orig), "provider: corosync_votequorum", "provider: corosync_votequorum\n    expected_votes: 3\n    wait_for_all: 0", 1)
+}
+
+// writeFiles writes each name's text into dir: the variants of a node's
+// file a test's script copies over it before a reload.
+func writeFiles(t testing.TB, dir string, files map[string]string) {
+	t.Helper()
+	for name, text := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // nodeUpShell is the start of a script that runs one node in the test's
 // network namespace: D (dir), CONF and B (the binary) set, the loopback
 // up, `corobus up -c $CONF` started in the background with its output in
