@@ -70,19 +70,8 @@ func (s *Store) Settle(ctx context.Context) (Position, error) {
 		s.mu.Lock()
 	}
 	defer s.mu.Unlock()
-	if !s.settledLocked(last) {
-		stop := context.AfterFunc(ctx, func() {
-			s.mu.Lock()
-			s.changed.Broadcast()
-			s.mu.Unlock()
-		})
-		defer stop()
-		for !s.settledLocked(last) {
-			if ctx.Err() != nil {
-				return Position{}, fmt.Errorf("objdb: the node's keeper has not confirmed this copy's writes (%d pending): %v: %w", len(s.pend()), ctx.Err(), ErrTryAgain)
-			}
-			s.changed.Wait()
-		}
+	if err := s.waitChangedLocked(ctx, func() bool { return s.settledLocked(last) }); err != nil {
+		return Position{}, fmt.Errorf("objdb: the node's keeper has not confirmed this copy's writes (%d pending): %v: %w", len(s.pend()), err, ErrTryAgain)
 	}
 	p := Position{Rev: s.wrev}
 	if last > 0 {
@@ -113,21 +102,9 @@ func (s *Store) WaitFor(ctx context.Context, p Position) error {
 		s.mu.Lock()
 	}
 	defer s.mu.Unlock()
-	if s.reachedLocked(p) {
-		return nil
-	}
-	stop := context.AfterFunc(ctx, func() {
-		s.mu.Lock()
-		s.changed.Broadcast()
-		s.mu.Unlock()
-	})
-	defer stop()
-	for !s.reachedLocked(p) {
-		if ctx.Err() != nil {
-			return fmt.Errorf("objdb: the copy has not applied through %s (it is at %s): %w",
-				p, Position{Epoch: s.nepoch, Seq: s.nseq, Rev: s.crev}, ctx.Err())
-		}
-		s.changed.Wait()
+	if err := s.waitChangedLocked(ctx, func() bool { return s.reachedLocked(p) }); err != nil {
+		return fmt.Errorf("objdb: the copy has not applied through %s (it is at %s): %w",
+			p, Position{Epoch: s.nepoch, Seq: s.nseq, Rev: s.crev}, err)
 	}
 	return nil
 }

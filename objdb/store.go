@@ -738,15 +738,28 @@ func (s *Store) writeNode(ctx context.Context, w nodeWrite) (nodeRecord, error) 
 func (s *Store) waitKeeperLocked(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
 	defer cancel()
+	if err := s.waitChangedLocked(ctx, func() bool { return len(s.pend()) < maxUnconfirmed }); err != nil {
+		return fmt.Errorf("the node's keeper has not confirmed this copy's last %d writes (%v): %w", len(s.pend()), err, ErrTryAgain)
+	}
+	return nil
+}
+
+// waitChangedLocked waits, under s.mu, until done holds (checked at each
+// change the Store broadcasts), or ctx ends: then it returns ctx's error.
+func (s *Store) waitChangedLocked(ctx context.Context, done func() bool) error {
+	if done() {
+		return nil
+	}
+	// The wait must wake when ctx ends too, not only at the next change.
 	stop := context.AfterFunc(ctx, func() {
 		s.mu.Lock()
 		s.changed.Broadcast()
 		s.mu.Unlock()
 	})
 	defer stop()
-	for len(s.pend()) >= maxUnconfirmed {
+	for !done() {
 		if ctx.Err() != nil {
-			return fmt.Errorf("the node's keeper has not confirmed this copy's last %d writes (%v): %w", len(s.pend()), ctx.Err(), ErrTryAgain)
+			return ctx.Err()
 		}
 		s.changed.Wait()
 	}
