@@ -58,6 +58,11 @@ type ServerConfig struct {
 	// LameDuck is how long a graceful shutdown lets clients move away.
 	LameDuck time.Duration
 	Logger   *slog.Logger
+	// Tags are the server's JetStream placement tags (nats-server's
+	// server_tags): a stream whose placement names them is put on this
+	// server. A node has none; tests use them to put a stream on the
+	// node of their choice (bustest).
+	Tags []string
 }
 
 // ServerConfigFrom derives the local node's server configuration from a node
@@ -166,6 +171,7 @@ func StartServer(ctx context.Context, sc ServerConfig) (*Server, error) {
 		PingInterval: 10 * time.Second,
 		MaxPingsOut:  2,
 	}
+	opts.Tags = append(opts.Tags, sc.Tags...)
 	if len(sc.Routes) > 0 {
 		opts.Cluster = server.ClusterOpts{
 			Name: sc.ClusterName,

@@ -151,6 +151,7 @@ func StartClusterWith(t testing.TB, n int, o Options) *Cluster {
 			// One token per node for the test's life: a restarted node
 			// admits the connections it admitted before.
 			Token: randomToken(t),
+			Tags:  []string{ServerTag(i + 1)},
 		}
 		if n > 1 {
 			sc.Routes = routes
@@ -182,6 +183,10 @@ func StartClusterWith(t testing.TB, n int, o Options) *Cluster {
 	})
 	return c
 }
+
+// ServerTag is node id's JetStream placement tag: a stream created with
+// Placement{Tags: []string{ServerTag(id)}} is put on node id's server.
+func ServerTag(id int) string { return "node:" + strconv.Itoa(id) }
 
 func randomToken(t testing.TB) string {
 	b := make([]byte, 16)
