@@ -131,11 +131,20 @@ func (s *Store) direct(hb, lost time.Duration, local bool, onLoaded func()) *clu
 				s.setFeedState(&s.cstate, "cluster", false, fmt.Sprintf("cluster feed catching up from revision %d (%d pending, consumer on %s)", from, pending, server))
 			}
 		},
-		apply: func(m *nats.Msg, rev uint64, initial bool) { s.applyCluster(m, rev, !initial) },
+		// Trackers hear of every change, the first load's too: none is
+		// registered before OpenStore returns, and a copy that returned
+		// before its cluster keys loaded (no JetStream quorum) tells its
+		// trackers of each key as it arrives, as of any other change.
+		apply: func(m *nats.Msg, rev uint64, _ bool) { s.applyCluster(m, rev, true) },
 		caughtUp: func() {
 			s.mu.Lock()
+			late := !s.cloaded && s.openedEarly
 			s.cloaded = true
+			crev := s.crev
 			s.mu.Unlock()
+			if late {
+				s.log.Info("objdb: the cluster keys loaded: the copy serves them from now on", "copy", s.cfg.Name, "revision", crev)
+			}
 			onLoaded()
 			s.setFeedState(&s.cstate, "cluster", true, "")
 		},

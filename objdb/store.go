@@ -39,11 +39,13 @@ type StoreConfig struct {
 	// counts it lost, says it is behind and resumes it (default 1 s; a
 	// layer's store uses totem.token, the failure detector's time).
 	FeedTimeout time.Duration
-	// ClusterWait bounds how long OpenStore waits for the bucket before
-	// it serves this node's keys without the cluster's (JetStream has no
-	// quorum: a node started while no majority of the nodelist runs);
-	// the cluster keys follow once the bucket opens. Default
-	// DefaultClusterWait.
+	// ClusterWait bounds how long OpenStore waits for the bucket (JetStream
+	// has no quorum: a node started while no majority of the nodelist
+	// runs), and then how long for the first load of the cluster keys
+	// (the bucket answers but its stream cannot be read: no meta leader
+	// to make a consumer, no stream leader), before it serves this node's
+	// keys without the cluster's; the cluster keys follow once they load.
+	// Default DefaultClusterWait.
 	ClusterWait time.Duration
 	// Name says whose copy this is, in status and logs (default: the bus
 	// connection's name).
@@ -141,7 +143,10 @@ type Store struct {
 	crev       uint64 // the last stream revision the cluster feed applied
 	wrev       uint64 // the last revision of this Store's own cluster writes (Settle)
 	cloaded    bool   // the cluster feed's initial load is done
-	cserver    string // the server of the cluster feed's consumer
+	// openedEarly: OpenStore returned before the cluster keys loaded
+	// (no JetStream quorum); their load, when it comes, is logged.
+	openedEarly bool
+	cserver     string // the server of the cluster feed's consumer
 	// relayCh is the keeper's relay frames (on the node feed), handed
 	// over by followNode to followCluster.
 	relayCh chan *nats.Msg
@@ -209,7 +214,13 @@ const DefaultClusterWait = 10 * time.Second
 // the copy opens with the node's keys alone, as corosync serves a node
 // alone — the configuration, runtime.* — and takes the cluster keys when
 // the bucket opens: until then they read as absent, and writes of them
-// fail with CS_ERR_TRY_AGAIN.
+// fail with CS_ERR_TRY_AGAIN. A bucket that answers but whose cluster
+// keys do not load within ClusterWait more is served the same way: its
+// stream answers a lookup without a JetStream quorum when it is led by
+// this node's server (a one-replica bucket placed here, the other nodes
+// gone), and a lookup made a moment before the bucket's only server left
+// has answered; the consumer that loads the cluster keys needs the meta
+// leader and a server of the stream, and one is not there.
 func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig) (*Store, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -259,11 +270,9 @@ func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig) (*Store, err
 	s.stop = stop
 	clusterLoaded, nodeLoaded := make(chan struct{}), make(chan struct{})
 	s.stopped.Add(3)
-	waitFor := []chan struct{}{clusterLoaded, nodeLoaded}
 	if kv != nil {
 		go func() { defer s.stopped.Done(); s.followCluster(fctx, clusterLoaded) }()
 	} else {
-		waitFor = waitFor[1:]
 		s.setFeedState(&s.cstate, "cluster", false, "no JetStream quorum: the bucket is not available (a majority of the nodelist is not running?)")
 		go func() {
 			defer s.stopped.Done()
@@ -280,15 +289,41 @@ func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig) (*Store, err
 	}
 	go func() { defer s.stopped.Done(); s.followNode(fctx, nodeLoaded) }()
 	go func() { defer s.stopped.Done(); s.serveCopyStatus(fctx) }()
-	for _, ch := range waitFor {
+	// The node's keys are the keeper's, in this node's bus: waited for
+	// until ctx ends. The cluster keys at most ClusterWait: a copy that
+	// waited for them without bound, the bucket found but its stream
+	// unreadable, never returned, and a node whose peers had all gone
+	// never served its cmap (its gateway's copy waited for ever, and
+	// corosync-cmapctl failed with CS_ERR_LIBRARY).
+	var clusterDue <-chan time.Time
+	if kv != nil {
+		due := time.NewTimer(cfg.ClusterWait)
+		defer due.Stop()
+		clusterDue = due.C
+	}
+	fail := func() (*Store, error) {
+		s.Close()
+		st := s.State()
+		return nil, fmt.Errorf("objdb: loading the local copy (%s): %w", st.Reason, ctx.Err())
+	}
+	select {
+	case <-nodeLoaded:
+	case <-ctx.Done():
+		return fail()
+	}
+	if kv != nil {
 		select {
-		case <-ch:
+		case <-clusterLoaded:
+		case <-clusterDue:
+			cfg.Log.Warn("objdb: the cluster keys did not load (the bucket's stream cannot be read: no JetStream quorum, or its servers are gone?): serving this node's keys; the cluster keys once they load",
+				"bucket", cfg.Bucket, "waited", cfg.ClusterWait, "reason", s.State().Cluster.Reason)
 		case <-ctx.Done():
-			s.Close()
-			st := s.State()
-			return nil, fmt.Errorf("objdb: loading the local copy (%s): %w", st.Reason, ctx.Err())
+			return fail()
 		}
 	}
+	s.mu.Lock()
+	s.openedEarly = !s.cloaded
+	s.mu.Unlock()
 	return s, nil
 }
 

@@ -2,8 +2,10 @@ package quorum
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -85,6 +87,87 @@ func TestLoneNodeServesCmap(t *testing.T) {
 		}
 		if time.Now().After(end) {
 			t.Fatalf("node 1, once alone, reads test.lone (written on node 2) as %q, %v; want 7\n%s", got, err, n1.LogTail(30))
+		}
+	}
+}
+
+// TestLoneNodeHoldingTheBucketServesCmap: a two_node cluster whose objdb
+// bucket (one replica on two nodes) is on node X's server. The other node
+// stops; X runs on alone, its server still leading the bucket's stream,
+// so a layer that opens its objdb copy now finds the bucket, but without
+// the other node JetStream has no meta leader to make the consumer that
+// loads the cluster keys. X's IPC gateway is killed and restarted by its
+// supervisor, as any layer may be: corosync serves a lone node's cmap, and
+// corobus's gateway waited for that load for ever, corosync-cmapctl
+// failing with CS_ERR_LIBRARY for as long as X ran: what tests/quorum
+// TestConfigVersionLoneOlderNodeStops hit one CI run in four, when the
+// bucket was made in the moment both nodes ran and the second node's
+// layers opened their copies as the first left. Which node holds the
+// bucket is read from node 1's copies (a one-replica bucket's consumer
+// is on its server); the other node is the one stopped.
+func TestLoneNodeHoldingTheBucketServesCmap(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
+	requireTools(t)
+	c := netcluster.Start(t, netcluster.Options{Nodes: 2, Keys: map[string]string{"quorum.two_node": "1"}})
+	keepLogs(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*settle)
+	defer cancel()
+	type nodeStatus struct {
+		Layers []struct {
+			Layer string `json:"layer"`
+			PID   int    `json:"pid"`
+		} `json:"layers"`
+		Copies []struct {
+			State string `json:"state"`
+			Via   string `json:"via"`
+		} `json:"objdb_copies"`
+	}
+	statusOf := func(n *netcluster.Node) (nodeStatus, string, error) {
+		var st nodeStatus
+		out, err := n.Corobus(ctx, "status", "--json")
+		if err == nil {
+			err = json.Unmarshal([]byte(out), &st)
+		}
+		return st, out, err
+	}
+	holder := 0
+	for end := time.Now().Add(settle); holder == 0; time.Sleep(500 * time.Millisecond) {
+		st, out, err := statusOf(c.Node(1))
+		for _, cp := range st.Copies {
+			if cp.State == "current" && (cp.Via == "node1" || cp.Via == "node2") {
+				holder = int(cp.Via[4] - '0')
+			}
+		}
+		if holder == 0 && time.Now().After(end) {
+			t.Fatalf("node 1's objdb copies do not say which server holds the bucket: %v\n%s", err, out)
+		}
+	}
+	other, lone := c.Node(3-holder), c.Node(holder)
+	st, out, err := statusOf(lone)
+	gateway := 0
+	for _, l := range st.Layers {
+		if l.Layer == "ipc" {
+			gateway = l.PID
+		}
+	}
+	if gateway == 0 {
+		t.Fatalf("node %d's status lists no ipc layer: %v\n%s", lone.ID, err, out)
+	}
+	t.Logf("the bucket is on node %d; node %d stops, node %d's gateway (pid %d) is killed", holder, other.ID, lone.ID, gateway)
+	if err := other.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, settle, "node alone", func(st quorumStatus) bool { return st.nodes == 1 }, lone)
+	if out, err := lone.Run(ctx, "kill", "-KILL", strconv.Itoa(gateway)); err != nil {
+		t.Fatalf("killing node %d's gateway: %v\n%s", lone.ID, err, out)
+	}
+	for end := time.Now().Add(settle); ; time.Sleep(time.Second) {
+		got, err := lone.Run(ctx, "corosync-cmapctl", "-g", "quorum.two_node")
+		if err == nil && got == "quorum.two_node (u8) = 1\n" {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("corosync-cmapctl -g quorum.two_node on node %d, alone with the bucket, its gateway restarted: %q, %v\n%s", lone.ID, got, err, lone.LogTail(40))
 		}
 	}
 }
