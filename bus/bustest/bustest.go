@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -83,16 +84,41 @@ func ephemeralLow() int {
 
 // Logger returns a test logger that writes through t.Log when -v is given
 // and discards otherwise, so that failures stay readable.
+//
+// Lines logged after the test has ended are dropped: a server's timers
+// (nats-server's rate-limited route errors, say) can fire after the
+// cleanups, and t.Log then panics ("Log in goroutine after ... has
+// completed").
 func Logger(t testing.TB) *slog.Logger {
 	if testing.Verbose() {
-		return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		w := &tWriter{t: t}
+		t.Cleanup(w.end)
+		return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return slog.New(slog.DiscardHandler)
 }
 
-type tWriter struct{ t testing.TB }
+// tWriter writes to t.Log until the test ends.
+type tWriter struct {
+	t     testing.TB
+	mu    sync.Mutex
+	ended bool
+}
 
-func (w tWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+func (w *tWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.ended {
+		w.t.Log(string(p))
+	}
+	return len(p), nil
+}
+
+func (w *tWriter) end() {
+	w.mu.Lock()
+	w.ended = true
+	w.mu.Unlock()
+}
 
 // StartNode starts a one-node bus with JetStream, stopped at the end of the
 // test.
