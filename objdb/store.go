@@ -315,8 +315,15 @@ func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig) (*Store, err
 		select {
 		case <-clusterLoaded:
 		case <-clusterDue:
+			// The first consumer may still be waiting to be made (a
+			// one-replica bucket's waits a token and 10 s): the state
+			// then says only "loading".
+			reason := s.State().Cluster.Reason
+			if reason == "loading" {
+				reason = "no consumer of the bucket's stream has delivered them yet"
+			}
 			cfg.Log.Warn("objdb: the cluster keys did not load (the bucket's stream cannot be read: no JetStream quorum, or its servers are gone?): serving this node's keys; the cluster keys once they load",
-				"bucket", cfg.Bucket, "waited", cfg.ClusterWait, "reason", s.State().Cluster.Reason)
+				"bucket", cfg.Bucket, "waited", cfg.ClusterWait, "reason", reason)
 		case <-ctx.Done():
 			return fail()
 		}
