@@ -27,7 +27,10 @@ import (
 //
 //   - form_s: from starting every node at once to every node having a
 //     route to every other and one totem view of all N (routes_s and
-//     view_s are the two parts' own times from the same start);
+//     view_s are the two parts' own times from the same start; heard_s,
+//     from the same start, when every node had heard every other's
+//     heartbeat: between the routes and the view, the heartbeats'
+//     crossing of the last routes, then what the view agreement took);
 //   - meta_s: from the same start to the first JetStream meta leader
 //     (0 if none within 30 s): not part of form_s, but the same CPUs;
 //   - form_cpu_s: the CPU time the process spent forming, read when
@@ -169,7 +172,7 @@ func benchScale(b *testing.B, n int) {
 	if testing.Verbose() {
 		b.Logf("%.2fs every server started", time.Since(start).Seconds())
 	}
-	var routesAt, viewAt, metaAt, formCPU time.Duration
+	var routesAt, heardAt, viewAt, metaAt, formCPU time.Duration
 	deadline := start.Add(60 * time.Second)
 	lastLog := start
 	// The meta leader is not part of the formation (totem does not use
@@ -198,8 +201,14 @@ func benchScale(b *testing.B, n int) {
 		if routesAt == 0 && slices.IndexFunc(nodes, func(s *scaleNode) bool { return s.srv.NATS().NumRemotes() != n-1 }) < 0 {
 			routesAt = time.Since(start)
 		}
+		if heardAt == 0 && !slices.ContainsFunc(nodes, func(s *scaleNode) bool { return len(s.tn.Status().Reachable) != n }) {
+			heardAt = time.Since(start)
+		}
 		if viewAt == 0 && oneView(nodes, n) {
 			viewAt = time.Since(start)
+			if heardAt == 0 {
+				heardAt = viewAt
+			}
 		}
 		if formCPU == 0 && routesAt != 0 && viewAt != 0 {
 			formCPU = cpuTime() - cpu0
@@ -249,6 +258,7 @@ func benchScale(b *testing.B, n int) {
 	b.ReportMetric(max(routesAt, viewAt).Seconds(), "form_s")
 	b.ReportMetric(routesAt.Seconds(), "routes_s")
 	b.ReportMetric(viewAt.Seconds(), "view_s")
+	b.ReportMetric(heardAt.Seconds(), "heard_s")
 	b.ReportMetric(metaAt.Seconds(), "meta_s") // 0: no leader within 30 s
 	b.ReportMetric(float64(views), "views")
 	b.ReportMetric(formCPU.Seconds(), "form_cpu_s")
