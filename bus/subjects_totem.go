@@ -3,8 +3,9 @@ package bus
 // Subjects of the totem layer (membership, ordered multicast, virtual
 // synchrony) and of the sync engine. docs/totem.md describes every payload.
 
-// TotemHeartbeat carries every node's heartbeats (JSON totem.Heartbeat); the
-// failure detector listens here.
+// TotemHeartbeat carries every node's heartbeats (totem.Heartbeat: a JSON
+// envelope of node, version and a binary body since totem protocol
+// version 2); the failure detector listens here.
 func (s Subjects) TotemHeartbeat() string { return s.Join("totem", "hb") }
 
 // TotemMemb carries the view agreement: proposals, acknowledgements and

@@ -1458,7 +1458,7 @@ func (n *Node) onHeartbeat(m *nats.Msg) {
 	}
 	n.hbMu.Unlock()
 	var hb Heartbeat
-	if err := json.Unmarshal(m.Data, &hb); err != nil || hb.Node == n.cfg.NodeID || hb.Node == 0 {
+	if err := parseHeartbeat(m.Data, &hb); err != nil || hb.Node == n.cfg.NodeID || hb.Node == 0 {
 		return
 	}
 	raw := string(m.Data)
@@ -1571,7 +1571,11 @@ func (n *Node) sendHeartbeat(now time.Time) {
 	} else if n.seqEpoch > 0 {
 		hb.SeqEpoch, hb.Seqr, hb.SeqFrom = n.seqEpoch, n.seqr, n.seqFrom
 	}
-	b, _ := json.Marshal(hb)
+	b, err := appendHeartbeat(nil, &hb)
+	if err != nil {
+		n.log.Error("encoding a heartbeat", "err", err)
+		return
+	}
 	_ = n.nc.Publish(n.subjHB, b)
 	n.lastHB = now
 	n.hearsNews = false

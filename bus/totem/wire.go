@@ -117,10 +117,15 @@ type ConfChg struct {
 //
 // 1: the version carried in heartbeats; droppable messages' data and
 // submit frames carry a key after the service name.
-const ProtocolVersion = 1
+// 2: the heartbeat's fields but node and proto in a binary body, inside a
+// JSON envelope that keeps node and proto (hbwire.go).
+const ProtocolVersion = 2
 
 // Heartbeat is what every node publishes on TotemHeartbeat every
-// Config.Heartbeat (and at once on a state change).
+// Config.Heartbeat (and at once on a state change). On the wire since
+// protocol version 2: a JSON envelope of Node and Proto around a binary
+// body of the rest (hbwire.go); the JSON names below are what builds
+// before it sent, and what this one reads of them.
 type Heartbeat struct {
 	Node uint32 `json:"node"`
 	// Proto is the sender's ProtocolVersion; absent (0) from a build
