@@ -715,7 +715,28 @@ func (n *Node) hbDue() time.Time {
 		// timer: one wake-up a period instead of one per node.
 		return beat.Next(n.lastHB, n.tm().RestHeartbeat)
 	}
+	if n.state == stGather && n.missingExpected() {
+		// Gathering while a node of the nodelist is not heard (a
+		// cluster forming, a node lost): every totem.join. The first
+		// heartbeat across a route that has just come up is what
+		// starts two nodes hearing each other, and it came up to a
+		// period (token/5) later; the reachable set's early
+		// heartbeat only answers it. Bounded to the gather, which a
+		// view ends.
+		return n.lastHB.Add(min(n.tm().Heartbeat, n.tm().Join))
+	}
 	return n.lastHB.Add(n.tm().Heartbeat)
+}
+
+// missingExpected reports whether a node of the nodelist is not in the
+// reachable set. Called with mu held.
+func (n *Node) missingExpected() bool {
+	for _, id := range n.cfg.Expected {
+		if !slices.Contains(n.aliveSet, id) {
+			return true
+		}
+	}
+	return false
 }
 
 // restWake is how long a ring at rest may sleep: until its next
