@@ -211,7 +211,7 @@ func runUp(ctx context.Context, a *app, args []string) error {
 		Ready: func(ctx context.Context) error {
 			return waitBusReady(ctx, url, subjects, local.ID, 30*time.Second)
 		},
-		Files: files, Env: env,
+		Files: files, Env: append(slices.Clip(env), busGodebug(os.Getenv("GODEBUG"))),
 	}}
 	for _, l := range a.layers() {
 		children = append(children, node.Child{Name: l.Name, Path: exe, Args: append([]string{l.Name}, common...), Files: files, Env: env})
@@ -220,6 +220,29 @@ func runUp(ctx context.Context, a *app, args []string) error {
 		return err
 	}
 	return stopped()
+}
+
+// busGodebug is the bus process's GODEBUG: the caller's (user), after
+// schedtrace=2147483647, which keeps the Go runtime's monitor thread
+// (sysmon) out of its deep sleep. That sleep is taken whenever every P is
+// idle, and every system call entered meanwhile wakes the monitor, which
+// then polls every 20 µs for a millisecond: the embedded NATS server reads
+// and writes its sockets through ordinary system calls, and a bus busy
+// with cluster-key writes goes idle and busy again thousands of times a
+// second, so the monitor's wake-ups and sleeps were about a sixth of the
+// bus processes' CPU (docs/objdb.md, "Cluster keys"). With schedtrace
+// set the monitor never takes the deep sleep and backs off to one wake-up
+// every 10 ms. The trace itself is due every 2 147 483 647 ms, the
+// largest period GODEBUG takes, counted from the machine's boot: a bus
+// started on a machine up for more than 25 days prints one line of it
+// (`SCHED …`) at its start and one every 25 days. A schedtrace of the
+// user's own comes later and wins.
+func busGodebug(user string) string {
+	v := "schedtrace=2147483647"
+	if user != "" {
+		v += "," + user
+	}
+	return "GODEBUG=" + v
 }
 
 // serveShutdown answers Subjects.NodeShutdown(id) once the bus is up:
