@@ -689,11 +689,11 @@ func (s *Store) writeCluster(ctx context.Context, key string, v *Value) error {
 	} else {
 		m.Data = v.encode()
 	}
-	ack, err := s.js.PublishMsg(ctx, m)
+	rev, err := s.publishCluster(ctx, m)
 	if err != nil {
 		return s.writeError(key, err)
 	}
-	s.overlayCluster(key, v, ack.Sequence)
+	s.overlayCluster(key, v, rev)
 	return nil
 }
 
