@@ -379,10 +379,30 @@ func (k *Keeper) applyLocked(writer uint64, w nodeWrite, internal bool) {
 			rec.Kind = EventModify
 		}
 	case opDelete:
-		if had {
+		if had || !k.loaded {
+			// Before the load, a key absent here may be stored, or held
+			// by copies of the previous keeper (opRestore): the delete,
+			// written since start, is recorded as one so that every
+			// copy drops the key, and it wins over the stored value.
 			delete(k.keys, w.Key)
 			rec.Kind = EventDelete
 		}
+	case opRestore:
+		// A copy that ran under the previous keeper (this bus restarted
+		// under running layers) hands over a key it holds while this
+		// keeper has not loaded the node's stored keys (JetStream
+		// without a quorum: a lone node). The copy's value is the
+		// previous keeper's latest, newer than any stored one: taken if
+		// the key is untouched since start, and stored like a write.
+		// Otherwise the record carries what the keeper has (rec.New,
+		// none for an absent key), which the copy takes.
+		if had || k.loaded || k.touched[w.Key] || (k.cfg.FirstStart && strings.HasPrefix(w.Key, "runtime.")) {
+			rec.New = old
+			break
+		}
+		k.keys[w.Key] = w.Value
+		rec.New = w.Value
+		rec.Kind = EventAdd
 	case opAdjust:
 		if !had {
 			rec.Status = cswire.ErrNotExist

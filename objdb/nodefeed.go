@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -236,6 +237,16 @@ func (s *Store) applyRecordLocked(rb *rebuild, rec nodeRecord) {
 		s.local[rec.Key] = rec.New
 	case EventDelete:
 		delete(s.local, rec.Key)
+	case 0:
+		if rec.Writer == s.writer && rec.Status == cswire.OK && s.pendingOpLocked(rec.WSeq) == opRestore {
+			// A key this copy handed to a new keeper that did not take
+			// it: the keeper's value (none: absent) is the node's.
+			s.nseq = rec.Seq
+			s.swapKeyLocked(rec.Key, rec.New, rec.New.Type != 0)
+			s.confirmLocked(rec.WSeq, &rec)
+			s.changed.Broadcast()
+			return
+		}
 	}
 	s.nseq = rec.Seq
 	if tracked {
@@ -246,6 +257,20 @@ func (s *Store) applyRecordLocked(rb *rebuild, rec nodeRecord) {
 		s.confirmLocked(rec.WSeq, &rec)
 	}
 	s.changed.Broadcast()
+}
+
+// pendingOpLocked is the op of this Store's unconfirmed write wseq (0:
+// none such).
+func (s *Store) pendingOpLocked(wseq uint64) uint8 {
+	live := s.pend()
+	if len(live) == 0 || wseq < live[0].w.WSeq {
+		return 0
+	}
+	// pend holds consecutive wseqs, oldest first.
+	if i := wseq - live[0].w.WSeq; i < uint64(len(live)) && live[i].w.WSeq == wseq {
+		return live[i].w.Op
+	}
+	return 0
 }
 
 // confirmLocked drops this Store's pending writes up to wseq: the keeper
@@ -369,14 +394,14 @@ func (s *Store) adoptEpoch(ctx context.Context) (bool, error) {
 	if same {
 		return false, nil
 	}
-	if !probe.Loaded {
-		return false, errors.New("node feed: the node's new keeper is still loading the node's stored keys")
-	}
 	first, err := s.askKeeper(ctx, syncRequest{Writer: s.writer, Epoch: probe.Epoch, From: 0})
 	if err != nil {
 		return false, err
 	}
 	if first.Kind != syncRecords || first.Epoch != probe.Epoch {
+		if !probe.Loaded {
+			return false, errors.New("node feed: the node's new keeper is still loading the node's stored keys, and no longer has its first records")
+		}
 		return false, nil
 	}
 	s.mu.Lock()
@@ -385,11 +410,49 @@ func (s *Store) adoptEpoch(ctx context.Context) (bool, error) {
 	if len(s.pend()) > 0 {
 		s.resendLocked()
 	}
+	restored := 0
+	if !probe.Loaded {
+		restored = s.restoreLocked()
+	}
 	s.mu.Unlock()
 	if _, err := s.catchUp(ctx, probe.Epoch, nil); err != nil {
 		return true, err
 	}
+	if !probe.Loaded {
+		// The new keeper cannot load what the node stored (JetStream has
+		// no quorum: a lone node whose bus restarted). Refusing to follow
+		// it until it had, as copies did until 3 Dec, left them behind
+		// for good on such a node: its writes never confirmed, the other
+		// copies never reading them, a copy opened since reading only
+		// them. So the copy follows it over its keys as they are, and
+		// has handed it those keys (restoreLocked), which the keeper
+		// takes where it has nothing newer. No reconcile: what this
+		// keeper lacks is what it has not loaded, not what was deleted.
+		s.log.Info("objdb: the node's new keeper cannot load the node's stored keys yet; following it, and handing it this copy's node keys",
+			"epoch", strconv.FormatUint(probe.Epoch, 16), "keys", restored)
+		return true, nil
+	}
 	return true, s.reconcile(ctx, probe.Epoch)
+}
+
+// restoreLocked sends the new keeper, as writes of opRestore, every node
+// key the copy holds from the previous keeper, but for keys this Store
+// has written since (its pending writes, sent again, say what they are);
+// it returns how many. The copy's view does not change: the keeper's
+// records of them carry the values it holds.
+func (s *Store) restoreLocked() int {
+	n := 0
+	for k, v := range s.local {
+		if _, mine := s.localOver[k]; mine {
+			continue
+		}
+		s.nextWSeq++
+		w := nodeWrite{WSeq: s.nextWSeq, Op: opRestore, Key: k, Value: v}
+		s.pendBuf = append(s.pendBuf, pendingWrite{w: w, sent: time.Now()})
+		s.queueLocked(w)
+		n++
+	}
+	return n
 }
 
 // reconcile compares the copy with a snapshot of the keeper brought to the

@@ -20,6 +20,10 @@ const (
 	opSet    = 1
 	opDelete = 2
 	opAdjust = 3
+	// opRestore hands a new keeper that has not loaded the node's stored
+	// keys one key a copy held under the previous keeper: taken only if
+	// the keeper has nothing of the key yet (Keeper.applyLocked).
+	opRestore = 4
 )
 
 // nodeWrite is one write of a node key by one Store (its writer id), in
@@ -28,7 +32,7 @@ type nodeWrite struct {
 	WSeq  uint64
 	Op    uint8
 	Key   string
-	Value Value // opSet
+	Value Value // opSet, opRestore
 	Step  int64 // opAdjust
 }
 
