@@ -54,11 +54,8 @@ func TestLoneSurvivorOpensItsCopy(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "objdb_test", History: History, Replicas: 1,
+			kv := createBucket(t, js, jetstream.KeyValueConfig{Bucket: "objdb_test", History: History, Replicas: 1,
 				Storage: jetstream.FileStorage, Placement: &jetstream.Placement{Tags: []string{bustest.ServerTag(tc.on)}}})
-			if err != nil {
-				t.Fatal(err)
-			}
 			st, err := kv.Status(ctx)
 			if err != nil {
 				t.Fatal(err)
@@ -215,4 +212,24 @@ func back(t *testing.T, s *Store, log *trackLog) {
 	}
 	until(t, 30*time.Second, func() bool { return s.State().State == "current" },
 		func() string { return fmt.Sprintf("the copy is still behind: %+v", s.State()) })
+}
+
+// createBucket creates a bucket, asking again while JetStream's API times
+// out: a cluster just formed can take longer than one API request's
+// timeout (5 s) to create a stream on a loaded machine (seen once: this
+// test's creation failed with "context deadline exceeded"). Creating it
+// again with the same config is answered with the bucket.
+func createBucket(t *testing.T, js jetstream.JetStream, cfg jetstream.KeyValueConfig) jetstream.KeyValue {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		kv, err := js.CreateKeyValue(context.Background(), cfg)
+		if err == nil {
+			return kv
+		}
+		if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) || time.Now().After(deadline) {
+			t.Fatalf("creating bucket %s: %v", cfg.Bucket, err)
+		}
+		t.Logf("creating bucket %s: %v; asking again", cfg.Bucket, err)
+	}
 }
