@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -170,4 +171,104 @@ func TestLoneNodeHoldingTheBucketServesCmap(t *testing.T) {
 			t.Fatalf("corosync-cmapctl -g quorum.two_node on node %d, alone with the bucket, its gateway restarted: %q, %v\n%s", lone.ID, got, err, lone.LogTail(40))
 		}
 	}
+}
+
+// TestLoneNodeBusRestartKeepsCmap: node 2 of a two_node cluster is alone
+// (node 1 stopped, so JetStream has no quorum and the objdb bucket cannot
+// be read) and its bus process dies; the supervisor restarts it, as LCR's
+// live replacement of the bus layer would, and the layers run on. corosync
+// serves a lone node's cmap whatever the others do: a node key set before
+// the restart still reads, one set after it reads through the node's
+// other copy (the objdb layer's, which `corobus cmap -g` asks), and a
+// gateway restarted after it reads both. Before, the copies refused the
+// new bus's keeper (it could not load the node's stored keys), so the
+// objdb layer never read the later write and a restarted gateway read
+// only what was written since the bus restarted.
+func TestLoneNodeBusRestartKeepsCmap(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
+	requireTools(t)
+	c := netcluster.Start(t, netcluster.Options{Nodes: 2, Keys: map[string]string{"quorum.two_node": "1"}})
+	keepLogs(t, c)
+	n1, n2 := c.Node(1), c.Node(2)
+	waitStatus(t, settle, "two nodes, quorate", func(st quorumStatus) bool { return st.nodes == 2 && st.quorate }, n1, n2)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*settle)
+	defer cancel()
+	if err := n1.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, settle, "node 2 alone", func(st quorumStatus) bool { return st.nodes == 1 }, n2)
+	// eventually runs cmd on node 2 until it prints want ("corobus"
+	// runs one of its client verbs).
+	eventually := func(what, want string, cmd ...string) {
+		t.Helper()
+		var got string
+		var err error
+		for end := time.Now().Add(settle); ; time.Sleep(500 * time.Millisecond) {
+			if cmd[0] == "corobus" {
+				got, err = n2.Corobus(ctx, cmd[1], cmd[2:]...)
+			} else {
+				got, err = n2.Run(ctx, cmd[0], cmd[1:]...)
+			}
+			if err == nil && strings.Contains(got, want) {
+				return
+			}
+			if time.Now().After(end) {
+				t.Fatalf("%s: %s printed %q, %v; want %q\n%s", what, strings.Join(cmd, " "), got, err, want, n2.LogTail(40))
+			}
+		}
+	}
+	eventually("a node key set on the lone node", "", "corosync-cmapctl", "-s", "runtime.lonebus.before", "str", "b4")
+	killLayer := func(name string) {
+		t.Helper()
+		pid := layerPID(t, n2, name)
+		if out, err := n2.Run(ctx, "kill", "-KILL", strconv.Itoa(pid)); err != nil {
+			t.Fatalf("killing node 2's %s (pid %d): %v\n%s", name, pid, err, out)
+		}
+		for end := time.Now().Add(settle); ; time.Sleep(200 * time.Millisecond) {
+			if now := layerPIDOrZero(n2, name); now != 0 && now != pid {
+				t.Logf("node 2's %s: pid %d killed, %d runs", name, pid, now)
+				return
+			}
+			if time.Now().After(end) {
+				t.Fatalf("node 2's %s was not restarted\n%s", name, n2.LogTail(40))
+			}
+		}
+	}
+	killLayer("bus")
+	eventually("the key set before the bus restarted", "runtime.lonebus.before (str) = b4",
+		"corosync-cmapctl", "-g", "runtime.lonebus.before")
+	eventually("a node key set after the bus restarted", "", "corosync-cmapctl", "-s", "runtime.lonebus.after", "str", "af")
+	eventually("the objdb layer's copy reading the key set after the bus restarted", "af",
+		"corobus", "cmap", "-g", "runtime.lonebus.after")
+	killLayer("ipc")
+	for _, key := range []string{"runtime.lonebus.before (str) = b4", "runtime.lonebus.after (str) = af"} {
+		k := strings.Fields(key)[0]
+		eventually("a gateway restarted after the bus reading "+k, key, "corosync-cmapctl", "-g", k)
+	}
+}
+
+// layerPID is the pid of node n's process running corobus's layer name
+// (its first argument: "bus", "ipc", ...; no other process of a node has
+// one of those).
+func layerPID(t *testing.T, n *netcluster.Node, name string) int {
+	t.Helper()
+	pid := layerPIDOrZero(n, name)
+	if pid == 0 {
+		t.Fatalf("node %d runs no %s process\n%s", n.ID, name, n.LogTail(20))
+	}
+	return pid
+}
+
+func layerPIDOrZero(n *netcluster.Node, name string) int {
+	for _, pid := range n.PIDs() {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if len(args) > 1 && args[1] == name {
+			return pid
+		}
+	}
+	return 0
 }
