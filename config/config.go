@@ -61,6 +61,10 @@ type Config struct {
 	overrides []string
 	// embedded is true when no file was given.
 	embedded bool
+	// positions are the file's lines of its keys and sections (brace
+	// syntax only), for mistakes found after the keys were read one by
+	// one: a node without an id, two nodes with one id.
+	positions map[string]int
 }
 
 // Node is one entry of the nodelist.
@@ -215,10 +219,34 @@ func Load(opts Options) (*Config, error) {
 	}
 
 	c.overrides = append([]string(nil), opts.Overrides...)
+	c.positions = positions
 	if _, err := c.Nodes(); err != nil {
-		return nil, c.errf("%v", err)
+		return nil, c.located(err)
 	}
 	return c, nil
+}
+
+// keyError is a mistake about one key or section found once the keys were
+// read: Load names the file's line of Key, else of Section.
+type keyError struct {
+	Key, Section string
+	Msg          string
+}
+
+func (e *keyError) Error() string { return e.Key + ": " + e.Msg }
+
+// located prefixes err with the file, and the line when it is a keyError
+// whose key or section the file gave.
+func (c *Config) located(err error) error {
+	var ke *keyError
+	if errors.As(err, &ke) {
+		for _, p := range []string{ke.Key, ke.Section} {
+			if line, ok := c.positions[p]; ok && p != "" {
+				return fmt.Errorf("%s:%d: %w", c.file, line, err)
+			}
+		}
+	}
+	return c.errf("%v", err)
 }
 
 // checkKeys reports the first unknown key or badly typed value of one layer,
@@ -232,6 +260,16 @@ func checkKeys(source string, k *koanf.Koanf, positions map[string]int) error {
 		where := source
 		if line, ok := positions[key]; ok {
 			where = fmt.Sprintf("%s:%d", source, line)
+		}
+		if m, ok := flat[key].(map[string]any); ok && len(m) == 0 {
+			// An empty section: harmless when corosync knows it
+			// (nodelist {} then has no node, said by name below), a
+			// typo otherwise.
+			if !keys.Section(key) {
+				return fmt.Errorf("%s: unknown section %s", where, key)
+			}
+			k.Delete(key)
+			continue
 		}
 		if _, ok := flat[key].([]any); ok {
 			// YAML's list: repeated sections are maps by index, as
@@ -381,7 +419,7 @@ func (c *Config) Nodes() ([]Node, error) {
 		n, _, _ := strings.Cut(rest, ".")
 		i, err := strconv.Atoi(n)
 		if err != nil {
-			return nil, fmt.Errorf("nodelist.node.%s: expected a numeric index", n)
+			return nil, &keyError{Key: "nodelist.node." + n, Msg: "expected a numeric index"}
 		}
 		idx[i] = true
 	}
@@ -390,20 +428,26 @@ func (c *Config) Nodes() ([]Node, error) {
 	for _, i := range slices.Sorted(maps.Keys(idx)) {
 		p := fmt.Sprintf("nodelist.node.%d.", i)
 		n := Node{Index: i, Name: c.String(p + "name"), Addr: c.String(p + "ring0_addr")}
+		sec := strings.TrimSuffix(p, ".")
 		id, err := c.Uint(p+"nodeid", 0)
 		if err != nil {
 			return nil, err
 		}
+		if !c.Exists(p + "nodeid") {
+			// corosync's knet needs it too ("Knet requires an
+			// explicit nodeid").
+			return nil, &keyError{Key: p + "nodeid", Section: sec, Msg: "missing: every node needs a node id from 1 to 4294967295"}
+		}
 		if id == 0 || id > 0xffffffff {
-			return nil, fmt.Errorf("%snodeid: expected a node id from 1 to 4294967295", p)
+			return nil, &keyError{Key: p + "nodeid", Section: sec, Msg: fmt.Sprintf("expected a node id from 1 to 4294967295, found %d", id)}
 		}
 		n.ID = uint32(id)
 		if j, dup := seenID[n.ID]; dup {
-			return nil, fmt.Errorf("%snodeid: %d is also the id of nodelist.node.%d", p, n.ID, j)
+			return nil, &keyError{Key: p + "nodeid", Section: sec, Msg: fmt.Sprintf("%d is also the id of nodelist.node.%d", n.ID, j)}
 		}
 		seenID[n.ID] = i
 		if n.Addr == "" {
-			return nil, fmt.Errorf("%sring0_addr: missing", p)
+			return nil, &keyError{Key: p + "ring0_addr", Section: sec, Msg: "missing: every node needs the address of its link 0"}
 		}
 		bp, err := c.Uint(p+"bus_port", DefaultBusPort)
 		if err != nil {
@@ -423,7 +467,7 @@ func (c *Config) Nodes() ([]Node, error) {
 		nodes = append(nodes, n)
 	}
 	if len(nodes) == 0 {
-		return nil, errors.New("nodelist: no node configured (corobus needs a nodelist)")
+		return nil, &keyError{Key: "nodelist", Msg: "no node configured (corobus needs a nodelist)"}
 	}
 	return nodes, nil
 }
@@ -445,7 +489,7 @@ func (c *Config) LocalNode() (Node, error) {
 				return n, nil
 			}
 		}
-		return Node{}, c.errf("totem.nodeid %d is not in the nodelist", id)
+		return Node{}, c.located(&keyError{Key: "totem.nodeid", Msg: fmt.Sprintf("%d is not the nodeid of any node of the nodelist", id)})
 	}
 	if len(nodes) == 1 {
 		return nodes[0], nil

@@ -214,7 +214,56 @@ func TestErrors(t *testing.T) {
 		{
 			name: "duplicate node id",
 			body: "nodelist {\n node {\n nodeid: 1\n ring0_addr: a\n }\n node {\n nodeid: 1\n ring0_addr: b\n }\n}\n",
-			want: []string{"nodeid", "also the id"},
+			want: []string{"corosync.conf:7:", "nodelist.node.1.nodeid", "also the id"},
+		},
+		// Mistakes found in the nodelist as a whole name their line too:
+		// the key's, else the line that opens the node's section.
+		{
+			name: "node id zero",
+			body: "nodelist {\n node {\n ring0_addr: 10.0.0.1\n nodeid: 0\n }\n}\n",
+			want: []string{"corosync.conf:4:", "nodelist.node.0.nodeid", "from 1 to 4294967295"},
+		},
+		{
+			name: "node without an id",
+			body: "totem {\n\tversion: 2\n}\nnodelist {\n node {\n ring0_addr: 10.0.0.1\n }\n}\n",
+			want: []string{"corosync.conf:5:", "nodelist.node.0.nodeid: missing"},
+		},
+		{
+			name: "node without an address",
+			body: "nodelist {\n node {\n nodeid: 1\n }\n}\n",
+			want: []string{"corosync.conf:2:", "nodelist.node.0.ring0_addr: missing"},
+		},
+		{
+			name: "empty nodelist",
+			body: "totem {\n\tversion: 2\n}\nnodelist {\n}\n",
+			want: []string{"corosync.conf:4:", "nodelist: no node configured"},
+		},
+		{
+			name: "empty section of no known kind",
+			body: threeNodes + "totem {\n\tfoo {\n\t}\n}\n",
+			want: []string{"corosync.conf:", "unknown section totem.foo"},
+		},
+		{
+			name: "configuration version other than 2",
+			body: "totem {\n\tversion: 3\n}\nnodelist {\n node {\n nodeid: 1\n ring0_addr: 10.0.0.1\n }\n}\n",
+			want: []string{"corosync.conf:2:", "totem.version", `found "3"`},
+		},
+		// corosync stops at start on an address it cannot parse ("failed
+		// to parse node address '10.0.0.300'").
+		{
+			name: "node address out of range",
+			body: "nodelist {\n node {\n nodeid: 1\n ring0_addr: 10.0.0.300\n }\n}\n",
+			want: []string{"corosync.conf:4:", "nodelist.node.0.ring0_addr", "expected an IP address or a host name", `"10.0.0.300"`},
+		},
+		{
+			name: "bad bindnetaddr",
+			body: "totem {\n\tinterface {\n\t\tringnumber: 0\n\t\tbindnetaddr: 192.168.1.0/24\n\t}\n}\nnodelist {\n node {\n nodeid: 1\n ring0_addr: 10.0.0.1\n }\n}\n",
+			want: []string{"corosync.conf:4:", "totem.interface.0.bindnetaddr", "expected an IP address or a host name"},
+		},
+		{
+			name: "bad mcastaddr",
+			body: "totem {\n\tinterface {\n\t\tmcastaddr: 239.1.1.\n\t}\n}\nnodelist {\n node {\n nodeid: 1\n ring0_addr: 10.0.0.1\n }\n}\n",
+			want: []string{"corosync.conf:3:", "totem.interface.0.mcastaddr", "expected an IP address or a host name"},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -229,6 +278,36 @@ func TestErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Addresses corosync parses load: IPv4, IPv6 (with a zone), host names;
+// and an empty section corosync knows is no key of its own.
+func TestAddressesAndEmptySections(t *testing.T) {
+	body := "totem {\n\tversion: 2\n\tnodeid: 1\n\tinterface {\n\t\tbindnetaddr: 192.168.1.0\n\t\tmcastaddr: ff3e::4321:1\n\t}\n}\n" +
+		"quorum {\n}\nnodelist {\n node {\n nodeid: 1\n ring0_addr: node-1.example.com\n ring1_addr: fe80::1%eth0\n }\n" +
+		" node {\n nodeid: 2\n ring0_addr: 10.0.0.2\n }\n node {\n nodeid: 3\n ring0_addr: pcmk_3\n }\n}\n"
+	c, err := Load(Options{File: writeFile(t, "corosync.conf", body)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range c.Flat() {
+		if k == "quorum" || strings.HasPrefix(v, "map[") {
+			t.Errorf("%s = %q: an empty section became a key", k, v)
+		}
+	}
+}
+
+// A totem.nodeid that no node has is named with its line.
+func TestLocalNodeNotInNodelist(t *testing.T) {
+	body := "totem {\n\tnodeid: 7\n}\nnodelist {\n node {\n nodeid: 1\n ring0_addr: 10.0.0.1\n }\n}\n"
+	c, err := Load(Options{File: writeFile(t, "corosync.conf", body)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.LocalNode()
+	if err == nil || !strings.Contains(err.Error(), "corosync.conf:2: totem.nodeid: 7 is not") {
+		t.Fatalf("LocalNode: %v; want the file's line 2 and totem.nodeid", err)
 	}
 }
 

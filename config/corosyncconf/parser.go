@@ -47,7 +47,10 @@ type Parser struct {
 // New returns a parser; filename appears in error messages only.
 func New(filename string) *Parser { return &Parser{file: filename} }
 
-// Positions maps each flattened key of the last Unmarshal to its line.
+// Positions maps each flattened key of the last Unmarshal to its line, and
+// each section's path (nodelist.node.0, totem.interface.1) to the line that
+// opens it, so that a mistake found in a section as a whole (a node without
+// an address, an empty section of no known kind) still names a line.
 func (p *Parser) Positions() map[string]int { return p.positions }
 
 // maxKeyLen is ICMAP_KEYNAME_MAXLEN: a longer path cannot be a cmap key.
@@ -136,6 +139,9 @@ func (p *Parser) Unmarshal(b []byte) (map[string]any, error) {
 			}
 			if len(joinPath(parentPath, s.name)) > maxKeyLen {
 				return nil, p.errf(line, "section makes the key path longer than %d characters", maxKeyLen)
+			}
+			if s.kind != "interface" && s.kind != "logger_subsys" {
+				p.markSection(joinPath(parentPath, s.name), line)
 			}
 			cur.sub = append(cur.sub, s)
 			stack = append(stack, s)
@@ -253,11 +259,20 @@ func (p *Parser) closeKeyed(parent, s *section, parentPath string) error {
 		vals = map[string]any{}
 		container[nameKey] = vals
 	}
+	p.markSection(joinPath(parentPath, s.kind+"."+nameKey), s.line)
 	for _, it := range s.items {
 		vals[it.key] = it.value
 		p.positions[joinPath(parentPath, s.kind+"."+nameKey+"."+it.key)] = it.line
 	}
 	return nil
+}
+
+// markSection records the line of a section's first opening: a section
+// given twice merges, and the first is where a reader looks.
+func (p *Parser) markSection(path string, line int) {
+	if _, ok := p.positions[path]; !ok {
+		p.positions[path] = line
+	}
 }
 
 func joinPath(a, b string) string {

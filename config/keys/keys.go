@@ -9,6 +9,7 @@ package keys
 import (
 	"fmt"
 	"math"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -70,7 +71,7 @@ func table() []Key {
 		"kern", "user", "mail", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp"}
 	return []Key{
 		// totem
-		{Pattern: "totem.version", Type: U32, ReadOnly: true, Default: "2", Doc: "configuration version; only 2 is valid"},
+		{Pattern: "totem.version", Type: U32, ReadOnly: true, Default: "2", Values: []string{"2"}, Doc: "configuration version; only 2 is valid"},
 		{Pattern: "totem.cluster_name", Type: Str, ReadOnly: true, Default: "corobus", Doc: "cluster name; corobus's subject prefix is corobus.<cluster_name>"},
 		{Pattern: "totem.nodeid", Type: U32, ReadOnly: true, Doc: "this node's id, for nodes that cannot find themselves from ring0_addr (several nodes on one address)"},
 		{Pattern: "totem.clear_node_high_bit", Type: Str, ReadOnly: true, Doc: "corosync: clear the high bit of automatically chosen node ids (accepted, unused)"},
@@ -121,9 +122,9 @@ func table() []Key {
 		{Pattern: "totem.vsftype", Type: Str, Doc: "corosync 1.x: virtual synchrony filter, ykd or none; still in many files written for it (accepted, unused)"},
 		{Pattern: "totem.interface.*.linknumber", Type: U8, Doc: "link (ring) number of an interface section"},
 		{Pattern: "totem.interface.*.ringnumber", Type: U8, Doc: "corosync 2 name of linknumber"},
-		{Pattern: "totem.interface.*.bindnetaddr", Type: Str, Doc: "UDP transports: address to bind (accepted, unused)"},
+		{Pattern: "totem.interface.*.bindnetaddr", Type: Str, Check: checkAddress, Doc: "UDP transports: address to bind (accepted, unused)"},
 		{Pattern: "totem.interface.*.broadcast", Type: Str, Doc: "UDP transports: use broadcast (accepted, unused)"},
-		{Pattern: "totem.interface.*.mcastaddr", Type: Str, Doc: "UDP transports: multicast address (accepted, unused)"},
+		{Pattern: "totem.interface.*.mcastaddr", Type: Str, Check: checkAddress, Doc: "UDP transports: multicast address (accepted, unused)"},
 		{Pattern: "totem.interface.*.mcastport", Type: U16, Doc: "UDP port of the link (accepted, unused)"},
 		{Pattern: "totem.interface.*.ttl", Type: U8, Doc: "UDP multicast TTL (accepted, unused)"},
 		{Pattern: "totem.interface.*.knet_link_priority", Type: U8, Doc: "knet link priority (accepted, unused)"},
@@ -189,7 +190,7 @@ func table() []Key {
 		// nodelist
 		{Pattern: "nodelist.node.*.nodeid", Type: U32, ReadOnly: true, Doc: "the node's id (1 to 2^32-1)"},
 		{Pattern: "nodelist.node.*.name", Type: Str, ReadOnly: true, Doc: "the node's name: what log lines and `corobus status` call it (default: `ring0_addr` when it is a host name, else `node<ID>`)"},
-		{Pattern: "nodelist.node.*.ring*_addr", Type: Str, ReadOnly: true, Doc: "address of the node on link N; ring0_addr is where its bus listens for routes"},
+		{Pattern: "nodelist.node.*.ring*_addr", Type: Str, ReadOnly: true, Check: checkAddress, Doc: "address of the node on link N; ring0_addr is where its bus listens for routes"},
 		{Pattern: "nodelist.node.*.quorum_votes", Type: U32, ReadOnly: true, Doc: "the node's votes"},
 		{Pattern: "nodelist.node.*.bus_port", Type: U16, ReadOnly: true, Default: "5405", Corobus: true, Doc: "TCP port of the node's bus route listener"},
 		{Pattern: "nodelist.node.*.client_port", Type: U16, ReadOnly: true, Default: "5400", Corobus: true, Doc: "TCP port of the node's bus client listener"},
@@ -288,6 +289,19 @@ func Lookup(key string) (Key, bool) {
 		}
 	}
 	return Key{}, false
+}
+
+// Section reports whether path names a section of the schema, a proper
+// prefix of some key's pattern: nodelist, nodelist.node.0, totem.interface.1.
+func Section(path string) bool {
+	toks := strings.Split(path, ".")
+	for _, k := range table() {
+		pat := strings.Split(k.Pattern, ".")
+		if len(pat) > len(toks) && match(pat[:len(toks)], toks) {
+			return true
+		}
+	}
+	return false
 }
 
 // match compares tokens; a pattern token "*" matches any token and
@@ -424,6 +438,47 @@ func ParsePriority(value string) (int, error) {
 func checkPriority(value string) error {
 	_, err := ParsePriority(value)
 	return err
+}
+
+// checkAddress takes what corosync's address parser takes at start: an IP
+// address (an IPv6 one with its zone too) or a host name, which corosync
+// resolves then. A dotted quad with a number out of range (10.0.0.300) is
+// neither: corosync stops with "failed to parse node address" (or "bindnet
+// address"); so does a name whose last label is all digits, which no
+// resolver's name can be. Only the spelling is checked: resolving a name
+// here would make a configuration check depend on DNS.
+func checkAddress(value string) error {
+	if _, err := netip.ParseAddr(value); err == nil {
+		return nil
+	}
+	if hostName(value) {
+		return nil
+	}
+	return fmt.Errorf("expected an IP address or a host name, found %q", value)
+}
+
+// hostName reports whether s is spelled as a host name: labels of letters,
+// digits, '-' and '_' (found in /etc/hosts), none empty or longer than 63
+// bytes nor starting or ending with '-', the last not all digits, at most
+// 253 bytes in all (a trailing dot aside).
+func hostName(s string) bool {
+	s = strings.TrimSuffix(s, ".")
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	labels := strings.Split(s, ".")
+	for _, l := range labels {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for _, r := range l {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return false
+			}
+		}
+	}
+	last := labels[len(labels)-1]
+	return strings.Trim(last, "0123456789") != ""
 }
 
 func quoteAll(vs []string) []string {
