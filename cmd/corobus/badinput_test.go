@@ -34,7 +34,8 @@ func TestBadCommandLines(t *testing.T) {
 		{[]string{"quorum", "-v", "-1"}, `corobus quorum: New votes value was not valid, try a positive number or zero`},
 		{[]string{"quorum", "-z"}, `corobus quorum: flag provided but not defined: -z`},
 		{[]string{"cmap", "-z"}, `corobus cmap: flag provided but not defined: -z`},
-		{[]string{"cmap", "-m", "nosuch"}, `corobus cmap: -m nosuch: expected icmap or stats`},
+		{[]string{"cmap", "-m", "nosuch"}, `corobus cmap: -m nosuch: expected icmap, default or stats`},
+		{[]string{"cmap", "-C", "nosuch"}, `corobus cmap: argument to -C should be 'knet', 'totem', 'ipc', 'schedmiss' or 'all'`},
 		{[]string{"cfg", "-k", "-1"}, `corobus cfg: The nodeid was not valid, try a positive number`},
 		{[]string{"cpg", "extra"}, `corobus cpg: cpg takes no arguments (got ["extra"])`},
 	} {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/corobus/corobus/objdb"
@@ -21,18 +22,23 @@ import (
 // the actions is set; rest is the arguments after the flags (-s's TYPE
 // VALUE, or the prefixes to list).
 type cmapAction struct {
-	get, set, del, delPrefix, track, trackPrefix, file string
-	rest                                               []string
+	get, set, del, delPrefix, track, trackPrefix, file, clear string
+	rest                                                      []string
 }
+
+// cmapClearable are the arguments corosync-cmapctl's -C takes: the
+// stats.clear.<what> key it sets.
+var cmapClearable = []string{"knet", "totem", "ipc", "schedmiss", "all"}
 
 func runCmap(ctx context.Context, a *app, args []string) error {
 	var nf nodeFlags
 	var act cmapAction
 	var mapName string
 	var quiet, showBinary bool
-	fs := newFlagSet(a, "cmap", "[-b] [-q] [-m icmap|stats] [-g KEY | -s KEY TYPE VALUE | -d KEY | -D PREFIX | -t KEY | -T PREFIX | -p FILE | PREFIX...] [-c FILE | --bus URL]",
+	fs := newFlagSet(a, "cmap", "[-b] [-q] [-m icmap|stats] [-g KEY | -s KEY TYPE VALUE | -d KEY | -D PREFIX | -t KEY | -T PREFIX | -p FILE | -C WHAT | PREFIX...] [-c FILE | --bus URL]",
 		"Read and change a node's object database the way corosync-cmapctl does.\n"+
-			"With no action, list every key (or the keys under each PREFIX argument).\n"+
+			"With no action, list every key (or the keys under each PREFIX argument); the status is 1\n"+
+			"when nothing was listed (when no PREFIX had a key), as corosync-cmapctl's.\n"+
 			"TYPE is one of u8 u16 u32 u64 i8 i16 i32 i64 flt dbl str bin; for bin, VALUE is a file (- for stdin).\n"+
 			"A -p file holds lines `key type value`, `^key` (delete) or `^^prefix` (delete by prefix).")
 	nf.register(fs, true)
@@ -43,7 +49,8 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 	fs.StringVar(&act.track, "t", "", "print changes of `KEY` until interrupted")
 	fs.StringVar(&act.trackPrefix, "T", "", "print changes of every key under `PREFIX` until interrupted")
 	fs.StringVar(&act.file, "p", "", "apply the settings in `FILE`")
-	fs.StringVar(&mapName, "m", "icmap", "the `MAP`: icmap or stats")
+	fs.StringVar(&mapName, "m", "icmap", "the `MAP`: icmap (or default) or stats")
+	fs.StringVar(&act.clear, "C", "", "reset the statistics `WHAT` counts: knet, totem, ipc, schedmiss or all (sets stats.clear.WHAT)")
 	fs.BoolVar(&quiet, "q", false, "with -g, print only the value")
 	fs.BoolVar(&showBinary, "b", false, "show binary values")
 	if err := parse(a, fs, args); err != nil {
@@ -51,8 +58,17 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 	}
 	switch mapName {
 	case "icmap", "stats":
+	case "default": // corosync-cmapctl's other name for icmap
+		mapName = "icmap"
 	default:
-		return usagef("-m %s: expected icmap or stats", mapName)
+		return usagef("-m %s: expected icmap, default or stats", mapName)
+	}
+	if act.clear != "" {
+		if !slices.Contains(cmapClearable, act.clear) {
+			return usagef("argument to -C should be 'knet', 'totem', 'ipc', 'schedmiss' or 'all'")
+		}
+		// corosync-cmapctl forces the stats map, where the key is.
+		mapName = "stats"
 	}
 	nc, err := a.connect(nf, "corobus-cmap", 0)
 	if err != nil {
@@ -130,16 +146,31 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 		if len(prefixes) == 0 {
 			prefixes = []string{""}
 		}
+		empty := 0
 		for _, pre := range prefixes {
 			entries, err := c.List(ctx, pre)
 			if err != nil {
 				return fmt.Errorf("can't list keys with prefix %s: %s", pre, csReason(err))
+			}
+			if len(entries) == 0 {
+				empty++
 			}
 			for _, e := range entries {
 				t, _ := objdb.ParseType(e.Type)
 				p.print(e.Key, objdb.Value{Type: t, Data: e.Data})
 			}
 		}
+		return cmapListStatus(empty, len(prefixes))
+	}
+	return nil
+}
+
+// cmapListStatus is a listing's exit status as corosync-cmapctl's: 1,
+// silently, when no prefix had a key (scripts test a prefix's existence
+// so), else 0. One prefix with keys among several is enough.
+func cmapListStatus(empty, prefixes int) error {
+	if empty > 0 && empty >= prefixes {
+		return exitStatus(1)
 	}
 	return nil
 }
@@ -150,6 +181,12 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 func cmapStats(ctx context.Context, nc *nodeClient, p cmapPrinter, act cmapAction) error {
 	read := cmap.MergeStats(cmap.BusStats(nc.nc, nc.subjects, nc.node), cmap.TotemStats(nc.nc, nc.subjects, nc.node))
 	switch {
+	case act.clear != "":
+		key := "stats.clear." + act.clear
+		if err := cmap.BusStatsClear(nc.nc, nc.subjects, nc.node).Clear(ctx, key); err != nil {
+			return fmt.Errorf("can't set key %s: %s", key, csReason(err))
+		}
+		return nil
 	case act.get != "":
 		v, err := read.Get(ctx, act.get)
 		if err != nil {
@@ -173,16 +210,20 @@ func cmapStats(ctx context.Context, nc *nodeClient, p cmapPrinter, act cmapActio
 	if len(prefixes) == 0 {
 		prefixes = []string{""}
 	}
+	empty := 0
 	for _, pre := range prefixes {
 		entries, err := read(ctx, pre)
 		if err != nil {
 			return fmt.Errorf("can't list keys with prefix %s: %s", pre, csReason(err))
 		}
+		if len(entries) == 0 {
+			empty++
+		}
 		for _, e := range entries {
 			p.print(e.Key, objdb.Value{Type: objdb.Type(e.Value.Type), Data: e.Value.Data})
 		}
 	}
-	return nil
+	return cmapListStatus(empty, len(prefixes))
 }
 
 // cmapPrinter prints `key (type) = value` lines exactly as

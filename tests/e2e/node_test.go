@@ -70,6 +70,7 @@ func TestEmbeddedDefaultUpStatusStop(t *testing.T) {
 	if _, err := b.run(t, env, "cmap", "-s", "nodelist.node.0.nodeid", "u32", "9"); err == nil || !strings.Contains(err.Error(), "CS_ERR_ACCESS") {
 		t.Errorf("setting a read-only key: %v, want CS_ERR_ACCESS", err)
 	}
+	cmapctlStatusesAndFlags(t, b, env)
 
 	kids := descendants(p.cmd.Process.Pid)
 	if len(kids) == 0 {
@@ -85,6 +86,40 @@ func TestEmbeddedDefaultUpStatusStop(t *testing.T) {
 	for _, k := range kids {
 		if alive(k) {
 			t.Errorf("child %d still running after corobus up exited", k)
+		}
+	}
+}
+
+// cmapctlStatusesAndFlags checks what scripts written for corosync-cmapctl
+// rely on: a listing that finds nothing exits 1, silently (one prefix with
+// keys among several is enough for 0); -m default is the icmap; -C resets
+// statistics.
+func cmapctlStatusesAndFlags(t *testing.T, b binary, env []string) {
+	t.Helper()
+	for _, tc := range []struct {
+		args   []string
+		status int
+		out    string // a line the output has ("" for none at all)
+	}{
+		{[]string{"cmap", "nosuch."}, 1, ""},
+		{[]string{"cmap", "-q", "nosuch."}, 1, ""},
+		{[]string{"cmap", "-m", "stats", "nosuch."}, 1, ""},
+		{[]string{"cmap", "nosuch.", "totem.token"}, 0, "totem.token (u32) = 5000"},
+		{[]string{"cmap", "-m", "default", "totem.token"}, 0, "totem.token (u32) = 5000"},
+		{[]string{"cmap", "-C", "all"}, 0, ""},
+		{[]string{"cmap", "-C", "totem"}, 0, ""},
+	} {
+		out, err := b.run(t, env, tc.args...)
+		status := 0
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			status = ee.ExitCode()
+		} else if err != nil {
+			t.Errorf("corobus %s: %v", strings.Join(tc.args, " "), err)
+			continue
+		}
+		if status != tc.status || (tc.out == "" && out != "") || !strings.Contains(out, tc.out) {
+			t.Errorf("corobus %s: status %d, output %q (%v); want %d and %q", strings.Join(tc.args, " "), status, out, err, tc.status, tc.out)
 		}
 	}
 }
