@@ -88,7 +88,7 @@ func TestTotemTimingsRefusedBeforeStart(t *testing.T) {
 	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for _, verb := range []string{"up", "bus"} {
+	for _, verb := range []string{"up", "bus", "config"} { // config: since 3 Dec
 		var stdout, stderr bytes.Buffer
 		a := &app{stdout: &stdout, stderr: &stderr, version: "test"}
 		ctx, cancel := context.WithCancel(context.Background())
@@ -101,5 +101,40 @@ func TestTotemTimingsRefusedBeforeStart(t *testing.T) {
 	}
 	if entries, err := os.ReadDir(dir); err != nil || len(entries) != 1 {
 		t.Errorf("the state directory holds more than the file: %v %v", entries, err)
+	}
+}
+
+// Crypto settings corosync refuses stop up, the bus and config before
+// anything starts (until 3 Dec up started and restarted its bus again and
+// again, and config said nothing), and so does, for up and the bus, a
+// cluster key that cannot be read.
+func TestCryptoRefusedBeforeStart(t *testing.T) {
+	dir := t.TempDir()
+	nodes := "nodelist {\n\tnode {\n\t\tnodeid: 1\n\t\tring0_addr: 127.0.0.1\n\t}\n}\nsystem {\n\tstate_dir: " + dir + "\n}\n"
+	for _, tc := range []struct {
+		name, totem string
+		verbs       []string
+		want        string
+	}{
+		{"cipher without hash", "\tcrypto_cipher: aes256\n", []string{"up", "bus", "config"}, "totem.crypto_cipher requires totem.crypto_hash"},
+		{"missing key file", "\tcrypto_cipher: aes256\n\tcrypto_hash: sha256\n\tkeyfile: " + filepath.Join(dir, "nokey") + "\n", []string{"up", "bus"}, "needs the cluster key"},
+	} {
+		conf := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "_")+".conf")
+		if err := os.WriteFile(conf, []byte("totem {\n\tversion: 2\n"+tc.totem+"}\n"+nodes), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for _, verb := range tc.verbs {
+			var stdout, stderr bytes.Buffer
+			a := &app{stdout: &stdout, stderr: &stderr, version: "test"}
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel() // nothing may need to run
+			code := a.main(ctx, []string{verb, "-c", conf})
+			if code != 1 || !strings.HasPrefix(stderr.String(), "corobus "+verb+": "+conf+": ") || !strings.Contains(stderr.String(), tc.want) {
+				t.Errorf("%s: corobus %s: status %d, stderr %q; want 1, %q", tc.name, verb, code, stderr.String(), tc.want)
+			}
+		}
+	}
+	if entries, err := os.ReadDir(dir); err != nil || len(entries) != 2 {
+		t.Errorf("the state directory holds more than the files: %v %v", entries, err)
 	}
 }

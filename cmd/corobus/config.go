@@ -35,6 +35,11 @@ func runConfig(_ context.Context, a *app, args []string) error {
 	if _, err := cfg.LocalNode(); err != nil {
 		return err
 	}
+	// What up refuses before it starts anything (timings, crypto), but
+	// the key file, which the user checking may not be allowed to read.
+	if err := checkTotem(cfg); err != nil {
+		return err
+	}
 	flat := cfg.Flat()
 	for _, k := range slices.Sorted(maps.Keys(flat)) {
 		typ := keys.Str

@@ -91,6 +91,9 @@ func runUp(ctx context.Context, a *app, args []string) error {
 	if err := checkTotem(cfg); err != nil {
 		return err
 	}
+	if err := checkRouteSecurity(cfg); err != nil {
+		return err
+	}
 	ls, err := a.logsysFor(cfg, "up")
 	if err != nil {
 		return err
@@ -335,6 +338,9 @@ func runBus(ctx context.Context, a *app, args []string) error {
 	if err := checkTotem(cfg); err != nil {
 		return err
 	}
+	if err := checkRouteSecurity(cfg); err != nil {
+		return err
+	}
 	ls, err := a.logsysFor(cfg, "bus")
 	if err != nil {
 		return err
@@ -373,6 +379,26 @@ func checkTotem(cfg *config.Config) error {
 		return err
 	}
 	if _, err := totem.FromConfig(cfg, subjects); err != nil {
+		return fmt.Errorf("%s: %w", describeFile(cfg), err)
+	}
+	// The crypto settings too: the bus would refuse them at its start
+	// and up would restart it again and again.
+	if _, err := bus.CryptoFrom(cfg); err != nil {
+		return fmt.Errorf("%s: %w", describeFile(cfg), err)
+	}
+	return nil
+}
+
+// checkRouteSecurity builds the node's route protection as its bus will
+// (reading the cluster key when crypto is on), so that a missing or short
+// key stops `corobus up` before anything starts, as it stops corosync,
+// rather than a bus that exits at every restart.
+func checkRouteSecurity(cfg *config.Config) error {
+	local, err := cfg.LocalNode()
+	if err != nil {
+		return err
+	}
+	if _, err := bus.RouteSecurityFrom(cfg, local.ID); err != nil {
 		return fmt.Errorf("%s: %w", describeFile(cfg), err)
 	}
 	return nil
