@@ -214,11 +214,12 @@ func back(t *testing.T, s *Store, log *trackLog) {
 		func() string { return fmt.Sprintf("the copy is still behind: %+v", s.State()) })
 }
 
-// createBucket creates a bucket, asking again while JetStream's API times
-// out: a cluster just formed can take longer than one API request's
-// timeout (5 s) to create a stream on a loaded machine (seen once: this
-// test's creation failed with "context deadline exceeded"). Creating it
-// again with the same config is answered with the bucket.
+// createBucket creates a bucket as a test places it, asking again while
+// JetStream's API times out: a cluster just formed can take longer than
+// one API request's timeout (5 s) to create a stream on a loaded machine
+// (seen once in TestLoneSurvivorOpensItsCopy: "context deadline
+// exceeded"). Creating it again with the same config is answered with
+// the bucket.
 func createBucket(t *testing.T, js jetstream.JetStream, cfg jetstream.KeyValueConfig) jetstream.KeyValue {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)

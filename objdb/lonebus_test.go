@@ -44,15 +44,8 @@ func TestLoneBusRestartKeepsNodeKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// JetStream may still be electing its first meta leader: a create
-	// answered by nobody within nats.go's 5 s is asked again (seen once
-	// under load in TestLoneSurvivorOpensItsCopy, which asks once).
-	var kv jetstream.KeyValue
-	until(t, 30*time.Second, func() bool {
-		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "objdb_test", History: History, Replicas: 1,
-			Storage: jetstream.FileStorage, Placement: &jetstream.Placement{Tags: []string{bustest.ServerTag(1)}}})
-		return err == nil
-	}, func() string { return fmt.Sprintf("creating the bucket on node 1: %v", err) })
+	kv := createBucket(t, js, jetstream.KeyValueConfig{Bucket: "objdb_test", History: History, Replicas: 1,
+		Storage: jetstream.FileStorage, Placement: &jetstream.Placement{Tags: []string{bustest.ServerTag(1)}}})
 	startKeeper(t, cl.Conn(1), 1, 1)
 	stopKeeper := startKeeper(t, cl.Conn(2), 2, 1)
 	a := openStore(t, cl.Conn(2), 2, 1)
