@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"log/slog"
 	mrand "math/rand/v2"
 	"net"
@@ -91,11 +92,19 @@ func ephemeralLow() int {
 // completed").
 func Logger(t testing.TB) *slog.Logger {
 	if testing.Verbose() {
-		w := &tWriter{t: t}
-		t.Cleanup(w.end)
-		return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		return slog.New(slog.NewTextHandler(Writer(t), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return slog.New(slog.DiscardHandler)
+}
+
+// Writer returns a writer that hands what it is given to t.Log until the
+// test ends and drops it after, as Logger's lines: for what is not a
+// slog.Logger (a child process's stderr, a logger built with options of
+// its own). t.Log shows it when the test fails or with -v.
+func Writer(t testing.TB) io.Writer {
+	w := &tWriter{t: t}
+	t.Cleanup(w.end)
+	return w
 }
 
 // tWriter writes to t.Log until the test ends.

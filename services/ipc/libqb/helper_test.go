@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/corobus/corobus/bus/bustest"
 )
 
 // The tests play the attacker with this same test binary, re-executed as
@@ -235,7 +237,7 @@ func startHelper(t *testing.T, uid int, mode string, args ...string) *helper {
 	cmd := exec.Command(helperBin, append([]string{"-test.run=^$", "--"}, args...)...)
 	cmd.Env = append(os.Environ(), helperEnv+"="+mode)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
-	cmd.Stderr = testWriter{t}
+	cmd.Stderr = bustest.Writer(t)
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/corobus/corobus/bus/bustest"
 )
 
 // recorder admits everyone, echoes every request and remembers the
@@ -140,7 +142,7 @@ func TestConnectionDirectoryModes(t *testing.T) {
 	for _, tr := range []Transport{TransportSHM, TransportSocket} {
 		t.Run(tr.String(), func(t *testing.T) {
 			var shm string
-			service, _ := startServerLogging(t, echo{admit: true}, testWriter{t}, func(s *Server) {
+			service, _ := startServerLogging(t, echo{admit: true}, bustest.Writer(t), func(s *Server) {
 				// Like /dev/shm: anyone may enter and create.
 				if err := os.Chmod(s.ShmDir, 0o1777); err != nil {
 					t.Fatal(err)
@@ -214,7 +216,7 @@ func TestSilentConnectionsFlood(t *testing.T) {
 	// raise (no CAP_SYS_RESOURCE in a container).
 	const flood, procs, perUID = 20000, 4, 256
 	var srv *Server
-	service, srv := startServerLogging(t, echo{admit: true}, testWriter{t}, func(s *Server) {
+	service, srv := startServerLogging(t, echo{admit: true}, bustest.Writer(t), func(s *Server) {
 		s.HandshakeTimeout = 3 * time.Second
 		s.MaxConnsPerUID = perUID
 		s.Transport = TransportSocket // root's client here is rawClient

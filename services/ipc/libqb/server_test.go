@@ -6,10 +6,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/corobus/corobus/bus/bustest"
 )
 
 type echo struct{ admit bool }
@@ -178,7 +179,7 @@ func startServerWith(t *testing.T, h Handler, tune func(*Server)) string {
 	// "qb-", service) must fit an abstract sockaddr_un. Connection
 	// directories go to the test's own directory, not to the /dev/shm
 	// that other tests inspect.
-	service, _ := startServerLogging(t, h, testWriter{t}, func(s *Server) {
+	service, _ := startServerLogging(t, h, bustest.Writer(t), func(s *Server) {
 		// rawClient speaks the SOCKET transport.
 		s.Transport = TransportSocket
 		tune(s)
@@ -346,12 +347,4 @@ func recv(fd int, b []byte) (int, error) {
 			return n, err
 		}
 	}
-}
-
-// testWriter sends the server's log to the test's.
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
 }

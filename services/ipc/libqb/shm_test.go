@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/corobus/corobus/bus/bustest"
 )
 
 // peek reads a 32-bit word of a ring's file.
@@ -131,7 +133,7 @@ func TestSHMCorruptClient(t *testing.T) {
 // client that pipelines requests without reading the responses holds only
 // its own connection's goroutine, and its end releases it.
 func TestSHMStuckClients(t *testing.T) {
-	service, _ := startServerLogging(t, echo{admit: true}, testWriter{t}, func(s *Server) { s.Transport = TransportSHM })
+	service, _ := startServerLogging(t, echo{admit: true}, bustest.Writer(t), func(s *Server) { s.Transport = TransportSHM })
 	good := connect(t, service)
 	t.Run("waiter left behind", func(t *testing.T) {
 		c := connect(t, service).(*shmClient)
@@ -168,7 +170,7 @@ func TestSHMStuckClients(t *testing.T) {
 // without reading the socket — still has its connection ended and its
 // directory removed.
 func TestSHMClientDiesWithRequest(t *testing.T) {
-	service, _ := startServerLogging(t, echo{admit: true}, testWriter{t}, func(s *Server) { s.Transport = TransportSHM })
+	service, _ := startServerLogging(t, echo{admit: true}, bustest.Writer(t), func(s *Server) { s.Transport = TransportSHM })
 	good := connect(t, service)
 	for i := range 10 {
 		c := connect(t, service).(*shmClient)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/corobus/corobus/bus/bustest"
 	"github.com/corobus/corobus/services/ipc/libqb/qbrb"
 )
 
@@ -28,7 +29,7 @@ var transports = []Transport{TransportSHM, TransportSocket}
 // startServerOn starts a server of transport tr.
 func startServerOn(t testing.TB, h Handler, tr Transport, tune func(*Server)) (string, *Server) {
 	t.Helper()
-	return startServerLogging(t, h, testWriter{t}, func(s *Server) {
+	return startServerLogging(t, h, bustest.Writer(t), func(s *Server) {
 		s.Transport = tr
 		tune(s)
 	})
