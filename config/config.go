@@ -19,7 +19,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/knadh/koanf/parsers/yaml"
 	"github.com/knadh/koanf/providers/confmap"
 	"github.com/knadh/koanf/providers/file"
 	"github.com/knadh/koanf/v2"
@@ -160,22 +159,24 @@ func Load(opts Options) (*Config, error) {
 		}
 	} else {
 		fileK := koanf.New(".")
+		var p interface {
+			koanf.Parser
+			Positions() map[string]int
+		}
 		switch strings.ToLower(filepath.Ext(opts.File)) {
 		case ".yaml", ".yml":
-			if err := fileK.Load(file.Provider(opts.File), yaml.Parser()); err != nil {
-				return nil, fmt.Errorf("%s: %w", opts.File, err)
-			}
+			p = newYAMLParser(opts.File)
 		default:
-			p := corosyncconf.New(opts.File)
-			if err := fileK.Load(file.Provider(opts.File), p); err != nil {
-				var se *corosyncconf.SyntaxError
-				if errors.As(err, &se) {
-					return nil, se
-				}
-				return nil, fmt.Errorf("%s: %w", opts.File, err)
-			}
-			positions = p.Positions()
+			p = corosyncconf.New(opts.File)
 		}
+		if err := fileK.Load(file.Provider(opts.File), p); err != nil {
+			var se *corosyncconf.SyntaxError
+			if errors.As(err, &se) {
+				return nil, se
+			}
+			return nil, fmt.Errorf("%s: %w", opts.File, err)
+		}
+		positions = p.Positions()
 		if err := checkKeys(opts.File, fileK, positions); err != nil {
 			return nil, err
 		}
@@ -270,12 +271,6 @@ func checkKeys(source string, k *koanf.Koanf, positions map[string]int) error {
 			}
 			k.Delete(key)
 			continue
-		}
-		if _, ok := flat[key].([]any); ok {
-			// YAML's list: repeated sections are maps by index, as
-			// objdb names them (nodelist.node.0.ring0_addr).
-			return fmt.Errorf("%s: %s is a list; YAML gives a repeated section as a map by index, as objdb names it: "+
-				"nodelist: {node: {\"0\": {nodeid: 1, ring0_addr: …}}} (docs/configuration.md)", where, key)
 		}
 		if _, ok := keys.Lookup(key); !ok {
 			msg := fmt.Sprintf("%s: unknown key %s", where, key)

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -109,6 +110,7 @@ func TestYAML(t *testing.T) {
 	p := writeFile(t, "corobus.yaml", `totem:
   cluster_name: y
   token: 2000
+quorum.provider: corosync_votequorum
 nodelist:
   node:
     "0":
@@ -123,6 +125,10 @@ nodelist:
 	if err != nil || local.ID != 7 {
 		t.Errorf("local = %+v, %v", local, err)
 	}
+	// A dotted key names its sections.
+	if v := c.String("quorum.provider"); v != "corosync_votequorum" {
+		t.Errorf("quorum.provider = %q", v)
+	}
 }
 
 // A YAML list where corosync.conf repeats a section is refused saying how
@@ -136,6 +142,42 @@ func TestYAMLList(t *testing.T) {
 	_, err := Load(Options{File: p})
 	if err == nil || !strings.Contains(err.Error(), "nodelist.node is a list") || !strings.Contains(err.Error(), `nodelist: {node: {"0": {`) {
 		t.Errorf("err = %v; want it to say nodelist.node is a list and how to write it", err)
+	}
+}
+
+// A mistake in a YAML file is reported as one in a corosync.conf is: file,
+// line, and what was expected (until 3 Dec: by key only, 3e3 read as 3000,
+// an empty value as "<nil>").
+func TestYAMLErrors(t *testing.T) {
+	const nodes = "nodelist:\n  node:\n    \"0\": {nodeid: 1, ring0_addr: 127.0.0.1}\n"
+	for _, tc := range []struct {
+		name, body string
+		line       int
+		want       string
+	}{
+		{"typo in a key", "totem:\n  cluster_name: y\n  tokn: 3000\n" + nodes, 3, "unknown key totem.tokn (did you mean totem.token?)"},
+		{"wrong type", "totem:\n  cluster_name: y\n  token: soon\n" + nodes, 3, `totem.token: expected an unsigned 32-bit integer (u32), found "soon"`},
+		{"a number YAML reads as a float", "totem:\n  cluster_name: y\n  token: 3e3\n" + nodes, 3, `found "3e3"`},
+		{"empty value", "totem:\n  cluster_name: y\n  token:\n" + nodes, 3, `found ""`},
+		{"a map for a value", "totem:\n  cluster_name: y\n  token: {ms: 3}\n" + nodes, 3, "totem.token: expected a value (u32), found a map"},
+		{"a value for a section", nodes + "totem: 5\n", 4, "totem is a section"},
+		{"a list for a repeated section", "totem:\n  cluster_name: y\nnodelist:\n  node:\n    - {nodeid: 1, ring0_addr: 127.0.0.1}\n", 4, "nodelist.node is a list"},
+		{"a key given twice", "totem:\n  cluster_name: y\n  token: 3000\n  token: 4000\n" + nodes, 4, "totem.token is given twice (first at line 3)"},
+		{"dotted and nested", "totem.token: 3000\ntotem:\n  token: 4000\n" + nodes, 3, "totem.token is given twice"},
+		{"syntax", "totem:\n  cluster_name: y\n   token: 3000\n" + nodes, 3, "mapping values are not allowed"},
+		{"unknown empty section", "totem:\n  cluster_name: y\n  foo: {}\n" + nodes, 3, "unknown section totem.foo"},
+		{"node without an id", "totem:\n  cluster_name: y\nnodelist:\n  node:\n    \"0\": {ring0_addr: 127.0.0.1}\n", 5, "nodelist.node.0.nodeid: missing"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := writeFile(t, "corobus.yaml", tc.body)
+			_, err := Load(Options{File: p})
+			if err == nil {
+				t.Fatal("loaded; want an error")
+			}
+			if want := fmt.Sprintf("%s:%d: ", p, tc.line); !strings.HasPrefix(err.Error(), want) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q; want %q then %q", err, want, tc.want)
+			}
+		})
 	}
 }
 
