@@ -32,11 +32,30 @@ func TestBadCommandLines(t *testing.T) {
 		{[]string{"quorum", "-v", "1", "-n", "0"}, `corobus quorum: The nodeid was not valid, try a positive number`},
 		{[]string{"quorum", "-v", "-2"}, `corobus quorum: New votes value was not valid, try a positive number or zero`},
 		{[]string{"quorum", "-v", "-1"}, `corobus quorum: New votes value was not valid, try a positive number or zero`},
-		{[]string{"quorum", "-z"}, `corobus quorum: flag provided but not defined: -z`},
-		{[]string{"cmap", "-z"}, `corobus cmap: flag provided but not defined: -z`},
-		{[]string{"cmap", "-m", "nosuch"}, `corobus cmap: -m nosuch: expected icmap, default or stats`},
+		{[]string{"quorum", "-z"}, `corobus quorum: invalid option -- 'z'`},
+		{[]string{"quorum", "-e", "abc"}, `corobus quorum: New expected votes value was not valid, try a positive number`},
+		{[]string{"quorum", "-o", "x"}, `corobus quorum: Invalid ordering option. valid orders are a(address), i(node ID) or n(name)`},
+		{[]string{"quorum", "-e"}, `corobus quorum: option requires an argument -- 'e'`},
+		{[]string{"cmap", "-z"}, `corobus cmap: invalid option -- 'z'`},
+		{[]string{"cmap", "-m", "nosuch"}, `corobus cmap: invalid map name, must be 'default', 'icmap' or 'stats'`},
 		{[]string{"cmap", "-C", "nosuch"}, `corobus cmap: argument to -C should be 'knet', 'totem', 'ipc', 'schedmiss' or 'all'`},
+		// corosync-cmapctl's getopt reads -100 as options; -- before it
+		// is how the tool sets a negative value.
+		{[]string{"cmap", "-s", "test.neg", "i8", "-100"}, `corobus cmap: invalid option -- '1'`},
+		{[]string{"cmap", "-C", "totem", "-g"}, `corobus cmap: Expected key after options`},
+		{[]string{"cmap", "-g"}, `corobus cmap: Expected key after options`},
+		{[]string{"cmap", "-s", "test.x", "u8"}, `corobus cmap: At least 3 parameters are expected for set`},
+		{[]string{"cmap", "-p"}, `corobus cmap: option requires an argument -- 'p'`},
+		// Options are checked in order, as getopt hands them to the tool.
+		{[]string{"cmap", "-C", "nosuch", "-z"}, `corobus cmap: argument to -C should be 'knet', 'totem', 'ipc', 'schedmiss' or 'all'`},
+		{[]string{"cmap", "-z", "-C", "nosuch"}, `corobus cmap: invalid option -- 'z'`},
 		{[]string{"cfg", "-k", "-1"}, `corobus cfg: The nodeid was not valid, try a positive number`},
+		{[]string{"cfg", "-k", "abc"}, `corobus cfg: The nodeid was not valid, try a positive number`},
+		{[]string{"cfg", "-s", "--kill=0"}, `corobus cfg: The nodeid was not valid, try a positive number`},
+		{[]string{"cfg", "-x"}, `corobus cfg: invalid option -- 'x'`},
+		{[]string{"cfg", "--kill"}, `corobus cfg: option '--kill' requires an argument`},
+		{[]string{"cfg", "--bogus"}, `corobus cfg: unrecognized option '--bogus'`},
+		{[]string{"cfg", "--force=1"}, `corobus cfg: option '--force' doesn't allow an argument`},
 		{[]string{"cpg", "extra"}, `corobus cpg: cpg takes no arguments (got ["extra"])`},
 	} {
 		t.Run(strings.Join(tc.args, "_"), func(t *testing.T) {

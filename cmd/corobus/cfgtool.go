@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,26 +18,34 @@ import (
 	"github.com/corobus/corobus/services/cswire"
 )
 
-// runCfg is corosync-cfgtool over the bus: the same flags and output, plus
-// --json, as a client of the node's cfg service.
+// runCfg is corosync-cfgtool over the bus: the same command line, read
+// the same way (getopt_long: the last action given wins, its long
+// options), the same output, plus --json, as a client of the node's cfg
+// service.
 func runCfg(ctx context.Context, a *app, args []string) error {
 	var q cfgFlags
 	fs := newFlagSet(a, "cfg", "[-s [-b] | -n | -R | -L | -k NODEID | -a NODEID | -H [--force]] [--json] [-c FILE | --bus URL] [--node ID]",
 		"Show links and nodes, reload the configuration, stop or kill nodes the way corosync-cfgtool\n"+
-			"does. -H asks the node's registered clients (Pacemaker) first; --force goes ahead anyway.")
+			"does: its command line (options and operands in any order, the last action given wins,\n"+
+			"its long options --status, --kill N, …), output, messages and exit statuses.\n"+
+			"-H asks the node's registered clients (Pacemaker) first; --force goes ahead anyway.\n"+
+			"Unlike corosync-cfgtool, a command-line mistake is prefixed with `corobus cfg: `.")
 	q.register(fs)
-	if err := parse(a, fs, args); err != nil {
+	_, err := parseTool(a, fs, args, q.take)
+	if err != nil {
 		return err
 	}
-	if q.kill < 0 || q.addr < 0 {
-		return usagef("The nodeid was not valid, try a positive number")
+	if q.action == "" {
+		fs.SetOutput(a.stdout)
+		fs.Usage()
+		return nil
 	}
 	nc, err := a.connect(q.nodeFlags, "corobus-cfg", q.node)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	if q.events {
+	if q.action == "events" {
 		return followEvents(ctx, a, nc.nc, nc.subjects.CfgEvents())
 	}
 	s, err := openComponent(ctx, nc.nc, nc.subjects, nc.node, cfg.ComponentName)
@@ -45,33 +54,32 @@ func runCfg(ctx context.Context, a *app, args []string) error {
 	}
 	defer s.Close()
 	t := &cfgTool{q: q, s: s, db: client.New(nc.nc, nc.subjects, nc.node)}
-	switch {
-	case q.status || q.nodes:
+	switch q.action {
+	case "s", "n":
 		return t.linkStatus(ctx, a)
-	case q.reload:
+	case "R":
 		return t.reload(ctx, a)
-	case q.reopen:
+	case "L":
 		return t.simple(ctx, a, cfg.ReqReopenLogFiles, "Could not reopen corosync logging files. Error %s\n")
-	case q.kill > 0:
+	case "k":
 		return t.killNode(ctx, a)
-	case q.shutdown:
+	case "H":
 		return t.shutdown(ctx, a)
-	case q.addr > 0:
-		return t.showAddrs(ctx, a)
 	}
-	fs.SetOutput(a.stdout)
-	fs.Usage()
-	return nil
+	return t.showAddrs(ctx, a) // -a
 }
 
 type cfgFlags struct {
 	nodeFlags
-	json                                           bool
-	node                                           uint
-	status, nodes, brief, reload, reopen, shutdown bool
-	force, events                                  bool
-	kill, addr                                     int
-	iface                                          string
+	json, brief, force bool
+	node               uint
+	killArg, addrArg   string
+	iface              string
+	// action is the last action given: s, n, R, L, k, a, H or events.
+	action string
+	// nodeID is -k's or -a's, whichever came last (one variable in the
+	// tool too).
+	nodeID uint32
 }
 
 func (q *cfgFlags) register(fs *flag.FlagSet) {
@@ -79,16 +87,49 @@ func (q *cfgFlags) register(fs *flag.FlagSet) {
 	fs.UintVar(&q.node, "node", 0, "ask this node `ID` through the bus instead of the configured local node")
 	fs.BoolVar(&q.json, "json", false, "print JSON")
 	fs.StringVar(&q.iface, "i", "", "accepted for corosync-cfgtool's sake (it ignores it too)")
-	fs.BoolVar(&q.status, "s", false, "display the status of the current links on this node")
-	fs.BoolVar(&q.nodes, "n", false, "display the status of the connected nodes and their links")
+	fs.StringVar(&q.iface, "if", "", "same as -i")
+	fs.Bool("s", false, "display the status of the current links on this node")
+	fs.Bool("status", false, "same as -s")
+	fs.Bool("n", false, "display the status of the connected nodes and their links")
+	fs.Bool("nodes", false, "same as -n")
 	fs.BoolVar(&q.brief, "b", false, "with -s, the brief status")
-	fs.BoolVar(&q.reload, "R", false, "tell every node of the cluster to reload its configuration")
-	fs.BoolVar(&q.reopen, "L", false, "tell the node to reopen its log files")
-	fs.IntVar(&q.kill, "k", 0, "kill the node with this `nodeid`")
-	fs.IntVar(&q.addr, "a", 0, "display the IP address(es) of the node with this `nodeid`")
-	fs.BoolVar(&q.shutdown, "H", false, "shut the node down cleanly")
+	fs.BoolVar(&q.brief, "brief", false, "same as -b")
+	fs.Bool("R", false, "tell every node of the cluster to reload its configuration")
+	fs.Bool("reload", false, "same as -R")
+	fs.Bool("L", false, "tell the node to reopen its log files")
+	fs.Bool("reopen", false, "same as -L")
+	fs.StringVar(&q.killArg, "k", "", "kill the node with this `nodeid`")
+	fs.StringVar(&q.killArg, "kill", "", "same as -k")
+	fs.StringVar(&q.addrArg, "a", "", "display the IP address(es) of the node with this `nodeid`")
+	fs.StringVar(&q.addrArg, "address", "", "same as -a")
+	fs.Bool("H", false, "shut the node down cleanly")
+	fs.Bool("shutdown", false, "same as -H")
 	fs.BoolVar(&q.force, "force", false, "with -H, shut down regardless of the registered clients' vetoes")
-	fs.BoolVar(&q.events, "events", false, "print the cfg events of every node (<prefix>.cfg.*.>: shutdown steps, kills, reloads) until interrupted")
+	fs.Bool("events", false, "print the cfg events of every node (<prefix>.cfg.*.>: shutdown steps, kills, reloads) until interrupted")
+}
+
+// take is one option of the command line, in order, checked as the tool
+// checks it then.
+func (q *cfgFlags) take(name string) error {
+	long := map[string]string{"status": "s", "nodes": "n", "reload": "R", "reopen": "L", "kill": "k", "address": "a", "shutdown": "H"}
+	if short, ok := long[name]; ok {
+		name = short
+	}
+	switch name {
+	case "s", "n", "R", "L", "H", "events":
+		q.action = name
+	case "k", "a":
+		arg := q.killArg
+		if name == "a" {
+			arg = q.addrArg
+		}
+		n, ok := strtonum(arg, 1, math.MaxUint32)
+		if !ok {
+			return usagef("The nodeid was not valid, try a positive number")
+		}
+		q.action, q.nodeID = name, uint32(n)
+	}
+	return nil
 }
 
 type cfgTool struct {
@@ -156,9 +197,9 @@ func (t *cfgTool) simple(ctx context.Context, a *app, req int32, failure string)
 
 func (t *cfgTool) killNode(ctx context.Context, a *app) error {
 	if !t.q.json {
-		fmt.Fprintf(a.stdout, "Killing node %d\n", t.q.kill)
+		fmt.Fprintf(a.stdout, "Killing node %d\n", t.q.nodeID)
 	}
-	code, err := t.code(ctx, cfg.EncodeKillNode(uint32(t.q.kill), "Killed by corosync-cfgtool"))
+	code, err := t.code(ctx, cfg.EncodeKillNode(t.q.nodeID, "Killed by corosync-cfgtool"))
 	if err != nil {
 		return err
 	}
@@ -216,16 +257,16 @@ func (t *cfgTool) addrs(ctx context.Context, node uint32) ([]string, cswire.Erro
 }
 
 func (t *cfgTool) showAddrs(ctx context.Context, a *app) error {
-	addrs, code, err := t.addrs(ctx, uint32(t.q.addr))
+	addrs, code, err := t.addrs(ctx, t.q.nodeID)
 	if err != nil {
 		return err
 	}
 	if code != cswire.OK {
-		fmt.Fprintf(a.stderr, "Could not get node address for nodeid %d\n", t.q.addr)
+		fmt.Fprintf(a.stderr, "Could not get node address for nodeid %d\n", t.q.nodeID)
 		return exitStatus(1)
 	}
 	if t.q.json {
-		return printJSON(a.stdout, map[string]any{"nodeid": t.q.addr, "addrs": addrs})
+		return printJSON(a.stdout, map[string]any{"nodeid": t.q.nodeID, "addrs": addrs})
 	}
 	fmt.Fprintln(a.stdout, strings.Join(addrs, " "))
 	return nil
@@ -337,7 +378,7 @@ func (t *cfgTool) linkStatus(ctx context.Context, a *app) error {
 	}
 	w := a.stdout
 	fmt.Fprintf(w, "Local node ID %d, transport %s\n", local, transport)
-	if t.q.nodes {
+	if t.q.action == "n" {
 		for _, st := range statuses {
 			if !st.Reachable || st.NodeID == local {
 				continue

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/corobus/corobus/objdb"
@@ -16,109 +17,92 @@ import (
 	"github.com/corobus/corobus/services/cswire"
 )
 
-// runCmap is corosync-cmapctl over the bus: the same flags, the same
-// output lines.
-// cmapAction is what corosync-cmapctl's flags ask of a map: at most one of
-// the actions is set; rest is the arguments after the flags (-s's TYPE
-// VALUE, or the prefixes to list).
-type cmapAction struct {
-	get, set, del, delPrefix, track, trackPrefix, file, clear string
-	rest                                                      []string
+// cmapCommand is what corosync-cmapctl's command line asks: its action
+// (the last one given, as the tool takes it), the map, and the operands
+// (the keys or prefixes, or -s's KEY TYPE VALUE).
+type cmapCommand struct {
+	action            cmapAction
+	trackPrefix       bool
+	mapName           string
+	clear, file       string
+	quiet, showBinary bool
+	args              []string
 }
+
+type cmapAction int
+
+const (
+	cmapList cmapAction = iota
+	cmapGet
+	cmapSet
+	cmapDelete
+	cmapDeletePrefix
+	cmapTrack
+	cmapLoadFile
+	cmapClear
+)
 
 // cmapClearable are the arguments corosync-cmapctl's -C takes: the
 // stats.clear.<what> key it sets.
 var cmapClearable = []string{"knet", "totem", "ipc", "schedmiss", "all"}
 
+// runCmap is corosync-cmapctl over the bus: the same command line, read
+// the same way (getopt), the same output lines, messages and statuses.
 func runCmap(ctx context.Context, a *app, args []string) error {
-	var nf nodeFlags
-	var act cmapAction
-	var mapName string
-	var quiet, showBinary bool
-	fs := newFlagSet(a, "cmap", "[-b] [-q] [-m icmap|stats] [-g KEY | -s KEY TYPE VALUE | -d KEY | -D PREFIX | -t KEY | -T PREFIX | -p FILE | -C WHAT | PREFIX...] [-c FILE | --bus URL]",
-		"Read and change a node's object database the way corosync-cmapctl does.\n"+
-			"With no action, list every key (or the keys under each PREFIX argument); the status is 1\n"+
-			"when nothing was listed (when no PREFIX had a key), as corosync-cmapctl's.\n"+
-			"TYPE is one of u8 u16 u32 u64 i8 i16 i32 i64 flt dbl str bin; for bin, VALUE is a file (- for stdin).\n"+
-			"A -p file holds lines `key type value`, `^key` (delete) or `^^prefix` (delete by prefix).")
-	nf.register(fs, true)
-	fs.StringVar(&act.get, "g", "", "print `KEY`")
-	fs.StringVar(&act.set, "s", "", "set `KEY` (followed by TYPE VALUE)")
-	fs.StringVar(&act.del, "d", "", "delete `KEY`")
-	fs.StringVar(&act.delPrefix, "D", "", "delete every key under `PREFIX`")
-	fs.StringVar(&act.track, "t", "", "print changes of `KEY` until interrupted")
-	fs.StringVar(&act.trackPrefix, "T", "", "print changes of every key under `PREFIX` until interrupted")
-	fs.StringVar(&act.file, "p", "", "apply the settings in `FILE`")
-	fs.StringVar(&mapName, "m", "icmap", "the `MAP`: icmap (or default) or stats")
-	fs.StringVar(&act.clear, "C", "", "reset the statistics `WHAT` counts: knet, totem, ipc, schedmiss or all (sets stats.clear.WHAT)")
-	fs.BoolVar(&quiet, "q", false, "with -g, print only the value")
-	fs.BoolVar(&showBinary, "b", false, "show binary values")
-	if err := parse(a, fs, args); err != nil {
+	cmd, nf, err := parseCmap(a, args)
+	if err != nil {
 		return err
-	}
-	switch mapName {
-	case "icmap", "stats":
-	case "default": // corosync-cmapctl's other name for icmap
-		mapName = "icmap"
-	default:
-		return usagef("-m %s: expected icmap, default or stats", mapName)
-	}
-	if act.clear != "" {
-		if !slices.Contains(cmapClearable, act.clear) {
-			return usagef("argument to -C should be 'knet', 'totem', 'ipc', 'schedmiss' or 'all'")
-		}
-		// corosync-cmapctl forces the stats map, where the key is.
-		mapName = "stats"
 	}
 	nc, err := a.connect(nf, "corobus-cmap", 0)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	act.rest = fs.Args()
-	p := cmapPrinter{w: a.stdout, quiet: quiet, showBinary: showBinary}
-	if mapName == "stats" {
-		return cmapStats(ctx, nc, p, act)
+	p := cmapPrinter{w: a.stdout, quiet: cmd.quiet, showBinary: cmd.showBinary}
+	if cmd.mapName == "stats" {
+		return cmapStats(ctx, a, nc, p, cmd)
 	}
 	c := client.New(nc.nc, nc.subjects, nc.node)
 
-	switch {
-	case act.get != "":
-		v, err := c.Get(ctx, act.get)
-		if err != nil {
-			return fmt.Errorf("can't get value of %s: %s", act.get, csReason(err))
+	switch cmd.action {
+	case cmapGet:
+		for _, key := range cmd.args {
+			v, err := c.Get(ctx, key)
+			if err != nil {
+				return toolFailure(a.stderr, "Can't get key %s. Error %s", key, csError(key, err))
+			}
+			p.print(key, v)
 		}
-		p.print(act.get, v)
-	case act.set != "":
-		if len(act.rest) != 2 {
-			return usagef("-s %s: expected TYPE VALUE", act.set)
-		}
-		v, err := cmapValue(a, act.rest[0], act.rest[1])
+	case cmapSet:
+		key := cmd.args[0]
+		v, err := cmapValue(a, cmd.args[1], cmd.args[2])
 		if err != nil {
 			return err
 		}
-		if err := c.Set(ctx, act.set, v); err != nil {
-			return fmt.Errorf("can't set key %s: %s", act.set, csReason(err))
+		if err := c.Set(ctx, key, v); err != nil {
+			return toolFailure(a.stderr, "Failed to set key %s. Error %s", key, csError(key, err))
 		}
-	case act.del != "":
-		if err := c.Delete(ctx, act.del); err != nil {
-			return fmt.Errorf("can't delete key %s: %s", act.del, csReason(err))
+	case cmapDelete:
+		for _, key := range cmd.args {
+			if err := c.Delete(ctx, key); err != nil {
+				return toolFailure(a.stderr, "Can't delete key %s. Error %s", key, csError(key, err))
+			}
 		}
-	case act.delPrefix != "":
-		if _, err := c.DeletePrefix(ctx, act.delPrefix); err != nil {
-			return fmt.Errorf("can't delete keys with prefix %s: %s", act.delPrefix, csReason(err))
+	case cmapDeletePrefix:
+		for _, prefix := range cmd.args {
+			if _, err := c.DeletePrefix(ctx, prefix); err != nil {
+				return toolFailure(a.stderr, "Can't delete keys with prefix %s. Error %s", prefix, csError(prefix, err))
+			}
 		}
-	case act.track != "" || act.trackPrefix != "":
-		key, prefix := act.track, false
-		if act.trackPrefix != "" {
-			key, prefix = act.trackPrefix, true
-		}
+	case cmapTrack:
 		events := make(chan client.Change, 1024)
-		stop, err := c.Track(key, prefix, func(ch client.Change) { events <- ch })
-		if err != nil {
-			return err
+		for _, key := range cmd.args {
+			stop, err := c.Track(key, cmd.trackPrefix, func(ch client.Change) { events <- ch })
+			if err != nil {
+				return toolFailure(a.stderr, "Failed to add tracking function. Error %s", csError(key, err))
+			}
+			defer stop()
 		}
-		defer stop()
 		if err := nc.nc.Flush(); err != nil {
 			return fmt.Errorf("subscribing for changes: %w", err)
 		}
@@ -139,10 +123,10 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 				}
 			}
 		}
-	case act.file != "":
-		return cmapLoad(ctx, a, c, act.file)
+	case cmapLoadFile:
+		return cmapLoad(ctx, a, c, cmd.file)
 	default:
-		prefixes := act.rest
+		prefixes := cmd.args
 		if len(prefixes) == 0 {
 			prefixes = []string{""}
 		}
@@ -150,7 +134,7 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 		for _, pre := range prefixes {
 			entries, err := c.List(ctx, pre)
 			if err != nil {
-				return fmt.Errorf("can't list keys with prefix %s: %s", pre, csReason(err))
+				return toolFailure(a.stderr, "Failed to initialize iteration. Error %s", csError(pre, err))
 			}
 			if len(entries) == 0 {
 				empty++
@@ -163,6 +147,83 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 		return cmapListStatus(empty, len(prefixes))
 	}
 	return nil
+}
+
+// parseCmap reads corosync-cmapctl's command line.
+func parseCmap(a *app, args []string) (cmapCommand, nodeFlags, error) {
+	var nf nodeFlags
+	cmd := cmapCommand{trackPrefix: true, mapName: "icmap"}
+	var mapArg, clearArg, fileArg string
+	fs := newFlagSet(a, "cmap", "[-b] [-q] [-m icmap|stats] [-g KEY... | -s KEY TYPE VALUE | -d KEY... | -D PREFIX... | -t KEY... | -T PREFIX... | -p FILE | -C WHAT | PREFIX...] [-c FILE | --bus URL]",
+		"Read and change a node's object database the way corosync-cmapctl does: its command line\n"+
+			"(options and operands in any order, the last action given wins, -- before a negative\n"+
+			"value: -s KEY i8 -- -100), its output, its messages and its exit statuses.\n"+
+			"With no action, list every key (or the keys under each PREFIX argument); the status is 1\n"+
+			"when nothing was listed (when no PREFIX had a key), as corosync-cmapctl's.\n"+
+			"TYPE is one of u8 u16 u32 u64 i8 i16 i32 i64 flt dbl str bin; for bin, VALUE is a file (- for stdin).\n"+
+			"A -p file holds lines `key type value`, `^key` (delete) or `^^prefix` (delete by prefix).\n"+
+			"Unlike corosync-cmapctl: -t and -T follow changes until interrupted (they read no q from\n"+
+			"stdin); a number followed by other characters (12abc) is refused, where the tool takes 12;\n"+
+			"a failure gives objdb's reason after the cs_error_t name when it has one; a command-line\n"+
+			"mistake is prefixed with `corobus cmap: `.")
+	nf.register(fs, true)
+	fs.Bool("g", false, "print each KEY")
+	fs.Bool("s", false, "set KEY (operands KEY TYPE VALUE)")
+	fs.Bool("d", false, "delete each KEY")
+	fs.Bool("D", false, "delete every key under each PREFIX")
+	fs.Bool("t", false, "print changes of each KEY until interrupted")
+	fs.Bool("T", false, "print changes of every key under each PREFIX until interrupted")
+	fs.StringVar(&fileArg, "p", "", "apply the settings in `FILE`")
+	fs.StringVar(&mapArg, "m", "icmap", "the `MAP`: icmap (or default) or stats")
+	fs.StringVar(&clearArg, "C", "", "reset the statistics `WHAT` counts: knet, totem, ipc, schedmiss or all (sets stats.clear.WHAT)")
+	fs.BoolVar(&cmd.quiet, "q", false, "with -g, print only the value")
+	fs.BoolVar(&cmd.showBinary, "b", false, "show binary values")
+	rest, err := parseTool(a, fs, args, func(name string) error {
+		switch name {
+		case "g":
+			cmd.action = cmapGet
+		case "s":
+			cmd.action = cmapSet
+		case "d":
+			cmd.action = cmapDelete
+		case "D":
+			cmd.action = cmapDeletePrefix
+		case "t":
+			// -T after it does not track by prefix again, in the tool.
+			cmd.action, cmd.trackPrefix = cmapTrack, false
+		case "T":
+			cmd.action = cmapTrack
+		case "p":
+			cmd.action, cmd.file = cmapLoadFile, fileArg
+		case "C":
+			if !slices.Contains(cmapClearable, clearArg) {
+				return errors.New("argument to -C should be 'knet', 'totem', 'ipc', 'schedmiss' or 'all'")
+			}
+			// corosync-cmapctl forces the stats map, where the key is.
+			cmd.action, cmd.clear, cmd.mapName = cmapClear, clearArg, "stats"
+		case "m":
+			switch mapArg {
+			case "icmap", "default": // default: corosync-cmapctl's other name for icmap
+				cmd.mapName = "icmap"
+			case "stats":
+				cmd.mapName = "stats"
+			default:
+				return errors.New("invalid map name, must be 'default', 'icmap' or 'stats'")
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return cmd, nf, err
+	}
+	cmd.args = rest
+	if len(rest) == 0 && cmd.action != cmapLoadFile && cmd.action != cmapClear && cmd.action != cmapList {
+		return cmd, nf, usagef("Expected key after options")
+	}
+	if cmd.action == cmapSet && len(rest) < 3 {
+		return cmd, nf, usagef("At least 3 parameters are expected for set")
+	}
+	return cmd, nf, nil
 }
 
 // cmapListStatus is a listing's exit status as corosync-cmapctl's: 1,
@@ -178,35 +239,35 @@ func cmapListStatus(empty, prefixes int) error {
 // cmapStats serves -m stats: the node's stats map, computed by its IPC
 // gateway and totem when asked (docs/objdb.md), as corosync-cmapctl -m
 // stats lists it — read-only but for stats.clear.*, and not tracked.
-func cmapStats(ctx context.Context, nc *nodeClient, p cmapPrinter, act cmapAction) error {
+func cmapStats(ctx context.Context, a *app, nc *nodeClient, p cmapPrinter, cmd cmapCommand) error {
 	read := cmap.MergeStats(cmap.BusStats(nc.nc, nc.subjects, nc.node), cmap.TotemStats(nc.nc, nc.subjects, nc.node))
-	switch {
-	case act.clear != "":
-		key := "stats.clear." + act.clear
-		if err := cmap.BusStatsClear(nc.nc, nc.subjects, nc.node).Clear(ctx, key); err != nil {
-			return fmt.Errorf("can't set key %s: %s", key, csReason(err))
-		}
-		return nil
-	case act.get != "":
-		v, err := read.Get(ctx, act.get)
-		if err != nil {
-			return fmt.Errorf("can't get value of %s: %s", act.get, csReason(err))
-		}
-		p.print(act.get, objdb.Value{Type: objdb.Type(v.Type), Data: v.Data})
-		return nil
-	case act.set != "":
+	switch cmd.action {
+	case cmapClear, cmapSet:
 		// stats.clear.* resets counters, as corosync's; the rest is
 		// read-only.
-		if err := cmap.BusStatsClear(nc.nc, nc.subjects, nc.node).Clear(ctx, act.set); err != nil {
-			return fmt.Errorf("can't set key %s: %s", act.set, csReason(err))
+		key := "stats.clear." + cmd.clear
+		if cmd.action == cmapSet {
+			key = cmd.args[0]
+		}
+		if err := cmap.BusStatsClear(nc.nc, nc.subjects, nc.node).Clear(ctx, key); err != nil {
+			return toolFailure(a.stderr, "Failed to set key %s. Error %s", key, csError(key, err))
 		}
 		return nil
-	case act.del != "" || act.delPrefix != "" || act.file != "":
+	case cmapGet:
+		for _, key := range cmd.args {
+			v, err := read.Get(ctx, key)
+			if err != nil {
+				return toolFailure(a.stderr, "Can't get key %s. Error %s", key, csError(key, err))
+			}
+			p.print(key, objdb.Value{Type: objdb.Type(v.Type), Data: v.Data})
+		}
+		return nil
+	case cmapDelete, cmapDeletePrefix, cmapLoadFile:
 		return fmt.Errorf("the stats map is read-only: %s", cswire.ErrAccess)
-	case act.track != "" || act.trackPrefix != "":
+	case cmapTrack:
 		return fmt.Errorf("the stats map cannot be tracked: %s", cswire.ErrNotSupported)
 	}
-	prefixes := act.rest
+	prefixes := cmd.args
 	if len(prefixes) == 0 {
 		prefixes = []string{""}
 	}
@@ -214,7 +275,7 @@ func cmapStats(ctx context.Context, nc *nodeClient, p cmapPrinter, act cmapActio
 	for _, pre := range prefixes {
 		entries, err := read(ctx, pre)
 		if err != nil {
-			return fmt.Errorf("can't list keys with prefix %s: %s", pre, csReason(err))
+			return toolFailure(a.stderr, "Failed to initialize iteration. Error %s", csError(pre, err))
 		}
 		if len(entries) == 0 {
 			empty++
@@ -273,14 +334,24 @@ func cmapBinary(b []byte) string {
 	return s.String()
 }
 
-// cmapValue parses a -s value; bin values come from a file, as in
-// corosync-cmapctl.
+// cmapValue parses a -s value as corosync-cmapctl does — integers in base
+// 10 (sscanf's %d, leading blanks and a sign allowed), then checked
+// against the type's range — and refuses it with the tool's words; bin
+// values come from a file (- for stdin).
 func cmapValue(a *app, typ, value string) (objdb.Value, error) {
 	t, err := objdb.ParseType(typ)
 	if err != nil {
-		return objdb.Value{}, usagef("%v", err)
+		return objdb.Value{}, toolFailure(a.stderr, "Unknown type %s", typ)
 	}
-	if t == objdb.Binary {
+	invalid := func() (objdb.Value, error) {
+		return objdb.Value{}, toolFailure(a.stderr, "%s is not valid %s type value", value, typ)
+	}
+	outOfRange := func() (objdb.Value, error) {
+		return objdb.Value{}, toolFailure(a.stderr, "%s is not valid %s integer", value, typ)
+	}
+	trimmed := strings.TrimLeft(value, " \t\n\v\f\r")
+	switch {
+	case t == objdb.Binary:
 		var b []byte
 		if value == "-" {
 			b, err = io.ReadAll(os.Stdin)
@@ -288,15 +359,53 @@ func cmapValue(a *app, typ, value string) (objdb.Value, error) {
 			b, err = os.ReadFile(value)
 		}
 		if err != nil {
-			return objdb.Value{}, fmt.Errorf("reading the binary value: %w", err)
+			var pe *os.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			return objdb.Value{}, toolFailure(a.stderr, "Can't open input file: %s", errnoText(err))
 		}
 		return objdb.Value{Type: t, Data: b}, nil
+	case t == objdb.String:
+		return objdb.Value{Type: t, Data: []byte(value)}, nil
+	case !t.Integer():
+		if _, err := strconv.ParseFloat(trimmed, t.Size()*8); err != nil {
+			return invalid()
+		}
+	case t == objdb.Int8 || t == objdb.Int16 || t == objdb.Int32 || t == objdb.Int64:
+		if _, err := strconv.ParseInt(trimmed, 10, t.Size()*8); err != nil {
+			if !errors.Is(err, strconv.ErrRange) {
+				return invalid()
+			}
+			return outOfRange()
+		}
+		trimmed = strings.TrimPrefix(trimmed, "+")
+	default:
+		if _, err := strconv.ParseUint(strings.TrimPrefix(trimmed, "+"), 10, t.Size()*8); err != nil {
+			// A negative number is out of range: strtoull takes it
+			// and wraps it beyond every unsigned type but u64.
+			if _, serr := strconv.ParseInt(trimmed, 10, 64); !errors.Is(err, strconv.ErrRange) && serr != nil {
+				return invalid()
+			}
+			return outOfRange()
+		}
+		trimmed = strings.TrimPrefix(trimmed, "+")
 	}
-	v, err := objdb.ParseValue(t, value)
+	v, err := objdb.ParseValue(t, trimmed)
 	if err != nil {
-		return objdb.Value{}, usagef("%v", err)
+		return invalid()
 	}
 	return v, nil
+}
+
+// errnoText is strerror's text of a system call's error, as perror
+// prints it: "No such file or directory".
+func errnoText(err error) string {
+	s := err.Error()
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
 }
 
 // cmapLoad applies a -p file: `key type value` sets, `^key` deletes,
@@ -350,4 +459,17 @@ func csReason(err error) string {
 		return msg
 	}
 	return code + " (" + msg + ")"
+}
+
+// csError is what corosync-cmapctl prints after "Error ": the cs_error_t
+// name (cs_strerror), then objdb's reason in parentheses when it says
+// more than the name and the key (`key "ab": shorter than 3 characters`).
+func csError(key string, err error) string {
+	code := cswire.Code(err).String()
+	reason := strings.TrimSuffix(strings.TrimSuffix(err.Error(), code), ": ")
+	reason = strings.TrimSuffix(reason, ":")
+	if reason == "" || reason == code || reason == "key "+key {
+		return code
+	}
+	return code + " (" + reason + ")"
 }

@@ -140,6 +140,8 @@ func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)
 // verbs that are a corosync tool, as the tool exits).
 type usageError struct{ error }
 
+func (u usageError) Unwrap() error { return u.error }
+
 func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
 
 func buildVersion() string {

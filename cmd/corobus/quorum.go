@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"os/signal"
@@ -23,31 +25,32 @@ import (
 	"github.com/corobus/corobus/services/votequorum"
 )
 
-// runQuorum is corosync-quorumtool over the bus: the same flags (but -o
-// ORDER, so overrides are --override), the same output, plus --json. It is
-// a client of the node's quorum, votequorum and cfg services, as the tool
-// is through libquorum, libvotequorum and libcfg.
+// runQuorum is corosync-quorumtool over the bus: the same command line,
+// read the same way (getopt: the last action given wins), but -o ORDER, so
+// overrides are --override; the same output, plus --json. It is a client
+// of the node's quorum, votequorum and cfg services, as the tool is
+// through libquorum, libvotequorum and libcfg.
 func runQuorum(ctx context.Context, a *app, args []string) error {
 	var q quorumFlags
-	fs := newFlagSet(a, "quorum", "[-s | -m | -l | -e EXPECTED | -v VOTES [-n NODEID] | -f] [-a] [-p] [-H] [-i] [-o a|n|i] [--json] [-c FILE | --bus URL] [--node ID]",
-		"Show and change quorum the way corosync-quorumtool does. With no action, -s.\n"+
-			"-m follows <prefix>.quorum.<node>.state and prints the status on every change.\n"+
-			"Exit status: 0, 2 when not quorate (-s), 1 on an error.")
+	fs := newFlagSet(a, "quorum", "[-s | -m | -l | -e EXPECTED | -v VOTES [-n NODEID] | -f] [-a] [-p] [-H] [-i] [-o a|n|i] [-V] [--json] [-c FILE | --bus URL] [--node ID]",
+		"Show and change quorum the way corosync-quorumtool does: its command line (options and\n"+
+			"operands in any order, the last action given wins), output, messages and exit statuses.\n"+
+			"With no action, -s. -m follows <prefix>.quorum.<node>.state and prints the status on every change.\n"+
+			"Exit status: 0, 2 when not quorate (-s), 1 on an error.\n"+
+			"Unlike corosync-quorumtool: -o is the order only (overrides are --override), -V prints\n"+
+			"corobus's version, and a command-line mistake is prefixed with `corobus quorum: `.")
 	q.register(fs)
-	if err := parse(a, fs, args); err != nil {
-		return err
-	}
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "e":
-			q.expectedSet = true
-		case "n":
-			q.nodeIDSet = true
-		case "v":
-			q.votesSet = true
+	q.command = "s"
+	_, err := parseTool(a, fs, args, func(name string) error { return q.take(a, name) })
+	if err != nil {
+		var ge getoptError
+		if errors.As(err, &ge) {
+			// The tool prints its usage after getopt's complaint.
+			fmt.Fprintf(a.stderr, "corobus quorum: %v\n", err)
+			fs.SetOutput(a.stdout)
+			fs.Usage()
+			return exitStatus(1)
 		}
-	})
-	if err := q.check(); err != nil {
 		return err
 	}
 	nc, err := a.connect(q.nodeFlags, "corobus-quorum", q.node)
@@ -61,16 +64,16 @@ func runQuorum(ctx context.Context, a *app, args []string) error {
 	}
 	defer t.Close()
 	t.q = q
-	switch {
-	case q.expected > 0:
+	switch q.command {
+	case "e":
 		return t.setExpected(ctx, a)
-	case q.votesSet:
+	case "v":
 		return t.setVotes(ctx, a)
-	case q.unregister:
+	case "f":
 		return t.unregisterDevice(ctx, a)
-	case q.list:
+	case "l":
 		return t.showNodes(ctx, a)
-	case q.monitor:
+	case "m":
 		return t.monitor(ctx, a, nc)
 	}
 	return t.showStatus(ctx, a)
@@ -78,16 +81,16 @@ func runQuorum(ctx context.Context, a *app, args []string) error {
 
 type quorumFlags struct {
 	nodeFlags
-	json                            bool
-	node                            uint
-	status, monitor, list, allAddrs bool
-	parsable, hex, ip, unregister   bool
-	votes, expected                 int
-	nodeID                          uint
-	// expectedSet, nodeIDSet and votesSet say -e, -n and -v were given:
-	// a zero (a negative -v) is a mistake to refuse, not "absent".
-	expectedSet, nodeIDSet, votesSet bool
-	order                            string
+	json                    bool
+	node                    uint
+	allAddrs, parsable, hex bool
+	ip                      bool
+	expectedArg, votesArg   string
+	nodeIDArg, order        string
+	votes, expected         int
+	nodeID                  uint32
+	// command is the last action given: s, m, l, e, v or f.
+	command string
 }
 
 func (q *quorumFlags) register(fs *flag.FlagSet) {
@@ -97,34 +100,54 @@ func (q *quorumFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&q.busURL, "bus", "", "bus `URL` of any node (nats://TOKEN@host:port); overrides -c")
 	fs.UintVar(&q.node, "node", 0, "ask this node `ID` through the bus instead of the configured local node")
 	fs.BoolVar(&q.json, "json", false, "print JSON")
-	fs.BoolVar(&q.status, "s", false, "show quorum status")
-	fs.BoolVar(&q.monitor, "m", false, "constantly monitor quorum status")
-	fs.BoolVar(&q.list, "l", false, "list nodes")
+	fs.Bool("s", false, "show quorum status")
+	fs.Bool("m", false, "constantly monitor quorum status")
+	fs.Bool("l", false, "list nodes")
 	fs.BoolVar(&q.allAddrs, "a", false, "show all names or addresses for each node")
 	fs.BoolVar(&q.parsable, "p", false, "when used with -s or -l, generates machine parsable output")
-	fs.IntVar(&q.votes, "v", 0, "change the number of `votes` for a node")
-	fs.UintVar(&q.nodeID, "n", 0, "optional `nodeid` of node for -v")
-	fs.IntVar(&q.expected, "e", 0, "change `expected` votes for the cluster")
+	fs.StringVar(&q.votesArg, "v", "", "change the number of `votes` for a node")
+	fs.StringVar(&q.nodeIDArg, "n", "", "optional `nodeid` of node for -v")
+	fs.StringVar(&q.expectedArg, "e", "", "change `expected` votes for the cluster")
 	fs.BoolVar(&q.hex, "H", false, "show nodeids in hexadecimal rather than decimal")
 	fs.BoolVar(&q.ip, "i", false, "show node IP addresses instead of the resolved name")
 	fs.StringVar(&q.order, "o", "a", "order by [a] IP address (default), [n] name, [i] nodeid")
-	fs.BoolVar(&q.unregister, "f", false, "forcefully unregister a quorum device *DANGEROUS*")
+	fs.Bool("f", false, "forcefully unregister a quorum device *DANGEROUS*")
+	fs.Bool("V", false, "show version and exit")
 }
 
-func (q *quorumFlags) check() error {
-	switch q.order {
-	case "a", "n", "i":
-	default:
-		return usagef("Invalid ordering option. valid orders are a(address), i(node ID) or n(name)")
-	}
-	if q.votes < 0 {
-		return usagef("New votes value was not valid, try a positive number or zero")
-	}
-	if q.expected < 0 || (q.expectedSet && q.expected == 0) {
-		return usagef("New expected votes value was not valid, try a positive number")
-	}
-	if q.nodeIDSet && q.nodeID == 0 {
-		return usagef("The nodeid was not valid, try a positive number")
+// take is one option of the command line, in order, checked as the tool
+// checks it then.
+func (q *quorumFlags) take(a *app, name string) error {
+	switch name {
+	case "s", "m", "l", "f":
+		q.command = name
+	case "e":
+		n, ok := strtonum(q.expectedArg, 1, math.MaxInt32)
+		if !ok {
+			return usagef("New expected votes value was not valid, try a positive number")
+		}
+		q.expected, q.command = int(n), name
+	case "v":
+		n, ok := strtonum(q.votesArg, 0, math.MaxInt32)
+		if !ok {
+			return usagef("New votes value was not valid, try a positive number or zero")
+		}
+		q.votes, q.command = int(n), name
+	case "n":
+		n, ok := strtonum(q.nodeIDArg, 1, math.MaxUint32)
+		if !ok {
+			return usagef("The nodeid was not valid, try a positive number")
+		}
+		q.nodeID = uint32(n)
+	case "o":
+		switch q.order {
+		case "a", "n", "i":
+		default:
+			return usagef("Invalid ordering option. valid orders are a(address), i(node ID) or n(name)")
+		}
+	case "V":
+		fmt.Fprintf(a.stdout, "corobus quorum version: %s\n", a.version)
+		return flag.ErrHelp
 	}
 	return nil
 }
@@ -209,7 +232,7 @@ func (t *quorumTool) setVotes(ctx context.Context, a *app) error {
 	if !t.usingVotequorum() {
 		return toolFailure(t.stderr, "You cannot change node votes, corosync is not using votequorum")
 	}
-	id := uint32(t.q.nodeID)
+	id := t.q.nodeID
 	if id == 0 {
 		id = t.ourID
 	}

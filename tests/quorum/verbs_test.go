@@ -1,0 +1,112 @@
+package quorum
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/corobus/corobus/tests/netcluster"
+)
+
+// verbLine is one command line, given to a corosync tool and to the corobus
+// verb that is that tool.
+type verbLine struct {
+	tool string // corosync-cmapctl, corosync-quorumtool or corosync-cfgtool
+	args []string
+}
+
+// TestVerbsMatchTheirTools gives the same command lines to
+// corosync-cmapctl, -quorumtool and -cfgtool on one real corosync node,
+// and to corobus cmap, quorum and cfg on one corobus node with the same
+// file, and compares stdout, stderr and the exit status of each: the
+// verbs read their command line as the tools' getopt does (options after
+// operands, -- before a negative value, the last action given wins) and
+// answer with the tools' messages and statuses.
+//
+// Normalized before comparing, and only that: the program's name before a
+// command-line complaint ("corosync-cmapctl: " and "corobus cmap: "), a
+// usage text (each prints its own), and the Date and ring sequence of
+// quorumtool's status (normalize).
+func TestVerbsMatchTheirTools(t *testing.T) {
+	requireTools(t)
+	netcluster.RequireBackend(t, netcluster.Corosync)
+	lines := []verbLine{
+		{"corosync-cmapctl", []string{"-g", "totem.cluster_name", "nosuch.key"}},
+		{"corosync-cmapctl", []string{"-s", "test.neg", "i8", "-100"}},
+		{"corosync-cmapctl", []string{"-s", "test.neg", "i8", "--", "-100"}},
+		{"corosync-cmapctl", []string{"-g", "test.neg", "-q"}},
+		{"corosync-cmapctl", []string{"-C", "totem", "-g"}},
+		{"corosync-cmapctl", []string{"-C", "totem"}},
+		{"corosync-cmapctl", []string{"-s", "test.x", "u8", "300"}},
+		{"corosync-cmapctl", []string{"-s", "test.x", "u8", "abc"}},
+		{"corosync-cmapctl", []string{"-s", "test.x", "nosuch", "1"}},
+		{"corosync-cmapctl", []string{"-s", "test.x", "u8"}},
+		{"corosync-cmapctl", []string{"-s", "test.f", "flt", "1.5"}},
+		{"corosync-cmapctl", []string{"-s", "test.s", "str", "hello", "world"}},
+		{"corosync-cmapctl", []string{"test."}},
+		{"corosync-cmapctl", []string{"-d", "test.neg", "nosuch.key"}},
+		{"corosync-cmapctl", []string{"-D", "test."}},
+		{"corosync-cmapctl", []string{"test."}},
+		{"corosync-cmapctl", []string{"-m", "nosuch"}},
+		{"corosync-cmapctl", []string{"-z"}},
+		{"corosync-quorumtool", []string{"-x"}},
+		{"corosync-quorumtool", []string{"-e", "abc"}},
+		{"corosync-quorumtool", []string{"-l", "-s"}},
+		{"corosync-quorumtool", []string{"-s", "-l"}},
+		{"corosync-cfgtool", []string{"-x"}},
+		{"corosync-cfgtool", []string{"-k", "abc"}},
+		{"corosync-cfgtool", []string{"-s", "-a", "1"}},
+		{"corosync-cfgtool", []string{"--address", "1", "-n"}},
+		{"corosync-cfgtool", []string{"--bogus"}},
+	}
+	want := verbsTranscript(t, netcluster.Corosync, lines)
+	got := verbsTranscript(t, netcluster.Corobus, lines)
+	for i := range lines {
+		t.Logf("%s %s:\n%s", lines[i].tool, strings.Join(lines[i].args, " "), want[i])
+		if want[i] != got[i] {
+			t.Errorf("%s %s: output differs\n--- corosync\n%s+++ corobus\n%s", lines[i].tool, strings.Join(lines[i].args, " "), want[i], got[i])
+		}
+	}
+}
+
+// verbsTranscript runs lines in node 1 of a fresh one-node cluster of
+// backend: the tool on corosync, the verb on corobus.
+func verbsTranscript(t *testing.T, backend netcluster.Backend, lines []verbLine) []string {
+	c := netcluster.Start(t, netcluster.Options{Nodes: 1, Backend: backend})
+	keepLogs(t, c)
+	n := c.Node(1)
+	verbs := map[string]string{"corosync-cmapctl": "cmap", "corosync-quorumtool": "quorum", "corosync-cfgtool": "cfg"}
+	var out []string
+	for _, l := range lines {
+		name, args := l.tool, l.args
+		if backend == netcluster.Corobus {
+			name, args = c.Options().Binary, append([]string{verbs[l.tool], "-c", n.ConfPath}, l.args...)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		cmd := n.Command(ctx, name, args...)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		cancel()
+		rc := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			rc = ee.ExitCode()
+		} else if err != nil {
+			t.Fatalf("%s: %s %s: %v", backend, name, strings.Join(args, " "), err)
+		}
+		so := stdout.String()
+		if strings.HasPrefix(so, "usage:") {
+			so = "(usage)\n"
+		}
+		se := stderr.String()
+		for _, prog := range []string{l.tool + ": ", "corobus " + verbs[l.tool] + ": "} {
+			se = strings.ReplaceAll(se, prog, "")
+		}
+		out = append(out, fmt.Sprintf("stdout:\n%sstderr:\n%sstatus %d\n", normalize(so), se, rc))
+	}
+	return out
+}
