@@ -90,8 +90,8 @@ func runCmap(ctx context.Context, a *app, args []string) error {
 		}
 	case cmapDeletePrefix:
 		for _, prefix := range cmd.args {
-			if _, err := c.DeletePrefix(ctx, prefix); err != nil {
-				return toolFailure(a.stderr, "Can't delete keys with prefix %s. Error %s", prefix, csError(prefix, err))
+			if err := cmapDeleteWithPrefix(ctx, a, c, prefix); err != nil {
+				return err
 			}
 		}
 	case cmapTrack:
@@ -164,8 +164,8 @@ func parseCmap(a *app, args []string) (cmapCommand, nodeFlags, error) {
 			"A -p file holds lines `key type value`, `^key` (delete) or `^^prefix` (delete by prefix).\n"+
 			"Unlike corosync-cmapctl: -t and -T follow changes until interrupted (they read no q from\n"+
 			"stdin); a number followed by other characters (12abc) is refused, where the tool takes 12;\n"+
-			"a failure gives objdb's reason after the cs_error_t name when it has one; a command-line\n"+
-			"mistake is prefixed with `corobus cmap: `.")
+			"a failure gives objdb's reason after the cs_error_t name when it has one; a -p FILE that\n"+
+			"cannot be opened exits 1 (the tool: 0); a command-line mistake is prefixed with `corobus cmap: `.")
 	nf.register(fs, true)
 	fs.Bool("g", false, "print each KEY")
 	fs.Bool("s", false, "set KEY (operands KEY TYPE VALUE)")
@@ -296,11 +296,13 @@ type cmapPrinter struct {
 
 func (p cmapPrinter) print(key string, v objdb.Value) {
 	if v.Type == objdb.Binary {
-		if p.quiet {
-			fmt.Fprintln(p.w, cmapBinary(v.Data))
-			return
+		// -q drops "KEY (" only, for a bin value too: the tool prints
+		// "bin)" (and " = VALUE" with -b), and so does corobus (until
+		// 3 Dec it printed the value alone).
+		if !p.quiet {
+			fmt.Fprintf(p.w, "%s (", key)
 		}
-		fmt.Fprintf(p.w, "%s (bin)", key)
+		fmt.Fprint(p.w, "bin)")
 		if p.showBinary {
 			if len(v.Data) == 0 {
 				fmt.Fprint(p.w, " = *empty*")
@@ -408,46 +410,81 @@ func errnoText(err error) string {
 	return strings.ToUpper(s[:1]) + s[1:]
 }
 
-// cmapLoad applies a -p file: `key type value` sets, `^key` deletes,
-// `^^prefix` deletes by prefix. Lines starting with # are comments.
+// cmapLoad applies a -p file as corosync-cmapctl reads one: a line is
+// `key type value` (set, as -s; words are split at spaces only, so a str
+// value is one word), `^key` (delete, as -d) or `^^prefix` (delete by
+// prefix, as -D); a line whose first non-blank is # is a comment. A delete
+// that fails is said and the file goes on; a set that fails ends it, as
+// in the tool. Unlike the tool, a file that cannot be opened exits 1 (the
+// tool says so and exits 0).
 func cmapLoad(ctx context.Context, a *app, c *client.Client, path string) error {
 	f, err := os.Open(path)
 	if err != nil {
-		return fmt.Errorf("opening %s: %w", path, err)
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return toolFailure(a.stderr, "Couldn't open file.: %s", errnoText(err))
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
-	line := 0
 	for sc.Scan() {
-		line++
-		text := strings.TrimSpace(sc.Text())
-		if text == "" || strings.HasPrefix(text, "#") {
+		text := strings.TrimLeft(sc.Text(), " \t")
+		if text == "" || text[0] == '#' {
 			continue
 		}
-		fields := strings.Fields(text)
-		switch {
-		case strings.HasPrefix(fields[0], "^^"):
-			if _, err := c.DeletePrefix(ctx, fields[0][2:]); err != nil {
-				return fmt.Errorf("%s:%d: %w", path, line, err)
+		var words []string
+		for _, w := range strings.Split(text, " ") {
+			if w != "" {
+				words = append(words, w)
 			}
-		case strings.HasPrefix(fields[0], "^"):
-			if err := c.Delete(ctx, fields[0][1:]); err != nil && !errors.Is(err, objdb.ErrNotExist) {
-				return fmt.Errorf("%s:%d: %w", path, line, err)
+		}
+		if len(words) == 0 {
+			continue
+		}
+		key := words[0]
+		switch {
+		case strings.HasPrefix(key, "^^"):
+			if err := cmapDeleteWithPrefix(ctx, a, c, key[2:]); err != nil {
+				return err
+			}
+		case strings.HasPrefix(key, "^"):
+			if err := c.Delete(ctx, key[1:]); err != nil {
+				fmt.Fprintf(a.stderr, "Can't delete key %s. Error %s\n", key[1:], csError(key[1:], err))
 			}
 		default:
-			if len(fields) < 3 {
-				return fmt.Errorf("%s:%d: expected `key type value`, found %q", path, line, text)
+			if len(words) < 3 {
+				return toolFailure(a.stderr, "Both type and value for key %s are required", key)
 			}
-			v, err := cmapValue(a, fields[1], strings.Join(fields[2:], " "))
+			v, err := cmapValue(a, words[1], words[2])
 			if err != nil {
-				return fmt.Errorf("%s:%d: %w", path, line, err)
+				return err
 			}
-			if err := c.Set(ctx, fields[0], v); err != nil {
-				return fmt.Errorf("%s:%d: %w", path, line, err)
+			if err := c.Set(ctx, key, v); err != nil {
+				return toolFailure(a.stderr, "Failed to set key %s. Error %s", key, csError(key, err))
 			}
 		}
 	}
-	return sc.Err()
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("reading %s: %w", path, err)
+	}
+	return nil
+}
+
+// cmapDeleteWithPrefix is -D as the tool does it: every key under prefix
+// deleted one by one, a failure said and the next key tried; the status
+// stays 0 but when the keys cannot be listed.
+func cmapDeleteWithPrefix(ctx context.Context, a *app, c *client.Client, prefix string) error {
+	entries, err := c.List(ctx, prefix)
+	if err != nil {
+		return toolFailure(a.stderr, "Failed to initialize iteration. Error %s", csError(prefix, err))
+	}
+	for _, e := range entries {
+		if err := c.Delete(ctx, e.Key); err != nil {
+			fmt.Fprintf(a.stderr, "Can't delete key %s. Error %s\n", e.Key, csError(e.Key, err))
+		}
+	}
+	return nil
 }
 
 // csReason says why an objdb call failed: the reason objdb gave, which

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -34,6 +36,14 @@ type verbLine struct {
 func TestVerbsMatchTheirTools(t *testing.T) {
 	requireTools(t)
 	netcluster.RequireBackend(t, netcluster.Corosync)
+	dir := t.TempDir()
+	settings, bin := filepath.Join(dir, "settings"), filepath.Join(dir, "bin")
+	if err := os.WriteFile(settings, []byte("test.p u8 5\n^test.nosuch\n  # a comment\ntest.w str two words\n^^test.zz\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, []byte("a\x01\\b"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	lines := []verbLine{
 		{"corosync-cmapctl", []string{"-g", "totem.cluster_name", "nosuch.key"}},
 		{"corosync-cmapctl", []string{"-s", "test.neg", "i8", "-100"}},
@@ -51,17 +61,34 @@ func TestVerbsMatchTheirTools(t *testing.T) {
 		{"corosync-cmapctl", []string{"-d", "test.neg", "nosuch.key"}},
 		{"corosync-cmapctl", []string{"-D", "test."}},
 		{"corosync-cmapctl", []string{"test."}},
+		{"corosync-cmapctl", []string{"-p", settings}},
+		{"corosync-cmapctl", []string{"-s", "test.bin", "bin", bin}},
+		{"corosync-cmapctl", []string{"-s", "test.i", "i32", " 42"}},
+		{"corosync-cmapctl", []string{"-s", "test.d", "dbl", "abc"}},
+		{"corosync-cmapctl", []string{"-s", "test.d", "dbl", "2.25"}},
+		{"corosync-cmapctl", []string{"-b", "test."}},
+		{"corosync-cmapctl", []string{"-q", "test."}},
+		{"corosync-cmapctl", []string{"-g", "test.bin", "-b", "-q"}},
+		{"corosync-cmapctl", []string{"-D", "test.", "nosuch."}},
+		{"corosync-cmapctl", []string{"-m", "stats", "-g", "stats.nosuch"}},
 		{"corosync-cmapctl", []string{"-m", "nosuch"}},
 		{"corosync-cmapctl", []string{"-z"}},
 		{"corosync-quorumtool", []string{"-x"}},
 		{"corosync-quorumtool", []string{"-e", "abc"}},
 		{"corosync-quorumtool", []string{"-l", "-s"}},
 		{"corosync-quorumtool", []string{"-s", "-l"}},
+		{"corosync-quorumtool", []string{"-p", "-l"}},
+		{"corosync-quorumtool", []string{"-H", "-s"}},
+		{"corosync-quorumtool", []string{"-a", "-i", "-o", "n", "-l"}},
+		{"corosync-quorumtool", []string{"-v", "1", "-n", "5"}},
 		{"corosync-cfgtool", []string{"-x"}},
 		{"corosync-cfgtool", []string{"-k", "abc"}},
 		{"corosync-cfgtool", []string{"-s", "-a", "1"}},
 		{"corosync-cfgtool", []string{"--address", "1", "-n"}},
 		{"corosync-cfgtool", []string{"--bogus"}},
+		{"corosync-cfgtool", []string{"-b", "-s"}},
+		{"corosync-cfgtool", []string{"-a", "9"}},
+		{"corosync-cfgtool", []string{"-L"}},
 	}
 	want := verbsTranscript(t, netcluster.Corosync, lines)
 	got := verbsTranscript(t, netcluster.Corobus, lines)
