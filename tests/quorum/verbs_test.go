@@ -89,6 +89,9 @@ func TestVerbsMatchTheirTools(t *testing.T) {
 		{"corosync-cfgtool", []string{"-b", "-s"}},
 		{"corosync-cfgtool", []string{"-a", "9"}},
 		{"corosync-cfgtool", []string{"-L"}},
+		{"corosync-cfgtool", []string{"-R"}},
+		{"corosync-cfgtool", []string{"-k", "9"}},
+		{"corosync-cfgtool", []string{"-s", "-H"}}, // last: the node stops
 	}
 	want := verbsTranscript(t, netcluster.Corosync, lines)
 	got := verbsTranscript(t, netcluster.Corobus, lines)
