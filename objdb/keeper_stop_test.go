@@ -25,7 +25,7 @@ func TestKeeperStopIsNotBehind(t *testing.T) {
 	nc := cl.Conn(1)
 	subjects, _ := bus.NewSubjects("corobus.test")
 	var logs testlog.Buffer
-	log := slog.New(slog.NewTextHandler(io.MultiWriter(&logs, testWriter{t}), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(&logs, bustest.Writer(t)), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	k, err := NewKeeper(nc, KeeperConfig{Node: 1, Bucket: "objdb_test", Replicas: 3, Subjects: subjects, Log: log,
 		Heartbeat: 50 * time.Millisecond, WriteTimeout: 3 * time.Second})
 	if err != nil {
@@ -67,13 +67,6 @@ func TestKeeperStopIsNotBehind(t *testing.T) {
 	if !strings.Contains(out, "stopping with node keys not stored") {
 		t.Errorf("the keeper did not say what its last round could not store:\n%s", out)
 	}
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
