@@ -5,10 +5,12 @@
 //
 // The corobus scenarios call t.Parallel(): each cluster is netcluster's,
 // in namespaces held by its own processes with no global name, and most
-// of a scenario is waiting for views and quorum to settle. The tests that
-// start a real corosync (or corosync-qnetd and corosync-qdevice) stay
-// serial and run first: corosync runs SCHED_RR 99 and would starve a
-// scenario's deadlines.
+// of a scenario is waiting for views and quorum to settle. What starts a
+// real corosync is serial and runs first: corosync runs SCHED_RR 99 and
+// would starve a scenario's deadlines. A scenario compared with corosync, or run on both engines,
+// has its corosync half in TestOnCorosync (its subtests, corosync beside
+// corosync, run at once) and its corobus half among the parallel tests
+// (corosync_test.go).
 package quorum
 
 import (

@@ -14,17 +14,27 @@ import (
 // a real corosync, each node's config_version included (corosync's cmap
 // sync records every member's; corobus listed ip, join_count and status
 // only).
+//
+// The corosync half runs in TestOnCorosync (corosyncRuntimeMembers).
 func TestRuntimeMembersMatchCorosync(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	requireTools(t)
 	netcluster.RequireBackend(t, netcluster.Corosync)
-	want := runtimeMembers(t, netcluster.Corosync, "")
-	if !strings.Contains(want, "runtime.members.2.config_version (u64) = 7\n") {
-		t.Fatalf("corosync's runtime.members lacks node 2's config_version 7:\n%s", want)
-	}
+	want := corosyncRef(t, "RuntimeMembersMatchCorosync")
 	got := runtimeMembers(t, netcluster.Corobus, want)
 	if got != want {
 		t.Errorf("corosync-cmapctl runtime.members. differs\n--- corosync\n%s+++ corobus\n%s", want, got)
 	}
+}
+
+// corosyncRuntimeMembers is what `corosync-cmapctl runtime.members.`
+// prints on two corosync nodes, node 2's config_version in it.
+func corosyncRuntimeMembers(t *testing.T) string {
+	want := runtimeMembers(t, netcluster.Corosync, "")
+	if !strings.Contains(want, "runtime.members.2.config_version (u64) = 7\n") {
+		t.Fatalf("corosync's runtime.members lacks node 2's config_version 7:\n%s", want)
+	}
+	return want
 }
 
 // runtimeMembers starts two nodes of backend and returns what

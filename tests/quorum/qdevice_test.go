@@ -15,7 +15,12 @@ import (
 // ring id and casts its vote (corosync-qnetd, algorithm ffsplit, runs in
 // node 1's namespace): the quorum tool shows the device and its vote, and
 // when node 2 is killed node 1 stays quorate with the device's vote.
+//
+// A parallel test: corosync-qdevice and corosync-qnetd, unlike corosync,
+// ask for no real-time scheduling (neither calls sched_setscheduler), and
+// both run in the cluster's own namespaces.
 func TestQdeviceRegisters(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	requireTools(t)
 	for _, c := range []string{"corosync-qdevice", "corosync-qnetd"} {
 		if _, err := exec.LookPath(c); err != nil {

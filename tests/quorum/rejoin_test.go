@@ -31,11 +31,14 @@ import (
 // 3 both joined and left, the v0 client three times, and libvotequorum
 // three nodelists and two quorum notifications, the first with node 3
 // dead.
+//
+// The corosync half runs in TestOnCorosync (corosyncRejoin).
 func TestLastManStandingRejoinMatchesCorosync(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	requireTools(t)
 	netcluster.RequireBackend(t, netcluster.Corosync)
 	path := buildClient(t)
-	want := rejoinTranscript(t, netcluster.Corosync, path)
+	want := corosyncRef(t, "LastManStandingRejoinMatchesCorosync")
 	got := rejoinTranscript(t, netcluster.Corobus, path)
 	t.Logf("on three corosync nodes:\n%s", want)
 	ws, gs := sections(normalizeRejoin(want)), sections(normalizeRejoin(got))
@@ -54,6 +57,11 @@ func TestLastManStandingRejoinMatchesCorosync(t *testing.T) {
 	if t.Failed() {
 		t.Logf("on three corobus nodes:\n%s", got)
 	}
+}
+
+// corosyncRejoin is the sequence's transcript on three corosync nodes.
+func corosyncRejoin(t *testing.T) string {
+	return rejoinTranscript(t, netcluster.Corosync, buildClient(t))
 }
 
 func rejoinTranscript(t *testing.T, backend netcluster.Backend, path string) string {

@@ -24,10 +24,13 @@ import (
 // sequence of "Ring ID" (each engine numbers its rings), and the link MTU
 // (corosync reports knet's path MTU, corobus the interface's,
 // docs/quorum.md).
+//
+// The corosync half runs in TestOnCorosync.
 func TestToolsMatchCorosyncThreeNodes(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	requireTools(t)
 	netcluster.RequireBackend(t, netcluster.Corosync)
-	want := toolsTranscript(t, netcluster.Corosync)
+	want := corosyncRef(t, "ToolsMatchCorosyncThreeNodes")
 	got := toolsTranscript(t, netcluster.Corobus)
 	t.Logf("the tools on three corosync nodes:\n%s", want)
 	ws, gs := sections(normalize(want)), sections(normalize(got))
