@@ -11,7 +11,10 @@
 // down. A test stays serial when it listens on the root namespace's ports
 // (deploy/local's fixed ones, or ports picked free and then released) or
 // starts a real corosync, which runs SCHED_RR 99 and would starve the
-// others' timeouts; serial tests all run before the parallel ones.
+// others' timeouts; serial tests all run before the parallel ones. A test
+// whose nodes need only a loopback runs them in a network namespace of
+// their own where the machine can make one (ownNetwork), and is parallel
+// there.
 package e2e
 
 import (
@@ -34,12 +37,41 @@ import (
 	"github.com/corobus/corobus/tests/netcluster"
 )
 
-// binary is the corobus executable built for this test run.
-type binary struct{ path string }
+// binary is the corobus executable built for this test run, and where it
+// runs: the root network namespace, or net's (ownNetwork).
+type binary struct {
+	path string
+	net  *netcluster.Node
+}
 
 func buildBinary(t testing.TB) binary {
 	t.Helper()
 	return binary{path: netcluster.Build(t)}
+}
+
+// ownNetwork runs b's processes — `corobus up` and the client verbs — in
+// a network namespace of their own (a one-node netcluster's, loopback up,
+// its node never started) and makes t a parallel test, when the machine
+// can make one: their ports and the gateway's abstract socket names are
+// then the test's alone, and it need not wait for the serial tests. Where
+// it cannot (not root, -short, no namespaces), b stays in the root
+// namespace and t serial, as before.
+func ownNetwork(t *testing.T, b binary) binary {
+	t.Helper()
+	if testing.Short() || netcluster.Available() != nil {
+		return b
+	}
+	t.Parallel()
+	b.net = netcluster.Start(t, netcluster.Options{Nodes: 1, NoStart: true, Binary: b.path}).Node(1)
+	return b
+}
+
+// command is `corobus args…` where b runs; ctx kills it.
+func (b binary) command(ctx context.Context, args ...string) *exec.Cmd {
+	if b.net != nil {
+		return b.net.Command(ctx, b.path, args...)
+	}
+	return exec.CommandContext(ctx, b.path, args...)
 }
 
 // budget is a context for a test's processes that ends at most limit from
@@ -79,7 +111,7 @@ func (b binary) run(t testing.TB, env []string, args ...string) (string, error) 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, b.path, args...)
+	cmd := b.command(ctx, args...)
 	cmd.Env = append(os.Environ(), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -101,7 +133,7 @@ type upProcess struct {
 // if the test did not stop it.
 func (b binary) up(t testing.TB, env []string, args ...string) *upProcess {
 	t.Helper()
-	cmd := exec.Command(b.path, append([]string{"up"}, args...)...)
+	cmd := b.command(context.Background(), append([]string{"up"}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
 	out := &testlog.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out

@@ -18,7 +18,7 @@ import (
 // TestEmbeddedDefaultUpStatusStop: `corobus up` with no file, `corobus
 // status` finds it, SIGTERM exits 0 and leaves no child process.
 func TestEmbeddedDefaultUpStatusStop(t *testing.T) {
-	b := buildBinary(t)
+	b := ownNetwork(t, buildBinary(t))
 	port := freePort(t)
 	// The embedded default's state lives under XDG_STATE_HOME; its client
 	// port is moved so that the test does not meet a node a user runs.
@@ -131,7 +131,9 @@ func TestLocalThreeNodeCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("three real nodes: skipped in -short")
 	}
-	b := buildBinary(t)
+	// deploy/local's fixed ports: in a network namespace of the test's
+	// own, where it can, they meet no other test's or user's node.
+	b := ownNetwork(t, buildBinary(t))
 	// deploy/local runs with crypto on: the nodes share a key made by
 	// corobus keygen, as cluster.sh makes one.
 	key := filepath.Join(t.TempDir(), "authkey")
@@ -238,7 +240,7 @@ func TestTypoInConfigStartsNothing(t *testing.T) {
 // services while objdb and the loader still serve: each service is asked
 // to exit and unloaded, its reference released and its keys removed.
 func TestInProcStopsInOrder(t *testing.T) {
-	b := buildBinary(t)
+	b := ownNetwork(t, buildBinary(t))
 	port := freePort(t)
 	env := []string{"XDG_STATE_HOME=" + t.TempDir(), "COROBUS_NODELIST__NODE__0__CLIENT_PORT=" + strconv.Itoa(port)}
 	p := b.up(t, env, "--inproc")

@@ -26,7 +26,7 @@ func TestCryptoClusterUp(t *testing.T) {
 	if testing.Short() {
 		t.Skip("three real nodes: skipped in -short")
 	}
-	b := buildBinary(t)
+	b := ownNetwork(t, buildBinary(t))
 	dir := t.TempDir()
 	key := filepath.Join(dir, "authkey")
 	if out, err := b.run(t, nil, "keygen", "-k", key); err != nil || !strings.Contains(out, "Writing corosync key to "+key) {

@@ -127,17 +127,28 @@ func Require(t testing.TB) {
 	if testing.Short() {
 		t.Skip("netcluster: multi-node test skipped in -short mode")
 	}
+	if err := Available(); err != nil {
+		t.Skipf("netcluster: %v: skipping", err)
+	}
+}
+
+// Available says why this machine cannot run a netcluster, or nil when it
+// can: root, unshare, nsenter and ip installed, and network namespaces,
+// veth pairs and bridges working. (Require skips for the same reasons,
+// and under -short.)
+func Available() error {
 	if os.Geteuid() != 0 {
-		t.Skip("netcluster: network namespaces need root: skipping")
+		return errors.New("network namespaces need root")
 	}
 	for _, c := range []string{"unshare", "nsenter", "ip"} {
 		if _, err := exec.LookPath(c); err != nil {
-			t.Skipf("netcluster: %s is not installed (apt-get install util-linux iproute2): skipping", c)
+			return fmt.Errorf("%s is not installed (apt-get install util-linux iproute2)", c)
 		}
 	}
 	if err := probe(); err != nil {
-		t.Skipf("netcluster: this machine cannot run namespaced nodes: %v: skipping", err)
+		return fmt.Errorf("this machine cannot run namespaced nodes: %w", err)
 	}
+	return nil
 }
 
 // RequireBackend is Require plus what the backend needs: corosync and
