@@ -43,6 +43,7 @@ func setEventually(t *testing.T, s *Store, key string, v Value, what string) {
 }
 
 func TestThreeNodes(t *testing.T) {
+	t.Parallel() // a cluster of its own, mostly waiting on it (docs/testing.md)
 	if testing.Short() {
 		t.Skip("three-node JetStream cluster: skipped in -short")
 	}
@@ -134,6 +135,7 @@ func TestThreeNodes(t *testing.T) {
 // corosync starts and is quorate with two of three; the third, started
 // later, reads what they wrote.
 func TestMajorityColdStart(t *testing.T) {
+	t.Parallel() // a cluster of its own, mostly waiting on it (docs/testing.md)
 	if testing.Short() {
 		t.Skip("three-node JetStream cluster: skipped in -short")
 	}

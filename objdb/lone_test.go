@@ -34,6 +34,7 @@ import (
 // context ended, 30 s, and in a cluster the node's gateway never served
 // its clients.
 func TestLoneSurvivorOpensItsCopy(t *testing.T) {
+	t.Parallel() // a cluster of its own, mostly waiting on it (docs/testing.md)
 	if testing.Short() {
 		t.Skip("two-node JetStream cluster: skipped in -short")
 	}
@@ -45,6 +46,7 @@ func TestLoneSurvivorOpensItsCopy(t *testing.T) {
 		{"bucket on the node that stays", 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // each case a cluster of its own
 			cl := bustest.StartCluster(t, 2)
 			ctx := context.Background()
 			// The bucket as a keeper makes it (openBucket binds it as it
@@ -89,6 +91,7 @@ func TestLoneSurvivorOpensItsCopy(t *testing.T) {
 // ever. Now it opens with node 3's keys after ClusterWait, and loads the
 // cluster keys once nodes 1 and 2 are back.
 func TestLastOfThreeOpensItsCopy(t *testing.T) {
+	t.Parallel() // a cluster of its own, mostly waiting on it (docs/testing.md)
 	if testing.Short() {
 		t.Skip("three-node JetStream cluster: skipped in -short")
 	}

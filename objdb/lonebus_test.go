@@ -33,6 +33,7 @@ import (
 // other copy never read them, and a copy opened after the restart read
 // only them (the keys written before were absent).
 func TestLoneBusRestartKeepsNodeKeys(t *testing.T) {
+	t.Parallel() // a cluster of its own, mostly waiting on it (docs/testing.md)
 	if testing.Short() {
 		t.Skip("two-node JetStream cluster: skipped in -short")
 	}
