@@ -364,6 +364,7 @@ func cpgtoolOutputs(t *testing.T, b netcluster.Backend, nodes int, groups map[in
 // (cpgcheck) in one group on three nodes multicast together: vscheck
 // judges their logs as one group's — the same messages in the same order.
 func TestGoAndLibcpgMembers(t *testing.T) {
+	t.Parallel() // corobus only: after the serial tests, beside TestLeaveReasons
 	prog := BuildC(t, "cpgcheck")
 	member := BuildGo(t, "./examples/cpgmember")
 	cl := netcluster.Start(t, netcluster.Options{Nodes: 3})
