@@ -9,10 +9,10 @@ import (
 )
 
 // TestMain runs the package's tests with one corobus build shared by all
-// of them (netcluster.Build), eight parallel tests at a time unless go
+// of them (netcluster.Build), four parallel tests at a time unless go
 // test's -parallel says otherwise: they mostly wait (see the package
 // comment), and two at a time left a 2-vCPU machine mostly idle.
 func TestMain(m *testing.M) {
-	testparallel.Default(8)
+	testparallel.Default(4)
 	os.Exit(netcluster.Main(m))
 }
