@@ -239,10 +239,17 @@ func (b binary) status(t testing.TB, env []string, args ...string) (nodeStatus, 
 	return st, nil
 }
 
-// eventually polls cond until it returns nil or the deadline passes.
+// eventually polls cond until it returns nil or the deadline passes:
+// every 100 ms for the first second, then half as often again each time,
+// up to twice a second. A cond often runs processes (`corobus status`:
+// some 60 ms of CPU each, per node), and the package's parallel tests
+// polling at once every 100 ms for as long as they waited kept a 2-vCPU
+// machine busy looking.
 func eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
+	start := time.Now()
+	deadline := start.Add(timeout)
+	pause := 100 * time.Millisecond
 	var err error
 	for time.Now().Before(deadline) {
 		if err = cond(); err == nil {
@@ -252,7 +259,10 @@ func eventually(t testing.TB, timeout time.Duration, what string, cond func() er
 		if errors.As(err, &fatal) {
 			t.Fatalf("%s: %v", what, err)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(pause)
+		if time.Since(start) > time.Second {
+			pause = min(pause*3/2, 500*time.Millisecond)
+		}
 	}
 	t.Fatalf("%s: not within %s: %v", what, timeout, err)
 }

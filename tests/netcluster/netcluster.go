@@ -511,8 +511,17 @@ func (c *Cluster) WaitView(t testing.TB, timeout time.Duration, nodes []*Node, w
 	t.Helper()
 	sorted := append([]uint32(nil), want...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
-	deadline := time.Now().Add(timeout)
+	start := time.Now()
+	deadline := start.Add(timeout)
 	views := map[uint32]string{}
+	// Each look runs `corobus status --json` in every node: a process
+	// (some 60 ms of CPU) and a round of bus requests per node. Looking
+	// every 200 ms for as long as a view took to settle, the tests of a
+	// package waiting at once spent most of a 2-vCPU machine looking, and
+	// slowed the very nodes they waited for. So: every 200 ms for the
+	// first two seconds, then half as often again each time, up to once a
+	// second.
+	pause := 200 * time.Millisecond
 	for {
 		done := true
 		for _, n := range nodes {
@@ -546,7 +555,10 @@ func (c *Cluster) WaitView(t testing.TB, timeout time.Duration, nodes []*Node, w
 			}
 			t.Fatalf("netcluster: members %v not seen by every node within %s:\n%s", sorted, timeout, b.String())
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(pause)
+		if time.Since(start) > 2*time.Second {
+			pause = min(pause*3/2, time.Second)
+		}
 	}
 }
 
