@@ -22,32 +22,35 @@ import (
 // beside each other: each in its own namespaces, mostly waiting too.
 
 // corosyncScenario is the corosync half of a scenario. ref is what the
-// corobus half compares with ("" for scenarios that compare nothing).
+// corobus half compares with (nil for scenarios that compare nothing).
 type corosyncScenario struct {
 	name string
-	run  func(t *testing.T) (ref string)
+	run  func(t *testing.T) (ref any)
 }
 
 // corosyncScenarios are TestOnCorosync's subtests, named after the corobus
 // tests that are their other half.
 func corosyncScenarios() []corosyncScenario {
 	return []corosyncScenario{
-		{"RuntimeMembersMatchCorosync", corosyncRuntimeMembers},
-		{"ConfigVersionOlderNodeStops", func(t *testing.T) string {
+		{"RuntimeMembersMatchCorosync", func(t *testing.T) any { return corosyncRuntimeMembers(t) }},
+		{"ConfigVersionOlderNodeStops", func(t *testing.T) any {
 			configVersionOlderNodeStops(t, netcluster.Corosync)
-			return ""
+			return nil
 		}},
-		{"ConfigVersionLoneOlderNodeStops", func(t *testing.T) string {
+		{"ConfigVersionLoneOlderNodeStops", func(t *testing.T) any {
 			configVersionLoneOlderNodeStops(t, netcluster.Corosync)
-			return ""
+			return nil
 		}},
-		{"ConfigVersionColdStart", func(t *testing.T) string {
+		{"ConfigVersionColdStart", func(t *testing.T) any {
 			configVersionColdStart(t, netcluster.Corosync)
-			return ""
+			return nil
 		}},
-		{"LastManStandingRejoinMatchesCorosync", corosyncRejoin},
-		{"ToolsMatchCorosyncThreeNodes", func(t *testing.T) string {
+		{"LastManStandingRejoinMatchesCorosync", func(t *testing.T) any { return corosyncRejoin(t) }},
+		{"ToolsMatchCorosyncThreeNodes", func(t *testing.T) any {
 			return toolsTranscript(t, netcluster.Corosync)
+		}},
+		{"VerbsMatchTheirTools", func(t *testing.T) any {
+			return verbsTranscript(t, netcluster.Corosync, verbLines(t))
 		}},
 	}
 }
@@ -62,7 +65,7 @@ func TestOnCorosync(t *testing.T) {
 	for _, s := range corosyncScenarios() {
 		t.Run(s.name, func(t *testing.T) {
 			t.Parallel() // corosync beside corosync: each in namespaces of its own
-			var out string
+			var out any
 			// Deferred, so that a scenario that fails (t.Fatal) is
 			// recorded as failed and its corobus half does not run it again.
 			defer func() { corosyncRefs.put(s.name, out, !t.Failed()) }()
@@ -82,11 +85,11 @@ type refStore struct {
 }
 
 type refResult struct {
-	out string
+	out any
 	ok  bool
 }
 
-func (r *refStore) put(name, out string, ok bool) {
+func (r *refStore) put(name string, out any, ok bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.m[name] = refResult{out: out, ok: ok}
@@ -106,20 +109,26 @@ func (r *refStore) take(name string) (refResult, bool) {
 // of TestOnCorosync in this test binary, or, when -run left that out, a run
 // of the corobus test's own. A corobus test whose corosync half failed
 // there is skipped: that failure is the package's.
-func corosyncRef(t *testing.T, name string) string {
+func corosyncRef[T any](t *testing.T, name string) T {
 	t.Helper()
 	res, found := corosyncRefs.take(name)
-	if found {
-		if !res.ok {
-			t.Skipf("TestOnCorosync/%s failed: nothing to compare with", name)
-		}
-		return res.out
-	}
-	for _, s := range corosyncScenarios() {
-		if s.name == name {
-			return s.run(t)
+	if !found {
+		for _, s := range corosyncScenarios() {
+			if s.name == name {
+				res = refResult{out: s.run(t), ok: true}
+				found = true
+			}
 		}
 	}
-	t.Fatalf("no corosync scenario %q", name)
-	return ""
+	if !found {
+		t.Fatalf("no corosync scenario %q", name)
+	}
+	if !res.ok {
+		t.Skipf("TestOnCorosync/%s failed: nothing to compare with", name)
+	}
+	ref, ok := res.out.(T)
+	if !ok {
+		t.Fatalf("corosync scenario %q saw a %T, not a %T", name, res.out, ref)
+	}
+	return ref
 }

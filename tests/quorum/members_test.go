@@ -20,7 +20,7 @@ func TestRuntimeMembersMatchCorosync(t *testing.T) {
 	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	requireTools(t)
 	netcluster.RequireBackend(t, netcluster.Corosync)
-	want := corosyncRef(t, "RuntimeMembersMatchCorosync")
+	want := corosyncRef[string](t, "RuntimeMembersMatchCorosync")
 	got := runtimeMembers(t, netcluster.Corobus, want)
 	if got != want {
 		t.Errorf("corosync-cmapctl runtime.members. differs\n--- corosync\n%s+++ corobus\n%s", want, got)

@@ -38,7 +38,7 @@ func TestLastManStandingRejoinMatchesCorosync(t *testing.T) {
 	requireTools(t)
 	netcluster.RequireBackend(t, netcluster.Corosync)
 	path := buildClient(t)
-	want := corosyncRef(t, "LastManStandingRejoinMatchesCorosync")
+	want := corosyncRef[string](t, "LastManStandingRejoinMatchesCorosync")
 	got := rejoinTranscript(t, netcluster.Corobus, path)
 	t.Logf("on three corosync nodes:\n%s", want)
 	ws, gs := sections(normalizeRejoin(want)), sections(normalizeRejoin(got))

@@ -30,7 +30,7 @@ func TestToolsMatchCorosyncThreeNodes(t *testing.T) {
 	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	requireTools(t)
 	netcluster.RequireBackend(t, netcluster.Corosync)
-	want := corosyncRef(t, "ToolsMatchCorosyncThreeNodes")
+	want := corosyncRef[string](t, "ToolsMatchCorosyncThreeNodes")
 	got := toolsTranscript(t, netcluster.Corobus)
 	t.Logf("the tools on three corosync nodes:\n%s", want)
 	ws, gs := sections(normalize(want)), sections(normalize(got))

@@ -33,9 +33,28 @@ type verbLine struct {
 // command-line complaint ("corosync-cmapctl: " and "corobus cmap: "), a
 // usage text (each prints its own), and the Date and ring sequence of
 // quorumtool's status (normalize).
+//
+// The corosync half runs in TestOnCorosync.
 func TestVerbsMatchTheirTools(t *testing.T) {
+	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	requireTools(t)
 	netcluster.RequireBackend(t, netcluster.Corosync)
+	lines := verbLines(t)
+	want := corosyncRef[[]string](t, "VerbsMatchTheirTools")
+	got := verbsTranscript(t, netcluster.Corobus, lines)
+	for i := range lines {
+		t.Logf("%s %s:\n%s", lines[i].tool, strings.Join(lines[i].args, " "), want[i])
+		if want[i] != got[i] {
+			t.Errorf("%s %s: output differs\n--- corosync\n%s+++ corobus\n%s", lines[i].tool, strings.Join(lines[i].args, " "), want[i], got[i])
+		}
+	}
+}
+
+// verbLines are the command lines TestVerbsMatchTheirTools gives both
+// engines, with the files they read made in t's TempDir (each half makes
+// its own: the same contents, in a directory of its own).
+func verbLines(t *testing.T) []verbLine {
+	t.Helper()
 	dir := t.TempDir()
 	settings, bin := filepath.Join(dir, "settings"), filepath.Join(dir, "bin")
 	if err := os.WriteFile(settings, []byte("test.p u8 5\n^test.nosuch\n  # a comment\ntest.w str two words\n^^test.zz\n"), 0o644); err != nil {
@@ -44,7 +63,7 @@ func TestVerbsMatchTheirTools(t *testing.T) {
 	if err := os.WriteFile(bin, []byte("a\x01\\b"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	lines := []verbLine{
+	return []verbLine{
 		{"corosync-cmapctl", []string{"-g", "totem.cluster_name", "nosuch.key"}},
 		{"corosync-cmapctl", []string{"-s", "test.neg", "i8", "-100"}},
 		{"corosync-cmapctl", []string{"-s", "test.neg", "i8", "--", "-100"}},
@@ -92,14 +111,6 @@ func TestVerbsMatchTheirTools(t *testing.T) {
 		{"corosync-cfgtool", []string{"-R"}},
 		{"corosync-cfgtool", []string{"-k", "9"}},
 		{"corosync-cfgtool", []string{"-s", "-H"}}, // last: the node stops
-	}
-	want := verbsTranscript(t, netcluster.Corosync, lines)
-	got := verbsTranscript(t, netcluster.Corobus, lines)
-	for i := range lines {
-		t.Logf("%s %s:\n%s", lines[i].tool, strings.Join(lines[i].args, " "), want[i])
-		if want[i] != got[i] {
-			t.Errorf("%s %s: output differs\n--- corosync\n%s+++ corobus\n%s", lines[i].tool, strings.Join(lines[i].args, " "), want[i], got[i])
-		}
 	}
 }
 
