@@ -56,7 +56,9 @@ func TestBadCommandLines(t *testing.T) {
 		{[]string{"cfg", "--kill"}, `corobus cfg: option '--kill' requires an argument`},
 		{[]string{"cfg", "--bogus"}, `corobus cfg: unrecognized option '--bogus'`},
 		{[]string{"cfg", "--force=1"}, `corobus cfg: option '--force' doesn't allow an argument`},
-		{[]string{"cpg", "extra"}, `corobus cpg: cpg takes no arguments (got ["extra"])`},
+		// corosync-cpgtool ignores operands: `cpg extra` is no mistake.
+		{[]string{"cpg", "-x"}, `corobus cpg: invalid option -- 'x'`},
+		{[]string{"cpg", "-d"}, `corobus cpg: option requires an argument -- 'd'`},
 	} {
 		t.Run(strings.Join(tc.args, "_"), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer

@@ -102,6 +102,10 @@ func (q *cfgFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&q.killArg, "kill", "", "same as -k")
 	fs.StringVar(&q.addrArg, "a", "", "display the IP address(es) of the node with this `nodeid`")
 	fs.StringVar(&q.addrArg, "address", "", "same as -a")
+	// corosync-cfgtool's -h is no action: the usage only when no action
+	// is given (-h -s and -s -h show the links), as a command line with
+	// no action shows it.
+	fs.Bool("h", false, "display this help (when no action is given)")
 	fs.Bool("H", false, "shut the node down cleanly")
 	fs.Bool("shutdown", false, "same as -H")
 	fs.BoolVar(&q.force, "force", false, "with -H, shut down regardless of the registered clients' vetoes")

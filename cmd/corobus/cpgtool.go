@@ -12,26 +12,15 @@ import (
 	"github.com/corobus/corobus/services/cswire"
 )
 
-// runCpg is corosync-cpgtool over the bus: the same flags, the same
-// output. It speaks libcpg's messages to the node's cpg service (and
-// libcfg's to its cfg service for the members' addresses), as
-// corosync-cpgtool does through the gateway.
+// runCpg is corosync-cpgtool over the bus: the same command line, read
+// as the tool's getopt reads it, the same output and messages. It speaks
+// libcpg's messages to the node's cpg service (and libcfg's to its cfg
+// service for the members' addresses), as corosync-cpgtool does through
+// the gateway.
 func runCpg(ctx context.Context, a *app, args []string) error {
-	var nf nodeFlags
-	var delim string
-	var namesOnly, noEscape bool
-	fs := newFlagSet(a, "cpg", "[-d DELIMITER] [-e] [-n] [-c FILE | --bus URL]",
-		"Display the closed process groups and their members the way corosync-cpgtool does:\n"+
-			"each group, then its members' pids, node ids and addresses.")
-	nf.register(fs, true)
-	fs.StringVar(&delim, "d", "", "`DELIMITER` between fields (one character): one line per member")
-	fs.BoolVar(&noEscape, "e", false, "don't escape unprintable characters in group names")
-	fs.BoolVar(&namesOnly, "n", false, "display only the group names")
-	if err := parse(a, fs, args); err != nil {
+	cmd, nf, err := parseCpg(a, args)
+	if err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return usagef("cpg takes no arguments (got %q)", fs.Args())
 	}
 	c, err := a.connect(nf, "corobus-cpg", 0)
 	if err != nil {
@@ -40,23 +29,19 @@ func runCpg(ctx context.Context, a *app, args []string) error {
 	defer c.Close()
 	s, err := openComponent(ctx, c.nc, c.subjects, c.node, cpg.ComponentName)
 	if err != nil {
-		return fmt.Errorf("could not initialize corosync cpg API: %w", err)
+		return toolFailure(a.stderr, "Could not initialize corosync cpg API: %v", err)
 	}
 	defer s.Close()
-	var d byte
-	if delim != "" {
-		d = delim[0]
-	}
 	typ := cpgwire.IterAll
-	if namesOnly {
+	if cmd.namesOnly {
 		typ = cpgwire.IterNameOnly
 	}
 	items, err := cpgIterate(ctx, s, typ)
 	if err != nil {
 		return err
 	}
-	p := cpgPrinter{w: a.stdout, delim: d, escape: !noEscape}
-	if namesOnly {
+	p := cpgPrinter{w: a.stdout, delim: cmd.delim, escape: !cmd.noEscape}
+	if cmd.namesOnly {
 		p.names(items)
 		return nil
 	}
@@ -82,6 +67,38 @@ func runCpg(ctx context.Context, a *app, args []string) error {
 	}
 	p.members(items, addrs)
 	return nil
+}
+
+// cpgCommand is corosync-cpgtool's command line, read.
+type cpgCommand struct {
+	delim               byte // 0: none
+	namesOnly, noEscape bool
+}
+
+// parseCpg reads corosync-cpgtool's command line.
+func parseCpg(a *app, args []string) (cpgCommand, nodeFlags, error) {
+	var cmd cpgCommand
+	var nf nodeFlags
+	var delimArg string
+	fs := newFlagSet(a, "cpg", "[-d DELIMITER] [-e] [-n] [-h] [-c FILE | --bus URL]",
+		"Display the closed process groups and their members the way corosync-cpgtool does:\n"+
+			"each group, then its members' pids, node ids and addresses; its command line (read as\n"+
+			"its getopt reads it: operands are ignored, -d's first character is the delimiter and an\n"+
+			"empty -d changes nothing), its output, messages and exit statuses.\n"+
+			"Unlike corosync-cpgtool, a command-line mistake is prefixed with `corobus cpg: `.")
+	nf.register(fs, true)
+	fs.StringVar(&delimArg, "d", "", "`DELIMITER` between fields (its first character): one line per member")
+	fs.BoolVar(&cmd.noEscape, "e", false, "don't escape unprintable characters in group names")
+	fs.BoolVar(&cmd.namesOnly, "n", false, "display only the group names")
+	// corosync-cpgtool ignores its operands: `corosync-cpgtool foo` lists
+	// the groups, and so does this verb.
+	_, err := parseTool(a, fs, args, func(name string) error {
+		if name == "d" && delimArg != "" {
+			cmd.delim = delimArg[0]
+		}
+		return nil
+	})
+	return cmd, nf, err
 }
 
 // cpgIterate walks cpg_iteration_initialize/next/finalize.

@@ -115,22 +115,41 @@ func spellFlag(name string) string {
 }
 
 // parseTool is parse for the verbs that are a corosync tool: --help as
-// parse, then getopt. It returns the operands.
+// parse, then getopt. -h is the tool's: the usage, then done, where it
+// comes in the command line, so that an earlier mistake is still reported
+// (`-x -h`) and an option's argument is not read as it (`cpg -d -h`: the
+// delimiter '-'), as the tools' getopt reads it; a verb whose tool takes
+// -h otherwise (corosync-cfgtool: an action) registers its own. It
+// returns the operands.
 func parseTool(a *app, fs *flag.FlagSet, args []string, each func(name string) error) ([]string, error) {
+	ownHelp := fs.Lookup("h") == nil
+	if ownHelp {
+		fs.Bool("h", false, "display this help")
+	}
 	for _, arg := range args {
 		if arg == "--" {
 			break
 		}
-		if arg == "-h" || arg == "--help" || arg == "-help" {
+		if arg == "--help" {
 			fs.SetOutput(a.stdout)
 			fs.Usage()
 			return nil, flag.ErrHelp
 		}
 	}
-	rest, err := getopt(fs, args, each)
+	rest, err := getopt(fs, args, func(name string) error {
+		if name == "h" && ownHelp {
+			fs.SetOutput(a.stdout)
+			fs.Usage()
+			return flag.ErrHelp
+		}
+		if each == nil {
+			return nil
+		}
+		return each(name)
+	})
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return nil, err // -V: said, and done
+			return nil, err // -h, or -V: said, and done
 		}
 		return nil, usageError{err}
 	}

@@ -106,3 +106,87 @@ func TestQuorumUsageAfterABadOption(t *testing.T) {
 		t.Errorf("status %d, stderr %q, stdout %q; want 1, the complaint, the usage", code, &stderr, &stdout)
 	}
 }
+
+// corobus cpg reads its command line as corosync-cpgtool's getopt does
+// (until 3 Dec it used Go's flag package: `-nd,` and `-x` were "flag
+// provided but not defined", an operand was refused, `-x -h` printed the
+// help and `-d -h` too, where the tool takes '-' as the delimiter).
+func TestCpgReadsTheToolsCommandLine(t *testing.T) {
+	for _, tc := range []struct {
+		args      []string
+		delim     byte
+		namesOnly bool
+		noEscape  bool
+	}{
+		{[]string{"-d", ",", "-n"}, ',', true, false},
+		{[]string{"-n", "-d", ","}, ',', true, false},
+		{[]string{"-nd,"}, ',', true, false},
+		{[]string{"-d", ";x"}, ';', false, false},
+		{[]string{"-d", ""}, 0, false, false},
+		{[]string{"-d", ",", "-d", ""}, ',', false, false}, // an empty -d changes nothing
+		{[]string{"group", "-e"}, 0, false, true},          // operands ignored
+		{[]string{"-d", "-h"}, '-', false, false},
+		{[]string{"-e", "--", "-n"}, 0, false, true},
+	} {
+		a := &app{stdout: io.Discard, stderr: io.Discard}
+		cmd, _, err := parseCpg(a, tc.args)
+		if err != nil {
+			t.Errorf("cpg %q: %v", tc.args, err)
+			continue
+		}
+		if cmd.delim != tc.delim || cmd.namesOnly != tc.namesOnly || cmd.noEscape != tc.noEscape {
+			t.Errorf("cpg %q: delimiter %q, -n %v, -e %v; want %q, %v, %v", tc.args, cmd.delim, cmd.namesOnly, cmd.noEscape, tc.delim, tc.namesOnly, tc.noEscape)
+		}
+	}
+	for _, tc := range []struct {
+		args   []string
+		status int
+		stderr string
+		usage  bool
+	}{
+		{[]string{"-x"}, 1, "corobus cpg: invalid option -- 'x'\n", false},
+		{[]string{"-d"}, 1, "corobus cpg: option requires an argument -- 'd'\n", false},
+		{[]string{"-x", "-h"}, 1, "corobus cpg: invalid option -- 'x'\n", false},
+		{[]string{"-h", "-x"}, 0, "", true},
+		{[]string{"-nh"}, 0, "", true},
+		{[]string{"-help"}, 0, "", true},
+		{[]string{"--help"}, 0, "", true},
+	} {
+		var stdout, stderr bytes.Buffer
+		a := &app{stdout: &stdout, stderr: &stderr, version: "test"}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel() // none of these may reach a node
+		code := a.main(ctx, append([]string{"cpg"}, tc.args...))
+		if code != tc.status || stderr.String() != tc.stderr || strings.HasPrefix(stdout.String(), "usage: corobus cpg ") != tc.usage {
+			t.Errorf("cpg %q: status %d, stderr %q, stdout %q; want %d, %q, usage %v", tc.args, code, &stderr, &stdout, tc.status, tc.stderr, tc.usage)
+		}
+	}
+}
+
+// corosync-cfgtool's -h is no action: -h -s shows the links, -h alone the
+// usage, and -help is -h then an invalid -e.
+func TestCfgHelpIsNoAction(t *testing.T) {
+	for _, tc := range []struct {
+		args   []string
+		action string
+		err    string
+	}{
+		{[]string{"-h", "-s"}, "s", ""},
+		{[]string{"-s", "-h"}, "s", ""},
+		{[]string{"-h"}, "", ""},
+		{[]string{"-help"}, "", "invalid option -- 'e'"},
+	} {
+		var q cfgFlags
+		a := &app{stdout: io.Discard, stderr: io.Discard}
+		fs := flag.NewFlagSet("cfg", flag.ContinueOnError)
+		q.register(fs)
+		_, err := parseTool(a, fs, tc.args, q.take)
+		got := ""
+		if err != nil {
+			got = err.Error()
+		}
+		if got != tc.err || q.action != tc.action {
+			t.Errorf("cfg %q: action %q, error %v; want %q, %q", tc.args, q.action, err, tc.action, tc.err)
+		}
+	}
+}

@@ -32,7 +32,7 @@ import (
 // requireTools skips unless corosync's client tools are installed.
 func requireTools(t testing.TB) {
 	t.Helper()
-	for _, c := range []string{"corosync-quorumtool", "corosync-cfgtool", "corosync-cmapctl"} {
+	for _, c := range []string{"corosync-quorumtool", "corosync-cfgtool", "corosync-cmapctl", "corosync-cpgtool"} {
 		if _, err := exec.LookPath(c); err != nil {
 			t.Skipf("%s is not installed (apt-get install corosync; .ci/run does): skipping", c)
 		}

@@ -17,13 +17,14 @@ import (
 // verbLine is one command line, given to a corosync tool and to the corobus
 // verb that is that tool.
 type verbLine struct {
-	tool string // corosync-cmapctl, corosync-quorumtool or corosync-cfgtool
+	tool string // corosync-cmapctl, -quorumtool, -cfgtool or -cpgtool
 	args []string
 }
 
 // TestVerbsMatchTheirTools gives the same command lines to
-// corosync-cmapctl, -quorumtool and -cfgtool on one real corosync node,
-// and to corobus cmap, quorum and cfg on one corobus node with the same
+// corosync-cmapctl, -quorumtool, -cfgtool and -cpgtool on one real
+// corosync node, and to corobus cmap, quorum, cfg and cpg on one corobus
+// node with the same
 // file, and compares stdout, stderr and the exit status of each: the
 // verbs read their command line as the tools' getopt does (options after
 // operands, -- before a negative value, the last action given wins) and
@@ -110,6 +111,20 @@ func verbLines(t *testing.T) []verbLine {
 		{"corosync-cfgtool", []string{"-L"}},
 		{"corosync-cfgtool", []string{"-R"}},
 		{"corosync-cfgtool", []string{"-k", "9"}},
+		{"corosync-cfgtool", []string{"-h"}},
+		{"corosync-cfgtool", []string{"-h", "-n"}},
+		{"corosync-cfgtool", []string{"-help"}},
+		{"corosync-cpgtool", nil},
+		{"corosync-cpgtool", []string{"-x"}},
+		{"corosync-cpgtool", []string{"-d"}},
+		{"corosync-cpgtool", []string{"-nd,"}},
+		{"corosync-cpgtool", []string{"-d", ",", "-d", ""}},
+		{"corosync-cpgtool", []string{"-d", "ab", "-e"}},
+		{"corosync-cpgtool", []string{"group", "-d", ";"}},
+		{"corosync-cpgtool", []string{"-d", "-h"}},
+		{"corosync-cpgtool", []string{"-x", "-h"}},
+		{"corosync-cpgtool", []string{"-h", "-x"}},
+		{"corosync-cpgtool", []string{"-n", "--", "-d", ","}},
 		{"corosync-cfgtool", []string{"-s", "-H"}}, // last: the node stops
 	}
 }
@@ -120,7 +135,7 @@ func verbsTranscript(t *testing.T, backend netcluster.Backend, lines []verbLine)
 	c := netcluster.Start(t, netcluster.Options{Nodes: 1, Backend: backend})
 	keepLogs(t, c)
 	n := c.Node(1)
-	verbs := map[string]string{"corosync-cmapctl": "cmap", "corosync-quorumtool": "quorum", "corosync-cfgtool": "cfg"}
+	verbs := map[string]string{"corosync-cmapctl": "cmap", "corosync-quorumtool": "quorum", "corosync-cfgtool": "cfg", "corosync-cpgtool": "cpg"}
 	var out []string
 	for _, l := range lines {
 		name, args := l.tool, l.args
@@ -140,7 +155,8 @@ func verbsTranscript(t *testing.T, backend netcluster.Backend, lines []verbLine)
 			t.Fatalf("%s: %s %s: %v", backend, name, strings.Join(args, " "), err)
 		}
 		so := stdout.String()
-		if strings.HasPrefix(so, "usage:") {
+		// cfgtool's and cpgtool's usage starts with the synopsis.
+		if strings.HasPrefix(so, "usage:") || strings.HasPrefix(so, l.tool+" [") {
 			so = "(usage)\n"
 		}
 		se := stderr.String()
