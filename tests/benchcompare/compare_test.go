@@ -180,6 +180,7 @@ func cmapClients(prefix string, n int) func(ctx context.Context, c *netcluster.C
 				continue
 			}
 			addCPUPer(sum, phase+".cpu_us", window[0], window[1], ops)
+			addSwitchesPer(sum, phase+".cs", window[0], window[1], ops)
 		}
 		return sum, firstErr
 	}
@@ -195,6 +196,36 @@ func addCPUPer(res map[string]float64, key string, before, after sample, units f
 		res[key+"."+label] += us
 	}
 }
+
+// addSwitchesPer adds to res, under key.<label> vol and key.<label>
+// invol, each kind of process's context switches between two samples per
+// unit of work: voluntary (it slept: a client waiting for its answer, a
+// server with nothing to do) and involuntary (preempted: a server by the
+// client it has just woken) apart. On the test machines a switch costs
+// more than a set's work (docs/architecture.md, "Where a set's CPU goes
+// with eight clients"), so these say where the CPU per set comes from.
+// A process born between the samples counts from zero; kinds of process
+// with fewer than minSwitches of either kind per unit are left out.
+func addSwitchesPer(res map[string]float64, key string, before, after sample, units float64) {
+	per := map[string]float64{}
+	for pid, a := range after {
+		b := before[pid]
+		if a.vol >= b.vol && a.involunt >= b.involunt {
+			per[a.label+" vol"] += float64(a.vol-b.vol) / units
+			per[a.label+" invol"] += float64(a.involunt-b.involunt) / units
+		}
+	}
+	for k, v := range per {
+		if v >= minSwitches {
+			res[key+"."+k] += v
+		}
+	}
+}
+
+// minSwitches is the fewest context switches per unit of work that
+// addSwitchesPer reports: below it, a kind of process that only woke
+// for its own timers.
+const minSwitches = 0.005
 
 // cpuTicks is the CPU ticks each kind of process spent between two
 // samples (a process born between them counts from zero).
@@ -436,7 +467,9 @@ func TestCompare(t *testing.T) {
 	fmt.Print("\n" + mach.String())
 	fmt.Print(idleBreakdown(topologies, all))
 	fmt.Print(setBreakdown(topologies, all, "cmap node key, 8 clients"))
+	fmt.Print(switchBreakdown(topologies, all, "cmap node key, 8 clients"))
 	fmt.Print(setBreakdown(topologies, all, "cmap cluster key, 8 clients"))
+	fmt.Print(switchBreakdown(topologies, all, "cmap cluster key, 8 clients"))
 	fmt.Print(breakdown(topologies, all, "cpg 64 KiB", "cpu_us_per_mb.", minMedMax, func(nodes int, backend string) string {
 		return fmt.Sprintf("%d node(s), %s, cpg_tput 64 KiB: CPU µs per MB by process, the cluster's sum", nodes, backend)
 	}))

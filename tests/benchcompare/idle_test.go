@@ -63,6 +63,40 @@ func procTicks(pid int, engine string) (ticks uint64, label string, ok bool) {
 	return u + s, procLabel(pid, comm, engine), true
 }
 
+// procSwitches sums the voluntary and involuntary context switches of
+// every thread of a process (/proc/<pid>/status counts its main thread
+// alone).
+func procSwitches(pid int) (vol, involunt uint64) {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, 0
+	}
+	for _, t := range tasks {
+		b, err := os.ReadFile(dir + "/" + t.Name() + "/status")
+		if err != nil {
+			continue // a thread gone meanwhile
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			name, v, ok := strings.Cut(line, ":")
+			if !ok {
+				continue
+			}
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				continue
+			}
+			switch name {
+			case "voluntary_ctxt_switches":
+				vol += n
+			case "nonvoluntary_ctxt_switches":
+				involunt += n
+			}
+		}
+	}
+	return vol, involunt
+}
+
 // procLabel is the executable's base name or, for the corobus binary
 // (engine, whatever its file is called), "corobus" with its verb and
 // service name: the per-process breakdown of the idle rows.
@@ -87,10 +121,17 @@ func procLabel(pid int, comm, engine string) string {
 const idleGroup = "idle"
 
 // sample is every process of every node of the cluster: pid →
-// (ticks, label).
-type sample map[int]struct {
-	ticks uint64
-	label string
+// its CPU ticks, label and context switches.
+type sample map[int]procSample
+
+// procSample is one process at one instant: its utime+stime, its label,
+// and the context switches of all its threads (voluntary: it slept;
+// involuntary: it was preempted) — on a machine whose every switch is
+// dear, where a request's CPU goes.
+type procSample struct {
+	ticks         uint64
+	label         string
+	vol, involunt uint64
 }
 
 func sampleCluster(c *netcluster.Cluster) sample {
@@ -102,10 +143,8 @@ func sampleCluster(c *netcluster.Cluster) sample {
 	for _, n := range c.Nodes {
 		for _, pid := range n.PIDs() {
 			if t, l, ok := procTicks(pid, engine); ok {
-				s[pid] = struct {
-					ticks uint64
-					label string
-				}{t, l}
+				vol, inv := procSwitches(pid)
+				s[pid] = procSample{ticks: t, label: l, vol: vol, involunt: inv}
 			}
 		}
 	}
@@ -165,6 +204,14 @@ func idleBreakdown(topologies []int, all map[int]*figures) string {
 func setBreakdown(topologies []int, all map[int]*figures, group string) string {
 	return breakdown(topologies, all, group, "set.cpu_us.", minMedMax, func(nodes int, backend string) string {
 		return fmt.Sprintf("%d node(s), %s, %s: CPU µs per set by process, the cluster's sum", nodes, backend, group)
+	})
+}
+
+// switchBreakdown renders the context switches per set of each kind of
+// process over a cmap measurement's set phase (addSwitchesPer).
+func switchBreakdown(topologies []int, all map[int]*figures, group string) string {
+	return breakdown(topologies, all, group, "set.cs.", minMedMax2, func(nodes int, backend string) string {
+		return fmt.Sprintf("%d node(s), %s, %s: context switches per set by process, voluntary and involuntary, the cluster's sum", nodes, backend, group)
 	})
 }
 
