@@ -91,6 +91,11 @@ func (g *Gateway) onStatsClear(m *nats.Msg) {
 // is the prefix, the reply the entries (JSON, cmap.Entry's fields).
 func (g *Gateway) onStatsRequest(m *nats.Msg) {
 	entries, _ := g.StatsEntries(context.Background(), string(m.Data))
+	if entries == nil {
+		// Nothing under the prefix is an empty array, as documented, not
+		// JSON null.
+		entries = []cmap.Entry{}
+	}
 	b, err := json.Marshal(entries)
 	if err != nil {
 		g.cfg.Log.Warn("encoding the IPC stats", "err", err)

@@ -3,11 +3,14 @@ package ipc
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/corobus/corobus/bus/bustest"
 	"github.com/corobus/corobus/loader"
@@ -305,5 +308,29 @@ func testGatewayRefusesUnknownRequestIDs(t *testing.T, tr libqb.Transport) {
 	}
 	if n := statsValue(t, f.gw, fmt.Sprintf("stats.ipcs.service0.%d.", os.Getpid()), "invalid_request"); n != 3 {
 		t.Errorf("stats map's invalid_request %d, want 3", n)
+	}
+}
+
+// A stats request over the bus whose prefix matches nothing is answered
+// with an empty JSON array, as docs/subjects.md says the reply is, not
+// JSON null (which it was until 3 Dec: `jq '.[]'` fails on it).
+func TestBusStatsNothingIsAnEmptyArray(t *testing.T) {
+	f := startGateway(t, libqb.TransportSocket, func(libqb.Creds) bool { return true })
+	for prefix, want := range map[string]string{"nosuch.": "[]", "stats.ipcs.global.a": `[{"Key":"stats.ipcs.global.active"`} {
+		var m *nats.Msg
+		var err error
+		// Until the gateway has subscribed.
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			m, err = f.nc.Request(f.subjects.IPCStats(1), []byte(prefix), 10*time.Second)
+			if !errors.Is(err, nats.ErrNoResponders) || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(string(m.Data), want) {
+			t.Errorf("stats under %q: %s; want %s…", prefix, m.Data, want)
+		}
 	}
 }
