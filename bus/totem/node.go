@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/beat"
@@ -2229,8 +2230,17 @@ func (n *Node) findOwn(id MsgID) *entry {
 
 // onFetch serves positions of the current or the previous ring.
 func (n *Node) onFetch(m *nats.Msg) {
+	if m.Reply == "" {
+		return
+	}
 	var req FetchRequest
-	if err := json.Unmarshal(m.Data, &req); err != nil || m.Reply == "" {
+	if err := json.Unmarshal(m.Data, &req); err != nil {
+		// Said at once, in the micro convention of every request/reply
+		// subject, rather than left to the requester's timeout.
+		r := nats.NewMsg(m.Reply)
+		r.Header.Set(micro.ErrorHeader, "malformed fetch request: "+err.Error())
+		r.Header.Set(micro.ErrorCodeHeader, "400")
+		_ = n.nc.PublishMsg(r)
 		return
 	}
 	n.mu.Lock()
