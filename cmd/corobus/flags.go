@@ -128,6 +128,31 @@ func parse(a *app, fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
+// parseInterspersed is parse for a verb whose operands may come before
+// its flags: `corobus sub totem.hb --count 1`, `corobus objctl totem -l`,
+// as the nats CLI and corosync's tools (getopt) take them. Go's flag
+// package stops at the first operand, and the flags after it were taken
+// for more operands without a word: two more subjects to follow, two more
+// objects to list. Flags are read wherever they are until `--`, after
+// which every word is an operand; the operands are returned in order.
+func parseInterspersed(a *app, fs *flag.FlagSet, args []string) ([]string, error) {
+	var operands []string
+	for {
+		if err := parse(a, fs, args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return operands, nil
+		}
+		if read := len(args) - len(rest); read > 0 && args[read-1] == "--" {
+			return append(operands, rest...), nil
+		}
+		operands = append(operands, rest[0])
+		args = rest[1:]
+	}
+}
+
 // queryFlags are the flags of the verbs that ask one node something:
 // which node to reach (nodeFlags), --json, and --node to ask another
 // node of the cluster through it.

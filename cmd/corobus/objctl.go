@@ -19,7 +19,8 @@ func runObjctl(ctx context.Context, a *app, args []string) error {
 			"object.key=value lines, or with -l the child objects and keys directly under OBJECT.")
 	nf.register(fs, true)
 	fs.BoolVar(&children, "l", false, "list the child objects and keys of OBJECT instead")
-	if err := parse(a, fs, args); err != nil {
+	objects, err := parseInterspersed(a, fs, args)
+	if err != nil {
 		return err
 	}
 	nc, err := a.connect(nf, "corobus-objctl", 0)
@@ -28,7 +29,6 @@ func runObjctl(ctx context.Context, a *app, args []string) error {
 	}
 	defer nc.Close()
 	c := client.New(nc.nc, nc.subjects, nc.node)
-	objects := fs.Args()
 	if len(objects) == 0 {
 		objects = []string{""}
 	}

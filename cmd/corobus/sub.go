@@ -30,7 +30,8 @@ func runSub(ctx context.Context, a *app, args []string) error {
 	nf.register(fs, true)
 	fs.IntVar(&count, "count", 0, "exit after `N` messages (0: until interrupted)")
 	fs.BoolVar(&printURL, "url", false, "print the subscriber user's bus URL and exit")
-	if err := parse(a, fs, args); err != nil {
+	patterns, err := parseInterspersed(a, fs, args)
+	if err != nil {
 		return err
 	}
 	cfg, err := nf.loadRunning(a)
@@ -54,7 +55,6 @@ func runSub(ctx context.Context, a *app, args []string) error {
 		fmt.Fprintln(a.stdout, url)
 		return nil
 	}
-	patterns := fs.Args()
 	if len(patterns) == 0 {
 		patterns = []string{">"}
 	}
