@@ -8,6 +8,7 @@ package config
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -495,7 +496,7 @@ func (c *Config) LocalNode() (Node, error) {
 	}
 	var found []Node
 	for _, n := range nodes {
-		if local[n.Addr] {
+		if slices.ContainsFunc(addrIPs(n.Addr), func(ip string) bool { return local[ip] }) {
 			found = append(found, n)
 		}
 	}
@@ -503,6 +504,29 @@ func (c *Config) LocalNode() (Node, error) {
 		return Node{}, c.errf("cannot tell which nodelist entry is this node (%d match a local address): set totem.nodeid", len(found))
 	}
 	return found[0], nil
+}
+
+// addrIPs are the IP addresses a ring0_addr stands for, spelled as
+// localAddrs spells them: itself when it is one, else what the host's
+// resolver gives for the name. corosync resolves a name there (pcs writes
+// the nodes' host names as ring0_addr) and finds itself by it; until 3 Dec
+// corobus compared the name with its addresses and gave up ("set
+// totem.nodeid"). A name that does not resolve matches nothing.
+func addrIPs(addr string) []string {
+	if ip := net.ParseIP(addr); ip != nil {
+		return []string{addr, ip.String()}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ips, err := net.DefaultResolver.LookupIPAddr(ctx, addr)
+	if err != nil {
+		return []string{addr}
+	}
+	out := []string{addr}
+	for _, ip := range ips {
+		out = append(out, ip.IP.String())
+	}
+	return out
 }
 
 func localAddrs() (map[string]bool, error) {

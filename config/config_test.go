@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -445,5 +446,26 @@ func TestNodeNames(t *testing.T) {
 	}
 	if want := "alpha bravo.example node3"; strings.Join(got, " ") != want {
 		t.Errorf("names %q, want %q", strings.Join(got, " "), want)
+	}
+}
+
+// A node finds itself by a host name in ring0_addr, as corosync does (pcs
+// writes the nodes' names there): localhost, which the host resolves to
+// its loopback address. Until 3 Dec the name was compared with the host's
+// addresses as a string and the file was refused ("cannot tell which
+// nodelist entry is this node … set totem.nodeid").
+func TestLocalNodeByHostName(t *testing.T) {
+	ips, err := net.LookupIP("localhost")
+	if err != nil || len(ips) == 0 {
+		t.Skipf("localhost does not resolve here: %v", err)
+	}
+	body := "nodelist {\n node {\n nodeid: 1\n ring0_addr: localhost\n }\n node {\n nodeid: 2\n ring0_addr: 192.0.2.1\n }\n}\n"
+	c, err := Load(Options{File: writeFile(t, "corosync.conf", body)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, err := c.LocalNode()
+	if err != nil || local.ID != 1 {
+		t.Fatalf("LocalNode: %+v, %v; want node 1 (localhost)", local, err)
 	}
 }
