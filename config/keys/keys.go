@@ -85,7 +85,7 @@ func table() []Key {
 		{Pattern: "totem.netmtu", Type: U32, ReadOnly: true, Doc: "corosync: network MTU (accepted, unused)"},
 		{Pattern: "totem.transport", Type: Str, Values: []string{"knet", "udp", "udpu"}, ReadOnly: true, Doc: "corosync: knet, udp or udpu; corobus always uses its NATS routes"},
 		{Pattern: "totem.config_version", Type: U64, Doc: "corosync: version of the configuration (0, unset, is never compared); a node whose version is lower than another member's in its first view with other nodes logs `Received config version (N) is different than my config version (M)! Exiting` and stops with status 0, as corosync does (docs/totem.md, \"Configuration version\"); each node's heartbeats carry it, and every node lists it as `runtime.members.<id>.config_version`"},
-		{Pattern: "totem.ip_version", Type: Str, Values: []string{"ipv4", "ipv6", "ipv4-6", "ipv6-4"}, ReadOnly: true, Doc: "ipv4, ipv6, ipv4-6 or ipv6-4"},
+		{Pattern: "totem.ip_version", Type: Str, Values: []string{"ipv4", "ipv6", "ipv4-6", "ipv6-4"}, ReadOnly: true, Doc: "ipv4, ipv6, ipv4-6 or ipv6-4: the family corosync resolves a host name in ringN_addr to (checked, otherwise unused: corobus takes the addresses the host's resolver gives for the name, of either family)"},
 		{Pattern: "totem.ip_dscp", Type: U8, ReadOnly: true, Doc: "corosync: DSCP of totem traffic (accepted, unused)"},
 		{Pattern: "totem.threads", Type: U32, ReadOnly: true, Doc: "corosync 1: worker threads (accepted, unused)"},
 		{Pattern: "totem.token", Type: U32, Default: "1000", Doc: "ms without a heartbeat after which a node is declared gone"},
