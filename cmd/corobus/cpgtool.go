@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"runtime"
 	"strings"
 
 	"github.com/corobus/corobus/services/cfg"
@@ -144,10 +145,32 @@ type cpgPrinter struct {
 }
 
 func (p cpgPrinter) group(n cpgwire.Name) string {
-	if p.escape {
+	if !p.escape {
+		return string(n)
+	}
+	if !cCharIsSigned() {
 		return n.Escaped()
 	}
-	return string(n)
+	// corosync-cpgtool escapes a byte that is not printable ASCII as the C
+	// char it holds it in, printed with %02X: where char is signed, a byte
+	// of 0x80 or more is a negative number, printed \xFFFFFFC3 (a UTF-8
+	// name's bytes, say), and scripts that read its output see that.
+	b := make([]byte, 0, len(n))
+	for i := 0; i < len(n); i++ {
+		if c := n[i]; c >= 0x80 {
+			b = fmt.Appendf(b, "\\x%08X", uint32(int32(int8(c))))
+		} else {
+			b = append(b, cpgwire.Name(n[i:i+1]).Escaped()...)
+		}
+	}
+	return string(b)
+}
+
+// cCharIsSigned tells whether C's char is signed on this machine's
+// architecture (x86; not arm64, ppc64le, s390x, riscv64), as Debian's
+// corosync-cpgtool is built for it.
+func cCharIsSigned() bool {
+	return runtime.GOARCH == "amd64" || runtime.GOARCH == "386"
 }
 
 // names is corosync-cpgtool -n: one name a line, or, with a delimiter,

@@ -190,3 +190,20 @@ func TestCfgHelpIsNoAction(t *testing.T) {
 		}
 	}
 }
+
+// corosync-cpgtool prints a group name's bytes that are not printable
+// ASCII as \x%02X of a C char: on x86, where char is signed, a byte of
+// 0x80 or more prints as \xFFFFFFNN (a UTF-8 name "café": caf\xFFFFFFC3
+// \xFFFFFFA9). Until 3 Dec corobus cpg printed caf\xC3\xA9.
+func TestCpgEscapesAsTheTool(t *testing.T) {
+	want := `caf\xC3\xA9 a\\b\x01`
+	if cCharIsSigned() {
+		want = `caf\xFFFFFFC3\xFFFFFFA9 a\\b\x01`
+	}
+	if got := (cpgPrinter{escape: true}).group("caf\xc3\xa9 a\\b\x01"); got != want {
+		t.Errorf("escaped %q, want %q", got, want)
+	}
+	if got := (cpgPrinter{}).group("caf\xc3\xa9"); got != "caf\xc3\xa9" {
+		t.Errorf("-e: %q", got)
+	}
+}

@@ -267,7 +267,7 @@ func TestCpgtoolMatchesCorosync(t *testing.T) {
 		nodes  int
 		groups map[int][]string // by node, one member per entry
 	}{
-		{"one node", 1, map[int][]string{1: {"alpha", "alpha", "beta x", "odd\\name\x01"}}},
+		{"one node", 1, map[int][]string{1: {"alpha", "alpha", "beta x", "odd\\name\x01", "caf\xc3\xa9"}}},
 		{"three nodes", 3, map[int][]string{1: {"alpha", "alpha"}, 2: {"alpha", "beta"}, 3: {"gamma", "alpha", "beta"}}},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -171,7 +171,9 @@ func (n Name) Valid() bool { return len(n) <= MaxNameLength }
 
 // Escaped is the name as corosync prints it (corosync-cpgtool without -e,
 // the CPG log lines): printable ASCII as is, a backslash doubled, any
-// other byte \xNN.
+// other byte \xNN. corosync-cpgtool built where C's char is signed (x86)
+// prints a byte of 0x80 or more as \xFFFFFFNN instead; corobus cpg does
+// the same there (cmd/corobus, cpgPrinter).
 func (n Name) Escaped() string {
 	b := make([]byte, 0, len(n))
 	for i := 0; i < len(n); i++ {
