@@ -24,16 +24,17 @@ type verbLine struct {
 // TestVerbsMatchTheirTools gives the same command lines to
 // corosync-cmapctl, -quorumtool, -cfgtool and -cpgtool on one real
 // corosync node, and to corobus cmap, quorum, cfg and cpg on one corobus
-// node with the same
-// file, and compares stdout, stderr and the exit status of each: the
-// verbs read their command line as the tools' getopt does (options after
-// operands, -- before a negative value, the last action given wins) and
-// answer with the tools' messages and statuses.
+// node with the same file, and compares stdout, stderr and the exit
+// status of each: the verbs read their command line as the tools' getopt
+// does (options after operands, -- before a negative value, the last
+// action given wins, -h where it comes) and answer with the tools'
+// messages and statuses.
 //
 // Normalized before comparing, and only that: the program's name before a
 // command-line complaint ("corosync-cmapctl: " and "corobus cmap: "), a
-// usage text (each prints its own), and the Date and ring sequence of
-// quorumtool's status (normalize).
+// usage text (each prints its own: from "usage:" or from the tool's
+// synopsis), and the Date and ring sequence of quorumtool's status
+// (normalize).
 //
 // The corosync half runs in TestOnCorosync.
 func TestVerbsMatchTheirTools(t *testing.T) {
