@@ -146,6 +146,11 @@ func Run(ctx context.Context, env layer.Env) error {
 	{
 		ctx, cancel := context.WithCancel(ctx)
 		g.Add(func() error {
+			select {
+			case <-svc.Ready():
+			case <-ctx.Done():
+				return nil
+			}
 			return session.ServeComponent(ctx, env.Conn, env.Subjects, env.Node.ID, loader.Component{
 				Name: ComponentName, Version: ComponentVersion, Subject: Subject(env.Subjects, env.Node.ID),
 				Counters: svc.Counters, CountersMoved: svc.CountersMoved(), Instance: instance,

@@ -84,6 +84,8 @@ type Service struct {
 	rx, tx   [NumExec]atomic.Uint64
 	// moved tells the component that rx or tx moved (CountersMoved).
 	moved loader.Moved
+	// ready is closed once Run listens to the node's other instances.
+	ready chan struct{}
 }
 
 // negotiation is one try_shutdown as one instance runs it: who asked,
@@ -91,7 +93,7 @@ type Service struct {
 type negotiation struct {
 	id            string
 	by            *Conn  // the client that asked, when on this instance
-	peer          string // the asking instance's reply subject, when another asked
+	asker         string // the asking instance, when another asked
 	flags         uint32
 	yes, no, want int
 	answers       map[*Conn]int // 1 yes, 0 no, -1 not yet
@@ -101,6 +103,10 @@ type negotiation struct {
 	// decided is closed when over, gone when the requester went away
 	// (by != nil only).
 	decided, gone chan struct{}
+	// verdicts carries the other instances' answers to the requester's
+	// loop (tryShutdown), until ended (by != nil only).
+	verdicts chan peerMsg
+	ended    chan struct{}
 }
 
 // NewService builds the service; Run starts it.
@@ -111,7 +117,8 @@ func NewService(cfg Config) *Service {
 	if cfg.Instance == "" {
 		cfg.Instance = nuid.Next()
 	}
-	return &Service{cfg: cfg, log: cfg.Log, instance: cfg.Instance, moved: loader.NewMoved(), reloads: map[uint64]chan cswire.Error{}}
+	return &Service{cfg: cfg, log: cfg.Log, instance: cfg.Instance, moved: loader.NewMoved(), reloads: map[uint64]chan cswire.Error{},
+		ready: make(chan struct{})}
 }
 
 // Run attaches to totem and serves until ctx ends.
@@ -131,9 +138,21 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("cfg: subscribing to %s: %w", s.cfg.Subjects.CfgPeers(s.cfg.Node), err)
 	}
 	defer func() { _ = peers.Unsubscribe() }()
+	// The server has the subscription before the loader lists this
+	// instance (the component waits for Ready): an ask sent once the
+	// asker sees it listed reaches it.
+	if err := s.cfg.Conn.Flush(); err != nil {
+		return fmt.Errorf("cfg: subscribing to %s: %w", s.cfg.Subjects.CfgPeers(s.cfg.Node), err)
+	}
+	close(s.ready)
 	<-ctx.Done()
 	return nil
 }
+
+// Ready is closed once Run listens to the node's other cfg instances:
+// the instance is announced to the loader only then (Run in component.go),
+// or an instance that asks the ones it finds listed could miss it.
+func (s *Service) Ready() <-chan struct{} { return s.ready }
 
 // Counters are runtime.services.cfg.<N>.{rx,tx}.
 func (s *Service) Counters() map[string]loader.FnStats {

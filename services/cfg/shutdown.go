@@ -31,12 +31,21 @@ import (
 // Subjects.CfgPeers to ask their own registered clients, and decides on
 // all the answers: every registered client of the node is asked,
 // whichever instance holds its connection.
+//
+// An asked instance answers twice: at once, how many clients it asked,
+// then their verdict. The bus lets a user answer a request once (the
+// response permission of bus.Grant.Respond: one message), so only the
+// first answer goes to the ask's reply subject; the verdict is published
+// on Subjects.CfgPeers, which every instance of the node may publish and
+// follows, and the asker takes it from there. The asker decides as soon
+// as every asked instance gave its verdict: when every registered client
+// of the node answered, as corosync decides once all its clients did.
 
-// peerMsg is what the node's cfg instances say to each other: an ask or a
-// cancel on Subjects.CfgPeers, and the answers to an ask on its reply
-// subject.
+// peerMsg is what the node's cfg instances say to each other: an ask, a
+// cancel or a verdict on Subjects.CfgPeers, and the first answer to an
+// ask on its reply subject.
 type peerMsg struct {
-	Op        string `json:"op,omitempty"` // peerAsk, peerCancel; empty on an answer
+	Op        string `json:"op,omitempty"` // peerAsk, peerCancel, peerVerdict; empty on an ask's first answer
 	ID        string `json:"id"`           // the negotiation
 	Instance  string `json:"instance"`     // who asks, or who answers
 	Flags     uint32 `json:"flags,omitempty"`
@@ -56,12 +65,18 @@ type peerMsg struct {
 const (
 	peerAsk    = "ask"
 	peerCancel = "cancel"
+	// peerVerdict is an asked instance's answer after its first: its
+	// clients' answers (Done), on Subjects.CfgPeers.
+	peerVerdict = "verdict"
 	// peerAckWait bounds the wait for a listed instance's first answer:
 	// one that says nothing is gone, and so are its clients'
 	// connections (the gateway ends them).
 	peerAckWait = 2 * time.Second
 	// peerGrace is how long after the timeout the asker still waits for
-	// the others' last answers (their timers started a little later).
+	// the others' verdicts: their timers started a little later, and a
+	// verdict comes before only when all their clients answered. An
+	// instance whose verdict has not come by then (it died with clients
+	// asked) counts as no for every client it asked.
 	peerGrace = 2 * time.Second
 )
 
@@ -154,14 +169,23 @@ func (s *Service) tryShutdown(ctx context.Context, c *Conn, flags uint32) cswire
 	}
 	sd := s.newRoundLocked(nuid.Next(), flags, c)
 	sd.by, sd.decided, sd.gone = c, make(chan struct{}), make(chan struct{})
+	sd.verdicts, sd.ended = make(chan peerMsg, 16), make(chan struct{})
 	s.sd = sd
 	s.mu.Unlock()
+	defer close(sd.ended) // last: after the inbox's unsubscription
 	timeout := s.shutdownTimeout(ctx)
 
-	// The node's other cfg instances ask their clients too.
-	answers := make(chan *nats.Msg, 16)
+	// The node's other cfg instances ask their clients too. Their first
+	// answers come to the inbox, their verdicts through onPeer.
 	inbox := s.cfg.Conn.NewRespInbox()
-	sub, err := s.cfg.Conn.ChanSubscribe(inbox, answers)
+	sub, err := s.cfg.Conn.Subscribe(inbox, func(m *nats.Msg) {
+		var p peerMsg
+		if err := json.Unmarshal(m.Data, &p); err != nil {
+			s.log.Debug("undecodable cfg peer answer", "err", err)
+			return
+		}
+		s.peerAnswered(sd, p)
+	})
 	if err != nil {
 		s.log.Warn("shutdown: the node's other cfg instances cannot be asked", "err", err)
 	} else {
@@ -226,15 +250,13 @@ func (s *Service) tryShutdown(ctx context.Context, c *Conn, flags uint32) cswire
 			break
 		}
 		select {
-		case m := <-answers:
-			var p peerMsg
-			if err := json.Unmarshal(m.Data, &p); err != nil || p.ID != sd.id || p.Instance == "" {
-				continue
-			}
+		case p := <-sd.verdicts:
 			if p.Busy {
 				s.endRound(sd)
 				return cswire.ErrExist
 			}
+			// A verdict may overtake the first answer (they travel on
+			// different subjects): it stands.
 			if prev, ok := peers[p.Instance]; ok && prev.Done {
 				continue
 			}
@@ -275,6 +297,18 @@ func (s *Service) tryShutdown(ctx context.Context, c *Conn, flags uint32) cswire
 		s.sendShutdownAfterReply(ctx)
 	}
 	return code
+}
+
+// peerAnswered hands another instance's answer to the negotiation sd
+// that asked it, unless sd is over.
+func (s *Service) peerAnswered(sd *negotiation, p peerMsg) {
+	if p.ID != sd.id || p.Instance == "" || p.Instance == s.instance {
+		return
+	}
+	select {
+	case sd.verdicts <- p:
+	case <-sd.ended:
+	}
 }
 
 // endRound forgets the requester's round.
@@ -338,9 +372,10 @@ func fetchListing(ctx context.Context, nc *nats.Conn, subject string) (loader.Li
 }
 
 // onPeer serves another cfg instance of the node: an ask runs a round
-// with this instance's registered clients and answers on the ask's reply
-// subject (at once with how many were asked, then with their answers); a
-// cancel ends that round.
+// with this instance's registered clients and answers at once on the
+// ask's reply subject with how many were asked (their verdict follows on
+// Subjects.CfgPeers, decideLocked); a cancel ends that round; a verdict
+// goes to this instance's negotiation if it asked for it.
 func (s *Service) onPeer(m *nats.Msg) {
 	var p peerMsg
 	if err := json.Unmarshal(m.Data, &p); err != nil {
@@ -366,7 +401,7 @@ func (s *Service) onPeer(m *nats.Msg) {
 			s.answerPeer(m.Reply, peerMsg{ID: p.ID, Done: true})
 			return
 		}
-		sd.peer = m.Reply
+		sd.asker = p.Instance
 		s.sd = sd
 		s.log.Info("shutdown requested on another cfg instance of the node; asking this one's registered clients", "flags", FlagName(p.Flags), "clients", sd.want)
 		s.answerPeer(m.Reply, peerMsg{ID: p.ID, Asked: sd.want})
@@ -382,11 +417,24 @@ func (s *Service) onPeer(m *nats.Msg) {
 			sd.timer.Stop()
 			s.sd = nil
 		}
+	case peerVerdict:
+		s.mu.Lock()
+		sd := s.sd
+		s.mu.Unlock()
+		if sd != nil && sd.by != nil {
+			s.peerAnswered(sd, p)
+		}
 	}
 }
 
+// answerPeer answers the asking instance: on subject, the ask's reply
+// subject, the first answer; with subject empty, a verdict on
+// Subjects.CfgPeers (the bus takes one answer to a request).
 func (s *Service) answerPeer(subject string, p peerMsg) {
 	p.Instance = s.instance
+	if subject == "" {
+		subject, p.Op = s.cfg.Subjects.CfgPeers(s.cfg.Node), peerVerdict
+	}
 	b, _ := json.Marshal(p)
 	if err := s.cfg.Conn.Publish(subject, b); err != nil {
 		s.log.Warn("shutdown: answering the asking cfg instance", "err", err)
@@ -444,8 +492,9 @@ func (s *Service) decideLocked(sd *negotiation) {
 	if s.sd == sd {
 		s.sd = nil
 	}
-	s.log.Info("shutdown: this instance's registered clients answered", "yes", sd.yes, "no", sd.no, "flags", FlagName(sd.flags))
-	s.answerPeer(sd.peer, peerMsg{ID: sd.id, Asked: sd.want, Done: true, Yes: sd.yes, No: sd.no})
+	s.log.Info("shutdown: this instance's registered clients answered", "yes", sd.yes, "no", sd.no, "flags", FlagName(sd.flags),
+		"asker", sd.asker)
+	s.answerPeer("", peerMsg{ID: sd.id, Asked: sd.want, Done: true, Yes: sd.yes, No: sd.no})
 }
 
 // timeout counts the clients that did not answer as no, decides, and

@@ -113,6 +113,12 @@ echo "== monitor"; cat "$D/monitor.txt"
 // node keep running, whichever instance took the tool's connection and
 // whichever holds the client's. Before the instances asked each other, an
 // -H that reached the instance without the client stopped the node.
+//
+// cfg.shutdown_timeout is set to 60 s first: each -H is answered on the
+// client's refusal, not at the timeout, or the ten would outlast the
+// script's three minutes. Before the asked instance's verdict went on
+// cfgpeers (the bus takes one answer to a request), an -H that reached
+// the instance without the client waited for the timeout plus 2 s.
 func TestShutdownNegotiationAcrossCfgInstances(t *testing.T) {
 	t.Parallel() // owns its namespaces, processes and state: see the package comment
 	requireRealClients(t, "a libcfg client beside two cfg instances",
@@ -124,6 +130,7 @@ func TestShutdownNegotiationAcrossCfgInstances(t *testing.T) {
 	conf := oneNodeConf(t, dir)
 	script := nodeUpShell(dir, conf, b) + `C=` + shellQuote(client) + `
 for i in $(seq 150); do corosync-quorumtool -s >/dev/null 2>&1 && break; sleep 0.2; done
+corosync-cmapctl -s cfg.shutdown_timeout u32 60000
 "$B" service cfg -c "$CONF" > "$D/cfg2.log" 2>&1 &
 S=$!
 for i in $(seq 100); do "$B" lcr -c "$CONF" | grep -q '^cfg .*/serving .*/serving' && break; sleep 0.2; done
