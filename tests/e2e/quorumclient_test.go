@@ -131,6 +131,7 @@ func TestShutdownNegotiationAcrossCfgInstances(t *testing.T) {
 	script := nodeUpShell(dir, conf, b) + `C=` + shellQuote(client) + `
 for i in $(seq 150); do corosync-quorumtool -s >/dev/null 2>&1 && break; sleep 0.2; done
 corosync-cmapctl -s cfg.shutdown_timeout u32 60000
+corosync-cmapctl -g cfg.shutdown_timeout
 "$B" service cfg -c "$CONF" > "$D/cfg2.log" 2>&1 &
 S=$!
 for i in $(seq 100); do "$B" lcr -c "$CONF" | grep -q '^cfg .*/serving .*/serving' && break; sleep 0.2; done
@@ -158,6 +159,9 @@ echo "== client"; cat "$D/client.txt"
 	if !strings.Contains(got, "== node still running\n") {
 		log, _ := os.ReadFile(filepath.Join(dir, "up.log"))
 		t.Fatalf("corosync-cfgtool -H stopped the node under a client that refused:\n%s", log)
+	}
+	if !strings.Contains(got, "cfg.shutdown_timeout (u32) = 60000\n") {
+		t.Errorf("cfg.shutdown_timeout was not set to 60000 ms")
 	}
 	if n := strings.Count(got, "Could not shutdown (error = 10)"); n != 10 {
 		t.Errorf("%d of 10 corosync-cfgtool -H were refused with CS_ERR_BUSY (10)", n)
