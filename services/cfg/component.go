@@ -34,7 +34,7 @@ func Layer() layer.Layer {
 		// A reload rewrites configuration keys, read-only ones included:
 		// the internal write path.
 		Grant: func(a bus.Access) bus.Grant {
-			return bus.Merge(a.Process(), a.Component(ComponentName, loader.LocalNamespace(a.Node)), a.TotemClient(TotemService),
+			return bus.Merge(a.Process(layer.ServiceName(ComponentName)), a.Component(ComponentName, loader.LocalNamespace(a.Node)), a.TotemClient(TotemService),
 				a.ObjdbClient(true), a.NodeControl(), a.CfgPeer())
 		}}
 }
@@ -90,6 +90,13 @@ func Run(ctx context.Context, env layer.Env) error {
 	if err != nil {
 		return err
 	}
+	// Announced first, as every layer process is ($SRV discovery,
+	// `corobus status`).
+	discovery, err := layer.NewService(env, ComponentName, Layer().Summary, time.Now().UTC().Format(time.RFC3339))
+	if err != nil {
+		return fmt.Errorf("registering the %s service: %w", ComponentName, err)
+	}
+	defer func() { _ = discovery.Stop() }()
 	db := objdbclient.New(env.Conn, env.Subjects, env.Node.ID)
 	db.Internal = true
 	rl := &Reloader{DB: db, Log: env.Log, Load: func() (*config.Config, error) {

@@ -2,6 +2,8 @@ package cmap
 
 import (
 	"context"
+	"fmt"
+	"time"
 
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/layer"
@@ -22,7 +24,10 @@ const (
 // the IPC gateway, which carries each libcmap connection to it as a
 // session.
 func Layer() layer.Layer {
-	return layer.Layer{Name: "cmap", Subsys: "CMAP", Summary: "the cmap service: libcmap's API over objdb", Run: Run, Grant: Grant}
+	return layer.Layer{Name: "cmap", Subsys: "CMAP", Summary: "the cmap service: libcmap's API over objdb", Run: Run,
+		// Discovery as the process corobus-cmap: a colocated instance
+		// (Grant alone, in the gateway) is the gateway's process.
+		Grant: func(a bus.Access) bus.Grant { return bus.Merge(Grant(a), a.Process(layer.ServiceName(ComponentName))) }}
 }
 
 // Grant is the cmap component's bus grant: serving its sessions, the
@@ -38,6 +43,13 @@ func Grant(a bus.Access) bus.Grant {
 // copy: gets cost no objdb round trip) until ctx ends or a newer version
 // retires this one.
 func Run(ctx context.Context, env layer.Env) error {
+	// Announced first, as every layer process is ($SRV discovery,
+	// `corobus status`): the process is there while it waits for objdb.
+	discovery, err := layer.NewService(env, ComponentName, Layer().Summary, time.Now().UTC().Format(time.RFC3339))
+	if err != nil {
+		return fmt.Errorf("registering the %s service: %w", ComponentName, err)
+	}
+	defer func() { _ = discovery.Stop() }()
 	st, err := objdb.OpenFor(ctx, env)
 	if err != nil {
 		return err

@@ -33,14 +33,20 @@ const (
 // session.
 func Layer() layer.Layer {
 	return layer.Layer{Name: "cpg", Subsys: "CPG", Summary: "the cpg service: closed process groups over the ordered multicast", Run: Run,
-		// runtime.services.cpg.* are read-only keys it maintains.
-		Grant: func(a bus.Access) bus.Grant {
-			return bus.Merge(a.Process(), a.Component(ComponentName, loader.LocalNamespace(a.Node)), a.TotemClient(TotemService),
-				a.SyncService(ComponentName), a.SyncFollower(), a.ObjdbClient(true), a.CPGService())
-		},
+		// Discovery as the process corobus-cpg: a colocated instance
+		// (Grant alone, in the gateway) is the gateway's process.
+		Grant: func(a bus.Access) bus.Grant { return bus.Merge(Grant(a), a.Process(layer.ServiceName(ComponentName))) },
 		// Every delivery is a bus message the client copies: the
 		// gateway's reason (services/ipc.Layer) when CPG runs apart.
 		GCPercent: 400}
+}
+
+// Grant is the cpg component's bus grant, wherever it runs: its sessions,
+// the totem and the sync engine it follows, its read-only keys
+// (runtime.services.cpg.*) and the groups query.
+func Grant(a bus.Access) bus.Grant {
+	return bus.Merge(a.Process(), a.Component(ComponentName, loader.LocalNamespace(a.Node)), a.TotemClient(TotemService),
+		a.SyncService(ComponentName), a.SyncFollower(), a.ObjdbClient(true), a.CPGService())
 }
 
 // Subject is the component subject of node's cpg instances.
@@ -58,6 +64,13 @@ func NewFor(env layer.Env) *Service {
 // instance, whose joinlist speaks for the node, and this process then
 // stands by.
 func Run(ctx context.Context, env layer.Env) error {
+	// Announced first, as every layer process is ($SRV discovery,
+	// `corobus status`), the one standing by too: it is a process of the node.
+	discovery, err := layer.NewService(env, ComponentName, Layer().Summary, time.Now().UTC().Format(time.RFC3339))
+	if err != nil {
+		return fmt.Errorf("registering the %s service: %w", ComponentName, err)
+	}
+	defer func() { _ = discovery.Stop() }()
 	if Colocated(env) {
 		env.Log.Info("cpg runs in the IPC gateway (ipc.colocate); this process stands by")
 		<-ctx.Done()

@@ -56,7 +56,7 @@ func Grant(a bus.Access) bus.Grant {
 		g = bus.Merge(g, cmap.Grant(a))
 	}
 	if slices.Contains(colocated, cpg.ComponentName) {
-		g = bus.Merge(g, cpg.Layer().Grant(a))
+		g = bus.Merge(g, cpg.Grant(a))
 	}
 	return g
 }

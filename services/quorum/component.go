@@ -34,7 +34,7 @@ func Layer() layer.Layer {
 	return layer.Layer{Name: ComponentName, Subsys: "QUORUM", Summary: "the quorum service: libquorum's view of the provider's decision", Run: Run,
 		Procs: 1, // a view change now and then
 		Grant: func(a bus.Access) bus.Grant {
-			return bus.Merge(a.Process(), a.Component(ComponentName, loader.LocalNamespace(a.Node)), a.SyncService(ComponentName), a.QuorumFollower())
+			return bus.Merge(a.Process(layer.ServiceName(ComponentName)), a.Component(ComponentName, loader.LocalNamespace(a.Node)), a.SyncService(ComponentName), a.QuorumFollower())
 		}}
 }
 
@@ -52,6 +52,13 @@ func Run(ctx context.Context, env layer.Env) error {
 	if provider != "" {
 		env.Log.Info("using quorum provider " + provider)
 	}
+	// Announced first, as every layer process is ($SRV discovery,
+	// `corobus status`): Serve waits for the sync engine.
+	discovery, err := layer.NewService(env, ComponentName, Layer().Summary, time.Now().UTC().Format(time.RFC3339))
+	if err != nil {
+		return fmt.Errorf("registering the %s service: %w", ComponentName, err)
+	}
+	defer func() { _ = discovery.Stop() }()
 	svc := NewService(provider != "", env.Log)
 	return Serve(ctx, env, svc, provider != "")
 }

@@ -38,7 +38,7 @@ func Layer() layer.Layer {
 		// runtime.votequorum.* are its keys; it reads its configuration
 		// keys and follows their changes.
 		Grant: func(a bus.Access) bus.Grant {
-			return bus.Merge(a.Process(), a.Component(ComponentName, loader.LocalNamespace(a.Node)), a.SyncService(ComponentName),
+			return bus.Merge(a.Process(layer.ServiceName(ComponentName)), a.Component(ComponentName, loader.LocalNamespace(a.Node)), a.SyncService(ComponentName),
 				a.TotemClient(TotemService), a.ObjdbClient(true), a.QuorumProvider())
 		}}
 }
@@ -56,6 +56,13 @@ func Run(ctx context.Context, env layer.Env) error {
 	if err != nil {
 		return err
 	}
+	// Announced first, as every layer process is ($SRV discovery,
+	// `corobus status`), when it is not the provider too.
+	discovery, err := layer.NewService(env, ComponentName, Layer().Summary, time.Now().UTC().Format(time.RFC3339))
+	if err != nil {
+		return fmt.Errorf("registering the %s service: %w", ComponentName, err)
+	}
+	defer func() { _ = discovery.Stop() }()
 	if st.Provider != ProviderVotequorum {
 		// Announced (the service manager waits for that) but refusing
 		// every connection: corosync has no votequorum service then.
