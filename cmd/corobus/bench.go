@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -33,7 +34,7 @@ func runBench(ctx context.Context, a *app, args []string) error {
 
 // benchCmap measures one synchronous client, like ../shared/anchor's
 // cmap_bench: cmap sets of a u32 for S seconds, then gets.
-func benchCmap(ctx context.Context, a *app, args []string) error {
+func benchCmap(ctx context.Context, a *app, args []string) (err error) {
 	var nf nodeFlags
 	var seconds float64
 	var key string
@@ -44,7 +45,8 @@ func benchCmap(ctx context.Context, a *app, args []string) error {
 			"(objdb's API over NATS, a round trip through the bus process per call), not a libcmap\n"+
 			"client of the IPC gateway: `task bench:compare` runs corosync's own clients against\n"+
 			"both engines. The default key is a cluster key (each set a replicated JetStream write);\n"+
-			"--key runtime.bench.k measures a node key (the node's keeper, JetStream behind).")
+			"--key runtime.bench.k measures a node key (the node's keeper, JetStream behind).\n"+
+			"At the end the key is deleted, or given back its value if it existed before.")
 	nf.register(fs, true)
 	fs.Float64Var(&seconds, "seconds", 2, "duration of each phase")
 	fs.StringVar(&key, "key", "test.bench.k", "the key set and read (docs/objdb.md: node keys and cluster keys)")
@@ -57,6 +59,11 @@ func benchCmap(ctx context.Context, a *app, args []string) error {
 	}
 	defer nc.Close()
 	c := client.New(nc.nc, nc.subjects, nc.node)
+	restore, err := benchKeyRestorer(ctx, c, key)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, restore()) }()
 	d := time.Duration(seconds * float64(time.Second))
 	n, start := 0, time.Now()
 	for time.Since(start) < d && ctx.Err() == nil {
@@ -78,4 +85,31 @@ func benchCmap(ctx context.Context, a *app, args []string) error {
 	// As the anchor's cmap_bench prints them, so the lines compare.
 	fmt.Fprintf(a.stdout, "RESULT cmap_set_uint32 ops_per_s=%.0f\nRESULT cmap_get_uint32 ops_per_s=%.0f\n", setRate, getRate)
 	return nil
+}
+
+// benchKeyRestorer notes what key holds before the benchmark writes it and
+// returns what puts the cluster back as it was: the key deleted when the
+// benchmark created it, its old value and type when --key named one that
+// existed. It runs however the benchmark ends, interrupted included, so
+// its writes get a context of their own.
+func benchKeyRestorer(ctx context.Context, c *client.Client, key string) (func() error, error) {
+	old, err := c.Get(ctx, key)
+	existed := err == nil
+	if err != nil && !errors.Is(err, objdb.ErrNotExist) {
+		return nil, fmt.Errorf("reading %s before the benchmark: %w", key, err)
+	}
+	return func() error {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if existed {
+			if err := c.Set(ctx, key, old); err != nil {
+				return fmt.Errorf("restoring %s's value from before the benchmark (%s): %w", key, old, err)
+			}
+			return nil
+		}
+		if err := c.Delete(ctx, key); err != nil && !errors.Is(err, objdb.ErrNotExist) {
+			return fmt.Errorf("deleting %s, which the benchmark created: %w", key, err)
+		}
+		return nil
+	}, nil
 }
