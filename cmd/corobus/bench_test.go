@@ -73,14 +73,22 @@ func startObjdbNode(t *testing.T) objdbNode {
 // administrator, as a user's --bus URL would.
 func (n objdbNode) run(t *testing.T, verb string, args ...string) (string, error) {
 	t.Helper()
-	var stdout, stderr bytes.Buffer
-	a := &app{stdout: &stdout, stderr: &stderr, version: "test"}
-	args = append([]string{verb}, args...)
-	args = append(args, "--bus", n.cl.AdminURL(1, ""), "-o", "totem.cluster_name=test")
-	if code := a.main(context.Background(), args); code != 0 {
-		return stdout.String(), errors.New(strings.TrimSpace(stderr.String()))
+	code, stdout, stderr := runVerb(n.cl.AdminURL(1, ""), verb, args...)
+	if code != 0 {
+		return stdout, errors.New(strings.TrimSpace(stderr))
 	}
-	return stdout.String(), nil
+	return stdout, nil
+}
+
+// runVerb runs a verb in-process against the bus at busURL, configured
+// as cluster "test" (bustest's).
+func runVerb(busURL, verb string, args ...string) (code int, stdout, stderr string) {
+	var out, errOut bytes.Buffer
+	a := &app{stdout: &out, stderr: &errOut, version: "test"}
+	args = append([]string{verb}, args...)
+	args = append(args, "--bus", busURL, "-o", "totem.cluster_name=test")
+	code = a.main(context.Background(), args)
+	return code, out.String(), errOut.String()
 }
 
 // `corobus bench cmap` left its key (test.bench.k, a cluster key) in the

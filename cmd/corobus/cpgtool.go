@@ -33,6 +33,14 @@ func runCpg(ctx context.Context, a *app, args []string) error {
 		return toolFailure(a.stderr, "Could not initialize corosync cpg API: %v", err)
 	}
 	defer s.Close()
+	// As corosync-cpgtool: its cfg handle (for the members' addresses) is
+	// opened before anything is printed, -n included, and a failure to
+	// open it is the tool's failure, not a listing without addresses.
+	cs, err := openComponent(ctx, c.nc, c.subjects, c.node, cfg.ComponentName)
+	if err != nil {
+		return toolFailure(a.stderr, "Could not initialize corosync configuration API: %v", err)
+	}
+	defer cs.Close()
 	typ := cpgwire.IterAll
 	if cmd.namesOnly {
 		typ = cpgwire.IterNameOnly
@@ -47,23 +55,22 @@ func runCpg(ctx context.Context, a *app, args []string) error {
 		return nil
 	}
 	addrs := map[uint32]string{}
-	if cs, err := openComponent(ctx, c.nc, c.subjects, c.node, cfg.ComponentName); err == nil {
-		defer cs.Close()
-		for _, it := range items {
-			if _, ok := addrs[it.NodeID]; ok {
-				continue
+	for _, it := range items {
+		if _, ok := addrs[it.NodeID]; ok {
+			continue
+		}
+		// A node whose addresses cannot be had prints none, as with the
+		// tool.
+		b, err := cs.call(ctx, cfg.EncodeNodeID(cfg.ReqGetNodeAddrs, it.NodeID))
+		if err != nil {
+			continue
+		}
+		if ips, code, err := cfg.DecodeNodeAddrs(b); err == nil && code == cswire.OK {
+			var l []string
+			for _, ip := range ips {
+				l = append(l, ip.String())
 			}
-			b, err := cs.call(ctx, cfg.EncodeNodeID(cfg.ReqGetNodeAddrs, it.NodeID))
-			if err != nil {
-				continue
-			}
-			if ips, code, err := cfg.DecodeNodeAddrs(b); err == nil && code == cswire.OK {
-				var l []string
-				for _, ip := range ips {
-					l = append(l, ip.String())
-				}
-				addrs[it.NodeID] = strings.Join(l, " ")
-			}
+			addrs[it.NodeID] = strings.Join(l, " ")
 		}
 	}
 	p.members(items, addrs)
