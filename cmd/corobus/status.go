@@ -139,7 +139,7 @@ func runStatus(ctx context.Context, a *app, args []string) error {
 	defer c.Close()
 	st, err := nodeStatus(c.nc, c.subjects, c.cfg.ClusterName(), c.node)
 	if err != nil {
-		return err
+		return notAnswering(err, c.cfg, c.node)
 	}
 	names := nodeNames(c.cfg)
 	st.Name = names[bus.ServerName(c.node)]
@@ -148,6 +148,35 @@ func runStatus(ctx context.Context, a *app, args []string) error {
 	}
 	printStatus(a, st, names)
 	return nil
+}
+
+// notAnswering says what to check when node's bus did not answer its
+// status request (the bus itself answered the connection): a node the
+// configuration does not know, or one whose bus is down or not routed to
+// the one reached. nats' "no responders" alone names neither.
+func notAnswering(err error, cfg *config.Config, node uint32) error {
+	if !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, nats.ErrTimeout) {
+		return err
+	}
+	source := "the embedded default configuration"
+	if f := cfg.File(); f != "" {
+		source = f
+	}
+	nodes, nerr := cfg.Nodes()
+	if nerr != nil {
+		return fmt.Errorf("node %d is not answering (%w); and the nodelist of %s: %w", node, err, source, nerr)
+	}
+	var ids []string
+	for _, n := range nodes {
+		if n.ID == node {
+			return fmt.Errorf("node %d is not answering: its bus is not running (is `corobus up` running on node %d?) "+
+				"or has no route to the bus this command reached (`corobus status` without --node lists that bus's "+
+				"routes) (%w)", node, node, err)
+		}
+		ids = append(ids, strconv.FormatUint(uint64(n.ID), 10))
+	}
+	return fmt.Errorf("node %d is not answering: it is not in the nodelist of %s (nodes %s); give --node one of them, "+
+		"or -c the configuration of node %d's cluster (%w)", node, source, strings.Join(ids, ", "), node, err)
 }
 
 // nodeNames maps the bus's server names (bus.ServerName: "node2") to the

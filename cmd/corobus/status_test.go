@@ -1,0 +1,51 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/corobus/corobus/bus"
+	"github.com/corobus/corobus/bus/bustest"
+)
+
+// `corobus status --node 7`, node 7 not being in the cluster, said only
+// "asking node 7's bus for its status: nats: no responders available for
+// request" until 3 Dec: it now says which node does not answer and what
+// to check, a node the nodelist lacks or one whose bus is down.
+func TestStatusSaysWhichNodeDoesNotAnswer(t *testing.T) {
+	t.Setenv("XDG_STATE_HOME", t.TempDir()) // the embedded default's, never the user's
+	cl := bustest.StartCluster(t, 1)
+	s, err := bus.NewSubjects("corobus.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Node 1's bus answers its status, as the bus process does.
+	svc, err := micro.AddService(cl.Conn(1), micro.Config{Name: "corobus-bus", Version: "0.0.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = svc.Stop() }()
+	if err := bus.StatusEndpoint(svc, cl.Nodes[0].Server, s); err != nil {
+		t.Fatal(err)
+	}
+	url := cl.AdminURL(1, "")
+	if code, out, errOut := runVerb(url, "status"); code != 0 || !strings.HasPrefix(out, "Node 1 ") {
+		t.Fatalf("status of node 1: status %d\n%s%s", code, out, errOut)
+	}
+
+	// Not in the nodelist (the embedded default's: node 1).
+	code, _, errOut := runVerb(url, "status", "--node", "7")
+	want := "corobus status: node 7 is not answering: it is not in the nodelist of the embedded default configuration (nodes 1); " +
+		"give --node one of them, or -c the configuration of node 7's cluster ("
+	if code == 0 || !strings.HasPrefix(errOut, want) {
+		t.Errorf("status --node 7: status %d, stderr %q; want it to start %q", code, errOut, want)
+	}
+	// In the nodelist, its bus down.
+	code, _, errOut = runVerb(url, "status", "--node", "2", "-o", "nodelist.node.1.nodeid=2", "-o", "nodelist.node.1.ring0_addr=192.0.2.2")
+	want = "corobus status: node 2 is not answering: its bus is not running (is `corobus up` running on node 2?) "
+	if code == 0 || !strings.HasPrefix(errOut, want) {
+		t.Errorf("status --node 2 (in the nodelist, down): status %d, stderr %q; want it to start %q", code, errOut, want)
+	}
+}
