@@ -41,13 +41,15 @@ func TestEmbeddedDefaultUpStatusStop(t *testing.T) {
 		t.Errorf("status = node %d, meta leader %q; want node 1 led by node1", st.Node, st.Bus.MetaLeader)
 	}
 
-	// Every layer of the node is up and listed.
+	// Every layer of the node is up and listed, its service processes
+	// among them (docs/subjects.md, $SRV); cmap and cpg run in the
+	// gateway by default (ipc.colocate), whose process is ipc.
 	eventually(t, 20*time.Second, "status lists the layers", func() error {
 		st, err := b.status(t, env)
 		if err != nil {
 			return err
 		}
-		for _, want := range []string{"bus", "objdb"} {
+		for _, want := range []string{"bus", "objdb", "ipc", "cfg", "quorum", "votequorum"} {
 			found := false
 			for _, l := range st.Layers {
 				found = found || l.Layer == want
