@@ -276,16 +276,6 @@ type clusterConsumer struct {
 	// caughtUp is called whenever the consumer has nothing more to
 	// deliver.
 	caughtUp func()
-	// pullWindow, when set, makes the consumer a pull consumer that is
-	// asked for what it holds at most once per pullWindow (a request
-	// made at rest answers its first change at once): a burst of changes
-	// then costs the servers one delivery chain per window rather than
-	// one per change. The keeper's relay, which publishes a window at a
-	// time anyway, pulls; a copy's own consumer is pushed.
-	pullWindow time.Duration
-	// flush, with pullWindow, is called when what a pull request got has
-	// all been applied.
-	flush func()
 	// relay, when set, is the node feed's cluster frames, read while
 	// the consumer runs: switch reports whether the copy now follows
 	// them, which ends the run (errSwitched).
@@ -293,99 +283,6 @@ type clusterConsumer struct {
 	takeRelay func(m *nats.Msg) bool
 	// revision is the last revision applied, for what the errors say.
 	revision func() uint64
-}
-
-// pullBatch is the most a pull request asks for: well under what the
-// consumer's channel holds.
-const pullBatch = 1024
-
-// pullExpires is how long a pull request waits for a change at rest
-// before the server ends it (and the consumer makes the next).
-const pullExpires = 30 * time.Second
-
-// puller asks a pull consumer (clusterConsumer.pullWindow) for what it
-// holds: a request at a time, each asking for every change there is then
-// (no_wait) or, when there is none, for the first one to come (expires,
-// with the consumer's idle heartbeats meanwhile), made at most once per
-// window. For a push consumer it does nothing.
-type puller struct {
-	on     bool
-	c      *clusterConsumer
-	subj   string
-	inbox  string
-	req    []byte
-	out    bool // a request is out
-	n      int  // what it has delivered
-	issued time.Time
-	timer  *time.Timer
-	due    <-chan time.Time // the next request is due
-}
-
-func (c *clusterConsumer) newPuller(name, inbox string) *puller {
-	if c.pullWindow == 0 {
-		return &puller{}
-	}
-	// The server wants the heartbeat at most half the request's life.
-	expires := max(pullExpires, 2*c.hb)
-	return &puller{on: true, c: c, inbox: inbox,
-		subj: "$JS.API.CONSUMER.MSG.NEXT." + c.stream + "." + name,
-		req: fmt.Appendf(nil, `{"batch":%d,"expires":%d,"no_wait":true,"idle_heartbeat":%d}`,
-			pullBatch, expires.Nanoseconds(), c.hb.Nanoseconds()),
-	}
-}
-
-func (p *puller) pull() error {
-	if !p.on {
-		return nil
-	}
-	p.due = nil
-	if err := p.c.nc.PublishRequest(p.subj, p.inbox, p.req); err != nil {
-		return fmt.Errorf("cluster feed: asking the consumer for changes: %w", err)
-	}
-	p.out, p.n, p.issued = true, 0, time.Now()
-	return nil
-}
-
-// got counts a message the request delivered, pending more after it.
-func (p *puller) got(pending uint64) error {
-	if !p.on {
-		return nil
-	}
-	p.n++
-	if p.n < pullBatch {
-		return nil
-	}
-	// The request has all it asked for: the server says nothing more.
-	return p.ended(pending > 0)
-}
-
-// ended is a request's end: the next one goes at once when more is
-// pending (a load, a backlog), else a window after this one went.
-func (p *puller) ended(more bool) error {
-	if !p.out {
-		return nil
-	}
-	p.out = false
-	if p.n > 0 && p.c.flush != nil {
-		p.c.flush()
-	}
-	wait := p.c.pullWindow - time.Since(p.issued)
-	if more || wait <= 0 {
-		return p.pull()
-	}
-	if p.timer == nil {
-		p.timer = time.NewTimer(wait)
-	} else {
-		p.timer.Reset(wait)
-	}
-	p.due = p.timer.C
-	return nil
-}
-
-func (p *puller) stop() {
-	if p.timer != nil {
-		p.timer.Stop()
-	}
 }
 
 // errSwitched ends a direct consumer: the copy follows its keeper's relay.
@@ -399,9 +296,8 @@ func (c *clusterConsumer) run(ctx context.Context) error {
 	status := c.nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING)
 	defer c.nc.RemoveStatusListener(status)
 	inbox := c.nc.NewInbox()
-	// Flow control (push) or the request's batch (pull) bounds what is
-	// in flight, so the channel cannot overflow under a large initial
-	// load.
+	// Flow control bounds what is in flight, so the channel cannot
+	// overflow under a large initial load.
 	ch := make(chan *nats.Msg, 8192)
 	sub, err := c.nc.ChanSubscribe(inbox, ch)
 	if err != nil {
@@ -412,16 +308,14 @@ func (c *clusterConsumer) run(ctx context.Context) error {
 	name := c.name + nuid.Next()
 	cfg := jetstream.ConsumerConfig{
 		Name:              name,
+		DeliverSubject:    inbox,
 		AckPolicy:         jetstream.AckNonePolicy,
 		FilterSubject:     c.filter,
+		IdleHeartbeat:     c.hb,
+		FlowControl:       true,
 		MemoryStorage:     true,
 		Replicas:          1,
 		InactiveThreshold: 10 * time.Second,
-	}
-	if c.pullWindow == 0 {
-		cfg.DeliverSubject = inbox
-		cfg.IdleHeartbeat = c.hb
-		cfg.FlowControl = true
 	}
 	if c.from == 0 {
 		cfg.DeliverPolicy = jetstream.DeliverLastPerSubjectPolicy
@@ -430,18 +324,7 @@ func (c *clusterConsumer) run(ctx context.Context) error {
 		cfg.OptStartSeq = c.from + 1
 	}
 	cctx, cancel := context.WithTimeout(ctx, max(c.lost, time.Second))
-	var info *jetstream.ConsumerInfo
-	if c.pullWindow == 0 {
-		var cons jetstream.PushConsumer
-		if cons, err = c.js.CreateOrUpdatePushConsumer(cctx, c.stream, cfg); err == nil {
-			info = cons.CachedInfo()
-		}
-	} else {
-		var cons jetstream.Consumer
-		if cons, err = c.js.CreateOrUpdateConsumer(cctx, c.stream, cfg); err == nil {
-			info = cons.CachedInfo()
-		}
-	}
+	cons, err := c.js.CreateOrUpdatePushConsumer(cctx, c.stream, cfg)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("cluster feed: no consumer on the bucket's stream: %w", err)
@@ -455,6 +338,7 @@ func (c *clusterConsumer) run(ctx context.Context) error {
 			_ = c.js.DeleteConsumer(dctx, c.stream, name)
 		}()
 	}()
+	info := cons.CachedInfo()
 	server := ""
 	if info.Cluster != nil {
 		server = info.Cluster.Leader
@@ -473,11 +357,6 @@ func (c *clusterConsumer) run(ctx context.Context) error {
 	}
 
 	var dseq uint64
-	p := c.newPuller(name, inbox)
-	if err := p.pull(); err != nil {
-		return err
-	}
-	defer p.stop()
 	last := time.Now()
 	// The silence check wakes when the feed would be lost if nothing had
 	// come since, not at every heartbeat: a message moves last on, and
@@ -505,24 +384,9 @@ func (c *clusterConsumer) run(ctx context.Context) error {
 			if c.takeRelay(m) {
 				return errSwitched
 			}
-		case <-p.due:
-			if err := p.pull(); err != nil {
-				return err
-			}
 		case m := <-ch:
 			last = time.Now()
 			if st := m.Header.Get("Status"); st != "" {
-				if p.on && (st == "404" || st == "408") {
-					// The pull request's end: it got what there was
-					// (404), or nothing before it expired (408).
-					if st == "408" {
-						caughtUp()
-					}
-					if err := p.ended(false); err != nil {
-						return err
-					}
-					continue
-				}
 				if st != "100" {
 					return fmt.Errorf("cluster feed: consumer on %s: status %s %s", server, st, m.Header.Get("Description"))
 				}
@@ -555,9 +419,6 @@ func (c *clusterConsumer) run(ctx context.Context) error {
 			c.apply(m, md.Sequence.Stream, initial)
 			if md.NumPending == 0 {
 				caughtUp()
-			}
-			if err := p.got(md.NumPending); err != nil {
-				return err
 			}
 		}
 	}

@@ -232,8 +232,8 @@ func consumerOn(t *testing.T, cl *bustest.Cluster, s *Store, node uint32) {
 }
 
 // keeperConsumer asks JetStream for the relay consumer of the keeper that
-// s follows — the one of that keeper's consumers with a request waiting
-// (it pulls; a removed one's may linger a moment) — and waits until the copy, current
+// s follows — the one of that keeper's consumers with a subscriber (a
+// removed one's may linger a moment) — and waits until the copy, current
 // and on its keeper's relay, names its server as its feed's (Via): it
 // returns that server and the consumer's name.
 func keeperConsumer(t *testing.T, cl *bustest.Cluster, s *Store) (server, name string) {
@@ -256,7 +256,7 @@ func keeperConsumer(t *testing.T, cl *bustest.Cluster, s *Store) (server, name s
 		}
 		l := stream.ListConsumers(ctx)
 		for ci := range l.Info() {
-			if strings.HasPrefix(ci.Name, prefix) && ci.NumWaiting > 0 && ci.Cluster != nil {
+			if strings.HasPrefix(ci.Name, prefix) && ci.PushBound && ci.Cluster != nil {
 				bound = append(bound, ci)
 			}
 		}

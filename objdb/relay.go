@@ -217,15 +217,7 @@ func (k *Keeper) relayCluster(ctx context.Context) {
 			}
 			r.last = rev
 			r.out = append(r.out, e)
-		}
-		// The consumer is pulled a window at a time (a change at rest at
-		// once); what a pull got is published when it has all come.
-		c.pullWindow = publishWindow
-		c.flush = func() {
-			r.mu.Lock()
-			n := len(r.out)
-			r.mu.Unlock()
-			if n > 0 {
+			if len(r.out) == 1 {
 				r.poke()
 			}
 		}
