@@ -31,7 +31,20 @@ func TestSecondUpOnAStateDirIsRefused(t *testing.T) {
 	if _, err := n.Corobus(ctx, "cmap", "-s", "e2e.mark", "str", "first"); err != nil {
 		t.Fatal(err)
 	}
-	before := layerPIDs(t, ctx, n)
+	// The node's service processes answer status once they run (its $SRV
+	// record): wait for every layer a default node runs, so that the
+	// snapshot is the node's whole, not one taken while svcmgr still
+	// starts services.
+	var before map[string]string
+	eventually(t, time.Minute, "status lists every layer of the node", func() error {
+		before = layerPIDs(t, ctx, n)
+		for _, want := range []string{"bus", "objdb", "loader", "svcmgr", "sync", "ipc", "cfg", "quorum", "votequorum"} {
+			if _, ok := before[want]; !ok {
+				return fmt.Errorf("%s not listed: %v", want, before)
+			}
+		}
+		return nil
+	})
 	logBefore := n.LogText()
 
 	// Started as a user would: same file, same namespace.
