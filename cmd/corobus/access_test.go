@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/bustest"
-	"github.com/corobus/corobus/config"
 	"github.com/corobus/corobus/layer"
 	"github.com/corobus/corobus/objdb"
 	"github.com/corobus/corobus/objdb/client"
@@ -52,48 +50,11 @@ func (e *errSink) refused(subject string) bool {
 // totem.cluster_name — which issue 17's rogue set through a header — stays
 // as it was whatever cmap and the gateway try.
 func TestEachLayerIsConfinedToItsGrant(t *testing.T) {
-	a := &app{stdout: io.Discard, stderr: io.Discard}
-	users, err := a.users()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl := bustest.StartClusterWith(t, 1, bustest.Options{Users: users})
-	cfg, err := config.Load(config.Options{UserStateDir: t.TempDir(), Overrides: []string{"totem.cluster_name=test"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := bus.NewSubjects(cfg.Prefix())
-	if err != nil {
-		t.Fatal(err)
-	}
-	local, _ := cfg.LocalNode()
-	bucket := bus.ObjdbBucket("test")
-
 	// A real objdb, as its own user, and the node's keeper (in the bus
 	// process, as the administrator), so that writes are judged on data.
-	ctx, cancel := context.WithCancel(context.Background())
-	kcfg, err := objdb.KeeperConfigFor(layer.Env{Config: cfg, Node: local, Subjects: s, Log: bustest.Logger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	kdone := make(chan struct{})
-	go func() { defer close(kdone); _ = objdb.RunKeeper(ctx, cl.Conn(1), kcfg) }()
-	t.Cleanup(func() { cancel(); <-kdone })
-	env := layer.Env{Config: cfg, Node: local, Conn: cl.ConnAs(1, "objdb"), Subjects: s, Log: bustest.Logger(t), Version: "0.0.0-test"}
-	done := make(chan struct{})
-	var runErr error
-	go func() { defer close(done); runErr = objdb.Run(ctx, env) }()
-	t.Cleanup(func() { cancel(); <-done })
-	admin := client.New(cl.Conn(1), s, 1)
-	waitUntil(t, "objdb to serve the configuration", func() bool {
-		select {
-		case <-done:
-			t.Fatalf("objdb: %v", runErr)
-		default:
-		}
-		v, err := admin.Get(ctx, "totem.cluster_name")
-		return err == nil && v.String() == "test"
-	})
+	n := startObjdbNode(t)
+	cl, s, users, cfg, local, ctx, admin := n.cl, n.s, n.users, n.cfg, n.local, n.ctx, n.admin
+	bucket := bus.ObjdbBucket("test")
 
 	kv := func(key string) string { return "$KV." + bucket + ".c." + key }
 	cases := map[string]struct{ allowed, refused string }{

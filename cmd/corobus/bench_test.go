@@ -7,67 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/corobus/corobus/bus"
-	"github.com/corobus/corobus/bus/bustest"
-	"github.com/corobus/corobus/config"
-	"github.com/corobus/corobus/layer"
 	"github.com/corobus/corobus/objdb"
-	"github.com/corobus/corobus/objdb/client"
 )
-
-// objdbNode is one node's bus with its keeper and an objdb layer as its
-// own user, configured as cluster "test": enough for the verbs that only
-// read and write keys.
-type objdbNode struct {
-	cl    *bustest.Cluster
-	admin *client.Client
-}
-
-func startObjdbNode(t *testing.T) objdbNode {
-	t.Helper()
-	a := &app{}
-	users, err := a.users()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl := bustest.StartClusterWith(t, 1, bustest.Options{Users: users})
-	cfg, err := config.Load(config.Options{UserStateDir: t.TempDir(), Overrides: []string{"totem.cluster_name=test"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := bus.NewSubjects(cfg.Prefix())
-	if err != nil {
-		t.Fatal(err)
-	}
-	local, err := cfg.LocalNode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	kcfg, err := objdb.KeeperConfigFor(layer.Env{Config: cfg, Node: local, Subjects: s, Log: bustest.Logger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	kdone := make(chan struct{})
-	go func() { defer close(kdone); _ = objdb.RunKeeper(ctx, cl.Conn(1), kcfg) }()
-	t.Cleanup(func() { cancel(); <-kdone })
-	env := layer.Env{Config: cfg, Node: local, Conn: cl.ConnAs(1, "objdb"), Subjects: s, Log: bustest.Logger(t), Version: "0.0.0-test"}
-	done := make(chan struct{})
-	var runErr error
-	go func() { defer close(done); runErr = objdb.Run(ctx, env) }()
-	t.Cleanup(func() { cancel(); <-done })
-	admin := client.New(cl.Conn(1), s, local.ID)
-	waitUntil(t, "objdb to serve the configuration", func() bool {
-		select {
-		case <-done:
-			t.Fatalf("objdb: %v", runErr)
-		default:
-		}
-		v, err := admin.Get(ctx, "totem.cluster_name")
-		return err == nil && v.String() == "test"
-	})
-	return objdbNode{cl: cl, admin: admin}
-}
 
 // run runs a verb in-process against the node, over TCP as the
 // administrator, as a user's --bus URL would.

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"io"
 	"sync"
 	"testing"
 	"time"
@@ -11,9 +10,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
-	"github.com/corobus/corobus/bus"
-	"github.com/corobus/corobus/bus/bustest"
-	"github.com/corobus/corobus/config"
 	"github.com/corobus/corobus/layer"
 )
 
@@ -25,30 +21,14 @@ import (
 // serves later waits for the layers it needs, its discovery record must
 // not.
 func TestServiceProcessesAnswerDiscovery(t *testing.T) {
-	a := &app{stdout: io.Discard, stderr: io.Discard}
-	users, err := a.users()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl := bustest.StartClusterWith(t, 1, bustest.Options{Users: users})
-	cfg, err := config.Load(config.Options{UserStateDir: t.TempDir(), Overrides: []string{"totem.cluster_name=test"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := bus.NewSubjects(cfg.Prefix())
-	if err != nil {
-		t.Fatal(err)
-	}
-	local, err := cfg.LocalNode()
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := startTestBus(t)
+	a, cl := b.a, b.cl
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	for _, l := range a.builtinServices() {
-		env := layer.Env{Config: cfg, Node: local, Conn: cl.ConnAs(1, l.Name), Subjects: s, Log: bustest.Logger(t).With("layer", l.Name),
-			Version: "0.0.0-test"}
+		env := b.env(t, l.Name)
+		env.Log = env.Log.With("layer", l.Name)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
