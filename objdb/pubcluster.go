@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -41,110 +40,23 @@ var errNoStream = errors.New("no response from the bucket's stream")
 // sequence (the key's revision) it was stored at. ctx must carry a
 // deadline.
 func (s *Store) publishCluster(ctx context.Context, m *nats.Msg) (uint64, error) {
-	r, err := s.replies.take(s.nc)
-	if err != nil {
-		return 0, fmt.Errorf("reply subscription: %w", err)
-	}
-	m.Reply = r.subj
 	for tries := 0; ; tries++ {
-		if err := s.nc.PublishMsg(m); err != nil {
-			s.replies.drop(r)
-			return 0, err
-		}
-		var resp *nats.Msg
-		select {
-		case resp = <-r.ch:
-		case <-ctx.Done():
-			// Its answer may still come: the subscription goes with it.
-			s.replies.drop(r)
-			return 0, ctx.Err()
-		}
-		if len(resp.Data) == 0 && resp.Header.Get("Status") == noRespondersStatus {
-			// The server answers a request no one subscribes to with
-			// this status alone: nothing else comes for it.
+		resp, err := s.nc.RequestMsgWithContext(ctx, m)
+		if errors.Is(err, nats.ErrNoResponders) {
 			if tries >= pubRetries {
-				s.replies.put(r)
 				return 0, errNoStream
 			}
 			select {
 			case <-ctx.Done():
-				s.replies.put(r)
 				return 0, errNoStream
 			case <-time.After(pubRetryWait):
 			}
 			continue
 		}
-		s.replies.put(r)
+		if err != nil {
+			return 0, err
+		}
 		return parsePubAck(resp.Data)
-	}
-}
-
-// noRespondersStatus is the status of the server's answer to a request
-// that reached no subscriber (what nats.go reports as ErrNoResponders).
-const noRespondersStatus = "503"
-
-// replySubs are a Store's reply subscriptions for cluster writes, one per
-// write in flight. nats.go's requests share one subscription whose
-// callback runs on a goroutine of its own and hands each answer to the
-// requester: two goroutine hand-offs per write in the gateway (the
-// connection's reader to the callback's goroutine, that one to the
-// writer). A channel subscription of the writer's own is filled by the
-// reader directly: one. A subscription whose request ended without its
-// answer (timed out, not sent) is dropped, so a late answer never reaches
-// a later write.
-type replySubs struct {
-	mu     sync.Mutex
-	free   []*replySub
-	closed bool
-}
-
-type replySub struct {
-	subj string
-	sub  *nats.Subscription
-	ch   chan *nats.Msg
-}
-
-func (p *replySubs) take(nc *nats.Conn) (*replySub, error) {
-	p.mu.Lock()
-	if n := len(p.free); n > 0 {
-		r := p.free[n-1]
-		p.free = p.free[:n-1]
-		p.mu.Unlock()
-		return r, nil
-	}
-	p.mu.Unlock()
-	r := &replySub{subj: nc.NewInbox(), ch: make(chan *nats.Msg, 1)}
-	sub, err := nc.ChanSubscribe(r.subj, r.ch)
-	if err != nil {
-		return nil, err
-	}
-	r.sub = sub
-	return r, nil
-}
-
-func (p *replySubs) put(r *replySub) {
-	p.mu.Lock()
-	if !p.closed {
-		p.free = append(p.free, r)
-		r = nil
-	}
-	p.mu.Unlock()
-	if r != nil {
-		p.drop(r)
-	}
-}
-
-func (p *replySubs) drop(r *replySub) { _ = r.sub.Unsubscribe() }
-
-// close unsubscribes the idle subscriptions; those of writes in flight go
-// when they end.
-func (p *replySubs) close() {
-	p.mu.Lock()
-	free := p.free
-	p.free, p.closed = nil, true
-	p.mu.Unlock()
-	for _, r := range free {
-		p.drop(r)
 	}
 }
 

@@ -169,9 +169,6 @@ type Store struct {
 	tracks    map[int]*tracker
 	nextT     int
 
-	// replies are the reply subscriptions of cluster writes.
-	replies replySubs
-
 	stop    context.CancelFunc
 	stopped sync.WaitGroup
 }
@@ -353,7 +350,6 @@ func (s *Store) Close() {
 	s.mu.Unlock()
 	s.stop()
 	s.stopped.Wait()
-	s.replies.close()
 	s.mu.Lock()
 	for id, t := range s.tracks {
 		close(t.done)
