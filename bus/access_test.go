@@ -93,8 +93,9 @@ func TestGrantsMatchTheProtocolsSubjects(t *testing.T) {
 		"quorum follower": {a.QuorumFollower(), want{pub: []string{s.QuorumStateGet(2)}, sub: []string{s.QuorumState(2)}, notPub: []string{s.QuorumState(2)}}},
 		"cpg service":     {a.CPGService(), want{pub: []string{s.CPGConfChg(2, "g1"), s.CPGRing(2)}, sub: []string{s.CPGGroups(2)}, notPub: []string{s.CPGRing(1)}}},
 		"node control":    {a.NodeControl(), want{pub: []string{s.NodeShutdown(2), s.LogReopen(2), s.QuorumRefresh(2), s.CfgEvent(2, "reload")}, notPub: []string{s.NodeShutdown(1)}}},
-		"cfg peer":        {a.CfgPeer(), want{pub: []string{s.CfgPeers(2), s.LcrAPI(2, "list")}, sub: []string{s.CfgPeers(2)}, notPub: []string{s.CfgPeers(1), s.LcrAPI(2, "reference")}, notSub: []string{s.CfgPeers(1)}}},
-		"subscriber":      {bus.SubscriberRole(a), want{sub: []string{s.TotemData(), s.ObjdbChanged("a.b")}, notPub: []string{s.TotemData()}, notSub: []string{"_INBOX.objdb.x", "$KV.x.y"}}},
+		"cfg peer": {a.CfgPeer(), want{pub: []string{s.CfgPeers(2), s.CfgPeer(2, "i1"), s.LcrAPI(2, "list")}, sub: []string{s.CfgPeers(2), s.CfgPeer(2, "i1")},
+			notPub: []string{s.CfgPeers(1), s.CfgPeer(1, "i1"), s.LcrAPI(2, "reference")}, notSub: []string{s.CfgPeers(1), s.CfgPeer(1, "i1")}}},
+		"subscriber": {bus.SubscriberRole(a), want{sub: []string{s.TotemData(), s.ObjdbChanged("a.b")}, notPub: []string{s.TotemData()}, notSub: []string{"_INBOX.objdb.x", "$KV.x.y"}}},
 	} {
 		for _, p := range tc.w.pub {
 			if !matchesAny(p, tc.g.Pub) || matchesAny(p, tc.g.DenyPub) {

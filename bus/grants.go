@@ -273,11 +273,12 @@ func (a Access) NodeControl() Grant {
 
 // CfgPeer is one of node's cfg instances in a shutdown negotiation that
 // covers them all: it lists the others through the node's loader and asks
-// them, and answers their asks, on Subjects.CfgPeers.
+// them, and answers their asks, on Subjects.CfgPeers; it pings them, and
+// answers their pings, on Subjects.CfgPeer.
 func (a Access) CfgPeer() Grant {
 	return Grant{
-		Pub: []string{a.Subjects.LcrAPI(a.Node, "list"), a.Subjects.CfgPeers(a.Node)},
-		Sub: []string{a.Subjects.CfgPeers(a.Node)},
+		Pub: []string{a.Subjects.LcrAPI(a.Node, "list"), a.Subjects.CfgPeers(a.Node), a.Subjects.Join("cfgpeers", a.node(), "*")},
+		Sub: []string{a.Subjects.CfgPeers(a.Node), a.Subjects.Join("cfgpeers", a.node(), "*")},
 	}
 }
 

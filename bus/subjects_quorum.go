@@ -41,6 +41,14 @@ func (s Subjects) CfgPeers(node uint32) string {
 	return s.Join("cfgpeers", nodeToken(node))
 }
 
+// CfgPeer is where node's cfg instance instance answers a ping: while a
+// shutdown negotiation runs, its instances ask each other there whether
+// they are still alive (no responder: the instance is gone, and its
+// clients with it).
+func (s Subjects) CfgPeer(node uint32, instance string) string {
+	return s.Join("cfgpeers", nodeToken(node), SanitizeToken(instance))
+}
+
 // NodeShutdown is served by the process that supervises node's layers
 // (`corobus up`): a request asks it to stop the node as SIGTERM would.
 func (s Subjects) NodeShutdown(node uint32) string {

@@ -90,23 +90,56 @@ type Service struct {
 
 // negotiation is one try_shutdown as one instance runs it: who asked,
 // with what flags, and the answers of the instance's registered clients.
+// The instance whose client asked runs it until it decides; another
+// instance holds it (by nil) until the asker says it decided, or is gone.
 type negotiation struct {
-	id            string
-	by            *Conn  // the client that asked, when on this instance
-	asker         string // the asking instance, when another asked
+	id     string
+	origin string // the instance whose client asked
+	// since is when that client asked (Unix ns; the node's instances
+	// share the clock): with origin, the rank that leaves one of two
+	// negotiations started at once (before).
+	since         int64
+	by            *Conn // the client that asked, when on this instance
 	flags         uint32
+	timeout       time.Duration
 	yes, no, want int
 	answers       map[*Conn]int // 1 yes, 0 no, -1 not yet
+	asked         bool          // the callbacks went out
 	timer         *time.Timer
-	// over: every answer is in, or the time is up.
-	over bool
-	// decided is closed when over, gone when the requester went away
-	// (by != nil only).
-	decided, gone chan struct{}
+	// timedOut: cfg.shutdown_timeout passed, the unanswered are no, and
+	// nothing changes any more (corosync decides when its timer fires).
+	timedOut bool
+
+	// The requester's side (by != nil). claimed: every other instance
+	// took this negotiation, so none can displace it; refused: another
+	// instance runs an earlier one (the requester gets CS_ERR_EXIST).
+	claimed, refused bool
+	// changed wakes the requester's loop (tryShutdown) when this
+	// instance's answers moved; gone is closed when the requester went
+	// away.
+	changed chan struct{}
+	gone    chan struct{}
 	// verdicts carries the other instances' answers to the requester's
-	// loop (tryShutdown), until ended (by != nil only).
+	// loop, until ended.
 	verdicts chan peerMsg
 	ended    chan struct{}
+
+	// The side of an instance another asked (by == nil): the verdicts
+	// it published, its bound if the asker never says it decided, and
+	// the end of its watch on the asker.
+	seq       int
+	hold      *time.Timer
+	stopWatch func()
+
+	// pending are asks for negotiations that rank before this one, held
+	// unanswered until this one ends (it may yet be refused for them).
+	pending []pendingAsk
+}
+
+// pendingAsk is an ask waiting for an answer.
+type pendingAsk struct {
+	m *nats.Msg
+	p peerMsg
 }
 
 // NewService builds the service; Run starts it.
@@ -138,6 +171,13 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("cfg: subscribing to %s: %w", s.cfg.Subjects.CfgPeers(s.cfg.Node), err)
 	}
 	defer func() { _ = peers.Unsubscribe() }()
+	// Its peers in a negotiation ping it, ask it where its clients'
+	// answers stand, and end it (onDirect).
+	ping, err := s.cfg.Conn.Subscribe(s.cfg.Subjects.CfgPeer(s.cfg.Node, s.instance), s.onDirect)
+	if err != nil {
+		return fmt.Errorf("cfg: subscribing to %s: %w", s.cfg.Subjects.CfgPeer(s.cfg.Node, s.instance), err)
+	}
+	defer func() { _ = ping.Unsubscribe() }()
 	// The server has the subscription before the loader lists this
 	// instance (the component waits for Ready): an ask sent once the
 	// asker sees it listed reaches it.

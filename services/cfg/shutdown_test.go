@@ -325,11 +325,16 @@ func TestShutdownTimeoutCountsSilentClientsAsNo(t *testing.T) {
 
 // TestShutdownPeerDiesMidNegotiation: the instance holding the only
 // registered client dies after it was asked and before the client
-// answered. The asking instance still decides (by the timeout and its
-// grace), and refuses: nobody said yes.
+// answered. The client's connection goes with it, and corosync counts a
+// client that went away as a yes: the shutdown is confirmed, once the
+// asker finds the instance gone, not at the timeout (60 s; the tool waits
+// 20 s). Before the fix the asker waited for the timeout plus 2 s and
+// counted the dead instance's clients as no (with the timeout at 1 s:
+// CS_ERR_BUSY; at 60 s: the tool's CS_ERR_TIMEOUT).
 func TestShutdownPeerDiesMidNegotiation(t *testing.T) {
-	e := newShutdownEnv(t, time.Second)
+	e := newShutdownEnv(t, 60*time.Second)
 	a, b := e.start("a"), e.start("b")
+	d := e.follow()
 	asked := register(t, a, "silent@a", never)
 	res := make(chan []byte, 1)
 	go func() { res <- tryShutdown(b, 20*time.Second) }()
@@ -339,7 +344,155 @@ func TestShutdownPeerDiesMidNegotiation(t *testing.T) {
 		t.Fatal("the client on the other instance was not asked")
 	}
 	a.stop()
-	if got := code(t, <-res); got != cswire.ErrBusy {
-		t.Fatalf("try_shutdown answered %v, want CS_ERR_BUSY", got)
+	if got := code(t, <-res); got != cswire.OK {
+		t.Fatalf("try_shutdown answered %v, want CS_OK", got)
 	}
+	ev, phases := d.next(t)
+	if ev.Yes != 1 || ev.No != 0 || ev.Expected != 1 {
+		t.Errorf("decided on yes %d no %d of %d, want yes 1 no 0 of 1", ev.Yes, ev.No, ev.Expected)
+	}
+	if slices.Contains(phases, "timeout") {
+		t.Errorf("an instance timed out (phases %v)", phases)
+	}
+}
+
+// client is a registered libcfg connection whose answers the test gives.
+type client struct {
+	t     *testing.T
+	c     *cfg.Conn
+	asked chan struct{}
+	once  sync.Once
+}
+
+func registerManual(t *testing.T, in *instance, label string) *client {
+	t.Helper()
+	ev := make(sink, 16)
+	cl := &client{t: t, c: in.svc.OpenConn(ev, label), asked: make(chan struct{}, 16)}
+	if r := cl.c.Request(context.Background(), cswiretest.Request(cfg.ReqTrackStart, 24, nil)); code(t, r) != cswire.OK {
+		t.Fatalf("%s: trackstart: %v", label, code(t, r))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case msg := <-ev:
+				if id, c0, err := cswire.ParseResponse(msg); err == nil && id == cfg.ResTestShutdown && c0 == cswire.OK {
+					cl.asked <- struct{}{}
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done; cl.close() })
+	return cl
+}
+
+// waitAsked waits for the shutdown callback.
+func (cl *client) waitAsked() {
+	cl.t.Helper()
+	select {
+	case <-cl.asked:
+	case <-time.After(10 * time.Second):
+		cl.t.Fatal("the client was not asked")
+	}
+}
+
+// answer is corosync_cfg_replyto_shutdown.
+func (cl *client) answer(yes bool) {
+	cl.t.Helper()
+	resp := uint32(0)
+	if yes {
+		resp = 1
+	}
+	r := cl.c.Request(context.Background(), cswiretest.Request(cfg.ReqReplyToShutdown, 24, func(b []byte) { cswire.PutU32(b, 16, resp) }))
+	if got := code(cl.t, r); got != cswire.OK {
+		cl.t.Fatalf("replyto_shutdown answered %v", got)
+	}
+}
+
+// close is the client's connection ending.
+func (cl *client) close() { cl.once.Do(cl.c.Close) }
+
+// TestShutdownClientGoneAfterNoCountsYes: a registered client on another
+// instance answers no, then its connection ends before the decision
+// (another client has not answered yet). corosync takes its no back and
+// counts it a yes (remove_ci_from_shutdown), so when the last client says
+// yes the shutdown is confirmed. Before the fix the other instance had
+// reported its clients' verdict (no) and forgot the negotiation: the
+// client's going counted for nothing and the request was refused
+// (CS_ERR_BUSY, yes 1 no 1).
+func TestShutdownClientGoneAfterNoCountsYes(t *testing.T) {
+	e := newShutdownEnv(t, 60*time.Second)
+	a, b := e.start("a"), e.start("b")
+	d := e.follow()
+	refuser := registerManual(t, a, "refuser@a")
+	last := registerManual(t, b, "last@b")
+	res := make(chan []byte, 1)
+	go func() { res <- tryShutdown(b, 20*time.Second) }()
+	refuser.waitAsked()
+	last.waitAsked()
+	refuser.answer(false)
+	refuser.close()
+	last.answer(true)
+	if got := code(t, <-res); got != cswire.OK {
+		t.Fatalf("try_shutdown answered %v, want CS_OK", got)
+	}
+	if ev, _ := d.next(t); ev.Yes != 2 || ev.No != 0 || ev.Expected != 2 {
+		t.Errorf("decided on yes %d no %d of %d, want yes 2 no 0 of 2", ev.Yes, ev.No, ev.Expected)
+	}
+}
+
+// TestShutdownRequestsAtOnceRefuseOnlyOne: two try_shutdowns reach two
+// instances at the same moment. corosync's one cfg service takes the
+// first and answers the second CS_ERR_EXIST; here exactly one must go on
+// (and be decided on the clients' answers: both refuse, CS_ERR_BUSY) and
+// the other be refused with CS_ERR_EXIST. Before the fix each instance
+// answered the other's ask busy while running its own, and both
+// requesters got CS_ERR_EXIST. Several rounds, as the two may or may not
+// overlap on a given one.
+func TestShutdownRequestsAtOnceRefuseOnlyOne(t *testing.T) {
+	e := newShutdownEnv(t, 60*time.Second)
+	a, b := e.start("a"), e.start("b")
+	d := e.follow()
+	register(t, a, "refuser@a", no)
+	register(t, b, "refuser@b", no)
+	sequential := 0
+	for round := range 8 {
+		start := make(chan struct{})
+		res := make(chan cswire.Error, 2)
+		for _, in := range []*instance{a, b} {
+			go func() {
+				<-start
+				res <- code(t, tryShutdown(in, 20*time.Second))
+			}()
+		}
+		close(start)
+		got := []cswire.Error{<-res, <-res}
+		decided := 0
+		for _, c := range got {
+			switch c {
+			case cswire.ErrBusy:
+				decided++
+			case cswire.ErrExist:
+			default:
+				t.Fatalf("round %d: the two requests answered %v, want CS_ERR_BUSY or CS_ERR_EXIST each", round, got)
+			}
+		}
+		if decided == 0 {
+			t.Fatalf("round %d: both requests were refused (%v): one must go on", round, got)
+		}
+		// Both are decided when one ended before the other began.
+		for range decided {
+			if ev, _ := d.next(t); ev.Phase != "cancelled" || ev.No != 2 {
+				t.Fatalf("round %d: decided %s on yes %d no %d of %d, want cancelled on no 2", round, ev.Phase, ev.Yes, ev.No, ev.Expected)
+			}
+		}
+		if decided == 2 {
+			sequential++
+		}
+	}
+	t.Logf("%d of 8 rounds had the two requests one after the other", sequential)
 }
