@@ -17,6 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/beat"
@@ -622,9 +623,18 @@ func (k *Keeper) announce(a applied, followed map[string]string) {
 // onSync answers a Store catching up: the records it lacks when the log
 // still has them, else a snapshot page.
 func (k *Keeper) onSync(m *nats.Msg) {
+	if m.Reply == "" {
+		return
+	}
 	q, err := decodeSyncRequest(m.Data)
 	if err != nil {
-		k.log.Warn("objdb keeper: ignoring a malformed sync request", "err", err)
+		// Said at once, in the micro convention of every request/reply
+		// subject, rather than left to the requester's timeout.
+		k.log.Warn("objdb keeper: refusing a malformed sync request", "err", err)
+		r := nats.NewMsg(m.Reply)
+		r.Header.Set(micro.ErrorHeader, "malformed keys.sync request: "+err.Error())
+		r.Header.Set(micro.ErrorCodeHeader, "400")
+		_ = m.RespondMsg(r)
 		return
 	}
 	k.mu.Lock()

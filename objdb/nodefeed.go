@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/corobus/corobus/services/cswire"
 )
@@ -659,6 +660,9 @@ func (s *Store) askKeeper(ctx context.Context, q syncRequest) (syncReply, error)
 	}
 	if err != nil {
 		return syncReply{}, fmt.Errorf("node feed: asking the node's keeper: %w", err)
+	}
+	if e := m.Header.Get(micro.ErrorHeader); e != "" {
+		return syncReply{}, fmt.Errorf("node feed: the keeper refused the request: %s", e)
 	}
 	rep, err := decodeSyncReply(m.Data)
 	if err != nil {

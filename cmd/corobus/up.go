@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/totem"
@@ -265,7 +266,19 @@ func serveShutdown(ctx context.Context, url string, subjects bus.Subjects, id ui
 		}
 		sub, err := nc.Subscribe(subjects.NodeShutdown(id), func(m *nats.Msg) {
 			var q cfg.StopRequest
-			_ = json.Unmarshal(m.Data, &q)
+			if err := json.Unmarshal(m.Data, &q); err != nil {
+				// Not a stop request: refused at once (micro's error
+				// headers, and the reply's JSON), the node left running.
+				log.Warn("refusing a malformed node shutdown request", "err", err)
+				r := nats.NewMsg(m.Reply)
+				r.Header.Set(micro.ErrorHeader, "malformed node shutdown request: "+err.Error())
+				r.Header.Set(micro.ErrorCodeHeader, "400")
+				r.Data, _ = json.Marshal(cfg.StopReply{Error: "malformed node shutdown request: " + err.Error()})
+				if m.Reply != "" {
+					_ = m.RespondMsg(r)
+				}
+				return
+			}
 			b, _ := json.Marshal(cfg.StopReply{OK: true})
 			_ = m.Respond(b)
 			log.Info("stopping the node on request", "reason", q.Reason)

@@ -672,8 +672,17 @@ func fetchListing(ctx context.Context, nc *nats.Conn, subject string) (loader.Li
 // goes to this instance's negotiation if it asked for it.
 func (s *Service) onPeer(m *nats.Msg) {
 	var p peerMsg
-	if err := json.Unmarshal(m.Data, &p); err != nil {
+	err := json.Unmarshal(m.Data, &p)
+	if err == nil && m.Reply != "" && (p.Op != peerAsk || p.ID == "" || p.Instance == "") {
+		err = fmt.Errorf("a request here is an ask: {op:%q, id, instance, …}", peerAsk)
+	}
+	if err != nil {
+		// A request is answered at once, in the micro convention, rather
+		// than left to its requester's timeout.
 		s.log.Debug("undecodable cfg peer message", "err", err)
+		if m.Reply != "" {
+			respondError(m, "malformed cfgpeers message: "+err.Error())
+		}
 		return
 	}
 	if p.Instance == s.instance {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/bustest"
@@ -495,4 +496,39 @@ func TestShutdownRequestsAtOnceRefuseOnlyOne(t *testing.T) {
 		}
 	}
 	t.Logf("%d of 8 rounds had the two requests one after the other", sequential)
+}
+
+// TestMalformedPeerRequestsAreAnswered: a request on the node's cfgpeers
+// subjects that is not one of theirs is answered at once with the error
+// headers of docs/subjects.md's conventions (code 400 and why), by the
+// instances that serve them; until 3 Dec an ask that was not JSON was
+// dropped and its requester waited for its timeout. A ping is answered
+// without them.
+func TestMalformedPeerRequestsAreAnswered(t *testing.T) {
+	e := newShutdownEnv(t, time.Second)
+	e.start("a")
+	nc := e.cl.Conn(node)
+	for _, tc := range []struct {
+		name, subject string
+		req           []byte
+		refused       bool
+	}{
+		{"garbage ask", e.subjects.CfgPeers(node), []byte("garbage"), true},
+		{"empty ask", e.subjects.CfgPeers(node), nil, true},
+		{"a verdict as a request", e.subjects.CfgPeers(node), []byte(`{"op":"verdict","id":"x","instance":"z"}`), true},
+		{"an ask without id", e.subjects.CfgPeers(node), []byte(`{"op":"ask","instance":"z"}`), true},
+		{"garbage to an instance", e.subjects.CfgPeer(node, "a"), []byte("garbage"), true},
+		{"an unknown op to an instance", e.subjects.CfgPeer(node, "a"), []byte(`{"op":"dance","id":"x"}`), true},
+		{"ping", e.subjects.CfgPeer(node, "a"), nil, false},
+		{"state of nothing", e.subjects.CfgPeer(node, "a"), []byte(`{"op":"state","id":"x"}`), false},
+	} {
+		msg, err := nc.Request(tc.subject, tc.req, 10*time.Second)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		errText, code := msg.Header.Get(micro.ErrorHeader), msg.Header.Get(micro.ErrorCodeHeader)
+		if (errText != "") != tc.refused || tc.refused && code != "400" {
+			t.Errorf("%s: answered with error %q, code %q; want refused %v (code 400)", tc.name, errText, code, tc.refused)
+		}
+	}
 }
