@@ -179,7 +179,7 @@ func table() []Key {
 		{Pattern: "quorum.device.votes", Type: U32, Doc: "the device's votes (default: nodes - 1 when every node has 1 vote)"},
 		{Pattern: "quorum.device.timeout", Type: U32, Doc: "ms without a device poll after which its vote is lost (default 10000)"},
 		{Pattern: "quorum.device.sync_timeout", Type: U32, Doc: "ms a synchronization waits for the device's poll (default 30000)"},
-		{Pattern: "quorum.device.master_wins", Type: U8, Doc: "1: the device's master_wins mode"},
+		{Pattern: "quorum.device.master_wins", Type: U8, Doc: "corosync: typed u8 by its parser and read by nothing, neither votequorum nor corosync-qdevice (accepted, unused): master_wins is corosync-qdevice's own option (-S master_wins=on, off or model, default model), which it tells votequorum through votequorum_qdevice_master_wins, as it tells corobus's votequorum"},
 		{Pattern: "quorum.device.*", Type: Str, Doc: "qdevice settings, read by corosync-qdevice"},
 		{Pattern: "quorum.device.*.*", Type: Str, Doc: "qdevice model settings, read by corosync-qdevice"},
 		{Pattern: "quorum.device.*.*.*", Type: Str, Doc: "qdevice model settings, read by corosync-qdevice"},
