@@ -469,3 +469,71 @@ func TestLocalNodeByHostName(t *testing.T) {
 		t.Fatalf("LocalNode: %+v, %v; want node 1 (localhost)", local, err)
 	}
 }
+
+// A corosync.conf as pcs cluster setup writes it loads unchanged: pcs puts
+// a cluster_uuid in the totem section (since pcs 0.11.3), names in
+// ring0_addr, link and compression options in knet's keys, and its logging
+// section. Until 3 Dec the uuid was refused as an unknown key
+// ("corosync.conf:7: unknown key totem.cluster_uuid (did you mean
+// totem.cluster_name?)"), so no cluster a current pcs made could start.
+func TestLoadPcsCorosyncConf(t *testing.T) {
+	p := writeFile(t, "corosync.conf", `totem {
+    version: 2
+    cluster_name: hacluster
+    transport: knet
+    crypto_cipher: aes256
+    crypto_hash: sha256
+    cluster_uuid: e592f61f916943978bdf7c046a195980
+    token: 10000
+    knet_compression_model: zlib
+    knet_compression_threshold: 150
+    knet_compression_level: 9
+
+    interface {
+        linknumber: 1
+        knet_ping_interval: 1000
+        knet_ping_timeout: 2000
+        knet_pong_count: 5
+    }
+}
+
+nodelist {
+    node {
+        ring0_addr: pcmk-1
+        ring1_addr: 192.168.122.121
+        name: pcmk-1
+        nodeid: 1
+    }
+
+    node {
+        ring0_addr: pcmk-2
+        ring1_addr: 192.168.122.122
+        name: pcmk-2
+        nodeid: 2
+    }
+}
+
+quorum {
+    provider: corosync_votequorum
+    two_node: 1
+}
+
+logging {
+    to_logfile: yes
+    logfile: /var/log/cluster/corosync.log
+    to_syslog: yes
+    timestamp: on
+}
+`)
+	c, err := Load(Options{File: p, Overrides: []string{"totem.nodeid=1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Explicit()["totem.cluster_uuid"]; got != "e592f61f916943978bdf7c046a195980" {
+		t.Errorf("totem.cluster_uuid = %q, want the file's", got)
+	}
+	local, err := c.LocalNode()
+	if err != nil || local.Name != "pcmk-1" {
+		t.Errorf("local node %+v, %v; want pcmk-1", local, err)
+	}
+}

@@ -73,6 +73,11 @@ func table() []Key {
 		// totem
 		{Pattern: "totem.version", Type: U32, ReadOnly: true, Default: "2", Values: []string{"2"}, Doc: "configuration version; only 2 is valid"},
 		{Pattern: "totem.cluster_name", Type: Str, ReadOnly: true, Default: "corobus", Doc: "cluster name; corobus's subject prefix is corobus.<cluster_name>"},
+		// pcs cluster setup writes a cluster_uuid into the totem section of
+		// every cluster it makes (since pcs 0.11.3, 2022; Pacemaker 2.1's
+		// "Clusters from Scratch" shows one): corosync keeps it as a string
+		// and reads it nowhere, so refusing it refuses every such file.
+		{Pattern: "totem.cluster_uuid", Type: Str, Doc: "pcs: the cluster's UUID, which pcs cluster setup writes (accepted, unused)"},
 		{Pattern: "totem.nodeid", Type: U32, ReadOnly: true, Doc: "this node's id, for nodes that cannot find themselves from ring0_addr (several nodes on one address)"},
 		{Pattern: "totem.clear_node_high_bit", Type: Str, ReadOnly: true, Doc: "corosync: clear the high bit of automatically chosen node ids (accepted, unused)"},
 		{Pattern: "totem.crypto_model", Type: Str, Values: []string{"nss", "openssl", "gcrypt"}, ReadOnly: true, Doc: "knet's crypto library: nss (default), openssl or gcrypt (checked, otherwise unused: routes use Go's TLS)"},
