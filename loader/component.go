@@ -385,7 +385,8 @@ func (s *instanceState) counters(fn string) *fnCounters {
 func (s *instanceState) control(m *nats.Msg) {
 	var q Control
 	if err := json.Unmarshal(m.Data, &q); err != nil {
-		s.respond(m, ControlReply{Error: "expected JSON {op}"})
+		data, _ := json.Marshal(ControlReply{Error: "expected JSON {op}"})
+		_ = bus.RespondBadRequest(m, "malformed control request: expected JSON {op}", data)
 		return
 	}
 	switch q.Op {
@@ -423,7 +424,8 @@ func (s *instanceState) control(m *nats.Msg) {
 		}
 		s.respond(m, ControlReply{OK: true})
 	default:
-		s.respond(m, ControlReply{Error: "unknown op " + strconv.Quote(q.Op)})
+		data, _ := json.Marshal(ControlReply{Error: "unknown op " + strconv.Quote(q.Op)})
+		_ = bus.RespondBadRequest(m, "malformed control request: unknown op "+strconv.Quote(q.Op), data)
 	}
 }
 

@@ -17,7 +17,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nats.go/micro"
 
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/beat"
@@ -631,10 +630,7 @@ func (k *Keeper) onSync(m *nats.Msg) {
 		// Said at once, in the micro convention of every request/reply
 		// subject, rather than left to the requester's timeout.
 		k.log.Warn("objdb keeper: refusing a malformed sync request", "err", err)
-		r := nats.NewMsg(m.Reply)
-		r.Header.Set(micro.ErrorHeader, "malformed keys.sync request: "+err.Error())
-		r.Header.Set(micro.ErrorCodeHeader, "400")
-		_ = m.RespondMsg(r)
+		_ = bus.RespondBadRequest(m, "malformed keys.sync request: "+err.Error(), nil)
 		return
 	}
 	k.mu.Lock()

@@ -32,3 +32,41 @@ func TestMalformedFetchIsAnswered(t *testing.T) {
 		}
 	}
 }
+
+// The node's other request/reply subjects whose request is JSON answer one
+// they cannot read with the same error headers (code 400), and keep their
+// JSON reply with its error for the requesters that read it there. Until
+// 3 Dec listen and timings put the error in the JSON only. Well-formed
+// requests are answered without the headers.
+func TestMalformedListenAndTimingsAreRefused(t *testing.T) {
+	c := harness.New(t, harness.Options{N: 1, Token: 300 * time.Millisecond, Join: 30 * time.Millisecond, Consensus: 400 * time.Millisecond})
+	c.WaitView([]int{1}, 10*time.Second)
+	goodTimings, _ := json.Marshal(totem.TimingsRequest{Token: 300, Join: 30, Consensus: 400})
+	for _, tc := range []struct {
+		name, subject string
+		req           []byte
+		refused       bool
+	}{
+		{"listen garbage", c.Subjects.TotemListen(1), []byte("garbage"), true},
+		{"listen without a service", c.Subjects.TotemListen(1), []byte(`{"origin":1}`), true},
+		{"listen", c.Subjects.TotemListen(1), []byte(`{"service":"malformedtest"}`), false},
+		{"timings garbage", c.Subjects.TotemTimings(1), []byte("garbage"), true},
+		{"timings the node refuses", c.Subjects.TotemTimings(1), []byte(`{"token":1,"join":1000,"consensus":1}`), true},
+		{"timings", c.Subjects.TotemTimings(1), goodTimings, false},
+	} {
+		msg, err := c.Client(1).Request(tc.subject, tc.req, 10*time.Second)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		e, code := msg.Header.Get(micro.ErrorHeader), msg.Header.Get(micro.ErrorCodeHeader)
+		if (e != "") != tc.refused || tc.refused && code != "400" {
+			t.Errorf("%s: answered %q with error %q, code %q; want refused %v (code 400)", tc.name, msg.Data, e, code, tc.refused)
+		}
+		var rep struct {
+			Error string `json:"error"`
+		}
+		if err := json.Unmarshal(msg.Data, &rep); err != nil || (rep.Error != "") != tc.refused {
+			t.Errorf("%s: the JSON reply %q does not say the error (%v)", tc.name, msg.Data, err)
+		}
+	}
+}

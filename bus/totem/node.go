@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/beat"
@@ -930,7 +929,8 @@ func (n *Node) takeListens(ch <-chan *nats.Msg, stop <-chan struct{}) {
 func (n *Node) onListen(m *nats.Msg) {
 	var r listenRequest
 	if err := json.Unmarshal(m.Data, &r); err != nil || !validService(r.Service) {
-		_ = m.Respond([]byte(`{"error":"expected {\"service\": a subject token}"}`))
+		_ = bus.RespondBadRequest(m, `malformed listen request: expected {"service": a subject token}`,
+			[]byte(`{"error":"expected {\"service\": a subject token}"}`))
 		return
 	}
 	n.mu.Lock()
@@ -2237,10 +2237,7 @@ func (n *Node) onFetch(m *nats.Msg) {
 	if err := json.Unmarshal(m.Data, &req); err != nil {
 		// Said at once, in the micro convention of every request/reply
 		// subject, rather than left to the requester's timeout.
-		r := nats.NewMsg(m.Reply)
-		r.Header.Set(micro.ErrorHeader, "malformed fetch request: "+err.Error())
-		r.Header.Set(micro.ErrorCodeHeader, "400")
-		_ = n.nc.PublishMsg(r)
+		_ = bus.RespondBadRequest(m, "malformed fetch request: "+err.Error(), nil)
 		return
 	}
 	n.mu.Lock()
@@ -2671,6 +2668,11 @@ func (n *Node) onTimings(m *nats.Msg) {
 	}
 	if m.Reply != "" {
 		b, _ := json.Marshal(rep)
+		if rep.Error != "" {
+			// The error headers too, as every request/reply subject's.
+			_ = bus.RespondBadRequest(m, rep.Error, b)
+			return
+		}
 		_ = n.nc.Publish(m.Reply, b)
 	}
 }

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/totem"
@@ -270,13 +269,9 @@ func serveShutdown(ctx context.Context, url string, subjects bus.Subjects, id ui
 				// Not a stop request: refused at once (micro's error
 				// headers, and the reply's JSON), the node left running.
 				log.Warn("refusing a malformed node shutdown request", "err", err)
-				r := nats.NewMsg(m.Reply)
-				r.Header.Set(micro.ErrorHeader, "malformed node shutdown request: "+err.Error())
-				r.Header.Set(micro.ErrorCodeHeader, "400")
-				r.Data, _ = json.Marshal(cfg.StopReply{Error: "malformed node shutdown request: " + err.Error()})
-				if m.Reply != "" {
-					_ = m.RespondMsg(r)
-				}
+				why := "malformed node shutdown request: " + err.Error()
+				b, _ := json.Marshal(cfg.StopReply{Error: why})
+				_ = bus.RespondBadRequest(m, why, b)
 				return
 			}
 			b, _ := json.Marshal(cfg.StopReply{OK: true})

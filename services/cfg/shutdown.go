@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 	"github.com/nats-io/nuid"
 
+	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/loader"
 	"github.com/corobus/corobus/services/cswire"
 )
@@ -617,12 +618,7 @@ func (s *Service) onDirect(m *nats.Msg) {
 
 // respondError answers m at once with the error headers of the bus's
 // request/reply convention (docs/subjects.md): code 400, why.
-func respondError(m *nats.Msg, why string) {
-	r := nats.NewMsg(m.Reply)
-	r.Header.Set(micro.ErrorHeader, why)
-	r.Header.Set(micro.ErrorCodeHeader, "400")
-	_ = m.RespondMsg(r)
-}
+func respondError(m *nats.Msg, why string) { _ = bus.RespondBadRequest(m, why, nil) }
 
 // peerInstances lists the node's other cfg instances that may hold
 // clients (serving or retiring) as the node's loader knows them; listed

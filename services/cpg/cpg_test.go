@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/corobus/corobus/bus/bustest"
 	"github.com/corobus/corobus/bus/totem"
@@ -407,8 +408,23 @@ func TestGroupEventsOnTheBus(t *testing.T) {
 		t.Fatal(err)
 	}
 	var rep cpg.GroupsReply
-	if err := json.Unmarshal(m.Data, &rep); err != nil || rep.Error != "" || rep.Node != 1 {
+	if err := json.Unmarshal(m.Data, &rep); err != nil || rep.Error != "" || rep.Node != 1 || m.Header.Get(micro.ErrorHeader) != "" {
 		t.Errorf("groups reply %s: %v", m.Data, err)
+	}
+	// A request it cannot read is refused at once with the error
+	// headers of every request/reply subject (code 400) besides the
+	// JSON's error; until 3 Dec only the JSON said it.
+	for _, bad := range []string{"garbage", `{"type":7}`} {
+		m, err := nc.Request(c.h.Subjects.CPGGroups(1), []byte(bad), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rep cpg.GroupsReply
+		_ = json.Unmarshal(m.Data, &rep)
+		if rep.Error == "" || m.Header.Get(micro.ErrorHeader) == "" || m.Header.Get(micro.ErrorCodeHeader) != "400" {
+			t.Errorf("groups request %q: answered %q, error %q, code %q; want refused (code 400)", bad, m.Data,
+				m.Header.Get(micro.ErrorHeader), m.Header.Get(micro.ErrorCodeHeader))
+		}
 	}
 }
 

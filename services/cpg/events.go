@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/totem"
 	"github.com/corobus/corobus/objdb"
 	"github.com/corobus/corobus/services/cpg/cpgwire"
@@ -108,6 +109,11 @@ func (s *Service) ServeGroups(nc *nats.Conn) (stop func(), err error) {
 			s.mu.Unlock()
 		}
 		b, _ := json.Marshal(rep)
+		if rep.Error != "" {
+			// The error headers too, as every request/reply subject's.
+			_ = bus.RespondBadRequest(m, "malformed groups request: "+rep.Error, b)
+			return
+		}
 		_ = m.Respond(b)
 	})
 	if err != nil {

@@ -291,7 +291,8 @@ const stuckAfter = 15 * time.Second
 func (e *Engine) onRegister(m *nats.Msg) {
 	var r Registration
 	if err := json.Unmarshal(m.Data, &r); err != nil || r.Name == "" {
-		_ = m.Respond([]byte(`{"error":"expected {\"name\":…, \"id\":…}"}`))
+		_ = bus.RespondBadRequest(m, `malformed sync registration: expected {"name":…, "id":…}`,
+			[]byte(`{"error":"expected {\"name\":…, \"id\":…}"}`))
 		return
 	}
 	r.Name = bus.SanitizeToken(r.Name)
@@ -623,8 +624,11 @@ func Serve(ctx context.Context, nc *nats.Conn, subjects bus.Subjects, node uint3
 		var req HookRequest
 		var rep HookReply
 		if err := json.Unmarshal(m.Data, &req); err != nil {
-			rep.Error = err.Error()
-		} else {
+			b, _ := json.Marshal(HookReply{Error: err.Error()})
+			_ = bus.RespondBadRequest(m, "malformed sync hook request: "+err.Error(), b)
+			return
+		}
+		{
 			var herr error
 			switch req.Op {
 			case "init":
@@ -636,7 +640,10 @@ func Serve(ctx context.Context, nc *nats.Conn, subjects bus.Subjects, node uint3
 			case "abort":
 				h.Abort(req)
 			default:
-				herr = fmt.Errorf("unknown op %q", req.Op)
+				why := fmt.Sprintf("unknown op %q", req.Op)
+				b, _ := json.Marshal(HookReply{Error: why})
+				_ = bus.RespondBadRequest(m, "malformed sync hook request: "+why, b)
+				return
 			}
 			if herr != nil {
 				rep.Error = herr.Error()

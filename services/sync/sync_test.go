@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/corobus/corobus/bus/totem"
 	"github.com/corobus/corobus/bus/totem/harness"
@@ -322,4 +323,54 @@ func TestLateEngineAndLateService(t *testing.T) {
 	// peer died.
 	stop()
 	serve("restarted")
+}
+
+// A registration or a hook request that cannot be read is answered at
+// once with the error headers of every request/reply subject (code 400),
+// besides the error in the JSON reply; until 3 Dec only the JSON said it.
+// A well-formed one is answered without them.
+func TestMalformedRegistrationAndHookAreRefused(t *testing.T) {
+	c := harness.New(t, harness.Options{N: 1, Token: 200 * time.Millisecond, Join: 30 * time.Millisecond, Consensus: 300 * time.Millisecond})
+	c.WaitView([]int{1}, 10*time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg stdsync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	e := syncsvc.New(c.Client(1), syncsvc.Options{Node: 1, Subjects: c.Subjects})
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = e.Run(ctx) }()
+	stop, err := syncsvc.Serve(ctx, c.Client(1), c.Subjects, 1, syncsvc.Registration{Name: "fake", ID: 3}, &fakeService{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	nc := c.Client(1)
+	for _, tc := range []struct {
+		name, subject string
+		req           []byte
+		refused       bool
+	}{
+		{"registration garbage", c.Subjects.SyncRegister(1), []byte("garbage"), true},
+		{"registration without a name", c.Subjects.SyncRegister(1), []byte(`{"id":4}`), true},
+		{"registration", c.Subjects.SyncRegister(1), []byte(`{"name":"other","id":4,"instance":"x"}`), false},
+		{"hook garbage", c.Subjects.SyncHook(1, "fake"), []byte("garbage"), true},
+		{"hook with an unknown op", c.Subjects.SyncHook(1, "fake"), []byte(`{"op":"dance"}`), true},
+		{"hook", c.Subjects.SyncHook(1, "fake"), []byte(`{"op":"abort"}`), false},
+	} {
+		var msg *nats.Msg
+		waitFor(t, 10*time.Second, func() error {
+			var err error
+			msg, err = nc.Request(tc.subject, tc.req, 10*time.Second)
+			return err
+		})
+		errText, code := msg.Header.Get(micro.ErrorHeader), msg.Header.Get(micro.ErrorCodeHeader)
+		if (errText != "") != tc.refused || tc.refused && code != "400" {
+			t.Errorf("%s: answered %q with error %q, code %q; want refused %v (code 400)", tc.name, msg.Data, errText, code, tc.refused)
+		}
+		var rep struct {
+			Error string `json:"error"`
+		}
+		if err := json.Unmarshal(msg.Data, &rep); err != nil || (rep.Error != "") != tc.refused {
+			t.Errorf("%s: the JSON reply %q does not say the error (%v)", tc.name, msg.Data, err)
+		}
+	}
 }
