@@ -27,6 +27,17 @@ func TestBadCommandLines(t *testing.T) {
 		{[]string{"nosuchverb"}, `corobus: unknown command "nosuchverb" (corobus --help lists them)`},
 		{[]string{"bench", "nosuch"}, `corobus bench: unknown benchmark "nosuch" (cmap, totem)`},
 		{[]string{"status", "--nosuch"}, `corobus status: flag provided but not defined: -nosuch`},
+		// A verb without operands refuses one: Go's flag package stopped
+		// at it and left it, and every flag after it, unread (until 3 Dec
+		// `corobus up node.conf` ran the embedded default).
+		{[]string{"up", "node.conf", "-o", "totem.token=3000"}, `corobus up: unexpected argument "node.conf": a configuration file goes after -c (corobus up -c node.conf)`},
+		{[]string{"status", "node2", "--json"}, `corobus status: unexpected argument "node2" (corobus status --help lists the flags)`},
+		{[]string{"config", "--keys", "totem"}, `corobus config: unexpected argument "totem" (corobus config --help lists the flags)`},
+		{[]string{"blackbox", "1"}, `corobus blackbox: unexpected argument "1" (corobus blackbox --help lists the flags)`},
+		{[]string{"bench", "cmap", "5"}, `corobus bench: unexpected argument "5" (corobus bench cmap --help lists the flags)`},
+		{[]string{"objdb", "extra"}, `corobus objdb: unexpected argument "extra" (corobus objdb --help lists the flags)`},
+		{[]string{"service", "cmap", "extra"}, `corobus service: unexpected argument "extra" (corobus service cmap --help lists the flags)`},
+		{[]string{"bus", "corosync.yaml"}, `corobus bus: unexpected argument "corosync.yaml": a configuration file goes after -c (corobus bus -c corosync.yaml)`},
 		{[]string{"quorum", "-e", "0"}, `corobus quorum: New expected votes value was not valid, try a positive number`},
 		{[]string{"quorum", "-e", "-3"}, `corobus quorum: New expected votes value was not valid, try a positive number`},
 		{[]string{"quorum", "-v", "1", "-n", "0"}, `corobus quorum: The nodeid was not valid, try a positive number`},

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -111,9 +112,30 @@ func printFlags(w io.Writer, fs *flag.FlagSet) {
 	})
 }
 
-// parse parses args, sending --help to stdout (so `corobus x --help | less`
-// works) and turning bad flags into usage errors.
+// parse parses the flags of a verb that takes no operands, sending --help
+// to stdout (so `corobus x --help | less` works) and turning bad flags and
+// any operand into usage errors. Go's flag package stops at the first
+// operand and leaves the rest unread: until 3 Dec `corobus up node.conf -o
+// totem.token=3000` started the embedded default, without the file and
+// without the override, and said nothing.
 func parse(a *app, fs *flag.FlagSet, args []string) error {
+	if err := parseFlags(a, fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		return nil
+	}
+	op := fs.Arg(0)
+	if st, err := os.Stat(op); (err == nil && st.Mode().IsRegular()) || strings.HasSuffix(op, ".conf") ||
+		strings.HasSuffix(op, ".yaml") || strings.HasSuffix(op, ".yml") {
+		return usagef("unexpected argument %q: a configuration file goes after -c (corobus %s -c %s)", op, fs.Name(), op)
+	}
+	return usagef("unexpected argument %q (corobus %s --help lists the flags)", op, fs.Name())
+}
+
+// parseFlags is parse for a verb that takes operands: they are left in
+// fs.Args().
+func parseFlags(a *app, fs *flag.FlagSet, args []string) error {
 	for _, arg := range args {
 		if arg == "-h" || arg == "--help" || arg == "-help" {
 			fs.SetOutput(a.stdout)
@@ -138,7 +160,7 @@ func parse(a *app, fs *flag.FlagSet, args []string) error {
 func parseInterspersed(a *app, fs *flag.FlagSet, args []string) ([]string, error) {
 	var operands []string
 	for {
-		if err := parse(a, fs, args); err != nil {
+		if err := parseFlags(a, fs, args); err != nil {
 			return nil, err
 		}
 		rest := fs.Args()

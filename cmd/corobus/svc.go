@@ -25,7 +25,7 @@ func runSvc(ctx context.Context, a *app, args []string) error {
 	// (`corobus svc list -c node.conf`).
 	var rest []string
 	for {
-		if err := parse(a, fs, args); err != nil {
+		if err := parseFlags(a, fs, args); err != nil {
 			return err
 		}
 		if fs.NArg() == 0 {
