@@ -119,6 +119,18 @@ type NodeStatus struct {
 	Services []ServiceStatus `json:"services,omitempty"`
 	// Copies are the node's watched objdb copies and how fresh each is.
 	Copies []objdb.CopyStatus `json:"objdb_copies,omitempty"`
+	// Serving says whether the node serves corosync's clients yet, as
+	// `corobus up` judges it before it tells systemd READY=1; absent when
+	// the status is not about the node of this network namespace (--bus,
+	// or --node another node), whose IPC gateway cannot be reached.
+	Serving *ServingStatus `json:"serving,omitempty"`
+}
+
+// ServingStatus is NodeStatus.Serving: ready, or what the node still
+// waits for (a service loading, the first synchronization, the gateway).
+type ServingStatus struct {
+	Ready      bool   `json:"ready"`
+	WaitingFor string `json:"waiting_for,omitempty"`
 }
 
 func runStatus(ctx context.Context, a *app, args []string) error {
@@ -126,8 +138,9 @@ func runStatus(ctx context.Context, a *app, args []string) error {
 	fs := newFlagSet(a, "status", "[-c FILE | --bus URL] [--json] [--node ID]",
 		"Show a node: id, cluster name, bus state (JetStream, routes, meta peers), totem's ring\n"+
 			"and members, every layer process found through micro discovery (pid, version, uptime,\n"+
-			"restarts), the services its service manager runs (SERVING: the version serving) and\n"+
-			"every copy of its objdb view (current or behind, and why).")
+			"restarts), the services its service manager runs (SERVING: the version serving),\n"+
+			"every copy of its objdb view (current or behind, and why), and, for the node of this\n"+
+			"network namespace, whether it serves corosync's clients yet (Serving; \"serving\" in JSON).")
 	q.register(fs, "print JSON", "show this node id instead of the configured local node")
 	if err := parse(a, fs, args); err != nil {
 		return err
@@ -143,6 +156,15 @@ func runStatus(ctx context.Context, a *app, args []string) error {
 	}
 	names := nodeNames(c.cfg)
 	st.Name = names[bus.ServerName(c.node)]
+	if local, err := c.cfg.LocalNode(); err == nil && q.busURL == "" && c.node == local.ID {
+		// A node whose members agree may not serve its clients yet (its
+		// services load, its first synchronization runs): the readiness
+		// a script waits for before it runs a corosync client.
+		st.Serving = &ServingStatus{Ready: true}
+		if err := servingOn(ctx, c.nc, c.subjects, c.node); err != nil {
+			st.Serving = &ServingStatus{WaitingFor: err.Error()}
+		}
+	}
 	if q.json {
 		return printJSON(a.stdout, st)
 	}
@@ -252,6 +274,13 @@ func printStatus(a *app, st NodeStatus, names map[string]string) {
 		fmt.Fprintf(w, "JS peers:   %s\n", peersLine(st.Bus, names))
 	}
 	printTotemStatus(w, st.Totem)
+	switch {
+	case st.Serving == nil:
+	case st.Serving.Ready:
+		fmt.Fprintln(w, "Serving:    yes (services loaded, synchronized, cmap answers through the IPC gateway)")
+	default:
+		fmt.Fprintf(w, "Serving:    not yet: %s\n", st.Serving.WaitingFor)
+	}
 	fmt.Fprintln(w, "Layers:")
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  LAYER\tPID\tVERSION\tUPTIME\tRESTARTS")

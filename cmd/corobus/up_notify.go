@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/node"
 	"github.com/corobus/corobus/services/cmap"
@@ -59,6 +61,13 @@ func serving(ctx context.Context, url string, subjects bus.Subjects, id uint32) 
 		return fmt.Errorf("the bus: %w", err)
 	}
 	defer nc.Close()
+	return servingOn(ctx, nc, subjects, id)
+}
+
+// servingOn is serving over a connection the caller holds. The IPC part
+// asks the gateway of this network namespace: only the node of the
+// namespace can be judged by it.
+func servingOn(ctx context.Context, nc *nats.Conn, subjects bus.Subjects, id uint32) error {
 	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	m, err := nc.RequestWithContext(qctx, subjects.SvcmgrAPI(id, "list"), nil)

@@ -139,15 +139,21 @@ up() {
 				tail -20 "$state/node$n.log" >&2
 				exit 1
 			fi
-			if inside "$n" "$bin" status -c "$(conf "$n")" -o "system.state_dir=$state/node$n" --json 2>/dev/null |
-				tr -d ' \n\t' | grep -q '"members":\[1,2,3\]'; then
+			# All three members, and serving corosync's clients: a node
+			# whose members agree still loads its services and runs its
+			# first synchronization, and a client then fails
+			# (CS_ERR_LIBRARY) for a few seconds.
+			st=$(inside "$n" "$bin" status -c "$(conf "$n")" -o "system.state_dir=$state/node$n" --json 2>/dev/null | tr -d ' \n\t') || true
+			if grep -q '"members":\[1,2,3\]' <<<"$st" && grep -q '"serving":{"ready":true' <<<"$st"; then
 				ok=1
 				break
 			fi
 			sleep 0.2
 		done
 		if [ -z "$ok" ]; then
-			echo "node $n did not see all three nodes within a minute; its log: $state/node$n.log" >&2
+			echo "node $n did not see all three nodes and serve its clients within a minute; its last status:" >&2
+			inside "$n" "$bin" status -c "$(conf "$n")" -o "system.state_dir=$state/node$n" >&2 || true
+			echo "its log: $state/node$n.log" >&2
 			exit 1
 		fi
 	done

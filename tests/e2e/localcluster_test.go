@@ -20,7 +20,8 @@ const taskVersion = "github.com/go-task/task/v3/cmd/task@v3.54.0"
 // three-node cluster, each node in a network namespace of its own, with
 // its state private to the test and its routes protected by a cluster key
 // made into that state; corosync-cmapctl in each namespace talks
-// to that namespace's node; idle, the nodes log no repeating line;
+// to that namespace's node as soon as local:up returns, also when it runs
+// again on the state it kept; idle, the nodes log no repeating line;
 // `task local:down` leaves nothing running.
 //
 // The nodes run detached (setsid), outside the test binary's lifetime: the
@@ -95,26 +96,29 @@ func TestLocalClusterFromTheTaskfile(t *testing.T) {
 		t.Fatalf("task local:up did not give each node a namespace:\n%s", out)
 	}
 
-	// Each namespace's corosync-cmapctl reaches its own node.
-	for n := 1; n <= 3; n++ {
-		eventually(t, time.Minute, fmt.Sprintf("cmapctl in node %d's namespace", n), func() error {
-			if ctx.Err() != nil {
-				return fatalError{fmt.Errorf("the test's time is up (%v): go test's -timeout is near", context.Cause(ctx))}
-			}
+	// Each namespace's corosync-cmapctl reaches its own node, at the first
+	// try: local:up returns once every node serves its clients. Until 3
+	// Dec it returned once the members agreed, and for about 4 s after a
+	// local:up on the state of an earlier one every node's clients failed
+	// (CS_ERR_LIBRARY: the gateway did not serve yet; seen on every try
+	// by hand, and by the restart at the end of this test).
+	firstTry := func(when string) {
+		t.Helper()
+		for n := 1; n <= 3; n++ {
 			out, err := run(ctx, "local:exec", "--", fmt.Sprint(n), cmapctl, "-g", "nodelist.local_node_pos")
 			if err != nil {
-				return fmt.Errorf("%v: %s", err, out)
+				t.Fatalf("cmapctl in node %d's namespace right after local:up (%s): %v\n%s", n, when, err, out)
 			}
 			if want := fmt.Sprintf("= %d", n-1); !strings.Contains(out, want) {
-				return fmt.Errorf("got %q, want %q", out, want)
+				t.Errorf("cmapctl in node %d's namespace (%s): got %q, want %q", n, when, out, want)
 			}
 			out, err = run(ctx, "local:exec", "--", fmt.Sprint(n), cmapctl, "runtime.members.")
 			if err != nil || strings.Count(out, "= joined") != 3 {
-				return fmt.Errorf("members: %v\n%s", err, out)
+				t.Errorf("members in node %d's namespace (%s): %v\n%s", n, when, err, out)
 			}
-			return nil
-		})
+		}
 	}
+	firstTry("a new cluster")
 
 	// Crypto on, as deployed: the key was made once into the cluster's
 	// private state directory, and every node's routes run TLS derived
@@ -161,6 +165,15 @@ func TestLocalClusterFromTheTaskfile(t *testing.T) {
 		}
 		t.Logf("node %d idle for %v: %d lines", n, idle, len(seen))
 	}
+
+	// Down and up again on the state it keeps, as the README's cycle goes.
+	if out, err := run(ctx, "local:down"); err != nil {
+		t.Fatalf("task local:down: %v\n%s", err, out)
+	}
+	if out, err := run(ctx, "local:up"); err != nil {
+		t.Fatalf("task local:up again: %v\n%s", err, out)
+	}
+	firstTry("again on the state of the first")
 }
 
 func readLog(t *testing.T, state string, n int) string {
