@@ -314,6 +314,19 @@ func (c *Config) errf(format string, args ...any) error {
 	return fmt.Errorf("%s: "+format, append([]any{src}, args...)...)
 }
 
+// AtKey says where key was given in front of err, a mistake about its
+// value found after loading (a log file that cannot be opened): the
+// command line when a -o gave it, else the file and line when the file
+// gave it, else the file, as a mistake found while loading is said.
+func (c *Config) AtKey(key string, err error) error {
+	for _, o := range c.overrides {
+		if k, _, _ := strings.Cut(o, "="); k == key {
+			return fmt.Errorf("command line: %s: %w", key, err)
+		}
+	}
+	return c.located(&keyError{Key: key, Msg: err.Error()})
+}
+
 // File is the configuration file, or "" for the embedded default.
 func (c *Config) File() string { return c.file }
 

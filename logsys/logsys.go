@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -163,6 +164,32 @@ func (s sinks) lowest() slog.Level {
 // or to syslog, so that it is opened.
 func (c *Config) wantsFile() bool {
 	return c.ToLogfile || c.anyOverride(func(o Override) *bool { return o.ToLogfile })
+}
+
+// Check reports what would keep New from starting, without creating
+// anything: the mistakes New refuses, and a log file that cannot be opened
+// (a directory, or in a directory that does not exist). corosync -t
+// refuses such a file ("Can't open logfile"); `corobus config` checks it
+// as `corobus up` would fail on it.
+func (c *Config) Check() error {
+	if err := c.check(); err != nil {
+		return err
+	}
+	if !c.wantsFile() {
+		return nil
+	}
+	if st, err := os.Stat(c.Logfile); err == nil && st.IsDir() {
+		return fmt.Errorf("the log file %s is a directory", c.Logfile)
+	}
+	dir := filepath.Dir(c.Logfile)
+	st, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("the log file %s cannot be opened: %w", c.Logfile, err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("the log file %s cannot be opened: %s is not a directory", c.Logfile, dir)
+	}
+	return nil
 }
 
 func (c *Config) wantsSyslog() bool {

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/corobus/corobus/config/keys"
+	"github.com/corobus/corobus/logsys"
 )
 
 func runConfig(_ context.Context, a *app, args []string) error {
@@ -39,6 +40,16 @@ func runConfig(_ context.Context, a *app, args []string) error {
 	// the key file, which the user checking may not be allowed to read.
 	if err := checkTotem(cfg); err != nil {
 		return err
+	}
+	// And the log file up opens first, as corosync -t opens it: until 3
+	// Dec a logfile in a directory that does not exist (pcs's
+	// /var/log/cluster/) passed here and stopped up.
+	lc, err := logsys.ConfigFrom(cfg.String, logsys.Subsystems())
+	if err != nil {
+		return fmt.Errorf("%s: %w", describeFile(cfg), err)
+	}
+	if err := lc.Check(); err != nil {
+		return cfg.AtKey("logging.logfile", err)
 	}
 	flat := cfg.Flat()
 	for _, k := range slices.Sorted(maps.Keys(flat)) {
