@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/totem"
@@ -229,16 +230,43 @@ func nodeStatus(nc *nats.Conn, subjects bus.Subjects, cluster string, id uint32)
 	if err != nil {
 		return NodeStatus{}, err
 	}
-	infos, err := layer.Discover(nc, 300*time.Millisecond)
+	services := servicesStatus(nc, subjects, id)
+	ours := func(in micro.Info) bool {
+		return in.Metadata[layer.MetaCluster] == cluster && in.Metadata[layer.MetaNode] == strconv.FormatUint(uint64(id), 10)
+	}
+	// 300 ms is enough for every layer at rest; on a loaded machine a
+	// process answers later, and the list lacked layers that run (the
+	// bus that had just answered the status, the service processes the
+	// service manager lists): those are waited for, up to 3 s.
+	infos, err := layer.DiscoverUntil(nc, 300*time.Millisecond, 3*time.Second, func(infos []micro.Info) bool {
+		seen := map[string]bool{}
+		for _, in := range infos {
+			if ours(in) {
+				seen[in.Metadata[layer.MetaLayer]] = true
+				seen["pid "+in.Metadata[layer.MetaPID]] = true
+			}
+		}
+		if !seen["bus"] {
+			return false
+		}
+		for _, s := range services {
+			for _, pid := range s.PIDs {
+				if !seen["pid "+strconv.Itoa(pid)] {
+					return false
+				}
+			}
+		}
+		return true
+	})
 	if err != nil {
 		return NodeStatus{}, err
 	}
 	bst.Peers, bst.PeersFrom = bus.LeaderPeers(nc, subjects, bst, time.Second)
 	st := NodeStatus{Node: id, Cluster: cluster, Bus: bst, Totem: totemStatus(nc, subjects, id),
-		Services: servicesStatus(nc, subjects, id), Copies: copiesStatus(nc, subjects, id)}
+		Services: services, Copies: copiesStatus(nc, subjects, id)}
 	for _, in := range infos {
 		md := in.Metadata
-		if md[layer.MetaCluster] != cluster || md[layer.MetaNode] != strconv.FormatUint(uint64(id), 10) {
+		if !ours(in) {
 			continue
 		}
 		ls := LayerStatus{Layer: md[layer.MetaLayer], Node: id, Version: in.Version, ID: in.ID}
