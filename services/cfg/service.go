@@ -278,8 +278,10 @@ func (s *Service) onDeliver(d totem.Delivery) {
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			res := s.cfg.Reload(ctx)
 			cancel()
+			// Lists even when empty: subscribers read them as lists
+			// (docs/subjects.md), and null is not one.
 			s.event("reload", map[string]any{"node": s.cfg.Node, "by": from, "code": res.Code.String(),
-				"changed": res.Changed, "ignored": res.Ignored, "reason": res.Reason})
+				"changed": orEmpty(res.Changed), "ignored": orEmpty(res.Ignored), "reason": res.Reason})
 			if from != s.cfg.Node {
 				return
 			}
@@ -598,4 +600,12 @@ func askLayers(nc *nats.Conn, subject string, data []byte) (answered int, failed
 			failed = append(failed, string(m.Data))
 		}
 	}
+}
+
+// orEmpty is l, or an empty list for nil: JSON [] rather than null.
+func orEmpty(l []string) []string {
+	if l == nil {
+		return []string{}
+	}
+	return l
 }
