@@ -27,6 +27,7 @@ func TestBadCommandLines(t *testing.T) {
 		{[]string{"nosuchverb"}, `corobus: unknown command "nosuchverb" (corobus --help lists them)`},
 		{[]string{"bench", "nosuch"}, `corobus bench: unknown benchmark "nosuch" (cmap, totem)`},
 		{[]string{"status", "--nosuch"}, `corobus status: flag provided but not defined: -nosuch`},
+		{[]string{"sub", "--count", "-1"}, `corobus sub: --count takes 0 (until interrupted) or more messages, found -1`},
 		// A verb without operands refuses one: Go's flag package stopped
 		// at it and left it, and every flag after it, unread (until 3 Dec
 		// `corobus up node.conf` ran the embedded default).

@@ -34,6 +34,11 @@ func runSub(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return err
 	}
+	if count < 0 {
+		// Until 3 Dec a negative count connected and exited at once,
+		// having printed nothing.
+		return usagef("--count takes 0 (until interrupted) or more messages, found %d", count)
+	}
 	cfg, err := nf.loadRunning(a)
 	if err != nil {
 		return err
