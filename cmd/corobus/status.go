@@ -262,8 +262,16 @@ func nodeStatus(nc *nats.Conn, subjects bus.Subjects, cluster string, id uint32)
 		return NodeStatus{}, err
 	}
 	bst.Peers, bst.PeersFrom = bus.LeaderPeers(nc, subjects, bst, time.Second)
+	var objdbPIDs []int
+	for _, in := range infos {
+		if ours(in) && in.Metadata[layer.MetaLayer] == "objdb" {
+			if pid, err := strconv.Atoi(in.Metadata[layer.MetaPID]); err == nil {
+				objdbPIDs = append(objdbPIDs, pid)
+			}
+		}
+	}
 	st := NodeStatus{Node: id, Cluster: cluster, Bus: bst, Totem: totemStatus(nc, subjects, id),
-		Services: services, Copies: copiesStatus(nc, subjects, id)}
+		Services: services, Copies: copiesStatus(nc, subjects, id, objdbPIDs)}
 	for _, in := range infos {
 		md := in.Metadata
 		if !ours(in) {

@@ -17,8 +17,12 @@ import (
 
 // copiesStatus asks every watched copy of node's objdb view (objdb
 // processes, cmap instances, …) for its state: scatter-gather, each
-// answers for itself. Nil when none answers.
-func copiesStatus(nc *nats.Conn, subjects bus.Subjects, node uint32) []objdb.CopyStatus {
+// answers for itself, and the answers are taken until none came for
+// 300 ms. The copies of the processes in want (the node's objdb layers,
+// which always hold one) are waited for up to 3 s: on a loaded machine
+// the first answer came after 300 ms, and a status listed no copy at all.
+// Nil when none answers.
+func copiesStatus(nc *nats.Conn, subjects bus.Subjects, node uint32, want []int) []objdb.CopyStatus {
 	inbox := nc.NewRespInbox()
 	sub, err := nc.SubscribeSync(inbox)
 	if err != nil {
@@ -28,15 +32,25 @@ func copiesStatus(nc *nats.Conn, subjects bus.Subjects, node uint32) []objdb.Cop
 	if err := nc.PublishRequest(subjects.ObjdbCopies(node), inbox, nil); err != nil {
 		return nil
 	}
+	missing := map[int]bool{}
+	for _, pid := range want {
+		missing[pid] = true
+	}
 	var out []objdb.CopyStatus
+	patience := time.Now().Add(3 * time.Second)
 	for {
-		m, err := sub.NextMsg(300 * time.Millisecond)
+		wait := 300 * time.Millisecond
+		if len(missing) > 0 {
+			wait = max(wait, time.Until(patience))
+		}
+		m, err := sub.NextMsg(wait)
 		if err != nil {
 			break
 		}
 		var cs objdb.CopyStatus
 		if json.Unmarshal(m.Data, &cs) == nil {
 			out = append(out, cs)
+			delete(missing, cs.PID)
 		}
 	}
 	slices.SortFunc(out, func(a, b objdb.CopyStatus) int { return strings.Compare(a.Name, b.Name) })

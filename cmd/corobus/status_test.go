@@ -12,6 +12,7 @@ import (
 	"github.com/corobus/corobus/bus"
 	"github.com/corobus/corobus/bus/bustest"
 	"github.com/corobus/corobus/layer"
+	"github.com/corobus/corobus/objdb"
 )
 
 // `corobus status --node 7`, node 7 not being in the cluster, said only
@@ -113,5 +114,61 @@ func TestStatusWaitsForALateBus(t *testing.T) {
 	}
 	if len(st.Layers) != 1 || st.Layers[0].Layer != "bus" || st.Layers[0].PID != 4242 {
 		t.Errorf("layers %+v, want the bus (pid 4242), which answered discovery after 600 ms", st.Layers)
+	}
+}
+
+// An objdb copy that answers late is waited for when the node runs an
+// objdb layer, which always holds one: until 3 Dec the status took copies
+// until none came for 300 ms, and on a loaded machine listed none. Here
+// the objdb layer answers discovery at once and its copy after 600 ms.
+func TestStatusWaitsForALateObjdbCopy(t *testing.T) {
+	t.Setenv("XDG_STATE_HOME", t.TempDir()) // the embedded default's, never the user's
+	cl := bustest.StartCluster(t, 1)
+	s, err := bus.NewSubjects("corobus.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []struct {
+		name, pid string
+	}{{"bus", "1"}, {"objdb", "77"}} {
+		svc, err := micro.AddService(cl.Conn(1), micro.Config{Name: "corobus-" + l.name, Version: "0.0.0",
+			Metadata: map[string]string{layer.MetaCluster: "test", layer.MetaNode: "1", layer.MetaLayer: l.name, layer.MetaPID: l.pid}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = svc.Stop() }()
+		if l.name == "bus" {
+			if err := bus.StatusEndpoint(svc, cl.Nodes[0].Server, s); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	copyState, err := json.Marshal(objdb.CopyStatus{Name: "corobus-objdb", PID: 77, Node: 1, State: "current"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := cl.Conn(1).Subscribe(s.ObjdbCopies(1), func(m *nats.Msg) {
+		go func() {
+			time.Sleep(600 * time.Millisecond) // the load that delays the process
+			_ = m.Respond(copyState)
+		}()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := cl.Conn(1).Flush(); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := runVerb(cl.AdminURL(1, ""), "status", "--json")
+	if code != 0 {
+		t.Fatalf("status: %d\n%s%s", code, out, errOut)
+	}
+	var st NodeStatus
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	if len(st.Copies) != 1 || st.Copies[0].PID != 77 {
+		t.Errorf("objdb copies %+v, want objdb's (pid 77), which answered after 600 ms", st.Copies)
 	}
 }
