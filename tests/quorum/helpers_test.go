@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -147,7 +148,8 @@ func (c *client) text() string {
 
 // startClient runs the client in node n (timestamped lines) until the
 // test ends, with env added to its environment (QC_MODEL0=1: libquorum's
-// model v0), and waits until it registered.
+// model v0), and waits until it registered and dispatched the current
+// state its trackstarts are answered with.
 func startClient(t *testing.T, n *netcluster.Node, path string, env ...string) *client {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -164,19 +166,51 @@ func startClient(t *testing.T, n *netcluster.Node, path string, env ...string) *
 		cancel()
 		<-c.done
 	})
+	// Both engines answer a trackstart with CS_TRACK_CHANGES by sending
+	// the current state first (libquorum: the view, after the nodelist
+	// with model v1; libvotequorum: the nodelist, then the quorum), and
+	// the client dispatches it after printing "ready". A test that
+	// counts the callbacks a step causes (linesSince) starts the step
+	// once they are out: with "ready" alone, a loaded machine let the
+	// first step's lines begin with the initial votequorum notification
+	// (tests/quorum's TestLastManStandingRejoinMatchesCorosync, 1 run of
+	// 2 with two busy loops beside the package).
+	view := "quorum "
+	if slices.Contains(env, "QC_MODEL0=1") {
+		view = "quorum0 "
+	}
 	deadline := time.Now().Add(time.Minute)
-	for !strings.Contains(c.text(), " ready ") {
+	for !c.initialDispatched(view) {
 		select {
 		case <-c.done:
 			t.Fatalf("the client in node %d ended before it registered:\n%s", n.ID, c.text())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the client in node %d did not register:\n%s", n.ID, c.text())
+			t.Fatalf("the client in node %d did not register and dispatch the current state:\n%s", n.ID, c.text())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	return c
+}
+
+// initialDispatched reports whether the client printed "ready", then
+// libquorum's view notification (view: "quorum " or "quorum0 ") and
+// libvotequorum's quorum notification.
+func (c *client) initialDispatched(view string) bool {
+	ready, gotView, gotVQ := false, false, false
+	for _, l := range strings.Split(c.text(), "\n") {
+		_, rest, _ := strings.Cut(l, " ") // the time stamp
+		switch {
+		case strings.HasPrefix(rest, "ready "):
+			ready = true
+		case ready && strings.HasPrefix(rest, view):
+			gotView = true
+		case ready && strings.HasPrefix(rest, "vq-quorum "):
+			gotVQ = true
+		}
+	}
+	return ready && gotView && gotVQ
 }
 
 // waitLine waits until the client printed, after time since (ms since the
