@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,6 +34,7 @@ import (
 	"github.com/corobus/corobus/services/cswire"
 	"github.com/corobus/corobus/services/ipc/libqb"
 	"github.com/corobus/corobus/services/ipc/session"
+	syncsvc "github.com/corobus/corobus/services/sync"
 )
 
 // Route is how the gateway serves one libqb service name.
@@ -75,6 +77,11 @@ type Route struct {
 	// invalid_request, as corosync's dispatcher does. Zero: every id
 	// reaches the component.
 	RequestIDs int32
+	// SyncService is the name the route's component registers under
+	// with the node's sync engine ("": it takes no part in
+	// synchronization). The start-up gate (Config.AwaitStartup) waits
+	// for a loaded route's to be registered and synchronized.
+	SyncService string
 }
 
 // Config configures a Gateway.
@@ -114,6 +121,25 @@ type Config struct {
 	Settle func(ctx context.Context, p objdb.Position) error
 	// SettleWait bounds Settle; default DefaultSettleWait.
 	SettleWait time.Duration
+	// AwaitStartup holds every connection, of every route, until the
+	// node's start-up is done: each loaded route (Route.Loaded) has an
+	// instance, and the node's sync engine has completed a round that
+	// synchronized every service registered with it — the loaded
+	// routes' (Route.SyncService) among them — and runs none. corosync
+	// accepts no IPC connection before its first synchronization
+	// completed (all its services loaded by then); a corobus node's
+	// services register one after the other, each running the ring's
+	// round again, so a client that connected to the first of them got
+	// CS_ERR_TRY_AGAIN from calls that wait out a sync (cpg_leave)
+	// while the others registered. A connection waits for the start-up
+	// up to StartupWait, then is refused with EAGAIN, as corosync
+	// refuses it at once ("corosync is not ready"): its libraries report
+	// CS_ERR_TRY_AGAIN. Once done, the gate stays open, as corosync's
+	// does.
+	AwaitStartup bool
+	// StartupWait bounds a connection's wait for the node's start-up
+	// (AwaitStartup); default DefaultStartupWait.
+	StartupWait time.Duration
 }
 
 // DefaultSettleWait bounds the gateway's wait for its copy to apply a
@@ -128,6 +154,17 @@ const DefaultSettleWait = 2 * time.Second
 // of its start (svcmgr loads them one after the other), and a client's
 // handshake allows libqb.DefaultHandshakeTimeout in all.
 const DefaultStartWait = 5 * time.Second
+
+// DefaultStartupWait is how long a connection waits for the node's
+// start-up (Config.AwaitStartup): libqb's client waits for the
+// handshake's answer without a limit, and a node's whole start-up —
+// five services loaded one after the other, a synchronization after
+// each registration — took 11 s from its ring to its last service on
+// this 2-vCPU machine under a load of 26–30 (3 Dec): a client started
+// with the node, or a tool run as soon as the ring formed, is let in
+// rather than told to try again. It is svcmgr's bound on one service's
+// start.
+const DefaultStartupWait = 30 * time.Second
 
 // DefaultProbeInterval is how often the gateway probes the instances it
 // has sessions on, on the wall clock's multiples of it (bus/beat), where
@@ -180,6 +217,8 @@ type Gateway struct {
 	missed map[string]int
 	// firstConn pokes the alive loop when conns stops being empty.
 	firstConn chan struct{}
+	// started is set once the node's start-up is done (AwaitStartup).
+	started atomic.Bool
 }
 
 // New checks cfg and returns a gateway; Run serves it.
@@ -195,6 +234,9 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	if cfg.StartWait <= 0 {
 		cfg.StartWait = DefaultStartWait
+	}
+	if cfg.StartupWait <= 0 {
+		cfg.StartupWait = DefaultStartupWait
 	}
 	if cfg.SettleWait <= 0 {
 		cfg.SettleWait = DefaultSettleWait
@@ -453,6 +495,9 @@ func (h *routeHandler) EventLimits() (high, max int) { return h.r.EventQueueHigh
 // node loads it (Route.Loaded).
 func (h *routeHandler) Open(c *libqb.Conn) (libqb.Session, error) {
 	g := h.g
+	if err := g.awaitStartup(time.Now().Add(g.cfg.StartupWait)); err != nil {
+		return nil, err
+	}
 	handle, err := h.resolve()
 	if err != nil {
 		return nil, fmt.Errorf("resolving %s version %d: %w: %w", h.r.Component, h.r.Version, err, syscall.EAGAIN)
@@ -542,6 +587,67 @@ func (h *routeHandler) resolve() (hdb.Handle, error) {
 		handle, err = g.handle(h.r)
 	}
 	return handle, err
+}
+
+// awaitStartup returns once the node's start-up is done
+// (Config.AwaitStartup), looking again every 50–500 ms; past deadline it
+// refuses the connection with EAGAIN.
+func (g *Gateway) awaitStartup(deadline time.Time) error {
+	if !g.cfg.AwaitStartup || g.started.Load() {
+		return nil
+	}
+	pause := 50 * time.Millisecond
+	for {
+		err := g.startupDone()
+		if err == nil {
+			if !g.started.Swap(true) {
+				g.cfg.Log.Info("the node's services are loaded and synchronized: accepting client connections")
+			}
+			return nil
+		}
+		left := time.Until(deadline)
+		if left <= 0 || g.ctx.Err() != nil {
+			return fmt.Errorf("the node is not ready: %w: %w", err, syscall.EAGAIN)
+		}
+		select {
+		case <-g.ctx.Done():
+		case <-time.After(min(pause, left)):
+		}
+		pause = min(2*pause, 500*time.Millisecond)
+	}
+}
+
+// startupDone reports nil once every loaded route has an instance and the
+// node's sync engine has synchronized every service registered with it
+// (the loaded routes' among them) and runs no round; otherwise what is
+// still missing.
+func (g *Gateway) startupDone() error {
+	for _, r := range g.cfg.Routes {
+		if !r.Loaded {
+			continue
+		}
+		if _, err := g.handle(r); err != nil {
+			return fmt.Errorf("service %s has no instance yet: %w", r.Component, err)
+		}
+	}
+	st, err := syncsvc.FetchState(g.cfg.Conn, g.cfg.Subjects, g.cfg.Node, 2*time.Second)
+	if err != nil {
+		return err
+	}
+	switch {
+	case st.Rounds == 0:
+		return errors.New("no synchronization has completed yet")
+	case st.InProgress:
+		return errors.New("a synchronization runs")
+	case len(st.Waiting) > 0:
+		return fmt.Errorf("services %s wait for their synchronization", strings.Join(st.Waiting, ", "))
+	}
+	for _, r := range g.cfg.Routes {
+		if r.Loaded && r.SyncService != "" && !slices.Contains(st.Services, r.SyncService) {
+			return fmt.Errorf("service %s has not registered with the sync engine yet", r.SyncService)
+		}
+	}
+	return nil
 }
 
 func (g *Gateway) forget(id string) {

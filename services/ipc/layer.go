@@ -157,7 +157,21 @@ func Run(ctx context.Context, env layer.Env) error {
 	for i, r := range cfg.Routes {
 		_, colocated := cfg.Colocated[r.Component]
 		cfg.Routes[i].Loaded = colocated || loaded[r.Component]
+		// The components that register with the sync engine: cpg and
+		// quorum always, votequorum as the quorum provider only (it
+		// stands by otherwise).
+		switch r.Component {
+		case cpg.ComponentName, quorum.ComponentName:
+			cfg.Routes[i].SyncService = r.Component
+		case votequorum.ComponentName:
+			if env.Config.String("quorum.provider") == votequorum.ProviderVotequorum {
+				cfg.Routes[i].SyncService = r.Component
+			}
+		}
 	}
+	// No connection before the node's services are loaded and
+	// synchronized, as corosync (Config.AwaitStartup).
+	cfg.AwaitStartup = true
 	g, err := New(cfg)
 	if err != nil {
 		return err

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	stdsync "sync"
 	"time"
@@ -73,6 +74,14 @@ type State struct {
 	Phase      string       `json:"phase,omitempty"` // "build", "process", "barrier"
 	Since      time.Time    `json:"since"`
 	Rounds     uint64       `json:"rounds"` // completed rounds
+	// Services are the services registered with the engine, by name.
+	Services []string `json:"services,omitempty"`
+	// Waiting are the registered services that no completed round has
+	// synchronized since they registered (or restarted, under a new
+	// instance): a round for them is due or running. It is up to date
+	// when a registration is answered, so a service that announces
+	// itself once registered is never seen ready before its round.
+	Waiting []string `json:"waiting,omitempty"`
 }
 
 // protoMsg is the engine's own multicast on totem service "sync".
@@ -114,7 +123,10 @@ type Engine struct {
 
 	mu         stdsync.Mutex
 	registered map[string]Registration
-	state      State
+	// waiting are the registered services, with their instance, that no
+	// completed round has synchronized yet (State.Waiting).
+	waiting map[string]string
+	state   State
 
 	// Round state: touched by the worker goroutine only.
 	ring    totem.RingID
@@ -190,6 +202,7 @@ func New(nc *nats.Conn, opts Options) *Engine {
 		log:        logsys.RepeatingWith(opts.Logger, th),
 		ev:         make(chan func(), 4096),
 		registered: map[string]Registration{},
+		waiting:    map[string]string{},
 		state:      State{Node: opts.Node, Since: time.Now().UTC()},
 	}
 }
@@ -299,14 +312,21 @@ func (e *Engine) onRegister(m *nats.Msg) {
 	e.mu.Lock()
 	old, known := e.registered[r.Name]
 	e.registered[r.Name] = r
-	e.mu.Unlock()
 	// A restarted service registers again, under a new instance: it
 	// lost its state (votequorum: the members seen, wait_for_all
 	// satisfied, its ring), and without a round would keep its start's
 	// until the next membership change — a two_node survivor then lost
 	// quorum when its peer died. The same instance again is a retry.
 	restarted := known && r.Instance != "" && r.Instance != old.Instance
+	if !known || restarted {
+		e.waiting[r.Name] = r.Instance
+	}
+	e.listLocked()
+	e.mu.Unlock()
 	e.log.Info("service registered for sync", "service", r.Name, "id", r.ID, "restarted", restarted)
+	// The state says it waits before the service hears it is registered
+	// (the IPC gateway's start-up gate reads both).
+	e.publish()
 	_ = m.Respond([]byte(`{"ok":true}`))
 	if !known || restarted {
 		// A service that starts (or restarts) in a running view has
@@ -331,6 +351,12 @@ func (e *Engine) rerun() {
 	e.log.Info("sync round runs again for a newly registered or restarted service", "ring", e.ring, "epoch", e.epoch+1)
 	e.again = false
 	e.startRoundEpoch(e.ctx, &totem.ConfChg{Type: totem.Regular, Ring: e.ring, Members: e.members}, e.epoch+1, false)
+}
+
+// listLocked restates State.Services and State.Waiting; e.mu is held.
+func (e *Engine) listLocked() {
+	e.state.Services = slices.Sorted(maps.Keys(e.registered))
+	e.state.Waiting = slices.Sorted(maps.Keys(e.waiting))
 }
 
 func (e *Engine) setState(f func(*State)) {
@@ -517,6 +543,14 @@ func (e *Engine) processNext(ctx context.Context) {
 		e.setState(func(s *State) {
 			s.InProgress, s.Service, s.Phase, s.Since = false, "", "", time.Now().UTC()
 			s.Rounds++
+			// The services this round ran for are synchronized, unless
+			// they registered again (restarted) meanwhile.
+			for _, r := range e.mine {
+				if inst, ok := e.waiting[r.Name]; ok && inst == r.Instance {
+					delete(e.waiting, r.Name)
+				}
+			}
+			e.listLocked()
 		})
 		if e.again {
 			e.rerun()
@@ -581,6 +615,8 @@ func (e *Engine) hook(ctx context.Context, r Registration, op string) bool {
 		if errors.Is(err, nats.ErrNoResponders) {
 			e.mu.Lock()
 			delete(e.registered, r.Name) // gone; it registers again when back
+			delete(e.waiting, r.Name)
+			e.listLocked()
 			e.mu.Unlock()
 		}
 		return true

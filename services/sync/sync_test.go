@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	stdsync "sync"
 	"testing"
@@ -372,5 +373,60 @@ func TestMalformedRegistrationAndHookAreRefused(t *testing.T) {
 		if err := json.Unmarshal(msg.Data, &rep); err != nil || (rep.Error != "") != tc.refused {
 			t.Errorf("%s: the JSON reply %q does not say the error (%v)", tc.name, msg.Data, err)
 		}
+	}
+}
+
+// TestWaitingUntilSynchronized: a service that registers is listed in the
+// state's Waiting as soon as its registration is answered, and leaves the
+// list once a round that ran for it completes; a restart (a new instance)
+// puts it back. The IPC gateway's start-up gate reads it: without it, a
+// service announced right after registering looked synchronized between
+// its registration and the round that runs for it (no round in progress
+// yet), and the gateway let in clients that the round then answered
+// CS_ERR_TRY_AGAIN.
+func TestWaitingUntilSynchronized(t *testing.T) {
+	c := harness.New(t, harness.Options{N: 1, Token: 200 * time.Millisecond, Join: 30 * time.Millisecond, Consensus: 300 * time.Millisecond})
+	c.WaitView([]int{1}, 10*time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg stdsync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	nc := c.Client(1)
+	e := syncsvc.New(nc, syncsvc.Options{Node: 1, Subjects: c.Subjects})
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = e.Run(ctx) }()
+	// The engine's first round (nothing registered) completes.
+	waitFor(t, 10*time.Second, func() error {
+		st, err := syncsvc.FetchState(nc, c.Subjects, 1, time.Second)
+		if err != nil {
+			return err
+		}
+		if st.Rounds == 0 || st.InProgress {
+			return fmt.Errorf("state %+v", st)
+		}
+		return nil
+	})
+	for i, inst := range []string{"first", "restarted"} {
+		stop, err := syncsvc.Serve(ctx, nc, c.Subjects, 1, syncsvc.Registration{Name: "fake", ID: 3, Instance: inst}, &fakeService{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := syncsvc.FetchState(nc, c.Subjects, 1, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(st.Waiting, "fake") || !slices.Contains(st.Services, "fake") {
+			t.Fatalf("registration %d (%s) answered, state %+v: want fake registered and waiting", i+1, inst, st)
+		}
+		waitFor(t, 10*time.Second, func() error {
+			st, err := syncsvc.FetchState(nc, c.Subjects, 1, time.Second)
+			if err != nil {
+				return err
+			}
+			if st.InProgress || len(st.Waiting) > 0 || !slices.Contains(st.Services, "fake") {
+				return fmt.Errorf("registration %d (%s): state %+v", i+1, inst, st)
+			}
+			return nil
+		})
+		stop()
 	}
 }
