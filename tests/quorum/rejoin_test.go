@@ -85,6 +85,12 @@ func rejoinTranscript(t *testing.T, backend netcluster.Backend, path string) str
 	}, n1, n2, n3)
 	v1 := startClient(t, n1, path)
 	v0 := startClient(t, n1, path, "QC_MODEL0=1")
+	t.Cleanup(func() {
+		if t.Failed() {
+			// Every line, with its time: the transcript has a step's only.
+			t.Logf("%s: node 1's clients, whole output:\n--- model v1\n%s--- model v0\n%s", backend, v1.text(), v0.text())
+		}
+	})
 	clients := func(step string, since int64) {
 		// The notifications of a step may follow its status by a
 		// little: wait until neither client printed anything for 3 s.
@@ -104,6 +110,7 @@ func rejoinTranscript(t *testing.T, backend netcluster.Backend, path string) str
 	}
 
 	since := nowMS()
+	t.Logf("%s: node 3 killed at %d", backend, since)
 	if err := n3.Kill(); err != nil {
 		t.Fatal(err)
 	}
